@@ -1,1 +1,24 @@
-fn main() {}
+//! `kelson-init`: Kelson's PID 1, installed as `/sbin/init`.
+//!
+//! The binary is a thin shell: it answers `--version`, refuses to run as
+//! anything but PID 1 (of the machine or of a PID namespace), and otherwise
+//! hands over to [`kelson_init::pid1::run`], which never returns.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("kelson-init {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if !kelson_init::is_pid1(std::process::id()) {
+        eprintln!(
+            "kelson-init: refusing to start: this is pid {}, and kelson-init only runs as PID 1 \
+             (boot it as the kernel's init, or under `unshare --pid --fork --mount-proc`)",
+            std::process::id()
+        );
+        return ExitCode::from(2);
+    }
+    kelson_init::pid1::run()
+}

@@ -1,0 +1,207 @@
+//! The seam between PID 1's logic and the kernel. Stages take a
+//! `&dyn Kernel`; [`LinuxKernel`] makes the syscalls, [`fake::FakeKernel`]
+//! records them so stage logic is tested without root.
+
+use std::io;
+use std::path::Path;
+
+/// Mount flags Kelson uses, kept independent of `nix` so fakes and specs
+/// stay plain data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountFlags {
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub relatime: bool,
+}
+
+/// What happened when a module was handed to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleLoad {
+    Loaded,
+    AlreadyLoaded,
+}
+
+pub trait Kernel: Send + Sync {
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()>;
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn exists(&self, path: &Path) -> bool;
+    fn set_hostname(&self, name: &str) -> io::Result<()>;
+    /// Loads one module file (compressed or not); `EEXIST` is reported as
+    /// [`ModuleLoad::AlreadyLoaded`].
+    fn load_module(&self, path: &Path) -> io::Result<ModuleLoad>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxKernel;
+
+impl Kernel for LinuxKernel {
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()> {
+        use nix::mount::MsFlags;
+        let mut ms = MsFlags::empty();
+        if flags.nosuid {
+            ms |= MsFlags::MS_NOSUID;
+        }
+        if flags.nodev {
+            ms |= MsFlags::MS_NODEV;
+        }
+        if flags.noexec {
+            ms |= MsFlags::MS_NOEXEC;
+        }
+        if flags.relatime {
+            ms |= MsFlags::MS_RELATIME;
+        }
+        nix::mount::mount(Some(source), target, Some(fstype), ms, data).map_err(io::Error::from)
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        nix::mount::umount2(target, nix::mount::MntFlags::empty()).map_err(io::Error::from)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        // Kernel interfaces (/proc/sys, cgroupfs) want one write(2) of the
+        // whole value into an existing file: no create, no truncate dance.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all(data)
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn set_hostname(&self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(io::Error::from)
+    }
+
+    fn load_module(&self, path: &Path) -> io::Result<ModuleLoad> {
+        use std::os::fd::AsRawFd;
+        // finit_module's flag for a compressed module file (linux/module.h):
+        // the kernel decompresses .ko.xz itself when built with
+        // CONFIG_MODULE_DECOMPRESS, which Debian's kernel is.
+        const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+        let file = std::fs::File::open(path)?;
+        let compressed = path.extension().is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
+        let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+        let params = c"";
+        // SAFETY: finit_module reads the open fd and a NUL-terminated
+        // parameter string that outlives the call; no memory is shared.
+        let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), flags) };
+        if rc == 0 {
+            return Ok(ModuleLoad::Loaded);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) {
+            Ok(ModuleLoad::AlreadyLoaded)
+        } else {
+            Err(err)
+        }
+    }
+}
+
+pub mod fake {
+    //! A recording kernel for tests: files live in a map, every call is
+    //! logged, and chosen paths can be made to fail.
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    pub struct FakeKernel {
+        pub files: Mutex<BTreeMap<PathBuf, Vec<u8>>>,
+        pub calls: Mutex<Vec<String>>,
+        /// Paths (mount targets, files, modules) whose operations fail with
+        /// the given errno.
+        pub failures: Mutex<BTreeMap<PathBuf, i32>>,
+        pub loaded: Mutex<BTreeSet<PathBuf>>,
+    }
+
+    impl FakeKernel {
+        pub fn with_file(self, path: &str, data: &str) -> Self {
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(PathBuf::from(path), data.as_bytes().to_vec());
+            self
+        }
+        pub fn failing(self, path: &str, errno: i32) -> Self {
+            self.failures.lock().unwrap_or_else(|e| e.into_inner()).insert(PathBuf::from(path), errno);
+            self
+        }
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+        pub fn file(&self, path: &str) -> Option<String> {
+            self.files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(Path::new(path))
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+        }
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call);
+        }
+        fn check(&self, path: &Path) -> io::Result<()> {
+            match self.failures.lock().unwrap_or_else(|e| e.into_inner()).get(path) {
+                Some(errno) => Err(io::Error::from_raw_os_error(*errno)),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Kernel for FakeKernel {
+        fn mount(&self, source: &str, target: &Path, fstype: &str, _flags: MountFlags, data: Option<&str>) -> io::Result<()> {
+            self.record(format!("mount {source} {} {fstype} {}", target.display(), data.unwrap_or("-")));
+            self.check(target)
+        }
+        fn unmount(&self, target: &Path) -> io::Result<()> {
+            self.record(format!("umount {}", target.display()));
+            self.check(target)
+        }
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            self.record(format!("mkdir {}", path.display()));
+            Ok(())
+        }
+        fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            self.record(format!("write {} {}", path.display(), String::from_utf8_lossy(data)));
+            self.check(path)?;
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned(), data.to_vec());
+            Ok(())
+        }
+        fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+            self.check(path)?;
+            self.files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).contains_key(path)
+        }
+        fn set_hostname(&self, name: &str) -> io::Result<()> {
+            self.record(format!("hostname {name}"));
+            Ok(())
+        }
+        fn load_module(&self, path: &Path) -> io::Result<ModuleLoad> {
+            self.record(format!("load {}", path.display()));
+            self.check(path)?;
+            if self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned()) {
+                Ok(ModuleLoad::Loaded)
+            } else {
+                Ok(ModuleLoad::AlreadyLoaded)
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! PID 1's log: every tracing event becomes one line on the console and
+//! one record in the kernel log (/dev/kmsg), prefixed with CLOCK_BOOTTIME
+//! the way the kernel prefixes its own lines:
+//!
+//! ```text
+//! [    2.314159] kelson: stage done stage=modules elapsed_ms=41 loaded=37
+//! ```
+
+use crate::clock;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Mutex;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// Where lines go. Opened lazily: PID 1 starts logging before /dev exists.
+#[derive(Default)]
+struct Sinks {
+    console: Option<File>,
+    kmsg: Option<File>,
+}
+
+static SINKS: Mutex<Sinks> = Mutex::new(Sinks { console: None, kmsg: None });
+
+/// (Re)opens /dev/console and /dev/kmsg; call once /dev is mounted.
+pub fn open_sinks() {
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    sinks.console = OpenOptions::new().write(true).open("/dev/console").ok();
+    sinks.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+}
+
+/// Formats one line (without the newline). Pure, for tests.
+pub fn format_line(uptime: std::time::Duration, level: Level, message: &str, fields: &[(String, String)]) -> String {
+    let mut line = format!("[{:>12}] kelson: ", clock::format_seconds(uptime));
+    match level {
+        Level::ERROR => line.push_str("ERROR "),
+        Level::WARN => line.push_str("WARN "),
+        _ => {}
+    }
+    line.push_str(message);
+    for (k, v) in fields {
+        if v.contains(char::is_whitespace) || v.is_empty() {
+            let _ = write!(line, " {k}={v:?}");
+        } else {
+            let _ = write!(line, " {k}={v}");
+        }
+    }
+    line
+}
+
+fn kmsg_priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+#[derive(Default)]
+struct Collect {
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Visit for Collect {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.fields.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+}
+
+/// The tracing layer that writes lines to the sinks.
+pub struct ConsoleKmsgLayer;
+
+impl<S: Subscriber> Layer<S> for ConsoleKmsgLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        let mut c = Collect::default();
+        event.record(&mut c);
+        let line = format_line(clock::boottime(), level, &c.message, &c.fields);
+        let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+        match sinks.console.as_mut() {
+            Some(console) => {
+                let _ = writeln!(console, "{line}");
+            }
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        }
+        if let Some(kmsg) = sinks.kmsg.as_mut() {
+            // The kernel timestamps kmsg records itself.
+            let body = line.split_once("] ").map_or(line.as_str(), |(_, rest)| rest);
+            let _ = kmsg.write_all(format!("<{}>{body}\n", kmsg_priority(level)).as_bytes());
+        }
+    }
+}
+
+/// Installs the layer as the global subscriber (info and above).
+pub fn init() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::filter::LevelFilter::INFO;
+    let _ = tracing_subscriber::registry().with(ConsoleKmsgLayer.with_filter(filter)).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lines_carry_boottime_message_and_fields() {
+        let line = format_line(
+            Duration::from_millis(2314),
+            Level::INFO,
+            "stage done",
+            &[("stage".into(), "modules".into()), ("elapsed_ms".into(), "41".into())],
+        );
+        assert_eq!(line, "[    2.314000] kelson: stage done stage=modules elapsed_ms=41");
+    }
+
+    #[test]
+    fn warnings_are_marked_and_values_with_spaces_quoted() {
+        let line = format_line(Duration::ZERO, Level::WARN, "sysctl failed", &[("error".into(), "no such file".into())]);
+        assert_eq!(line, "[    0.000000] kelson: WARN sysctl failed error=\"no such file\"");
+    }
+
+    #[test]
+    fn the_ready_line_reads_kelson_ready() {
+        let line = format_line(Duration::from_secs(3), Level::INFO, "ready", &[]);
+        assert!(line.ends_with("kelson: ready"), "{line}");
+    }
+}

@@ -1,0 +1,254 @@
+//! PID 1's life: boot, then serve events forever. Reads top to bottom:
+//! logging and the panic hook, ctrl-alt-del to SIGINT, a tokio runtime
+//! whose main loop reaps children and listens for SIGTERM, SIGINT and the
+//! power button while the boot stages run on a blocking thread, and the
+//! ordered shutdown those events lead to. Nothing here returns or exits:
+//! if even the runtime fails, PID 1 falls back to a bare reaping loop.
+
+use crate::boot::{self, BootContext, Outcome};
+use crate::kernel::LinuxKernel;
+use crate::reaper::Reaper;
+use crate::shutdown::{self, Action, ShutdownOps};
+use crate::{clock, cmdline::Cmdline, hooks, power};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// Starts PID 1. Never returns: the `ExitCode` type only satisfies `main`.
+pub fn run() -> ExitCode {
+    let started = clock::boottime();
+    crate::log::init();
+    std::panic::set_hook(Box::new(|info| {
+        error!(panic = %info, "panic caught; PID 1 carries on");
+    }));
+    info!(version = env!("CARGO_PKG_VERSION"), "kelson-init starting as PID 1");
+    // From now on ctrl-alt-del reaches us as SIGINT instead of an
+    // immediate reboot by the kernel.
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        warn!(error = %e, "could not disable the kernel's ctrl-alt-del reboot");
+    }
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => {
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started)))) {
+                error!(panic = ?payload.downcast_ref::<&str>(), "the main loop panicked");
+            }
+        }
+        Err(e) => error!(error = %e, "could not start the async runtime"),
+    }
+    last_resort_loop()
+}
+
+/// Reaps forever. Only reached if the runtime itself failed.
+fn last_resort_loop() -> ! {
+    error!("PID 1 is in its last-resort loop: reaping only");
+    loop {
+        match nix::sys::wait::wait() {
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+fn module_dir() -> PathBuf {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    PathBuf::from("/usr/lib/modules").join(release)
+}
+
+/// Points stdin, stdout and stderr at /dev/console so children PID 1
+/// starts inherit a working console, whatever the kernel handed us.
+fn attach_console() {
+    use std::os::fd::AsRawFd;
+    if let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors of our own process;
+            // `console` stays open for the duration of the calls.
+            unsafe { libc::dup2(console.as_raw_fd(), fd) };
+        }
+    }
+}
+
+async fn main_loop(started: Duration) {
+    let reaper = Arc::new(Reaper::new());
+    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<Action>(4);
+    let mut sigchld = signal(SignalKind::child()).ok();
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+
+    let boot = {
+        let reaper = reaper.clone();
+        let tx = shutdown_tx.clone();
+        tokio::task::spawn_blocking(move || boot_and_start(reaper, tx, started))
+    };
+    tokio::spawn(async move {
+        if let Err(e) = boot.await {
+            error!(error = %e, "the boot thread died; the node is in maintenance");
+        }
+    });
+
+    let action = loop {
+        tokio::select! {
+            Some(()) = recv(&mut sigchld) => {
+                let r = reaper.reap();
+                if r.orphans > 0 {
+                    tracing::debug!(orphans = r.orphans, "reaped orphans");
+                }
+            }
+            Some(()) = recv(&mut sigterm) => break Action::PowerOff,
+            Some(()) = recv(&mut sigint) => break Action::Reboot,
+            Some(action) = shutdown_rx.recv() => break action,
+        }
+    };
+    let why = match action {
+        Action::PowerOff => "SIGTERM or power button",
+        Action::Reboot => "ctrl-alt-del",
+    };
+    info!(action = %action, trigger = why, "shutdown requested");
+    let grace = Cmdline::from_proc()
+        .get("kelson.shutdown_grace")
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(shutdown::DEFAULT_GRACE);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut ops = LinuxShutdown { reaper };
+        shutdown::run(&mut ops, action, grace)
+    })
+    .await;
+    match result {
+        Ok(reason) => error!(reason = reason.as_str(), "the kernel did not {action}; PID 1 stays up"),
+        Err(e) => error!(error = %e, "the shutdown thread died; PID 1 stays up"),
+    }
+    // Stay alive and keep reaping: returning would panic the kernel.
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the boot stages, announces the outcome, then starts what runs in
+/// either outcome: the power button watchers and any test hooks.
+fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, started: Duration) {
+    let kernel = LinuxKernel;
+    let mut ctx = BootContext { kernel: &kernel, cmdline: Cmdline::default(), reaper: reaper.clone(), module_dir: module_dir() };
+    let outcome = boot::run_stages(&mut ctx, boot::STAGES);
+    attach_console();
+    let now = clock::boottime();
+    let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
+    match &outcome {
+        Outcome::Ready => info!(pid1_start_s = %clock::format_seconds(started), pid1_to_ready_ms, "ready"),
+        Outcome::Maintenance { stage, error } => error!(
+            stage = *stage,
+            error = error.as_str(),
+            "maintenance: boot stopped; PID 1 stays up, reaping and answering the power button"
+        ),
+    }
+    watch_power_buttons(shutdown_tx);
+    start_hooks(&reaper);
+}
+
+fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
+    let devices = power::power_button_devices(Path::new("/sys/class/input"), Path::new("/dev/input"));
+    if devices.is_empty() {
+        warn!("no power button input device found; power off with SIGTERM instead");
+    }
+    for device in devices {
+        info!(device = %device.display(), "watching power button");
+        let tx = shutdown_tx.clone();
+        let spawned = std::thread::Builder::new().name("power-button".into()).spawn(move || {
+            let result = power::watch(&device, || {
+                info!(device = %device.display(), "power button pressed");
+                let _ = tx.blocking_send(Action::PowerOff);
+            });
+            if let Err(e) = result {
+                warn!(device = %device.display(), error = %e, "stopped watching power button");
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start the power button watcher");
+        }
+    }
+}
+
+fn start_hooks(reaper: &Arc<Reaper>) {
+    for hook in hooks::find(Path::new(hooks::HOOK_DIR)) {
+        let mut cmd = Command::new(&hook);
+        cmd.stdin(Stdio::null());
+        match reaper.spawn(&mut cmd) {
+            Ok(spawned) => {
+                info!(hook = %hook.display(), pid = spawned.pid, "test hook started");
+                let name = hook.display().to_string();
+                std::thread::spawn(move || {
+                    if let Ok(exit) = spawned.exit.blocking_recv() {
+                        info!(hook = name.as_str(), exit = %exit, "test hook ended");
+                    }
+                });
+            }
+            Err(e) => warn!(hook = %hook.display(), error = %e, "test hook did not start"),
+        }
+    }
+}
+
+/// The real shutdown operations.
+struct LinuxShutdown {
+    reaper: Arc<Reaper>,
+}
+
+impl ShutdownOps for LinuxShutdown {
+    fn signal_all(&mut self, signal: nix::sys::signal::Signal) {
+        // kill(-1) reaches every process but PID 1 and kernel threads.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
+    }
+
+    fn wait_for_no_processes(&mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.reaper.reap();
+            let left = crate::procs::user_processes(Path::new("/proc")).len();
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+
+    fn unmount_var(&mut self) -> Result<(), String> {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        match umount2("/var", MntFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EINVAL) => Ok(()),
+            Err(e) => {
+                let remount = mount(None::<&str>, "/var", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+                Err(format!("unmount failed ({e}); read-only remount {}", if remount.is_ok() { "done" } else { "failed too" }))
+            }
+        }
+    }
+
+    fn log(&mut self, line: &str) {
+        info!("{line}");
+    }
+
+    fn finish(&mut self, action: Action) -> String {
+        use nix::sys::reboot::{reboot, RebootMode};
+        let mode = match action {
+            Action::PowerOff => RebootMode::RB_POWER_OFF,
+            Action::Reboot => RebootMode::RB_AUTOBOOT,
+        };
+        match reboot(mode) {
+            Ok(never) => match never {},
+            Err(e) => format!("reboot(2) failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The one reaper. PID 1 collects every exited child with `waitpid(-1)`,
+//! its own children and orphans the kernel re-parented to it alike, and
+//! routes each exit to whoever spawned that pid.
+//!
+//! Children are started with `std::process::Command` through
+//! [`Reaper::spawn`], which holds the table lock across the spawn; the
+//! reaper takes the same lock around each `waitpid`, so it can never reap a
+//! pid before its owner is registered, nor race std's own wait on a child
+//! whose exec failed.
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::io;
+use std::process::Command;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// A child started through the reaper.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<Exit>,
+}
+
+/// What one pass of reaping collected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub owned: usize,
+    pub orphans: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Reaper {
+    owners: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
+}
+
+impl Reaper {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts `cmd` and registers its pid before anyone can reap it.
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        // std's Child neither waits nor kills on drop; the reaper owns the
+        // wait from here on.
+        drop(child);
+        let (tx, rx) = oneshot::channel();
+        owners.insert(pid, tx);
+        Ok(Spawned { pid, exit: rx })
+    }
+
+    /// Starts `cmd` and blocks the calling (non-async) thread until it exits.
+    pub fn run_blocking(&self, cmd: &mut Command) -> io::Result<Exit> {
+        let spawned = self.spawn(cmd)?;
+        spawned
+            .exit
+            .blocking_recv()
+            .map_err(|_| io::Error::other("the reaper stopped before the child exited"))
+    }
+
+    /// Pids of spawned children that have not exited yet.
+    pub fn live_children(&self) -> Vec<i32> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+    }
+
+    /// Collects every exited child without blocking.
+    pub fn reap(&self) -> Reaped {
+        let mut reaped = Reaped::default();
+        loop {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
+                Ok(_) => continue,
+            };
+            match owners.remove(&pid.as_raw()) {
+                Some(tx) => {
+                    reaped.owned += 1;
+                    // The owner may have stopped listening; the child is
+                    // reaped either way.
+                    let _ = tx.send(exit);
+                }
+                None => reaped.orphans += 1,
+            }
+        }
+    }
+}
