@@ -104,7 +104,7 @@ pub const STAGES: &[Stage] = &[
 
 fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     mounts::mount_all(ctx.kernel, mounts::EARLY_MOUNTS)?;
-    crate::log::open_sinks();
+    crate::log::open_console();
     // Only now can the command line be read.
     ctx.cmdline = Cmdline::from_proc();
     Ok(())
@@ -113,7 +113,8 @@ fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
 fn stage_kernel_log(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     // Userspace kmsg writes are rate limited to a handful per burst by
     // default, which would drop most of the boot log.
-    ctx.kernel.write_file(Path::new("/proc/sys/kernel/printk_devkmsg"), b"on")?;
+    // The sysctl wants the trailing newline: it rejects "on" without one.
+    ctx.kernel.write_file(Path::new("/proc/sys/kernel/printk_devkmsg"), b"on\n")?;
     // Kelson's own lines already go to the console; keep the kernel's
     // informational chatter off it (it stays in dmesg) unless the command
     // line asks for a log level.
@@ -121,6 +122,9 @@ fn stage_kernel_log(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     if !(c.has("loglevel") || c.has("debug") || c.has("quiet") || c.has("ignore_loglevel")) {
         ctx.kernel.write_file(Path::new("/proc/sys/kernel/printk"), b"4")?;
     }
+    // Only now, with the console level set, do Kelson's lines also go to
+    // the kernel log; earlier they would have shown twice on the console.
+    crate::log::open_kmsg();
     Ok(())
 }
 
@@ -315,7 +319,7 @@ mod tests {
         let k = FakeKernel::default();
         stage_kernel_log(&mut ctx(&k, "console=ttyS0")).unwrap();
         assert_eq!(k.file("/proc/sys/kernel/printk").as_deref(), Some("4"));
-        assert_eq!(k.file("/proc/sys/kernel/printk_devkmsg").as_deref(), Some("on"));
+        assert_eq!(k.file("/proc/sys/kernel/printk_devkmsg").as_deref(), Some("on\n"));
         let k = FakeKernel::default();
         stage_kernel_log(&mut ctx(&k, "console=ttyS0 loglevel=7")).unwrap();
         assert_eq!(k.file("/proc/sys/kernel/printk"), None);

@@ -24,10 +24,16 @@ struct Sinks {
 
 static SINKS: Mutex<Sinks> = Mutex::new(Sinks { console: None, kmsg: None });
 
-/// (Re)opens /dev/console and /dev/kmsg; call once /dev is mounted.
-pub fn open_sinks() {
+/// Opens /dev/console; call once /dev is mounted.
+pub fn open_console() {
     let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
     sinks.console = OpenOptions::new().write(true).open("/dev/console").ok();
+}
+
+/// Opens /dev/kmsg; call once the console log level keeps kernel-log
+/// records of Kelson's level off the console.
+pub fn open_kmsg() {
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
     sinks.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
 }
 

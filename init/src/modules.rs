@@ -31,11 +31,26 @@ pub struct ModuleIndex {
     builtin: HashSet<String>,
     soft_pre: HashMap<String, Vec<String>>,
     soft_post: HashMap<String, Vec<String>>,
+    /// exact alias → module names (soft dependencies name aliases such as
+    /// `crypto-crc32c`, not files)
+    aliases: HashMap<String, Vec<String>>,
 }
 
 impl ModuleIndex {
     pub fn parse(modules_dep: &str, modules_builtin: &str, modules_softdep: &str) -> Self {
+        Self::parse_with_aliases(modules_dep, modules_builtin, modules_softdep, "")
+    }
+
+    pub fn parse_with_aliases(modules_dep: &str, modules_builtin: &str, modules_softdep: &str, modules_alias: &str) -> Self {
         let mut index = ModuleIndex::default();
+        for line in modules_alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(alias), Some(module)) = (words.next(), words.next(), words.next()) {
+                if !alias.contains(['*', '?', '[']) {
+                    index.aliases.entry(normalize(alias)).or_default().push(normalize(module));
+                }
+            }
+        }
         for line in modules_dep.lines() {
             let Some((path, deps)) = line.split_once(':') else { continue };
             let deps = deps.split_whitespace().map(str::to_owned).collect();
@@ -76,7 +91,25 @@ impl ModuleIndex {
                 Err(source) => Err(ModuleError::ReadIndex { path, source }),
             }
         };
-        Ok(Self::parse(&read("modules.dep", true)?, &read("modules.builtin", false)?, &read("modules.softdep", false)?))
+        Ok(Self::parse_with_aliases(
+            &read("modules.dep", true)?,
+            &read("modules.builtin", false)?,
+            &read("modules.softdep", false)?,
+            &read("modules.alias", false)?,
+        ))
+    }
+
+    /// The modules a soft dependency names: itself if it is a module, else
+    /// every module carrying it as an alias. Empty if the kernel has none,
+    /// which is what makes a soft dependency soft.
+    fn resolve_soft(&self, name: &str) -> Vec<String> {
+        if self.modules.contains_key(name) || self.builtin.contains(name) {
+            return vec![name.to_owned()];
+        }
+        self.aliases
+            .get(name)
+            .map(|mods| mods.iter().filter(|m| self.modules.contains_key(*m) || self.builtin.contains(*m)).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The files to load, in order, so that `name` and everything it needs
@@ -100,10 +133,8 @@ impl ModuleIndex {
             return Err(ModuleError::Unknown { name: name.to_owned() });
         };
         for pre in self.soft_pre.get(name).into_iter().flatten() {
-            // A soft dependency the kernel does not have is not an error:
-            // that is what makes it soft.
-            if self.modules.contains_key(pre) || self.builtin.contains(pre) {
-                self.plan_into(pre, done, order, depth + 1)?;
+            for module in self.resolve_soft(pre) {
+                self.plan_into(&module, done, order, depth + 1)?;
             }
         }
         // modules.dep lists a module's dependencies so that loading them
@@ -113,8 +144,8 @@ impl ModuleIndex {
         }
         order.push(path.clone());
         for post in self.soft_post.get(name).into_iter().flatten() {
-            if self.modules.contains_key(post) || self.builtin.contains(post) {
-                self.plan_into(post, done, order, depth + 1)?;
+            for module in self.resolve_soft(post) {
+                self.plan_into(&module, done, order, depth + 1)?;
             }
         }
         Ok(())
@@ -220,6 +251,19 @@ kernel/crypto/crc32c_generic.ko.xz:
         let lib = plan.iter().position(|p| p.contains("libcrc32c")).unwrap();
         let nat = plan.iter().position(|p| p.contains("nf_nat")).unwrap();
         assert!(crc < lib && generic < lib && lib < nat, "{plan:?}");
+    }
+
+    #[test]
+    fn soft_dependencies_on_aliases_resolve_to_the_modules_providing_them() {
+        // Debian 6.12's real lines: ext4 wants crypto-crc32c, an alias.
+        let dep = "kernel/fs/ext4/ext4.ko.xz:\nkernel/arch/x86/crypto/crc32c-intel.ko.xz:\nkernel/crypto/crc32c_generic.ko.xz:\n";
+        let alias = "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias cpu:type:x86* crc32c_intel\n";
+        let idx = ModuleIndex::parse_with_aliases(dep, "", "softdep ext4 pre: crypto-crc32c\n", alias);
+        let plan = idx.plan("ext4", &mut HashSet::new()).unwrap();
+        assert_eq!(
+            plan,
+            vec!["kernel/arch/x86/crypto/crc32c-intel.ko.xz", "kernel/crypto/crc32c_generic.ko.xz", "kernel/fs/ext4/ext4.ko.xz"]
+        );
     }
 
     #[test]

@@ -1,1 +1,107 @@
-fn main() {}
+//! `cargo xtask`: the project's one driver.
+//!
+//! ```text
+//! cargo xtask run      install what is missing, build the image, boot a node in QEMU
+//! cargo xtask test     unit tests, image build, kernel config check, QEMU tests
+//! cargo xtask image    build target/image/{vmlinuz,kelson.initrd,kelson.efi}
+//! cargo xtask deps     only install the host packages
+//! cargo xtask bench    boot benchmarks measured inside the guest
+//! ```
+
+mod bench;
+mod deps;
+mod image;
+mod progress;
+mod run;
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <run|test|image|deps|bench> [options]\n\
+     \n  run            build the image and boot one node in QEMU (quit with ctrl-a x)\
+     \n  test           unit tests + image build + kernel config check + QEMU tests\
+     \n  image          build the node image into target/image/\
+     \n  deps           install the host packages the other commands need\
+     \n  bench [boot]   boot benchmarks, measured inside the guest"
+}
+
+fn main() -> ExitCode {
+    match main_exec() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_exec() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("deps") => deps::ensure(),
+        Some("image") => {
+            deps::ensure()?;
+            image::build(&root).map(|_| ())
+        }
+        Some("run") => {
+            deps::ensure()?;
+            let paths = image::build(&root)?;
+            run::boot_interactive(&paths)
+        }
+        Some("test") => test(&root, &args[1..]),
+        Some("bench") => {
+            deps::ensure()?;
+            let paths = image::build(&root)?;
+            bench::run(&root, &paths, args.get(1).map(String::as_str).unwrap_or("boot"))
+        }
+        Some("-h") | Some("--help") | None => {
+            println!("{}", usage());
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n{}", usage()),
+    }
+}
+
+/// The whole suite, in the order a failure is cheapest to find.
+fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
+    let mut steps = progress::Steps::new(5);
+    steps.start("installing host packages that are missing");
+    deps::ensure()?;
+    steps.start("unit and host tests (cargo test, all crates but qemu-tests)");
+    progress::run(
+        std::process::Command::new("cargo")
+            .current_dir(root)
+            .args(["test", "--workspace", "--exclude", "qemu-tests", "--", "--test-threads=2"]),
+        "cargo test (unit and host tests)",
+    )?;
+    steps.start("building the node image with mkosi");
+    let paths = image::build(root)?;
+    steps.start("checking the image kernel's configuration");
+    progress::run(
+        std::process::Command::new("cargo")
+            .current_dir(root)
+            .args(["run", "--quiet", "-p", "kernel-config", "--"])
+            .arg(&paths.kernel_config),
+        "kernel config check",
+    )?;
+    steps.start("QEMU tests: booting the image (TCG, about a minute per test)");
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(root)
+        .env("KELSON_IMAGE_DIR", &paths.dir)
+        .args(["test", "-p", "qemu-tests", "--", "--test-threads=2"])
+        .args(extra);
+    progress::run(&mut cmd, "cargo test -p qemu-tests")?;
+    steps.done();
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Host packages. Every command that needs something from the host calls
+//! [`ensure`], which installs what is missing with apt and says what and why
+//! before it does. mkosi must be 24 or newer: on Debian bookworm that means
+//! bookworm-backports, which this adds to apt's sources when needed.
+
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+
+/// (package, why Kelson needs it on the build host)
+const PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "boots node images (cargo xtask run/test)"),
+    ("ovmf", "UEFI firmware for booting the UKI"),
+    ("busybox-static", "the shell in the QEMU tests' test-only image layer"),
+    ("cpio", "inspecting the initramfs"),
+    ("zstd", "inspecting the initramfs"),
+    ("e2fsprogs", "mkfs.ext4 for the state disk tests"),
+    ("bubblewrap", "mkosi's build sandbox"),
+    ("debian-archive-keyring", "verifying the Debian trixie packages the image is built from"),
+    ("dosfstools", "FAT images for tests"),
+    ("mtools", "FAT images without mounting"),
+    ("xorriso", "ISO images without mounting"),
+];
+
+const MKOSI_MIN_MAJOR: u32 = 24;
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn codename() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_owned()))
+        .unwrap_or_default()
+}
+
+/// mkosi's major version, if it is installed.
+pub fn mkosi_major() -> Option<u32> {
+    let out = Command::new("mkosi").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1)?.split('.').next()?.parse().ok()
+}
+
+fn is_root() -> bool {
+    nix_uid() == 0
+}
+
+fn nix_uid() -> u32 {
+    // `id -u` keeps xtask free of a libc dependency for one call.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+fn apt(args: &[&str]) -> Result<()> {
+    let mut cmd = if is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["-y", "-q"]).args(args);
+    progress::run(&mut cmd, &format!("apt-get {}", args.join(" ")))
+}
+
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/kelson-bookworm-backports.sources";
+
+fn ensure_backports() -> Result<()> {
+    if std::path::Path::new(BACKPORTS_SOURCES).exists() {
+        return Ok(());
+    }
+    let already = Command::new("grep")
+        .args(["-rqs", "bookworm-backports", "/etc/apt/sources.list", "/etc/apt/sources.list.d/"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if already {
+        return Ok(());
+    }
+    eprintln!("xtask: adding bookworm-backports to apt's sources ({BACKPORTS_SOURCES}): mkosi >= 24 comes from there");
+    let text = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+                Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+    std::fs::write(BACKPORTS_SOURCES, text).with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
+    Ok(())
+}
+
+/// Installs whatever is missing. Cheap when nothing is.
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+    let mkosi_ok = mkosi_major().is_some_and(|m| m >= MKOSI_MIN_MAJOR);
+    if missing.is_empty() && mkosi_ok {
+        return Ok(());
+    }
+    eprintln!("xtask: installing host packages Kelson's build and tests need:");
+    for (p, why) in &missing {
+        eprintln!("  {p:<24} {why}");
+    }
+    if !mkosi_ok {
+        eprintln!("  {:<24} builds the node image (version {MKOSI_MIN_MAJOR} or newer)", "mkosi");
+    }
+    let code = codename();
+    if !mkosi_ok && code == "bookworm" {
+        ensure_backports()?;
+    }
+    apt(&["update"])?;
+    if !missing.is_empty() {
+        let mut args = vec!["install", "--no-install-recommends"];
+        args.extend(missing.iter().map(|(p, _)| *p));
+        apt(&args)?;
+    }
+    if !mkosi_ok {
+        if code == "bookworm" {
+            apt(&["install", "--no-install-recommends", "-t", "bookworm-backports", "mkosi", "python3-pefile"])?;
+        } else {
+            apt(&["install", "--no-install-recommends", "mkosi", "python3-pefile"])?;
+        }
+        match mkosi_major() {
+            Some(m) if m >= MKOSI_MIN_MAJOR => {}
+            found => bail!(
+                "mkosi {MKOSI_MIN_MAJOR} or newer is needed and apt provided {found:?} on {code:?}; \
+                 use Debian bookworm (with backports) or trixie"
+            ),
+        }
+    }
+    Ok(())
+}

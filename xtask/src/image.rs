@@ -1,0 +1,187 @@
+//! Building the node image: kelson-init in release mode, then mkosi (in a
+//! tools tree of Kelson's own, cached under /var/cache/kelson) builds the
+//! Debian trixie root and packs it as a UKI; its split kernel and initramfs
+//! are the direct-boot artifacts.
+
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where mkosi keeps packages, incremental images and the tools tree
+/// between builds (and between clones on the same machine).
+const CACHE_ROOT: &str = "/var/cache/kelson";
+
+#[derive(Debug, Clone)]
+pub struct ImagePaths {
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub uki: PathBuf,
+    pub kernel_config: PathBuf,
+}
+
+impl ImagePaths {
+    pub fn in_dir(dir: &Path) -> Self {
+        ImagePaths {
+            dir: dir.to_owned(),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("kelson.initrd"),
+            uki: dir.join("kelson.efi"),
+            kernel_config: dir.join("kernel.config"),
+        }
+    }
+}
+
+/// FNV-1a: a stable fingerprint of the tools tree's configuration, so a
+/// cached tools tree is reused exactly while its configuration is unchanged.
+fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in *part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// Runs mkosi, keeping its full output in `log` and showing its step lines.
+fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
+    eprintln!("xtask: mkosi {} (full log: {})", args.join(" "), log.display());
+    // mkosi reports its steps on stderr and the tools' chatter on stdout;
+    // both go to the log, and only the step lines to the terminal.
+    let mut child = Command::new("sh")
+        .args(["-c", "exec mkosi \"$@\" 2>&1", "mkosi"])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("PYTHONUNBUFFERED", "1")
+        .spawn()
+        .with_context(|| format!("starting mkosi for {what}"))?;
+    let mut log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = writeln!(log_file, "{line}");
+            if line.starts_with('‣') {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    let status = child.wait().with_context(|| format!("waiting for mkosi ({what})"))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        eprintln!("--- last lines of {} ---", log.display());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+        bail!("mkosi failed building {what} ({status}); see {}", log.display());
+    }
+    Ok(())
+}
+
+/// The tools tree mkosi builds the node image in, built once per
+/// configuration and kept in the cache.
+fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
+    let conf_dir = root.join("image/tools");
+    let conf = std::fs::read(conf_dir.join("mkosi.conf")).context("reading image/tools/mkosi.conf")?;
+    let sources = std::fs::read(conf_dir.join("mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources"))
+        .context("reading image/tools/mkosi.pkgmngr sources")?;
+    let out_dir = PathBuf::from(CACHE_ROOT).join(format!("tools-{}", fingerprint(&[&conf, &sources])));
+    let tree = out_dir.join("kelson-tools");
+    let stamp = out_dir.join("complete");
+    if stamp.exists() && tree.is_dir() {
+        eprintln!("xtask: reusing the tools tree {}", tree.display());
+        return Ok(tree);
+    }
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let args = vec![
+        format!("--output-dir={}", out_dir.display()),
+        format!("--cache-dir={CACHE_ROOT}/mkosi-tools-cache"),
+        "--force".into(),
+        "build".into(),
+    ];
+    mkosi(&args, &conf_dir, &log_dir.join("mkosi-tools.log"), "the tools tree")?;
+    std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(tree)
+}
+
+/// Lays out what the image gets on top of the Debian packages: kelson-init
+/// as /sbin/init and /init (the kernel runs /init from an initramfs).
+fn extra_tree(root: &Path, init_binary: &Path) -> Result<PathBuf> {
+    let extra = root.join("target/image-extra");
+    if extra.exists() {
+        std::fs::remove_dir_all(&extra).with_context(|| format!("clearing {}", extra.display()))?;
+    }
+    let sbin = extra.join("usr/sbin");
+    std::fs::create_dir_all(&sbin).with_context(|| format!("creating {}", sbin.display()))?;
+    std::fs::copy(init_binary, sbin.join("init"))
+        .with_context(|| format!("copying {} into the image", init_binary.display()))?;
+    std::os::unix::fs::symlink("usr/sbin/init", extra.join("init")).context("linking /init to /usr/sbin/init")?;
+    Ok(extra)
+}
+
+fn size_mib(path: &Path) -> String {
+    std::fs::metadata(path).map(|m| format!("{:.1} MiB", m.len() as f64 / (1024.0 * 1024.0))).unwrap_or("missing".into())
+}
+
+/// Builds everything into target/image/ and returns the artifact paths.
+pub fn build(root: &Path) -> Result<ImagePaths> {
+    let image_dir = root.join("target/image");
+    std::fs::create_dir_all(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
+
+    eprintln!("xtask: building kelson-init (release)");
+    progress::run(
+        Command::new("cargo").current_dir(root).args(["build", "--release", "--quiet", "-p", "kelson-init"]),
+        "cargo build --release -p kelson-init",
+    )?;
+    let init_binary = root.join("target/release/kelson-init");
+    let extra = extra_tree(root, &init_binary)?;
+
+    let tools = tools_tree(root, &image_dir)?;
+
+    let out = root.join("target/mkosi-out");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let args = vec![
+        format!("--tools-tree={}", tools.display()),
+        format!("--extra-tree={}", extra.display()),
+        format!("--output-dir={}", out.display()),
+        format!("--cache-dir={CACHE_ROOT}/mkosi-cache"),
+        "--force".into(),
+        "build".into(),
+    ];
+    mkosi(&args, &root.join("image"), &image_dir.join("mkosi.log"), "the node image")?;
+
+    let paths = ImagePaths::in_dir(&image_dir);
+    for (from, to) in [
+        ("kelson.vmlinuz", &paths.kernel),
+        ("kelson.initrd", &paths.initrd),
+        ("kelson.efi", &paths.uki),
+        ("kernel.config", &paths.kernel_config),
+    ] {
+        let src = out.join(from);
+        std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
+    }
+    eprintln!("xtask: image built in {}:", image_dir.display());
+    eprintln!("  vmlinuz        {}  (kernel)", size_mib(&paths.kernel));
+    eprintln!("  kelson.initrd  {}  (the whole root, zstd cpio)", size_mib(&paths.initrd));
+    eprintln!("  kelson.efi     {}  (UKI: kernel + initramfs + command line)", size_mib(&paths.uki));
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_changes_with_any_byte_and_is_stable() {
+        let a = fingerprint(&[b"Packages=apt", b"trixie"]);
+        assert_eq!(a, fingerprint(&[b"Packages=apt", b"trixie"]));
+        assert_ne!(a, fingerprint(&[b"Packages=apu", b"trixie"]));
+        assert_eq!(fingerprint(&[]), "cbf29ce484222325");
+    }
+}
