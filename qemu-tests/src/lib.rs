@@ -1,1 +1,3 @@
+mod cpio;
 
+pub use cpio::Layer;
