@@ -137,9 +137,7 @@ impl Layer {
         // Inode numbers only need to be distinct within the archive; the
         // kernel uses them to detect hard links. Start high so they are
         // easy to tell apart from real ones when debugging.
-        let mut ino: u32 = 0x1000;
-        for entry in &self.entries {
-            ino += 1;
+        for (ino, entry) in (0x1001u32..).zip(&self.entries) {
             let (kind, data, nlink, dev): (u32, std::borrow::Cow<'_, [u8]>, u32, (u32, u32)) =
                 match &entry.content {
                     Content::Dir => (S_IFDIR, (&[][..]).into(), 2, (0, 0)),
@@ -342,9 +340,8 @@ impl Header {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    let pad = (4 - out.len() % 4) % 4;
+    out.resize(out.len() + pad, 0);
 }
 
 #[cfg(test)]
