@@ -93,17 +93,26 @@ impl Agent {
     /// shell handles lines in order, so answers to earlier probes (and any
     /// error about probe lines the serial port cut short before the guest
     /// opened it) all come before it.
+    ///
+    /// Probes are `echo __KELSON_AGENT_SYNC_<n>_$KELSON_AGENT`, which the
+    /// guest answers with `__KELSON_AGENT_SYNC_<n>_ready`. They hold no
+    /// quotes, brackets or glob characters, so whatever tail of one the
+    /// guest receives cannot leave the shell inside an open quote or end it
+    /// with a syntax error; and neither a tty echo of a probe nor a "not
+    /// found" message about a cut one looks like an answer.
     fn handshake(&mut self, deadline: Instant) -> Result<()> {
         let mut last_probe: Option<Instant> = None;
+        let mut sent: Vec<String> = Vec::new();
         loop {
             if last_probe.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                let n = self.take_marker();
-                self.send(&format!("echo \"{MARKER_PREFIX}\"\"SYNC_{n}\"\n"))?;
+                sent.push(self.send_probe()?);
                 last_probe = Some(Instant::now());
             }
             self.fill(Duration::from_millis(100))?;
-            let seen = String::from_utf8_lossy(&self.pending).contains(&format!("{MARKER_PREFIX}SYNC_"));
-            if seen {
+            if sent
+                .iter()
+                .any(|answer| find(&self.pending, answer.as_bytes()).is_some())
+            {
                 break;
             }
             if Instant::now() >= deadline {
@@ -114,12 +123,17 @@ impl Agent {
                 );
             }
         }
-        let n = self.take_marker();
-        self.send(&format!("echo \"{MARKER_PREFIX}\"\"SYNC_{n}\"\n"))?;
-        let needle = format!("{MARKER_PREFIX}SYNC_{n}\n");
-        self.read_until(&needle, deadline)
+        let answer = self.send_probe()?;
+        self.read_until(&answer, deadline)
             .context("waiting for the agent's answer to the final handshake probe")?;
         Ok(())
+    }
+
+    /// Sends a probe and returns the answer to wait for.
+    fn send_probe(&mut self) -> Result<String> {
+        let n = self.take_marker();
+        self.send(&format!("echo {MARKER_PREFIX}SYNC_{n}_$KELSON_AGENT\n"))?;
+        Ok(format!("{MARKER_PREFIX}SYNC_{n}_ready\n"))
     }
 
     pub(crate) fn exec(&mut self, command: &str, timeout: Duration) -> Result<AgentOutput> {
@@ -135,9 +149,9 @@ impl Agent {
             format!("waiting {timeout:?} for guest command {command:?} to finish")
         })?;
         // The status follows the marker, up to the end of its line.
-        let status_line = self.read_until("\n", deadline).with_context(|| {
-            format!("reading the exit status of guest command {command:?}")
-        })?;
+        let status_line = self
+            .read_until("\n", deadline)
+            .with_context(|| format!("reading the exit status of guest command {command:?}"))?;
         let status: i32 = status_line.trim().parse().with_context(|| {
             format!("parsing exit status {status_line:?} of guest command {command:?}")
         })?;
@@ -208,8 +222,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// The guest side of the agent, as a layer: busybox at [`GUEST_BUSYBOX`]
 /// and an executable hook at [`AGENT_HOOK`] that installs applet symlinks
 /// in [`GUEST_APPLET_DIR`], puts `/dev/ttyS1` in raw, no-echo mode and
-/// execs a non-interactive busybox shell reading commands from it, with
-/// stdin, stdout and stderr on it too.
+/// runs a non-interactive busybox shell reading commands from it, with
+/// stdin, stdout and stderr on it too (restarted should it ever exit).
 ///
 /// `busybox_host_path` must be a statically linked busybox (Debian's
 /// busybox-static installs one at `/bin/busybox`).
@@ -228,8 +242,13 @@ $bb mkdir -p {GUEST_APPLET_DIR}
 $bb --install -s {GUEST_APPLET_DIR}
 export PATH={GUEST_APPLET_DIR}:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
+export KELSON_AGENT=ready
 $bb stty -F $tty raw -echo
-exec $bb sh $tty <$tty >$tty 2>&1
+# Normally the shell never exits; if something kills it, start another.
+while :; do
+    $bb sh $tty <$tty >$tty 2>&1
+    $bb sleep 1
+done
 "#
     );
     Layer::new()

@@ -79,7 +79,11 @@ impl Layer {
     /// A regular file whose content is read from `host_path` when the
     /// archive is encoded.
     pub fn file_from_host(mut self, path: &str, host_path: impl AsRef<Path>, mode: u32) -> Self {
-        self.add(path, mode, Content::HostFile(host_path.as_ref().to_path_buf()));
+        self.add(
+            path,
+            mode,
+            Content::HostFile(host_path.as_ref().to_path_buf()),
+        );
         self
     }
 
@@ -228,10 +232,7 @@ impl Layer {
             if let Some(&i) = self.index.get(prefix) {
                 // A symlink may stand for a directory (e.g. /bin -> usr/bin):
                 // the kernel follows it when it creates the child.
-                if !matches!(
-                    self.entries[i].content,
-                    Content::Dir | Content::Symlink(_)
-                ) {
+                if !matches!(self.entries[i].content, Content::Dir | Content::Symlink(_)) {
                     self.problems.push(format!(
                         "/{prefix} is not a directory but has entries below it"
                     ));
@@ -483,7 +484,9 @@ mod tests {
             std::fs::read_link(out.join("bin")).unwrap(),
             Path::new("usr/bin")
         );
-        assert!(std::fs::metadata(out.join("var/lib/state")).unwrap().is_dir());
+        assert!(std::fs::metadata(out.join("var/lib/state"))
+            .unwrap()
+            .is_dir());
         assert_eq!(std::fs::metadata(out.join("empty")).unwrap().mtime(), 0);
     }
 

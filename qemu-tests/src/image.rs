@@ -12,7 +12,7 @@ pub const IMAGE_DIR_ENV: &str = "KELSON_IMAGE_DIR";
 pub struct ImagePaths {
     /// The directory holding them.
     pub dir: PathBuf,
-    /// The kernel, `kelson.vmlinuz`.
+    /// The kernel, `vmlinuz`.
     pub kernel: PathBuf,
     /// The zstd-compressed whole-root initramfs, `kelson.initrd`.
     pub initrd: PathBuf,
@@ -25,7 +25,7 @@ impl ImagePaths {
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         Self {
-            kernel: dir.join("kelson.vmlinuz"),
+            kernel: dir.join("vmlinuz"),
             initrd: dir.join("kelson.initrd"),
             uki: dir.join("kelson.efi"),
             dir,
@@ -66,7 +66,7 @@ impl ImagePaths {
             bail!(
                 "Kelson image artifacts missing: {} (looked in {}, taken from {}). \
                  Run `cargo xtask image` to build the image, or point {IMAGE_DIR_ENV} at a \
-                 directory holding kelson.vmlinuz, kelson.initrd and kelson.efi.",
+                 directory holding vmlinuz, kelson.initrd and kelson.efi.",
                 missing.join(", "),
                 self.dir.display(),
                 if std::env::var_os(IMAGE_DIR_ENV).is_some_and(|v| !v.is_empty()) {
@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn names_inside_dir() {
         let p = ImagePaths::in_dir("/x");
-        assert_eq!(p.kernel, Path::new("/x/kelson.vmlinuz"));
+        assert_eq!(p.kernel, Path::new("/x/vmlinuz"));
         assert_eq!(p.initrd, Path::new("/x/kelson.initrd"));
         assert_eq!(p.uki, Path::new("/x/kelson.efi"));
     }
@@ -108,7 +108,7 @@ mod tests {
         let p = ImagePaths::in_dir(tmp.path());
         let err = p.check(&[&p.kernel, &p.uki]).unwrap_err().to_string();
         assert!(err.contains("cargo xtask image"), "{err}");
-        assert!(err.contains("kelson.vmlinuz"), "{err}");
+        assert!(err.contains("vmlinuz"), "{err}");
         assert!(err.contains("kelson.efi"), "{err}");
     }
 
@@ -116,6 +116,12 @@ mod tests {
     fn default_dir_is_under_workspace_target() {
         let d = default_image_dir();
         assert!(d.ends_with("target/image"), "{}", d.display());
-        assert!(d.parent().unwrap().parent().unwrap().join("Cargo.toml").is_file());
+        assert!(d
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("Cargo.toml")
+            .is_file());
     }
 }

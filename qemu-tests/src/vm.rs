@@ -336,8 +336,7 @@ impl VmBuilder {
     /// test's own thread), not in a short-lived helper thread.
     pub fn boot(&self) -> Result<Vm> {
         let what = format!("VM {:?} (kernel {})", self.name, self.kernel.display());
-        self.boot_inner()
-            .with_context(|| format!("booting {what}"))
+        self.boot_inner().with_context(|| format!("booting {what}"))
     }
 
     fn boot_inner(&self) -> Result<Vm> {
@@ -437,7 +436,11 @@ impl VmBuilder {
             let mut f = File::open(base)
                 .with_context(|| format!("opening base initrd {}", base.display()))?;
             len = std::io::copy(&mut f, &mut out).with_context(|| {
-                format!("copying base initrd {} into {}", base.display(), path.display())
+                format!(
+                    "copying base initrd {} into {}",
+                    base.display(),
+                    path.display()
+                )
             })?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
@@ -544,9 +547,8 @@ impl Vm {
         match std::fs::read(&self.files.console) {
             Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(e).with_context(|| {
-                format!("reading console log {}", self.files.console.display())
-            }),
+            Err(e) => Err(e)
+                .with_context(|| format!("reading console log {}", self.files.console.display())),
         }
     }
 
@@ -603,7 +605,10 @@ impl Vm {
                 self.agent = Some(Agent::connect(&self.files.agent, deadline)?);
             }
             match self.agent.as_mut() {
-                Some(agent) => agent.exec(shell_cmd, deadline.saturating_duration_since(Instant::now())),
+                Some(agent) => agent.exec(
+                    shell_cmd,
+                    deadline.saturating_duration_since(Instant::now()),
+                ),
                 None => bail!("agent connection missing"),
             }
         })();
@@ -866,7 +871,13 @@ fn keyval_suffix(prefix: &str, path: &Path, suffix: &str) -> OsString {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(24)
         .collect()
 }
@@ -940,9 +951,15 @@ mod tests {
             ("-append", "console=ttyS0 panic=-1"),
             ("-chardev", "file,id=con0,path=/tmp/d/console.log"),
             ("-serial", "chardev:con0"),
-            ("-chardev", "socket,id=agent,path=/tmp/d/agent.sock,server=on,wait=off"),
+            (
+                "-chardev",
+                "socket,id=agent,path=/tmp/d/agent.sock,server=on,wait=off",
+            ),
             ("-serial", "chardev:agent"),
-            ("-chardev", "socket,id=qmp,path=/tmp/d/qmp.sock,server=on,wait=off"),
+            (
+                "-chardev",
+                "socket,id=qmp,path=/tmp/d/qmp.sock,server=on,wait=off",
+            ),
             ("-mon", "chardev=qmp,mode=control"),
         ] {
             assert!(has_pair(&args, f, v), "{f} {v} missing in {args:?}");
@@ -950,8 +967,9 @@ mod tests {
         assert!(args.contains(&"-nodefaults".to_owned()));
         assert!(args.contains(&"-no-user-config".to_owned()));
         assert!(args.contains(&"-no-reboot".to_owned()));
-        assert!(!args.iter().any(|a| a.contains("user")
-            && a != "-no-user-config"));
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("user") && a != "-no-user-config"));
     }
 
     #[test]
@@ -980,7 +998,10 @@ mod tests {
             ("-netdev", "socket,id=n0,listen=127.0.0.1:4000"),
             ("-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"),
             ("-netdev", "socket,id=n1,connect=127.0.0.1:4001"),
-            ("-netdev", "socket,id=n2,mcast=230.0.0.1:4002,localaddr=127.0.0.1"),
+            (
+                "-netdev",
+                "socket,id=n2,mcast=230.0.0.1:4002,localaddr=127.0.0.1",
+            ),
             ("-device", "virtio-rng-pci"),
         ] {
             assert!(has_pair(&args, f, v), "{f} {v} missing in {args:?}");

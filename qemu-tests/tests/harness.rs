@@ -99,9 +99,16 @@ fn boot_expect_agent_qmp_and_quit() {
 
     // exit, a syntax error and a command reading stdin must not hurt the agent.
     assert_eq!(vm.agent_exec("exit 7", CMD_TIMEOUT).unwrap().status, 7);
-    assert_ne!(vm.agent_exec("if then fi (", CMD_TIMEOUT).unwrap().status, 0);
+    assert_ne!(
+        vm.agent_exec("if then fi (", CMD_TIMEOUT).unwrap().status,
+        0
+    );
     assert_eq!(vm.agent_exec("cat", CMD_TIMEOUT).unwrap().output, "");
-    let out = vm.agent_exec("cat /proc/cmdline", CMD_TIMEOUT).unwrap().ok().unwrap();
+    let out = vm
+        .agent_exec("cat /proc/cmdline", CMD_TIMEOUT)
+        .unwrap()
+        .ok()
+        .unwrap();
     assert!(out.output.contains("console=ttyS0"), "{out:?}");
     let big = vm.agent_exec("seq 1 5000", CMD_TIMEOUT).unwrap();
     assert_eq!(big.output.lines().count(), 5000);
@@ -124,6 +131,17 @@ fn boot_expect_agent_qmp_and_quit() {
 }
 
 #[test]
+fn agent_waits_for_a_booting_guest() {
+    let mut vm = guest("early", "").boot().unwrap();
+    // Connect while the kernel is still booting: the handshake must ride
+    // out the serial port being opened, reset and switched to raw mode.
+    let out = vm.agent_exec("echo early", BOOT_TIMEOUT).unwrap();
+    assert_eq!(out.output, "early\n");
+    assert_eq!(out.status, 0);
+    assert!(vm.console_text().unwrap().contains(UP_LINE));
+}
+
+#[test]
 fn drop_kills_qemu() {
     let vm = guest("drop", "").boot().unwrap();
     let dir = vm.dir().to_path_buf();
@@ -138,10 +156,7 @@ fn drop_kills_qemu() {
 
 #[test]
 fn expect_timeout_shows_console_tail_and_reboot_finds_second_occurrence() {
-    let mut vm = guest("reboot", "")
-        .reboot_allowed(true)
-        .boot()
-        .unwrap();
+    let mut vm = guest("reboot", "").reboot_allowed(true).boot().unwrap();
     vm.expect(UP_LINE, BOOT_TIMEOUT).unwrap();
 
     let err = vm
@@ -298,7 +313,10 @@ fn two_vms_ping_over_socket_network() {
     assert_eq!(out.status, 0, "{}", out.output);
     assert!(out.output.contains("3 packets received"), "{}", out.output);
     let out = b
-        .agent_exec("ip neigh; ping -c 1 -w 30 192.0.2.1", Duration::from_secs(60))
+        .agent_exec(
+            "ip neigh; ping -c 1 -w 30 192.0.2.1",
+            Duration::from_secs(60),
+        )
         .unwrap()
         .ok()
         .unwrap();
