@@ -61,3 +61,5 @@ pub use agent::{guest_layer_with_agent, AgentOutput, AGENT_HOOK, GUEST_APPLET_DI
 pub use cpio::Layer;
 pub use image::{ImagePaths, IMAGE_DIR_ENV};
 pub use vm::{free_loopback_port, DiskFormat, Vm, VmBuilder};
+/// Re-exported for [`Vm::qmp`] arguments and results.
+pub use serde_json;
