@@ -61,10 +61,11 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `stages` in order and says how boot ended.
 pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
-    // Test knob: make one stage panic, to prove a panic never takes PID 1
-    // down. Read once, before the stages run.
-    let panic_stage = ctx.cmdline.get("kelson.test.panic_stage").map(str::to_owned);
     for stage in stages {
+        // Test knob: make one stage panic, to prove a panic never takes
+        // PID 1 down. Looked up per stage: the command line is only read
+        // once /proc is mounted.
+        let panic_stage = ctx.cmdline.get("kelson.test.panic_stage").map(str::to_owned);
         let started = clock::boottime();
         info!(stage = stage.name, "stage start");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

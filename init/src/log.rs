@@ -20,9 +20,12 @@ use tracing_subscriber::layer::{Context, Layer};
 struct Sinks {
     console: Option<File>,
     kmsg: Option<File>,
+    /// The kernel echoes kmsg records below this priority number to the
+    /// console itself; those lines are not written to the console twice.
+    console_loglevel: u8,
 }
 
-static SINKS: Mutex<Sinks> = Mutex::new(Sinks { console: None, kmsg: None });
+static SINKS: Mutex<Sinks> = Mutex::new(Sinks { console: None, kmsg: None, console_loglevel: 0 });
 
 /// Opens /dev/console; call once /dev is mounted.
 pub fn open_console() {
@@ -35,6 +38,15 @@ pub fn open_console() {
 pub fn open_kmsg() {
     let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
     sinks.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+    sinks.console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|w| w.parse().ok()))
+        .unwrap_or(0);
+}
+
+/// Whether the kernel will print a kmsg record of `priority` on the console.
+pub fn kernel_echoes(priority: u8, console_loglevel: u8) -> bool {
+    priority < console_loglevel
 }
 
 /// Formats one line (without the newline). Pure, for tests.
@@ -98,7 +110,9 @@ impl<S: Subscriber> Layer<S> for ConsoleKmsgLayer {
         event.record(&mut c);
         let line = format_line(clock::boottime(), level, &c.message, &c.fields);
         let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+        let echoed = sinks.kmsg.is_some() && kernel_echoes(kmsg_priority(level), sinks.console_loglevel);
         match sinks.console.as_mut() {
+            _ if echoed => {}
             Some(console) => {
                 let _ = writeln!(console, "{line}");
             }
@@ -141,6 +155,15 @@ mod tests {
     fn warnings_are_marked_and_values_with_spaces_quoted() {
         let line = format_line(Duration::ZERO, Level::WARN, "sysctl failed", &[("error".into(), "no such file".into())]);
         assert_eq!(line, "[    0.000000] kelson: WARN sysctl failed error=\"no such file\"");
+    }
+
+    #[test]
+    fn lines_the_kernel_echoes_are_not_written_to_the_console_again() {
+        // console log level 4: errors (3) are echoed, warnings (4) and info (6) not.
+        assert!(kernel_echoes(kmsg_priority(Level::ERROR), 4));
+        assert!(!kernel_echoes(kmsg_priority(Level::WARN), 4));
+        assert!(!kernel_echoes(kmsg_priority(Level::INFO), 4));
+        assert!(kernel_echoes(kmsg_priority(Level::INFO), 7));
     }
 
     #[test]

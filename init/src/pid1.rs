@@ -21,6 +21,9 @@ use tracing::{error, info, warn};
 /// Starts PID 1. Never returns: the `ExitCode` type only satisfies `main`.
 pub fn run() -> ExitCode {
     let started = clock::boottime();
+    // The kernel starts init with no PATH; helpers such as mkfs.ext4 are
+    // found through it. Set while PID 1 still has a single thread.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     crate::log::init();
     std::panic::set_hook(Box::new(|info| {
         error!(panic = %info, "panic caught; PID 1 carries on");

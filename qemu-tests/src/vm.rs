@@ -839,6 +839,12 @@ impl Drop for Vm {
         }
         // Nothing useful can be done about a failure here.
         let _ = self.kill();
+        if std::env::var_os("KELSON_KEEP_VM_DIRS").is_some() {
+            let kept = self.dir.path().with_extension("kept");
+            if std::fs::rename(self.dir.path(), &kept).is_ok() {
+                eprintln!("VM {:?}: files kept in {}", self.name, kept.display());
+            }
+        }
     }
 }
 
