@@ -77,11 +77,15 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
 
 #[test]
 fn the_power_button_powers_the_node_off_in_order_and_qemu_exits_cleanly() {
-    let mut vm = node().boot().unwrap();
+    // A process that ignores SIGTERM must be SIGKILLed after the grace
+    // period; PID 1 starts it as a test hook.
+    let hook = format!("#!/usr/lib/kelson-test/busybox sh\nexec {GUEST_ORPHAN_MAKER} ignore-term\n");
+    let layer = Layer::new().file("/usr/lib/kelson/test-hooks/60-ignore-term", hook, 0o755);
+    let mut vm = node().layer(layer).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
     vm.expect("watching power button", SHORT).unwrap();
-    // A process that ignores SIGTERM must be SIGKILLed after the grace period.
-    sh(&mut vm, &format!("{GUEST_ORPHAN_MAKER} ignore-term >/dev/null 2>&1 &"));
+    let running = sh(&mut vm, "ps -o pid,args | grep -c '[i]gnore-term'");
+    assert_eq!(running, "1", "the SIGTERM-ignoring process is not running");
     vm.system_powerdown().unwrap();
     expect_in_order(
         &mut vm,
@@ -165,10 +169,11 @@ fn a_failed_critical_stage_leaves_pid_1_alive_in_maintenance() {
 
 #[test]
 fn a_panicking_stage_is_caught_and_the_node_stays_up_in_maintenance() {
-    let mut vm = node().append("kelson.test.panic_stage=identity").boot().unwrap();
+    // cgroups is a critical stage: a panic there must mean maintenance.
+    let mut vm = node().append("kelson.test.panic_stage=cgroups").boot().unwrap();
     vm.expect("panic caught; PID 1 carries on", BOOT).unwrap();
     let line = vm.expect("maintenance: boot stopped", BOOT).unwrap();
-    assert!(line.contains("stage=identity") && line.contains("panicked"), "{line}");
+    assert!(line.contains("stage=cgroups") && line.contains("panicked"), "{line}");
     assert_eq!(sh(&mut vm, "readlink /proc/1/exe"), "/usr/sbin/init");
 }
 

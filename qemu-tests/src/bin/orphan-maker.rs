@@ -59,9 +59,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("ignore-term") => {
-            // A process that outlives SIGTERM, for the shutdown tests.
-            // SAFETY: installing SIG_IGN runs no handler code.
-            let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, nix::sys::signal::SigHandler::SigIgn) };
+            // A process that outlives SIGTERM, for the shutdown tests. It
+            // ignores SIGHUP too: the agent shell it was started from dies
+            // first and takes its terminal's process group with it.
+            use nix::sys::signal::{signal, SigHandler, Signal};
+            for sig in [Signal::SIGTERM, Signal::SIGHUP] {
+                // SAFETY: installing SIG_IGN runs no handler code.
+                let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+            }
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
