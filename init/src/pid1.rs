@@ -164,10 +164,17 @@ fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
         warn!("no power button input device found; power off with SIGTERM instead");
     }
     for device in devices {
+        let file = match std::fs::File::open(&device) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(device = %device.display(), error = %e, "could not open power button device");
+                continue;
+            }
+        };
         info!(device = %device.display(), "watching power button");
         let tx = shutdown_tx.clone();
         let spawned = std::thread::Builder::new().name("power-button".into()).spawn(move || {
-            let result = power::watch(&device, || {
+            let result = power::watch(file, || {
                 info!(device = %device.display(), "power button pressed");
                 let _ = tx.blocking_send(Action::PowerOff);
             });

@@ -48,10 +48,11 @@ pub fn power_button_devices(sys_class_input: &Path, dev_input: &Path) -> Vec<Pat
     found
 }
 
-/// Blocks reading `device` and calls `on_press` for each power key press,
-/// until the device goes away.
-pub fn watch(device: &Path, mut on_press: impl FnMut()) -> io::Result<()> {
-    let mut file = std::fs::File::open(device)?;
+/// Blocks reading an opened event device and calls `on_press` for each
+/// power key press, until the device goes away. The caller opens the
+/// device first: the kernel only delivers events to readers that already
+/// have it open, so "watching" must not be announced before that.
+pub fn watch(mut file: impl Read, mut on_press: impl FnMut()) -> io::Result<()> {
     let mut event = [0u8; INPUT_EVENT_SIZE];
     loop {
         file.read_exact(&mut event)?;
@@ -112,7 +113,7 @@ mod tests {
         }
         std::fs::write(&path, data).unwrap();
         let mut presses = 0;
-        let end = watch(&path, || presses += 1).unwrap_err();
+        let end = watch(std::fs::File::open(&path).unwrap(), || presses += 1).unwrap_err();
         assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(presses, 2);
     }

@@ -241,8 +241,8 @@ fn virtio_net_modules(dir: &Path) -> Result<Vec<PathBuf>> {
     let status = Command::new("sh")
         .arg("-c")
         .arg(
-            "zstd -dc \"$1\" | cpio -idm --quiet '*/virtio_net.ko.xz' '*/net_failover.ko.xz' \
-             '*/failover.ko.xz'",
+            "zstd -dc \"$1\" | cpio -idm --quiet '*/virtio_net.ko*' '*/net_failover.ko*' \
+             '*/failover.ko*'",
         )
         .arg("sh")
         .arg(&image.initrd)
@@ -253,19 +253,23 @@ fn virtio_net_modules(dir: &Path) -> Result<Vec<PathBuf>> {
         bail!("extracting modules from {} failed", image.initrd.display());
     }
     let mut found = Vec::new();
+    // The image ships its modules uncompressed; a kernel package's
+    // .ko.xz files are decompressed for busybox insmod.
     for name in ["failover", "net_failover", "virtio_net"] {
         let out = Command::new("find")
             .arg(dir)
-            .args(["-name", &format!("{name}.ko.xz")])
+            .args(["-name", &format!("{name}.ko"), "-o", "-name", &format!("{name}.ko.xz")])
             .output()
             .context("running find")?;
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if path.is_empty() {
-            bail!("{name}.ko.xz not in {}", image.initrd.display());
-        }
-        let status = Command::new("xz").args(["-d", "-f", &path]).status()?;
-        if !status.success() {
-            bail!("xz -d {path} failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(path) = text.lines().next().map(str::to_owned) else {
+            bail!("{name}.ko(.xz) not in {}", image.initrd.display());
+        };
+        if path.ends_with(".xz") {
+            let status = Command::new("xz").args(["-d", "-f", &path]).status()?;
+            if !status.success() {
+                bail!("xz -d {path} failed");
+            }
         }
         found.push(PathBuf::from(path.trim_end_matches(".xz")));
     }

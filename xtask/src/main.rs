@@ -99,7 +99,7 @@ fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(root)
         .env("KELSON_IMAGE_DIR", &paths.dir)
-        .args(["test", "-p", "qemu-tests", "--", "--test-threads=2"])
+        .args(["test", "--no-fail-fast", "-p", "qemu-tests", "--", "--test-threads=2"])
         .args(extra);
     progress::run(&mut cmd, "cargo test -p qemu-tests")?;
     steps.done();
