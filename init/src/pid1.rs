@@ -144,6 +144,9 @@ fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, starte
     let mut ctx = BootContext { kernel: &kernel, cmdline: Cmdline::default(), reaper: reaper.clone(), module_dir: module_dir() };
     let outcome = boot::run_stages(&mut ctx, boot::STAGES);
     attach_console();
+    // The power button is live before the outcome is announced, so
+    // whoever waits for "ready" or "maintenance" can press it at once.
+    watch_power_buttons(shutdown_tx);
     let now = clock::boottime();
     let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
     match &outcome {
@@ -154,7 +157,6 @@ fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, starte
             "maintenance: boot stopped; PID 1 stays up, reaping and answering the power button"
         ),
     }
-    watch_power_buttons(shutdown_tx);
     start_hooks(&reaper);
 }
 

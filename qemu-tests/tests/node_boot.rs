@@ -82,8 +82,9 @@ fn the_power_button_powers_the_node_off_in_order_and_qemu_exits_cleanly() {
     let hook = format!("#!/usr/lib/kelson-test/busybox sh\nexec {GUEST_ORPHAN_MAKER} ignore-term\n");
     let layer = Layer::new().file("/usr/lib/kelson/test-hooks/60-ignore-term", hook, 0o755);
     let mut vm = node().layer(layer).boot().unwrap();
+    // The button is watched before boot announces its outcome.
+    vm.expect("watching power button", BOOT).unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
-    vm.expect("watching power button", SHORT).unwrap();
     let running = sh(&mut vm, "ps -o pid,args | grep -c '[i]gnore-term'");
     assert_eq!(running, "1", "the SIGTERM-ignoring process is not running");
     vm.system_powerdown().unwrap();

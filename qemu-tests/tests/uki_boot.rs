@@ -23,8 +23,8 @@ fn the_uki_boots_to_ready_under_ovmf_and_powers_off() {
         .unwrap();
     let pid1 = vm.expect("kelson-init starting as PID 1", Duration::from_secs(300)).unwrap();
     assert!(pid1.contains("kelson:"), "{pid1}");
+    vm.expect("watching power button", Duration::from_secs(120)).unwrap();
     vm.expect("kelson: ready", Duration::from_secs(120)).unwrap();
-    vm.expect("watching power button", Duration::from_secs(30)).unwrap();
     vm.system_powerdown().unwrap();
     vm.expect("shutdown: power-off", Duration::from_secs(60)).unwrap();
     assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
