@@ -136,10 +136,13 @@ fn ctrl_alt_del_reboots_the_node_back_to_ready() {
 fn orphans_re_parented_to_pid_1_are_reaped() {
     let mut vm = node().boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
-    let made = sh(&mut vm, &format!("{GUEST_ORPHAN_MAKER} make 25 1000"));
+    // The leaves live 5 s: starting 25 of them under emulation on a busy
+    // host can take more than a second, and each must still be alive when
+    // the maker checks its parent.
+    let made = sh(&mut vm, &format!("{GUEST_ORPHAN_MAKER} make 25 5000"));
     assert_eq!(made, "orphans=25 reparented_to_pid1=25", "the leaves must have become PID 1's children");
-    // The leaves exit after a second; sample a few times after that.
-    sh(&mut vm, "sleep 2");
+    // Sample a few times after the leaves have exited.
+    sh(&mut vm, "sleep 6");
     for _ in 0..3 {
         let zombies = sh(&mut vm, &format!("{GUEST_ORPHAN_MAKER} zombies"));
         assert_eq!(zombies, "zombies=0", "PID 1 left zombies:\n{zombies}");
