@@ -96,6 +96,7 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
 pub const STAGES: &[Stage] = &[
     Stage { name: "mounts", critical: true, run: stage_mounts },
     Stage { name: "kernel-log", critical: false, run: stage_kernel_log },
+    Stage { name: "usr", critical: true, run: stage_usr },
     Stage { name: "cgroups", critical: true, run: stage_cgroups },
     Stage { name: "modules", critical: false, run: stage_modules },
     Stage { name: "sysctls", critical: false, run: stage_sysctls },
@@ -129,6 +130,16 @@ fn stage_kernel_log(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     Ok(())
 }
 
+fn stage_usr(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    match crate::usr::mount_usr(ctx.kernel, Path::new(crate::usr::USR_IMAGE), &ctx.module_dir)? {
+        crate::usr::UsrOutcome::InPlace => info!("no /usr image: /usr is part of the initramfs"),
+        crate::usr::UsrOutcome::Mounted { device } => {
+            info!(image = crate::usr::USR_IMAGE, device = %device.display(), "read-only /usr mounted")
+        }
+    }
+    Ok(())
+}
+
 fn stage_cgroups(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     mounts::enable_cgroup_controllers(ctx.kernel, Path::new("/sys/fs/cgroup"))?;
     Ok(())
@@ -146,6 +157,7 @@ fn stage_modules(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         listed = names.len(),
         loaded = report.loaded.len(),
         already_loaded = report.already_loaded.len(),
+        no_such_hardware = report.no_device.join(",").as_str(),
         failed = report.failed.len(),
         "modules loaded"
     );

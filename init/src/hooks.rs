@@ -1,12 +1,12 @@
 //! Test hooks. A test-only image layer may put executables in
-//! [`HOOK_DIR`]; PID 1 starts each one, in name order, once boot has
+//! [`HOOK_DIR`] (outside /usr, which the read-only /usr image covers); PID 1 starts each one, in name order, once boot has
 //! finished (ready or maintenance). The production image has no such
 //! directory, so this does nothing there. The QEMU tests use it to start
 //! their in-guest agent and helpers such as the orphan maker.
 
 use std::path::{Path, PathBuf};
 
-pub const HOOK_DIR: &str = "/usr/lib/kelson/test-hooks";
+pub const HOOK_DIR: &str = "/kelson-test/hooks";
 
 /// Executable regular files in `dir`, sorted by name.
 pub fn find(dir: &Path) -> Vec<PathBuf> {

@@ -33,6 +33,11 @@ pub trait Kernel: Send + Sync {
     /// Loads one module file (compressed or not); `EEXIST` is reported as
     /// [`ModuleLoad::AlreadyLoaded`].
     fn load_module(&self, path: &Path) -> io::Result<ModuleLoad>;
+    /// Attaches `file` read-only to a free loop device and returns the
+    /// device's path.
+    fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf>;
+    /// Mounts a block device read-only.
+    fn mount_readonly(&self, device: &Path, target: &Path, fstype: &str) -> io::Result<()>;
 }
 
 /// The real kernel.
@@ -108,6 +113,36 @@ impl Kernel for LinuxKernel {
         } else {
             Err(err)
         }
+    }
+
+    fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf> {
+        use std::os::fd::AsRawFd;
+        // From linux/loop.h.
+        const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+        const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+        let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
+        let index = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if index < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let device = std::path::PathBuf::from(format!("/dev/loop{index}"));
+        let loop_dev = std::fs::OpenOptions::new().read(true).open(&device)?;
+        // Opened read-only, so the loop device is read-only too.
+        let backing = std::fs::File::open(file)?;
+        // SAFETY: LOOP_SET_FD takes the backing file's descriptor by value;
+        // both descriptors stay open for the call.
+        let rc = unsafe { libc::ioctl(loop_dev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(device)
+    }
+
+    fn mount_readonly(&self, device: &Path, target: &Path, fstype: &str) -> io::Result<()> {
+        use nix::mount::MsFlags;
+        nix::mount::mount(Some(device), target, Some(fstype), MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None::<&str>)
+            .map_err(io::Error::from)
     }
 }
 
@@ -202,6 +237,15 @@ pub mod fake {
             } else {
                 Ok(ModuleLoad::AlreadyLoaded)
             }
+        }
+        fn attach_loop(&self, file: &Path) -> io::Result<PathBuf> {
+            self.record(format!("loop {}", file.display()));
+            self.check(file)?;
+            Ok(PathBuf::from("/dev/loop0"))
+        }
+        fn mount_readonly(&self, device: &Path, target: &Path, fstype: &str) -> io::Result<()> {
+            self.record(format!("mount-ro {} {} {fstype}", device.display(), target.display()));
+            self.check(target)
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod reaper;
 pub mod shutdown;
 pub mod state_disk;
 pub mod sysctl;
+pub mod usr;
 
 /// Whether a process with this pid should act as init. Pure so the decision
 /// is testable; `main` passes `std::process::id()`.

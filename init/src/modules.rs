@@ -178,6 +178,10 @@ pub fn parse_list(text: &str) -> Vec<String> {
 pub struct LoadReport {
     pub loaded: Vec<String>,
     pub already_loaded: Vec<String>,
+    /// Modules for hardware this machine lacks (the kernel said ENODEV),
+    /// such as crc32c-intel on a CPU without SSE4.2: not a failure, since
+    /// a generic alternative is listed too.
+    pub no_device: Vec<String>,
     pub failed: Vec<ModuleError>,
 }
 
@@ -200,6 +204,7 @@ pub fn load_listed(kernel: &dyn Kernel, module_dir: &Path, names: &[String]) -> 
             match kernel.load_module(&path) {
                 Ok(ModuleLoad::Loaded) => report.loaded.push(name_from_path(&file)),
                 Ok(ModuleLoad::AlreadyLoaded) => report.already_loaded.push(name_from_path(&file)),
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => report.no_device.push(name_from_path(&file)),
                 Err(source) => report.failed.push(ModuleError::Load { path, source }),
             }
         }
@@ -301,5 +306,16 @@ kernel/crypto/crc32c_generic.ko.xz:
         assert_eq!(report.failed.len(), 2, "{:?}", report.failed);
         assert!(report.failed.iter().any(|e| e.to_string().contains("stp.ko.xz")));
         assert!(report.failed.iter().any(|e| e.to_string().contains("missing_one")));
+    }
+
+    #[test]
+    fn a_module_for_absent_hardware_is_skipped_not_failed() {
+        let k = FakeKernel::default()
+            .with_file("/m/modules.dep", DEP)
+            .failing("/m/kernel/arch/x86/crypto/crc32c-intel.ko.xz", libc::ENODEV);
+        let report = load_listed(&k, Path::new("/m"), &parse_list("crc32c_intel\ncrc32c_generic\n")).unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.no_device, vec!["crc32c_intel"]);
+        assert_eq!(report.loaded, vec!["crc32c_generic"]);
     }
 }

@@ -23,11 +23,11 @@ use anyhow::{bail, Context, Result};
 use crate::cpio::Layer;
 
 /// Where [`guest_layer_with_agent`] puts busybox in the guest.
-pub const GUEST_BUSYBOX: &str = "/usr/lib/kelson-test/busybox";
+pub const GUEST_BUSYBOX: &str = "/kelson-test/busybox";
 /// Directory of busybox applet symlinks made by the agent hook.
-pub const GUEST_APPLET_DIR: &str = "/usr/lib/kelson-test/bin";
+pub const GUEST_APPLET_DIR: &str = "/kelson-test/bin";
 /// The agent's hook script, run by Kelson's PID 1 after boot.
-pub const AGENT_HOOK: &str = "/usr/lib/kelson/test-hooks/50-agent";
+pub const AGENT_HOOK: &str = "/kelson-test/hooks/50-agent";
 
 const MARKER_PREFIX: &str = "__KELSON_AGENT_";
 

@@ -18,7 +18,7 @@
 //!   guest, the hook from [`guest_layer_with_agent`] runs a busybox shell on
 //!   `/dev/ttyS1`, and `agent_exec` runs one shell command there and returns
 //!   its exit status and output. Kelson's PID 1 runs the executables in
-//!   `/usr/lib/kelson/test-hooks/` after boot; that directory only exists in
+//!   `/kelson-test/hooks/` after boot; that directory only exists in
 //!   test layers.
 //! - **Networks**: virtio-net NICs on QEMU socket networks over 127.0.0.1
 //!   ([`VmBuilder::socket_nic_listen`] / [`VmBuilder::socket_nic_connect`],

@@ -31,13 +31,13 @@ fn init_layer(extra: &str) -> Layer {
     let script = format!(
         r#"#!{GUEST_BUSYBOX} sh
 bb={GUEST_BUSYBOX}
-export PATH=/usr/lib/kelson-test/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/kelson-test/bin:/usr/sbin:/usr/bin:/sbin:/bin
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
 {extra}
 echo "{UP_LINE}"
-for hook in /usr/lib/kelson/test-hooks/*; do
+for hook in /kelson-test/hooks/*; do
     "$hook" &
 done
 while :; do $bb sleep 3600; done
@@ -227,7 +227,7 @@ fn layers_override_a_compressed_base_initrd() {
     vm.expect(UP_LINE, BOOT_TIMEOUT).unwrap();
 }
 
-/// Extracts the virtio-net modules from the image's initrd, decompressed
+/// Extracts the virtio-net modules from the image's /usr image, decompressed
 /// for busybox insmod, in load order.
 fn virtio_net_modules(dir: &Path) -> Result<Vec<PathBuf>> {
     let image = ImagePaths::locate();
@@ -241,8 +241,12 @@ fn virtio_net_modules(dir: &Path) -> Result<Vec<PathBuf>> {
     let status = Command::new("sh")
         .arg("-c")
         .arg(
-            "zstd -dc \"$1\" | cpio -idm --quiet '*/virtio_net.ko*' '*/net_failover.ko*' \
-             '*/failover.ko*'",
+            // The image keeps /usr, and so the modules, in usr.squashfs
+            // inside the initrd.
+            "zstd -dc \"$1\" | cpio -idm --quiet usr.squashfs && \
+             unsquashfs -q -n -d usr usr.squashfs 'lib/modules/*/kernel/drivers/net/virtio_net.ko*' \
+             'lib/modules/*/kernel/drivers/net/net_failover.ko*' 'lib/modules/*/kernel/net/core/failover.ko*' \
+             >/dev/null",
         )
         .arg("sh")
         .arg(&image.initrd)
@@ -281,7 +285,7 @@ fn net_guest(name: &str, modules: &[PathBuf], addr: &str) -> VmBuilder {
     let mut snippet = String::new();
     for m in modules {
         let file = m.file_name().unwrap().to_string_lossy().into_owned();
-        let guest_path = format!("/usr/lib/kelson-test/modules/{file}");
+        let guest_path = format!("/kelson-test/modules/{file}");
         snippet.push_str(&format!("$bb insmod {guest_path}\n"));
         layer = layer.file_from_host(&guest_path, m, 0o644);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 const SHORT: Duration = Duration::from_secs(60);
-const GUEST_ORPHAN_MAKER: &str = "/usr/lib/kelson-test/orphan-maker";
+const GUEST_ORPHAN_MAKER: &str = "/kelson-test/orphan-maker";
 
 fn node() -> VmBuilder {
     let image = ImagePaths::from_env().expect("the node image (run `cargo xtask image`)");
@@ -55,9 +55,11 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
         ("/sys/fs/cgroup", "cgroup2"),
         ("/tmp", "tmpfs"),
         ("/var", "tmpfs"),
+        ("/usr", "squashfs"),
     ] {
         assert!(mounts.contains(&format!(" {target} {fstype} ")), "{target} ({fstype}) not mounted:\n{mounts}");
     }
+    assert!(mounts.contains(" /usr squashfs ro,"), "/usr must be read-only:\n{mounts}");
     let controllers = sh(&mut vm, "cat /sys/fs/cgroup/cgroup.subtree_control");
     for c in ["cpu", "memory", "pids", "io"] {
         assert!(controllers.split_whitespace().any(|x| x == c), "{c} not enabled: {controllers}");
@@ -79,8 +81,8 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
 fn the_power_button_powers_the_node_off_in_order_and_qemu_exits_cleanly() {
     // A process that ignores SIGTERM must be SIGKILLed after the grace
     // period; PID 1 starts it as a test hook.
-    let hook = format!("#!/usr/lib/kelson-test/busybox sh\nexec {GUEST_ORPHAN_MAKER} ignore-term\n");
-    let layer = Layer::new().file("/usr/lib/kelson/test-hooks/60-ignore-term", hook, 0o755);
+    let hook = format!("#!/kelson-test/busybox sh\nexec {GUEST_ORPHAN_MAKER} ignore-term\n");
+    let layer = Layer::new().file("/kelson-test/hooks/60-ignore-term", hook, 0o755);
     let mut vm = node().layer(layer).boot().unwrap();
     // The button is watched before boot announces its outcome.
     vm.expect("watching power button", BOOT).unwrap();
@@ -242,3 +244,47 @@ fn a_named_disk_with_a_signature_is_refused_and_left_untouched() {
     assert!(vm.wait_exit(SHORT).unwrap().success());
     assert!(std::fs::read(&disk).unwrap() == before, "the refused disk was written to");
 }
+
+/// The command the README and the issue give, QEMU's defaults and all
+/// (pc machine, 128 MiB, one CPU), plus `-nic none`: QEMU's default NIC
+/// would be user-mode networking, a path to a real network.
+#[test]
+fn the_documented_direct_boot_command_reaches_ready_in_qemus_default_128_mib() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let image = ImagePaths::from_env().expect("the node image (run `cargo xtask image`)");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .arg("-nographic")
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .args(["-append", "console=ttyS0", "-nic", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64");
+    let stdout = qemu.stdout.take().unwrap();
+    let pid = qemu.id();
+    // A watchdog so a hung boot fails the test instead of hanging it.
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(BOOT);
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    let mut seen = Vec::new();
+    let mut ready = false;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.contains("kelson: ready") {
+            ready = true;
+            break;
+        }
+        seen.push(line);
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    drop(watchdog);
+    let tail = seen[seen.len().saturating_sub(30)..].join("\n");
+    assert!(ready, "no `kelson: ready` from the documented command; console tail:\n{tail}");
+}
+

@@ -14,6 +14,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the shell in the QEMU tests' test-only image layer"),
     ("cpio", "inspecting the initramfs"),
     ("zstd", "inspecting the initramfs"),
+    ("squashfs-tools", "reading the image's /usr (usr.squashfs) in tests"),
     ("e2fsprogs", "mkfs.ext4 for the state disk tests"),
     ("bubblewrap", "mkosi's build sandbox"),
     ("debian-archive-keyring", "verifying the Debian trixie packages the image is built from"),

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 /// Where mkosi keeps packages, incremental images and the tools tree
 /// between builds (and between clones on the same machine).
 const CACHE_ROOT: &str = "/var/cache/kelson";
+const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Debug, Clone)]
 pub struct ImagePaths {
@@ -134,12 +135,18 @@ pub fn build(root: &Path) -> Result<ImagePaths> {
     let image_dir = root.join("target/image");
     std::fs::create_dir_all(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
 
-    eprintln!("xtask: building kelson-init (release)");
+    // Static, because it runs before the read-only /usr (and its shared
+    // libraries) is mounted. An explicit --target keeps the static flag
+    // away from build scripts and proc macros.
+    eprintln!("xtask: building kelson-init (release, statically linked)");
     progress::run(
-        Command::new("cargo").current_dir(root).args(["build", "--release", "--quiet", "-p", "kelson-init"]),
-        "cargo build --release -p kelson-init",
+        Command::new("cargo")
+            .current_dir(root)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args(["build", "--release", "--quiet", "-p", "kelson-init", "--target", INIT_TARGET]),
+        "cargo build --release -p kelson-init (static)",
     )?;
-    let init_binary = root.join("target/release/kelson-init");
+    let init_binary = root.join("target").join(INIT_TARGET).join("release/kelson-init");
     let extra = extra_tree(root, &init_binary)?;
 
     let tools = tools_tree(root, &image_dir)?;
