@@ -60,6 +60,14 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
         assert!(mounts.contains(&format!(" {target} {fstype} ")), "{target} ({fstype}) not mounted:\n{mounts}");
     }
     assert!(mounts.contains(" /usr squashfs ro,"), "/usr must be read-only:\n{mounts}");
+    // An appliance: no package manager, perl, systemd or docs in the image.
+    let leftovers = sh(
+        &mut vm,
+        "for f in /usr/bin/perl /usr/bin/dpkg /usr/bin/apt-get /usr/lib/systemd/systemd /usr/bin/systemctl \
+         /usr/lib/x86_64-linux-gnu/perl-base /usr/sbin/update-rc.d /usr/share/doc /var/lib/dpkg; do \
+         test -e $f && echo present: $f; done; true",
+    );
+    assert_eq!(leftovers, "", "the image still has:\n{leftovers}");
     let controllers = sh(&mut vm, "cat /sys/fs/cgroup/cgroup.subtree_control");
     for c in ["cpu", "memory", "pids", "io"] {
         assert!(controllers.split_whitespace().any(|x| x == c), "{c} not enabled: {controllers}");
