@@ -92,6 +92,12 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
     Outcome::Ready
 }
 
+/// How many of `stages` there are up to and including the one named `name`
+/// (all of them if there is none by that name).
+pub fn stages_through(stages: &[Stage], name: &str) -> usize {
+    stages.iter().position(|s| s.name == name).map_or(stages.len(), |i| i + 1)
+}
+
 /// The node's boot sequence, in order.
 pub const STAGES: &[Stage] = &[
     Stage { name: "mounts", critical: true, run: stage_mounts },
@@ -289,6 +295,12 @@ mod tests {
     fn marks(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         ctx.kernel.set_hostname("reached")?;
         Ok(())
+    }
+
+    #[test]
+    fn the_stages_split_after_the_named_one() {
+        assert_eq!(STAGES[stages_through(STAGES, "modules") - 1].name, "modules");
+        assert_eq!(stages_through(STAGES, "no-such-stage"), STAGES.len());
     }
 
     #[test]

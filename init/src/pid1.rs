@@ -142,11 +142,16 @@ async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, started: Duration) {
     let kernel = LinuxKernel;
     let mut ctx = BootContext { kernel: &kernel, cmdline: Cmdline::default(), reaper: reaper.clone(), module_dir: module_dir() };
-    let outcome = boot::run_stages(&mut ctx, boot::STAGES);
+    // The power button works from the moment its driver is loaded, so a
+    // press during the rest of boot (or right as ready or maintenance is
+    // announced) powers the node off.
+    let (early, late) = boot::STAGES.split_at(boot::stages_through(boot::STAGES, "modules"));
+    let mut outcome = boot::run_stages(&mut ctx, early);
     attach_console();
-    // The power button is live before the outcome is announced, so
-    // whoever waits for "ready" or "maintenance" can press it at once.
     watch_power_buttons(shutdown_tx);
+    if outcome == Outcome::Ready {
+        outcome = boot::run_stages(&mut ctx, late);
+    }
     let now = clock::boottime();
     let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
     match &outcome {

@@ -36,7 +36,7 @@ fn expect_in_order(vm: &mut Vm, lines: &[&str], timeout: Duration) {
 #[test]
 fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
     let mut vm = node().uuid("6b29fc40-ca47-1067-b31d-00dd010662da").boot().unwrap();
-    for stage in ["mounts", "kernel-log", "cgroups", "modules", "sysctls", "state", "identity"] {
+    for stage in ["mounts", "kernel-log", "usr", "cgroups", "modules", "sysctls", "state", "identity"] {
         vm.expect(&format!("stage done stage={stage} "), BOOT).unwrap();
     }
     let ready = vm.expect("kelson: ready", BOOT).unwrap();
@@ -120,7 +120,8 @@ fn the_power_button_powers_the_node_off_in_order_and_qemu_exits_cleanly() {
 fn sigterm_to_pid_1_powers_the_node_off() {
     let mut vm = node().boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
-    sh(&mut vm, "kill -TERM 1");
+    // In the background, so the agent answers before shutdown stops it.
+    sh(&mut vm, "(sleep 1; kill -TERM 1) >/dev/null 2>&1 &");
     expect_in_order(&mut vm, &["shutdown requested action=power-off", "shutdown: sync", "shutdown: power-off"], SHORT);
     assert!(vm.wait_exit(SHORT).unwrap().success());
 }
