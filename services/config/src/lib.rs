@@ -1,0 +1,36 @@
+//! The machine config: one versioned YAML document (`apiVersion:
+//! kelson.dev/v1alpha1`, `kind: MachineConfig`) describing a node.
+//!
+//! [`parse`] is strict (unknown fields are errors, with a "did you mean"
+//! when a known field is close) and then validates meaning; every error
+//! names the document, the field's path (`network.podCIDR`) and the
+//! reason, and all of a document's errors are reported together.
+//!
+//! Status: schema, parsing and validation only. Layering (image defaults,
+//! command line, cloud-init, API), persistence and NoCloud seeds are not
+//! built yet, and nothing in PID 1 uses this crate so far.
+
+mod error;
+mod schema;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use schema::*;
+
+pub const API_VERSION: &str = "kelson.dev/v1alpha1";
+pub const KIND: &str = "MachineConfig";
+
+/// Parses and validates one machine config document. `document` names it
+/// in errors (a file path, or `cloud-init user-data`).
+pub fn parse(document: &str, text: &str) -> Result<MachineConfig, ConfigErrors> {
+    let config: MachineConfig = serde_saphyr::from_str(text)
+        .map_err(|e| ConfigErrors::one(error::from_parse_error(document, &e.to_string())))?;
+    let errors = validate::validate(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors::new(
+            errors.into_iter().map(|(path, reason)| ConfigError { document: document.to_owned(), path, reason }).collect(),
+        ))
+    }
+}

@@ -1,0 +1,158 @@
+//! The machine config's fields. CIDRs and addresses are kept as written and
+//! checked by `validate`, so a malformed one is reported with its path.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MachineConfig {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub node: Node,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub pki: Pki,
+    #[serde(default)]
+    pub kubelet: Component,
+    #[serde(default)]
+    pub kube_proxy: Component,
+    #[serde(default)]
+    pub static_pods: Vec<StaticPod>,
+    #[serde(default)]
+    pub files: Vec<File>,
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default)]
+    pub kernel_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    #[default]
+    Worker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Network {
+    #[serde(default)]
+    pub uplinks: Vec<Uplink>,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Option<String>,
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Option<String>,
+    /// The cbr0 bridge's MTU (the seed notes use 1460).
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default)]
+    pub peer_routes: Vec<PeerRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Uplink {
+    /// Match by interface name or by MAC address (one of the two).
+    pub name: Option<String>,
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub dhcp4: bool,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    pub gateway4: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    pub to: String,
+    pub via: String,
+}
+
+/// Another node's pod CIDR, reached directly through that node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerRoute {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    pub via: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    pub api_server_endpoint: Option<String>,
+    #[serde(rename = "dnsAddress")]
+    pub dns_address: Option<String>,
+    pub dns_domain: Option<String>,
+    /// Secret: never logged.
+    pub bootstrap_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pki {
+    /// The cluster CA certificate, PEM.
+    pub ca: Option<String>,
+    /// name → certificate and (secret) key, PEM.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, CertKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertKey {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The kubelet or kube-proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Component {
+    pub binary: Option<String>,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticPod {
+    /// The file name under /etc/kubernetes/manifests.
+    pub name: String,
+    pub manifest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct File {
+    pub path: String,
+    pub content: String,
+    /// Octal, as a string (`"0644"`); 0644 if absent.
+    pub mode: Option<String>,
+}

@@ -1,0 +1,125 @@
+//! Good and broken machine configs, each broken one with the exact errors
+//! it must produce.
+#![allow(clippy::unwrap_used)]
+
+use kelson_config::{parse, Role};
+
+const GOOD: &str = r#"
+apiVersion: kelson.dev/v1alpha1
+kind: MachineConfig
+node:
+  hostname: node-a
+  role: control-plane
+  labels:
+    zone: lab
+network:
+  uplinks:
+    - name: eth0
+      addresses: [192.0.2.10/24]
+      gateway4: 192.0.2.1
+      routes:
+        - to: 198.51.100.0/24
+          via: 192.0.2.254
+  podCIDR: 10.244.1.0/24
+  clusterCIDR: 10.244.0.0/16
+  serviceCIDR: 10.96.0.0/12
+  mtu: 1460
+  nameservers: [192.0.2.53]
+  peerRoutes:
+    - podCIDR: 10.244.2.0/24
+      via: 192.0.2.11
+cluster:
+  name: lab
+  etcdEndpoints: [https://192.0.2.10:2379]
+  apiServerEndpoint: https://192.0.2.10:6443
+  dnsAddress: 10.96.0.10
+  dnsDomain: cluster.local
+  bootstrapToken: abcdef.0123456789abcdef
+kubelet:
+  extraArgs: [--v=2]
+files:
+  - path: /etc/motd
+    content: hello
+    mode: "0644"
+sysctls:
+  vm.max_map_count: "262144"
+kernelModules: [ip_vs]
+"#;
+
+#[test]
+fn a_complete_config_parses_with_every_section() {
+    let c = parse("good.yaml", GOOD).unwrap();
+    assert_eq!(c.node.hostname.as_deref(), Some("node-a"));
+    assert_eq!(c.node.role, Role::ControlPlane);
+    assert_eq!(c.network.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+    assert_eq!(c.network.mtu, Some(1460));
+    assert_eq!(c.network.peer_routes[0].via, "192.0.2.11");
+    assert_eq!(c.cluster.dns_domain.as_deref(), Some("cluster.local"));
+    assert_eq!(c.files[0].path, "/etc/motd");
+    assert_eq!(c.kernel_modules, vec!["ip_vs"]);
+}
+
+#[test]
+fn a_minimal_config_is_enough() {
+    let c = parse("min.yaml", "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\n").unwrap();
+    assert_eq!(c.node.role, Role::Worker);
+    assert!(c.network.uplinks.is_empty());
+}
+
+/// (document, expected errors, one per line)
+const BROKEN: &[(&str, &str)] = &[
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  podCidr: 10.0.0.0/24\n",
+        "broken.yaml: line 4 column 3: unknown field `podCidr` (did you mean `podCIDR`?)",
+    ),
+    (
+        "apiVersion: v1\nkind: Pod\n",
+        "broken.yaml: apiVersion: \"v1\" is not supported (use \"kelson.dev/v1alpha1\")\n\
+         broken.yaml: kind: \"Pod\" is not \"MachineConfig\"",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  podCIDR: 10.245.1.0/24\n  clusterCIDR: 10.244.0.0/16\n  serviceCIDR: 10.244.128.0/20\n  mtu: 100\n",
+        "broken.yaml: network.podCIDR: 10.245.1.0/24 is not inside network.clusterCIDR 10.244.0.0/16\n\
+         broken.yaml: network.serviceCIDR: 10.244.128.0/20 overlaps network.clusterCIDR 10.244.0.0/16\n\
+         broken.yaml: network.mtu: 100 is outside 576..=9000",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  podCIDR: 10.244.1.5/24\n  uplinks:\n    - dhcp4: true\n      mac: 52:54:00:zz:00:01\n",
+        "broken.yaml: network.podCIDR: \"10.244.1.5/24\" has host bits set (the network is 10.244.1.0/24)\n\
+         broken.yaml: network.uplinks[0].mac: \"52:54:00:zz:00:01\" is not a MAC address like 52:54:00:12:34:56",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  podCIDR: 10.244.1.0/24\n  peerRoutes:\n    - podCIDR: 10.244.1.128/25\n      via: 192.0.2.11\n    - podCIDR: 10.244.2.0/24\n      via: nowhere\n",
+        "broken.yaml: network.peerRoutes[0].podCIDR: 10.244.1.128/25 overlaps this node's network.podCIDR 10.244.1.0/24\n\
+         broken.yaml: network.peerRoutes[1].via: \"nowhere\" is not an IP address",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: Node_A\ncluster:\n  bootstrapToken: secret-value-here\nfiles:\n  - path: etc/x\n    content: x\n    mode: \"0999\"\n",
+        "broken.yaml: node.hostname: \"Node_A\" is not a lowercase RFC 1123 name of at most 63 characters\n\
+         broken.yaml: cluster.bootstrapToken: not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}\n\
+         broken.yaml: files[0].path: \"etc/x\" is not an absolute path\n\
+         broken.yaml: files[0].mode: \"0999\" is not an octal file mode like \"0644\"",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  mtu: lots\n",
+        "broken.yaml: line 4 column 8: invalid u32",
+    ),
+];
+
+#[test]
+fn each_broken_config_gives_exactly_its_errors() {
+    for (text, expected) in BROKEN {
+        let err = parse("broken.yaml", text).unwrap_err();
+        assert_eq!(err.to_string(), *expected, "for document:\n{text}");
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    let err = parse(
+        "s.yaml",
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\ncluster:\n  bootstrapToken: hunter2-not-a-token\n",
+    )
+    .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
