@@ -211,7 +211,7 @@ fn stage_state(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let plan = state_disk::plan(named.as_deref(), &devices)?;
     let var = Path::new("/var");
     ctx.kernel.create_dir_all(var)?;
-    let flags = crate::kernel::MountFlags { nosuid: true, nodev: true, noexec: false, relatime: true };
+    let flags = crate::kernel::MountFlags { readonly: false, nosuid: true, nodev: true, noexec: false, relatime: true };
     match &plan {
         StatePlan::Tmpfs => {
             info!("no state disk: /var is tmpfs and nothing survives a reboot");

@@ -9,6 +9,7 @@ use std::path::Path;
 /// stay plain data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MountFlags {
+    pub readonly: bool,
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
@@ -36,8 +37,6 @@ pub trait Kernel: Send + Sync {
     /// Attaches `file` read-only to a free loop device and returns the
     /// device's path.
     fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf>;
-    /// Mounts a block device read-only.
-    fn mount_readonly(&self, device: &Path, target: &Path, fstype: &str) -> io::Result<()>;
 }
 
 /// The real kernel.
@@ -48,6 +47,9 @@ impl Kernel for LinuxKernel {
     fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()> {
         use nix::mount::MsFlags;
         let mut ms = MsFlags::empty();
+        if flags.readonly {
+            ms |= MsFlags::MS_RDONLY;
+        }
         if flags.nosuid {
             ms |= MsFlags::MS_NOSUID;
         }
@@ -138,12 +140,6 @@ impl Kernel for LinuxKernel {
         }
         Ok(device)
     }
-
-    fn mount_readonly(&self, device: &Path, target: &Path, fstype: &str) -> io::Result<()> {
-        use nix::mount::MsFlags;
-        nix::mount::mount(Some(device), target, Some(fstype), MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None::<&str>)
-            .map_err(io::Error::from)
-    }
 }
 
 pub mod fake {
@@ -195,8 +191,9 @@ pub mod fake {
     }
 
     impl Kernel for FakeKernel {
-        fn mount(&self, source: &str, target: &Path, fstype: &str, _flags: MountFlags, data: Option<&str>) -> io::Result<()> {
-            self.record(format!("mount {source} {} {fstype} {}", target.display(), data.unwrap_or("-")));
+        fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()> {
+            let ro = if flags.readonly { " ro" } else { "" };
+            self.record(format!("mount {source} {} {fstype} {}{ro}", target.display(), data.unwrap_or("-")));
             self.check(target)
         }
         fn unmount(&self, target: &Path) -> io::Result<()> {
@@ -242,10 +239,6 @@ pub mod fake {
             self.record(format!("loop {}", file.display()));
             self.check(file)?;
             Ok(PathBuf::from("/dev/loop0"))
-        }
-        fn mount_readonly(&self, device: &Path, target: &Path, fstype: &str) -> io::Result<()> {
-            self.record(format!("mount-ro {} {} {fstype}", device.display(), target.display()));
-            self.check(target)
         }
     }
 }

@@ -24,9 +24,9 @@ pub struct MountError {
     pub source: io::Error,
 }
 
-const NODEV_NOSUID_NOEXEC: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: true, relatime: true };
-const NOSUID: MountFlags = MountFlags { nosuid: true, nodev: false, noexec: false, relatime: true };
-const NOSUID_NODEV: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: false, relatime: true };
+const NODEV_NOSUID_NOEXEC: MountFlags = MountFlags { readonly: false, nosuid: true, nodev: true, noexec: true, relatime: true };
+const NOSUID: MountFlags = MountFlags { readonly: false, nosuid: true, nodev: false, noexec: false, relatime: true };
+const NOSUID_NODEV: MountFlags = MountFlags { readonly: false, nosuid: true, nodev: true, noexec: false, relatime: true };
 
 /// Everything PID 1 mounts before it reads any configuration. `/var` is not
 /// here: it depends on the state disk (see `state_disk`).
@@ -38,7 +38,7 @@ pub const EARLY_MOUNTS: &[MountSpec] = &[
         source: "devpts",
         target: "/dev/pts",
         fstype: "devpts",
-        flags: MountFlags { nosuid: true, nodev: false, noexec: true, relatime: true },
+        flags: MountFlags { readonly: false, nosuid: true, nodev: false, noexec: true, relatime: true },
         data: Some("gid=5,mode=0620,ptmxmode=0666"),
     },
     MountSpec { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: NOSUID_NODEV, data: Some("mode=1777") },

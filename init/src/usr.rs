@@ -5,7 +5,7 @@
 //! holds just kelson-init (static) and the loop and squashfs modules needed
 //! to mount the rest over it.
 
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, MountFlags};
 use crate::modules;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,8 +42,9 @@ pub fn mount_usr(kernel: &dyn Kernel, image: &Path, module_dir: &Path) -> Result
         return Err(UsrError::Modules { image: image.to_owned(), source });
     }
     let device = kernel.attach_loop(image).map_err(|source| UsrError::Loop { image: image.to_owned(), source })?;
+    let flags = MountFlags { readonly: true, nodev: true, ..MountFlags::default() };
     kernel
-        .mount_readonly(&device, Path::new("/usr"), "squashfs")
+        .mount(&device.to_string_lossy(), Path::new("/usr"), "squashfs", flags, None)
         .map_err(|source| UsrError::Mount { device: device.clone(), image: image.to_owned(), source })?;
     Ok(UsrOutcome::Mounted { device })
 }
@@ -73,7 +74,7 @@ mod tests {
                 "load /m/kernel/drivers/block/loop.ko",
                 "load /m/kernel/fs/squashfs/squashfs.ko",
                 "loop /usr.squashfs",
-                "mount-ro /dev/loop0 /usr squashfs"
+                "mount /dev/loop0 /usr squashfs - ro"
             ]
         );
     }
@@ -85,6 +86,6 @@ mod tests {
             .with_file("/m/modules.dep", "kernel/drivers/block/loop.ko:\n");
         let err = mount_usr(&k, Path::new("/usr.squashfs"), Path::new("/m")).unwrap_err();
         assert_eq!(crate::boot::chain(&err), "loading the modules to mount /usr.squashfs (loop, squashfs): module squashfs is neither in modules.dep nor built in");
-        assert!(!k.calls().iter().any(|c| c.starts_with("mount-ro")));
+        assert!(!k.calls().iter().any(|c| c.starts_with("mount ")));
     }
 }
