@@ -46,18 +46,8 @@ pub fn choose_machine_id(persisted: Option<&str>, smbios: Option<&str>, random: 
     (MachineId::from_random(random), "random")
 }
 
-/// A hostname the kernel and Kubernetes both accept: RFC 1123 labels,
-/// at most 63 characters in all (the node name limit).
-pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        })
-}
+/// The one hostname rule, shared with the machine config's validation.
+pub use kelson_config::valid_hostname;
 
 pub fn random_bytes() -> [u8; 16] {
     let mut buf = [0u8; 16];

@@ -20,6 +20,19 @@ pub use schema::*;
 pub const API_VERSION: &str = "kelson.dev/v1alpha1";
 pub const KIND: &str = "MachineConfig";
 
+/// A hostname the kernel and Kubernetes both accept: RFC 1123 labels,
+/// at most 63 characters in all (the node name limit).
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 /// Parses and validates one machine config document. `document` names it
 /// in errors (a file path, or `cloud-init user-data`).
 pub fn parse(document: &str, text: &str) -> Result<MachineConfig, ConfigErrors> {

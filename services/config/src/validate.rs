@@ -40,15 +40,7 @@ pub(crate) fn validate(c: &MachineConfig) -> Problems {
         p.push(("kind".into(), format!("{:?} is not {:?}", c.kind, crate::KIND)));
     }
     if let Some(h) = &c.node.hostname {
-        let ok = !h.is_empty()
-            && h.len() <= 63
-            && h.split('.').all(|l| {
-                !l.is_empty()
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
-            });
-        if !ok {
+        if !crate::valid_hostname(h) {
             p.push(("node.hostname".into(), format!("{h:?} is not a lowercase RFC 1123 name of at most 63 characters")));
         }
     }
