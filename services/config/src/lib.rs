@@ -33,6 +33,33 @@ pub fn valid_hostname(name: &str) -> bool {
         })
 }
 
+impl MachineConfig {
+    /// A config with only `apiVersion` and `kind`: every section empty.
+    pub fn empty() -> Self {
+        MachineConfig {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            node: Node::default(),
+            network: Network::default(),
+            cluster: Cluster::default(),
+            pki: Pki::default(),
+            kubelet: Component::default(),
+            kube_proxy: Component::default(),
+            static_pods: Vec::new(),
+            files: Vec::new(),
+            sysctls: Default::default(),
+            kernel_modules: Vec::new(),
+        }
+    }
+
+    /// The config as a YAML document that [`parse`] reads back unchanged.
+    pub fn to_yaml(&self) -> String {
+        // Serializing plain structs of strings, numbers and maps cannot fail;
+        // an error here would be a bug in the YAML writer.
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+}
+
 /// Parses and validates one machine config document. `document` names it
 /// in errors (a file path, or `cloud-init user-data`).
 pub fn parse(document: &str, text: &str) -> Result<MachineConfig, ConfigErrors> {

@@ -1,10 +1,10 @@
 //! The machine config's fields. CIDRs and addresses are kept as written and
 //! checked by `validate`, so a malformed one is reported with its path.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MachineConfig {
     pub api_version: String,
@@ -22,16 +22,20 @@ pub struct MachineConfig {
     #[serde(default)]
     pub kube_proxy: Component,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub static_pods: Vec<StaticPod>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<File>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernel_modules: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     ControlPlane,
@@ -39,52 +43,67 @@ pub enum Role {
     Worker,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default)]
     pub role: Role,
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Network {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub uplinks: Vec<Uplink>,
     #[serde(rename = "podCIDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
     #[serde(rename = "clusterCIDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_cidr: Option<String>,
     #[serde(rename = "serviceCIDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_cidr: Option<String>,
     /// The cbr0 bridge's MTU (the seed notes use 1460).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peer_routes: Vec<PeerRoute>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Uplink {
     /// Match by interface name or by MAC address (one of the two).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     #[serde(default)]
     pub dhcp4: bool,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway4: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Route {
     pub to: String,
@@ -92,7 +111,7 @@ pub struct Route {
 }
 
 /// Another node's pod CIDR, reached directly through that node.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerRoute {
     #[serde(rename = "podCIDR")]
@@ -100,31 +119,39 @@ pub struct PeerRoute {
     pub via: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cluster {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_server_endpoint: Option<String>,
     #[serde(rename = "dnsAddress")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
     /// Secret: never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pki {
     /// The cluster CA certificate, PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
     /// name → certificate and (secret) key, PEM.
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub certificates: BTreeMap<String, CertKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CertKey {
     pub cert: String,
@@ -132,15 +159,17 @@ pub struct CertKey {
 }
 
 /// The kubelet or kube-proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Component {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StaticPod {
     /// The file name under /etc/kubernetes/manifests.
@@ -148,11 +177,12 @@ pub struct StaticPod {
     pub manifest: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct File {
     pub path: String,
     pub content: String,
     /// Octal, as a string (`"0644"`); 0644 if absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
 }
