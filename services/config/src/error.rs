@@ -11,6 +11,12 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    pub fn new(document: &str, path: &str, reason: String) -> Self {
+        ConfigError { document: document.to_owned(), path: path.to_owned(), reason }
+    }
+}
+
 /// All problems found in one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

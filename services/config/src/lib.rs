@@ -6,15 +6,23 @@
 //! names the document, the field's path (`network.podCIDR`) and the
 //! reason, and all of a document's errors are reported together.
 //!
-//! Status: schema, parsing and validation only. Layering (image defaults,
-//! command line, cloud-init, API), persistence and NoCloud seeds are not
-//! built yet, and nothing in PID 1 uses this crate so far.
+//! A node's config is made of [`Layer`]s (image defaults < kernel command
+//! line < cloud-init < API) combined by [`resolve`], which also records
+//! where each value came from. [`nocloud`] turns a cloud-init NoCloud
+//! seed's files into layers; [`Store`] keeps the cloud-init and API layers
+//! across reboots.
 
+pub mod atomic;
 mod error;
+mod layers;
+pub mod nocloud;
+mod store;
 mod schema;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
+pub use store::{Store, StoreError, STATE_DIR};
 pub use schema::*;
 
 pub const API_VERSION: &str = "kelson.dev/v1alpha1";
@@ -43,6 +51,7 @@ impl MachineConfig {
             network: Network::default(),
             cluster: Cluster::default(),
             pki: Pki::default(),
+            time: Time::default(),
             kubelet: Component::default(),
             kube_proxy: Component::default(),
             static_pods: Vec::new(),

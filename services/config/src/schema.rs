@@ -18,6 +18,8 @@ pub struct MachineConfig {
     #[serde(default)]
     pub pki: Pki,
     #[serde(default)]
+    pub time: Time,
+    #[serde(default)]
     pub kubelet: Component,
     #[serde(default)]
     pub kube_proxy: Component,
@@ -185,4 +187,14 @@ pub struct File {
     /// Octal, as a string (`"0644"`); 0644 if absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+}
+
+
+/// Time synchronisation: the NTP servers the node should use.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Time {
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
 }

@@ -61,6 +61,11 @@ pub(crate) fn validate(c: &MachineConfig) -> Problems {
             p.push((format!("staticPods[{i}].name"), format!("{:?} must be a file name ending in .yaml, .yml or .json", pod.name)));
         }
     }
+    for (i, server) in c.time.servers.iter().enumerate() {
+        if server.parse::<IpAddr>().is_err() && !crate::valid_hostname(&server.to_ascii_lowercase()) {
+            p.push((format!("time.servers[{i}]"), format!("{server:?} is neither an IP address nor a host name")));
+        }
+    }
     for key in c.sysctls.keys() {
         if key.is_empty() || key.contains('/') || key.contains("..") {
             p.push((format!("sysctls.{key}"), "not a sysctl name like net.ipv4.ip_forward".into()));
