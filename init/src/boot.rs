@@ -25,6 +25,8 @@ pub struct BootContext<'a> {
     pub reaper: Arc<Reaper>,
     /// Where the kernel's modules live (`/usr/lib/modules/$(uname -r)`).
     pub module_dir: PathBuf,
+    /// The accepted machine config, once the config stage has run.
+    pub config: Option<kelson_config::Effective>,
 }
 
 pub struct Stage {
@@ -107,7 +109,9 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "modules", critical: false, run: stage_modules },
     Stage { name: "sysctls", critical: false, run: stage_sysctls },
     Stage { name: "state", critical: true, run: stage_state },
+    Stage { name: "config", critical: true, run: crate::config_stage::stage_config },
     Stage { name: "identity", critical: false, run: stage_identity },
+    Stage { name: "apply-config", critical: false, run: crate::config_stage::stage_apply },
 ];
 
 fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
@@ -258,14 +262,10 @@ fn stage_identity(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         crate::atomic::write_atomic(Path::new(identity::PERSISTED_MACHINE_ID), line.as_bytes(), 0o444)?;
     }
     crate::atomic::write_atomic(Path::new("/etc/machine-id"), line.as_bytes(), 0o444)?;
-    let hostname = match ctx.cmdline.get("kelson.hostname") {
-        Some(name) if identity::valid_hostname(name) => name.to_owned(),
-        Some(name) => {
-            warn!(hostname = name, "kelson.hostname is not a valid RFC 1123 name; using the default");
-            id.default_hostname()
-        }
-        None => id.default_hostname(),
-    };
+    // The config was validated, hostname included (kelson.hostname on the
+    // command line is one of its layers).
+    let configured = ctx.config.as_ref().and_then(|c| c.config.node.hostname.clone());
+    let hostname = configured.unwrap_or_else(|| id.default_hostname());
     ctx.kernel.set_hostname(&hostname)?;
     crate::atomic::write_atomic(Path::new("/etc/hostname"), format!("{hostname}\n").as_bytes(), 0o644)?;
     info!(machine_id = id.as_str(), source, hostname = hostname.as_str(), "identity set");
@@ -283,6 +283,7 @@ mod tests {
             cmdline: Cmdline::parse(cmdline),
             reaper: Arc::new(Reaper::new()),
             module_dir: PathBuf::from("/m"),
+            config: None,
         }
     }
 

@@ -47,6 +47,11 @@ impl Cmdline {
         self.params.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
     }
 
+    /// Every `key=value` word, in order (words without a value are left out).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().filter_map(|(k, v)| v.as_deref().map(|v| (k.as_str(), v)))
+    }
+
     /// Whether `key` appears at all, with or without a value.
     pub fn has(&self, key: &str) -> bool {
         self.params.iter().any(|(k, _)| k == key)

@@ -29,6 +29,13 @@ pub trait Kernel: Send + Sync {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Up to `len` bytes from the start of `path` (a block device, say).
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
+    /// Names of the entries in a directory, sorted.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Creates or replaces a regular file with `mode` atomically, making
+    /// its parent directories.
+    fn install_file(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
     fn set_hostname(&self, name: &str) -> io::Result<()>;
     /// Loads one module file (compressed or not); `EEXIST` is reported as
@@ -83,6 +90,31 @@ impl Kernel for LinuxKernel {
 
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = Vec::with_capacity(len);
+        std::fs::File::open(path)?.take(len as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Vec<_>>();
+        names.sort();
+        Ok(names)
+    }
+
+    fn install_file(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::atomic::write_atomic(path, data, mode).map_err(io::Error::other)?;
+        // The temporary file was created under the umask; say the mode again.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -218,6 +250,30 @@ pub mod fake {
                 .get(path)
                 .cloned()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+            let mut data = self.read_file(path)?;
+            data.truncate(len);
+            Ok(data)
+        }
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+            self.check(path)?;
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut names: Vec<String> = files
+                .keys()
+                .filter_map(|p| p.strip_prefix(path).ok())
+                .filter_map(|rest| rest.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        }
+        fn install_file(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+            self.record(format!("install {} {mode:o}", path.display()));
+            self.check(path)?;
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned(), data.to_vec());
+            Ok(())
         }
         fn exists(&self, path: &Path) -> bool {
             self.files.lock().unwrap_or_else(|e| e.into_inner()).contains_key(path)

@@ -141,7 +141,7 @@ async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 /// either outcome: the power button watchers and any test hooks.
 fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, started: Duration) {
     let kernel = LinuxKernel;
-    let mut ctx = BootContext { kernel: &kernel, cmdline: Cmdline::default(), reaper: reaper.clone(), module_dir: module_dir() };
+    let mut ctx = BootContext { kernel: &kernel, cmdline: Cmdline::default(), reaper: reaper.clone(), module_dir: module_dir(), config: None };
     // The power button works from the moment its driver is loaded, so a
     // press during the rest of boot (or right as ready or maintenance is
     // announced) powers the node off.

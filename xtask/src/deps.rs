@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dosfstools", "FAT images for tests"),
     ("mtools", "FAT images without mounting"),
     ("xorriso", "ISO images without mounting"),
+    ("cloud-image-utils", "cloud-localds, to test that the node reads the seeds it makes"),
 ];
 
 const MKOSI_MIN_MAJOR: u32 = 24;

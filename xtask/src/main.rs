@@ -6,10 +6,12 @@
 //! cargo xtask image    build target/image/{vmlinuz,kelson.initrd,kelson.efi}
 //! cargo xtask deps     only install the host packages
 //! cargo xtask bench    boot benchmarks measured inside the guest
+//! cargo xtask fuzz     fuzz the config and seed parsers for a bounded time
 //! ```
 
 mod bench;
 mod deps;
+mod fuzz;
 mod image;
 mod progress;
 mod run;
@@ -29,7 +31,8 @@ fn usage() -> &'static str {
      \n  test           unit tests + image build + kernel config check + QEMU tests\
      \n  image          build the node image into target/image/\
      \n  deps           install the host packages the other commands need\
-     \n  bench [boot]   boot benchmarks, measured inside the guest"
+     \n  bench [boot]   boot benchmarks, measured inside the guest\
+     \n  fuzz [SECS]    fuzz the config and cloud-init seed parsers (default 60 s per target)"
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,13 @@ fn main_exec() -> Result<()> {
             deps::ensure()?;
             let paths = image::build(&root)?;
             bench::run(&root, &paths, args.get(1).map(String::as_str).unwrap_or("boot"))
+        }
+        Some("fuzz") => {
+            let seconds = match args.get(1) {
+                Some(s) => s.parse().map_err(|_| anyhow::anyhow!("fuzz: {s:?} is not a number of seconds"))?,
+                None => 60,
+            };
+            fuzz::run(&root, seconds)
         }
         Some("-h") | Some("--help") | None => {
             println!("{}", usage());

@@ -1,0 +1,261 @@
+//! The boot stages that read and apply the machine config.
+//!
+//! `config` gathers the layers (image defaults, the `kelson.*` command line
+//! keys, the cloud-init seed or the one saved from an earlier boot, the
+//! config saved by the API), resolves them and keeps the result in the boot
+//! context. It changes nothing on the node: if any layer is rejected, every
+//! error is printed and the node stays in maintenance with nothing applied.
+//! Only an accepted seed is saved, so a bad seed never replaces a good one.
+//!
+//! `apply-config` then writes what the config asks for: files, the PKI,
+//! static pod manifests, sysctls and extra kernel modules.
+
+use crate::boot::{chain, BootContext, StageError};
+use crate::kernel::Kernel;
+use crate::{modules, seed, sysctl};
+use kelson_config::nocloud::read_seed;
+use kelson_config::{resolve, ConfigError, Effective, Layer, MachineConfig, Source, Store};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+pub const IMAGE_DEFAULTS: &str = "/etc/kelson/machine-config.yaml";
+/// The effective config (with secrets, so 0600) and where each value came
+/// from (without secrets), for people and for the API.
+pub const EFFECTIVE_CONFIG: &str = "/run/kelson/config/effective.yaml";
+pub const CONFIG_SOURCES: &str = "/run/kelson/config/sources.txt";
+pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
+pub const MANIFEST_DIR: &str = "/etc/kubernetes/manifests";
+pub const PKI_DIR: &str = "/etc/kelson/pki";
+
+/// How long to look for a seed volume: block devices show up a little
+/// after their drivers load; longer when the command line says a seed is
+/// expected (`ds=nocloud`).
+const SEED_WAIT: Duration = Duration::from_secs(1);
+const SEED_WAIT_EXPECTED: Duration = Duration::from_secs(10);
+
+struct Rejected(Vec<ConfigError>);
+
+impl Rejected {
+    fn into_stage_error(self) -> StageError {
+        for e in &self.0 {
+            error!("config error: {e}");
+        }
+        format!("the machine config was rejected with {} error(s), listed above; nothing was applied", self.0.len()).into()
+    }
+}
+
+fn read_text(kernel: &dyn Kernel, path: &Path) -> Option<String> {
+    kernel.read_file(path).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    let store = Store::new(kelson_config::STATE_DIR);
+    let (effective, seed_to_save) = gather(ctx, &store).map_err(Rejected::into_stage_error)?;
+    if let Some(layer) = seed_to_save {
+        let path = store.save(&layer)?;
+        info!(path = %path.display(), "cloud-init seed saved for later boots");
+    }
+    for line in effective.explain().lines() {
+        // Secrets are already shown as <secret> by explain().
+        if !line.contains("# built-in default") {
+            info!("config: {line}");
+        }
+    }
+    ctx.kernel.install_file(Path::new(EFFECTIVE_CONFIG), effective.config.to_yaml().as_bytes(), 0o600)?;
+    ctx.kernel.install_file(Path::new(CONFIG_SOURCES), effective.explain().as_bytes(), 0o644)?;
+    info!(role = ?effective.config.node.role, "machine config accepted");
+    ctx.config = Some(effective);
+    Ok(())
+}
+
+/// Every layer, then the resolved config and the seed layer to save.
+fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Layer>), Rejected> {
+    let kernel = ctx.kernel;
+    let mut layers = Vec::new();
+    let mut errors = Vec::new();
+    let mut take = |result: Result<Layer, kelson_config::ConfigErrors>, layers: &mut Vec<Layer>| match result {
+        Ok(layer) if !layer.is_empty() => layers.push(layer),
+        Ok(_) => {}
+        Err(e) => errors.extend(e.0),
+    };
+
+    if let Some(text) = read_text(kernel, Path::new(IMAGE_DEFAULTS)) {
+        let document = format!("image defaults ({IMAGE_DEFAULTS})");
+        take(Layer::from_document(Source::ImageDefaults, &document, &text), &mut layers);
+    }
+    take(Layer::from_cmdline(ctx.cmdline.pairs()), &mut layers);
+
+    let ds = ctx
+        .cmdline
+        .get("ds")
+        .map(str::to_owned)
+        .or_else(|| read_text(kernel, Path::new(SMBIOS_SERIAL)).map(|s| s.trim().to_owned()).filter(|s| s.starts_with("ds=")).map(|s| s.trim_start_matches("ds=").to_owned()));
+    if let Some(url) = ds.as_deref().and_then(seed::url_setting) {
+        warn!(url = url.as_str(), "seeds from a URL are not supported yet; looking for a cidata volume instead");
+    }
+    // A node that already has a saved seed does not wait for block devices
+    // still appearing: its reboots stay fast. One that expects a seed, or
+    // has none yet, gives them a moment.
+    let saved = store.path_for(Source::CloudInit).is_some_and(|p| p.exists());
+    let wait = match (ds.is_some(), saved) {
+        (true, _) => SEED_WAIT_EXPECTED,
+        (false, false) => SEED_WAIT,
+        (false, true) => Duration::ZERO,
+    };
+    let mut seed_to_save = None;
+    match seed::find(kernel, Path::new(seed::SYS_BLOCK), Path::new("/dev"), wait) {
+        Some((device, fs)) => {
+            info!(device = %device.display(), fs = fs.fstype(), "cloud-init seed found");
+            let files = seed::read(kernel, &device, fs, Path::new(seed::SEED_MOUNT)).map_err(|e| {
+                Rejected(vec![ConfigError::new(&device.display().to_string(), "document", chain(&e))])
+            })?;
+            match read_seed(&files) {
+                Ok(seed) => {
+                    for key in &seed.ignored {
+                        warn!("cloud-init: ignored {key}");
+                    }
+                    info!(instance_id = seed.instance_id.as_deref().unwrap_or("-"), layers = seed.layers.len(), "cloud-init seed read");
+                    let saved_name = format!("cloud-init seed from {}", files.origin);
+                    match seed.combined(&saved_name) {
+                        Ok(layer) => seed_to_save = Some(layer),
+                        Err(e) => errors.extend(e.0),
+                    }
+                    layers.extend(seed.layers);
+                }
+                Err(e) => errors.extend(e.0),
+            }
+        }
+        None => match store.load(Source::CloudInit) {
+            Ok(Some(layer)) => {
+                info!(document = layer.document.as_str(), "no cloud-init seed attached; using the one saved at an earlier boot");
+                layers.push(layer);
+            }
+            Ok(None) => info!("no cloud-init seed attached and none saved"),
+            Err(e) => errors.push(ConfigError::new(kelson_config::STATE_DIR, "cloud-init", chain(&e))),
+        },
+    }
+    match store.load(Source::Api) {
+        Ok(Some(layer)) => layers.push(layer),
+        Ok(None) => {}
+        Err(e) => errors.push(ConfigError::new(kelson_config::STATE_DIR, "api", chain(&e))),
+    }
+    if !errors.is_empty() {
+        return Err(Rejected(errors));
+    }
+    let effective = resolve(&layers).map_err(|e| Rejected(e.0))?;
+    Ok((effective, seed_to_save))
+}
+
+/// What applying one part of the config did wrong.
+#[derive(Debug)]
+struct ApplyError {
+    what: String,
+    error: String,
+}
+
+pub fn stage_apply(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    let Some(effective) = &ctx.config else { return Ok(()) };
+    let failures = apply(ctx.kernel, &ctx.module_dir, &effective.config);
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for f in &failures {
+        warn!(what = f.what.as_str(), error = f.error.as_str(), "config not applied");
+    }
+    Err(format!("{} part(s) of the machine config were not applied", failures.len()).into())
+}
+
+fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<ApplyError> {
+    let mut failures = Vec::new();
+    let mut install = |path: PathBuf, data: &[u8], mode: u32, what: String| {
+        if let Err(e) = kernel.install_file(&path, data, mode) {
+            failures.push(ApplyError { what, error: format!("writing {}: {e}", path.display()) });
+        }
+    };
+    for (i, file) in config.files.iter().enumerate() {
+        let mode = file.mode.as_deref().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o644);
+        install(PathBuf::from(&file.path), file.content.as_bytes(), mode, format!("files[{i}]"));
+    }
+    if let Some(ca) = &config.pki.ca {
+        install(Path::new(PKI_DIR).join("ca.crt"), ca.as_bytes(), 0o644, "pki.ca".into());
+    }
+    for (name, pair) in &config.pki.certificates {
+        install(Path::new(PKI_DIR).join(format!("{name}.crt")), pair.cert.as_bytes(), 0o644, format!("pki.certificates.{name}.cert"));
+        install(Path::new(PKI_DIR).join(format!("{name}.key")), pair.key.as_bytes(), 0o600, format!("pki.certificates.{name}.key"));
+    }
+    for (i, pod) in config.static_pods.iter().enumerate() {
+        install(Path::new(MANIFEST_DIR).join(&pod.name), pod.manifest.as_bytes(), 0o644, format!("staticPods[{i}]"));
+    }
+    let sysctls: Vec<(&str, &str)> = config.sysctls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for e in sysctl::apply(kernel, &sysctls) {
+        failures.push(ApplyError { what: "sysctls".into(), error: chain(&e) });
+    }
+    if !config.kernel_modules.is_empty() {
+        match modules::load_listed(kernel, module_dir, &config.kernel_modules) {
+            Ok(report) => {
+                for e in &report.failed {
+                    failures.push(ApplyError { what: "kernelModules".into(), error: chain(e) });
+                }
+            }
+            Err(e) => failures.push(ApplyError { what: "kernelModules".into(), error: chain(&e) }),
+        }
+    }
+    if !config.time.servers.is_empty() {
+        warn!(servers = config.time.servers.join(",").as_str(), "time.servers is accepted but the node has no NTP client yet");
+    }
+    info!(
+        files = config.files.len(),
+        certificates = config.pki.certificates.len(),
+        static_pods = config.static_pods.len(),
+        sysctls = config.sysctls.len(),
+        kernel_modules = config.kernel_modules.len(),
+        "machine config applied"
+    );
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::fake::FakeKernel;
+
+    #[test]
+    fn files_keys_and_manifests_are_written_with_their_modes() {
+        let config = kelson_config::parse(
+            "t",
+            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nfiles:\n  - path: /etc/a\n    content: x\n    mode: \"0600\"\n  - path: /etc/b\n    content: y\npki:\n  ca: CA\n  certificates:\n    api:\n      cert: C\n      key: K\nstaticPods:\n  - name: etcd.yaml\n    manifest: 'kind: Pod'\nsysctls:\n  vm.max_map_count: \"262144\"\n",
+        )
+        .unwrap();
+        let kernel = FakeKernel::default().with_file("/proc/sys/vm/max_map_count", "65530");
+        let failures = apply(&kernel, Path::new("/m"), &config);
+        assert!(failures.is_empty(), "{failures:?}");
+        let calls = kernel.calls();
+        for expected in [
+            "install /etc/a 600",
+            "install /etc/b 644",
+            "install /etc/kelson/pki/ca.crt 644",
+            "install /etc/kelson/pki/api.crt 644",
+            "install /etc/kelson/pki/api.key 600",
+            "install /etc/kubernetes/manifests/etcd.yaml 644",
+            "write /proc/sys/vm/max_map_count 262144",
+        ] {
+            assert!(calls.iter().any(|c| c == expected), "missing {expected:?} in {calls:?}");
+        }
+        assert_eq!(kernel.file("/etc/kelson/pki/api.key").as_deref(), Some("K"));
+    }
+
+    #[test]
+    fn one_failed_file_does_not_stop_the_rest() {
+        let config = kelson_config::parse(
+            "t",
+            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nfiles:\n  - path: /ro/a\n    content: x\n  - path: /etc/b\n    content: y\n",
+        )
+        .unwrap();
+        let kernel = FakeKernel::default().failing("/ro/a", libc::EROFS);
+        let failures = apply(&kernel, Path::new("/m"), &config);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].what, "files[0]");
+        assert_eq!(kernel.file("/etc/b").as_deref(), Some("y"));
+    }
+}

@@ -1,0 +1,147 @@
+//! The machine config under QEMU: NoCloud seeds on a FAT disk and on a
+//! `cloud-localds` ISO CD-ROM, a seed the node must refuse, and a saved
+//! seed used after the seed is gone.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use qemu_tests::{guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(180);
+const SHORT: Duration = Duration::from_secs(60);
+
+fn node() -> VmBuilder {
+    let image = ImagePaths::from_env().expect("the node image (run `cargo xtask image`)");
+    VmBuilder::from_image(&image).layer(guest_layer_with_agent("/bin/busybox")).append("kelson.shutdown_grace=3")
+}
+
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let out = vm.agent_exec(cmd, SHORT).unwrap_or_else(|e| panic!("agent: {cmd}: {e:#}"));
+    assert_eq!(out.status, 0, "{cmd} failed: {}", out.output);
+    out.output.trim().to_owned()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A FAT seed volume labelled CIDATA, made with mtools (no mounting).
+fn fat_seed(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let image = dir.join("seed.img");
+    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&image).arg("2048"));
+    for (name, content) in files {
+        let local = dir.join(name);
+        std::fs::write(&local, content).unwrap();
+        run(Command::new("mcopy").arg("-i").arg(&image).arg(&local).arg(format!("::{name}")));
+    }
+    image
+}
+
+fn blank_disk(dir: &Path, name: &str, mib: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path).unwrap().set_len(mib << 20).unwrap();
+    path
+}
+
+const MACHINE_CONFIG: &str = "apiVersion: kelson.dev/v1alpha1
+kind: MachineConfig
+node:
+  hostname: seeded-node
+  role: worker
+network:
+  uplinks:
+    - name: eth0
+      addresses: [192.168.100.21/24]
+  podCIDR: 10.244.7.0/24
+  clusterCIDR: 10.244.0.0/16
+  mtu: 1460
+files:
+  - path: /etc/kelson/hello
+    content: from the seed
+    mode: \"0600\"
+";
+
+#[test]
+fn a_fat_seed_names_the_node_and_its_files_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: fat-1\nlocal-hostname: from-meta-data\n"), ("user-data", MACHINE_CONFIG)]);
+    let mut vm = node().disk(&seed).boot().unwrap();
+    vm.expect("cloud-init seed found device=/dev/vda fs=vfat", BOOT).unwrap();
+    vm.expect("machine config accepted", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "seeded-node");
+    assert_eq!(sh(&mut vm, "cat /etc/kelson/hello"), "from the seed");
+    assert_eq!(sh(&mut vm, "stat -c %a /etc/kelson/hello"), "600");
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("node.hostname = \"seeded-node\"  # cloud-init user-data (/dev/vda (vfat))"), "{sources}");
+    assert!(sources.contains("network.podCIDR = \"10.244.7.0/24\"  # cloud-init user-data"), "{sources}");
+    assert_eq!(sh(&mut vm, "stat -c %a /run/kelson/config/effective.yaml"), "600");
+}
+
+#[test]
+fn a_cloud_localds_iso_on_a_cdrom_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user-data");
+    let net = dir.path().join("network-config");
+    let meta = dir.path().join("meta-data");
+    std::fs::write(
+        &user,
+        "#cloud-config\nhostname: iso-node\nruncmd: [reboot]\nkelson:\n  network:\n    podCIDR: 10.244.8.0/24\n    clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
+    std::fs::write(&net, "version: 2\nethernets:\n  eth0:\n    addresses: [192.168.100.22/24]\n    nameservers:\n      addresses: [192.168.100.1]\n").unwrap();
+    std::fs::write(&meta, "instance-id: iso-1\n").unwrap();
+    let iso = dir.path().join("seed.iso");
+    // Debian's cloud-localds (cloud-image-utils) makes an iso9660 seed by default.
+    run(Command::new("cloud-localds").arg("--network-config").arg(&net).arg(&iso).arg(&user).arg(&meta));
+    let mut vm = node().qemu_arg("-cdrom").qemu_arg(&iso).boot().unwrap();
+    vm.expect("cloud-init seed found device=/dev/sr0 fs=iso9660", BOOT).unwrap();
+    vm.expect("cloud-init: ignored user-data: runcmd (not supported on an appliance)", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "iso-node");
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("network.podCIDR = \"10.244.8.0/24\"  # cloud-init user-data (/dev/sr0 (iso9660))"), "{sources}");
+    assert!(sources.contains("network.uplinks = [{\"name\":\"eth0\",\"addresses\":[\"192.168.100.22/24\"]}]  # cloud-init network-config (/dev/sr0 (iso9660))"), "{sources}");
+    assert!(sources.contains("network.nameservers = [\"192.168.100.1\"]"), "{sources}");
+}
+
+#[test]
+fn an_invalid_seed_leaves_the_node_in_maintenance_with_nothing_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = MACHINE_CONFIG.replace("podCIDR: 10.244.7.0/24", "podCIDR: 10.9.0.0/24").replace("mtu: 1460", "mtu: 99999");
+    let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: bad-1\n"), ("user-data", &broken)]);
+    let mut vm = node().disk(&seed).boot().unwrap();
+    vm.expect(
+        "config error: cloud-init user-data (/dev/vda (vfat)): network.podCIDR: 10.9.0.0/24 is not inside network.clusterCIDR 10.244.0.0/16",
+        BOOT,
+    )
+    .unwrap();
+    vm.expect("config error: cloud-init user-data (/dev/vda (vfat)): network.mtu: 99999 is outside 576..=9000", SHORT).unwrap();
+    vm.expect("maintenance: boot stopped", SHORT).unwrap();
+    assert_eq!(sh(&mut vm, "test -e /etc/kelson/hello && echo written || echo absent"), "absent");
+    assert_eq!(sh(&mut vm, "test -e /var/lib/kelson/config/cloud-init.yaml && echo saved || echo unsaved"), "unsaved");
+    assert_ne!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "seeded-node");
+    vm.system_powerdown().unwrap();
+    assert!(vm.wait_exit(SHORT).unwrap().success());
+}
+
+#[test]
+fn after_a_reboot_without_the_seed_the_saved_config_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = blank_disk(dir.path(), "state.img", 64);
+    let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: keep-1\n"), ("user-data", MACHINE_CONFIG)]);
+    let mut first = node().disk(&state).disk(&seed).append("kelson.state=/dev/vda").boot().unwrap();
+    first.expect("cloud-init seed saved for later boots", BOOT).unwrap();
+    first.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut first, "stat -c %a /var/lib/kelson/config/cloud-init.yaml"), "600");
+    first.system_powerdown().unwrap();
+    assert!(first.wait_exit(SHORT).unwrap().success());
+
+    let mut second = node().disk(&state).append("kelson.state=/dev/vda").boot().unwrap();
+    second.expect("no cloud-init seed attached; using the one saved at an earlier boot", BOOT).unwrap();
+    second.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut second, "cat /proc/sys/kernel/hostname"), "seeded-node");
+    assert_eq!(sh(&mut second, "cat /etc/kelson/hello"), "from the seed");
+}
