@@ -1,4 +1,5 @@
 //! The built `kelsonctl` binary: exit codes and the messages an operator sees.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,6 +2,7 @@
 //! on disk: configs validate, addresses and routes add up, certificates
 //! chain to the CA with the right names, secrets are private, and the seed
 //! images read back with fatfs and with the real mtools, fsck.fat and blkid.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ipnet::Ipv4Net;
 use kelson_config::{MachineConfig, Role};
