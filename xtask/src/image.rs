@@ -192,3 +192,33 @@ mod tests {
         assert_eq!(fingerprint(&[]), "cbf29ce484222325");
     }
 }
+
+#[cfg(test)]
+mod module_list_tests {
+    /// The image keeps only the modules mkosi.conf includes; PID 1 loads the
+    /// ones /etc/kelson/modules lists. A name in the list but not in the
+    /// image fails only at boot, so the two are checked against each other.
+    #[test]
+    fn every_module_pid1_loads_is_kept_in_the_image() {
+        let root = crate::workspace_root();
+        let conf = std::fs::read_to_string(root.join("image/mkosi.conf")).expect("image/mkosi.conf");
+        let list = std::fs::read_to_string(root.join("image/mkosi.extra/etc/kelson/modules")).expect("module list");
+        let included: Vec<&str> = conf
+            .split("KernelModulesInclude=")
+            .nth(1)
+            .expect("a KernelModulesInclude setting")
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        let missing: Vec<String> = list
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|name| format!("/{}\\.ko", name.replace(['_', '-'], "[-_]")))
+            .filter(|pattern| !included.contains(&pattern.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "listed in /etc/kelson/modules but not kept by image/mkosi.conf: {missing:?}");
+    }
+}

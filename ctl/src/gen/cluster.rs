@@ -1,0 +1,550 @@
+//! `gen cluster`: a [`ClusterSpec`] (the flags) becomes a [`ClusterPlan`]
+//! (names, addresses, subnets; pure and deterministic), which becomes the
+//! cluster folder's files (certificates, machine configs, seed images,
+//! summary; random keys and tokens).
+
+use super::cidr::{self, CidrError};
+use super::output::OutputFile;
+use super::pki::{self, Authority, Issued, LeafSpec, PkiError, Usage};
+use super::seed::{self, MetaData, SeedError};
+use ipnet::Ipv4Net;
+use kelson_config::{CertKey, ConfigErrors, MachineConfig, PeerRoute, Role, Uplink};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use time::OffsetDateTime;
+
+pub const DNS_DOMAIN: &str = "cluster.local";
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const API_SERVER_PORT: u16 = 6443;
+
+/// Names of a node's certificates in its machine config's `pki.certificates`
+/// (and of their files under `pki/<node>/`).
+pub const ETCD_SERVER_CERT: &str = "etcd-server";
+pub const ETCD_PEER_CERT: &str = "etcd-peer";
+pub const ETCD_CLIENT_CERT: &str = "etcd-client";
+/// The Kelson management API's serving certificate (not kube-apiserver's).
+pub const MANAGEMENT_API_CERT: &str = "management-api";
+
+/// What the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub control_planes: usize,
+    pub workers: usize,
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub node_cidr: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub pod_prefix: u8,
+    pub mtu: u32,
+    pub uplink: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenClusterError {
+    #[error("a cluster needs at least one control-plane node")]
+    NoControlPlane,
+    #[error("cluster name {cluster:?} makes node name {node:?}, which is not a lowercase RFC 1123 hostname of at most 63 characters")]
+    NodeName { cluster: String, node: String },
+    #[error("uplink {0:?} is not a Linux interface name (1 to 15 characters, none of them '/', ':' or whitespace)")]
+    UplinkName(String),
+    #[error("planning the cluster's addresses")]
+    Addresses(#[from] CidrError),
+    #[error("{first} {first_net} overlaps {second} {second_net}")]
+    Overlap { first: &'static str, first_net: Ipv4Net, second: &'static str, second_net: Ipv4Net },
+    #[error("gateway {gateway} is not a host address inside node CIDR {node_cidr}")]
+    GatewayOutside { gateway: Ipv4Addr, node_cidr: Ipv4Net },
+    #[error("gateway {gateway} is also node {node}'s address")]
+    GatewayIsNode { gateway: Ipv4Addr, node: String },
+    #[error("reading random bytes from the operating system")]
+    Random(#[source] getrandom::Error),
+    #[error("issuing certificates")]
+    Pki(#[from] PkiError),
+    #[error("node {node}'s generated machine config does not validate (a bug in kelsonctl)")]
+    InvalidConfig { node: String, #[source] errors: ConfigErrors },
+    #[error("building node {node}'s seed image")]
+    Seed { node: String, #[source] source: SeedError },
+    #[error("rendering cluster.yaml")]
+    Summary(#[source] serde_saphyr::SerializeError),
+}
+
+/// One node of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    pub name: String,
+    pub role: Role,
+    pub address: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+}
+
+/// Every name and address of the cluster, decided before any key exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPlan {
+    pub spec: ClusterSpec,
+    /// Control-plane nodes first, then workers; node k has the k-th pod subnet.
+    pub nodes: Vec<NodePlan>,
+    pub dns_address: Ipv4Addr,
+}
+
+impl ClusterPlan {
+    pub fn control_planes(&self) -> impl Iterator<Item = &NodePlan> {
+        self.nodes.iter().filter(|n| n.role == Role::ControlPlane)
+    }
+
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.control_planes().map(|n| format!("https://{}:{ETCD_CLIENT_PORT}", n.address)).collect()
+    }
+
+    /// The first control-plane node's API server: with no load balancer in
+    /// front, that is the one address every node can be given up front.
+    pub fn api_server_endpoint(&self) -> String {
+        let first = self.control_planes().next().map_or(self.spec.node_cidr.network(), |n| n.address);
+        format!("https://{first}:{API_SERVER_PORT}")
+    }
+
+    /// Routes to every other node's pod subnet through that node.
+    pub fn peer_routes(&self, node: &NodePlan) -> Vec<PeerRoute> {
+        self.nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .map(|other| PeerRoute { pod_cidr: other.pod_cidr.to_string(), via: other.address.to_string() })
+            .collect()
+    }
+}
+
+fn valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len()) && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+/// Decides names, addresses and subnets, refusing anything that cannot work.
+pub fn plan(spec: &ClusterSpec) -> Result<ClusterPlan, GenClusterError> {
+    if spec.control_planes == 0 {
+        return Err(GenClusterError::NoControlPlane);
+    }
+    if !valid_interface_name(&spec.uplink) {
+        return Err(GenClusterError::UplinkName(spec.uplink.clone()));
+    }
+    let networks = [("cluster CIDR", spec.cluster_cidr), ("service CIDR", spec.service_cidr), ("node CIDR", spec.node_cidr)];
+    for (i, &(first, first_net)) in networks.iter().enumerate() {
+        for &(second, second_net) in &networks[i + 1..] {
+            if cidr::overlaps(first_net, second_net) {
+                return Err(GenClusterError::Overlap { first, first_net, second, second_net });
+            }
+        }
+    }
+    let roles = std::iter::repeat_n(Role::ControlPlane, spec.control_planes).chain(std::iter::repeat_n(Role::Worker, spec.workers));
+    let mut names = Vec::new();
+    for (role, index) in roles.clone().zip((1..=spec.control_planes).chain(1..=spec.workers)) {
+        let kind = if role == Role::ControlPlane { "cp" } else { "worker" };
+        let node = format!("{}-{kind}-{index}", spec.name);
+        if !kelson_config::valid_hostname(&node) {
+            return Err(GenClusterError::NodeName { cluster: spec.name.clone(), node });
+        }
+        names.push(node);
+    }
+    let count = names.len();
+    let pod_cidrs = cidr::carve_pod_subnets(spec.cluster_cidr, spec.pod_prefix, count)?;
+    let addresses = cidr::node_addresses(spec.node_cidr, count)?;
+    let dns_address = cidr::dns_address(spec.service_cidr)?;
+    let nodes: Vec<NodePlan> = names
+        .into_iter()
+        .zip(roles)
+        .zip(addresses.into_iter().zip(pod_cidrs))
+        .map(|((name, role), (address, pod_cidr))| NodePlan { name, role, address, pod_cidr })
+        .collect();
+    if let Some(gateway) = spec.gateway {
+        let node_cidr = spec.node_cidr;
+        if !node_cidr.contains(&gateway) || gateway == node_cidr.network() || gateway == node_cidr.broadcast() {
+            return Err(GenClusterError::GatewayOutside { gateway, node_cidr });
+        }
+        if let Some(node) = nodes.iter().find(|n| n.address == gateway) {
+            return Err(GenClusterError::GatewayIsNode { gateway, node: node.name.clone() });
+        }
+    }
+    Ok(ClusterPlan { spec: spec.clone(), nodes, dns_address })
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], GenClusterError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(GenClusterError::Random)?;
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `len` characters from [a-z0-9], uniformly: bytes at or above the
+/// largest multiple of 36 are drawn again rather than folded in.
+fn random_token_part(len: usize) -> Result<String, GenClusterError> {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for byte in random_bytes::<32>()? {
+            if usize::from(byte) < 252 && out.len() < len {
+                out.push(char::from(ALPHABET[usize::from(byte) % 36]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A kubeadm-style bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`.
+pub fn bootstrap_token() -> Result<String, GenClusterError> {
+    Ok(format!("{}.{}", random_token_part(6)?, random_token_part(16)?))
+}
+
+/// What this run of `gen cluster` produced, for the caller to write and report.
+#[derive(Debug)]
+pub struct GeneratedCluster {
+    pub plan: ClusterPlan,
+    /// Random per run; part of every node's instance-id.
+    pub generation: String,
+    pub files: Vec<OutputFile>,
+}
+
+impl GeneratedCluster {
+    /// What was written, for the operator: nodes, addresses, where the
+    /// seeds and client certificates are. No secrets.
+    pub fn describe(&self, dir: &std::path::Path) -> String {
+        let dir = dir.display();
+        let spec = &self.plan.spec;
+        let mut out = format!("wrote cluster {} (generation {}) to {dir}\n", spec.name, self.generation);
+        out += &format!("  {:<24} {:<14} {:<16} {}\n", "NODE", "ROLE", "ADDRESS", "POD CIDR");
+        for node in &self.plan.nodes {
+            let role = if node.role == Role::ControlPlane { "control-plane" } else { "worker" };
+            out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
+        }
+        out += &format!("seed images: {dir}/nodes/<node>/seed.img (they hold the node's private keys)\n");
+        for (name, organisation) in CLIENTS {
+            out += &format!("client {name}: {dir}/pki/{name}.crt, {dir}/pki/{name}.key (O={organisation})\n");
+        }
+        out += &format!("summary: {dir}/cluster.yaml\n");
+        out
+    }
+}
+
+/// The client certificates handed to people and tools, not to nodes.
+const CLIENTS: [(&str, &str); 3] = [
+    ("admin", pki::ADMIN_ORGANISATION),
+    ("read-only", pki::READ_ONLY_ORGANISATION),
+    (ETCD_CLIENT_CERT, pki::ETCD_CLIENT_ORGANISATION),
+];
+
+fn push_pair(files: &mut Vec<OutputFile>, stem: &str, issued: &Issued) {
+    files.push(OutputFile::public(format!("{stem}.crt"), issued.cert_pem.clone()));
+    files.push(OutputFile::secret(format!("{stem}.key"), issued.key_pem.clone()));
+}
+
+fn cert_key(issued: &Issued) -> CertKey {
+    CertKey { cert: issued.cert_pem.clone(), key: issued.key_pem.clone() }
+}
+
+/// Issues every certificate, renders each node's machine config and seed,
+/// and the summary. Nothing is written to disk here.
+pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster, GenClusterError> {
+    let spec = &plan.spec;
+    let generation = hex(&random_bytes::<8>()?);
+    let token = bootstrap_token()?;
+    let ca = Authority::new(&spec.name, now)?;
+    let mut files = Vec::new();
+    push_pair(&mut files, "pki/ca", &ca.issued());
+    let mut client_certs = BTreeMap::new();
+    for (name, organisation) in CLIENTS {
+        let issued = ca.issue(&LeafSpec::client(name, organisation))?;
+        push_pair(&mut files, &format!("pki/{name}"), &issued);
+        client_certs.insert(name, issued);
+    }
+
+    let mut summary_nodes = Vec::new();
+    for node in &plan.nodes {
+        let mut certs = BTreeMap::new();
+        let management = ca.issue(&LeafSpec::node(&node.name, node.address, Usage::Server, false))?;
+        certs.insert(MANAGEMENT_API_CERT, management);
+        if node.role == Role::ControlPlane {
+            let server = ca.issue(&LeafSpec::node(&node.name, node.address, Usage::ServerAndClient, true))?;
+            let peer = ca.issue(&LeafSpec::node(&node.name, node.address, Usage::ServerAndClient, true))?;
+            certs.insert(ETCD_SERVER_CERT, server);
+            certs.insert(ETCD_PEER_CERT, peer);
+            // kube-apiserver runs on control-plane nodes and is etcd's client.
+            if let Some(client) = client_certs.get(ETCD_CLIENT_CERT) {
+                certs.insert(ETCD_CLIENT_CERT, client.clone());
+            }
+        }
+        for (name, issued) in &certs {
+            if *name != ETCD_CLIENT_CERT {
+                push_pair(&mut files, &format!("pki/{}/{name}", node.name), issued);
+            }
+        }
+
+        let config = machine_config(&plan, node, &token, &ca.cert_pem(), &certs);
+        let yaml = config.to_yaml();
+        let document = format!("nodes/{}/machine-config.yaml", node.name);
+        kelson_config::parse(&document, &yaml)
+            .map_err(|errors| GenClusterError::InvalidConfig { node: node.name.clone(), errors })?;
+
+        let instance_id = format!("kelson-{generation}-{}", node.name);
+        let meta = MetaData { instance_id: instance_id.clone(), local_hostname: node.name.clone() };
+        let volume_id = u32::from_be_bytes(random_bytes::<4>()?);
+        let image = seed::build_seed_image(&meta, &yaml, volume_id)
+            .map_err(|source| GenClusterError::Seed { node: node.name.clone(), source })?;
+        // Both carry the node's private keys and the bootstrap token.
+        files.push(OutputFile::secret(document.clone(), yaml));
+        let seed_path = format!("nodes/{}/seed.img", node.name);
+        files.push(OutputFile::secret(seed_path.clone(), image));
+
+        summary_nodes.push(SummaryNode {
+            name: node.name.clone(),
+            role: node.role,
+            address: node.address.to_string(),
+            pod_cidr: node.pod_cidr.to_string(),
+            instance_id,
+            machine_config: document,
+            seed_image: seed_path,
+            certificates: certs
+                .keys()
+                .map(|name| if *name == ETCD_CLIENT_CERT { format!("pki/{name}.crt") } else { format!("pki/{}/{name}.crt", node.name) })
+                .collect(),
+        });
+    }
+
+    let summary = Summary::new(&plan, &generation, summary_nodes);
+    let body = serde_saphyr::to_string(&summary).map_err(GenClusterError::Summary)?;
+    files.push(OutputFile::public(
+        "cluster.yaml".to_owned(),
+        format!("# Written by `kelsonctl gen cluster`. No secrets here: keys are in pki/*.key and in the nodes' files.\n{body}"),
+    ));
+    Ok(GeneratedCluster { plan, generation, files })
+}
+
+fn machine_config(plan: &ClusterPlan, node: &NodePlan, token: &str, ca_pem: &str, certs: &BTreeMap<&str, Issued>) -> MachineConfig {
+    let spec = &plan.spec;
+    let mut config = MachineConfig::empty();
+    config.node.hostname = Some(node.name.clone());
+    config.node.role = node.role;
+    config.network.uplinks = vec![Uplink {
+        name: Some(spec.uplink.clone()),
+        addresses: vec![format!("{}/{}", node.address, spec.node_cidr.prefix_len())],
+        gateway4: spec.gateway.map(|g| g.to_string()),
+        ..Uplink::default()
+    }];
+    config.network.pod_cidr = Some(node.pod_cidr.to_string());
+    config.network.cluster_cidr = Some(spec.cluster_cidr.to_string());
+    config.network.service_cidr = Some(spec.service_cidr.to_string());
+    config.network.mtu = Some(spec.mtu);
+    config.network.peer_routes = plan.peer_routes(node);
+    config.cluster.name = Some(spec.name.clone());
+    config.cluster.etcd_endpoints = plan.etcd_endpoints();
+    config.cluster.api_server_endpoint = Some(plan.api_server_endpoint());
+    config.cluster.dns_address = Some(plan.dns_address.to_string());
+    config.cluster.dns_domain = Some(DNS_DOMAIN.to_owned());
+    config.cluster.bootstrap_token = Some(token.to_owned());
+    config.pki.ca = Some(ca_pem.to_owned());
+    config.pki.certificates = certs.iter().map(|(name, issued)| ((*name).to_owned(), cert_key(issued))).collect();
+    config
+}
+
+/// `cluster.yaml`: what an operator needs to find things; no secrets.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    name: String,
+    generation: String,
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: String,
+    #[serde(rename = "serviceCIDR")]
+    service_cidr: String,
+    #[serde(rename = "nodeCIDR")]
+    node_cidr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
+    pod_prefix: u8,
+    mtu: u32,
+    uplink: String,
+    dns_address: String,
+    dns_domain: String,
+    api_server_endpoint: String,
+    etcd_endpoints: Vec<String>,
+    nodes: Vec<SummaryNode>,
+    ca: String,
+    clients: Vec<SummaryClient>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryNode {
+    name: String,
+    role: Role,
+    address: String,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: String,
+    instance_id: String,
+    machine_config: String,
+    seed_image: String,
+    certificates: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SummaryClient {
+    name: String,
+    subject: String,
+    cert: String,
+    key: String,
+}
+
+impl Summary {
+    fn new(plan: &ClusterPlan, generation: &str, nodes: Vec<SummaryNode>) -> Self {
+        let spec = &plan.spec;
+        Summary {
+            name: spec.name.clone(),
+            generation: generation.to_owned(),
+            cluster_cidr: spec.cluster_cidr.to_string(),
+            service_cidr: spec.service_cidr.to_string(),
+            node_cidr: spec.node_cidr.to_string(),
+            gateway: spec.gateway.map(|g| g.to_string()),
+            pod_prefix: spec.pod_prefix,
+            mtu: spec.mtu,
+            uplink: spec.uplink.clone(),
+            dns_address: plan.dns_address.to_string(),
+            dns_domain: DNS_DOMAIN.to_owned(),
+            api_server_endpoint: plan.api_server_endpoint(),
+            etcd_endpoints: plan.etcd_endpoints(),
+            nodes,
+            ca: "pki/ca.crt".to_owned(),
+            clients: CLIENTS
+                .iter()
+                .map(|(name, organisation)| SummaryClient {
+                    name: (*name).to_owned(),
+                    subject: format!("CN={name}, O={organisation}"),
+                    cert: format!("pki/{name}.crt"),
+                    key: format!("pki/{name}.key"),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec(control_planes: usize, workers: usize) -> ClusterSpec {
+        ClusterSpec {
+            name: "demo".into(),
+            control_planes,
+            workers,
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            node_cidr: "192.168.100.0/24".parse().unwrap(),
+            gateway: None,
+            pod_prefix: 24,
+            mtu: 1460,
+            uplink: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn nodes_are_named_numbered_and_addressed_in_order() {
+        let plan = plan(&spec(1, 2)).unwrap();
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["demo-cp-1", "demo-worker-1", "demo-worker-2"]);
+        assert_eq!(plan.nodes[2].address, Ipv4Addr::new(192, 168, 100, 12));
+        assert_eq!(plan.nodes[2].pod_cidr.to_string(), "10.244.2.0/24");
+        assert_eq!(plan.dns_address, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(plan.api_server_endpoint(), "https://192.168.100.10:6443");
+        assert_eq!(plan.etcd_endpoints(), ["https://192.168.100.10:2379"]);
+    }
+
+    #[test]
+    fn every_control_plane_node_is_an_etcd_endpoint() {
+        let plan = plan(&spec(3, 0)).unwrap();
+        assert_eq!(
+            plan.etcd_endpoints(),
+            ["https://192.168.100.10:2379", "https://192.168.100.11:2379", "https://192.168.100.12:2379"]
+        );
+    }
+
+    #[test]
+    fn peer_routes_are_the_other_nodes_subnets_via_their_addresses() {
+        let plan = plan(&spec(1, 2)).unwrap();
+        let routes = plan.peer_routes(&plan.nodes[1]);
+        assert_eq!(
+            routes,
+            [
+                PeerRoute { pod_cidr: "10.244.0.0/24".into(), via: "192.168.100.10".into() },
+                PeerRoute { pod_cidr: "10.244.2.0/24".into(), via: "192.168.100.12".into() },
+            ]
+        );
+        let single = super::plan(&spec(1, 0)).unwrap();
+        assert!(single.peer_routes(&single.nodes[0]).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_without_control_plane_is_refused() {
+        assert_eq!(plan(&spec(0, 2)).unwrap_err().to_string(), "a cluster needs at least one control-plane node");
+    }
+
+    #[test]
+    fn a_name_that_makes_bad_hostnames_is_refused() {
+        let mut bad = spec(1, 0);
+        bad.name = "Demo".into();
+        assert_eq!(
+            plan(&bad).unwrap_err().to_string(),
+            "cluster name \"Demo\" makes node name \"Demo-cp-1\", which is not a lowercase RFC 1123 hostname of at most 63 characters"
+        );
+        bad.name = "x".repeat(60);
+        assert!(matches!(plan(&bad), Err(GenClusterError::NodeName { .. })));
+    }
+
+    #[test]
+    fn overlapping_networks_are_refused() {
+        let mut bad = spec(1, 0);
+        bad.node_cidr = "10.244.5.0/24".parse().unwrap();
+        assert_eq!(plan(&bad).unwrap_err().to_string(), "cluster CIDR 10.244.0.0/16 overlaps node CIDR 10.244.5.0/24");
+        let mut bad = spec(1, 0);
+        bad.service_cidr = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(plan(&bad).unwrap_err().to_string(), "cluster CIDR 10.244.0.0/16 overlaps service CIDR 10.0.0.0/8");
+    }
+
+    #[test]
+    fn too_many_nodes_for_the_cluster_cidr_are_refused_with_the_reason() {
+        let mut bad = spec(1, 4);
+        bad.cluster_cidr = "10.244.0.0/22".parse().unwrap();
+        let err = plan(&bad).unwrap_err();
+        assert_eq!(err.to_string(), "planning the cluster's addresses");
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert_eq!(source, "cluster CIDR 10.244.0.0/22 holds 4 /24 pod subnets, fewer than the 5 nodes");
+    }
+
+    #[test]
+    fn the_gateway_must_be_a_free_host_in_the_node_cidr() {
+        let mut s = spec(1, 1);
+        s.gateway = Some(Ipv4Addr::new(192, 168, 100, 1));
+        assert!(plan(&s).is_ok());
+        s.gateway = Some(Ipv4Addr::new(192, 168, 101, 1));
+        assert_eq!(plan(&s).unwrap_err().to_string(), "gateway 192.168.101.1 is not a host address inside node CIDR 192.168.100.0/24");
+        s.gateway = Some(Ipv4Addr::new(192, 168, 100, 255));
+        assert!(matches!(plan(&s), Err(GenClusterError::GatewayOutside { .. })));
+        s.gateway = Some(Ipv4Addr::new(192, 168, 100, 11));
+        assert_eq!(plan(&s).unwrap_err().to_string(), "gateway 192.168.100.11 is also node demo-worker-1's address");
+    }
+
+    #[test]
+    fn a_bad_uplink_name_is_refused() {
+        let mut s = spec(1, 0);
+        s.uplink = "a-very-long-interface".into();
+        assert!(matches!(plan(&s), Err(GenClusterError::UplinkName(_))));
+        s.uplink = String::new();
+        assert!(matches!(plan(&s), Err(GenClusterError::UplinkName(_))));
+    }
+
+    #[test]
+    fn bootstrap_tokens_have_the_kubeadm_shape_and_differ() {
+        let token = bootstrap_token().unwrap();
+        assert_eq!(token.len(), 23);
+        assert_eq!(&token[6..7], ".");
+        assert!(token.chars().enumerate().all(|(i, c)| i == 6 || c.is_ascii_lowercase() || c.is_ascii_digit()), "{token}");
+        assert_ne!(token, bootstrap_token().unwrap());
+    }
+}
