@@ -80,6 +80,47 @@ fn a_fat_seed_names_the_node_and_its_files_are_written() {
     assert_eq!(sh(&mut vm, "stat -c %a /run/kelson/config/effective.yaml"), "600");
 }
 
+/// A 1 control-plane + 1 worker cluster from `kelsonctl gen cluster`.
+fn generated_cluster(dir: &Path) -> kelsonctl::gen::GeneratedCluster {
+    let spec = kelsonctl::gen::ClusterSpec {
+        name: "lab".into(),
+        control_planes: 1,
+        workers: 1,
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        node_cidr: "192.168.100.0/24".parse().unwrap(),
+        gateway: None,
+        pod_prefix: 24,
+        mtu: 1460,
+        uplink: "eth0".into(),
+    };
+    kelsonctl::gen::generate_cluster(&spec, dir, false).unwrap()
+}
+
+#[test]
+fn a_node_booted_with_a_kelsonctl_gen_seed_takes_its_identity_and_pki_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cluster");
+    generated_cluster(&out);
+    let worker = out.join("nodes/lab-worker-1");
+    let config = kelson_config_text(&worker.join("machine-config.yaml"));
+    let mut vm = node().disk(worker.join("seed.img")).boot().unwrap();
+    vm.expect("cloud-init seed found device=/dev/vda fs=vfat", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "lab-worker-1");
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    let pod_cidr = config.lines().find_map(|l| l.trim().strip_prefix("podCIDR: ")).unwrap().trim_matches('"').to_owned();
+    assert!(sources.contains(&format!("network.podCIDR = \"{pod_cidr}\"  # cloud-init user-data (/dev/vda (vfat))")), "{sources}");
+    assert!(sources.contains("network.uplinks = [{\"name\":\"eth0\",\"addresses\":[\"192.168.100.11/24\"]}]"), "{sources}");
+    assert!(sources.contains("cluster.bootstrapToken = <secret>"), "{sources}");
+    assert_eq!(sh(&mut vm, "stat -c %a /etc/kelson/pki/management-api.key"), "600");
+    assert_eq!(sh(&mut vm, "cat /etc/kelson/pki/ca.crt"), std::fs::read_to_string(out.join("pki/ca.crt")).unwrap().trim());
+}
+
+fn kelson_config_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
 fn a_cloud_localds_iso_on_a_cdrom_is_read() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,7 +91,7 @@ pub struct Uplink {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub dhcp4: bool,
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -197,4 +197,8 @@ pub struct Time {
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
