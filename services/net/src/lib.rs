@@ -1,8 +1,10 @@
 pub mod apply;
 mod atomic;
+pub mod cni;
 pub mod fake;
 pub mod iptables;
 pub mod netlink;
 pub mod plan;
+pub mod pods;
 pub mod rtnl;
 pub mod runner;
