@@ -139,8 +139,11 @@ pub(crate) mod tests {
 
     /// Just enough of `iptables -t nat` (-S -N -F -X -A -C -D) to test the
     /// decisions; the host tests run the real binary.
-    pub(crate) fn fake_iptables() -> (FakeRunner, Arc<Mutex<BTreeMap<String, Vec<String>>>>) {
-        let table: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    /// The nat table: chain → rules (without "-A CHAIN").
+    pub(crate) type NatTable = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
+
+    pub(crate) fn fake_iptables() -> (FakeRunner, NatTable) {
+        let table: NatTable = Arc::default();
         table.lock().unwrap().insert("POSTROUTING".into(), Vec::new());
         let t = table.clone();
         let runner = FakeRunner::new(move |argv| {

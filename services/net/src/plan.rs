@@ -299,7 +299,9 @@ fn bridge_plan(p: &mut Problems, pod: Ipv4Net, mtu: u32) -> Option<BridgePlan> {
         p.push("network.podCIDR", format!("the bridge address {bridge_addr} is outside {pod}"));
         return None;
     }
-    let half = (broadcast - network + 1) / 2;
+    // In u64: a /0 has 2^32 addresses.
+    let size = u64::from(broadcast) - u64::from(network) + 1;
+    let half = (size / 2) as u32;
     Some(BridgePlan {
         name: BRIDGE_NAME.to_owned(),
         mtu,
