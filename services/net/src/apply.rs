@@ -341,6 +341,20 @@ async fn prepare_link<N: Netlink>(nl: &N, field: &str, sel: &LinkSelector, mtu: 
     Some(link)
 }
 
+/// Removes Kelson's addresses on `link` that are not in `want`, before the
+/// wanted ones are added: deleting a primary address also deletes the
+/// secondaries in its subnet (unless promote_secondaries is on), so a new
+/// address added first would vanish with the old one.
+async fn remove_unwanted_on_link<N: Netlink>(nl: &N, have: &[Address], link: &Link, want: &[Ipv4Net], step: &mut Step) {
+    for a in have.iter().filter(|a| a.link == link.index && a.protocol == Some(KELSON_PROTO) && !want.contains(&a.addr)) {
+        match nl.del_address(link.index, a.addr).await {
+            Ok(()) => step.change(format!("removed {}", a.addr)),
+            Err(e) if e.is_gone() => {}
+            Err(source) => step.fail(StepError::DelAddress { link: link.name.clone(), addr: a.addr, source }),
+        }
+    }
+}
+
 /// Adds `addr` unless present (any protocol: an address someone else set is
 /// accepted as is, and stays theirs).
 async fn ensure_address<N: Netlink>(nl: &N, have: &[Address], link: &Link, addr: Ipv4Net, step: &mut Step) {
@@ -385,6 +399,7 @@ async fn apply_uplink<N: Netlink>(nl: &N, uplink: &UplinkPlan, wanted: &mut Want
             step.fail(StepError::ListAddresses(e));
         }
     }
+    remove_unwanted_on_link(nl, &have_addresses, &link, addresses, &mut step).await;
     for addr in addresses {
         wanted.addresses.push((link.index, *addr));
         ensure_address(nl, &have_addresses, &link, *addr, &mut step).await;
@@ -455,7 +470,10 @@ async fn apply_bridge<N: Netlink>(nl: &N, bridge: &BridgePlan, wanted: &mut Want
     }
     wanted.addresses.push((link.index, bridge.address));
     match nl.addresses().await {
-        Ok(have) => ensure_address(nl, &have, &link, bridge.address, &mut step).await,
+        Ok(have) => {
+            remove_unwanted_on_link(nl, &have, &link, &[bridge.address], &mut step).await;
+            ensure_address(nl, &have, &link, bridge.address, &mut step).await;
+        }
         Err(e) => {
             wanted.unknown = true;
             step.fail(StepError::ListAddresses(e));

@@ -137,9 +137,9 @@ async fn a_changed_plan_removes_what_kelson_set_and_no_longer_wants() {
     assert_eq!(
         f.host.netlink.calls(),
         [
+            "del_address eth0 192.168.10.5/24",
             "add_address eth0 192.168.10.7/24 proto 75",
             "replace_route 10.244.3.0/24 via 192.168.10.8 proto 75",
-            "del_address eth0 192.168.10.5/24",
             "del_route 172.16.0.0/12 via 192.168.10.254 proto 75",
             "del_route 10.244.2.0/24 via 192.168.10.6 proto 75",
         ]
