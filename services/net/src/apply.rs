@@ -239,7 +239,7 @@ pub async fn apply<N: Netlink, R: CommandRunner>(plan: &NetPlan, host: &Host<N, 
     report.push("lo".into(), lo_up(nl).await.outcome());
 
     for uplink in &plan.uplinks {
-        let (name, step, dhcp) = apply_uplink(nl, uplink, &mut wanted).await;
+        let (name, step, dhcp) = apply_uplink(nl, &host.paths.proc_sys, uplink, &mut wanted).await;
         if let Some(dhcp) = dhcp {
             report.dhcp_uplinks.push(dhcp);
         }
@@ -255,7 +255,7 @@ pub async fn apply<N: Netlink, R: CommandRunner>(plan: &NetPlan, host: &Host<N, 
 
     match &plan.bridge {
         Some(bridge) => {
-            report.push(format!("bridge {}", bridge.name), apply_bridge(nl, bridge, &mut wanted).await.outcome());
+            report.push(format!("bridge {}", bridge.name), apply_bridge(nl, &host.paths.proc_sys, bridge, &mut wanted).await.outcome());
             for (name, hint) in [
                 ("net.ipv4.ip_forward", "is /proc mounted?"),
                 ("net.bridge.bridge-nf-call-iptables", "load the br_netfilter module first"),
@@ -341,10 +341,25 @@ async fn prepare_link<N: Netlink>(nl: &N, field: &str, sel: &LinkSelector, mtu: 
     Some(link)
 }
 
-/// Removes Kelson's addresses on `link` that are not in `want`, before the
-/// wanted ones are added: deleting a primary address also deletes the
-/// secondaries in its subnet (unless promote_secondaries is on), so a new
-/// address added first would vanish with the old one.
+/// Turns on promote_secondaries for a link whose addresses Kelson manages.
+/// An address change adds the new address before removing the old: removing
+/// the last address first would make the kernel flush every route through
+/// the link (other owners' too), and without promotion removing a primary
+/// takes the new secondary in its subnet with it.
+fn promote_secondaries(proc_sys: &Path, link: &str, step: &mut Step) {
+    let path = proc_sys.join("net/ipv4/conf").join(link).join("promote_secondaries");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(&path, "1") {
+            Ok(()) => step.change("promote_secondaries on"),
+            Err(source) => step.fail(StepError::WriteSysctl { path, value: "1".into(), source }),
+        },
+        Err(source) => step.fail(StepError::ReadSysctl { path, source }),
+    }
+}
+
+/// Removes Kelson's addresses on `link` that are not in `want` (after the
+/// wanted ones are in place; see [`promote_secondaries`]).
 async fn remove_unwanted_on_link<N: Netlink>(nl: &N, have: &[Address], link: &Link, want: &[Ipv4Net], step: &mut Step) {
     for a in have.iter().filter(|a| a.link == link.index && a.protocol == Some(KELSON_PROTO) && !want.contains(&a.addr)) {
         match nl.del_address(link.index, a.addr).await {
@@ -378,7 +393,7 @@ async fn ensure_route<N: Netlink>(nl: &N, have: &[Route], links: &[Link], want: 
     }
 }
 
-async fn apply_uplink<N: Netlink>(nl: &N, uplink: &UplinkPlan, wanted: &mut Wanted) -> (String, Step, Option<DhcpUplink>) {
+async fn apply_uplink<N: Netlink>(nl: &N, proc_sys: &Path, uplink: &UplinkPlan, wanted: &mut Wanted) -> (String, Step, Option<DhcpUplink>) {
     let mut step = Step::default();
     let Some(link) = prepare_link(nl, &uplink.field, &uplink.select, uplink.mtu, &mut step).await else {
         if step.errors.iter().any(|e| e.starts_with("listing")) {
@@ -399,11 +414,12 @@ async fn apply_uplink<N: Netlink>(nl: &N, uplink: &UplinkPlan, wanted: &mut Want
             step.fail(StepError::ListAddresses(e));
         }
     }
-    remove_unwanted_on_link(nl, &have_addresses, &link, addresses, &mut step).await;
+    promote_secondaries(proc_sys, &link.name, &mut step);
     for addr in addresses {
         wanted.addresses.push((link.index, *addr));
         ensure_address(nl, &have_addresses, &link, *addr, &mut step).await;
     }
+    remove_unwanted_on_link(nl, &have_addresses, &link, addresses, &mut step).await;
     let mut want_routes: Vec<Route> = routes
         .iter()
         .map(|r| Route { dst: r.to, gateway: Some(r.via), link: Some(link.index), protocol: KELSON_PROTO })
@@ -429,7 +445,7 @@ async fn apply_uplink<N: Netlink>(nl: &N, uplink: &UplinkPlan, wanted: &mut Want
     (name, step, None)
 }
 
-async fn apply_bridge<N: Netlink>(nl: &N, bridge: &BridgePlan, wanted: &mut Wanted) -> Step {
+async fn apply_bridge<N: Netlink>(nl: &N, proc_sys: &Path, bridge: &BridgePlan, wanted: &mut Wanted) -> Step {
     let mut step = Step::default();
     let find = || async {
         nl.links().await.map(|links| by_name(&links, &bridge.name).cloned()).map_err(StepError::ListLinks)
@@ -471,8 +487,9 @@ async fn apply_bridge<N: Netlink>(nl: &N, bridge: &BridgePlan, wanted: &mut Want
     wanted.addresses.push((link.index, bridge.address));
     match nl.addresses().await {
         Ok(have) => {
-            remove_unwanted_on_link(nl, &have, &link, &[bridge.address], &mut step).await;
+            promote_secondaries(proc_sys, &link.name, &mut step);
             ensure_address(nl, &have, &link, bridge.address, &mut step).await;
+            remove_unwanted_on_link(nl, &have, &link, &[bridge.address], &mut step).await;
         }
         Err(e) => {
             wanted.unknown = true;

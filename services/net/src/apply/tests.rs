@@ -37,7 +37,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let sys = dir.path().join("sys");
-    for f in ["net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"] {
+    for f in [
+        "net/ipv4/ip_forward",
+        "net/bridge/bridge-nf-call-iptables",
+        "net/ipv4/conf/eth0/promote_secondaries",
+        "net/ipv4/conf/cbr0/promote_secondaries",
+    ] {
         std::fs::create_dir_all(sys.join(f).parent().unwrap()).unwrap();
         std::fs::write(sys.join(f), "0\n").unwrap();
     }
@@ -137,8 +142,8 @@ async fn a_changed_plan_removes_what_kelson_set_and_no_longer_wants() {
     assert_eq!(
         f.host.netlink.calls(),
         [
-            "del_address eth0 192.168.10.5/24",
             "add_address eth0 192.168.10.7/24 proto 75",
+            "del_address eth0 192.168.10.5/24",
             "replace_route 10.244.3.0/24 via 192.168.10.8 proto 75",
             "del_route 172.16.0.0/12 via 192.168.10.254 proto 75",
             "del_route 10.244.2.0/24 via 192.168.10.6 proto 75",
@@ -188,7 +193,7 @@ async fn a_failing_bridge_address_is_reported_and_later_steps_still_run() {
         outcome(&report, "bridge cbr0"),
         &Outcome::Failed {
             errors: vec!["adding address 10.244.1.1/24 to link cbr0: Operation not permitted (os error 1)".into()],
-            changes: vec!["created bridge cbr0".into(), "MTU 1460".into(), "up".into()],
+            changes: vec!["created bridge cbr0".into(), "MTU 1460".into(), "promote_secondaries on".into(), "up".into()],
         }
     );
     assert!(matches!(outcome(&report, "masquerade"), Outcome::Changed { .. }));
