@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dosfstools", "FAT images for tests"),
     ("mtools", "FAT images without mounting"),
     ("xorriso", "ISO images without mounting"),
+    ("iproute2", "kelson-net host tests: `ip netns` namespaces, veth pairs, reading links, addresses and routes back"),
+    ("iptables", "kelson-net host tests: the MASQUERADE chain set and read back with iptables-save (nft backend)"),
+    ("dnsmasq-base", "kelson-net host tests: the DHCP server the DHCPv4 client leases, renews and releases against"),
+    ("containernetworking-plugins", "kelson-net host tests: the real CNI bridge plugin run with Kelson's conflist"),
 ];
 
 const MKOSI_MIN_MAJOR: u32 = 24;

@@ -1,6 +1,7 @@
 //! kelson-net against a real kernel, real iptables (nft) and the real CNI
 //! bridge plugin, inside network namespaces each test creates and deletes.
 //! Root only: without root every test fails saying so.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Pod networking against a real kernel: Kelson's own veth attach/detach,
 //! and Debian's CNI `bridge` plugin run with Kelson's conflist. Root only.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
