@@ -259,7 +259,15 @@ impl<N: Netlink> Client<N> {
         let mac = self.mac();
         let wait = async {
             loop {
-                let Ok((payload, from)) = self.socket.recv().await else { continue };
+                let (payload, from) = match self.socket.recv().await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        // The link went away or down: don't spin; the
+                        // deadline still ends the wait.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
                 let Ok(msg) = v4::Message::decode(&mut Decoder::new(&payload)) else { continue };
                 if msg.opcode() != v4::Opcode::BootReply || msg.xid() != xid || msg.chaddr().get(..6) != Some(&mac[..]) {
                     continue;
