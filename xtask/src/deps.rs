@@ -22,6 +22,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("mtools", "FAT images without mounting"),
     ("xorriso", "ISO images without mounting"),
     ("cloud-image-utils", "cloud-localds, to test that the node reads the seeds it makes"),
+    ("iproute2", "kelson-net host tests: `ip netns` namespaces, veth pairs, reading links, addresses and routes back"),
+    ("iptables", "kelson-net host tests: the MASQUERADE chain set and read back with iptables-save (nft backend)"),
+    ("dnsmasq-base", "kelson-net host tests: the DHCP server the DHCPv4 client leases, renews and releases against"),
+    ("containernetworking-plugins", "kelson-net host tests: the real CNI bridge plugin run with Kelson's conflist"),
 ];
 
 const MKOSI_MIN_MAJOR: u32 = 24;
