@@ -144,6 +144,19 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
         return Err(Rejected(errors));
     }
     let effective = resolve(&layers).map_err(|e| Rejected(e.0))?;
+    // What the network stage could not apply is refused here, before
+    // anything is touched, like any other config error.
+    if let Err(problems) = kelson_net::NetPlan::from_config(&effective.config.network) {
+        return Err(Rejected(
+            problems
+                .into_iter()
+                .map(|p| {
+                    let document = effective.source_of(&p.field).map_or("built-in default", |(_, d)| d).to_owned();
+                    ConfigError { document, path: p.field, reason: p.reason }
+                })
+                .collect(),
+        ));
+    }
     Ok((effective, seed_to_save))
 }
 

@@ -19,6 +19,8 @@ pub mod pid1;
 pub mod power;
 pub mod procs;
 pub mod reaper;
+pub mod runner;
+pub mod network_stage;
 pub mod seed;
 pub mod shutdown;
 pub mod state_disk;

@@ -45,6 +45,13 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<Exit>,
 }
 
+/// The output pipes of a child started with [`Reaper::spawn_with_output`].
+#[derive(Debug)]
+pub struct ChildPipes {
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
 /// What one pass of reaping collected.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reaped {
@@ -64,15 +71,22 @@ impl Reaper {
 
     /// Starts `cmd` and registers its pid before anyone can reap it.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        self.spawn_with_output(cmd).map(|(spawned, _)| spawned)
+    }
+
+    /// Like [`Reaper::spawn`], also handing back the pipes `cmd` was told to
+    /// make (`Stdio::piped()`), which dropping std's `Child` would close.
+    pub fn spawn_with_output(&self, cmd: &mut Command) -> io::Result<(Spawned, ChildPipes)> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
+        let pipes = ChildPipes { stdout: child.stdout.take(), stderr: child.stderr.take() };
         // std's Child neither waits nor kills on drop; the reaper owns the
         // wait from here on.
         drop(child);
         let (tx, rx) = oneshot::channel();
         owners.insert(pid, tx);
-        Ok(Spawned { pid, exit: rx })
+        Ok((Spawned { pid, exit: rx }, pipes))
     }
 
     /// Starts `cmd` and blocks the calling (non-async) thread until it exits.

@@ -1,15 +1,18 @@
-//! Atomic file replacement: anything kept under /var/lib/kelson goes through
-//! here so a power cut leaves either the old or the new file, never a torn one.
+//! Atomic file replacement (write a temporary file, fsync, rename, fsync the
+//! directory): anything kept under /var/lib/kelson, and the files Kelson
+//! renders, goes through here so a power cut leaves the old or the new file,
+//! never a torn one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicWriteError {
-    #[error("{path} has no parent directory")]
-    NoParent { path: PathBuf },
+    #[error("creating directory {dir}")]
+    CreateDir { dir: PathBuf, #[source] source: io::Error },
     #[error("writing temporary file {tmp} for {path}")]
     Write { path: PathBuf, tmp: PathBuf, #[source] source: io::Error },
     #[error("renaming {tmp} over {path}")]
@@ -18,16 +21,23 @@ pub enum AtomicWriteError {
     SyncDir { dir: PathBuf, #[source] source: io::Error },
 }
 
-/// Writes `data` to `path` via a temporary file in the same directory:
-/// write, fsync, rename over `path`, fsync the directory.
+/// Two writers in one process (apply and a DHCP client both write
+/// resolv.conf) must not share a temporary file.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `data` (mode `mode` if the file is new), creating the
+/// parent directory if needed.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| AtomicWriteError::NoParent { path: path.to_owned() })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|source| AtomicWriteError::CreateDir { dir: dir.clone(), source })?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()
     };
@@ -39,9 +49,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWri
         let _ = fs::remove_file(&tmp);
         return Err(AtomicWriteError::Rename { path: path.to_owned(), tmp, source });
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| AtomicWriteError::SyncDir { dir: dir.to_owned(), source })
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(|source| AtomicWriteError::SyncDir { dir, source })
 }
 
 #[cfg(test)]
@@ -69,8 +77,19 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_directory_is_reported_with_the_path() {
-        let err = write_atomic(Path::new("/nonexistent-kelson-dir/x"), b"x", 0o644).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent-kelson-dir/x"), "{err}");
+    fn a_missing_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net/pods.json");
+        write_atomic(&path, b"x", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "x");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_made_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        fs::write(&blocker, "").unwrap();
+        let err = write_atomic(&blocker.join("x"), b"x", 0o644).unwrap_err();
+        assert_eq!(err.to_string(), format!("creating directory {}", blocker.display()));
     }
 }

@@ -5,7 +5,7 @@
 //! iptables chain) is removed. A failing step is reported and the later,
 //! independent steps still run.
 
-use crate::atomic::{write_atomic, AtomicWriteError};
+use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use crate::iptables::{ensure_masquerade, IptablesError};
 use crate::netlink::{by_name, Address, Link, Netlink, NlError, Route, KELSON_PROTO};
 use crate::plan::{BridgePlan, LinkSelector, NetPlan, UplinkMode, UplinkPlan};

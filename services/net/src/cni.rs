@@ -15,7 +15,7 @@
 //! cniVersion 1.0.0 is accepted by containernetworking-plugins 1.1.1, the
 //! version in Debian bookworm and trixie.
 
-use crate::atomic::{write_atomic, AtomicWriteError};
+use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use crate::plan::BridgePlan;
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -35,7 +35,6 @@
 //! [`fake::FakeNetlink`] for tests) and [`CommandRunner`].
 
 pub mod apply;
-mod atomic;
 pub mod cni;
 pub mod dhcp;
 pub mod fake;

@@ -9,7 +9,7 @@
 //! collide.
 
 use crate::apply::chain;
-use crate::atomic::{write_atomic, AtomicWriteError};
+use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use crate::netlink::{by_name, Netlink, NlError, Route, KELSON_PROTO};
 use crate::plan::BridgePlan;
 use ipnet::Ipv4Net;
