@@ -38,14 +38,7 @@ pub fn stage_network(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         Ok::<_, String>((networking, report))
     })?;
     let elapsed_ms = clock::boottime().saturating_sub(started).as_millis() as u64;
-    for step in &report.steps {
-        match &step.outcome {
-            Outcome::Unchanged => info!(step = step.step.as_str(), "network: unchanged"),
-            Outcome::Changed { changes } => info!(step = step.step.as_str(), changes = changes.join("; ").as_str(), "network: changed"),
-            Outcome::Skipped { reason } => info!(step = step.step.as_str(), reason = reason.as_str(), "network: skipped"),
-            Outcome::Failed { errors, .. } => warn!(step = step.step.as_str(), errors = errors.join("; ").as_str(), "network: failed"),
-        }
-    }
+    // kelson-net logs each step's outcome itself.
     let failed = report.steps.iter().filter(|s| matches!(s.outcome, Outcome::Failed { .. })).count();
     info!(elapsed_ms, failed, "network applied");
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(networking);

@@ -19,7 +19,13 @@ fn node(seed: &Path) -> VmBuilder {
     let tools = Layer::new()
         .file_from_host(GUEST_POD_NET, env!("CARGO_BIN_EXE_pod-net"), 0o755)
         // busybox httpd answers with the address the request came from.
-        .file("/kelson-test/www/cgi-bin/ip", "#!/kelson-test/busybox sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n", 0o755);
+        // busybox httpd listens on IPv6 and writes IPv4 peers as
+        // [::ffff:a.b.c.d]; the script prints the plain IPv4 address.
+        .file(
+            "/kelson-test/www/cgi-bin/ip",
+            "#!/kelson-test/busybox sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\" | sed -e 's/^\\[::ffff://' -e 's/\\]$//'\n",
+            0o755,
+        );
     VmBuilder::from_image(&image)
         .layer(guest_layer_with_agent("/bin/busybox"))
         .layer(tools)

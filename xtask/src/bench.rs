@@ -5,19 +5,28 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
-    match which {
-        "boot" => {
-            let status = std::process::Command::new("cargo")
-                .current_dir(root)
-                .env("KELSON_IMAGE_DIR", &paths.dir)
-                .args(["run", "--release", "--quiet", "-p", "qemu-tests", "--bin", "bench-boot"])
-                .status()
-                .context("starting the boot benchmark")?;
-            if !status.success() {
-                bail!("boot benchmark failed ({status})");
-            }
-            Ok(())
-        }
-        other => bail!("unknown benchmark {other:?} (known: boot)"),
+    let bin = match which {
+        "boot" => "bench-boot",
+        "net" => "bench-net",
+        other => bail!("unknown benchmark {other:?} (known: boot, net)"),
+    };
+    // All of qemu-tests' programs: a benchmark copies some into the guest.
+    let built = std::process::Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "qemu-tests", "--bins"])
+        .status()
+        .context("building the benchmark programs")?;
+    if !built.success() {
+        bail!("building the benchmark programs failed ({built})");
     }
+    let status = std::process::Command::new("cargo")
+        .current_dir(root)
+        .env("KELSON_IMAGE_DIR", &paths.dir)
+        .args(["run", "--release", "--quiet", "-p", "qemu-tests", "--bin", bin])
+        .status()
+        .with_context(|| format!("starting the {which} benchmark"))?;
+    if !status.success() {
+        bail!("{which} benchmark failed ({status})");
+    }
+    Ok(())
 }

@@ -1,0 +1,102 @@
+//! `cargo xtask bench net`: how long the node's network setup takes inside
+//! the guest, Kelson's Rust path beside the seed notes' shell commands.
+//!
+//! Each run boots one node from a `kelsonctl gen` seed (static uplink
+//! address, cbr0 with MTU 1460, MASQUERADE, one peer route) and reads the
+//! network stage's own duration from the console (`network applied
+//! elapsed_ms=`: stage start to cbr0 up with the rule installed). Then, in
+//! the same guest, the same steps are done by shell commands as the seed
+//! notes write them (busybox `ip`, the image's iptables-nft, sysctls by
+//! `echo`), on a second bridge and chain, timed with CLOCK_BOOTTIME.
+
+use anyhow::{bail, Context, Result};
+use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Layer, VmBuilder};
+use std::time::Duration;
+
+const RUNS: usize = 3;
+const SHELL_REPEATS: usize = 3;
+const GUEST_CLOCK: &str = "/kelson-test/guest-clock";
+
+const SHELL_SETUP: &str = "t0=$(/kelson-test/guest-clock)
+ip link set lo up
+ip addr add 192.168.100.99/24 dev eth0
+ip link add name cbr1 type bridge
+ip link set dev cbr1 mtu 1460
+ip addr add 10.250.0.1/24 dev cbr1
+ip link set dev cbr1 up
+echo 1 > /proc/sys/net/ipv4/ip_forward
+echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables
+iptables -t nat -N BENCH-POSTROUTING
+iptables -t nat -A POSTROUTING -j BENCH-POSTROUTING
+iptables -t nat -A BENCH-POSTROUTING ! -d 10.244.0.0/16 -m addrtype ! --dst-type LOCAL -j MASQUERADE
+ip route add 10.251.0.0/24 via 192.168.100.11
+t1=$(/kelson-test/guest-clock)
+echo $(( (t1 - t0) / 1000 ))";
+
+const SHELL_CLEANUP: &str = "ip route del 10.251.0.0/24; ip link del cbr1; ip addr del 192.168.100.99/24 dev eth0; \
+iptables -t nat -D POSTROUTING -j BENCH-POSTROUTING; iptables -t nat -F BENCH-POSTROUTING; iptables -t nat -X BENCH-POSTROUTING";
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn main() -> Result<()> {
+    let image = ImagePaths::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let spec = kelsonctl::gen::ClusterSpec {
+        name: "bench".into(),
+        control_planes: 1,
+        workers: 1,
+        cluster_cidr: "10.244.0.0/16".parse()?,
+        service_cidr: "10.96.0.0/12".parse()?,
+        node_cidr: "192.168.100.0/24".parse()?,
+        gateway: None,
+        pod_prefix: 24,
+        mtu: 1460,
+        uplink: "eth0".into(),
+    };
+    kelsonctl::gen::generate_cluster(&spec, &dir.path().join("cluster"), false)?;
+    let seed = dir.path().join("cluster/nodes/bench-cp-1/seed.img");
+    // Built beside this program by the same `cargo run`.
+    let guest_clock = std::env::current_exe()?.with_file_name("guest-clock");
+    if !guest_clock.exists() {
+        bail!("{} is missing: build it with `cargo build --release -p qemu-tests --bins`", guest_clock.display());
+    }
+    let (mut kelson_ms, mut shell_ms) = (Vec::new(), Vec::new());
+    for run in 1..=RUNS {
+        let clock = Layer::new().file_from_host(GUEST_CLOCK, &guest_clock, 0o755);
+        let mut vm = VmBuilder::from_image(&image)
+            .layer(guest_layer_with_agent("/bin/busybox"))
+            .layer(clock)
+            .disk(&seed)
+            // A NIC for eth0; no peer joins this socket network.
+            .socket_nic_listen(free_loopback_port()?, "52:54:00:be:00:01")
+            .boot()
+            .context("booting the node")?;
+        let applied = vm.expect("network applied", Duration::from_secs(180))?;
+        vm.expect("kelson: ready", Duration::from_secs(60))?;
+        let Some(ms) = applied.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms=")).and_then(|v| v.parse::<f64>().ok()) else {
+            bail!("no elapsed_ms in {applied:?}");
+        };
+        if applied.contains("failed=") && !applied.contains("failed=0") {
+            bail!("the network stage had failures: {applied}");
+        }
+        kelson_ms.push(ms);
+        for _ in 0..SHELL_REPEATS {
+            let out = vm.agent_exec(SHELL_SETUP, Duration::from_secs(60))?;
+            if out.status != 0 {
+                bail!("the shell path failed: {}", out.output);
+            }
+            let micros: f64 = out.output.trim().lines().last().unwrap_or("").parse().with_context(|| format!("reading {:?}", out.output))?;
+            shell_ms.push(micros / 1000.0);
+            vm.agent_exec(SHELL_CLEANUP, Duration::from_secs(60))?;
+        }
+        eprintln!("bench-net: run {run}/{RUNS}: Kelson {ms:.0} ms; shell {:.0} ms", shell_ms.last().copied().unwrap_or(f64::NAN));
+        vm.kill()?;
+    }
+    println!("network setup benchmark, medians, measured in the guest (TCG, 1 vCPU):");
+    println!("  Kelson (kelson-net over netlink, one process)  {:>7.0} ms  ({RUNS} boots)", median(&mut kelson_ms));
+    println!("  seed notes' shell commands (ip, iptables)      {:>7.0} ms  ({} runs)", median(&mut shell_ms), RUNS * SHELL_REPEATS);
+    Ok(())
+}
