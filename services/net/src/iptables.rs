@@ -44,11 +44,14 @@ struct Iptables<'a, R> {
 }
 
 impl<R: CommandRunner> Iptables<'_, R> {
-    /// Runs `iptables -w -t nat ARGS`; Ok(None) for a nonzero exit when the
-    /// caller asked to see it (a check), Err for a nonzero exit otherwise.
-    fn run(&self, args: &[&str], nonzero_is_answer: bool) -> Result<Option<String>, IptablesError> {
-        let mut cmd = Command::new(self.binary);
-        cmd.args(["-w", "-t", "nat"]).args(args);
+    /// `iptables` with a suffix: `iptables-save`, `iptables-restore`.
+    fn sibling(&self, suffix: &str) -> std::path::PathBuf {
+        let mut name = self.binary.as_os_str().to_owned();
+        name.push(suffix);
+        name.into()
+    }
+
+    fn output(&self, cmd: Command, nonzero_is_answer: bool) -> Result<Option<String>, IptablesError> {
         let command = command_line(&cmd);
         let out = self.runner.output(cmd).map_err(|source| IptablesError::Spawn { command: command.clone(), source })?;
         if out.status.success() {
@@ -64,16 +67,77 @@ impl<R: CommandRunner> Iptables<'_, R> {
         }
     }
 
-    fn jumps(&self) -> Result<usize, IptablesError> {
-        let listing = self.run(&["-S", "POSTROUTING"], false)?.unwrap_or_default();
+    /// Runs `iptables -w -t nat ARGS`; Ok(None) for a nonzero exit when the
+    /// caller asked to see it (a check), Err for a nonzero exit otherwise.
+    fn run(&self, args: &[&str], nonzero_is_answer: bool) -> Result<Option<String>, IptablesError> {
+        let mut cmd = Command::new(self.binary);
+        cmd.args(["-w", "-t", "nat"]).args(args);
+        self.output(cmd, nonzero_is_answer)
+    }
+
+    /// The nat table as `iptables-save` prints it: one process, whatever
+    /// is in the table.
+    fn nat_table(&self) -> Result<NatState, IptablesError> {
+        let mut cmd = Command::new(self.sibling("-save"));
+        cmd.args(["-t", "nat"]);
+        Ok(NatState::parse(&self.output(cmd, false)?.unwrap_or_default()))
+    }
+
+    /// Applies `lines` to the nat table in one `iptables-restore --noflush`
+    /// transaction, leaving every other chain as it is.
+    fn restore(&self, lines: &[String]) -> Result<(), IptablesError> {
+        // Unique per call: passes may run concurrently (tests, or a re-apply
+        // racing a DHCP-triggered one).
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = std::env::temp_dir().join(format!("kelson-nat-{}-{seq}.rules", std::process::id()));
+        let text = format!("*nat\n{}\nCOMMIT\n", lines.join("\n"));
+        let mut cmd = Command::new(self.sibling("-restore"));
+        cmd.args(["-w", "--noflush"]).arg(&file);
+        std::fs::write(&file, text)
+            .map_err(|source| IptablesError::Spawn { command: format!("writing {}", file.display()), source })?;
+        let result = self.output(cmd, false);
+        let _ = std::fs::remove_file(&file);
+        result.map(|_| ())
+    }
+}
+
+/// What matters of the nat table: whether Kelson's chain exists, its
+/// rules, and how many jumps to it POSTROUTING has.
+#[derive(Debug, Default)]
+struct NatState {
+    chain_exists: bool,
+    chain_rules: Vec<String>,
+    jumps: usize,
+}
+
+impl NatState {
+    fn parse(saved: &str) -> NatState {
+        let declaration = format!(":{CHAIN} ");
+        let rule_prefix = format!("-A {CHAIN} ");
         let jump = format!("-A POSTROUTING -j {CHAIN}");
-        Ok(listing.lines().filter(|l| l.trim() == jump).count())
+        let mut state = NatState::default();
+        for line in saved.lines().map(str::trim) {
+            if line.starts_with(&declaration) {
+                state.chain_exists = true;
+            } else if let Some(rule) = line.strip_prefix(&rule_prefix) {
+                state.chain_rules.push(rule.to_owned());
+            } else if line == jump {
+                state.jumps += 1;
+            }
+        }
+        state
     }
 }
 
 /// Makes the nat table hold Kelson's chain with exactly the rule for
 /// `cluster` and exactly one jump to it; with `None`, removes both.
 /// Returns what it changed (empty: it was already so).
+///
+/// The table is read with one `iptables-save` and, only if something
+/// differs, changed with one `iptables-restore --noflush`: each iptables
+/// process costs tens of milliseconds on a small node, and a restore is
+/// one transaction.
 pub fn ensure_masquerade<R: CommandRunner>(
     runner: &R,
     binary: &Path,
@@ -81,13 +145,13 @@ pub fn ensure_masquerade<R: CommandRunner>(
 ) -> Result<Vec<String>, IptablesError> {
     let ipt = Iptables { runner, binary };
     let mut changes = Vec::new();
-    let chain_rules = ipt.run(&["-S", CHAIN], true)?;
+    let state = ipt.nat_table()?;
     let Some(cluster) = cluster else {
-        for _ in 0..ipt.jumps()? {
+        for _ in 0..state.jumps {
             ipt.run(&["-D", "POSTROUTING", "-j", CHAIN], false)?;
             changes.push(format!("removed the jump from POSTROUTING to {CHAIN}"));
         }
-        if chain_rules.is_some() {
+        if state.chain_exists {
             ipt.run(&["-F", CHAIN], false)?;
             ipt.run(&["-X", CHAIN], false)?;
             changes.push(format!("removed chain {CHAIN}"));
@@ -95,37 +159,27 @@ pub fn ensure_masquerade<R: CommandRunner>(
         return Ok(changes);
     };
 
-    let rule = masquerade_rule(cluster);
-    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-    let prefix = format!("-A {CHAIN} ");
-    let current_is_wanted = match &chain_rules {
-        None => {
-            ipt.run(&["-N", CHAIN], false)?;
+    let rule = masquerade_rule(cluster).join(" ");
+    let mut lines = Vec::new();
+    if state.chain_rules != [rule.clone()] {
+        if !state.chain_exists {
             changes.push(format!("created chain {CHAIN}"));
-            false
         }
-        Some(listing) => {
-            let count = listing.lines().filter(|l| l.starts_with(&prefix)).count();
-            // -C lets iptables compare, so its print format does not matter.
-            count == 1 && ipt.run(&[&["-C", CHAIN][..], &rule].concat(), true)?.is_some()
-        }
-    };
-    if !current_is_wanted {
-        if chain_rules.is_some() {
-            ipt.run(&["-F", CHAIN], false)?;
-        }
-        ipt.run(&[&["-A", CHAIN][..], &rule].concat(), false)?;
+        // With --noflush, declaring the chain creates it or empties it.
+        lines.push(format!(":{CHAIN} - [0:0]"));
+        lines.push(format!("-A {CHAIN} {rule}"));
         changes.push(format!("{CHAIN}: MASQUERADE traffic not to {cluster} nor local"));
     }
-
-    let jumps = ipt.jumps()?;
-    if jumps == 0 {
-        ipt.run(&["-A", "POSTROUTING", "-j", CHAIN], false)?;
+    if state.jumps == 0 {
+        lines.push(format!("-A POSTROUTING -j {CHAIN}"));
         changes.push(format!("added the jump from POSTROUTING to {CHAIN}"));
     }
-    for _ in 1..jumps.max(1) {
-        ipt.run(&["-D", "POSTROUTING", "-j", CHAIN], false)?;
+    for _ in 1..state.jumps.max(1) {
+        lines.push(format!("-D POSTROUTING -j {CHAIN}"));
         changes.push(format!("removed a duplicate jump from POSTROUTING to {CHAIN}"));
+    }
+    if !lines.is_empty() {
+        ipt.restore(&lines)?;
     }
     Ok(changes)
 }
@@ -137,7 +191,8 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    /// Just enough of `iptables -t nat` (-S -N -F -X -A -C -D) to test the
+    /// Just enough of `iptables -t nat` (-S -N -F -X -A -C -D),
+    /// `iptables-save -t nat` and `iptables-restore --noflush` to test the
     /// decisions; the host tests run the real binary.
     /// The nat table: chain → rules (without "-A CHAIN").
     pub(crate) type NatTable = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
@@ -148,6 +203,52 @@ pub(crate) mod tests {
         let t = table.clone();
         let runner = FakeRunner::new(move |argv| {
             let mut t = t.lock().unwrap();
+            if argv[0].ends_with("-save") {
+                assert_eq!(&argv[1..], ["-t", "nat"]);
+                let mut out = String::from("# Generated by the fake\n*nat\n:POSTROUTING ACCEPT [0:0]\n");
+                for chain in t.keys().filter(|c| *c != "POSTROUTING") {
+                    out.push_str(&format!(":{chain} - [0:0]\n"));
+                }
+                for (chain, rules) in t.iter() {
+                    for r in rules {
+                        out.push_str(&format!("-A {chain} {r}\n"));
+                    }
+                }
+                out.push_str("COMMIT\n");
+                return fake_output(0, &out, "");
+            }
+            if argv[0].ends_with("-restore") {
+                assert_eq!(&argv[1..3], ["-w", "--noflush"]);
+                let text = std::fs::read_to_string(&argv[3]).unwrap();
+                let mut lines = text.lines();
+                assert_eq!(lines.next(), Some("*nat"));
+                for line in lines {
+                    if line == "COMMIT" {
+                        break;
+                    }
+                    if let Some(decl) = line.strip_prefix(':') {
+                        let chain = decl.split_whitespace().next().unwrap().to_owned();
+                        t.entry(chain).or_default().clear();
+                    } else {
+                        let mut words = line.splitn(3, ' ');
+                        let (op, chain, rule) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap_or(""));
+                        let Some(rules) = t.get_mut(chain) else {
+                            return fake_output(2, "", &format!("iptables-restore: line: chain {chain} does not exist"));
+                        };
+                        match op {
+                            "-A" => rules.push(rule.to_owned()),
+                            "-D" => match rules.iter().position(|x| x == rule) {
+                                Some(i) => {
+                                    rules.remove(i);
+                                }
+                                None => return fake_output(1, "", "iptables-restore: Bad rule"),
+                            },
+                            other => panic!("fake iptables-restore does not know {other}"),
+                        }
+                    }
+                }
+                return fake_output(0, "", "");
+            }
             assert_eq!(&argv[1..4], ["-w", "-t", "nat"]);
             let (op, chain, rule) = (argv[4].as_str(), argv[5].clone(), argv[6..].join(" "));
             let missing = fake_output(1, "", "iptables: No chain/target/match by that name.");
@@ -216,7 +317,7 @@ pub(crate) mod tests {
         let changes = ensure_masquerade(&runner, Path::new("iptables"), cidr("10.244.0.0/16")).unwrap();
         assert!(changes.is_empty(), "{changes:?}");
         let second: Vec<String> = runner.calls()[before..].to_vec();
-        assert!(second.iter().all(|c| c.contains(" -S ") || c.contains(" -C ")), "{second:?}");
+        assert_eq!(second, ["iptables-save -t nat"]);
     }
 
     #[test]
@@ -252,7 +353,7 @@ pub(crate) mod tests {
         let err = ensure_masquerade(&runner, Path::new("/usr/sbin/iptables"), cidr("10.244.0.0/16")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`/usr/sbin/iptables -w -t nat -N KELSON-POSTROUTING` exited with 4: iptables v1.8.9 (nf_tables): Could not fetch rule set generation id"
+            "`/usr/sbin/iptables-save -t nat` exited with 4: iptables v1.8.9 (nf_tables): Could not fetch rule set generation id"
         );
     }
 }
