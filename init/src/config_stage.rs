@@ -12,7 +12,7 @@
 
 use crate::boot::{chain, BootContext, StageError};
 use crate::kernel::Kernel;
-use crate::{modules, seed, sysctl};
+use crate::{modules, seed, seed_url, sysctl};
 use kelson_config::nocloud::read_seed;
 use kelson_config::{resolve, ConfigError, Effective, Layer, MachineConfig, Source, Store};
 use std::path::{Path, PathBuf};
@@ -91,9 +91,7 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
         .get("ds")
         .map(str::to_owned)
         .or_else(|| read_text(kernel, Path::new(SMBIOS_SERIAL)).map(|s| s.trim().to_owned()).filter(|s| s.starts_with("ds=")).map(|s| s.trim_start_matches("ds=").to_owned()));
-    if let Some(url) = ds.as_deref().and_then(seed::url_setting) {
-        warn!(url = url.as_str(), "seeds from a URL are not supported yet; looking for a cidata volume instead");
-    }
+    let seed_url = ds.as_deref().and_then(seed::url_setting);
     // A node that already has a saved seed does not wait for block devices
     // still appearing: its reboots stay fast. One that expects a seed, or
     // has none yet, gives them a moment.
@@ -104,12 +102,30 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
         (false, true) => Duration::ZERO,
     };
     let mut seed_to_save = None;
-    match seed::find(kernel, Path::new(seed::SYS_BLOCK), Path::new("/dev"), wait) {
-        Some((device, fs)) => {
+    // A seed volume wins over a URL: it is what the operator attached.
+    let volume = seed::find(kernel, Path::new(seed::SYS_BLOCK), Path::new("/dev"), if seed_url.is_some() { SEED_WAIT } else { wait });
+    let found = match (volume, seed_url) {
+        (Some((device, fs)), _) => {
             info!(device = %device.display(), fs = fs.fstype(), "cloud-init seed found");
-            let files = seed::read(kernel, &device, fs, Path::new(seed::SEED_MOUNT)).map_err(|e| {
+            Some(seed::read(kernel, &device, fs, Path::new(seed::SEED_MOUNT)).map_err(|e| {
                 Rejected(vec![ConfigError::new(&device.display().to_string(), "document", chain(&e))])
-            })?;
+            })?)
+        }
+        (None, Some(url)) => {
+            info!(url = url.as_str(), "fetching the cloud-init seed");
+            let runtime = tokio::runtime::Handle::try_current()
+                .map_err(|e| Rejected(vec![ConfigError::new(&url, "document", format!("no async runtime to fetch with: {e}"))]))?;
+            let fetched = runtime
+                .block_on(seed_url::with_dhcp(|| seed_url::fetch_seed(&url, seed_url::ATTEMPTS)))
+                .and_then(|r| r)
+                .map_err(|e| Rejected(vec![ConfigError::new(&url, "document", chain(&e))]))?;
+            info!(url = url.as_str(), "cloud-init seed fetched");
+            Some(fetched)
+        }
+        (None, None) => None,
+    };
+    match found {
+        Some(files) => {
             match read_seed(&files) {
                 Ok(seed) => {
                     for key in &seed.ignored {

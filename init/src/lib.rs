@@ -22,6 +22,7 @@ pub mod reaper;
 pub mod runner;
 pub mod network_stage;
 pub mod seed;
+pub mod seed_url;
 pub mod shutdown;
 pub mod state_disk;
 pub mod sysctl;
