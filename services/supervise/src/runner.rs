@@ -368,8 +368,11 @@ fn human(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else if d < Duration::from_secs(60) {
-        let ms = d.as_millis();
-        if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{:.1}s", d.as_secs_f64()) }
+        if d.subsec_millis() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{:.1}s", d.as_secs_f64())
+        }
     } else {
         format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
     }
