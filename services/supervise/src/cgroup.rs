@@ -19,18 +19,35 @@ pub struct CgroupRoot {
 
 impl Default for CgroupRoot {
     fn default() -> Self {
-        CgroupRoot { mount: PathBuf::from("/sys/fs/cgroup"), parent: PathBuf::from("kelson.slice/system") }
+        CgroupRoot {
+            mount: PathBuf::from("/sys/fs/cgroup"),
+            parent: PathBuf::from("kelson.slice/system"),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("creating cgroup directory {path}")]
-    Create { path: PathBuf, #[source] source: io::Error },
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("enabling the {controller} controller in {path}")]
-    EnableController { path: PathBuf, controller: &'static str, #[source] source: io::Error },
+    EnableController {
+        path: PathBuf,
+        controller: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing {value:?} to {path}")]
-    Write { path: PathBuf, value: String, #[source] source: io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the cgroup parent {parent} must be a relative path without '..'")]
     BadParent { parent: PathBuf },
 }
@@ -45,11 +62,21 @@ impl CgroupRoot {
     /// controllers its limits need on the way down, and writes the limits.
     /// Returns the `cgroup.procs` file the process is to join through.
     pub fn prepare(&self, service: &str, resources: &Resources) -> Result<PathBuf, CgroupError> {
-        if self.parent.is_absolute() || self.parent.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(CgroupError::BadParent { parent: self.parent.clone() });
+        if self.parent.is_absolute()
+            || self
+                .parent
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(CgroupError::BadParent {
+                parent: self.parent.clone(),
+            });
         }
         let dir = self.service_dir(service);
-        fs::create_dir_all(&dir).map_err(|source| CgroupError::Create { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
+            path: dir.clone(),
+            source,
+        })?;
 
         // A controller's files appear in a cgroup only when every ancestor
         // has it in cgroup.subtree_control. The intermediate cgroups hold no
@@ -70,8 +97,13 @@ impl CgroupRoot {
         for level in &levels {
             for controller in &controllers {
                 let path = level.join("cgroup.subtree_control");
-                write_file(&path, &format!("+{controller}"))
-                    .map_err(|source| CgroupError::EnableController { path, controller, source })?;
+                write_file(&path, &format!("+{controller}")).map_err(|source| {
+                    CgroupError::EnableController {
+                        path,
+                        controller,
+                        source,
+                    }
+                })?;
             }
         }
 
@@ -86,14 +118,22 @@ impl CgroupRoot {
 }
 
 fn write_limit(path: &Path, value: String) -> Result<(), CgroupError> {
-    write_file(path, &value).map_err(|source| CgroupError::Write { path: path.to_owned(), value, source })
+    write_file(path, &value).map_err(|source| CgroupError::Write {
+        path: path.to_owned(),
+        value,
+        source,
+    })
 }
 
 /// cgroupfs files exist already; `create` matters only for directories that
 /// stand in for cgroupfs in tests, and is harmless on the real thing.
 fn write_file(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     f.write_all(value.as_bytes())
 }
 
@@ -104,17 +144,29 @@ mod tests {
     #[test]
     fn limits_and_controllers_are_written_into_a_directory_that_mimics_cgroupfs() {
         let mount = tempfile::tempdir().unwrap();
-        let root = CgroupRoot { mount: mount.path().to_owned(), parent: "kelson.slice/system".into() };
-        let resources = Resources { memory_max: Some(64 << 20), cpu_weight: Some(200), oom_score_adj: None };
+        let root = CgroupRoot {
+            mount: mount.path().to_owned(),
+            parent: "kelson.slice/system".into(),
+        };
+        let resources = Resources {
+            memory_max: Some(64 << 20),
+            cpu_weight: Some(200),
+            oom_score_adj: None,
+        };
         let procs = root.prepare("containerd", &resources).unwrap();
         let dir = mount.path().join("kelson.slice/system/containerd");
         assert_eq!(procs, dir.join("cgroup.procs"));
-        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864"
+        );
         assert_eq!(fs::read_to_string(dir.join("cpu.weight")).unwrap(), "200");
         // Each write to subtree_control adds one controller on cgroupfs; a
         // plain file keeps only the last one written.
         for level in ["", "kelson.slice", "kelson.slice/system"] {
-            let control = fs::read_to_string(mount.path().join(level).join("cgroup.subtree_control")).unwrap();
+            let control =
+                fs::read_to_string(mount.path().join(level).join("cgroup.subtree_control"))
+                    .unwrap();
             assert_eq!(control, "+cpu", "{level}");
         }
     }
@@ -122,16 +174,28 @@ mod tests {
     #[test]
     fn no_limits_means_no_controller_is_touched() {
         let mount = tempfile::tempdir().unwrap();
-        let root = CgroupRoot { mount: mount.path().to_owned(), parent: "kelson.slice/system".into() };
+        let root = CgroupRoot {
+            mount: mount.path().to_owned(),
+            parent: "kelson.slice/system".into(),
+        };
         root.prepare("kubelet", &Resources::default()).unwrap();
         assert!(mount.path().join("kelson.slice/system/kubelet").is_dir());
         assert!(!mount.path().join("cgroup.subtree_control").exists());
-        assert!(!mount.path().join("kelson.slice/system/kubelet/memory.max").exists());
+        assert!(!mount
+            .path()
+            .join("kelson.slice/system/kubelet/memory.max")
+            .exists());
     }
 
     #[test]
     fn a_parent_that_escapes_the_mount_is_refused() {
-        let root = CgroupRoot { mount: "/sys/fs/cgroup".into(), parent: "../etc".into() };
-        assert!(matches!(root.prepare("x", &Resources::default()), Err(CgroupError::BadParent { .. })));
+        let root = CgroupRoot {
+            mount: "/sys/fs/cgroup".into(),
+            parent: "../etc".into(),
+        };
+        assert!(matches!(
+            root.prepare("x", &Resources::default()),
+            Err(CgroupError::BadParent { .. })
+        ));
     }
 }

@@ -31,7 +31,12 @@ pub struct LogSettings {
 impl Default for LogSettings {
     /// 1 MiB files, 3 rotated ones, 1000 lines in memory.
     fn default() -> Self {
-        LogSettings { dir: PathBuf::from("/var/log/kelson"), max_file_bytes: 1 << 20, keep_files: 3, ring_lines: 1000 }
+        LogSettings {
+            dir: PathBuf::from("/var/log/kelson"),
+            max_file_bytes: 1 << 20,
+            keep_files: 3,
+            ring_lines: 1000,
+        }
     }
 }
 
@@ -76,7 +81,12 @@ impl LogSink {
     /// A sink for `service`. A log file that cannot be opened is reported
     /// once and the output still reaches the ring.
     pub fn new(service: &str, settings: &LogSettings, clock: Arc<dyn Clock>) -> Self {
-        let file = match RotatingFile::open(&settings.dir, service, settings.max_file_bytes, settings.keep_files) {
+        let file = match RotatingFile::open(
+            &settings.dir,
+            service,
+            settings.max_file_bytes,
+            settings.keep_files,
+        ) {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(service, error = %e, "no log file; output is kept in memory only");
@@ -87,7 +97,11 @@ impl LogSink {
         LogSink {
             service: service.to_owned(),
             file: Mutex::new(file),
-            ring: Mutex::new(Ring { lines: VecDeque::new(), capacity: settings.ring_lines.max(1), next_seq: 0 }),
+            ring: Mutex::new(Ring {
+                lines: VecDeque::new(),
+                capacity: settings.ring_lines.max(1),
+                next_seq: 0,
+            }),
             live,
             clock,
         }
@@ -95,7 +109,10 @@ impl LogSink {
 
     pub fn subscribe(&self) -> LogSubscription {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        LogSubscription { backlog: ring.lines.iter().cloned().collect(), live: self.live.subscribe() }
+        LogSubscription {
+            backlog: ring.lines.iter().cloned().collect(),
+            live: self.live.subscribe(),
+        }
     }
 
     /// Records one line (given with its newline, if it had one).
@@ -111,7 +128,11 @@ impl LogSink {
         }
         let text = String::from_utf8_lossy(raw.strip_suffix(b"\n").unwrap_or(raw)).into_owned();
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let line = LogLine { seq: ring.next_seq, at_unix_ms: unix_ms(self.clock.wall()), text };
+        let line = LogLine {
+            seq: ring.next_seq,
+            at_unix_ms: unix_ms(self.clock.wall()),
+            text,
+        };
         ring.next_seq += 1;
         if ring.lines.len() == ring.capacity {
             ring.lines.pop_front();
@@ -175,11 +196,23 @@ struct RotatingFile {
 #[derive(Debug, thiserror::Error)]
 pub enum LogFileError {
     #[error("opening log file {path}")]
-    Open { path: PathBuf, #[source] source: io::Error },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing log file {path}")]
-    Write { path: PathBuf, #[source] source: io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("rotating log file {path}")]
-    Rotate { path: PathBuf, #[source] source: io::Error },
+    Rotate {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl RotatingFile {
@@ -192,7 +225,14 @@ impl RotatingFile {
             Ok((file, size))
         };
         let (file, size) = open().map_err(|source| LogFileError::Open { path, source })?;
-        Ok(RotatingFile { dir: dir.to_owned(), service: service.to_owned(), file, size, max: max.max(1), keep })
+        Ok(RotatingFile {
+            dir: dir.to_owned(),
+            service: service.to_owned(),
+            file,
+            size,
+            max: max.max(1),
+            keep,
+        })
     }
 
     fn path(&self, generation: usize) -> PathBuf {
@@ -205,7 +245,10 @@ impl RotatingFile {
     /// Whole lines go into one file when they fit in one; a line longer
     /// than a file is split across files.
     fn write_line(&mut self, mut data: &[u8]) -> Result<(), LogFileError> {
-        if self.size > 0 && self.size + data.len() as u64 > self.max && data.len() as u64 <= self.max {
+        if self.size > 0
+            && self.size + data.len() as u64 > self.max
+            && data.len() as u64 <= self.max
+        {
             self.rotate()?;
         }
         while !data.is_empty() {
@@ -215,7 +258,10 @@ impl RotatingFile {
             let room = (self.max - self.size).min(data.len() as u64) as usize;
             self.file
                 .write_all(&data[..room])
-                .map_err(|source| LogFileError::Write { path: self.path(0), source })?;
+                .map_err(|source| LogFileError::Write {
+                    path: self.path(0),
+                    source,
+                })?;
             self.size += room as u64;
             data = &data[room..];
         }
@@ -237,7 +283,10 @@ impl RotatingFile {
             fs::rename(&current, self.path(1))?;
             OpenOptions::new().create(true).append(true).open(&current)
         };
-        self.file = rotate().map_err(|source| LogFileError::Rotate { path: current.clone(), source })?;
+        self.file = rotate().map_err(|source| LogFileError::Rotate {
+            path: current.clone(),
+            source,
+        })?;
         self.size = 0;
         Ok(())
     }
@@ -249,18 +298,29 @@ mod tests {
     use crate::clock::FakeClock;
 
     fn settings(dir: &Path, max: u64, keep: usize, ring: usize) -> LogSettings {
-        LogSettings { dir: dir.to_owned(), max_file_bytes: max, keep_files: keep, ring_lines: ring }
+        LogSettings {
+            dir: dir.to_owned(),
+            max_file_bytes: max,
+            keep_files: keep,
+            ring_lines: ring,
+        }
     }
 
     #[test]
     fn rotation_keeps_n_files_each_within_the_size_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new("svc", &settings(dir.path(), 100, 2, 10), Arc::new(FakeClock::new()));
+        let sink = LogSink::new(
+            "svc",
+            &settings(dir.path(), 100, 2, 10),
+            Arc::new(FakeClock::new()),
+        );
         for i in 0..50 {
             sink.push_line(format!("line {i:04} of output\n").as_bytes()); // 20 bytes
         }
-        let mut names: Vec<String> =
-            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["svc.log", "svc.log.1", "svc.log.2"]);
         for name in &names {
@@ -273,13 +333,20 @@ mod tests {
         assert!(current.ends_with("line 0049 of output\n"), "{current}");
         let previous = fs::read_to_string(dir.path().join("svc.log.1")).unwrap();
         assert_eq!(previous.lines().count(), 5);
-        assert!(previous.lines().all(|l| l.starts_with("line ")), "{previous}");
+        assert!(
+            previous.lines().all(|l| l.starts_with("line ")),
+            "{previous}"
+        );
     }
 
     #[test]
     fn a_line_longer_than_a_file_is_split_and_still_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new("svc", &settings(dir.path(), 10, 1, 10), Arc::new(FakeClock::new()));
+        let sink = LogSink::new(
+            "svc",
+            &settings(dir.path(), 10, 1, 10),
+            Arc::new(FakeClock::new()),
+        );
         sink.push_line(&[b'x'; 25]);
         for name in ["svc.log", "svc.log.1"] {
             assert!(fs::metadata(dir.path().join(name)).unwrap().len() <= 10);
@@ -290,12 +357,20 @@ mod tests {
     #[test]
     fn the_ring_keeps_the_newest_lines_and_subscribers_get_what_follows() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new("svc", &settings(dir.path(), 1 << 20, 1, 3), Arc::new(FakeClock::new()));
+        let sink = LogSink::new(
+            "svc",
+            &settings(dir.path(), 1 << 20, 1, 3),
+            Arc::new(FakeClock::new()),
+        );
         for i in 0..5 {
             sink.push_line(format!("{i}\n").as_bytes());
         }
         let mut sub = sink.subscribe();
-        let backlog: Vec<_> = sub.backlog.iter().map(|l| (l.seq, l.text.as_str())).collect();
+        let backlog: Vec<_> = sub
+            .backlog
+            .iter()
+            .map(|l| (l.seq, l.text.as_str()))
+            .collect();
         assert_eq!(backlog, [(2, "2"), (3, "3"), (4, "4")]);
         sink.push_line(b"5\n");
         let next = sub.live.try_recv().unwrap();
@@ -306,15 +381,27 @@ mod tests {
     #[tokio::test]
     async fn the_pump_splits_output_into_lines_and_flushes_the_last_partial_one() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Arc::new(LogSink::new("svc", &settings(dir.path(), 1 << 20, 1, 10), Arc::new(FakeClock::new())));
+        let sink = Arc::new(LogSink::new(
+            "svc",
+            &settings(dir.path(), 1 << 20, 1, 10),
+            Arc::new(FakeClock::new()),
+        ));
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let mut writer = File::from(write);
         writer.write_all(b"one\ntwo\nthr").unwrap();
         writer.write_all(b"ee\nfour").unwrap();
         drop(writer);
         sink.clone().pump(read).await;
-        let texts: Vec<_> = sink.subscribe().backlog.into_iter().map(|l| l.text).collect();
+        let texts: Vec<_> = sink
+            .subscribe()
+            .backlog
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
         assert_eq!(texts, ["one", "two", "three", "four"]);
-        assert_eq!(fs::read_to_string(dir.path().join("svc.log")).unwrap(), "one\ntwo\nthree\nfour\n");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("svc.log")).unwrap(),
+            "one\ntwo\nthree\nfour\n"
+        );
     }
 }

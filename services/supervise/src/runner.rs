@@ -7,7 +7,9 @@ use crate::health;
 use crate::launcher::ExitFuture;
 use crate::logs::LogSink;
 use crate::spec::{HealthCheck, Requirement, ServiceSpec};
-use crate::status::{unix_ms, write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, Transition};
+use crate::status::{
+    unix_ms, write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, Transition,
+};
 use crate::supervisor::Shared;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -25,8 +27,14 @@ pub(crate) enum Control {
 type Ack = Option<oneshot::Sender<()>>;
 
 enum RunEnd {
-    Exited { exit: Option<Exit>, ran_for: Duration },
-    Stopped { exit: Option<Exit>, ack: Ack },
+    Exited {
+        exit: Option<Exit>,
+        ran_for: Duration,
+    },
+    Stopped {
+        exit: Option<Exit>,
+        ack: Ack,
+    },
 }
 
 pub(crate) struct Runner {
@@ -41,7 +49,12 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    pub fn new(spec: ServiceSpec, shared: Arc<Shared>, control: mpsc::Receiver<Control>, log: Arc<LogSink>) -> Self {
+    pub fn new(
+        spec: ServiceSpec,
+        shared: Arc<Shared>,
+        control: mpsc::Receiver<Control>,
+        log: Arc<LogSink>,
+    ) -> Self {
         let status = ServiceStatus::new(&spec.name, shared.clock.wall());
         Runner {
             spec,
@@ -63,20 +76,33 @@ impl Runner {
             }
             if command::find_program(&self.spec).is_none() {
                 let program = self.spec.argv.first().cloned().unwrap_or_default();
-                self.transition(ServiceState::Absent, format!("program {program} is not on this node"));
+                self.transition(
+                    ServiceState::Absent,
+                    format!("program {program} is not on this node"),
+                );
                 return self.idle_until_stopped().await;
             }
             if self.started_before {
                 self.status.restarts += 1;
             }
             self.started_before = true;
-            self.transition(ServiceState::Starting, format!("starting {}", self.spec.argv.join(" ")));
+            self.transition(
+                ServiceState::Starting,
+                format!("starting {}", self.spec.argv.join(" ")),
+            );
             let (pid, exit) = match self.spawn() {
                 Ok(started) => started,
                 Err(reason) => {
-                    let delay = self.backoff.next_delay(&self.spec.restart.backoff, Duration::ZERO);
-                    match self.back_off(delay, format!("could not start: {reason}")).await {
-                        Some(ack) => return self.finish(ack, "stopped while backing off".to_owned()),
+                    let delay = self
+                        .backoff
+                        .next_delay(&self.spec.restart.backoff, Duration::ZERO);
+                    match self
+                        .back_off(delay, format!("could not start: {reason}"))
+                        .await
+                    {
+                        Some(ack) => {
+                            return self.finish(ack, "stopped while backing off".to_owned())
+                        }
                         None => continue,
                     }
                 }
@@ -85,27 +111,38 @@ impl Runner {
                 RunEnd::Stopped { exit, ack } => {
                     self.status.last_exit = exit;
                     self.status.pid = None;
-                    let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "exit status unknown".to_owned());
+                    let how = exit
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "exit status unknown".to_owned());
                     return self.finish(ack, format!("stopped on request ({how})"));
                 }
                 RunEnd::Exited { exit, ran_for } => {
                     self.status.last_exit = exit;
                     self.status.pid = None;
-                    let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended, exit status lost".to_owned());
+                    let how = exit
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "ended, exit status lost".to_owned());
                     let what = format!("pid {pid} {how} after {}", human(ran_for));
                     match after_exit(&self.spec.restart, exit) {
                         AfterExit::Restart => {
-                            let delay = self.backoff.next_delay(&self.spec.restart.backoff, ran_for);
+                            let delay =
+                                self.backoff.next_delay(&self.spec.restart.backoff, ran_for);
                             if let Some(ack) = self.back_off(delay, what).await {
                                 return self.finish(ack, "stopped while backing off".to_owned());
                             }
                         }
                         AfterExit::Stopped => {
-                            self.transition(ServiceState::Stopped, format!("{what}; its restart policy does not restart it"));
+                            self.transition(
+                                ServiceState::Stopped,
+                                format!("{what}; its restart policy does not restart it"),
+                            );
                             return self.idle_until_stopped().await;
                         }
                         AfterExit::Failed => {
-                            self.transition(ServiceState::Failed, format!("{what}; its restart policy does not restart it"));
+                            self.transition(
+                                ServiceState::Failed,
+                                format!("{what}; its restart policy does not restart it"),
+                            );
                             return self.idle_until_stopped().await;
                         }
                     }
@@ -120,7 +157,11 @@ impl Runner {
             return None;
         }
         let mut snapshots = self.shared.snapshot.subscribe();
-        let polls = self.spec.requires.iter().any(|r| matches!(r, Requirement::PathExists(_)));
+        let polls = self
+            .spec
+            .requires
+            .iter()
+            .any(|r| matches!(r, Requirement::PathExists(_)));
         loop {
             let unmet = unmet_requirements(&self.spec.requires, &snapshots.borrow_and_update());
             if unmet.is_empty() {
@@ -143,13 +184,20 @@ impl Runner {
     /// output pump.
     fn spawn(&mut self) -> Result<(i32, ExitFuture), String> {
         let procs = match &self.shared.settings.cgroups {
-            Some(root) => Some(root.prepare(&self.spec.name, &self.spec.resources).map_err(|e| error_chain(&e))?),
+            Some(root) => Some(
+                root.prepare(&self.spec.name, &self.spec.resources)
+                    .map_err(|e| error_chain(&e))?,
+            ),
             None => None,
         };
-        let (cmd, output) =
-            command::build(&self.spec, procs.as_deref()).map_err(|e| format!("preparing the command: {e}"))?;
+        let (cmd, output) = command::build(&self.spec, procs.as_deref())
+            .map_err(|e| format!("preparing the command: {e}"))?;
         let program = self.spec.argv.first().cloned().unwrap_or_default();
-        let launched = self.shared.launcher.spawn(cmd).map_err(|e| format!("spawning {program}: {e}"))?;
+        let launched = self
+            .shared
+            .launcher
+            .spawn(cmd)
+            .map_err(|e| format!("spawning {program}: {e}"))?;
         tokio::spawn(self.log.clone().pump(output));
         Ok((launched.pid, launched.exit))
     }
@@ -161,13 +209,25 @@ impl Runner {
         self.transition(ServiceState::Running, format!("started as pid {pid}"));
         let (health_tx, mut health_rx) = mpsc::channel(4);
         let _health = match &self.spec.health {
-            Some(check) => Some(AbortOnDrop(tokio::spawn(health_loop(check.clone(), self.shared.clone(), health_tx)))),
+            Some(check) => Some(AbortOnDrop(tokio::spawn(health_loop(
+                check.clone(),
+                self.shared.clone(),
+                health_tx,
+            )))),
             None => {
-                self.transition(ServiceState::Healthy, format!("started as pid {pid}; no health check"));
+                self.transition(
+                    ServiceState::Healthy,
+                    format!("started as pid {pid}; no health check"),
+                );
                 None
             }
         };
-        let threshold = self.spec.health.as_ref().map(|h| h.failure_threshold.max(1)).unwrap_or(1);
+        let threshold = self
+            .spec
+            .health
+            .as_ref()
+            .map(|h| h.failure_threshold.max(1))
+            .unwrap_or(1);
         let mut failures = 0;
         loop {
             tokio::select! {
@@ -184,7 +244,13 @@ impl Runner {
         }
     }
 
-    fn on_health(&mut self, pid: i32, result: Result<String, String>, failures: &mut u32, threshold: u32) {
+    fn on_health(
+        &mut self,
+        pid: i32,
+        result: Result<String, String>,
+        failures: &mut u32,
+        threshold: u32,
+    ) {
         match (self.status.state, result) {
             (ServiceState::Running, Ok(seen)) => {
                 *failures = 0;
@@ -238,7 +304,10 @@ impl Runner {
     /// Records the back-off, then waits it out. `Some` if asked to stop.
     async fn back_off(&mut self, delay: Duration, what: String) -> Option<Ack> {
         self.status.backoff_ms = Some(delay.as_millis() as u64);
-        self.transition(ServiceState::BackingOff, format!("{what}; restarting in {}", human(delay)));
+        self.transition(
+            ServiceState::BackingOff,
+            format!("{what}; restarting in {}", human(delay)),
+        );
         let sleep = self.shared.clock.sleep(delay);
         let interrupted = tokio::select! {
             () = sleep => None,
@@ -271,7 +340,8 @@ impl Runner {
         self.status.reason = reason;
         self.status.since_unix_ms = unix_ms(at);
         tracing::info!(service = %self.spec.name, from = %from, to = %to, reason = %self.status.reason, restarts = self.status.restarts, "service state");
-        self.publish_without_transition();
+        // The transition goes out before the snapshot changes, so whoever
+        // wakes on the snapshot finds the transition already sent.
         let _ = self.shared.transitions.send(Transition {
             service: self.spec.name.clone(),
             from,
@@ -280,6 +350,7 @@ impl Runner {
             restarts: self.status.restarts,
             at_unix_ms: unix_ms(at),
         });
+        self.publish_without_transition();
     }
 
     /// Writes the state file and updates the snapshot.
@@ -330,15 +401,29 @@ pub(crate) fn unmet_requirements(requires: &[Requirement], snapshot: &Snapshot) 
 }
 
 /// Checks forever, sending each result; the runner decides what it means.
-async fn health_loop(check: HealthCheck, shared: Arc<Shared>, results: mpsc::Sender<Result<String, String>>) {
+async fn health_loop(
+    check: HealthCheck,
+    shared: Arc<Shared>,
+    results: mpsc::Sender<Result<String, String>>,
+) {
     let mut passed_once = false;
     loop {
-        let result = health::check(&check.probe, check.timeout, shared.clock.as_ref(), shared.launcher.as_ref()).await;
+        let result = health::check(
+            &check.probe,
+            check.timeout,
+            shared.clock.as_ref(),
+            shared.launcher.as_ref(),
+        )
+        .await;
         passed_once |= result.is_ok();
         if results.send(result).await.is_err() {
             return;
         }
-        let interval = if passed_once { check.interval } else { check.startup_interval };
+        let interval = if passed_once {
+            check.interval
+        } else {
+            check.startup_interval
+        };
         shared.clock.sleep(interval).await;
     }
 }
@@ -390,7 +475,10 @@ mod tests {
         let mut containerd = ServiceStatus::new("containerd", SystemTime::UNIX_EPOCH);
         containerd.state = ServiceState::BackingOff;
         services.insert("containerd".to_owned(), containerd);
-        let mut snapshot = Snapshot { services, conditions: BTreeSet::new() };
+        let mut snapshot = Snapshot {
+            services,
+            conditions: BTreeSet::new(),
+        };
         let requires = vec![
             Requirement::Healthy("containerd".into()),
             Requirement::Condition("network-ready".into()),
@@ -407,7 +495,10 @@ mod tests {
         );
         snapshot.conditions.insert("network-ready".into());
         snapshot.services.get_mut("containerd").unwrap().state = ServiceState::Healthy;
-        assert_eq!(unmet_requirements(&requires, &snapshot), ["/nonexistent/kelson to exist"]);
+        assert_eq!(
+            unmet_requirements(&requires, &snapshot),
+            ["/nonexistent/kelson to exist"]
+        );
     }
 
     #[test]

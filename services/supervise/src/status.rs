@@ -26,7 +26,9 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exited with code {c}"),
             Exit::Signal(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown signal");
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
                 write!(f, "killed by signal {s} ({name})")
             }
         }
@@ -109,7 +111,9 @@ impl ServiceStatus {
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One state change, as broadcast to subscribers.
@@ -134,18 +138,32 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
     #[error("creating state directory {dir}")]
-    CreateDir { dir: PathBuf, #[source] source: std::io::Error },
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing state file for service {service}")]
-    Write { service: String, #[source] source: kelson_config::atomic::AtomicWriteError },
+    Write {
+        service: String,
+        #[source]
+        source: kelson_config::atomic::AtomicWriteError,
+    },
 }
 
 /// Writes `<dir>/<name>.json` atomically (temp file, fsync, rename).
 pub fn write_state_file(dir: &Path, status: &ServiceStatus) -> Result<(), StateFileError> {
-    std::fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir { dir: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir {
+        dir: dir.to_owned(),
+        source,
+    })?;
     let mut json = serde_json::to_vec_pretty(status).unwrap_or_default();
     json.push(b'\n');
     kelson_config::atomic::write_atomic(&dir.join(format!("{}.json", status.name)), &json, 0o644)
-        .map_err(|source| StateFileError::Write { service: status.name.clone(), source })
+        .map_err(|source| StateFileError::Write {
+            service: status.name.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -155,14 +173,16 @@ mod tests {
     #[test]
     fn the_state_file_uses_camel_case_keys_and_kebab_case_states() {
         let dir = tempfile::tempdir().unwrap();
-        let mut status = ServiceStatus::new("kubelet", UNIX_EPOCH + std::time::Duration::from_secs(2));
+        let mut status =
+            ServiceStatus::new("kubelet", UNIX_EPOCH + std::time::Duration::from_secs(2));
         status.state = ServiceState::BackingOff;
         status.last_exit = Some(Exit::Signal(9));
         status.backoff_ms = Some(4000);
         status.restarts = 2;
         write_state_file(dir.path(), &status).unwrap();
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("kubelet.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("kubelet.json")).unwrap())
+                .unwrap();
         assert_eq!(v["name"], "kubelet");
         assert_eq!(v["state"], "backing-off");
         assert_eq!(v["sinceUnixMs"], 2000);

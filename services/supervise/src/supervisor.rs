@@ -11,7 +11,7 @@ use crate::spec::{Requirement, ServiceSpec};
 use crate::status::{ServiceStatus, Snapshot, Transition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -52,7 +52,9 @@ pub enum SuperviseError {
     BadName { name: String },
     #[error("service {service} has an empty argv")]
     EmptyArgv { service: String },
-    #[error("service {service} requires service {missing} to be healthy, but no service has that name")]
+    #[error(
+        "service {service} requires service {missing} to be healthy, but no service has that name"
+    )]
     UnknownDependency { service: String, missing: String },
     #[error("services require each other in a cycle: {}", cycle.join(" -> "))]
     Cycle { cycle: Vec<String> },
@@ -73,19 +75,22 @@ pub struct Supervisor {
     /// service → the services that require it to be healthy.
     dependents: BTreeMap<String, Vec<String>>,
     logs: BTreeMap<String, Arc<LogSink>>,
+    /// Prepared by `new`, taken by `start`.
+    runners: Mutex<Vec<Runner>>,
 }
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").field("services", &self.controls.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("Supervisor")
+            .field("services", &self.controls.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
 impl Supervisor {
-    /// Checks the specs and starts one task per service; each waits for its
-    /// requirements, so independent services start in parallel and the
-    /// others in dependency order. Must be called inside a tokio runtime.
-    pub fn start(
+    /// Checks the specs and prepares one runner per service; nothing runs
+    /// until [`Supervisor::start`], so subscribers can attach first.
+    pub fn new(
         specs: Vec<ServiceSpec>,
         settings: Settings,
         launcher: Arc<dyn Launcher>,
@@ -95,22 +100,52 @@ impl Supervisor {
         let now = clock.wall();
         let mut snapshot = Snapshot::default();
         for spec in &specs {
-            snapshot.services.insert(spec.name.clone(), ServiceStatus::new(&spec.name, now));
+            snapshot
+                .services
+                .insert(spec.name.clone(), ServiceStatus::new(&spec.name, now));
         }
         let (snapshot, _) = watch::channel(snapshot);
         let (transitions, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared { clock: clock.clone(), launcher, settings, snapshot, transitions });
+        let shared = Arc::new(Shared {
+            clock: clock.clone(),
+            launcher,
+            settings,
+            snapshot,
+            transitions,
+        });
 
         let mut controls = BTreeMap::new();
         let mut logs = BTreeMap::new();
+        let mut runners = Vec::new();
         for spec in specs {
-            let log = Arc::new(LogSink::new(&spec.name, &shared.settings.logs, clock.clone()));
+            let log = Arc::new(LogSink::new(
+                &spec.name,
+                &shared.settings.logs,
+                clock.clone(),
+            ));
             let (tx, rx) = mpsc::channel(4);
             controls.insert(spec.name.clone(), tx);
             logs.insert(spec.name.clone(), log.clone());
-            tokio::spawn(Runner::new(spec, shared.clone(), rx, log).run());
+            runners.push(Runner::new(spec, shared.clone(), rx, log));
         }
-        Ok(Supervisor { shared, controls, dependents, logs })
+        Ok(Supervisor {
+            shared,
+            controls,
+            dependents,
+            logs,
+            runners: Mutex::new(runners),
+        })
+    }
+
+    /// Starts one task per service; each waits for its requirements, so
+    /// independent services start in parallel and the others in dependency
+    /// order. Must be called inside a tokio runtime; a second call does
+    /// nothing.
+    pub fn start(&self) {
+        let runners = std::mem::take(&mut *self.runners.lock().unwrap_or_else(|e| e.into_inner()));
+        for runner in runners {
+            tokio::spawn(runner.run());
+        }
     }
 
     /// Sets a named condition (e.g. [`crate::NETWORK_READY`]); services
@@ -162,9 +197,16 @@ impl Supervisor {
         let mut stopping = tokio::task::JoinSet::new();
         for (name, control) in &self.controls {
             let waits_for = self.dependents.get(name).cloned().unwrap_or_default();
-            let (name, control, done_tx, mut done_rx) = (name.clone(), control.clone(), done_tx.clone(), done_rx.clone());
+            let (name, control, done_tx, mut done_rx) = (
+                name.clone(),
+                control.clone(),
+                done_tx.clone(),
+                done_rx.clone(),
+            );
             stopping.spawn(async move {
-                let _ = done_rx.wait_for(|done| waits_for.iter().all(|d| done.contains(d))).await;
+                let _ = done_rx
+                    .wait_for(|done| waits_for.iter().all(|d| done.contains(d)))
+                    .await;
                 let (ack_tx, ack_rx) = oneshot::channel();
                 // A task that already ended (stopped before) has dropped its
                 // receiver: nothing to wait for.
@@ -187,10 +229,14 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
     for spec in specs {
         let name = spec.name.as_str();
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(SuperviseError::BadName { name: name.to_owned() });
+            return Err(SuperviseError::BadName {
+                name: name.to_owned(),
+            });
         }
         if spec.argv.is_empty() {
-            return Err(SuperviseError::EmptyArgv { service: name.to_owned() });
+            return Err(SuperviseError::EmptyArgv {
+                service: name.to_owned(),
+            });
         }
         let deps = spec
             .requires
@@ -201,17 +247,24 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
             })
             .collect();
         if requires.insert(name, deps).is_some() {
-            return Err(SuperviseError::DuplicateName { name: name.to_owned() });
+            return Err(SuperviseError::DuplicateName {
+                name: name.to_owned(),
+            });
         }
     }
-    let mut dependents: BTreeMap<String, Vec<String>> =
-        requires.keys().map(|name| (name.to_string(), Vec::new())).collect();
+    let mut dependents: BTreeMap<String, Vec<String>> = requires
+        .keys()
+        .map(|name| (name.to_string(), Vec::new()))
+        .collect();
     for (service, deps) in &requires {
         for dep in deps {
             match dependents.get_mut(*dep) {
                 Some(list) => list.push(service.to_string()),
                 None => {
-                    return Err(SuperviseError::UnknownDependency { service: service.to_string(), missing: dep.to_string() })
+                    return Err(SuperviseError::UnknownDependency {
+                        service: service.to_string(),
+                        missing: dep.to_string(),
+                    })
                 }
             }
         }
@@ -253,14 +306,21 @@ mod tests {
 
     fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
         let mut s = ServiceSpec::new(name, ["true"]);
-        s.requires = deps.iter().map(|d| Requirement::Healthy(d.to_string())).collect();
+        s.requires = deps
+            .iter()
+            .map(|d| Requirement::Healthy(d.to_string()))
+            .collect();
         s
     }
 
     #[test]
     fn dependents_are_the_reverse_of_requirements() {
-        let deps = check_graph(&[spec("containerd", &[]), spec("kubelet", &["containerd"]), spec("kube-proxy", &["kubelet"])])
-            .unwrap();
+        let deps = check_graph(&[
+            spec("containerd", &[]),
+            spec("kubelet", &["containerd"]),
+            spec("kube-proxy", &["kubelet"]),
+        ])
+        .unwrap();
         assert_eq!(deps["containerd"], ["kubelet"]);
         assert_eq!(deps["kubelet"], ["kube-proxy"]);
         assert!(deps["kube-proxy"].is_empty());
@@ -268,12 +328,28 @@ mod tests {
 
     #[test]
     fn cycles_unknown_services_and_bad_names_are_refused() {
-        let err = check_graph(&[spec("a", &["b"]), spec("b", &["c"]), spec("c", &["a"])]).unwrap_err();
-        assert_eq!(err.to_string(), "services require each other in a cycle: a -> b -> c -> a");
+        let err =
+            check_graph(&[spec("a", &["b"]), spec("b", &["c"]), spec("c", &["a"])]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "services require each other in a cycle: a -> b -> c -> a"
+        );
         let err = check_graph(&[spec("kubelet", &["containerd"])]).unwrap_err();
-        assert!(matches!(err, SuperviseError::UnknownDependency { .. }), "{err}");
-        assert!(matches!(check_graph(&[spec("a", &[]), spec("a", &[])]), Err(SuperviseError::DuplicateName { .. })));
-        assert!(matches!(check_graph(&[spec("../x", &[])]), Err(SuperviseError::BadName { .. })));
-        assert!(matches!(check_graph(&[ServiceSpec::new("x", Vec::<String>::new())]), Err(SuperviseError::EmptyArgv { .. })));
+        assert!(
+            matches!(err, SuperviseError::UnknownDependency { .. }),
+            "{err}"
+        );
+        assert!(matches!(
+            check_graph(&[spec("a", &[]), spec("a", &[])]),
+            Err(SuperviseError::DuplicateName { .. })
+        ));
+        assert!(matches!(
+            check_graph(&[spec("../x", &[])]),
+            Err(SuperviseError::BadName { .. })
+        ));
+        assert!(matches!(
+            check_graph(&[ServiceSpec::new("x", Vec::<String>::new())]),
+            Err(SuperviseError::EmptyArgv { .. })
+        ));
     }
 }
