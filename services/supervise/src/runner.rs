@@ -199,6 +199,16 @@ impl Runner {
             .spawn(cmd)
             .map_err(|e| format!("spawning {program}: {e}"))?;
         tokio::spawn(self.log.clone().pump(output));
+        if let Some(wanted) = self.spec.resources.oom_score_adj {
+            let path = format!("/proc/{}/oom_score_adj", launched.pid);
+            let actual = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if actual.is_some_and(|a| a != wanted.clamp(-1000, 1000)) {
+                tracing::warn!(service = %self.spec.name, pid = launched.pid, wanted, actual = ?actual,
+                    "OOM score not applied (lowering it needs CAP_SYS_RESOURCE)");
+            }
+        }
         Ok((launched.pid, launched.exit))
     }
 
