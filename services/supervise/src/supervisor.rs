@@ -192,6 +192,11 @@ impl Supervisor {
     /// signal, then SIGKILL (to its whole process group) after its grace
     /// period. Returns when all are stopped; nothing restarts afterwards.
     pub async fn shutdown(&self) {
+        // Runners never started are dropped, so their stop requests fail
+        // at once instead of waiting for an answer that cannot come.
+        drop(std::mem::take(
+            &mut *self.runners.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
         let (done_tx, done_rx) = watch::channel(BTreeSet::<String>::new());
         let done_tx = Arc::new(done_tx);
         let mut stopping = tokio::task::JoinSet::new();

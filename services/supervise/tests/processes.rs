@@ -505,3 +505,19 @@ async fn the_child_runs_in_its_own_cgroup_on_a_real_cgroup2_mount() {
     assert_eq!(membership.trim(), format!("0::/{parent}/real"));
     assert_eq!(max.unwrap().trim(), "268435456");
 }
+
+#[tokio::test]
+async fn shutdown_before_start_returns_and_nothing_runs_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = unstarted(
+        vec![ServiceSpec::new("never", ["sleep", "30"])],
+        settings(dir.path()),
+    );
+    tokio::time::timeout(Duration::from_secs(5), sup.shutdown())
+        .await
+        .expect("shutdown hung");
+    sup.start();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sup.status("never").unwrap().state, ServiceState::Waiting);
+    assert_eq!(sup.status("never").unwrap().pid, None);
+}
