@@ -1,0 +1,311 @@
+//! The kubelet: a `KubeletConfiguration` (kubelet.config.k8s.io/v1beta1),
+//! a TLS-bootstrap kubeconfig, and its flags.
+
+use super::kubeconfig::{self, User};
+use super::paths::*;
+use super::{node_ip, to_yaml, Rendered, RenderedFile};
+use crate::spec::{HealthCheck, Probe, Requirement, ServiceSpec, NETWORK_READY};
+use kelson_config::MachineConfig;
+use serde::Serialize;
+
+/// The fields Kelson sets, spelled as in the upstream v1beta1 Go type.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletConfiguration {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub cgroup_driver: &'static str,
+    pub container_runtime_endpoint: String,
+    #[serde(rename = "clusterDNS", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    #[serde(rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    pub static_pod_path: &'static str,
+    pub authentication: Authentication,
+    pub authorization: Authorization,
+    pub healthz_bind_address: &'static str,
+    pub healthz_port: u16,
+    pub rotate_certificates: bool,
+    pub resolv_conf: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Authentication {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509>,
+    pub webhook: Enabled,
+    pub anonymous: Enabled,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509 {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Enabled {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Authorization {
+    pub mode: &'static str,
+}
+
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
+    KubeletConfiguration {
+        api_version: "kubelet.config.k8s.io/v1beta1",
+        kind: "KubeletConfiguration",
+        cgroup_driver: "cgroupfs",
+        container_runtime_endpoint: format!("unix://{CONTAINERD_SOCKET}"),
+        cluster_dns: config.cluster.dns_address.iter().cloned().collect(),
+        cluster_domain: config
+            .cluster
+            .dns_domain
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned()),
+        pod_cidr: config.network.pod_cidr.clone(),
+        static_pod_path: KUBELET_STATIC_POD_PATH,
+        authentication: Authentication {
+            x509: config.pki.ca.as_ref().map(|_| X509 {
+                client_ca_file: CA_FILE,
+            }),
+            webhook: Enabled { enabled: true },
+            anonymous: Enabled { enabled: false },
+        },
+        authorization: Authorization { mode: "Webhook" },
+        healthz_bind_address: "127.0.0.1",
+        healthz_port: 10248,
+        rotate_certificates: true,
+        resolv_conf: "/etc/resolv.conf",
+    }
+}
+
+/// The config file, the bootstrap kubeconfig (when the cluster section
+/// and CA allow one) and the spec.
+pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
+    let mut files = vec![RenderedFile::new(
+        KUBELET_CONFIG,
+        to_yaml(&configuration(config)),
+        0o644,
+    )];
+    let mut notes = Vec::new();
+    let cluster = &config.cluster;
+    let bootstrap = match (
+        &cluster.api_server_endpoint,
+        &cluster.bootstrap_token,
+        &config.pki.ca,
+    ) {
+        (Some(server), Some(token), Some(_)) => {
+            let name = cluster.name.as_deref().unwrap_or("kubernetes");
+            let user = User {
+                token: Some(token.clone()),
+                ..User::default()
+            };
+            let kubeconfig = kubeconfig::single(name, server, CA_FILE, "kubelet-bootstrap", user);
+            // The token is a secret: owner-only.
+            files.push(RenderedFile::new(
+                KUBELET_BOOTSTRAP_KUBECONFIG,
+                to_yaml(&kubeconfig),
+                0o600,
+            ));
+            true
+        }
+        _ => {
+            notes.push(
+                "the kubelet runs standalone (no API server): TLS bootstrap needs cluster.apiServerEndpoint, \
+                 cluster.bootstrapToken and pki.ca"
+                    .to_owned(),
+            );
+            false
+        }
+    };
+    if config.pki.ca.is_none() {
+        notes
+            .push("the kubelet authenticates no client certificates: pki.ca is not set".to_owned());
+    }
+    Rendered {
+        files,
+        spec: spec(config, hostname, bootstrap),
+        notes,
+    }
+}
+
+/// Waits for containerd to be healthy and the network to be ready; healthy
+/// when its healthz answers 200.
+pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceSpec {
+    let binary = config
+        .kubelet
+        .binary
+        .clone()
+        .unwrap_or_else(|| KUBELET_BINARY.to_owned());
+    let mut argv = vec![binary, format!("--config={KUBELET_CONFIG}")];
+    if bootstrap {
+        argv.push(format!(
+            "--bootstrap-kubeconfig={KUBELET_BOOTSTRAP_KUBECONFIG}"
+        ));
+        argv.push(format!("--kubeconfig={KUBELET_KUBECONFIG}"));
+    }
+    argv.push(format!("--root-dir={KUBELET_ROOT_DIR}"));
+    argv.push(format!("--cert-dir={KUBELET_CERT_DIR}"));
+    if let Some(ip) = node_ip(config) {
+        argv.push(format!("--node-ip={ip}"));
+    }
+    argv.push(format!("--hostname-override={hostname}"));
+    argv.extend(config.kubelet.extra_args.iter().cloned());
+
+    let mut spec = ServiceSpec::new("kubelet", argv);
+    spec.requires = vec![
+        Requirement::Healthy("containerd".to_owned()),
+        Requirement::Condition(NETWORK_READY.to_owned()),
+    ];
+    spec.health = Some(HealthCheck::new(Probe::HttpGet {
+        url: KUBELET_HEALTHZ_URL.to_owned(),
+    }));
+    spec.resources.oom_score_adj = Some(-999);
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::tests::worker_config;
+    use serde_json::Value;
+
+    fn yaml(text: &str) -> Value {
+        serde_saphyr::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_kubelet_configuration_has_every_field_spelled_as_upstream() {
+        let rendered = render(&worker_config(), "lab-worker-1");
+        let file = &rendered.files[0];
+        assert_eq!(
+            file.path.to_str(),
+            Some("/etc/kubernetes/kubelet/config.yaml")
+        );
+        let v = yaml(&file.text());
+        assert_eq!(v["apiVersion"], "kubelet.config.k8s.io/v1beta1");
+        assert_eq!(v["kind"], "KubeletConfiguration");
+        assert_eq!(v["cgroupDriver"], "cgroupfs");
+        assert_eq!(
+            v["containerRuntimeEndpoint"],
+            "unix:///run/containerd/containerd.sock"
+        );
+        assert_eq!(v["clusterDNS"], serde_json::json!(["10.96.0.10"]));
+        assert_eq!(v["clusterDomain"], "cluster.local");
+        assert_eq!(v["podCIDR"], "10.244.1.0/24");
+        assert_eq!(v["staticPodPath"], "/etc/kubernetes/kubelet-manifests");
+        assert_eq!(
+            v["authentication"]["x509"]["clientCAFile"],
+            "/etc/kelson/pki/ca.crt"
+        );
+        assert_eq!(v["authentication"]["webhook"]["enabled"], true);
+        assert_eq!(v["authentication"]["anonymous"]["enabled"], false);
+        assert_eq!(v["authorization"]["mode"], "Webhook");
+        assert_eq!(v["healthzBindAddress"], "127.0.0.1");
+        assert_eq!(v["healthzPort"], 10248);
+        assert_eq!(v["rotateCertificates"], true);
+        assert_eq!(v["resolvConf"], "/etc/resolv.conf");
+        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 14, "an unexpected field: {keys:?}");
+    }
+
+    #[test]
+    fn the_static_pod_path_is_never_the_directory_pid1_runs() {
+        let v = yaml(&render(&worker_config(), "n").files[0].text());
+        let path = v["staticPodPath"].as_str().unwrap();
+        assert_ne!(path.trim_end_matches('/'), PID1_MANIFEST_DIR);
+        assert!(!path.starts_with(&format!("{PID1_MANIFEST_DIR}/")));
+    }
+
+    #[test]
+    fn the_bootstrap_kubeconfig_carries_the_token_ca_and_endpoint_and_is_private() {
+        let rendered = render(&worker_config(), "lab-worker-1");
+        let file = rendered
+            .files
+            .iter()
+            .find(|f| f.path.to_str() == Some(KUBELET_BOOTSTRAP_KUBECONFIG))
+            .unwrap();
+        assert_eq!(file.mode, 0o600);
+        let v = yaml(&file.text());
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["kind"], "Config");
+        assert_eq!(v["clusters"][0]["name"], "lab");
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://192.168.100.10:6443"
+        );
+        assert_eq!(
+            v["clusters"][0]["cluster"]["certificate-authority"],
+            "/etc/kelson/pki/ca.crt"
+        );
+        assert_eq!(v["users"][0]["name"], "kubelet-bootstrap");
+        assert_eq!(v["users"][0]["user"]["token"], "abcdef.0123456789abcdef");
+        assert_eq!(v["contexts"][0]["context"]["cluster"], "lab");
+        assert_eq!(v["contexts"][0]["context"]["user"], "kubelet-bootstrap");
+        assert_eq!(v["current-context"], v["contexts"][0]["name"]);
+    }
+
+    #[test]
+    fn the_flags_name_config_kubeconfigs_dirs_node_ip_and_hostname_then_extra_args() {
+        let spec = render(&worker_config(), "lab-worker-1").spec;
+        assert_eq!(
+            spec.argv,
+            [
+                "/usr/bin/kubelet",
+                "--config=/etc/kubernetes/kubelet/config.yaml",
+                "--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
+                "--kubeconfig=/var/lib/kubelet/kubeconfig",
+                "--root-dir=/var/lib/kubelet",
+                "--cert-dir=/var/lib/kubelet/pki",
+                "--node-ip=192.168.100.11",
+                "--hostname-override=lab-worker-1",
+                "--v=2",
+                "--max-pods=50",
+            ]
+        );
+        assert_eq!(
+            spec.requires,
+            [
+                Requirement::Healthy("containerd".into()),
+                Requirement::Condition("network-ready".into())
+            ]
+        );
+        assert_eq!(
+            spec.health.unwrap().probe,
+            Probe::HttpGet {
+                url: "http://127.0.0.1:10248/healthz".into()
+            }
+        );
+    }
+
+    #[test]
+    fn without_cluster_details_the_kubelet_runs_standalone_and_says_why() {
+        let mut config = MachineConfig::empty();
+        config.kubelet.binary = Some("/opt/kubelet".into());
+        let rendered = render(&config, "n");
+        assert_eq!(rendered.files.len(), 1);
+        assert_eq!(rendered.spec.argv[0], "/opt/kubelet");
+        assert!(!rendered.spec.argv.iter().any(|a| a.contains("kubeconfig")));
+        assert!(!rendered
+            .spec
+            .argv
+            .iter()
+            .any(|a| a.starts_with("--node-ip")));
+        assert!(
+            rendered.notes.iter().any(|n| n.contains("standalone")),
+            "{:?}",
+            rendered.notes
+        );
+        let v = yaml(&rendered.files[0].text());
+        assert!(v.get("podCIDR").is_none() && v.get("clusterDNS").is_none());
+        assert!(v["authentication"].get("x509").is_none());
+        assert_eq!(v["clusterDomain"], "cluster.local");
+    }
+}

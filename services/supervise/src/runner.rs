@@ -1,0 +1,521 @@
+//! One service's life, as a task: wait for requirements, start, watch the
+//! process and its health, back off and restart, stop when told.
+
+use crate::backoff::{after_exit, AfterExit, BackoffState};
+use crate::command;
+use crate::health;
+use crate::launcher::ExitFuture;
+use crate::logs::LogSink;
+use crate::spec::{HealthCheck, Requirement, ServiceSpec};
+use crate::status::{
+    unix_ms, write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, Transition,
+};
+use crate::supervisor::Shared;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) enum Control {
+    /// Stop the service (and do not restart it); answer when it is down.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Who to tell that the service has stopped: `None` when the supervisor
+/// was dropped rather than asked to stop.
+type Ack = Option<oneshot::Sender<()>>;
+
+enum RunEnd {
+    Exited {
+        exit: Option<Exit>,
+        ran_for: Duration,
+    },
+    Stopped {
+        exit: Option<Exit>,
+        ack: Ack,
+    },
+}
+
+pub(crate) struct Runner {
+    spec: ServiceSpec,
+    shared: Arc<Shared>,
+    control: mpsc::Receiver<Control>,
+    log: Arc<LogSink>,
+    status: ServiceStatus,
+    backoff: BackoffState,
+    started_before: bool,
+    state_file_error_reported: bool,
+}
+
+impl Runner {
+    pub fn new(
+        spec: ServiceSpec,
+        shared: Arc<Shared>,
+        control: mpsc::Receiver<Control>,
+        log: Arc<LogSink>,
+    ) -> Self {
+        let status = ServiceStatus::new(&spec.name, shared.clock.wall());
+        Runner {
+            spec,
+            shared,
+            control,
+            log,
+            status,
+            backoff: BackoffState::default(),
+            started_before: false,
+            state_file_error_reported: false,
+        }
+    }
+
+    pub async fn run(mut self) {
+        self.write_status();
+        loop {
+            if let Some(ack) = self.wait_for_requirements().await {
+                return self.finish(ack, "stopped before it was started".to_owned());
+            }
+            if command::find_program(&self.spec).is_none() {
+                let program = self.spec.argv.first().cloned().unwrap_or_default();
+                self.transition(
+                    ServiceState::Absent,
+                    format!("program {program} is not on this node"),
+                );
+                return self.idle_until_stopped().await;
+            }
+            if self.started_before {
+                self.status.restarts += 1;
+            }
+            self.started_before = true;
+            self.transition(
+                ServiceState::Starting,
+                format!("starting {}", self.spec.argv.join(" ")),
+            );
+            let (pid, exit) = match self.spawn() {
+                Ok(started) => started,
+                Err(reason) => {
+                    let delay = self
+                        .backoff
+                        .next_delay(&self.spec.restart.backoff, Duration::ZERO);
+                    match self
+                        .back_off(delay, format!("could not start: {reason}"))
+                        .await
+                    {
+                        Some(ack) => {
+                            return self.finish(ack, "stopped while backing off".to_owned())
+                        }
+                        None => continue,
+                    }
+                }
+            };
+            match self.supervise(pid, exit).await {
+                RunEnd::Stopped { exit, ack } => {
+                    self.status.last_exit = exit;
+                    self.status.pid = None;
+                    let how = exit
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "exit status unknown".to_owned());
+                    return self.finish(ack, format!("stopped on request ({how})"));
+                }
+                RunEnd::Exited { exit, ran_for } => {
+                    self.status.last_exit = exit;
+                    self.status.pid = None;
+                    let how = exit
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "ended, exit status lost".to_owned());
+                    let what = format!("pid {pid} {how} after {}", human(ran_for));
+                    match after_exit(&self.spec.restart, exit) {
+                        AfterExit::Restart => {
+                            let delay =
+                                self.backoff.next_delay(&self.spec.restart.backoff, ran_for);
+                            if let Some(ack) = self.back_off(delay, what).await {
+                                return self.finish(ack, "stopped while backing off".to_owned());
+                            }
+                        }
+                        AfterExit::Stopped => {
+                            self.transition(
+                                ServiceState::Stopped,
+                                format!("{what}; its restart policy does not restart it"),
+                            );
+                            return self.idle_until_stopped().await;
+                        }
+                        AfterExit::Failed => {
+                            self.transition(
+                                ServiceState::Failed,
+                                format!("{what}; its restart policy does not restart it"),
+                            );
+                            return self.idle_until_stopped().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every requirement holds. `Some` if asked to stop first.
+    async fn wait_for_requirements(&mut self) -> Option<Ack> {
+        if self.spec.requires.is_empty() {
+            return None;
+        }
+        let mut snapshots = self.shared.snapshot.subscribe();
+        let polls = self
+            .spec
+            .requires
+            .iter()
+            .any(|r| matches!(r, Requirement::PathExists(_)));
+        loop {
+            let unmet = unmet_requirements(&self.spec.requires, &snapshots.borrow_and_update());
+            if unmet.is_empty() {
+                return None;
+            }
+            let reason = format!("waiting for {}", unmet.join(", "));
+            if self.status.state != ServiceState::Waiting || self.status.reason != reason {
+                self.transition(ServiceState::Waiting, reason);
+            }
+            let poll = self.shared.clock.sleep(self.shared.settings.poll_interval);
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return Some(None) },
+                () = poll, if polls => {}
+                control = self.control.recv() => return Some(ack_of(control)),
+            }
+        }
+    }
+
+    /// Prepares the cgroup, builds the command and launches it; starts the
+    /// output pump.
+    fn spawn(&mut self) -> Result<(i32, ExitFuture), String> {
+        let procs = match &self.shared.settings.cgroups {
+            Some(root) => Some(
+                root.prepare(&self.spec.name, &self.spec.resources)
+                    .map_err(|e| error_chain(&e))?,
+            ),
+            None => None,
+        };
+        let (cmd, output) = command::build(&self.spec, procs.as_deref())
+            .map_err(|e| format!("preparing the command: {e}"))?;
+        let program = self.spec.argv.first().cloned().unwrap_or_default();
+        let launched = self
+            .shared
+            .launcher
+            .spawn(cmd)
+            .map_err(|e| format!("spawning {program}: {e}"))?;
+        tokio::spawn(self.log.clone().pump(output));
+        if let Some(wanted) = self.spec.resources.oom_score_adj {
+            let path = format!("/proc/{}/oom_score_adj", launched.pid);
+            let actual = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if actual.is_some_and(|a| a != wanted.clamp(-1000, 1000)) {
+                tracing::warn!(service = %self.spec.name, pid = launched.pid, wanted, actual = ?actual,
+                    "OOM score not applied (lowering it needs CAP_SYS_RESOURCE)");
+            }
+        }
+        Ok((launched.pid, launched.exit))
+    }
+
+    /// Watches one run until the process exits or a stop is requested.
+    async fn supervise(&mut self, pid: i32, mut exit: ExitFuture) -> RunEnd {
+        let started = self.shared.clock.now();
+        self.status.pid = Some(pid);
+        self.transition(ServiceState::Running, format!("started as pid {pid}"));
+        let (health_tx, mut health_rx) = mpsc::channel(4);
+        let _health = match &self.spec.health {
+            Some(check) => Some(AbortOnDrop(tokio::spawn(health_loop(
+                check.clone(),
+                self.shared.clone(),
+                health_tx,
+            )))),
+            None => {
+                self.transition(
+                    ServiceState::Healthy,
+                    format!("started as pid {pid}; no health check"),
+                );
+                None
+            }
+        };
+        let threshold = self
+            .spec
+            .health
+            .as_ref()
+            .map(|h| h.failure_threshold.max(1))
+            .unwrap_or(1);
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                result = &mut exit => {
+                    return RunEnd::Exited { exit: result, ran_for: self.shared.clock.now().saturating_duration_since(started) };
+                }
+                Some(result) = health_rx.recv() => self.on_health(pid, result, &mut failures, threshold),
+                control = self.control.recv() => {
+                    let ack = ack_of(control);
+                    let exit = self.stop_process(pid, &mut exit).await;
+                    return RunEnd::Stopped { exit, ack };
+                }
+            }
+        }
+    }
+
+    fn on_health(
+        &mut self,
+        pid: i32,
+        result: Result<String, String>,
+        failures: &mut u32,
+        threshold: u32,
+    ) {
+        match (self.status.state, result) {
+            (ServiceState::Running, Ok(seen)) => {
+                *failures = 0;
+                self.transition(ServiceState::Healthy, seen);
+            }
+            (ServiceState::Running, Err(why)) => {
+                let reason = format!("pid {pid} not healthy yet: {why}");
+                if self.status.reason != reason {
+                    self.status.reason = reason;
+                    self.publish_without_transition();
+                }
+            }
+            (ServiceState::Healthy, Ok(_)) => *failures = 0,
+            (ServiceState::Healthy, Err(why)) => {
+                *failures += 1;
+                if *failures >= threshold {
+                    self.transition(
+                        ServiceState::Running,
+                        format!("unhealthy after {failures} failed checks in a row; last: {why}"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The stop signal, then SIGKILL to the process group after the grace
+    /// period. Returns the exit.
+    async fn stop_process(&mut self, pid: i32, exit: &mut ExitFuture) -> Option<Exit> {
+        let stop = self.spec.stop;
+        let _ = kill(Pid::from_raw(pid), stop.signal);
+        let grace = self.shared.clock.sleep(stop.grace);
+        tokio::select! {
+            result = &mut *exit => return result,
+            () = grace => {}
+        }
+        tracing::warn!(service = %self.spec.name, pid, grace = ?stop.grace, "did not stop within its grace period; sending SIGKILL");
+        // The service leads its own process group (setsid before exec).
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let wait = self.shared.clock.sleep(self.shared.settings.kill_wait);
+        tokio::select! {
+            result = exit => result,
+            () = wait => {
+                tracing::error!(service = %self.spec.name, pid, "no exit reported after SIGKILL");
+                None
+            }
+        }
+    }
+
+    /// Records the back-off, then waits it out. `Some` if asked to stop.
+    async fn back_off(&mut self, delay: Duration, what: String) -> Option<Ack> {
+        self.status.backoff_ms = Some(delay.as_millis() as u64);
+        self.transition(
+            ServiceState::BackingOff,
+            format!("{what}; restarting in {}", human(delay)),
+        );
+        let sleep = self.shared.clock.sleep(delay);
+        let interrupted = tokio::select! {
+            () = sleep => None,
+            control = self.control.recv() => Some(ack_of(control)),
+        };
+        self.status.backoff_ms = None;
+        interrupted
+    }
+
+    /// Terminal states (absent, stopped, failed) wait here for the stop
+    /// request, which only needs an answer.
+    async fn idle_until_stopped(mut self) {
+        if let Some(Control::Stop(ack)) = self.control.recv().await {
+            let _ = ack.send(());
+        }
+    }
+
+    fn finish(mut self, ack: Ack, reason: String) {
+        self.status.pid = None;
+        self.transition(ServiceState::Stopped, reason);
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+
+    fn transition(&mut self, to: ServiceState, reason: String) {
+        let from = self.status.state;
+        let at = self.shared.clock.wall();
+        self.status.state = to;
+        self.status.reason = reason;
+        self.status.since_unix_ms = unix_ms(at);
+        tracing::info!(service = %self.spec.name, from = %from, to = %to, reason = %self.status.reason, restarts = self.status.restarts, "service state");
+        // The transition goes out before the snapshot changes, so whoever
+        // wakes on the snapshot finds the transition already sent.
+        let _ = self.shared.transitions.send(Transition {
+            service: self.spec.name.clone(),
+            from,
+            to,
+            reason: self.status.reason.clone(),
+            restarts: self.status.restarts,
+            at_unix_ms: unix_ms(at),
+        });
+        self.publish_without_transition();
+    }
+
+    /// Writes the state file and updates the snapshot.
+    fn publish_without_transition(&mut self) {
+        self.write_status();
+        let status = self.status.clone();
+        self.shared.snapshot.send_modify(|s| {
+            s.services.insert(status.name.clone(), status);
+        });
+    }
+
+    fn write_status(&mut self) {
+        match write_state_file(&self.shared.settings.state_dir, &self.status) {
+            Ok(()) => self.state_file_error_reported = false,
+            // Reported once per run of failures: /run full or read-only
+            // should not flood the console on every health check.
+            Err(e) if !self.state_file_error_reported => {
+                self.state_file_error_reported = true;
+                tracing::warn!(service = %self.spec.name, error = %error_chain(&e), "state file not written");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn ack_of(control: Option<Control>) -> Ack {
+    control.map(|Control::Stop(ack)| ack)
+}
+
+/// What keeps a service waiting, in words; empty when it may start.
+pub(crate) fn unmet_requirements(requires: &[Requirement], snapshot: &Snapshot) -> Vec<String> {
+    requires
+        .iter()
+        .filter_map(|r| match r {
+            Requirement::Healthy(dep) => match snapshot.services.get(dep).map(|s| s.state) {
+                Some(ServiceState::Healthy) => None,
+                Some(state) => Some(format!("service {dep} to be healthy (it is {state})")),
+                None => Some(format!("service {dep} to be healthy (no such service)")),
+            },
+            Requirement::PathExists(path) => {
+                (!path.exists()).then(|| format!("{} to exist", path.display()))
+            }
+            Requirement::Condition(name) => {
+                (!snapshot.conditions.contains(name)).then(|| format!("condition {name}"))
+            }
+        })
+        .collect()
+}
+
+/// Checks forever, sending each result; the runner decides what it means.
+async fn health_loop(
+    check: HealthCheck,
+    shared: Arc<Shared>,
+    results: mpsc::Sender<Result<String, String>>,
+) {
+    let mut passed_once = false;
+    loop {
+        let result = health::check(
+            &check.probe,
+            check.timeout,
+            shared.clock.as_ref(),
+            shared.launcher.as_ref(),
+        )
+        .await;
+        passed_once |= result.is_ok();
+        if results.send(result).await.is_err() {
+            return;
+        }
+        let interval = if passed_once {
+            check.interval
+        } else {
+            check.startup_interval
+        };
+        shared.clock.sleep(interval).await;
+    }
+}
+
+/// Aborts the health-check task when a run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `1.5s`, `250ms`, `2m0s`: short and exact enough for reasons.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        if d.subsec_millis() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{:.1}s", d.as_secs_f64())
+        }
+    } else {
+        format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::SystemTime;
+
+    #[test]
+    fn waiting_reasons_name_each_unmet_requirement() {
+        let mut services = BTreeMap::new();
+        let mut containerd = ServiceStatus::new("containerd", SystemTime::UNIX_EPOCH);
+        containerd.state = ServiceState::BackingOff;
+        services.insert("containerd".to_owned(), containerd);
+        let mut snapshot = Snapshot {
+            services,
+            conditions: BTreeSet::new(),
+        };
+        let requires = vec![
+            Requirement::Healthy("containerd".into()),
+            Requirement::Condition("network-ready".into()),
+            Requirement::PathExists("/nonexistent/kelson".into()),
+            Requirement::PathExists("/".into()),
+        ];
+        assert_eq!(
+            unmet_requirements(&requires, &snapshot),
+            [
+                "service containerd to be healthy (it is backing-off)",
+                "condition network-ready",
+                "/nonexistent/kelson to exist"
+            ]
+        );
+        snapshot.conditions.insert("network-ready".into());
+        snapshot.services.get_mut("containerd").unwrap().state = ServiceState::Healthy;
+        assert_eq!(
+            unmet_requirements(&requires, &snapshot),
+            ["/nonexistent/kelson to exist"]
+        );
+    }
+
+    #[test]
+    fn durations_read_short() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(4)), "4s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_secs(125)), "2m5s");
+    }
+}

@@ -1,0 +1,6 @@
+//! TEST DOUBLE for the kubelet (see the crate docs): records its argv and
+//! config, serves /healthz, crashes or hangs on demand.
+
+fn main() -> std::process::ExitCode {
+    kelson_test_doubles::run(kelson_test_doubles::KUBELET)
+}
