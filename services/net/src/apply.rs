@@ -24,6 +24,10 @@ pub struct Paths {
     pub proc_sys: PathBuf,
     /// The iptables binary (found on PATH when not absolute).
     pub iptables: PathBuf,
+    /// Marks that this boot's nat table has been touched by Kelson; it must
+    /// live on a filesystem that is empty at boot, like the table itself
+    /// (see [`crate::iptables::ensure_masquerade`]).
+    pub nat_marker: PathBuf,
 }
 
 impl Default for Paths {
@@ -32,6 +36,7 @@ impl Default for Paths {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             proc_sys: PathBuf::from("/proc/sys"),
             iptables: PathBuf::from("iptables"),
+            nat_marker: PathBuf::from("/run/kelson/net/nat-touched"),
         }
     }
 }
@@ -267,7 +272,7 @@ pub async fn apply<N: Netlink, R: CommandRunner>(plan: &NetPlan, host: &Host<N, 
     }
 
     let mut masquerade = Step::default();
-    match ensure_masquerade(&host.runner, &host.paths.iptables, plan.cluster_cidr) {
+    match ensure_masquerade(&host.runner, &host.paths.iptables, &host.paths.nat_marker, plan.cluster_cidr) {
         Ok(changes) => changes.into_iter().for_each(|c| masquerade.change(c)),
         Err(e) => masquerade.fail(StepError::Masquerade(e)),
     }

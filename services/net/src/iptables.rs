@@ -102,6 +102,11 @@ impl<R: CommandRunner> Iptables<'_, R> {
     }
 }
 
+/// Creates the first-pass marker; false if it cannot.
+fn mark(marker: &Path) -> bool {
+    marker.parent().is_some_and(|dir| std::fs::create_dir_all(dir).is_ok()) && std::fs::write(marker, b"").is_ok()
+}
+
 /// What matters of the nat table: whether Kelson's chain exists, its
 /// rules, and how many jumps to it POSTROUTING has.
 #[derive(Debug, Default)]
@@ -138,14 +143,22 @@ impl NatState {
 /// differs, changed with one `iptables-restore --noflush`: each iptables
 /// process costs tens of milliseconds on a small node, and a restore is
 /// one transaction.
+///
+/// On the first pass after boot even the read is skipped: the nat table
+/// starts empty, so Kelson's chain and jump cannot be there yet. `marker`
+/// records that a pass has run; it must be on a filesystem that starts
+/// empty at boot (/run), and it is written before the table is touched, so
+/// a pass that cannot write it always reads the table first.
 pub fn ensure_masquerade<R: CommandRunner>(
     runner: &R,
     binary: &Path,
+    marker: &Path,
     cluster: Option<Ipv4Net>,
 ) -> Result<Vec<String>, IptablesError> {
     let ipt = Iptables { runner, binary };
     let mut changes = Vec::new();
-    let state = ipt.nat_table()?;
+    let first_pass_this_boot = cluster.is_some() && !marker.exists() && mark(marker);
+    let state = if first_pass_this_boot { NatState::default() } else { ipt.nat_table()? };
     let Some(cluster) = cluster else {
         for _ in 0..state.jumps {
             ipt.run(&["-D", "POSTROUTING", "-j", CHAIN], false)?;
@@ -293,6 +306,43 @@ pub(crate) mod tests {
         (runner, table)
     }
 
+    /// A marker that already exists: these tests check the read-and-compare
+    /// path, which every pass but a boot's first takes.
+    fn touched() -> std::path::PathBuf {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let (_, path) = file.keep().unwrap();
+        path
+    }
+
+    #[test]
+    fn the_first_pass_after_boot_writes_without_reading_and_later_passes_read() {
+        let (runner, table) = fake_iptables();
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("run/nat-touched");
+        let changes = ensure_masquerade(&runner, Path::new("iptables"), &marker, cidr("10.244.0.0/16")).unwrap();
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(marker.exists());
+        let calls = runner.calls();
+        assert_eq!(calls.len(), 1, "one iptables-restore and nothing else: {calls:?}");
+        assert!(calls[0].starts_with("iptables-restore -w --noflush "), "{calls:?}");
+        let changes = ensure_masquerade(&runner, Path::new("iptables"), &marker, cidr("10.244.0.0/16")).unwrap();
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(runner.calls()[1..], ["iptables-save -t nat"]);
+        let t = table.lock().unwrap();
+        assert_eq!(t["POSTROUTING"], ["-j KELSON-POSTROUTING"]);
+        assert_eq!(t[CHAIN], [RULE]);
+    }
+
+    #[test]
+    fn a_marker_that_cannot_be_written_means_reading_first() {
+        let (runner, _) = fake_iptables();
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        ensure_masquerade(&runner, Path::new("iptables"), &blocker.join("nat-touched"), cidr("10.244.0.0/16")).unwrap();
+        assert_eq!(runner.calls()[0], "iptables-save -t nat");
+    }
+
     fn cidr(s: &str) -> Option<Ipv4Net> {
         Some(s.parse().unwrap())
     }
@@ -302,7 +352,7 @@ pub(crate) mod tests {
     #[test]
     fn a_fresh_table_gets_the_chain_the_rule_and_one_jump() {
         let (runner, table) = fake_iptables();
-        let changes = ensure_masquerade(&runner, Path::new("iptables"), cidr("10.244.0.0/16")).unwrap();
+        let changes = ensure_masquerade(&runner, Path::new("iptables"), &touched(), cidr("10.244.0.0/16")).unwrap();
         assert_eq!(changes.len(), 3, "{changes:?}");
         let t = table.lock().unwrap();
         assert_eq!(t["POSTROUTING"], ["-j KELSON-POSTROUTING"]);
@@ -312,9 +362,9 @@ pub(crate) mod tests {
     #[test]
     fn a_second_pass_only_reads_and_checks() {
         let (runner, _) = fake_iptables();
-        ensure_masquerade(&runner, Path::new("iptables"), cidr("10.244.0.0/16")).unwrap();
+        ensure_masquerade(&runner, Path::new("iptables"), &touched(), cidr("10.244.0.0/16")).unwrap();
         let before = runner.calls().len();
-        let changes = ensure_masquerade(&runner, Path::new("iptables"), cidr("10.244.0.0/16")).unwrap();
+        let changes = ensure_masquerade(&runner, Path::new("iptables"), &touched(), cidr("10.244.0.0/16")).unwrap();
         assert!(changes.is_empty(), "{changes:?}");
         let second: Vec<String> = runner.calls()[before..].to_vec();
         assert_eq!(second, ["iptables-save -t nat"]);
@@ -323,13 +373,13 @@ pub(crate) mod tests {
     #[test]
     fn a_changed_cluster_cidr_replaces_the_rule_and_duplicate_jumps_are_removed() {
         let (runner, table) = fake_iptables();
-        ensure_masquerade(&runner, Path::new("iptables"), cidr("10.244.0.0/16")).unwrap();
+        ensure_masquerade(&runner, Path::new("iptables"), &touched(), cidr("10.244.0.0/16")).unwrap();
         {
             let mut t = table.lock().unwrap();
             t.get_mut("POSTROUTING").unwrap().push("-j KELSON-POSTROUTING".into());
             t.get_mut(CHAIN).unwrap().push("-j ACCEPT".into());
         }
-        ensure_masquerade(&runner, Path::new("iptables"), cidr("10.32.0.0/12")).unwrap();
+        ensure_masquerade(&runner, Path::new("iptables"), &touched(), cidr("10.32.0.0/12")).unwrap();
         let t = table.lock().unwrap();
         assert_eq!(t["POSTROUTING"], ["-j KELSON-POSTROUTING"]);
         assert_eq!(t[CHAIN], ["! -d 10.32.0.0/12 -m addrtype ! --dst-type LOCAL -j MASQUERADE"]);
@@ -339,8 +389,8 @@ pub(crate) mod tests {
     fn no_cluster_cidr_removes_what_kelson_set_and_leaves_the_rest() {
         let (runner, table) = fake_iptables();
         table.lock().unwrap().get_mut("POSTROUTING").unwrap().push("-j KUBE-POSTROUTING".into());
-        ensure_masquerade(&runner, Path::new("iptables"), cidr("10.244.0.0/16")).unwrap();
-        let changes = ensure_masquerade(&runner, Path::new("iptables"), None).unwrap();
+        ensure_masquerade(&runner, Path::new("iptables"), &touched(), cidr("10.244.0.0/16")).unwrap();
+        let changes = ensure_masquerade(&runner, Path::new("iptables"), &touched(), None).unwrap();
         assert_eq!(changes.len(), 2);
         let t = table.lock().unwrap();
         assert_eq!(t["POSTROUTING"], ["-j KUBE-POSTROUTING"]);
@@ -350,7 +400,7 @@ pub(crate) mod tests {
     #[test]
     fn a_failing_iptables_names_the_command_and_its_stderr() {
         let runner = FakeRunner::new(|_| fake_output(4, "", "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id"));
-        let err = ensure_masquerade(&runner, Path::new("/usr/sbin/iptables"), cidr("10.244.0.0/16")).unwrap_err();
+        let err = ensure_masquerade(&runner, Path::new("/usr/sbin/iptables"), &touched(), cidr("10.244.0.0/16")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "`/usr/sbin/iptables-save -t nat` exited with 4: iptables v1.8.9 (nf_tables): Could not fetch rule set generation id"

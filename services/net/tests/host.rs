@@ -14,7 +14,7 @@ fn host(dir: &Path) -> Host<RtNetlink, StdRunner> {
     Host {
         netlink: RtNetlink::open().expect("netlink socket"),
         runner: StdRunner,
-        paths: Paths { resolv_conf: dir.join("resolv.conf"), ..Paths::default() },
+        paths: Paths { resolv_conf: dir.join("resolv.conf"), nat_marker: dir.join("nat-touched"), ..Paths::default() },
     }
 }
 

@@ -27,7 +27,7 @@ fn node(tag: &str, dir: &std::path::Path) -> Netns {
         let host = Host {
             netlink: RtNetlink::open().unwrap(),
             runner: StdRunner,
-            paths: Paths { resolv_conf: dir.join("resolv.conf"), ..Paths::default() },
+            paths: Paths { resolv_conf: dir.join("resolv.conf"), nat_marker: dir.join("nat-touched"), ..Paths::default() },
         };
         apply(&plan(), &host).await
     });

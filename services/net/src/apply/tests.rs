@@ -49,7 +49,12 @@ fn fixture() -> Fixture {
     let netlink = FakeNetlink::new();
     netlink.add_link("eth0", Some(MAC), 9000, None);
     let (runner, _) = fake_iptables();
-    let paths = Paths { resolv_conf: dir.path().join("resolv.conf"), proc_sys: sys, iptables: "iptables".into() };
+    let paths = Paths {
+        resolv_conf: dir.path().join("resolv.conf"),
+        proc_sys: sys,
+        iptables: "iptables".into(),
+        nat_marker: dir.path().join("run/nat-touched"),
+    };
     Fixture { host: Host { netlink, runner, paths }, _dir: dir }
 }
 
