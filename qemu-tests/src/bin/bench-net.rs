@@ -7,29 +7,31 @@
 //! elapsed_ms=`: stage start to cbr0 up with the rule installed). Then, in
 //! the same guest, the same steps are done by shell commands as the seed
 //! notes write them (busybox `ip`, the image's iptables-nft, sysctls by
-//! `echo`), timed with CLOCK_BOOTTIME, in a node booted without a seed (so
-//! no network stage ran before it) after dropping the page cache: both
-//! paths start with netfilter unused and /usr's programs unread.
+//! `echo`), in a node booted without a seed (so no network stage ran
+//! before it) after dropping the page cache: both paths start with
+//! netfilter unused and /usr's programs unread. The shell times itself from
+//! /proc/uptime (10 ms steps) with builtins only: running a timing program
+//! would itself load libc, which the first dynamically linked program after
+//! boot (iptables, for both paths) otherwise pays for.
 
 use anyhow::{bail, Context, Result};
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Layer, VmBuilder};
 use std::time::Duration;
 
 const RUNS: usize = 3;
-const GUEST_CLOCK: &str = "/kelson-test/guest-clock";
 const GUEST_NET_APPLY: &str = "/kelson-test/net-apply";
 
 /// kelson-net's path as a process started from the shell, timed the same way.
 const RUST_SETUP: &str = "sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(/kelson-test/guest-clock)
+read t0 rest < /proc/uptime
 /kelson-test/net-apply /kelson-test/machine-config.yaml
-t1=$(/kelson-test/guest-clock)
-echo $(( (t1 - t0) / 1000 ))";
+read t1 rest < /proc/uptime
+echo $(( (${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}) * 10000 ))";
 
 // The page cache is dropped first: the network stage ran with /usr's
 // programs not yet read from the squashfs, and so must the shell path.
 const SHELL_SETUP: &str = "sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(/kelson-test/guest-clock)
+read t0 rest < /proc/uptime
 ip link set lo up
 ip link set eth0 up
 ip addr add 192.168.100.10/24 dev eth0
@@ -43,8 +45,8 @@ iptables -t nat -N KELSON-POSTROUTING
 iptables -t nat -A POSTROUTING -j KELSON-POSTROUTING
 iptables -t nat -A KELSON-POSTROUTING ! -d 10.244.0.0/16 -m addrtype ! --dst-type LOCAL -j MASQUERADE
 ip route add 10.244.1.0/24 via 192.168.100.11
-t1=$(/kelson-test/guest-clock)
-echo $(( (t1 - t0) / 1000 ))";
+read t1 rest < /proc/uptime
+echo $(( (${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}) * 10000 ))";
 
 
 fn median(values: &mut [f64]) -> f64 {
@@ -69,24 +71,21 @@ fn main() -> Result<()> {
     };
     kelsonctl::gen::generate_cluster(&spec, &dir.path().join("cluster"), false)?;
     let seed = dir.path().join("cluster/nodes/bench-cp-1/seed.img");
-    // Built beside this program by the same `cargo run`.
-    let guest_clock = std::env::current_exe()?.with_file_name("guest-clock");
-    if !guest_clock.exists() {
-        bail!("{} is missing: build it with `cargo build --release -p qemu-tests --bins`", guest_clock.display());
+    // Built beside this program by `cargo xtask bench`.
+    let net_apply = std::env::current_exe()?.with_file_name("net-apply");
+    if !net_apply.exists() {
+        bail!("{} is missing: build it with `cargo build --release -p qemu-tests --bins`", net_apply.display());
     }
     let (mut kelson_ms, mut rust_ms, mut shell_ms) = (Vec::new(), Vec::new(), Vec::new());
-    let net_apply = std::env::current_exe()?.with_file_name("net-apply");
     let config = std::fs::read(dir.path().join("cluster/nodes/bench-cp-1/machine-config.yaml"))?;
     let apply_tool = || {
         Layer::new().file_from_host(GUEST_NET_APPLY, &net_apply, 0o755).file("/kelson-test/machine-config.yaml", config.clone(), 0o600)
     };
     for run in 1..=RUNS {
-        let clock = || Layer::new().file_from_host(GUEST_CLOCK, &guest_clock, 0o755);
         let port = free_loopback_port()?;
         let node = || {
             VmBuilder::from_image(&image)
                 .layer(guest_layer_with_agent("/bin/busybox"))
-                .layer(clock())
                 // A NIC for eth0; no peer joins this socket network.
                 .socket_nic_listen(port, "52:54:00:be:00:01")
         };
