@@ -153,8 +153,10 @@ pub async fn with_dhcp<T, F: std::future::Future<Output = T>>(work: impl FnOnce(
         let config = DhcpConfig { link, resolv_conf: Some("/etc/resolv.conf".into()), fixed_mtu: None, hostname: None };
         let Ok(handle) = dhcp::spawn(netlink.clone(), config) else { continue };
         let mut status = handle.watch();
-        let bound = tokio::time::timeout(DHCP_TIMEOUT, status.wait_for(|s| s.state == "bound")).await;
-        if matches!(bound, Ok(Ok(_))) {
+        // The borrow `wait_for` returns must end here: held, it would block
+        // the client's next status update, and the client with it.
+        let bound = matches!(tokio::time::timeout(DHCP_TIMEOUT, status.wait_for(|s| s.state == "bound")).await, Ok(Ok(_)));
+        if bound {
             let address = handle.status().lease.map(|l| l.address.to_string()).unwrap_or_default();
             info!(link = name.as_str(), address = address.as_str(), "DHCP lease taken to fetch the seed");
             let result = work().await;

@@ -186,3 +186,47 @@ fn after_a_reboot_without_the_seed_the_saved_config_is_used() {
     assert_eq!(sh(&mut second, "cat /proc/sys/kernel/hostname"), "seeded-node");
     assert_eq!(sh(&mut second, "cat /etc/kelson/hello"), "from the seed");
 }
+
+/// Serves one HTTP request on stdin/stdout from the files in a directory:
+/// QEMU's user network runs it for each connection the guest makes to the
+/// `guestfwd` address, and the guest reaches nothing else.
+const SEED_SERVER: &str = r#"import os, sys
+root = sys.argv[1]
+request = sys.stdin.buffer.readline().decode()
+while sys.stdin.buffer.readline() not in (b"\r\n", b"\n", b""):
+    pass
+path = os.path.join(root, os.path.basename(request.split()[1]))
+out = sys.stdout.buffer
+if os.path.isfile(path):
+    body = open(path, "rb").read()
+    out.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+else:
+    out.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+out.flush()
+"#;
+
+#[test]
+fn a_seed_is_fetched_from_the_url_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    std::fs::write(seed.join("meta-data"), "instance-id: url-1\nlocal-hostname: fetched-node\n").unwrap();
+    std::fs::write(seed.join("user-data"), "#cloud-config\nkelson:\n  network:\n    podCIDR: 10.244.5.0/24\n    clusterCIDR: 10.244.0.0/16\n").unwrap();
+    let server = dir.path().join("serve.py");
+    std::fs::write(&server, SEED_SERVER).unwrap();
+    // restrict=on: the guest's only way out is the guestfwd to the server.
+    let netdev = format!("user,id=seed,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {}", server.display(), seed.display());
+    let mut vm = node()
+        .qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])
+        .append("ds=nocloud;s=http://10.0.2.100/")
+        .boot()
+        .unwrap();
+    vm.expect("DHCP lease taken to fetch the seed link=eth0", BOOT).unwrap();
+    vm.expect("cloud-init seed fetched url=http://10.0.2.100/", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "fetched-node");
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("network.podCIDR = \"10.244.5.0/24\"  # cloud-init user-data (http://10.0.2.100/)"), "{sources}");
+    // The lease taken for the fetch was given back before the network stage.
+    assert!(!sh(&mut vm, "ip -4 addr show eth0").contains("10.0.2."), "the fetch's DHCP address is still there");
+}
