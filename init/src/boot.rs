@@ -112,6 +112,7 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "config", critical: true, run: crate::config_stage::stage_config },
     Stage { name: "identity", critical: false, run: stage_identity },
     Stage { name: "apply-config", critical: false, run: crate::config_stage::stage_apply },
+    Stage { name: "services", critical: false, run: crate::services_stage::stage_services },
     Stage { name: "network", critical: false, run: crate::network_stage::stage_network },
 ];
 

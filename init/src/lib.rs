@@ -23,6 +23,7 @@ pub mod runner;
 pub mod network_stage;
 pub mod seed;
 pub mod seed_url;
+pub mod services_stage;
 pub mod shutdown;
 pub mod state_disk;
 pub mod sysctl;

@@ -49,6 +49,7 @@ pub fn stage_network(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
             Err(e) => warn!(error = %e, "CNI config not written"),
         }
     }
+    crate::services_stage::network_ready();
     if failed > 0 {
         return Err(format!("{failed} network step(s) failed; see above").into());
     }

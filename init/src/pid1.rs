@@ -115,6 +115,7 @@ async fn main_loop(started: Duration) {
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(shutdown::DEFAULT_GRACE);
+    crate::services_stage::shutdown().await;
     crate::network_stage::shutdown().await;
     let result = tokio::task::spawn_blocking(move || {
         let mut ops = LinuxShutdown { reaper };

@@ -111,9 +111,47 @@ fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
     Ok(tree)
 }
 
+/// Programs the image takes from the builder because no package has them:
+/// the kubelet and kube-proxy (`--kubelet PATH`, `--kube-proxy PATH`, or
+/// `KELSON_KUBELET` / `KELSON_KUBE_PROXY`). Without them the node's
+/// supervisor shows those services as absent.
+#[derive(Debug, Default, Clone)]
+pub struct Inputs {
+    pub kubelet: Option<PathBuf>,
+    pub kube_proxy: Option<PathBuf>,
+}
+
+impl Inputs {
+    pub fn parse(args: &[String]) -> Result<Inputs> {
+        let mut inputs = Inputs {
+            kubelet: std::env::var_os("KELSON_KUBELET").map(PathBuf::from),
+            kube_proxy: std::env::var_os("KELSON_KUBE_PROXY").map(PathBuf::from),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let slot = match arg.as_str() {
+                "--kubelet" => &mut inputs.kubelet,
+                "--kube-proxy" => &mut inputs.kube_proxy,
+                other => anyhow::bail!("image: unknown option {other:?} (known: --kubelet PATH, --kube-proxy PATH)"),
+            };
+            let Some(path) = args.next() else { anyhow::bail!("image: {arg} needs a path") };
+            *slot = Some(PathBuf::from(path));
+        }
+        for (name, path) in [("kubelet", &inputs.kubelet), ("kube-proxy", &inputs.kube_proxy)] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    anyhow::bail!("image: the {name} binary {} does not exist", path.display());
+                }
+            }
+        }
+        Ok(inputs)
+    }
+}
+
 /// Lays out what the image gets on top of the Debian packages: kelson-init
-/// as /sbin/init and /init (the kernel runs /init from an initramfs).
-fn extra_tree(root: &Path, init_binary: &Path) -> Result<PathBuf> {
+/// as /sbin/init and /init (the kernel runs /init from an initramfs), and
+/// the kubelet and kube-proxy if given.
+fn extra_tree(root: &Path, init_binary: &Path, inputs: &Inputs) -> Result<PathBuf> {
     let extra = root.join("target/image-extra");
     if extra.exists() {
         std::fs::remove_dir_all(&extra).with_context(|| format!("clearing {}", extra.display()))?;
@@ -123,6 +161,17 @@ fn extra_tree(root: &Path, init_binary: &Path) -> Result<PathBuf> {
     std::fs::copy(init_binary, sbin.join("init"))
         .with_context(|| format!("copying {} into the image", init_binary.display()))?;
     std::os::unix::fs::symlink("usr/sbin/init", extra.join("init")).context("linking /init to /usr/sbin/init")?;
+    let bin = extra.join("usr/bin");
+    for (name, path) in [("kubelet", &inputs.kubelet), ("kube-proxy", &inputs.kube_proxy)] {
+        match path {
+            Some(path) => {
+                std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+                std::fs::copy(path, bin.join(name)).with_context(|| format!("copying {} into the image", path.display()))?;
+                eprintln!("xtask: /usr/bin/{name} from {}", path.display());
+            }
+            None => eprintln!("xtask: no {name} binary given (--{name} PATH): the node will show {name} as absent"),
+        }
+    }
     Ok(extra)
 }
 
@@ -131,7 +180,7 @@ fn size_mib(path: &Path) -> String {
 }
 
 /// Builds everything into target/image/ and returns the artifact paths.
-pub fn build(root: &Path) -> Result<ImagePaths> {
+pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let image_dir = root.join("target/image");
     std::fs::create_dir_all(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
 
@@ -147,7 +196,7 @@ pub fn build(root: &Path) -> Result<ImagePaths> {
         "cargo build --release -p kelson-init (static)",
     )?;
     let init_binary = root.join("target").join(INIT_TARGET).join("release/kelson-init");
-    let extra = extra_tree(root, &init_binary)?;
+    let extra = extra_tree(root, &init_binary, inputs)?;
 
     let tools = tools_tree(root, &image_dir)?;
 

@@ -29,7 +29,8 @@ fn usage() -> &'static str {
     "usage: cargo xtask <run|test|image|deps|bench> [options]\n\
      \n  run            build the image and boot one node in QEMU (quit with ctrl-a x)\
      \n  test           unit tests + image build + kernel config check + QEMU tests\
-     \n  image          build the node image into target/image/\
+     \n  image [--kubelet PATH] [--kube-proxy PATH]\
+     \n                 build the node image into target/image/\
      \n  deps           install the host packages the other commands need\
      \n  bench [boot|net]  boot or network-setup benchmarks, measured inside the guest\
      \n  fuzz [SECS]    fuzz the config and cloud-init seed parsers (default 60 s per target)"
@@ -54,18 +55,19 @@ fn main_exec() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("deps") => deps::ensure(),
         Some("image") => {
+            let inputs = image::Inputs::parse(&args[1..])?;
             deps::ensure()?;
-            image::build(&root).map(|_| ())
+            image::build(&root, &inputs).map(|_| ())
         }
         Some("run") => {
             deps::ensure()?;
-            let paths = image::build(&root)?;
+            let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
             run::boot_interactive(&paths)
         }
         Some("test") => test(&root, &args[1..]),
         Some("bench") => {
             deps::ensure()?;
-            let paths = image::build(&root)?;
+            let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
             bench::run(&root, &paths, args.get(1).map(String::as_str).unwrap_or("boot"))
         }
         Some("fuzz") => {
@@ -96,7 +98,7 @@ fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
         "cargo test (unit and host tests)",
     )?;
     steps.start("building the node image with mkosi");
-    let paths = image::build(root)?;
+    let paths = image::build(root, &image::Inputs::parse(&[])?)?;
     steps.start("checking the image kernel's configuration");
     progress::run(
         std::process::Command::new("cargo")

@@ -3,7 +3,6 @@
 //! contents, mode) and their [`ServiceSpec`]s. Pure: nothing is written
 //! until the caller passes the files to [`write_files`].
 
-mod cni;
 mod containerd;
 mod kube_proxy;
 mod kubeconfig;
@@ -13,7 +12,6 @@ use crate::spec::ServiceSpec;
 use kelson_config::MachineConfig;
 use std::path::{Path, PathBuf};
 
-pub use cni::render as render_cni;
 pub use containerd::{render as render_containerd, spec as containerd_spec};
 pub use kube_proxy::{render as render_kube_proxy, spec as kube_proxy_spec};
 pub use kubelet::{render as render_kubelet, spec as kubelet_spec};
@@ -111,14 +109,9 @@ pub fn render(config: &MachineConfig, hostname: &str) -> NodeServices {
         notes: Vec::new(),
     };
     out.files.push(containerd::render());
-    match cni::render(config) {
-        Some(file) => out.files.push(file),
-        None => out.notes.push(format!(
-            "no CNI config: network.podCIDR is not set, so {} gets no {} (pods cannot get addresses)",
-            paths::CNI_CONF_DIR,
-            paths::CNI_CONFIG
-        )),
-    }
+    // The CNI conflist is kelson-net's (`cni::write_conflist`, written by
+    // the network stage): its host-local range must stay clear of the
+    // addresses kelson-net hands to PID 1's own pods.
     let kubelet = kubelet::render(config, hostname);
     out.files.extend(kubelet.files);
     out.notes.extend(kubelet.notes);
@@ -247,7 +240,6 @@ kubeProxy:
         assert_eq!(
             paths,
             [
-                ("/etc/cni/net.d/10-kelson.conflist".to_owned(), 0o644),
                 ("/etc/containerd/config.toml".to_owned(), 0o644),
                 ("/etc/kubernetes/bootstrap-kubelet.conf".to_owned(), 0o600),
                 ("/etc/kubernetes/kube-proxy/config.yaml".to_owned(), 0o644),

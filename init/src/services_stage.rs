@@ -1,0 +1,93 @@
+//! The `services` boot stage: containerd, the kubelet and kube-proxy,
+//! rendered from the machine config by kelson-supervise and supervised on
+//! PID 1's runtime. Every process starts through PID 1's reaper.
+//!
+//! The stage runs before the network stage so containerd starts while the
+//! network comes up; the kubelet waits for the `network-ready` condition,
+//! which the network stage sets when it is done. Shutdown stops the
+//! services in reverse dependency order before PID 1 signals everything
+//! else.
+
+use crate::boot::{BootContext, StageError};
+use crate::reaper::{self, Reaper};
+use kelson_supervise::{node, Launched, Launcher, Settings, Supervisor, SystemClock, NETWORK_READY};
+use std::io;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use tracing::{info, warn};
+
+static RUNNING: Mutex<Option<Arc<Supervisor>>> = Mutex::new(None);
+/// Set by the network stage; remembered in case it finishes before the
+/// supervisor exists.
+static NETWORK_IS_READY: Mutex<bool> = Mutex::new(false);
+
+/// Starts services through the reaper, which owns every wait.
+pub struct ReaperLauncher(pub Arc<Reaper>);
+
+impl Launcher for ReaperLauncher {
+    fn spawn(&self, mut cmd: Command) -> io::Result<Launched> {
+        let spawned = self.0.spawn(&mut cmd)?;
+        // Our copies of the output pipe close with the Command, so the
+        // supervisor sees end-of-file when the service exits.
+        drop(cmd);
+        let exit = spawned.exit;
+        Ok(Launched {
+            pid: spawned.pid,
+            exit: Box::pin(async move {
+                exit.await.ok().map(|e| match e {
+                    reaper::Exit::Code(c) => kelson_supervise::Exit::Code(c),
+                    reaper::Exit::Signal(s) => kelson_supervise::Exit::Signal(s),
+                })
+            }),
+        })
+    }
+}
+
+pub fn stage_services(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    let Some(effective) = &ctx.config else { return Ok(()) };
+    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let rendered = node::render(&effective.config, &hostname);
+    for note in &rendered.notes {
+        info!("services: {note}");
+    }
+    node::write_files(Path::new("/"), &rendered.files)?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime for the supervisor: {e}"))?;
+    let names: Vec<String> = rendered.services.iter().map(|s| s.name.clone()).collect();
+    let supervisor = Arc::new(Supervisor::new(
+        rendered.services,
+        Settings::default(),
+        Arc::new(ReaperLauncher(ctx.reaper.clone())),
+        Arc::new(SystemClock),
+    )?);
+    {
+        let _entered = runtime.enter();
+        supervisor.start();
+    }
+    if *NETWORK_IS_READY.lock().unwrap_or_else(|e| e.into_inner()) {
+        supervisor.set_condition(NETWORK_READY);
+    }
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(supervisor);
+    info!(services = names.join(",").as_str(), "supervisor started");
+    Ok(())
+}
+
+/// Called by the network stage when it is done.
+pub fn network_ready() {
+    *NETWORK_IS_READY.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    if let Some(supervisor) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        supervisor.set_condition(NETWORK_READY);
+    }
+}
+
+/// Stops every service, each within its grace period.
+pub async fn shutdown() {
+    let supervisor = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(supervisor) = supervisor {
+        info!("stopping supervised services");
+        supervisor.shutdown().await;
+        info!("supervised services stopped");
+    } else {
+        warn!("no supervisor was running");
+    }
+}

@@ -1,0 +1,175 @@
+//! The node's supervised services under QEMU: Debian's containerd from the
+//! image, and the kubelet and kube-proxy **test doubles**
+//! (`test-doubles/`, not the real programs, which no reachable registry
+//! packages) put in their slots through the machine config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use qemu_tests::{guest_layer_with_agent, ImagePaths, Layer, Vm, VmBuilder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(180);
+const SHORT: Duration = Duration::from_secs(90);
+const IMAGE_NAME: &str = "docker.io/kelson/busybox:test";
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A FAT seed whose user-data is `config`.
+fn seed(dir: &Path, config: &str) -> PathBuf {
+    let image = dir.join("seed.img");
+    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&image).arg("2048"));
+    for (name, content) in [("meta-data", "instance-id: services-1\n"), ("user-data", config)] {
+        let local = dir.join(name);
+        std::fs::write(&local, content).unwrap();
+        run(Command::new("mcopy").arg("-i").arg(&image).arg(&local).arg(format!("::{name}")));
+    }
+    image
+}
+
+fn config(kubelet_args: &str, proxy_args: &str) -> String {
+    format!(
+        "apiVersion: kelson.dev/v1alpha1
+kind: MachineConfig
+node:
+  hostname: svc-node
+network:
+  podCIDR: 10.244.3.0/24
+  clusterCIDR: 10.244.0.0/16
+kubelet:
+  binary: /kelson-test/kubelet-double
+  extraArgs: [--double-record-dir=/run/doubles{kubelet_args}]
+kubeProxy:
+  binary: /kelson-test/kube-proxy-double
+  extraArgs: [--double-record-dir=/run/doubles{proxy_args}]
+"
+    )
+}
+
+fn node(dir: &Path, config: &str) -> VmBuilder {
+    let image = ImagePaths::from_env().expect("the node image (run `cargo xtask image`)");
+    let archive = qemu_tests::oci::busybox_archive(Path::new("/bin/busybox"), IMAGE_NAME).unwrap();
+    let doubles = Layer::new()
+        .file_from_host("/kelson-test/kubelet-double", env!("CARGO_BIN_EXE_guest-kubelet-double"), 0o755)
+        .file_from_host("/kelson-test/kube-proxy-double", env!("CARGO_BIN_EXE_guest-kube-proxy-double"), 0o755)
+        .file("/kelson-test/busybox-oci.tar", archive, 0o644);
+    VmBuilder::from_image(&image)
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .layer(doubles)
+        .disk(seed(dir, config))
+        .append("kelson.shutdown_grace=5")
+}
+
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let out = vm.agent_exec(cmd, SHORT).unwrap_or_else(|e| panic!("agent: {cmd}: {e:#}"));
+    assert_eq!(out.status, 0, "{cmd} failed: {}", out.output);
+    out.output.trim().to_owned()
+}
+
+/// Waits until the service's state file says `state`.
+fn wait_state(vm: &mut Vm, service: &str, state: &str) -> String {
+    sh(
+        vm,
+        &format!(
+            "f=/run/kelson/services/{service}.json; for i in $(seq 120); do grep -q '\"state\": \"{state}\"' $f 2>/dev/null && break; sleep 0.5; done; \
+             grep -q '\"state\": \"{state}\"' $f || {{ cat $f; exit 1; }}; cat $f"
+        ),
+    )
+}
+
+fn console_position(vm: &Vm, needle: &str) -> usize {
+    let text = vm.console_text().unwrap();
+    text.find(needle).unwrap_or_else(|| panic!("{needle:?} not on the console"))
+}
+
+#[test]
+fn containerd_runs_a_cni_container_and_the_kubelet_double_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = node(dir.path(), &config("", "")).boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    wait_state(&mut vm, "containerd", "healthy");
+    wait_state(&mut vm, "kubelet", "healthy");
+    wait_state(&mut vm, "kube-proxy", "healthy");
+    // The kubelet starts only once containerd is healthy, and kube-proxy
+    // after the kubelet.
+    let containerd_healthy = console_position(&vm, "service=containerd from=running to=healthy");
+    let kubelet_starting = console_position(&vm, "service=kubelet from=waiting to=starting");
+    assert!(containerd_healthy < kubelet_starting, "the kubelet started before containerd was healthy");
+    assert!(
+        console_position(&vm, "service=kubelet from=running to=healthy") < console_position(&vm, "service=kube-proxy from=waiting to=starting")
+    );
+    // The kubelet double got the rendered config and flags.
+    let argv = sh(&mut vm, "cat /run/doubles/kubelet-double.argv");
+    assert!(argv.lines().any(|l| l == "--config=/etc/kubernetes/kubelet/config.yaml"), "{argv}");
+    assert!(argv.lines().any(|l| l == "--hostname-override=svc-node"), "{argv}");
+    let kubelet_config = sh(&mut vm, "cat /run/doubles/kubelet-double.config");
+    assert!(kubelet_config.contains("cgroupDriver: cgroupfs"), "{kubelet_config}");
+    assert!(kubelet_config.contains("podCIDR: 10.244.3.0/24"), "{kubelet_config}");
+
+    // The path the kubelet's pods take: an image imported into containerd
+    // and a container on cbr0 with an address from the CNI config's range.
+    sh(&mut vm, "ctr -n k8s.io images import /kelson-test/busybox-oci.tar");
+    let addr = sh(
+        &mut vm,
+        &format!("ctr -n k8s.io run --rm --cni --no-pivot {IMAGE_NAME} cni-test /bin/busybox ip -4 addr show eth0"),
+    );
+    let ip = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no inet address in {addr}"))
+        .to_owned();
+    let host: u8 = ip.split('/').next().unwrap().rsplit('.').next().unwrap().parse().unwrap();
+    assert!(ip.starts_with("10.244.3.") && host >= 128, "{ip} is not in the CNI half of 10.244.3.0/24");
+}
+
+#[test]
+fn killed_services_come_back_with_back_off_and_a_crash_loop_starves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // kube-proxy's double crash-loops; everything else must carry on.
+    let mut vm = node(dir.path(), &config("", ", --double-crash-after=1")).boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    wait_state(&mut vm, "containerd", "healthy");
+    wait_state(&mut vm, "kubelet", "healthy");
+    for service in ["containerd", "kubelet"] {
+        let status = wait_state(&mut vm, service, "healthy");
+        let pid: u32 = status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"pid\": ").map(|p| p.trim_end_matches(',').parse().unwrap()))
+            .unwrap_or_else(|| panic!("no pid in {status}"));
+        sh(&mut vm, &format!("kill -9 {pid}"));
+        vm.expect(&format!("service={service} from=healthy to=backing-off"), SHORT).unwrap();
+        let after = wait_state(&mut vm, service, "healthy");
+        assert!(after.contains("\"restarts\": 1"), "{after}");
+        assert!(!after.contains(&format!("\"pid\": {pid},")), "{after}");
+    }
+    let proxy = sh(&mut vm, "cat /run/kelson/services/kube-proxy.json");
+    let restarts: u32 = proxy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"restarts\": ").map(|p| p.trim_end_matches(',').parse().unwrap()))
+        .unwrap();
+    assert!(restarts >= 2, "kube-proxy's double should be crash-looping: {proxy}");
+    assert!(proxy.contains("backoffMs") || proxy.contains("backing-off"), "{proxy}");
+    // The node still answers, and nothing is left as a zombie.
+    assert_eq!(sh(&mut vm, "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l"), "0");
+}
+
+#[test]
+fn a_service_hanging_on_sigterm_is_killed_after_its_grace_period_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = node(dir.path(), &config(", --double-ignore-sigterm", "")).boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    wait_state(&mut vm, "kubelet", "healthy");
+    vm.system_powerdown().unwrap();
+    vm.expect("stopping supervised services", SHORT).unwrap();
+    vm.expect("did not stop within its grace period; sending SIGKILL service=kubelet", SHORT).unwrap();
+    vm.expect("supervised services stopped", SHORT).unwrap();
+    assert!(vm.wait_exit(SHORT).unwrap().success());
+    // containerd (which stops on SIGTERM) went down before... nothing else
+    // was SIGKILLed by the supervisor.
+    let console = vm.console_text().unwrap();
+    assert_eq!(console.matches("sending SIGKILL service=").count(), 1, "{console}");
+}
