@@ -77,9 +77,10 @@ fn attach_console() {
 async fn main_loop(started: Duration) {
     let reaper = Arc::new(Reaper::new());
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<Action>(4);
-    let mut sigchld = signal(SignalKind::child()).ok();
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sigint = signal(SignalKind::interrupt()).ok();
+    // Registered before the boot thread can start any child.
+    let mut sigchld = signal(SignalKind::child()).ok();
 
     let boot = {
         let reaper = reaper.clone();
@@ -92,14 +93,29 @@ async fn main_loop(started: Duration) {
         }
     });
 
-    let action = loop {
-        tokio::select! {
-            Some(()) = recv(&mut sigchld) => {
+    // Reaping runs for PID 1's whole life, on its own task: services
+    // stopping at shutdown are waited for through it.
+    {
+        let reaper = reaper.clone();
+        tokio::spawn(async move {
+            loop {
                 let r = reaper.reap();
                 if r.orphans > 0 {
                     tracing::debug!(orphans = r.orphans, "reaped orphans");
                 }
+                match &mut sigchld {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    // Without a SIGCHLD handler, reap on a timer instead.
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
+        });
+    }
+
+    let action = loop {
+        tokio::select! {
             Some(()) = recv(&mut sigterm) => break Action::PowerOff,
             Some(()) = recv(&mut sigint) => break Action::Reboot,
             Some(action) = shutdown_rx.recv() => break action,
