@@ -205,8 +205,9 @@ else:
 out.flush()
 "#;
 
-#[test]
-fn a_seed_is_fetched_from_the_url_on_the_command_line() {
+/// Boots a node whose seed is served over HTTP; `point` tells the node
+/// where (command line or SMBIOS serial).
+fn boot_with_url_seed(point: impl FnOnce(VmBuilder) -> VmBuilder) {
     let dir = tempfile::tempdir().unwrap();
     let seed = dir.path().join("seed");
     std::fs::create_dir(&seed).unwrap();
@@ -216,11 +217,7 @@ fn a_seed_is_fetched_from_the_url_on_the_command_line() {
     std::fs::write(&server, SEED_SERVER).unwrap();
     // restrict=on: the guest's only way out is the guestfwd to the server.
     let netdev = format!("user,id=seed,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {}", server.display(), seed.display());
-    let mut vm = node()
-        .qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])
-        .append("ds=nocloud;s=http://10.0.2.100/")
-        .boot()
-        .unwrap();
+    let mut vm = point(node().qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])).boot().unwrap();
     vm.expect("DHCP lease taken to fetch the seed link=eth0", BOOT).unwrap();
     vm.expect("cloud-init seed fetched url=http://10.0.2.100/", BOOT).unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
@@ -229,4 +226,14 @@ fn a_seed_is_fetched_from_the_url_on_the_command_line() {
     assert!(sources.contains("network.podCIDR = \"10.244.5.0/24\"  # cloud-init user-data (http://10.0.2.100/)"), "{sources}");
     // The lease taken for the fetch was given back before the network stage.
     assert!(!sh(&mut vm, "ip -4 addr show eth0").contains("10.0.2."), "the fetch's DHCP address is still there");
+}
+
+#[test]
+fn a_seed_is_fetched_from_the_url_on_the_command_line() {
+    boot_with_url_seed(|vm| vm.append("ds=nocloud;s=http://10.0.2.100/"));
+}
+
+#[test]
+fn a_seed_is_fetched_from_the_url_in_the_smbios_serial() {
+    boot_with_url_seed(|vm| vm.qemu_args(["-smbios", "type=1,serial=ds=nocloud;s=http://10.0.2.100/"]));
 }

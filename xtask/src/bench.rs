@@ -8,7 +8,8 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
     let bin = match which {
         "boot" => "bench-boot",
         "net" => "bench-net",
-        other => bail!("unknown benchmark {other:?} (known: boot, net)"),
+        "supervise" => "bench-supervise",
+        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")
