@@ -25,7 +25,10 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     let mut steps = progress::Steps::new(TARGETS.len());
     for target in TARGETS {
         steps.start(&format!("fuzzing {target} for {seconds} s"));
-        let corpus = dir.join("corpus").join(target);
+        // New inputs go to a working corpus under target/; the committed
+        // seeds in services/config/fuzz/corpus are read, never written.
+        let seeds = dir.join("corpus").join(target);
+        let corpus = root.join("target/fuzz-corpus").join(target);
         std::fs::create_dir_all(&corpus).with_context(|| format!("creating corpus dir {}", corpus.display()))?;
         progress::run(
             Command::new("cargo")
@@ -33,6 +36,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
                 .env("RUSTC_BOOTSTRAP", "1")
                 .args(["fuzz", "run", target])
                 .arg(&corpus)
+                .arg(&seeds)
                 .arg("--")
                 .arg(format!("-max_total_time={seconds}")),
             &format!("cargo fuzz run {target}"),
