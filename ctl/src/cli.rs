@@ -2,6 +2,7 @@
 //! (defaults, ranges, CIDR checks) is testable without a process.
 
 use crate::gen::cidr::{self, CidrError};
+use crate::gen::cluster::defaults;
 use crate::gen::ClusterSpec;
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
@@ -48,25 +49,25 @@ pub struct GenClusterArgs {
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: PathBuf,
     /// Pod network of the whole cluster; each node gets a /POD_PREFIX of it.
-    #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16", value_parser = cidr_arg)]
+    #[arg(long, value_name = "CIDR", default_value = defaults::CLUSTER_CIDR, value_parser = cidr_arg)]
     pub cluster_cidr: Ipv4Net,
     /// Service (ClusterIP) network; cluster DNS is its 10th address.
-    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12", value_parser = cidr_arg)]
+    #[arg(long, value_name = "CIDR", default_value = defaults::SERVICE_CIDR, value_parser = cidr_arg)]
     pub service_cidr: Ipv4Net,
     /// The nodes' own network; node k gets its address .10+k.
-    #[arg(long, value_name = "CIDR", default_value = "192.168.100.0/24", value_parser = cidr_arg)]
+    #[arg(long, value_name = "CIDR", default_value = defaults::NODE_CIDR, value_parser = cidr_arg)]
     pub node_cidr: Ipv4Net,
     /// Default gateway on the node network (none if absent).
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<Ipv4Addr>,
     /// Prefix length of each node's pod subnet.
-    #[arg(long, value_name = "LEN", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=32))]
+    #[arg(long, value_name = "LEN", default_value_t = defaults::POD_PREFIX, value_parser = clap::value_parser!(u8).range(1..=32))]
     pub pod_prefix: u8,
     /// MTU of the pod bridge.
-    #[arg(long, default_value_t = 1460, value_parser = clap::value_parser!(u32).range(576..=9000))]
+    #[arg(long, default_value_t = defaults::MTU, value_parser = clap::value_parser!(u32).range(576..=9000))]
     pub mtu: u32,
     /// The node's uplink interface, by name.
-    #[arg(long, value_name = "IFNAME", default_value = "eth0")]
+    #[arg(long, value_name = "IFNAME", default_value = defaults::UPLINK)]
     pub uplink: String,
     /// Replace a previous generation in DIR (removes DIR's cluster.yaml,
     /// pki/ and nodes/; other files stay).

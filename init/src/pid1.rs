@@ -114,12 +114,10 @@ async fn main_loop(started: Duration) {
         });
     }
 
-    let action = loop {
-        tokio::select! {
-            Some(()) = recv(&mut sigterm) => break Action::PowerOff,
-            Some(()) = recv(&mut sigint) => break Action::Reboot,
-            Some(action) = shutdown_rx.recv() => break action,
-        }
+    let action = tokio::select! {
+        Some(()) = recv(&mut sigterm) => Action::PowerOff,
+        Some(()) = recv(&mut sigint) => Action::Reboot,
+        Some(action) = shutdown_rx.recv() => action,
     };
     let why = match action {
         Action::PowerOff => "SIGTERM or power button",

@@ -17,26 +17,8 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    pub fn success(self) -> bool {
-        self == Exit::Code(0)
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exit code {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}"),
-        }
-    }
-}
+/// How a child ended; the supervisor's type, so exits pass through unchanged.
+pub use kelson_supervise::Exit;
 
 /// A child started through the reaper.
 #[derive(Debug)]

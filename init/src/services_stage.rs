@@ -9,7 +9,7 @@
 //! else.
 
 use crate::boot::{BootContext, StageError};
-use crate::reaper::{self, Reaper};
+use crate::reaper::Reaper;
 use kelson_supervise::{node, Launched, Launcher, Settings, Supervisor, SystemClock, NETWORK_READY};
 use std::io;
 use std::path::Path;
@@ -34,12 +34,7 @@ impl Launcher for ReaperLauncher {
         let exit = spawned.exit;
         Ok(Launched {
             pid: spawned.pid,
-            exit: Box::pin(async move {
-                exit.await.ok().map(|e| match e {
-                    reaper::Exit::Code(c) => kelson_supervise::Exit::Code(c),
-                    reaper::Exit::Signal(s) => kelson_supervise::Exit::Signal(s),
-                })
-            }),
+            exit: Box::pin(async move { exit.await.ok() }),
         })
     }
 }

@@ -82,18 +82,7 @@ fn a_fat_seed_names_the_node_and_its_files_are_written() {
 
 /// A 1 control-plane + 1 worker cluster from `kelsonctl gen cluster`.
 fn generated_cluster(dir: &Path) -> kelsonctl::gen::GeneratedCluster {
-    let spec = kelsonctl::gen::ClusterSpec {
-        name: "lab".into(),
-        control_planes: 1,
-        workers: 1,
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".parse().unwrap(),
-        node_cidr: "192.168.100.0/24".parse().unwrap(),
-        gateway: None,
-        pod_prefix: 24,
-        mtu: 1460,
-        uplink: "eth0".into(),
-    };
+    let spec = kelsonctl::gen::ClusterSpec::with_defaults("lab", 1, 1);
     kelsonctl::gen::generate_cluster(&spec, dir, false).unwrap()
 }
 

@@ -63,18 +63,7 @@ fn masquerade_packets(vm: &mut Vm) -> u64 {
 fn pods_on_two_nodes_talk_by_pod_ip_and_leave_the_cluster_masqueraded() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cluster");
-    let spec = kelsonctl::gen::ClusterSpec {
-        name: "net".into(),
-        control_planes: 1,
-        workers: 1,
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".parse().unwrap(),
-        node_cidr: "192.168.100.0/24".parse().unwrap(),
-        gateway: None,
-        pod_prefix: 24,
-        mtu: 1460,
-        uplink: "eth0".into(),
-    };
+    let spec = kelsonctl::gen::ClusterSpec::with_defaults("net", 1, 1);
     kelsonctl::gen::generate_cluster(&spec, &out, false).unwrap();
     let port = free_loopback_port().unwrap();
     let mut a = node(&out.join("nodes/net-cp-1/seed.img")).socket_nic_listen(port, "52:54:00:6e:00:01").boot().unwrap();

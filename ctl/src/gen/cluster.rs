@@ -41,6 +41,38 @@ pub struct ClusterSpec {
     pub uplink: String,
 }
 
+/// The defaults `kelsonctl gen cluster` uses where a flag is not given.
+pub mod defaults {
+    pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+    pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+    pub const NODE_CIDR: &str = "192.168.100.0/24";
+    pub const POD_PREFIX: u8 = 24;
+    pub const MTU: u32 = 1460;
+    pub const UPLINK: &str = "eth0";
+}
+
+impl ClusterSpec {
+    /// A cluster named `name` with every other setting at the command's
+    /// defaults.
+    pub fn with_defaults(name: &str, control_planes: usize, workers: usize) -> ClusterSpec {
+        // The default strings are fixed CIDRs that parse; the fallback only
+        // keeps this free of unwrap.
+        let net = |s: &str| s.parse().unwrap_or_default();
+        ClusterSpec {
+            name: name.to_owned(),
+            control_planes,
+            workers,
+            cluster_cidr: net(defaults::CLUSTER_CIDR),
+            service_cidr: net(defaults::SERVICE_CIDR),
+            node_cidr: net(defaults::NODE_CIDR),
+            gateway: None,
+            pod_prefix: defaults::POD_PREFIX,
+            mtu: defaults::MTU,
+            uplink: defaults::UPLINK.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GenClusterError {
     #[error("a cluster needs at least one control-plane node")]
@@ -430,18 +462,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn spec(control_planes: usize, workers: usize) -> ClusterSpec {
-        ClusterSpec {
-            name: "demo".into(),
-            control_planes,
-            workers,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            service_cidr: "10.96.0.0/12".parse().unwrap(),
-            node_cidr: "192.168.100.0/24".parse().unwrap(),
-            gateway: None,
-            pod_prefix: 24,
-            mtu: 1460,
-            uplink: "eth0".into(),
-        }
+        ClusterSpec::with_defaults("demo", control_planes, workers)
     }
 
     #[test]

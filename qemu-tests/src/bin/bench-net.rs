@@ -57,18 +57,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn main() -> Result<()> {
     let image = ImagePaths::from_env()?;
     let dir = tempfile::tempdir()?;
-    let spec = kelsonctl::gen::ClusterSpec {
-        name: "bench".into(),
-        control_planes: 1,
-        workers: 1,
-        cluster_cidr: "10.244.0.0/16".parse()?,
-        service_cidr: "10.96.0.0/12".parse()?,
-        node_cidr: "192.168.100.0/24".parse()?,
-        gateway: None,
-        pod_prefix: 24,
-        mtu: 1460,
-        uplink: "eth0".into(),
-    };
+    let spec = kelsonctl::gen::ClusterSpec::with_defaults("bench", 1, 1);
     kelsonctl::gen::generate_cluster(&spec, &dir.path().join("cluster"), false)?;
     let seed = dir.path().join("cluster/nodes/bench-cp-1/seed.img");
     // Built beside this program by `cargo xtask bench`.
