@@ -42,7 +42,17 @@ impl Launcher for ReaperLauncher {
 pub fn stage_services(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let Some(effective) = &ctx.config else { return Ok(()) };
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let rendered = node::render(&effective.config, &hostname);
+    let mut rendered = node::render(&effective.config, &hostname);
+    // Test knob: a short fixed back-off, so a test can kill a service many
+    // times in a row without waiting out the real schedule.
+    if let Some(ms) = ctx.cmdline.get("kelson.test.restart_backoff_ms").and_then(|v| v.parse::<u64>().ok()) {
+        let wait = std::time::Duration::from_millis(ms);
+        for spec in &mut rendered.services {
+            spec.restart.backoff.initial = wait;
+            spec.restart.backoff.cap = wait;
+        }
+        warn!(ms, "test knob: every service restarts after a fixed back-off");
+    }
     for note in &rendered.notes {
         info!("services: {note}");
     }

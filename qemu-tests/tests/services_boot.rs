@@ -180,3 +180,30 @@ fn a_service_hanging_on_sigterm_is_killed_after_its_grace_period_at_shutdown() {
     let console = vm.console_text().unwrap();
     assert_eq!(console.matches("sending SIGKILL service=").count(), 1, "{console}");
 }
+
+#[test]
+fn a_hundred_kills_leave_no_zombies_and_every_kill_is_followed_by_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed 100 ms back-off (a test knob) instead of 1 s doubling to 60 s.
+    let mut vm = node(dir.path(), &config("", "")).append("kelson.test.restart_backoff_ms=100").boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    wait_state(&mut vm, "kube-proxy", "healthy");
+    let script = r#"f=/run/kelson/services/kube-proxy.json
+pid() { sed -n 's/.*"pid": \([0-9]*\).*/\1/p' $f; }
+for i in $(seq 100); do
+    old=$(pid)
+    while [ -z "$old" ]; do sleep 0.05; old=$(pid); done
+    kill -9 $old
+    n=0; while [ "$(pid)" = "$old" ] || [ -z "$(pid)" ]; do sleep 0.05; n=$((n+1)); [ $n -gt 400 ] && { echo "no restart after kill $i"; exit 1; }; done
+done
+echo done"#;
+    let out = vm.agent_exec(script, Duration::from_secs(600)).unwrap();
+    assert_eq!(out.status, 0, "{}", out.output);
+    let status = wait_state(&mut vm, "kube-proxy", "healthy");
+    let restarts: u32 = status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"restarts\": ").map(|p| p.trim_end_matches(',').parse().unwrap()))
+        .unwrap();
+    assert!(restarts >= 100, "{status}");
+    assert_eq!(sh(&mut vm, "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l"), "0", "zombies left");
+}
