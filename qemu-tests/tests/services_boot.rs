@@ -101,6 +101,15 @@ fn containerd_runs_a_cni_container_and_the_kubelet_double_starts_after_it() {
     assert!(
         console_position(&vm, "service=kubelet from=running to=healthy") < console_position(&vm, "service=kube-proxy from=waiting to=starting")
     );
+    // Each service runs in its own cgroup under Kelson's system cgroup,
+    // with the OOM score it was given.
+    for service in ["containerd", "kubelet", "kube-proxy"] {
+        let status = sh(&mut vm, &format!("cat /run/kelson/services/{service}.json"));
+        let pid = status.lines().find_map(|l| l.trim().strip_prefix("\"pid\": ")).unwrap().trim_end_matches(',').to_owned();
+        let procs = sh(&mut vm, &format!("cat /sys/fs/cgroup/kelson.slice/system/{service}/cgroup.procs"));
+        assert!(procs.lines().any(|p| p == pid), "{service} (pid {pid}) is not in its cgroup: {procs}");
+        assert_eq!(sh(&mut vm, &format!("cat /proc/{pid}/oom_score_adj")), "-999", "{service}");
+    }
     // The kubelet double got the rendered config and flags.
     let argv = sh(&mut vm, "cat /run/doubles/kubelet-double.argv");
     assert!(argv.lines().any(|l| l == "--config=/etc/kubernetes/kubelet/config.yaml"), "{argv}");

@@ -243,6 +243,29 @@ mod tests {
 }
 
 #[cfg(test)]
+mod input_tests {
+    use super::*;
+
+    #[test]
+    fn the_kubelet_and_kube_proxy_given_land_in_usr_bin_and_bad_options_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (init, kubelet) = (dir.path().join("init"), dir.path().join("my-kubelet"));
+        std::fs::write(&init, "init").unwrap();
+        std::fs::write(&kubelet, "kubelet").unwrap();
+        let args: Vec<String> = vec!["--kubelet".into(), kubelet.display().to_string()];
+        let inputs = Inputs::parse(&args).unwrap();
+        let extra = extra_tree(dir.path(), &init, &inputs).unwrap();
+        assert_eq!(std::fs::read_to_string(extra.join("usr/bin/kubelet")).unwrap(), "kubelet");
+        assert!(!extra.join("usr/bin/kube-proxy").exists());
+        assert_eq!(std::fs::read_to_string(extra.join("usr/sbin/init")).unwrap(), "init");
+        let err = Inputs::parse(&["--kube-proxy".into(), "/nonexistent/kube-proxy".into()]).unwrap_err().to_string();
+        assert_eq!(err, "image: the kube-proxy binary /nonexistent/kube-proxy does not exist");
+        let err = Inputs::parse(&["--kubectl".into()]).unwrap_err().to_string();
+        assert_eq!(err, "image: unknown option \"--kubectl\" (known: --kubelet PATH, --kube-proxy PATH)");
+    }
+}
+
+#[cfg(test)]
 mod module_list_tests {
     /// The image keeps only the modules mkosi.conf includes; PID 1 loads the
     /// ones /etc/kelson/modules lists. A name in the list but not in the
