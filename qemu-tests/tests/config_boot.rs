@@ -226,3 +226,40 @@ fn a_seed_is_fetched_from_the_url_on_the_command_line() {
 fn a_seed_is_fetched_from_the_url_in_the_smbios_serial() {
     boot_with_url_seed(|vm| vm.qemu_args(["-smbios", "type=1,serial=ds=nocloud;s=http://10.0.2.100/"]));
 }
+
+/// KNOWN FAILING, so ignored (not passed): the lease binds, but no default
+/// route via the DHCP router appears; and with `node.hostname` set, one boot
+/// hung right after the network stage ("CNI config written", then nothing).
+/// Both are open in issue 3's notes; run with `--ignored` while fixing them.
+#[test]
+#[ignore = "known bug in the DHCP uplink path: no default route; a hang with node.hostname set"]
+fn a_dhcp_uplink_gets_its_lease_routes_and_nameserver_and_releases_it_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "apiVersion: kelson.dev/v1alpha1
+kind: MachineConfig
+network:
+  uplinks:
+    - name: eth0
+      dhcp4: true
+  podCIDR: 10.244.6.0/24
+  clusterCIDR: 10.244.0.0/16
+";
+    let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: dhcp-1\n"), ("user-data", config)]);
+    // QEMU's user network answers DHCP; restrict=on keeps the guest off any
+    // real network.
+    let mut vm = node()
+        .disk(&seed)
+        .qemu_args(["-netdev", "user,id=up,restrict=on", "-device", "virtio-net-pci,netdev=up"])
+        .boot()
+        .unwrap();
+    // The client keeps going after the stage; the lease may come after ready.
+    vm.expect("network applied", BOOT).unwrap();
+    vm.expect("DHCP lease bound link=eth0 address=10.0.2.15/24", BOOT).unwrap();
+    assert!(sh(&mut vm, "ip -4 addr show eth0").contains("inet 10.0.2.15/24"));
+    assert!(sh(&mut vm, "ip route").contains("default via 10.0.2.2 dev eth0"));
+    assert!(sh(&mut vm, "cat /etc/resolv.conf").contains("nameserver 10.0.2.3"));
+    assert!(sh(&mut vm, "ip -4 addr show cbr0").contains("inet 10.244.6.1/24"));
+    vm.system_powerdown().unwrap();
+    vm.expect("network: DHCP leases released", SHORT).unwrap();
+    assert!(vm.wait_exit(SHORT).unwrap().success());
+}
