@@ -42,16 +42,7 @@ pub enum Outcome {
 }
 
 /// Renders an error and its sources as one line: `a: b: c`.
-pub fn chain(err: &(dyn Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use kelson_config::error_chain as chain;
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload

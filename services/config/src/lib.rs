@@ -20,7 +20,7 @@ mod store;
 mod schema;
 mod validate;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{chain as error_chain, ConfigError, ConfigErrors};
 pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
 pub use store::{Store, StoreError, STATE_DIR};
 pub use schema::*;

@@ -160,17 +160,7 @@ pub enum StepError {
     Masquerade(#[source] IptablesError),
 }
 
-/// The error and its sources, one line: "adding route ...: Network is unreachable".
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use kelson_config::error_chain as chain;
 
 #[derive(Default)]
 struct Step {

@@ -447,16 +447,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use kelson_config::error_chain;
 
 /// `1.5s`, `250ms`, `2m0s`: short and exact enough for reasons.
 fn human(d: Duration) -> String {
