@@ -1,6 +1,7 @@
 //! The machine config under QEMU: NoCloud seeds on a FAT disk and on a
 //! `cloud-localds` ISO CD-ROM, a seed the node must refuse, and a saved
-//! seed used after the seed is gone.
+//! seed used after the seed is gone; seeds fetched from a URL; a DHCP
+//! uplink against a real DHCP server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::{guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
@@ -227,16 +228,77 @@ fn a_seed_is_fetched_from_the_url_in_the_smbios_serial() {
     boot_with_url_seed(|vm| vm.qemu_args(["-smbios", "type=1,serial=ds=nocloud;s=http://10.0.2.100/"]));
 }
 
-/// KNOWN FAILING, so ignored (not passed): the lease binds, but no default
-/// route via the DHCP router appears; and with `node.hostname` set, one boot
-/// hung right after the network stage ("CNI config written", then nothing).
-/// Both are open in issue 3's notes; run with `--ignored` while fixing them.
+/// A DHCP server the guest can reach and nothing else: Debian's dnsmasq on a
+/// tap device inside a network namespace of its own, with QEMU started in
+/// that namespace (so the tap is the guest's only link, and the namespace
+/// has no route anywhere). QEMU's own user network cannot stand in: with
+/// `restrict=on` its DHCP server leaves out the router and DNS options.
+struct DhcpNet {
+    netns: String,
+    dir: tempfile::TempDir,
+    dnsmasq: std::process::Child,
+}
+
+impl DhcpNet {
+    /// T1 and T2 are 3 s and 5 s so the guest renews while the test looks
+    /// (dnsmasq's shortest lease is 2 minutes).
+    fn start() -> DhcpNet {
+        let netns = format!("kelson-dhcp-{}", std::process::id());
+        let ns = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &netns]).args(args));
+        run(Command::new("ip").args(["netns", "add", &netns]));
+        ns(&["ip", "link", "set", "lo", "up"]);
+        ns(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns(&["ip", "addr", "add", "10.99.0.1/24", "dev", "tap0"]);
+        ns(&["ip", "link", "set", "tap0", "up"]);
+        let dir = tempfile::tempdir().unwrap();
+        let dnsmasq = Command::new("ip")
+            .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0"])
+            .args(["--interface=tap0", "--bind-interfaces", "--dhcp-authoritative", "--pid-file="])
+            .arg("--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m")
+            .args(["--dhcp-option=option:router,10.99.0.1", "--dhcp-option=option:dns-server,10.99.0.53"])
+            .args(["--dhcp-option=58,3", "--dhcp-option=59,5", "--log-dhcp"])
+            .arg(format!("--dhcp-leasefile={}", dir.path().join("leases").display()))
+            .arg(format!("--log-facility={}", dir.path().join("log").display()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting dnsmasq (Debian package dnsmasq-base)");
+        DhcpNet { netns, dir, dnsmasq }
+    }
+
+    /// A wrapper that runs QEMU inside the namespace; `ip netns exec` execs,
+    /// so QEMU keeps the pid (and the parent-death signal) the harness gave it.
+    fn qemu_wrapper(&self) -> PathBuf {
+        let path = self.dir.path().join("qemu-in-netns");
+        std::fs::write(&path, format!("#!/bin/sh\nexec ip netns exec {} qemu-system-x86_64 \"$@\"\n", self.netns)).unwrap();
+        run(Command::new("chmod").arg("755").arg(&path));
+        path
+    }
+
+    fn leases(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("leases")).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DhcpNet {
+    fn drop(&mut self) {
+        let _ = self.dnsmasq.kill();
+        let _ = self.dnsmasq.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
 #[test]
-#[ignore = "known bug in the DHCP uplink path: no default route; a hang with node.hostname set"]
-fn a_dhcp_uplink_gets_its_lease_routes_and_nameserver_and_releases_it_at_shutdown() {
+fn a_dhcp_uplink_gets_its_lease_route_and_nameserver_renews_and_releases_it_at_shutdown() {
+    let dhcp = DhcpNet::start();
     let dir = tempfile::tempdir().unwrap();
     let config = "apiVersion: kelson.dev/v1alpha1
 kind: MachineConfig
+node:
+  hostname: dhcp-node
 network:
   uplinks:
     - name: eth0
@@ -245,21 +307,33 @@ network:
   clusterCIDR: 10.244.0.0/16
 ";
     let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: dhcp-1\n"), ("user-data", config)]);
-    // QEMU's user network answers DHCP; restrict=on keeps the guest off any
-    // real network.
     let mut vm = node()
+        .qemu_binary(dhcp.qemu_wrapper())
         .disk(&seed)
-        .qemu_args(["-netdev", "user,id=up,restrict=on", "-device", "virtio-net-pci,netdev=up"])
+        .qemu_args(["-netdev", "tap,id=up,ifname=tap0,script=no,downscript=no", "-device", "virtio-net-pci,netdev=up"])
         .boot()
         .unwrap();
     // The client keeps going after the stage; the lease may come after ready.
-    vm.expect("network applied", BOOT).unwrap();
-    vm.expect("DHCP lease bound link=eth0 address=10.0.2.15/24", BOOT).unwrap();
-    assert!(sh(&mut vm, "ip -4 addr show eth0").contains("inet 10.0.2.15/24"));
-    assert!(sh(&mut vm, "ip route").contains("default via 10.0.2.2 dev eth0"));
-    assert!(sh(&mut vm, "cat /etc/resolv.conf").contains("nameserver 10.0.2.3"));
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let bound = vm.expect("DHCP lease bound link=eth0 address=10.99.0.", BOOT).unwrap();
+    assert!(bound.contains("server=10.99.0.1 router=10.99.0.1"), "{bound}");
+    let address = sh(&mut vm, "ip -4 -o addr show eth0");
+    let address = address.split_whitespace().find(|w| w.starts_with("10.99.0.")).expect("a leased address on eth0").to_owned();
+    assert!(sh(&mut vm, "ip route").contains("default via 10.99.0.1 dev eth0"));
+    assert!(sh(&mut vm, "cat /etc/resolv.conf").contains("nameserver 10.99.0.53"));
     assert!(sh(&mut vm, "ip -4 addr show cbr0").contains("inet 10.244.6.1/24"));
+    // The server sees the node by name and the guest reaches it.
+    let ip = address.split('/').next().unwrap();
+    assert!(dhcp.leases().contains(&format!("{ip} dhcp-node")), "{}", dhcp.leases());
+    sh(&mut vm, "ping -c 1 -W 5 10.99.0.1");
+    // T1 is 3 s: a renewal with the same server, the address kept.
+    vm.expect("DHCP lease renewed link=eth0", SHORT).unwrap();
+    assert!(dhcp.log().matches(&format!("DHCPACK(tap0) {ip}")).count() >= 2, "{}", dhcp.log());
+    assert!(sh(&mut vm, "ip -4 -o addr show eth0").contains(&address));
+
     vm.system_powerdown().unwrap();
     vm.expect("network: DHCP leases released", SHORT).unwrap();
     assert!(vm.wait_exit(SHORT).unwrap().success());
+    assert!(dhcp.log().contains(&format!("DHCPRELEASE(tap0) {ip}")), "{}", dhcp.log());
+    assert!(!dhcp.leases().contains(ip), "the lease is still held: {}", dhcp.leases());
 }

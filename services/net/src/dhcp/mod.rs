@@ -283,7 +283,7 @@ impl<N: Netlink> Client<N> {
     async fn run(&mut self) {
         loop {
             let Some((lease, server_mac)) = self.acquire().await else { continue };
-            self.bind(lease, server_mac).await;
+            self.bind(lease, server_mac, false).await;
             self.keep().await;
             self.unbind().await;
         }
@@ -358,7 +358,7 @@ impl<N: Netlink> Client<N> {
 
     async fn renewed(&mut self, (lease, mac): (Lease, [u8; 6])) {
         self.status.send_modify(|s| s.renewals += 1);
-        self.bind(lease, mac).await;
+        self.bind(lease, mac, true).await;
     }
 
     /// One REQUEST exchange for the held address until `until`:
@@ -381,7 +381,7 @@ impl<N: Netlink> Client<N> {
     }
 
     /// Puts the lease on the link (replacing a previous one's address).
-    async fn bind(&mut self, lease: Lease, server_mac: [u8; 6]) {
+    async fn bind(&mut self, lease: Lease, server_mac: [u8; 6], renewal: bool) {
         let link = self.config.link.clone();
         let mut errors = Vec::new();
         if let Some(old) = self.bound.take() {
@@ -412,7 +412,14 @@ impl<N: Netlink> Client<N> {
                 errors.push(chain(&e));
             }
         }
-        tracing::info!(link = %link.name, address = %lease.address, server = %lease.server, lease_secs = lease.lease_secs, "DHCP lease bound");
+        if renewal {
+            tracing::info!(link = %link.name, address = %lease.address, server = %lease.server, lease_secs = lease.lease_secs, "DHCP lease renewed");
+        } else {
+            // The router is logged because a server may leave it out (QEMU's
+            // restricted user network does), and then there is no default route.
+            let router = lease.router.map_or_else(|| "none".to_owned(), |r| r.to_string());
+            tracing::info!(link = %link.name, address = %lease.address, server = %lease.server, router = %router, lease_secs = lease.lease_secs, "DHCP lease bound");
+        }
         for e in &errors {
             tracing::error!(link = %link.name, error = %e, "applying DHCP lease");
         }
