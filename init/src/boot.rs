@@ -103,8 +103,12 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "config", critical: true, run: crate::config_stage::stage_config },
     Stage { name: "identity", critical: false, run: stage_identity },
     Stage { name: "apply-config", critical: false, run: crate::config_stage::stage_apply },
-    Stage { name: "services", critical: false, run: crate::services_stage::stage_services },
+    // The network before the services, as the design's boot order has it:
+    // the kubelet waits for the network anyway, containerd finds the CNI
+    // config already written, and the network stage does not share the CPU
+    // with containerd's start-up.
     Stage { name: "network", critical: false, run: crate::network_stage::stage_network },
+    Stage { name: "services", critical: false, run: crate::services_stage::stage_services },
 ];
 
 fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {

@@ -158,6 +158,8 @@ pub enum StepError {
     WriteFile { path: PathBuf, #[source] source: AtomicWriteError },
     #[error("setting up the MASQUERADE rule")]
     Masquerade(#[source] IptablesError),
+    #[error("setting up the MASQUERADE rule: the task running iptables failed: {0}")]
+    MasqueradeTask(String),
 }
 
 pub(crate) use kelson_config::error_chain as chain;
@@ -226,10 +228,18 @@ struct Wanted {
 
 /// Applies `plan`. Steps, in order: lo, uplinks, resolv.conf, bridge,
 /// sysctls, MASQUERADE, peer routes, stale addresses, stale routes.
-pub async fn apply<N: Netlink, R: CommandRunner>(plan: &NetPlan, host: &Host<N, R>) -> ApplyReport {
+pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPlan, host: &Host<N, R>) -> ApplyReport {
     let mut report = ApplyReport::default();
     let mut wanted = Wanted::default();
     let nl = &host.netlink;
+    // The rule needs nothing the netlink steps make, and iptables is a
+    // process whose start-up (loading its libraries from /usr) dominates the
+    // pass on a cold boot, so it runs beside them; its outcome is still
+    // reported in step order.
+    let masquerade = {
+        let (runner, paths, cluster) = (host.runner.clone(), host.paths.clone(), plan.cluster_cidr);
+        tokio::task::spawn_blocking(move || ensure_masquerade(&runner, &paths.iptables, &paths.nat_marker, cluster))
+    };
 
     report.push("lo".into(), lo_up(nl).await.outcome());
 
@@ -261,12 +271,13 @@ pub async fn apply<N: Netlink, R: CommandRunner>(plan: &NetPlan, host: &Host<N, 
         None => report.push("bridge".into(), Outcome::Skipped { reason: "no network.podCIDR".into() }),
     }
 
-    let mut masquerade = Step::default();
-    match ensure_masquerade(&host.runner, &host.paths.iptables, &host.paths.nat_marker, plan.cluster_cidr) {
-        Ok(changes) => changes.into_iter().for_each(|c| masquerade.change(c)),
-        Err(e) => masquerade.fail(StepError::Masquerade(e)),
+    let mut step = Step::default();
+    match masquerade.await {
+        Ok(Ok(changes)) => changes.into_iter().for_each(|c| step.change(c)),
+        Ok(Err(e)) => step.fail(StepError::Masquerade(e)),
+        Err(e) => step.fail(StepError::MasqueradeTask(e.to_string())),
     }
-    report.push("masquerade".into(), masquerade.outcome());
+    report.push("masquerade".into(), step.outcome());
 
     report.push("peer routes".into(), apply_peer_routes(nl, plan, &mut wanted).await.outcome());
 

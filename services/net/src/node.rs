@@ -17,7 +17,7 @@ pub struct Networking<N, R> {
     hostname: Option<String>,
 }
 
-impl<N: Netlink + Clone + 'static, R: CommandRunner> Networking<N, R> {
+impl<N: Netlink + Clone + 'static, R: CommandRunner + Clone + 'static> Networking<N, R> {
     pub fn new(host: Host<N, R>) -> Self {
         Networking { host, dhcp: BTreeMap::new(), hostname: None }
     }
