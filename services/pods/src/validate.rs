@@ -70,8 +70,11 @@ pub(crate) fn pod(
         Some(s) => seconds(&mut p, "spec.terminationGracePeriodSeconds", s, 0),
     };
     let pod_security = spec.security_context.clone().unwrap_or_default();
-    let volumes = volumes(&mut p, spec.volumes.as_deref().unwrap_or_default());
-    let declared: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    let k8s_volumes = spec.volumes.as_deref().unwrap_or_default();
+    let volumes = volumes(&mut p, k8s_volumes);
+    // Every declared name, including volumes refused above, so a mount of
+    // one is not reported a second time as naming no volume.
+    let declared: BTreeSet<&str> = k8s_volumes.iter().map(|v| v.name.as_str()).collect();
     let mut names = BTreeSet::new();
     let containers = spec
         .containers
@@ -445,7 +448,8 @@ fn resources(p: &mut Problems, at: &str, r: Option<&k8s::ResourceRequirements>) 
     let read = |p: &mut Problems, side: &str, values: Option<&BTreeMap<String, Quantity>>| {
         let mut got: BTreeMap<&str, u64> = BTreeMap::new();
         for (name, q) in values.into_iter().flatten() {
-            let path = format!("{at}.{side}.{name}");
+            // Kubernetes writes keys that hold dots or slashes in brackets.
+            let path = if name.contains(['.', '/']) { format!("{at}.{side}[{name}]") } else { format!("{at}.{side}.{name}") };
             let unit = match name.as_str() {
                 "cpu" => Unit::Milli,
                 "memory" | "ephemeral-storage" => Unit::One,
@@ -612,19 +616,18 @@ fn probe(p: &mut Problems, at: &str, pr: &k8s::Probe, kind: ProbeKind, ports: &[
         pr.grpc.is_some().then_some("grpc"),
     ];
     let set: Vec<&str> = handlers.into_iter().flatten().collect();
-    if set.len() != 1 {
+    let action = if set.len() != 1 {
         let found = if set.is_empty() { "none".to_owned() } else { set.join(", ") };
         p.add(at, format!("a probe needs exactly one of exec, httpGet, tcpSocket (found {found})"));
-        return None;
-    }
-    let action = if let Some(exec) = &pr.exec {
+        None
+    } else if let Some(exec) = &pr.exec {
         let command = exec.command.clone().unwrap_or_default();
         if command.is_empty() {
             p.add(format!("{at}.exec.command"), "is required");
         }
-        ProbeAction::Exec { command }
+        Some(ProbeAction::Exec { command })
     } else if let Some(http) = &pr.http_get {
-        let port = probe_port(p, &format!("{at}.httpGet.port"), &http.port, ports)?;
+        let port = probe_port(p, &format!("{at}.httpGet.port"), &http.port, ports);
         let path = http.path.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "/".to_owned());
         if !path.starts_with('/') {
             p.add(format!("{at}.httpGet.path"), format!("{path:?} must start with '/'"));
@@ -650,13 +653,13 @@ fn probe(p: &mut Problems, at: &str, pr: &k8s::Probe, kind: ProbeKind, ports: &[
                 Some((h.name.clone(), h.value.clone()))
             })
             .collect();
-        ProbeAction::HttpGet { host: http.host.clone().filter(|h| !h.is_empty()), port, path, scheme, headers }
+        port.map(|port| ProbeAction::HttpGet { host: http.host.clone().filter(|h| !h.is_empty()), port, path, scheme, headers })
     } else if let Some(tcp) = &pr.tcp_socket {
-        let port = probe_port(p, &format!("{at}.tcpSocket.port"), &tcp.port, ports)?;
-        ProbeAction::TcpSocket { host: tcp.host.clone().filter(|h| !h.is_empty()), port }
+        let port = probe_port(p, &format!("{at}.tcpSocket.port"), &tcp.port, ports);
+        port.map(|port| ProbeAction::TcpSocket { host: tcp.host.clone().filter(|h| !h.is_empty()), port })
     } else {
         p.add(format!("{at}.grpc"), "grpc probes are not supported; use httpGet, tcpSocket or exec");
-        return None;
+        None
     };
     // Kubernetes treats 0 (or absent) as "the default".
     let count = |p: &mut Problems, field: &str, value: Option<i32>, default: u32| -> u32 {
@@ -685,7 +688,7 @@ fn probe(p: &mut Problems, at: &str, pr: &k8s::Probe, kind: ProbeKind, ports: &[
         Some(s) => Some(seconds(p, &format!("{at}.terminationGracePeriodSeconds"), s, 1)),
     };
     Some(ProbeSpec {
-        action,
+        action: action?,
         initial_delay: Duration::from_secs(initial_delay.into()),
         period: Duration::from_secs(period.into()),
         timeout: Duration::from_secs(timeout.into()),
