@@ -19,7 +19,10 @@ mod error;
 pub mod hostpath;
 pub mod manifest;
 mod quantity;
+pub mod restart;
 mod spec;
+pub mod status;
+pub mod time;
 mod validate;
 
 pub use error::{FieldError, ManifestError};
