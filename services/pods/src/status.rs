@@ -292,9 +292,8 @@ pub fn pod_phase(policy: RestartPolicy, containers: &[ContainerStatus]) -> PodPh
     }
     if waiting > 0 || containers.is_empty() {
         PodPhase::Pending
-    } else if running > 0 {
-        PodPhase::Running
-    } else if policy == RestartPolicy::Always {
+    } else if running > 0 || policy == RestartPolicy::Always {
+        // Under Always, containers that all ended are about to restart.
         PodPhase::Running
     } else if ended == succeeded {
         PodPhase::Succeeded
