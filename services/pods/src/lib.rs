@@ -15,6 +15,7 @@
 //!   inotify watcher with debounce.
 
 pub mod cgroup;
+pub mod crilog;
 mod error;
 pub mod hostpath;
 pub mod manifest;
