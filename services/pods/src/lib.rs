@@ -25,6 +25,7 @@ mod spec;
 pub mod status;
 pub mod time;
 mod validate;
+pub mod watch;
 
 pub use error::{FieldError, ManifestError};
 pub use kelson_supervise::clock::{Clock, FakeClock, SystemClock};
