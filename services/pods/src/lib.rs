@@ -16,6 +16,7 @@
 
 pub mod cgroup;
 pub mod crilog;
+pub mod env;
 mod error;
 pub mod hostpath;
 pub mod manifest;
