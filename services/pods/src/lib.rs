@@ -20,6 +20,7 @@ pub mod env;
 mod error;
 pub mod hostpath;
 pub mod manifest;
+pub mod probe;
 mod quantity;
 pub mod restart;
 mod spec;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::error::{FieldError, Problems};
 use crate::manifest::LoadOptions;
+use crate::probe::ProbeKind;
 use crate::quantity::{self, Unit};
 use crate::spec::*;
 
@@ -599,13 +600,6 @@ fn seccomp(p: &mut Problems, at: &str, profile: &k8s::SeccompProfile) -> Option<
             None
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ProbeKind {
-    Liveness,
-    Readiness,
-    Startup,
 }
 
 fn probe(p: &mut Problems, at: &str, pr: &k8s::Probe, kind: ProbeKind, ports: &[PortSpec]) -> Option<ProbeSpec> {
