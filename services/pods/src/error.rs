@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// One problem with one field of a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// The field, as Kubernetes spells it: `spec.volumes[1].hostPath.type`.
     /// `document` when the problem is with the document as a whole.

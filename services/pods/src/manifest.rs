@@ -50,13 +50,42 @@ pub fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<PodSpec
         file: path.to_owned(),
         errors,
     };
-    let pod = read_pod(path, bytes).map_err(|e| invalid(vec![e]))?;
+    let tree = read_tree(path, bytes).map_err(|e| invalid(vec![e]))?;
+    let pod = read_pod(tree.clone()).map_err(|e| invalid(vec![e]))?;
     let uid = pod_uid(path, &pod, options);
-    crate::validate::pod(&pod, path, uid, options).map_err(invalid)
+    let mut spec = crate::validate::pod(&pod, path, uid, options).map_err(invalid)?;
+    if let Ok(typed) = serde_json::to_value(&pod) {
+        unknown_fields(&tree, &typed, "", &mut spec.warnings);
+    }
+    Ok(spec)
 }
 
-fn read_pod(path: &Path, bytes: &[u8]) -> Result<Pod, FieldError> {
-    let tree = read_tree(path, bytes)?;
+/// Fields the document has that the Pod type does not (typos such as
+/// `imagePullPolice`, or fields newer than this code): Kubernetes ignores
+/// them, and so does Kelson, but it says so. Found by comparing the
+/// document with the Pod written back out.
+fn unknown_fields(original: &Value, typed: &Value, at: &str, out: &mut Vec<FieldError>) {
+    match (original, typed) {
+        (Value::Object(fields), Value::Object(known)) => {
+            for (name, value) in fields {
+                let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
+                match known.get(name) {
+                    Some(typed) => unknown_fields(value, typed, &path, out),
+                    None if value.is_null() => {}
+                    None => out.push(FieldError::new(path, "unknown field, ignored")),
+                }
+            }
+        }
+        (Value::Array(items), Value::Array(known)) => {
+            for (i, (item, typed)) in items.iter().zip(known).enumerate() {
+                unknown_fields(item, typed, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn read_pod(tree: Value) -> Result<Pod, FieldError> {
     let Value::Object(fields) = &tree else {
         return Err(FieldError::new(
             "document",

@@ -50,6 +50,9 @@ pub struct PodSpec {
     pub termination_grace_period: Duration,
     pub volumes: Vec<VolumeSpec>,
     pub containers: Vec<ContainerSpec>,
+    /// Fields of the manifest that were ignored (unknown to the Pod type),
+    /// for the owner to log.
+    pub warnings: Vec<crate::FieldError>,
 }
 
 impl PodSpec {

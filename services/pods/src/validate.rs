@@ -110,6 +110,7 @@ pub(crate) fn pod(
         termination_grace_period: grace,
         volumes,
         containers,
+        warnings: Vec::new(),
     })
 }
 

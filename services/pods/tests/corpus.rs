@@ -395,3 +395,26 @@ fn manifest_names_exclude_hidden_files_and_editor_leftovers() {
         assert!(!manifest::is_manifest_name(name), "{name}");
     }
 }
+
+#[test]
+fn the_corpus_has_no_unknown_fields_and_typos_are_named_as_ignored() {
+    for name in ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml", "everything.yaml", "minimal.json"] {
+        let pod = load(&corpus("good", name), &node()).unwrap();
+        assert_eq!(pod.warnings, [], "{name}");
+    }
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  creationTimestamp: null\n  labelz: {a: b}\n\
+                spec:\n  containers:\n  - name: web\n    image: web:1\n    imagePullPolice: Never\n    \
+                resources: {limits: {cpu: 1}}\n    ports:\n    - {containerPort: 80, nmae: http}\n  hostNetwrok: true\nstatus: {}\n";
+    let pod = manifest::parse(Path::new("typos.yaml"), text.as_bytes(), &LoadOptions::default()).unwrap();
+    let warnings: Vec<String> = pod.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "metadata.labelz: unknown field, ignored",
+            "spec.containers[0].imagePullPolice: unknown field, ignored",
+            "spec.containers[0].ports[0].nmae: unknown field, ignored",
+            "spec.hostNetwrok: unknown field, ignored",
+        ]
+    );
+    assert!(!pod.host_network, "an ignored field has no effect");
+}
