@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn no_limits_mean_max_and_tiny_cpu_limits_get_the_kernels_minimum_quota() {
         let cg = Resources::default().cgroup();
-        assert_eq!((cg.cpu_weight, cg.cpu_max(), cg.memory_max(), cg.memory_min), (1, "max 100000".to_owned(), "max".to_owned(), None));
+        assert_eq!(
+            (cg.cpu_weight, cg.cpu_max(), cg.memory_max(), cg.memory_min),
+            (1, "max 100000".to_owned(), "max".to_owned(), None)
+        );
         assert_eq!(cpu_quota_us(1), 1000);
         assert_eq!(cpu_quota_us(10), 1000);
         assert_eq!(cpu_quota_us(2500), 250_000);

@@ -15,7 +15,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError { path: path.into(), reason: reason.into() }
+        FieldError {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -36,7 +39,10 @@ pub enum ManifestError {
     Read { file: PathBuf, reason: String },
     /// Every problem found in the file, one per line.
     #[error("{}", render(file, errors))]
-    Invalid { file: PathBuf, errors: Vec<FieldError> },
+    Invalid {
+        file: PathBuf,
+        errors: Vec<FieldError>,
+    },
 }
 
 impl ManifestError {

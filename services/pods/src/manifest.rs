@@ -68,7 +68,11 @@ fn unknown_fields(original: &Value, typed: &Value, at: &str, out: &mut Vec<Field
     match (original, typed) {
         (Value::Object(fields), Value::Object(known)) => {
             for (name, value) in fields {
-                let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
+                let path = if at.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{at}.{name}")
+                };
                 match known.get(name) {
                     Some(typed) => unknown_fields(value, typed, &path, out),
                     None if value.is_null() => {}
@@ -89,7 +93,11 @@ fn read_pod(tree: Value) -> Result<Pod, FieldError> {
     let Value::Object(fields) = &tree else {
         return Err(FieldError::new(
             "document",
-            if tree.is_null() { "is empty" } else { "is not a mapping of fields" },
+            if tree.is_null() {
+                "is empty"
+            } else {
+                "is not a mapping of fields"
+            },
         ));
     };
     match fields.get("kind") {
@@ -103,14 +111,31 @@ fn read_pod(tree: Value) -> Result<Pod, FieldError> {
         }
     }
     match fields.get("apiVersion") {
-        None => return Err(FieldError::new("apiVersion", "is required (apiVersion: v1)")),
+        None => {
+            return Err(FieldError::new(
+                "apiVersion",
+                "is required (apiVersion: v1)",
+            ))
+        }
         Some(Value::String(version)) if version == "v1" => {}
-        Some(other) => return Err(FieldError::new("apiVersion", format!("is {other}; a Pod's is v1"))),
+        Some(other) => {
+            return Err(FieldError::new(
+                "apiVersion",
+                format!("is {other}; a Pod's is v1"),
+            ))
+        }
     }
     serde_path_to_error::deserialize::<_, Pod>(tree).map_err(|e| {
         let path = e.path().to_string();
         let reason = e.inner().to_string();
-        FieldError::new(if path == "." { "document".to_owned() } else { path }, reason)
+        FieldError::new(
+            if path == "." {
+                "document".to_owned()
+            } else {
+                path
+            },
+            reason,
+        )
     })
 }
 
@@ -131,7 +156,11 @@ fn read_tree(path: &Path, bytes: &[u8]) -> Result<Value, FieldError> {
     serde_saphyr::from_str(text).map_err(|e| {
         let message = e.to_string();
         // serde-saphyr's first line reads `error: line L column C: REASON`.
-        let first = message.lines().next().unwrap_or(&message).trim_start_matches("error: ");
+        let first = message
+            .lines()
+            .next()
+            .unwrap_or(&message)
+            .trim_start_matches("error: ");
         match first.split_once(": ") {
             Some((position, reason)) if position.starts_with("line ") => {
                 FieldError::new(position, reason)

@@ -37,7 +37,10 @@ pub fn should_restart(policy: RestartPolicy, exit: Option<Exit>) -> bool {
         RestartPolicy::OnFailure => RestartMode::OnFailure,
         RestartPolicy::Never => RestartMode::Never,
     };
-    let policy = kelson_supervise::RestartPolicy { mode, backoff: CRASH_LOOP_BACKOFF };
+    let policy = kelson_supervise::RestartPolicy {
+        mode,
+        backoff: CRASH_LOOP_BACKOFF,
+    };
     after_exit(&policy, exit) == AfterExit::Restart
 }
 
@@ -64,9 +67,17 @@ impl RestartTracker {
     }
 
     /// Records that the container ended now, and says what comes next.
-    pub fn exited(&mut self, policy: RestartPolicy, exit: Option<Exit>, clock: &dyn Clock) -> NextStep {
+    pub fn exited(
+        &mut self,
+        policy: RestartPolicy,
+        exit: Option<Exit>,
+        clock: &dyn Clock,
+    ) -> NextStep {
         let now = clock.now();
-        let ran_for = self.started_at.take().map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let ran_for = self
+            .started_at
+            .take()
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         if !should_restart(policy, exit) {
             self.restart_at = None;
             return NextStep::Stay;
@@ -79,7 +90,8 @@ impl RestartTracker {
     /// How long the container must still wait before its next start;
     /// `None` when it is not waiting to restart.
     pub fn backoff_remaining(&self, clock: &dyn Clock) -> Option<Duration> {
-        self.restart_at.map(|at| at.saturating_duration_since(clock.now()))
+        self.restart_at
+            .map(|at| at.saturating_duration_since(clock.now()))
     }
 
     /// Starts after the first: the `restartCount` of the status.
@@ -98,7 +110,13 @@ mod tests {
     }
 
     /// Runs the container for `ran` and has it exit with `code`.
-    fn run(tracker: &mut RestartTracker, clock: &FakeClock, ran: Duration, code: i32, policy: RestartPolicy) -> NextStep {
+    fn run(
+        tracker: &mut RestartTracker,
+        clock: &FakeClock,
+        ran: Duration,
+        code: i32,
+        policy: RestartPolicy,
+    ) -> NextStep {
         tracker.started(clock);
         clock.advance(ran);
         tracker.exited(policy, Some(Exit::Code(code)), clock)
@@ -110,7 +128,9 @@ mod tests {
         let mut tracker = RestartTracker::new();
         let mut delays = Vec::new();
         for _ in 0..8 {
-            let NextStep::Restart { delay } = run(&mut tracker, &clock, secs(2), 1, RestartPolicy::Always) else {
+            let NextStep::Restart { delay } =
+                run(&mut tracker, &clock, secs(2), 1, RestartPolicy::Always)
+            else {
                 panic!("Always restarts");
             };
             delays.push(delay.as_secs());
@@ -125,15 +145,26 @@ mod tests {
         let clock = FakeClock::new();
         let mut tracker = RestartTracker::new();
         for expected in [10, 20, 40] {
-            assert_eq!(run(&mut tracker, &clock, secs(30), 1, RestartPolicy::Always), NextStep::Restart { delay: secs(expected) });
+            assert_eq!(
+                run(&mut tracker, &clock, secs(30), 1, RestartPolicy::Always),
+                NextStep::Restart {
+                    delay: secs(expected)
+                }
+            );
         }
         assert_eq!(
             run(&mut tracker, &clock, secs(599), 1, RestartPolicy::Always),
             NextStep::Restart { delay: secs(80) },
             "9 min 59 s is not long enough"
         );
-        assert_eq!(run(&mut tracker, &clock, secs(600), 1, RestartPolicy::Always), NextStep::Restart { delay: secs(10) });
-        assert_eq!(run(&mut tracker, &clock, secs(1), 1, RestartPolicy::Always), NextStep::Restart { delay: secs(20) });
+        assert_eq!(
+            run(&mut tracker, &clock, secs(600), 1, RestartPolicy::Always),
+            NextStep::Restart { delay: secs(10) }
+        );
+        assert_eq!(
+            run(&mut tracker, &clock, secs(1), 1, RestartPolicy::Always),
+            NextStep::Restart { delay: secs(20) }
+        );
     }
 
     #[test]
@@ -167,11 +198,18 @@ mod tests {
             (RestartPolicy::Never, failed, false),
             (RestartPolicy::Never, None, false),
         ] {
-            assert_eq!(should_restart(policy, exit), restarts, "{policy:?} {exit:?}");
+            assert_eq!(
+                should_restart(policy, exit),
+                restarts,
+                "{policy:?} {exit:?}"
+            );
         }
         let clock = FakeClock::new();
         let mut tracker = RestartTracker::new();
-        assert_eq!(run(&mut tracker, &clock, secs(1), 0, RestartPolicy::OnFailure), NextStep::Stay);
+        assert_eq!(
+            run(&mut tracker, &clock, secs(1), 0, RestartPolicy::OnFailure),
+            NextStep::Stay
+        );
         assert_eq!(tracker.backoff_remaining(&clock), None);
         assert_eq!(tracker.restart_count(), 0);
     }

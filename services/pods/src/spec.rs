@@ -309,7 +309,8 @@ impl CgroupValues {
 
     /// The text for `memory.max`.
     pub fn memory_max(&self) -> String {
-        self.memory_max.map_or_else(|| "max".to_owned(), |b| b.to_string())
+        self.memory_max
+            .map_or_else(|| "max".to_owned(), |b| b.to_string())
     }
 }
 
