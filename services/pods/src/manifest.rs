@@ -162,6 +162,13 @@ fn read_tree(path: &Path, bytes: &[u8]) -> Result<Value, FieldError> {
             .unwrap_or(&message)
             .trim_start_matches("error: ");
         match first.split_once(": ") {
+            // The parser's own advice names its Rust API; say it for people.
+            Some((position, reason)) if reason.starts_with("multiple YAML documents") => {
+                FieldError::new(
+                    position,
+                    "a second YAML document starts here; a manifest holds exactly one Pod",
+                )
+            }
             Some((position, reason)) if position.starts_with("line ") => {
                 FieldError::new(position, reason)
             }

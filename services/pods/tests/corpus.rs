@@ -247,7 +247,7 @@ fn the_apiserver_probes_use_its_named_port_over_https() {
         vec![PortSpec {
             name: Some("probe-port".to_owned()),
             container_port: 6443,
-            host_port: None,
+            host_port: Some(6443),
             host_ip: None,
             protocol: Protocol::Tcp
         }]
@@ -569,12 +569,14 @@ const BROKEN: &[(&str, &[&str])] = &[
     ("bad-memory.yaml", &[r#"spec.containers[0].resources.limits.memory: "1Gb" is not a quantity (a number with an optional suffix such as m, k, M, Gi or e3)"#]),
     ("deployment.yaml", &[r#"kind: is "Deployment"; only a Pod can be a static pod"#]),
     ("empty.yaml", &["document: is empty"]),
+    ("env-number.yaml", &["spec.containers[0].env[0].value: invalid type: integer `8080`, expected a string"]),
     ("env.yaml", &[
         "spec.containers[0].envFrom: envFrom reads ConfigMaps or Secrets, which static pods cannot use",
         "spec.containers[0].env[0].valueFrom: ConfigMaps and Secrets cannot be used by static pods; use fieldRef or a literal value",
         r#"spec.containers[0].env[1].valueFrom.fieldRef.fieldPath: "spec.serviceAccountName" is not available to a static pod; use one of metadata.name, metadata.namespace, metadata.uid, spec.nodeName, status.podIP, status.hostIP"#,
         r#"spec.containers[0].env[2].name: "A=B" must be printable ASCII without '='"#,
     ]),
+    ("host-port.yaml", &["spec.containers[0].ports[1].hostPort: is 53; with hostNetwork it must equal containerPort 5353"]),
     ("list.yaml", &["document: is not a mapping of fields"]),
     ("names.yaml", &[
         r#"metadata.name: "Etcd_1" is not a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters, each part starting and ending with a letter or digit)"#,
@@ -606,6 +608,7 @@ const BROKEN: &[(&str, &[&str])] = &[
     ]),
     ("syntax.json", &["line 3 column 26: expected value"]),
     ("syntax.yaml", &["line 5 column 2: while parsing a block mapping, did not find expected key"]),
+    ("two-documents.yaml", &["line 8 column 1: a second YAML document starts here; a manifest holds exactly one Pod"]),
     ("volumes.yaml", &[
         r#"spec.volumes[0].hostPath.type: "Dir" is not one of "", DirectoryOrCreate, Directory, FileOrCreate, File, Socket, CharDevice, BlockDevice"#,
         r#"spec.volumes[1].configMap: volume "config" is a configMap volume; only hostPath and emptyDir volumes are supported"#,

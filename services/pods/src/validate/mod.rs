@@ -95,7 +95,7 @@ pub(crate) fn pod(
     // one is not reported a second time as naming no volume.
     let declared: BTreeSet<&str> = k8s_volumes.iter().map(|v| v.name.as_str()).collect();
     let mut names = BTreeSet::new();
-    let containers = spec
+    let mut containers = spec
         .containers
         .iter()
         .enumerate()
@@ -109,7 +109,11 @@ pub(crate) fn pod(
             }
             container::container(&mut p, &at, c, &declared, &pod_security)
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let host_network = spec.host_network.unwrap_or(false);
+    if host_network {
+        host_ports(&mut p, &mut containers);
+    }
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -122,7 +126,7 @@ pub(crate) fn pod(
         node_name,
         labels: meta.labels.clone().unwrap_or_default(),
         annotations: meta.annotations.clone().unwrap_or_default(),
-        host_network: spec.host_network.unwrap_or(false),
+        host_network,
         host_pid: spec.host_pid.unwrap_or(false),
         host_ipc: spec.host_ipc.unwrap_or(false),
         priority_class_name: spec.priority_class_name.clone(),
@@ -133,6 +137,25 @@ pub(crate) fn pod(
         containers,
         warnings: Vec::new(),
     })
+}
+
+/// On the host's network a container port is a host port: Kubernetes
+/// sets `hostPort` to `containerPort` and refuses any other value.
+fn host_ports(p: &mut Problems, containers: &mut [ContainerSpec]) {
+    for (i, c) in containers.iter_mut().enumerate() {
+        for (j, port) in c.ports.iter_mut().enumerate() {
+            match port.host_port {
+                Some(host) if host != port.container_port => p.add(
+                    format!("spec.containers[{i}].ports[{j}].hostPort"),
+                    format!(
+                        "is {host}; with hostNetwork it must equal containerPort {}",
+                        port.container_port
+                    ),
+                ),
+                _ => port.host_port = Some(port.container_port),
+            }
+        }
+    }
 }
 
 pub(super) fn refuse_present(p: &mut Problems, path: &str, present: bool, reason: &str) {
