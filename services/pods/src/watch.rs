@@ -248,6 +248,9 @@ pub struct ManifestWatcher {
     set: ManifestSet,
     inotify: AsyncFd<InotifyFd>,
     scanned: bool,
+    /// Changes were seen and not yet scanned: kept across calls so that a
+    /// call cancelled while debouncing loses nothing.
+    dirty: bool,
 }
 
 impl ManifestWatcher {
@@ -291,6 +294,7 @@ impl ManifestWatcher {
             set: ManifestSet::new(),
             inotify,
             scanned: false,
+            dirty: false,
         })
     }
 
@@ -299,14 +303,18 @@ impl ManifestWatcher {
     }
 
     /// The next changes: the first call reports the whole directory (and
-    /// may be empty); later calls wait until something changes.
+    /// may be empty); later calls wait until something changes. Cancel
+    /// safe: changes seen by a cancelled call are scanned by the next one.
     pub async fn next(&mut self) -> Result<Vec<ManifestEvent>, WatchError> {
         if !self.scanned {
             self.scanned = true;
             return self.rescan();
         }
         loop {
-            while !self.relevant(self.read().await?)? {}
+            if !self.dirty {
+                while !self.relevant(self.read().await?)? {}
+                self.dirty = true;
+            }
             // Wait for a quiet period, so half-written files are not read.
             let mut deadline = tokio::time::Instant::now() + self.debounce;
             loop {
@@ -328,6 +336,7 @@ impl ManifestWatcher {
 
     fn rescan(&mut self) -> Result<Vec<ManifestEvent>, WatchError> {
         let scan = scan_dir(&self.dir, &self.options)?;
+        self.dirty = false;
         Ok(self.set.apply(scan))
     }
 

@@ -150,3 +150,16 @@ async fn a_missing_directory_is_made_and_a_removed_one_ends_the_watch() {
         format!("manifest directory {} was removed or moved away; the pods already running keep running", dir.display())
     );
 }
+
+#[tokio::test]
+async fn a_change_seen_by_a_cancelled_call_is_reported_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut watcher =
+        ManifestWatcher::new(dir.path().to_owned(), LoadOptions::default(), DEBOUNCE).unwrap();
+    assert!(next(&mut watcher).await.is_empty());
+    fs::write(dir.path().join("a.yaml"), manifest("a", "a:1")).unwrap();
+    // Cancelled while debouncing: the event has been read by then.
+    let cancelled = tokio::time::timeout(DEBOUNCE / 2, watcher.next()).await;
+    assert!(cancelled.is_err(), "the debounce outlasts the timeout");
+    assert_eq!(next(&mut watcher).await, ["added a a:1"]);
+}
