@@ -7,7 +7,7 @@
 //!   file, field and reason).
 //! - [`cgroup`], [`hostpath`]: requests/limits as cgroup v2 values the
 //!   kubelet's way; `hostPath.type` checks over a filesystem seam.
-//! - [`env`]: downward-API values and `$(VAR)` expansion at container start.
+//! - [`env`](mod@env): downward-API values and `$(VAR)` expansion at container start.
 //! - [`probe`]: probe results with thresholds, startup gating, restarts.
 //! - [`restart`]: restart policy decisions and the kubelet's crash-loop
 //!   back-off over a [`Clock`].

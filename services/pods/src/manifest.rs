@@ -1,6 +1,6 @@
 //! A manifest file (`.yaml`, `.yml` or `.json`) read into one Pod with
 //! k8s-openapi's types, then checked and mapped to a [`PodSpec`] by
-//! [`crate::validate`].
+//! `validate`.
 //!
 //! The document is first read into a plain tree so that a file that is not
 //! a Pod at all (`kind: Deployment`) gets that said plainly, and so that a
