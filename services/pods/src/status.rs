@@ -448,25 +448,14 @@ mod tests {
 
     #[test]
     fn termination_reasons_put_oom_first_then_the_exit() {
-        assert_eq!(
-            terminated_reason(Exit::Code(0), false),
-            TerminatedReason::Completed
-        );
-        assert_eq!(
-            terminated_reason(Exit::Code(1), false),
-            TerminatedReason::Error
-        );
-        assert_eq!(
-            terminated_reason(Exit::Signal(15), false),
-            TerminatedReason::Error
-        );
-        assert_eq!(
-            terminated_reason(Exit::Signal(9), true),
-            TerminatedReason::OomKilled
-        );
-        assert_eq!(
-            terminated_reason(Exit::Code(0), true),
-            TerminatedReason::OomKilled
-        );
+        for (exit, oom, reason) in [
+            (Exit::Code(0), false, TerminatedReason::Completed),
+            (Exit::Code(1), false, TerminatedReason::Error),
+            (Exit::Signal(15), false, TerminatedReason::Error),
+            (Exit::Signal(9), true, TerminatedReason::OomKilled),
+            (Exit::Code(0), true, TerminatedReason::OomKilled),
+        ] {
+            assert_eq!(terminated_reason(exit, oom), reason, "{exit:?} oom={oom}");
+        }
     }
 }
