@@ -1,0 +1,36 @@
+//! Kelson's static pods, the part that runs on any host: what a pod is and
+//! what happens to it, without namespaces, cgroups or images (the container
+//! shim and image store live in `kelson-containers`).
+//!
+//! - [`manifest`]: a file under `/etc/kubernetes/manifests` read as a
+//!   k8s-openapi Pod, validated, and mapped to a [`PodSpec`] (errors name
+//!   file, field and reason).
+//! - [`cgroup`], [`hostpath`]: requests/limits as cgroup v2 values the
+//!   kubelet's way; `hostPath.type` checks over a filesystem seam.
+//! - [`env`](mod@env): downward-API values and `$(VAR)` expansion at container start.
+//! - [`probe`]: probe results with thresholds, startup gating, restarts.
+//! - [`restart`]: restart policy decisions and the kubelet's crash-loop
+//!   back-off over a [`Clock`].
+//! - [`status`]: pod phase and container states, written as JSON files.
+//! - [`crilog`]: container output as CRI-format log files with rotation.
+//! - [`watch`]: the manifest directory as a set, diffed into events, and an
+//!   inotify watcher with debounce.
+
+pub mod cgroup;
+pub mod crilog;
+pub mod env;
+mod error;
+pub mod hostpath;
+pub mod manifest;
+pub mod probe;
+mod quantity;
+pub mod restart;
+mod spec;
+pub mod status;
+pub mod time;
+mod validate;
+pub mod watch;
+
+pub use error::{FieldError, ManifestError};
+pub use kelson_supervise::clock::{Clock, FakeClock, SystemClock};
+pub use spec::*;
