@@ -175,20 +175,23 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
         .namespaces(namespaces)
         .cgroups_path(config.cgroups_path.clone())
         .resources(linux_resources.build().map_err(spec_err)?);
-    if !security.privileged {
-        linux = linux.masked_paths(get_default_maskedpaths()).readonly_paths(get_default_readonly_paths());
-    }
+    linux = if security.privileged {
+        linux.masked_paths(Vec::new()).readonly_paths(Vec::new())
+    } else {
+        linux.masked_paths(get_default_maskedpaths()).readonly_paths(get_default_readonly_paths())
+    };
 
-    let mut spec = SpecBuilder::default()
+    let spec = SpecBuilder::default()
         .version("1.0.2")
         .root(RootBuilder::default().path(&config.rootfs).readonly(security.readonly_rootfs).build().map_err(spec_err)?)
         .process(process)
         .mounts(mounts(config)?)
         .linux(linux.build().map_err(spec_err)?);
-    if let Some(hostname) = &config.hostname {
-        spec = spec.hostname(hostname.clone());
-    }
-    spec.build().map_err(spec_err)
+    let mut spec = spec.build().map_err(spec_err)?;
+    // The builder's default names every container "youki"; a hostname without
+    // a UTS namespace of its own is refused by runtimes.
+    spec.set_hostname(config.hostname.clone());
+    Ok(spec)
 }
 
 /// Writes `config`'s spec as `<bundle>/config.json` (temp file, fsync,
@@ -430,7 +433,8 @@ mod tests {
         c.security.privileged = true;
         let v = json(&c);
         assert_eq!(v["process"]["capabilities"]["effective"].as_array().unwrap().len(), ALL_CAPABILITIES.len());
-        assert!(v["linux"].get("maskedPaths").is_none());
+        assert_eq!(v["linux"]["maskedPaths"], serde_json::json!([]));
+        assert_eq!(v["linux"]["readonlyPaths"], serde_json::json!([]));
         let sys = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&"rw".into()));
         let plain = json(&sample());

@@ -5,8 +5,13 @@
 //! runtime, with its client ([`shim`], [`client`]).
 
 pub mod bundle;
+pub mod client;
 pub mod config;
+pub mod protocol;
 pub mod rootfs;
+pub mod shim;
 pub mod store;
 
 pub use config::{ContainerConfig, CpuMax, Mount, Namespace, Namespaces, Resources, Security, User};
+pub use client::{ClientError, ShimClient, ShimCommand};
+pub use protocol::{ContainerState, ExitEvent};
