@@ -5,7 +5,7 @@
 use crate::config::{ContainerConfig, Mount, Namespace};
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, PosixRlimit, ProcessBuilder, RootBuilder, Spec,
     SpecBuilder, UserBuilder,
 };
 use std::collections::{HashMap, HashSet};
@@ -78,8 +78,6 @@ const ALL_CAPABILITIES: &[&str] = &[
     "CHECKPOINT_RESTORE",
 ];
 
-const NOFILE_LIMIT: u64 = 1_048_576;
-
 /// Why a container's runtime config could not be made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -121,12 +119,11 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
         .env(config.env.clone())
         .cwd(&config.cwd)
         .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(NOFILE_LIMIT)
-            .soft(NOFILE_LIMIT)
-            .build()
-            .map_err(spec_err)?])
+        // None: the container inherits the shim's limits. Raising a limit past
+        // the runtime's own hard limit needs CAP_SYS_RESOURCE, which a test
+        // host may not grant; the builder's default (nofile 1024) is too low
+        // for etcd. PID 1 gives the shim the limits containers should have.
+        .rlimits(Vec::<PosixRlimit>::new())
         // Kubernetes' allowPrivilegeEscalation defaults to true.
         .no_new_privileges(false)
         .build()

@@ -137,6 +137,8 @@ pub fn busybox_rootfs(root: &Path) {
     for dir in ["proc", "sys", "dev", "tmp", "etc"] {
         fs::create_dir_all(root.join(dir)).unwrap();
     }
+    // As in real images. runc gives a tmpfs the mode of the directory it covers.
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
 /// A minimal container config running `args` in `rootfs`.
