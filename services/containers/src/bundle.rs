@@ -460,7 +460,8 @@ mod tests {
 
     #[test]
     fn invalid_fields_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut ContainerConfig)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut ContainerConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.id = "a/b".into()), "id"),
             (Box::new(|c| c.args.clear()), "args"),
             (Box::new(|c| c.cgroups_path = "pods/x".into()), "cgroups_path"),

@@ -1,6 +1,7 @@
 //! The shim end to end, as root: a real shim process (this crate's
 //! `kelson-shim` binary) runs busybox containers with libcontainer and
 //! reports their exits to the async client.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The image store on real OCI layouts built here: resolution by name, tag
 //! and digest; layers in all three encodings unpacked with whiteouts; bad
 //! blobs and hostile layers refused.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

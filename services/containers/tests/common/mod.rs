@@ -1,7 +1,7 @@
 //! Helpers for the crate's tests: OCI layouts and tar layers built in the
 //! test, a busybox root filesystem, and a cgroup v2 hierarchy to run
 //! containers under.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use kelson_containers::config::{ContainerConfig, Namespaces, Resources, Security, User};
 use serde_json::json;
@@ -236,6 +236,13 @@ impl Cgroup2 {
 impl Drop for Cgroup2 {
     fn drop(&mut self) {
         let parent = self.host_path(&self.parent.clone());
+        // A failed test may leave containers running: end them before removing their cgroups.
+        if fs::write(parent.join("cgroup.kill"), "1").is_ok() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while fs::read_to_string(parent.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1")) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         if let Ok(children) = fs::read_dir(&parent) {
             for child in children.flatten() {
                 if child.path().is_dir() {
