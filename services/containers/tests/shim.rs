@@ -216,3 +216,22 @@ async fn an_image_from_the_store_runs_on_an_overlay_root_without_pivot_root() {
     rootfs::remove(&SystemMounter, &container_dir).unwrap();
     assert!(!layout.merged.exists());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_bundle_that_cannot_run_is_refused_and_the_shim_carries_on() {
+    let shim = Shim::start("bad", false);
+    let (mut client, _) = shim.connect().await;
+    let missing = shim.dir.path().join("no-such-bundle");
+    let err = client.create("bad", &missing, None, None).await.unwrap_err();
+    assert!(err.to_string().contains("no-such-bundle/config.json"), "{err}");
+
+    let mut config = shim.config("bad", "unused");
+    config.args = vec!["/bin/not-there".into()];
+    let err = client.create("bad", &shim.bundle(&config), None, None).await.unwrap_err().to_string();
+    assert!(err.contains("container \"bad\"") && err.contains("'/bin/not-there' not found"), "{err}");
+    assert!(client.list().await.unwrap().is_empty(), "a failed create leaves nothing behind");
+    assert!(!shim.dir.path().join("state/bad").exists());
+    let ok = client.create("bad", &shim.bundle(&shim.config("bad", "exit 0")), None, None).await.unwrap();
+    let exit = next_exit(&mut client).await;
+    assert_eq!((exit.pid, exit.code), (ok.pid, Some(0)));
+}
