@@ -235,3 +235,35 @@ async fn a_bundle_that_cannot_run_is_refused_and_the_shim_carries_on() {
     let exit = next_exit(&mut client).await;
     assert_eq!((exit.pid, exit.code), (ok.pid, Some(0)));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_joins_the_sandboxs_namespaces_with_its_own_root_and_capabilities() {
+    let shim = Shim::start("join", false);
+    let (mut client, _) = shim.connect().await;
+    let sandbox = shim.config("sandbox", "trap 'exit 0' TERM; while true; do sleep 0.1; done");
+    let sandbox_state = client.create("sandbox", &shim.bundle(&sandbox), None, None).await.unwrap();
+    let ns = |kind: &str| kelson_containers::Namespace::Join(format!("/proc/{}/ns/{kind}", sandbox_state.pid).into());
+
+    let script = "hostname; for n in net ipc uts mnt; do readlink /proc/self/ns/$n; done; grep CapEff /proc/self/status";
+    let mut app = shim.config("app", script);
+    app.hostname = None;
+    app.namespaces = kelson_containers::Namespaces { network: ns("net"), ipc: ns("ipc"), uts: ns("uts") };
+    app.security.capabilities_drop = vec!["ALL".into()];
+    let out = shim.log("app");
+    client.create("app", &shim.bundle(&app), Some(&out), Some(&out)).await.unwrap();
+    let exit = next_exit(&mut client).await;
+    let output = std::fs::read_to_string(&out).unwrap();
+    assert_eq!((exit.id.as_str(), exit.code), ("app", Some(0)), "{output}");
+
+    let sandbox_ns = |kind: &str| std::fs::read_link(format!("/proc/{}/ns/{kind}", sandbox_state.pid)).unwrap().to_string_lossy().into_owned();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], "sandbox", "the sandbox's UTS namespace, so its hostname");
+    assert_eq!(&lines[1..4], [sandbox_ns("net"), sandbox_ns("ipc"), sandbox_ns("uts")]);
+    assert_ne!(lines[4], sandbox_ns("mnt"), "a mount namespace of its own");
+    assert_eq!(lines[5].split_whitespace().collect::<Vec<_>>(), ["CapEff:", "0000000000000000"]);
+
+    client.kill("sandbox", libc::SIGTERM).await.unwrap();
+    assert_eq!(next_exit(&mut client).await.code, Some(0));
+    client.delete("app").await.unwrap();
+    client.delete("sandbox").await.unwrap();
+}
