@@ -85,7 +85,9 @@ fn images_resolve_by_normalised_name_tag_and_digest() {
         }
     }
     let missing = ImageStore::new(dir.path().join("nowhere"), dir.path().join("u"));
-    assert!(matches!(missing.resolve("busybox"), Err(ResolveError::NotFound { .. })));
+    assert!(missing.resolve("busybox").unwrap_err().is_not_found());
+    let bad = store.resolve("Bad:Name").unwrap_err();
+    assert!(!bad.is_not_found() && bad.to_string().contains("\"Bad:Name\""), "{bad}");
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! into a read-only directory keyed by the manifest digest, which every
 //! container of that image uses as its overlayfs lower layer.
 
+mod defaults;
 mod layer;
 mod reference;
 
+pub use defaults::{ImageDefaults, UserError};
 pub use layer::{apply_layer, LayerError};
 pub use reference::{ImageReference, ReferenceError};
 
@@ -67,19 +69,6 @@ pub enum UnpackError {
     Layer { image: String, digest: String, source: LayerError },
 }
 
-/// The defaults an image's config gives a container.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageDefaults {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    /// `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    pub working_dir: Option<String>,
-    /// As the image wrote it: `uid`, `uid:gid`, or names (which need the
-    /// image's /etc/passwd to resolve).
-    pub user: Option<String>,
-}
-
 /// An image found in the store, with its manifest and config read and their
 /// digests checked.
 #[derive(Debug, Clone)]
@@ -92,6 +81,14 @@ pub struct ResolvedImage {
     pub manifest_digest: String,
     pub manifest: ImageManifest,
     pub config: ImageConfiguration,
+}
+
+impl ResolveError {
+    /// Whether the image is simply not in the store (Kubernetes'
+    /// `ErrImageNeverPull`), as opposed to a store that is broken.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
 }
 
 impl ResolvedImage {
