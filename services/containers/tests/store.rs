@@ -97,6 +97,9 @@ fn layers_unpack_in_order_with_whiteouts_modes_owners_and_links() {
     three_layer_image(&layouts);
     let store = ImageStore::new(&layouts, dir.path().join("unpacked"));
     let image = store.resolve("registry.k8s.io/tools:1.0").unwrap();
+    // What a crashed unpack (pid 999999999, gone) left behind is removed.
+    let stale = dir.path().join("unpacked").join(format!(".partial-{}-999999999", image.manifest_digest.replace(':', "-")));
+    fs::create_dir_all(stale.join("half")).unwrap();
     let defaults = image.defaults();
     assert_eq!((defaults.entrypoint, defaults.cmd), (vec!["/bin/tool".to_owned()], vec!["--serve".to_owned()]));
     assert_eq!((defaults.working_dir.as_deref(), defaults.user.as_deref()), (Some("/work"), Some("1000:1000")));

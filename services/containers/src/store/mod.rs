@@ -190,7 +190,9 @@ impl ImageStore {
             move |source| UnpackError::Io { action, path, source }
         };
         fs::create_dir_all(&self.unpacked).map_err(io_err("creating", &self.unpacked))?;
-        let temp = self.unpacked.join(format!(".partial-{}-{}", image.manifest_digest.replace(':', "-"), std::process::id()));
+        let prefix = format!(".partial-{}-", image.manifest_digest.replace(':', "-"));
+        self.remove_stale_partials(&prefix)?;
+        let temp = self.unpacked.join(format!("{prefix}{}", std::process::id()));
         if temp.exists() {
             fs::remove_dir_all(&temp).map_err(io_err("removing a stale", &temp))?;
         }
@@ -211,6 +213,21 @@ impl ImageStore {
         result?;
         sync_dir(&self.unpacked).map_err(io_err("syncing", &self.unpacked))?;
         Ok(target)
+    }
+
+    /// Removes what unpacks of this image by processes no longer running left
+    /// behind (a crash or power loss mid-unpack); a live process's is its own.
+    fn remove_stale_partials(&self, prefix: &str) -> Result<(), UnpackError> {
+        let entries = fs::read_dir(&self.unpacked).map_err(|source| UnpackError::Io { action: "listing", path: self.unpacked.clone(), source })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+            if pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(|source| UnpackError::Io { action: "removing a stale", path, source })?;
+            }
+        }
+        Ok(())
     }
 
     fn unpack_into(&self, image: &ResolvedImage, root: &Path) -> Result<(), UnpackError> {
