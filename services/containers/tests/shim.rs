@@ -267,3 +267,24 @@ async fn a_container_joins_the_sandboxs_namespaces_with_its_own_root_and_capabil
     client.delete("app").await.unwrap();
     client.delete("sandbox").await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_client_replaces_the_old_and_garbage_gets_an_error_reply() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let shim = Shim::start("replace", false);
+    let (mut first, _) = shim.connect().await;
+    let (mut second, _) = shim.connect().await;
+    let err = first.list().await.unwrap_err();
+    assert!(matches!(err, kelson_containers::ClientError::Closed { .. } | kelson_containers::ClientError::Io { .. }), "{err}");
+    assert!(second.list().await.unwrap().is_empty());
+    drop(second);
+
+    let stream = tokio::net::UnixStream::connect(&shim.socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), r#"{"type":"hello","containers":[]}"#);
+    write.write_all(b"not json\n{\"seq\":9,\"op\":\"state\",\"id\":\"x\"}\n").await.unwrap();
+    let reply = lines.next_line().await.unwrap().unwrap();
+    assert!(reply.starts_with(r#"{"type":"reply","seq":0,"result":{"Err":"malformed request: "#), "{reply}");
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), r#"{"type":"reply","seq":9,"result":{"Err":"no container \"x\""}}"#);
+}
