@@ -1,6 +1,7 @@
 //! The shim end to end, as root: a real shim process (this crate's
 //! `kelson-shim` binary) runs busybox containers with libcontainer and
-//! reports their exits to the async client.
+//! reports their exits to the async client. `KELSON_SHIM_BIN=PATH` tests
+//! another build of it instead.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -33,7 +34,9 @@ impl Shim {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("shim.sock");
         let options = ShimOptions { socket: socket.clone(), state_dir: dir.path().join("state"), no_pivot };
-        let (program, prefix_args) = cgroup.wrap(Path::new(env!("CARGO_BIN_EXE_kelson-shim")), &[]);
+        // KELSON_SHIM_BIN runs these tests against another build of the shim (e.g. the static one).
+        let binary = std::env::var_os("KELSON_SHIM_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-shim")), PathBuf::from);
+        let (program, prefix_args) = cgroup.wrap(&binary, &[]);
         let command = ShimCommand { program, prefix_args, with_subcommand: false, options };
         let child = command.command().stdout(Stdio::null()).spawn().expect("spawning the shim");
         Shim { child, socket, dir, cgroup }
