@@ -131,7 +131,7 @@ pub fn busybox_rootfs(root: &Path) {
     fs::write(root.join("bin/busybox"), busybox()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
-    for applet in ["sh", "echo", "sleep", "cat", "id", "dd", "head", "tail", "mkdir"] {
+    for applet in ["sh", "echo", "sleep", "cat", "id", "dd", "head", "tail", "tr", "mkdir"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     for dir in ["proc", "sys", "dev", "tmp", "etc"] {
