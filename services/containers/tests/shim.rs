@@ -154,11 +154,17 @@ async fn containers_outlive_the_client_and_a_new_client_gets_their_state() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_container_over_its_memory_limit_is_reported_oom_killed() {
     let shim = Shim::start("oom", false);
+    let (mut client, _) = shim.connect().await;
     if !shim.cgroup.has("memory") {
+        // What can be checked here: a limit the hierarchy cannot enforce is refused, not ignored.
+        let mut config = shim.config("limited", "exit 0");
+        config.resources.memory_max = Some(16 << 20);
+        let err = client.create("limited", &shim.bundle(&config), None, None).await.unwrap_err().to_string();
+        assert!(err.contains("container \"limited\"") && err.contains("subsystem memory is not available"), "{err}");
+        assert!(client.list().await.unwrap().is_empty());
         shim.cgroup.skip("the OOM-kill report");
         return;
     }
-    let (mut client, _) = shim.connect().await;
     // The container's init (sh) reads 64 MiB into a variable against a 16 MiB
     // limit, so it is the biggest process and the one the OOM killer takes.
     // Checked under a v1 memory cgroup on the development host: sh dies of
