@@ -77,13 +77,20 @@ fn images_resolve_by_normalised_name_tag_and_digest() {
 
     for unknown in ["busybox", "registry.k8s.io/etcd:3.5.15-0", "quay.io/busybox:1.36"] {
         match store.resolve(unknown) {
-            Err(ResolveError::NotFound { reference, store }) => {
+            Err(ResolveError::NotFound { reference, store, .. }) => {
                 assert_eq!(store, layouts);
                 assert!(reference.contains(unknown.rsplit('/').next().unwrap().split(':').next().unwrap()), "{reference}");
             }
             other => panic!("{unknown}: expected NotFound, got {other:?}"),
         }
     }
+    // A broken layout is skipped (the others still resolve) and named when an image is not found.
+    fs::create_dir_all(layouts.join("aaa-broken")).unwrap();
+    fs::write(layouts.join("aaa-broken/index.json"), "{not json").unwrap();
+    assert_eq!(store.resolve("pause:3.9").unwrap().manifest_digest, pause);
+    let err = store.resolve("coredns:1.11").unwrap_err();
+    assert!(err.is_not_found() && err.to_string().contains("unreadable layouts: ") && err.to_string().contains("aaa-broken/index.json"), "{err}");
+
     let missing = ImageStore::new(dir.path().join("nowhere"), dir.path().join("u"));
     assert!(missing.resolve("busybox").unwrap_err().is_not_found());
     let bad = store.resolve("Bad:Name").unwrap_err();

@@ -35,9 +35,15 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub enum ResolveError {
     #[error(transparent)]
     Reference(#[from] ReferenceError),
-    /// image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled)
-    #[error("image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled)")]
-    NotFound { reference: String, store: PathBuf },
+    /// image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled){unreadable}
+    #[error("image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled){}", unreadable_note(unreadable))]
+    NotFound {
+        reference: String,
+        store: PathBuf,
+        /// Layouts whose index.json could not be read, any of which might
+        /// have held the image.
+        unreadable: Vec<String>,
+    },
     /// reading {path}: {source}
     #[error("reading {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
@@ -131,16 +137,25 @@ impl ImageStore {
         };
         // Sorted so that two layouts naming the same image resolve the same way on every boot.
         layouts.sort();
+        // One broken layout must not make every other image unresolvable.
+        let mut unreadable = Vec::new();
         for layout in layouts {
             let index_path = layout.join("index.json");
-            let index = ImageIndex::from_file(&index_path).map_err(|source| ResolveError::Parse { path: index_path.clone(), source })?;
+            let index = match ImageIndex::from_file(&index_path) {
+                Ok(index) => index,
+                Err(error) => {
+                    tracing::warn!(path = %index_path.display(), %error, "skipping an unreadable image layout");
+                    unreadable.push(format!("{}: {error}", index_path.display()));
+                    continue;
+                }
+            };
             for descriptor in index.manifests() {
                 if names_of(&layout, descriptor).iter().any(|stored| wanted.matches(stored)) {
                     return self.load(wanted, &layout, descriptor);
                 }
             }
         }
-        Err(ResolveError::NotFound { reference: wanted.to_string(), store: self.layouts.clone() })
+        Err(ResolveError::NotFound { reference: wanted.to_string(), store: self.layouts.clone(), unreadable })
     }
 
     fn load(&self, reference: ImageReference, layout: &Path, descriptor: &Descriptor) -> Result<ResolvedImage, ResolveError> {
@@ -297,6 +312,14 @@ fn names_of(layout: &Path, descriptor: &Descriptor) -> Vec<ImageReference> {
         }
     }
     names
+}
+
+fn unreadable_note(unreadable: &[String]) -> String {
+    if unreadable.is_empty() {
+        String::new()
+    } else {
+        format!("; unreadable layouts: {}", unreadable.join("; "))
+    }
 }
 
 fn oci_arch() -> &'static str {
