@@ -185,6 +185,11 @@ impl Shim {
         );
         // SAFETY: the handler only calls write(2) on a descriptor that lives as long as the shim.
         unsafe { signal::sigaction(Signal::SIGCHLD, &action) }.map_err(sys("installing the SIGCHLD handler"))?;
+        // The signal mask survives exec: a parent that blocked SIGCHLD would
+        // leave the shim reaping only on its tick.
+        let mut chld = signal::SigSet::empty();
+        chld.add(Signal::SIGCHLD);
+        signal::sigprocmask(signal::SigmaskHow::SIG_UNBLOCK, Some(&chld), None).map_err(sys("unblocking SIGCHLD"))?;
 
         fs::create_dir_all(&options.state_dir).map_err(io_err("creating the state directory", &options.state_dir))?;
         if let Some(parent) = options.socket.parent() {
@@ -205,7 +210,7 @@ impl Shim {
     /// One turn of the loop: wait for a connection, a request or a child's
     /// exit, and handle what came.
     fn turn(&mut self) -> Result<(), ShimError> {
-        let (listener_ready, client_ready, _) = {
+        let (listener_ready, client_ready) = {
             let mut fds = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN), PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN)];
             if let Some(client) = &self.client {
                 fds.push(PollFd::new(client.stream.as_fd(), PollFlags::POLLIN));
@@ -215,8 +220,9 @@ impl Shim {
                 Err(source) => return Err(ShimError::Sys { action: "waiting for work", source }),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(2).is_some_and(ready), ready(&fds[1]))
+            (ready(&fds[0]), fds.get(2).is_some_and(ready))
         };
+        // Whatever woke us, reaping below covers it: the pipe only needs emptying.
         let mut drain = [0u8; 64];
         while nix::unistd::read(&self.wake_read, &mut drain).is_ok_and(|n| n > 0) {}
         self.reap();
