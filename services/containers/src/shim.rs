@@ -7,8 +7,9 @@
 //! The shim is a child subreaper: each container's process becomes its child
 //! once libcontainer's intermediate process exits, so the shim reaps it and
 //! reports the exit (code or signal, and whether its cgroup saw an OOM kill).
-//! It keeps running when the client goes away; a client that connects again
-//! gets every container's state, exits included.
+//! It keeps running when clients go away; any number may be connected,
+//! each gets every exit, and one that connects gets every container's
+//! state first, exits included.
 
 use crate::protocol::{ContainerState, Envelope, ExitEvent, Request, ShimMessage};
 use libcontainer::container::builder::ContainerBuilder;
@@ -66,6 +67,9 @@ pub enum ShimError {
     /// {action}: {source}
     #[error("{action}: {source}")]
     Sys { action: &'static str, source: Errno },
+    /// another shim is serving on {socket}; connect to it instead
+    #[error("another shim is serving on {socket}; connect to it instead")]
+    Busy { socket: PathBuf },
 }
 
 impl ShimOptions {
@@ -150,11 +154,14 @@ struct Shim {
     listener: UnixListener,
     wake_read: OwnedFd,
     _wake_write: OwnedFd,
-    client: Option<Client>,
+    /// Every connected client gets every exit; replies go to the asker.
+    clients: Vec<Client>,
+    next_client: u64,
     containers: BTreeMap<String, Entry>,
 }
 
 struct Client {
+    id: u64,
     stream: UnixStream,
     buffer: Vec<u8>,
 }
@@ -195,6 +202,11 @@ impl Shim {
         if let Some(parent) = options.socket.parent() {
             fs::create_dir_all(parent).map_err(io_err("creating the socket's directory", parent))?;
         }
+        // A socket that answers belongs to a shim that still runs and owns
+        // containers: taking its path over would orphan them from any client.
+        if UnixStream::connect(&options.socket).is_ok() {
+            return Err(ShimError::Busy { socket: options.socket.clone() });
+        }
         match fs::remove_file(&options.socket) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -204,23 +216,22 @@ impl Shim {
         fs::set_permissions(&options.socket, fs::Permissions::from_mode(0o600)).map_err(io_err("restricting", &options.socket))?;
         listener.set_nonblocking(true).map_err(io_err("setting non-blocking", &options.socket))?;
         tracing::info!(socket = %options.socket.display(), state = %options.state_dir.display(), no_pivot = options.no_pivot, "shim listening");
-        Ok(Self { options, listener, wake_read, _wake_write: wake_write, client: None, containers: BTreeMap::new() })
+        Ok(Self { options, listener, wake_read, _wake_write: wake_write, clients: Vec::new(), next_client: 0, containers: BTreeMap::new() })
     }
 
     /// One turn of the loop: wait for a connection, a request or a child's
     /// exit, and handle what came.
     fn turn(&mut self) -> Result<(), ShimError> {
-        let (listener_ready, client_ready) = {
+        let (listener_ready, ready_clients) = {
             let mut fds = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN), PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN)];
-            if let Some(client) = &self.client {
-                fds.push(PollFd::new(client.stream.as_fd(), PollFlags::POLLIN));
-            }
+            fds.extend(self.clients.iter().map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)));
             match poll(&mut fds, PollTimeout::from(TICK_MS)) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(source) => return Err(ShimError::Sys { action: "waiting for work", source }),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(2).is_some_and(ready))
+            let clients: Vec<u64> = fds[2..].iter().zip(&self.clients).filter(|(fd, _)| ready(fd)).map(|(_, c)| c.id).collect();
+            (ready(&fds[0]), clients)
         };
         // Whatever woke us, reaping below covers it: the pipe only needs emptying.
         let mut drain = [0u8; 64];
@@ -229,8 +240,8 @@ impl Shim {
         if listener_ready {
             self.accept();
         }
-        if client_ready {
-            self.serve_client();
+        for id in ready_clients {
+            self.serve_client(id);
         }
         // Requests may have started and lost children; reap what they left.
         self.reap();
@@ -250,16 +261,16 @@ impl Shim {
             tracing::warn!(%error, "setting a client non-blocking");
             return;
         }
-        if self.client.is_some() {
-            tracing::info!("a new client replaces the connected one");
-        }
-        self.client = Some(Client { stream, buffer: Vec::new() });
+        self.next_client += 1;
+        let id = self.next_client;
+        self.clients.push(Client { id, stream, buffer: Vec::new() });
+        tracing::info!(client = id, connected = self.clients.len(), "client connected");
         let hello = ShimMessage::Hello { containers: self.containers.values().map(|e| e.state.clone()).collect() };
-        self.send(&hello);
+        self.send(id, &hello);
     }
 
-    fn serve_client(&mut self) {
-        let Some(client) = self.client.as_mut() else { return };
+    fn serve_client(&mut self, id: u64) {
+        let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else { return };
         let mut chunk = [0u8; 8192];
         let mut closed = false;
         loop {
@@ -272,7 +283,7 @@ impl Shim {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
-                    tracing::warn!(%error, "reading from the client");
+                    tracing::warn!(client = id, %error, "reading from a client");
                     closed = true;
                     break;
                 }
@@ -283,29 +294,44 @@ impl Shim {
             lines.push(client.buffer.drain(..=end).collect::<Vec<u8>>());
         }
         if client.buffer.len() > MAX_LINE {
-            tracing::warn!(bytes = client.buffer.len(), "client sent an over-long line; disconnecting it");
+            tracing::warn!(client = id, bytes = client.buffer.len(), "a client sent an over-long line; disconnecting it");
             closed = true;
         }
         for line in lines {
             let reply = match serde_json::from_slice::<Envelope>(&line) {
                 Ok(envelope) => ShimMessage::Reply { seq: envelope.seq, result: self.handle(envelope.request) },
                 Err(error) => {
-                    tracing::warn!(%error, "malformed request");
+                    tracing::warn!(client = id, %error, "malformed request");
                     ShimMessage::Reply { seq: 0, result: Err(format!("malformed request: {error}")) }
                 }
             };
-            self.send(&reply);
+            self.send(id, &reply);
         }
         if closed {
-            tracing::info!("client disconnected; containers keep running");
-            self.client = None;
+            self.drop_client(id);
         }
     }
 
-    /// Sends `message` to the client, if one is connected; a client that
-    /// fails or stalls is dropped (its state is offered again on reconnect).
-    fn send(&mut self, message: &ShimMessage) {
-        let Some(client) = self.client.as_mut() else { return };
+    fn drop_client(&mut self, id: u64) {
+        let before = self.clients.len();
+        self.clients.retain(|c| c.id != id);
+        if self.clients.len() < before {
+            tracing::info!(client = id, connected = self.clients.len(), "client disconnected; containers keep running");
+        }
+    }
+
+    /// Sends `message` to every connected client.
+    fn broadcast(&mut self, message: &ShimMessage) {
+        let ids: Vec<u64> = self.clients.iter().map(|c| c.id).collect();
+        for id in ids {
+            self.send(id, message);
+        }
+    }
+
+    /// Sends `message` to client `id`; a client that fails or stalls is
+    /// dropped (its state is offered again when it reconnects).
+    fn send(&mut self, id: u64, message: &ShimMessage) {
+        let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else { return };
         let mut line = match serde_json::to_vec(message) {
             Ok(line) => line,
             Err(error) => {
@@ -325,8 +351,8 @@ impl Shim {
                     let _ = poll(&mut fds, PollTimeout::from(100u16));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "writing to the client; dropping it");
-                    self.client = None;
+                    tracing::warn!(client = id, %error, "writing to a client; dropping it");
+                    self.drop_client(id);
                     return;
                 }
             }
@@ -432,7 +458,7 @@ impl Shim {
             let event = ExitEvent { id: entry.state.id.clone(), pid, code, signal, oom_killed };
             tracing::info!(id = %event.id, pid, ?code, ?signal, oom_killed, "container exited");
             entry.state.exit = Some(event.clone());
-            self.send(&ShimMessage::Exit(event));
+            self.broadcast(&ShimMessage::Exit(event));
         }
     }
 }

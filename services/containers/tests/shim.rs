@@ -280,15 +280,31 @@ async fn a_container_joins_the_sandboxs_namespaces_with_its_own_root_and_capabil
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_new_client_replaces_the_old_and_garbage_gets_an_error_reply() {
+async fn every_client_gets_exits_a_second_shim_refuses_the_socket_and_garbage_gets_an_error_reply() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let shim = Shim::start("replace", false);
+    let shim = Shim::start("clients", false);
     let (mut first, _) = shim.connect().await;
+    // A second shim on the same socket refuses to start and leaves the first serving.
+    let second_shim = ShimCommand {
+        program: env!("CARGO_BIN_EXE_kelson-shim").into(),
+        prefix_args: Vec::new(),
+        with_subcommand: false,
+        options: ShimOptions { socket: shim.socket.clone(), state_dir: shim.dir.path().join("state2"), no_pivot: false },
+    };
+    let output = second_shim.command().output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("another shim is serving on {}", shim.socket.display())), "{stderr}");
+
     let (mut second, _) = shim.connect().await;
-    let err = first.list().await.unwrap_err();
-    assert!(matches!(err, kelson_containers::ClientError::Closed { .. } | kelson_containers::ClientError::Io { .. }), "{err}");
-    assert!(second.list().await.unwrap().is_empty());
-    drop(second);
+    let state = first.create("both", &shim.bundle(&shim.config("both", "exit 5")), None, None).await.unwrap();
+    for client in [&mut first, &mut second] {
+        let exit = next_exit(client).await;
+        assert_eq!((exit.pid, exit.code), (state.pid, Some(5)));
+    }
+    second.delete("both").await.unwrap();
+    assert!(first.list().await.unwrap().is_empty());
+    drop((first, second));
 
     let stream = tokio::net::UnixStream::connect(&shim.socket).await.unwrap();
     let (read, mut write) = stream.into_split();
