@@ -182,3 +182,25 @@ impl ShimClient {
         serde_json::from_str(&line).map_err(|source| ClientError::Protocol { socket: self.socket.clone(), line, source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_re_executes_itself_with_the_shim_subcommand() {
+        let options = ShimOptions { socket: "/run/kelson/shim.sock".into(), state_dir: "/run/kelson/containers".into(), no_pivot: true };
+        let command = ShimCommand::init("/sbin/init", options).command();
+        assert_eq!(command.get_program(), "/sbin/init");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args, ["shim", "--socket", "/run/kelson/shim.sock", "--state-dir", "/run/kelson/containers", "--no-pivot"]);
+    }
+
+    #[tokio::test]
+    async fn connecting_to_no_shim_fails_after_the_timeout_naming_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("none.sock");
+        let err = ShimClient::connect(&socket, Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(&err, ClientError::Connect { socket: s, .. } if s == &socket), "{err}");
+    }
+}
