@@ -486,14 +486,24 @@ pub fn parse_oom_kills(events: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Opens a container's stdout or stderr: a file appended to, or a FIFO
+/// whose reader (a log collector) is already there. O_NONBLOCK keeps the
+/// shim from hanging on a FIFO nobody reads (ENXIO instead); it is cleared
+/// afterwards so the container's writes block as usual.
 fn output(path: Option<&Path>) -> Result<File, String> {
     let path = path.unwrap_or(Path::new("/dev/null"));
-    OpenOptions::new()
+    let what = |e: &dyn std::fmt::Display| format!("opening output file {}: {e}", path.display());
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| format!("opening output file {}: {e}", path.display()))
+        .map_err(|e| what(&e))?;
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| what(&e))?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| what(&e))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -521,5 +531,28 @@ mod tests {
         assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
         assert_eq!(parse_oom_kills("low 0\noom 0\noom_kill 0\n"), 0);
         assert_eq!(parse_oom_kills(""), 0);
+    }
+
+    #[test]
+    fn output_to_a_fifo_without_a_reader_fails_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("log.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = output(Some(&fifo)).unwrap_err();
+        assert!(err.starts_with(&format!("opening output file {}: ", fifo.display())) && err.contains("No such device or address"), "{err}");
+
+        let _reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+        let writer = output(Some(&fifo)).unwrap();
+        let flags = nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "the container gets a blocking descriptor");
+    }
+
+    #[test]
+    fn output_appends_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c.log");
+        fs::write(&log, "before\n").unwrap();
+        output(Some(&log)).unwrap().write_all(b"after\n").unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "before\nafter\n");
     }
 }
