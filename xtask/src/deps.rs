@@ -11,7 +11,9 @@ use std::process::Command;
 const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "boots node images (cargo xtask run/test)"),
     ("ovmf", "UEFI firmware for booting the UKI"),
-    ("busybox-static", "the shell in the QEMU tests' test-only image layer"),
+    ("busybox-static", "the shell in the QEMU tests' test-only image layer, and the kelson-containers tests' container root"),
+    ("libseccomp-dev", "building kelson-containers: libcontainer's seccomp support links libseccomp (libseccomp.a for a static binary)"),
+    ("runc", "kelson-containers host tests: Debian's runc runs the config.json Kelson writes, as a cross-check of libcontainer"),
     ("cpio", "inspecting the initramfs"),
     ("zstd", "inspecting the initramfs"),
     ("squashfs-tools", "reading the image's /usr (usr.squashfs) in tests"),

@@ -1,0 +1,17 @@
+//! Kelson's containers: the node's store of OCI image layouts ([`store`]),
+//! each container's overlayfs root ([`rootfs`]), the OCI runtime bundle
+//! written from a [`config::ContainerConfig`] ([`bundle`]), and the shim
+//! process that runs containers with libcontainer outside PID 1's async
+//! runtime, with its client ([`shim`], [`client`]).
+
+pub mod bundle;
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod rootfs;
+pub mod shim;
+pub mod store;
+
+pub use config::{ContainerConfig, CpuMax, Mount, Namespace, Namespaces, Resources, Security, User};
+pub use client::{ClientError, ShimClient, ShimCommand};
+pub use protocol::{ContainerState, ExitEvent};
