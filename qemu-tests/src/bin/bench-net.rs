@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Layer, VmBuilder};
 use std::time::Duration;
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const GUEST_NET_APPLY: &str = "/kelson-test/net-apply";
 
 /// kelson-net's path as a process started from the shell, timed the same way.
