@@ -44,7 +44,11 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         require_root();
-        let name = format!("kt-{tag}-{}", std::process::id());
+        // Tests in one binary run in parallel in one process: the counter
+        // keeps their namespaces apart.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("kt-{tag}-{}-{n}", std::process::id());
         // A leftover from a killed run of the same pid would make `add` fail.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run(Command::new("ip").args(["netns", "add", &name]));
