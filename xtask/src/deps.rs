@@ -13,6 +13,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ovmf", "UEFI firmware for booting the UKI"),
     ("busybox-static", "the shell in the QEMU tests' test-only image layer, and the kelson-containers tests' container root"),
     ("libseccomp-dev", "building kelson-containers: libcontainer's seccomp support links libseccomp (libseccomp.a for a static binary)"),
+    ("protobuf-compiler", "building the QEMU tests: the etcd-client crate compiles etcd's gRPC definitions with protoc"),
     ("runc", "kelson-containers host tests: Debian's runc runs the config.json Kelson writes, as a cross-check of libcontainer"),
     ("cpio", "inspecting the initramfs"),
     ("zstd", "inspecting the initramfs"),
