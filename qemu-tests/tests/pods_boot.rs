@@ -1,0 +1,410 @@
+//! Static pods under QEMU: manifests in /etc/kubernetes/manifests run by PID 1
+//! through the container shim (libcontainer), images from the node image's
+//! OCI store. etcd is Debian's etcd-server, packed as an image by the image
+//! build; the other pods use the store's busybox image.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(240);
+const SHORT: Duration = Duration::from_secs(90);
+const NODE: &str = "t-cp-1";
+/// The pods' restart back-off, shortened for the tests (the kubelet's 10 s
+/// doubling otherwise).
+const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms=500";
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let out = vm.agent_exec(cmd, SHORT).unwrap_or_else(|e| panic!("agent: {cmd}: {e:#}"));
+    assert_eq!(out.status, 0, "{cmd} failed: {}", out.output);
+    out.output.trim().to_owned()
+}
+
+/// A FAT seed whose user-data is `config`.
+fn seed(dir: &Path, config: &str) -> PathBuf {
+    let image = dir.join("seed.img");
+    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&image).arg("2048"));
+    for (name, content) in [("meta-data", "instance-id: pods-1\n"), ("user-data", config)] {
+        let local = dir.join(name);
+        std::fs::write(&local, content).unwrap();
+        run(Command::new("mcopy").arg("-i").arg(&image).arg(&local).arg(format!("::{name}")));
+    }
+    image
+}
+
+/// `text` indented by `n` spaces, for a YAML block scalar.
+fn indent(text: &str, n: usize) -> String {
+    text.lines().map(|l| format!("{}{l}\n", " ".repeat(n))).collect()
+}
+
+/// A one-node cluster from `kelsonctl gen`, its uplink moved onto QEMU's
+/// user network (10.0.2.15) so the host can reach the node through a
+/// `hostfwd`, with `manifests` (file name, text) as its static pods.
+fn cluster_config(dir: &Path, manifests: &[(&str, &str)]) -> String {
+    let spec = kelsonctl::gen::ClusterSpec::with_defaults("t", 1, 0);
+    kelsonctl::gen::generate_cluster(&spec, &dir.join("cluster"), false).unwrap();
+    let generated = std::fs::read_to_string(dir.join(format!("cluster/nodes/{NODE}/machine-config.yaml"))).unwrap();
+    assert!(generated.contains("- 192.168.100.10/24"), "{generated}");
+    let mut config = generated.replace("- 192.168.100.10/24", "- 10.0.2.15/24");
+    config.push_str("staticPods:\n");
+    for (name, manifest) in manifests {
+        config.push_str(&format!("  - name: {name}\n    manifest: |\n{}", indent(manifest, 6)));
+    }
+    config
+}
+
+/// kubeadm's etcd manifest, as kubeadm writes it for a single member, with
+/// the certificate paths Kelson installs the machine config's PKI under.
+fn etcd_manifest() -> String {
+    let pki = "/etc/kelson/pki";
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: etcd
+  namespace: kube-system
+  labels:
+    component: etcd
+    tier: control-plane
+  annotations:
+    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://10.0.2.15:2379
+spec:
+  hostNetwork: true
+  priorityClassName: system-node-critical
+  securityContext:
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+  - name: etcd
+    image: registry.k8s.io/etcd:3.5.16-0
+    imagePullPolicy: IfNotPresent
+    command:
+    - etcd
+    - --advertise-client-urls=https://10.0.2.15:2379
+    - --cert-file={pki}/etcd-server.crt
+    - --client-cert-auth=true
+    - --data-dir=/var/lib/etcd
+    - --experimental-initial-corrupt-check=true
+    - --initial-advertise-peer-urls=https://10.0.2.15:2380
+    - --initial-cluster={NODE}=https://10.0.2.15:2380
+    - --key-file={pki}/etcd-server.key
+    - --listen-client-urls=https://127.0.0.1:2379,https://10.0.2.15:2379
+    - --listen-metrics-urls=http://127.0.0.1:2381
+    - --listen-peer-urls=https://10.0.2.15:2380
+    - --name={NODE}
+    - --peer-cert-file={pki}/etcd-peer.crt
+    - --peer-client-cert-auth=true
+    - --peer-key-file={pki}/etcd-peer.key
+    - --peer-trusted-ca-file={pki}/ca.crt
+    - --snapshot-count=10000
+    - --trusted-ca-file={pki}/ca.crt
+    livenessProbe:
+      failureThreshold: 8
+      httpGet:
+        host: 127.0.0.1
+        path: /livez
+        port: 2381
+        scheme: HTTP
+      initialDelaySeconds: 10
+      periodSeconds: 10
+      timeoutSeconds: 15
+    readinessProbe:
+      failureThreshold: 3
+      httpGet:
+        host: 127.0.0.1
+        path: /readyz
+        port: 2381
+        scheme: HTTP
+      periodSeconds: 1
+      timeoutSeconds: 15
+    startupProbe:
+      failureThreshold: 24
+      httpGet:
+        host: 127.0.0.1
+        path: /readyz
+        port: 2381
+        scheme: HTTP
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      timeoutSeconds: 15
+    resources:
+      requests:
+        cpu: 100m
+        memory: 100Mi
+    volumeMounts:
+    - mountPath: /var/lib/etcd
+      name: etcd-data
+    - mountPath: {pki}
+      name: etcd-certs
+  priority: 2000001000
+  volumes:
+  - hostPath:
+      path: {pki}
+      type: DirectoryOrCreate
+    name: etcd-certs
+  - hostPath:
+      path: /var/lib/etcd
+      type: DirectoryOrCreate
+    name: etcd-data
+"
+    )
+}
+
+/// The node, with QEMU's user network as eth0: `restrict=on` keeps the
+/// guest off any real network, and the one `hostfwd` lets the host's
+/// etcd client reach port 2379.
+fn node(dir: &Path, config: &str, etcd_port: u16) -> VmBuilder {
+    let image = ImagePaths::from_env().expect("the node image (run `cargo xtask image`)");
+    let netdev = format!("user,id=up,restrict=on,hostfwd=tcp:127.0.0.1:{etcd_port}-10.0.2.15:2379");
+    VmBuilder::from_image(&image)
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .memory_mib(1024)
+        .disk(seed(dir, config))
+        .append("kelson.shutdown_grace=5")
+        .append(BACKOFF_KNOB)
+        .qemu_args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=up"])
+}
+
+/// The pod's status file, as PID 1 writes it for the API.
+fn status(vm: &mut Vm, file: &str) -> Value {
+    let text = sh(vm, &format!("cat /run/kelson/pods/{file}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}: {text}"))
+}
+
+/// Polls the status file until `check` holds (bounded).
+fn wait_status(vm: &mut Vm, file: &str, limit: Duration, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let out = vm.agent_exec(&format!("cat /run/kelson/pods/{file} 2>/dev/null"), SHORT).unwrap();
+        if let Ok(value) = serde_json::from_str::<Value>(out.output.trim()) {
+            if check(&value) {
+                return value;
+            }
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}; status: {value:#}");
+        } else {
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}; no status file {file}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// An etcd client on the host, through the hostfwd, with the cluster's CA
+/// and the etcd-client certificate `kelsonctl gen` made.
+async fn etcd_client(dir: &Path, port: u16) -> etcd_client::Client {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let pki = dir.join("cluster/pki");
+    let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+    let tls = TlsOptions::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .identity(Identity::from_pem(read("etcd-client.crt"), read("etcd-client.key")));
+    let options = ConnectOptions::new().with_tls(tls).with_connect_timeout(Duration::from_secs(10)).with_timeout(Duration::from_secs(20));
+    etcd_client::Client::connect([format!("https://127.0.0.1:{port}")], Some(options)).await.expect("connecting to etcd through the hostfwd")
+}
+
+/// A write and a read through the client, and the member's own status.
+async fn etcd_answers(dir: &Path, port: u16, key: &str) -> String {
+    let mut client = etcd_client(dir, port).await;
+    client.put(key, "kelson", None).await.expect("etcd put");
+    let got = client.get(key, None).await.expect("etcd get");
+    let value = got.kvs().first().map(|kv| kv.value_str().unwrap().to_owned()).unwrap_or_default();
+    assert_eq!(value, "kelson");
+    let status = client.status().await.expect("etcd status");
+    status.version().to_owned()
+}
+
+/// Retries `etcd_answers` until etcd is up (bounded).
+fn etcd_healthy(runtime: &tokio::runtime::Runtime, dir: &Path, port: u16, key: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let attempt = runtime.block_on(tokio::time::timeout(Duration::from_secs(30), etcd_answers(dir, port, key)));
+        match attempt {
+            Ok(version) => return version,
+            Err(_) if start.elapsed() < limit => std::thread::sleep(Duration::from_secs(1)),
+            Err(_) => panic!("etcd did not answer within {limit:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = etcd_manifest();
+    let config = cluster_config(dir.path(), &[("etcd.yaml", &etcd)]);
+    let port = free_loopback_port().unwrap();
+    let mut vm = node(dir.path(), &config, port).boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let file = format!("kube-system_etcd-{NODE}.json");
+    let running = wait_status(&mut vm, &file, BOOT, "etcd running", |s| s["containers"][0]["state"]["running"].is_object());
+    assert_eq!(running["phase"], "Running", "{running:#}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let version = etcd_healthy(&runtime, dir.path(), port, "/kelson/first", BOOT);
+    assert!(version.starts_with("3.5."), "etcd {version}");
+    // The hostPath data dir is the node's /var/lib/etcd.
+    assert!(sh(&mut vm, "ls /var/lib/etcd").contains("member"));
+
+    // kill -9 of etcd's process: the shim sees the exit, the pod manager
+    // restarts it after the back-off, and the status counts one restart.
+    sh(&mut vm, "kill -9 $(pidof etcd)");
+    let restarted = wait_status(&mut vm, &file, SHORT, "etcd restarted", |s| {
+        s["containers"][0]["restartCount"] == 1 && s["containers"][0]["state"]["running"].is_object()
+    });
+    assert_eq!(restarted["containers"][0]["lastState"]["terminated"]["exitCode"], 137, "{restarted:#}");
+    etcd_healthy(&runtime, dir.path(), port, "/kelson/second", SHORT);
+    // The data written before the kill survived it.
+    let kept = runtime.block_on(async {
+        let mut client = etcd_client(dir.path(), port).await;
+        client.get("/kelson/first", None).await.unwrap().kvs().len()
+    });
+    assert_eq!(kept, 1);
+
+    vm.system_powerdown().unwrap();
+    assert!(vm.wait_exit(SHORT).unwrap().success());
+}
+
+const WEB: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: httpd
+    image: busybox
+    command: [sh, -c, 'echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports:
+    - containerPort: 8080
+    readinessProbe:
+      tcpSocket:
+        port: 8080
+      periodSeconds: 1
+    volumeMounts:
+    - name: www
+      mountPath: /www
+  volumes:
+  - name: www
+    emptyDir: {}
+";
+
+/// Fills a memory-backed emptyDir past its container's memory limit: the
+/// kernel's OOM killer ends it, and it is restarted.
+const HOG: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: hog
+  namespace: default
+spec:
+  restartPolicy: Always
+  containers:
+  - name: fill
+    image: busybox
+    command: [dd, if=/dev/zero, of=/cache/fill, bs=1M, count=256]
+    resources:
+      limits:
+        memory: 32Mi
+    volumeMounts:
+    - name: cache
+      mountPath: /cache
+  volumes:
+  - name: cache
+    emptyDir:
+      medium: Memory
+";
+
+const GHOST: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: ghost
+  namespace: default
+spec:
+  containers:
+  - name: nothing
+    image: registry.example.com/not-in-the-store:1.0
+";
+
+fn client_manifest(web_ip: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: default
+spec:
+  restartPolicy: Never
+  containers:
+  - name: fetch
+    image: busybox
+    command: [wget, -q, -O, -, 'http://{web_ip}:8080/']
+"
+    )
+}
+
+#[test]
+fn busybox_pods_get_pod_ips_serve_each_other_are_oom_killed_and_stop_cleanly_while_bad_manifests_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path(), &[("web.yaml", WEB), ("hog.yaml", HOG), ("ghost.yaml", GHOST)]);
+    let mut vm = node(dir.path(), &config, free_loopback_port().unwrap()).boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+
+    // A pod on cbr0 with an address from the node's pod CIDR.
+    let web = wait_status(&mut vm, "default_web-t-cp-1.json", BOOT, "web ready", |s| s["ready"] == true);
+    let web_ip = web["podIP"].as_str().unwrap_or_else(|| panic!("no podIP: {web:#}")).to_owned();
+    assert!(web_ip.starts_with("10.244.0."), "{web_ip}");
+    let uid = web["uid"].as_str().unwrap().to_owned();
+
+    // Another pod fetches from it by pod IP; its output is in its CRI log.
+    sh(&mut vm, &format!("cat > /etc/kubernetes/manifests/client.yaml <<'EOF'\n{}EOF", client_manifest(&web_ip)));
+    let client = wait_status(&mut vm, "default_client-t-cp-1.json", SHORT, "client done", |s| s["phase"] == "Succeeded");
+    assert_eq!(client["containers"][0]["state"]["terminated"]["exitCode"], 0, "{client:#}");
+    let client_uid = client["uid"].as_str().unwrap();
+    let log = sh(&mut vm, &format!("cat /var/log/pods/default_client-t-cp-1_{client_uid}/fetch/0.log"));
+    assert!(log.lines().any(|l| l.contains(" stdout F hello-from-web")), "{log}");
+
+    // Over its memory limit: OOM-killed, said so, restarted.
+    let hog = wait_status(&mut vm, "default_hog-t-cp-1.json", SHORT, "hog OOM-killed and restarted", |s| {
+        s["containers"][0]["restartCount"].as_u64().unwrap_or(0) >= 1
+    });
+    let last = &hog["containers"][0]["lastState"]["terminated"];
+    assert_eq!(last["reason"], "OOMKilled", "{hog:#}");
+
+    // An unknown image is a clear status; a broken file is reported with
+    // its name; neither disturbs the running pods.
+    let ghost = wait_status(&mut vm, "default_ghost-t-cp-1.json", SHORT, "ghost waiting", |s| s["containers"][0]["state"]["waiting"].is_object());
+    assert_eq!(ghost["containers"][0]["state"]["waiting"]["reason"], "ErrImageNeverPull", "{ghost:#}");
+    sh(&mut vm, "printf 'apiVersion: v1\\nkind: Pod\\nmetadata: [unclosed\\n' > /etc/kubernetes/manifests/broken.yaml");
+    vm.expect("/etc/kubernetes/manifests/broken.yaml", SHORT).unwrap();
+    let web_again = status(&mut vm, "default_web-t-cp-1.json");
+    assert_eq!((web_again["ready"].clone(), web_again["containers"][0]["restartCount"].clone()), (Value::Bool(true), Value::from(0)), "{web_again:#}");
+
+    // Removing the manifest stops the pod within its grace period and
+    // leaves nothing of it behind.
+    let veths = || "ip -o link | grep -c veth || true";
+    let veths_before: u32 = sh(&mut vm, veths()).parse().unwrap();
+    let started = Instant::now();
+    sh(&mut vm, "rm /etc/kubernetes/manifests/web.yaml");
+    let gone = Instant::now();
+    while sh(&mut vm, "ls /run/kelson/pods/").contains("default_web-") {
+        assert!(gone.elapsed() < Duration::from_secs(40), "web's status file is still there");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(started.elapsed() < Duration::from_secs(25), "stopping took {:?}", started.elapsed());
+    assert_eq!(sh(&mut vm, &format!("grep -c {uid} /proc/mounts || true")), "0", "mounts left: {}", sh(&mut vm, "cat /proc/mounts"));
+    assert_eq!(sh(&mut vm, &format!("find /sys/fs/cgroup -name '*{uid}*' | wc -l")), "0");
+    let veths_after: u32 = sh(&mut vm, veths()).parse().unwrap();
+    assert_eq!(veths_after + 1, veths_before, "web's veth is left: {}", sh(&mut vm, "ip -o link"));
+    assert!(!sh(&mut vm, "cat /var/lib/kelson/net/pods.json 2>/dev/null || true").contains(&web_ip));
+    sh(&mut vm, "pidof httpd && exit 1 || true");
+
+    vm.system_powerdown().unwrap();
+    assert!(vm.wait_exit(SHORT).unwrap().success());
+}
