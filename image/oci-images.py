@@ -5,12 +5,13 @@ Debian packages installed in the image root.
     oci-images.py ROOT OUT
 
 ROOT is the image's build root (mkosi's $BUILDROOT) with etcd-server and
-busybox-static installed (and etcd-client, if etcdctl is wanted); OUT receives one OCI image layout
-per image (OUT/etcd, OUT/busybox, OUT/pause), each in the form
-kelson-containers' ImageStore reads: `oci-layout`, `index.json` whose
-manifest descriptors carry the references as annotations, and
-`blobs/sha256/`. mkosi.finalize runs it before it deletes those packages from
-the root (the node only runs them inside containers); the host test
+busybox-static installed (and etcd-client, if etcdctl is wanted); OUT
+receives one OCI image layout per image (OUT/etcd, OUT/busybox, OUT/pause),
+each in the form kelson-containers' ImageStore reads: `oci-layout`,
+`index.json` whose manifest descriptors carry the references as
+annotations, and `blobs/sha256/`. mkosi.finalize runs it before it deletes
+those packages from the root (the node only runs them inside containers);
+the host test
 services/containers/tests/node_images.rs runs it on a small fake root and
 resolves and unpacks the result with the real store.
 
