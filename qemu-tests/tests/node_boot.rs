@@ -64,10 +64,15 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
     let leftovers = sh(
         &mut vm,
         "for f in /usr/bin/perl /usr/bin/dpkg /usr/bin/apt-get /usr/lib/systemd/systemd /usr/bin/systemctl \
-         /usr/lib/x86_64-linux-gnu/perl-base /usr/sbin/update-rc.d /usr/share/doc /var/lib/dpkg; do \
+         /usr/lib/x86_64-linux-gnu/perl-base /usr/sbin/update-rc.d /usr/share/doc /var/lib/dpkg \
+         /usr/bin/etcd /usr/bin/etcdutl /usr/sbin/adduser /var/lib/etcd; do \
          test -e $f && echo present: $f; done; true",
     );
     assert_eq!(leftovers, "", "the image still has:\n{leftovers}");
+    // etcd lives only in the image store's layouts (image/oci-images.py), in /usr.
+    assert_eq!(sh(&mut vm, "ls /usr/lib/kelson/images").split_whitespace().collect::<Vec<_>>(), ["busybox", "etcd", "pause"]);
+    let index = sh(&mut vm, "cat /usr/lib/kelson/images/etcd/index.json");
+    assert!(index.contains(r#""io.containerd.image.name":"registry.k8s.io/etcd:3.5.16-0""#), "{index}");
     let controllers = sh(&mut vm, "cat /sys/fs/cgroup/cgroup.subtree_control");
     for c in ["cpu", "memory", "pids", "io"] {
         assert!(controllers.split_whitespace().any(|x| x == c), "{c} not enabled: {controllers}");
