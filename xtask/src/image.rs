@@ -294,3 +294,53 @@ mod module_list_tests {
         assert!(missing.is_empty(), "listed in /etc/kelson/modules but not kept by image/mkosi.conf: {missing:?}");
     }
 }
+
+#[cfg(test)]
+mod image_store_tests {
+    /// image/oci-images.py builds the node's OCI layouts from packages that
+    /// mkosi.conf installs (etcd-client only if etcdctl is wanted), and
+    /// mkosi.finalize deletes every one of them from the root once the script
+    /// has run. A required package missing from the first list fails the
+    /// image build; one missing from the second ships its binaries twice (in
+    /// the root and in a layout); the script running after the deletion
+    /// finds nothing to build from.
+    #[test]
+    fn the_image_store_packages_are_installed_then_dropped_after_the_layouts_are_built() {
+        let root = crate::workspace_root();
+        let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let (script, conf, finalize) = (read("image/oci-images.py"), read("image/mkosi.conf"), read("image/mkosi.finalize"));
+        let mut packages: Vec<&str> =
+            script.split("package_version(root, \"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        packages.sort_unstable();
+        packages.dedup();
+        assert_eq!(packages, ["busybox-static", "etcd-client", "etcd-server"]);
+        let installed: Vec<&str> = conf
+            .split("\nPackages=")
+            .nth(1)
+            .expect("a Packages setting")
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        let dropped: Vec<&str> = finalize
+            .split("drop_packages=(")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .expect("a drop_packages list")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(str::split_whitespace)
+            .collect();
+        for package in ["busybox-static", "etcd-server"] {
+            assert!(installed.contains(&package), "{package} is not in image/mkosi.conf's Packages=");
+        }
+        for package in &packages {
+            assert!(dropped.contains(package), "{package} is not in image/mkosi.finalize's drop_packages");
+        }
+        let built = finalize.find("oci-images.py").expect("mkosi.finalize runs oci-images.py");
+        let deleted = finalize.find("for pkg in \"${drop_packages[@]}\"").expect("the drop loop");
+        let packed = finalize.find("mksquashfs").expect("the squashfs step");
+        assert!(built < deleted && built < packed, "the layouts are built before the packages go and before /usr is packed");
+    }
+}
