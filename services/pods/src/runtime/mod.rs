@@ -20,6 +20,8 @@ mod manager;
 pub mod netns;
 pub mod probe_exec;
 pub mod shim;
+#[cfg(test)]
+mod tests;
 
 pub use build::{container_config, ConfigError, ContainerPaths};
 pub use manager::{ManagerCommand, ManagerConfig, PodManager};
