@@ -16,7 +16,7 @@ use crate::hostpath::RealFs;
 use crate::probe::{ContainerProbes, ProbeKind, ProbeVerdict};
 use crate::restart::{NextStep, RestartTracker};
 use crate::spec::{PodSpec, ProbeSpec, VolumeSource};
-use crate::status::{remove_status, PodStatus, WaitingReason};
+use crate::status::{remove_status, PodStatus, TerminatedReason, WaitingReason};
 use crate::watch::ManifestEvent;
 use crate::Clock;
 use kelson_config::error_chain;
@@ -411,7 +411,10 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             cgroups_path: pod_cgroup(&self.config.cgroup_parent, &spec).join(&spec_c.name),
         };
         let config = match container_config(&spec, &spec_c, &image, &sandbox, self.config.host_ip.as_deref(), &paths, &RealFs) {
-            Ok(config) => config,
+            Ok(mut config) => {
+                self.drop_missing_controllers(&full, &spec_c.name, &mut config.resources);
+                config
+            }
             Err(error) => {
                 let message = error_chain(&error);
                 warn!("container {full}/{}: not started: {message}", spec_c.name);
@@ -492,6 +495,24 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         pod.status.message = None;
         info!("container started: {full}/{} (restarts {restarts}, log {})", spec_c.name, log_path.display());
         self.write_status(uid);
+    }
+
+    /// Leaves out resource values whose cgroup controller the kernel does
+    /// not offer: the runtime would fail to write them and the container
+    /// would not start at all, which is worse than running unlimited.
+    fn drop_missing_controllers(&self, full: &str, container: &str, resources: &mut kelson_containers::Resources) {
+        let Ok(text) = std::fs::read_to_string(self.config.cgroup_root.join("cgroup.controllers")) else { return };
+        let has = |name: &str| text.split_whitespace().any(|c| c == name);
+        if !has("cpu") && (resources.cpu_weight.is_some() || resources.cpu_max.is_some()) {
+            warn!("container {full}/{container}: no cpu cgroup controller: cpu requests and limits are not applied");
+            resources.cpu_weight = None;
+            resources.cpu_max = None;
+        }
+        if !has("memory") && (resources.memory_max.is_some() || resources.memory_min.is_some()) {
+            warn!("container {full}/{container}: no memory cgroup controller: memory requests and limits are not applied");
+            resources.memory_max = None;
+            resources.memory_min = None;
+        }
     }
 
     fn spawn_probe(&self, uid: &str, container: usize, generation: u64, kind: ProbeKind, probe: ProbeSpec, host: String) -> JoinHandle<()> {
@@ -584,7 +605,12 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         if let Some(status) = pod.status.container_mut(&name) {
             status.set_terminated(exit.exit, exit.oom_killed, now, None);
         }
-        info!("container exited: {full}/{name}: exit code {code}, reason {reason:?}");
+        let reason = match reason {
+            TerminatedReason::Completed => "Completed",
+            TerminatedReason::Error => "Error",
+            TerminatedReason::OomKilled => "OOMKilled",
+        };
+        info!("container exited: {full}/{name}: exit code {code}, reason {reason}");
         if pod.stopping.is_none() {
             match ctr.tracker.exited(policy, Some(exit.exit), self.clock.as_ref()) {
                 NextStep::Restart { delay } => {
