@@ -141,6 +141,7 @@ spec:
             (status["containers"][0]["restartCount"].as_u64()? >= 1).then_some(status)
         })
         .await;
+        eprintln!("status file: {status:#}");
         let last = &status["containers"][0]["lastState"]["terminated"];
         assert_eq!(last["exitCode"], 3, "{status:#}");
         assert_eq!(last["reason"], "Error");
