@@ -37,7 +37,7 @@ pub enum ConfigError {
         container: String,
         image: String,
         #[source]
-        source: UserError,
+        source: Box<UserError>,
     },
     #[error("container {container}: no command: the image has no entrypoint or cmd and the pod gives none")]
     NoCommand { container: String },
@@ -93,7 +93,7 @@ pub fn container_config(
         (Some(_), None) => image.defaults.ids(&image.lower).map_err(|source| ConfigError::User {
             container: container.name.clone(),
             image: container.image.clone(),
-            source,
+            source: Box::new(source),
         })?,
         (None, None) => (0, 0),
     };
