@@ -64,7 +64,7 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let reaper = ctx.reaper.clone();
     let commands = runtime.block_on(async move {
         let client = connect_or_start_shim(&reaper).await?;
-        let network = NodeSandboxes::new(bridge, host_ip.clone());
+        let network = NodeSandboxes::new(bridge, host_ip.clone(), Path::new(NETNS_DIR), Path::new(kelson_net::pods::DEFAULT_STATE_DIR));
         let config = ManagerConfig { host_ip, fixed_backoff, ..ManagerConfig::default() };
         let manager = PodManager::new(
             config,
@@ -148,9 +148,10 @@ pub async fn shutdown() {
 
 /// Sandboxes on this node: host-network pods use the host's namespaces;
 /// others get namespace files and an eth0 on cbr0 from kelson-net.
-struct NodeSandboxes {
+pub struct NodeSandboxes {
     pods: Option<PodNetwork<RtNetlink>>,
     host_ip: Option<String>,
+    netns_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,15 +159,18 @@ struct NodeSandboxes {
 struct Message(String);
 
 impl NodeSandboxes {
-    fn new(bridge: Option<BridgePlan>, host_ip: Option<String>) -> Self {
+    /// `bridge` is the plan's cbr0 (none: only host-network pods run);
+    /// namespace files go to `netns_dir`, address allocations to
+    /// `state_dir`. Must be called inside a tokio runtime (netlink).
+    pub fn new(bridge: Option<BridgePlan>, host_ip: Option<String>, netns_dir: &Path, state_dir: &Path) -> Self {
         let pods = bridge.and_then(|bridge| match RtNetlink::open() {
-            Ok(netlink) => Some(PodNetwork::new(netlink, bridge, Path::new(kelson_net::pods::DEFAULT_STATE_DIR))),
+            Ok(netlink) => Some(PodNetwork::new(netlink, bridge, state_dir)),
             Err(e) => {
                 warn!("pods: no netlink socket for pod networking: {e}");
                 None
             }
         });
-        NodeSandboxes { pods, host_ip }
+        NodeSandboxes { pods, host_ip, netns_dir: netns_dir.to_owned() }
     }
 }
 
@@ -182,7 +186,7 @@ impl SandboxNetwork for NodeSandboxes {
         let Some(network) = &self.pods else {
             return Err(sandbox_error("creating", pod, Message("the node has no pod network (no podCIDR/bridge configured)".into())));
         };
-        let files = NamespaceFiles::for_pod(Path::new(NETNS_DIR), &pod.uid.0);
+        let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
         let (made, name) = (files.clone(), pod.name.clone());
         tokio::task::spawn_blocking(move || netns::create(&made, &name))
             .await
@@ -211,7 +215,7 @@ impl SandboxNetwork for NodeSandboxes {
         if let Some(network) = &self.pods {
             network.detach(&pod.uid.0).await.map_err(|e| sandbox_error("detaching", pod, e))?;
         }
-        let files = NamespaceFiles::for_pod(Path::new(NETNS_DIR), &pod.uid.0);
+        let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
         netns::remove(&files).map_err(|e| sandbox_error("removing namespaces of", pod, e))
     }
 }
