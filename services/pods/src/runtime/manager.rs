@@ -621,7 +621,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                     if let Some(status) = pod.status.container_mut(&name) {
                         status.set_waiting(
                             WaitingReason::CrashLoopBackOff,
-                            Some(format!("back-off {}s restarting failed container={name} pod={}", delay.as_secs(), pod.spec.name)),
+                            Some(format!("back-off {} restarting failed container={name} pod={}", seconds(delay), pod.spec.name)),
                         );
                     }
                 }
@@ -832,6 +832,15 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         if let Err(error) = pod.status.write(&self.config.status_dir) {
             warn!("pod {}/{}: {}", pod.spec.namespace, pod.spec.name, error_chain(&error));
         }
+    }
+}
+
+/// `10s` as the kubelet writes it; a test knob's sub-second delays as `0.2s`.
+fn seconds(delay: Duration) -> String {
+    if delay.subsec_millis() == 0 {
+        format!("{}s", delay.as_secs())
+    } else {
+        format!("{}s", delay.as_secs_f64())
     }
 }
 

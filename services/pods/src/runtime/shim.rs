@@ -104,3 +104,16 @@ impl PodHost for SystemHost {
         SystemMounter.unmount(target).map_err(host_error("unmounting", target))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_exits_become_codes_signals_or_a_failure() {
+        let event = |code, signal| ExitEvent { id: "c".into(), pid: 1, code, signal, oom_killed: false };
+        assert_eq!(exit_info(event(Some(3), None)).exit, Exit::Code(3));
+        assert_eq!(exit_info(event(None, Some(9))).exit, Exit::Signal(9));
+        assert_eq!(exit_info(event(None, None)).exit, Exit::Code(255), "an exit the shim could not read is a failure");
+    }
+}
