@@ -70,7 +70,7 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
             config,
             ShimRuntime::new(client),
             Arc::new(network),
-            Arc::new(NetProber),
+            Arc::new(NetProber::new()),
             Arc::new(StoreImages(ImageStore::new(IMAGE_LAYOUTS, IMAGE_UNPACKED))),
             Arc::new(SystemHost),
             Arc::new(SystemClock),

@@ -138,7 +138,7 @@ impl Rig {
             config,
             ShimRuntime::new(client),
             Arc::new(network),
-            Arc::new(NetProber),
+            Arc::new(NetProber::new()),
             Arc::new(StoreImages(ImageStore::new(root.join("layouts"), root.join("unpacked")))),
             Arc::new(SystemHost),
             Arc::new(SystemClock),
