@@ -111,7 +111,9 @@ impl Rig {
             serde_json::json!({ "Cmd": ["sh"], "Env": ["PATH=/bin"] }),
         );
         let options = ShimOptions { socket: root.join("shim.sock"), state_dir: root.join("shim-state"), no_pivot: true };
-        let child = ShimCommand::init(env!("CARGO_BIN_EXE_kelson-init"), options).command().stdout(Stdio::null()).spawn().unwrap();
+        // KELSON_INIT_BIN runs the shim of another build (the image's static one).
+        let binary = std::env::var_os("KELSON_INIT_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-init")), PathBuf::from);
+        let child = ShimCommand::init(binary, options).command().stdout(Stdio::null()).spawn().unwrap();
         Rig { dir, cgroup_parent: format!("kelson-test-{}-pods", std::process::id()), _shim: Shim(child) }
     }
 
