@@ -108,6 +108,9 @@ pub const STAGES: &[Stage] = &[
     // config already written, and the network stage does not share the CPU
     // with containerd's start-up.
     Stage { name: "network", critical: false, run: crate::network_stage::stage_network },
+    // Static pods after the network (sandboxed pods attach to cbr0) and
+    // before the services (the kubelet talks to the static apiserver).
+    Stage { name: "pods", critical: false, run: crate::pods_stage::stage_pods },
     Stage { name: "services", critical: false, run: crate::services_stage::stage_services },
 ];
 

@@ -1,12 +1,22 @@
 //! `kelson-init`: Kelson's PID 1, installed as `/sbin/init`.
 //!
-//! The binary is a thin shell: it answers `--version`, refuses to run as
+//! The binary is a thin shell. Its first act is to dispatch the container
+//! shim (`kelson-init shim …`, see [`kelson_containers::shim`]): PID 1
+//! re-executes itself for it, and libcontainer forks and runs Rust code after
+//! `clone`, so the shim must start before any thread or runtime exists.
+//! Otherwise it answers `--version`, refuses to run as
 //! anything but PID 1 (of the machine or of a PID namespace), and otherwise
 //! hands over to [`kelson_init::pid1::run`], which never returns.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let mut raw = std::env::args_os().skip(1);
+    if let Some(first) = raw.next() {
+        if first == kelson_containers::shim::SUBCOMMAND {
+            return kelson_containers::shim::main(raw);
+        }
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--version") {
         println!("kelson-init {}", env!("CARGO_PKG_VERSION"));

@@ -130,6 +130,9 @@ async fn main_loop(started: Duration) {
         .map(Duration::from_secs)
         .unwrap_or(shutdown::DEFAULT_GRACE);
     crate::services_stage::shutdown().await;
+    // After the services (the kubelet uses the static apiserver), before
+    // the network (the pods' veths and addresses are released through it).
+    crate::pods_stage::shutdown().await;
     crate::network_stage::shutdown().await;
     let result = tokio::task::spawn_blocking(move || {
         let mut ops = LinuxShutdown { reaper };

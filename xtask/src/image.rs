@@ -192,6 +192,11 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         Command::new("cargo")
             .current_dir(root)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            // The shim (kelson-init's `shim` subcommand) links libseccomp
+            // through libcontainer; libseccomp-sys links it dynamically
+            // unless told otherwise, which a static binary cannot.
+            .env("LIBSECCOMP_LINK_TYPE", "static")
+            .env("LIBSECCOMP_LIB_PATH", "/usr/lib/x86_64-linux-gnu")
             .args(["build", "--release", "--quiet", "-p", "kelson-init", "--target", INIT_TARGET]),
         "cargo build --release -p kelson-init (static)",
     )?;

@@ -13,6 +13,8 @@
 //!   back-off over a [`Clock`].
 //! - [`status`]: pod phase and container states, written as JSON files.
 //! - [`crilog`]: container output as CRI-format log files with rotation.
+//! - [`runtime`]: the pod manager that runs pods through the container
+//!   shim, with its seams (runtime, images, mounts, sandbox, probes).
 //! - [`watch`]: the manifest directory as a set, diffed into events, and an
 //!   inotify watcher with debounce.
 
@@ -25,6 +27,7 @@ pub mod manifest;
 pub mod probe;
 mod quantity;
 pub mod restart;
+pub mod runtime;
 mod spec;
 pub mod status;
 pub mod time;

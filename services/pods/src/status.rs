@@ -34,7 +34,10 @@ pub struct PodStatus {
     pub phase: PodPhase,
     /// Every container ready while the pod runs.
     pub ready: bool,
+    /// Spelt as Kubernetes does (`podIP`, not camelCase's `podIp`).
+    #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
+    #[serde(rename = "hostIP")]
     pub host_ip: Option<String>,
     /// When the pod was accepted (RFC 3339).
     pub start_time: Option<String>,

@@ -58,8 +58,8 @@ fn a_crash_looping_host_network_pod_is_written_as_json_named_after_namespace_and
             "manifest": spec.manifest,
             "phase": "Running",
             "ready": false,
-            "podIp": "10.0.0.10",
-            "hostIp": "10.0.0.10",
+            "podIP": "10.0.0.10",
+            "hostIP": "10.0.0.10",
             "startTime": "2023-11-14T22:13:20Z",
             "message": null,
             "containers": [{

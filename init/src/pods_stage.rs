@@ -1,0 +1,230 @@
+//! The `pods` boot stage: static pods from `/etc/kubernetes/manifests`,
+//! run by kelson-pods' manager through the container shim.
+//!
+//! The shim is this binary re-executed (`/proc/self/exe shim …`), started
+//! through the reaper like every other child, unless one already answers
+//! on its socket. The manager then runs as a task on PID 1's runtime; a
+//! second task feeds it the manifest watcher's events. Non-critical: a
+//! failure here is logged and boot goes on to the services.
+//!
+//! Shutdown stops the pods after the supervised services (the kubelet and
+//! kube-proxy talk to the static apiserver; they go first, the reverse of
+//! boot) and before the network, whose veths the pods use.
+
+use crate::boot::{BootContext, StageError};
+use crate::reaper::Reaper;
+use kelson_containers::shim::ShimOptions;
+use kelson_containers::store::ImageStore;
+use kelson_containers::{ShimClient, ShimCommand};
+use kelson_net::plan::BridgePlan;
+use kelson_net::{NetPlan, PodNetwork, RtNetlink};
+use kelson_pods::manifest::LoadOptions;
+use kelson_pods::runtime::netns::{self, NamespaceFiles, NETNS_DIR};
+use kelson_pods::runtime::probe_exec::NetProber;
+use kelson_pods::runtime::shim::{ShimRuntime, StoreImages, SystemHost};
+use kelson_pods::runtime::{host_sandbox, ManagerCommand, ManagerConfig, PodManager, Sandbox, SandboxError, SandboxNetwork};
+use kelson_pods::watch::{ManifestWatcher, DEBOUNCE, MANIFEST_DIR};
+use kelson_pods::{PodSpec, SystemClock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+pub const SHIM_SOCKET: &str = "/run/kelson/shim.sock";
+pub const SHIM_STATE_DIR: &str = "/run/kelson/containers";
+/// OCI image layouts shipped in the image (read-only /usr).
+pub const IMAGE_LAYOUTS: &str = "/usr/lib/kelson/images";
+/// Unpacked image trees, on the state disk when there is one.
+pub const IMAGE_UNPACKED: &str = "/var/lib/kelson/images";
+/// Test knob: a fixed restart delay instead of the 10 s..5 min back-off.
+pub const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms";
+/// The longest shutdown waits for the pods (each has its own grace period
+/// inside this).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
+
+static RUNNING: Mutex<Option<mpsc::Sender<ManagerCommand>>> = Mutex::new(None);
+
+pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime for the pods: {e}"))?;
+    let node_name = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let bridge = ctx
+        .config
+        .as_ref()
+        .and_then(|effective| NetPlan::from_config(&effective.config.network).ok())
+        .and_then(|plan| plan.bridge);
+    let fixed_backoff = ctx.cmdline.get(BACKOFF_KNOB).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+    if let Some(backoff) = fixed_backoff {
+        warn!("test knob: pods restart after a fixed {} ms", backoff.as_millis());
+    }
+    if !Path::new(IMAGE_LAYOUTS).is_dir() {
+        warn!("pods: no image store at {IMAGE_LAYOUTS}: every container will wait with ErrImageNeverPull");
+    }
+    let host_ip = host_ipv4();
+    let reaper = ctx.reaper.clone();
+    let commands = runtime.block_on(async move {
+        let client = connect_or_start_shim(&reaper).await?;
+        let network = NodeSandboxes::new(bridge, host_ip.clone(), Path::new(NETNS_DIR), Path::new(kelson_net::pods::DEFAULT_STATE_DIR));
+        let config = ManagerConfig { host_ip, fixed_backoff, ..ManagerConfig::default() };
+        let manager = PodManager::new(
+            config,
+            ShimRuntime::new(client),
+            Arc::new(network),
+            Arc::new(NetProber::new()),
+            Arc::new(StoreImages(ImageStore::new(IMAGE_LAYOUTS, IMAGE_UNPACKED))),
+            Arc::new(SystemHost),
+            Arc::new(SystemClock),
+        );
+        let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
+        let mut watcher = ManifestWatcher::new(PathBuf::from(MANIFEST_DIR), options, DEBOUNCE)
+            .map_err(|e| format!("watching {MANIFEST_DIR}: {}", kelson_config::error_chain(&e)))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(manager.run(rx));
+        let feed = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match watcher.next().await {
+                    Ok(events) if events.is_empty() => {}
+                    Ok(events) => {
+                        if feed.send(ManagerCommand::Manifests(events)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Running pods stay; only new changes go unseen.
+                        warn!("pods: no longer watching {MANIFEST_DIR}: {}", kelson_config::error_chain(&e));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok::<_, String>(tx)
+    })?;
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands);
+    info!("pods: manager started, watching {MANIFEST_DIR}");
+    Ok(())
+}
+
+/// The shim already running (a PID 1 re-exec keeps it), or a new one.
+async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, String> {
+    let socket = Path::new(SHIM_SOCKET);
+    if let Ok((client, containers)) = ShimClient::connect(socket, Duration::ZERO).await {
+        info!("pods: using the running container shim ({} containers)", containers.len());
+        return Ok(client);
+    }
+    let options = ShimOptions { socket: socket.to_owned(), state_dir: PathBuf::from(SHIM_STATE_DIR), no_pivot: true };
+    // Re-exec'd, never forked-and-continued: libcontainer must not run in
+    // this multi-threaded process. Its stderr is PID 1's, the console.
+    let mut command = ShimCommand::init("/proc/self/exe", options).command();
+    let spawned = reaper.spawn(&mut command).map_err(|e| format!("starting the container shim: {e}"))?;
+    let pid = spawned.pid;
+    tokio::spawn(async move {
+        if let Ok(exit) = spawned.exit.await {
+            warn!("pods: the container shim (pid {pid}) exited: {exit}");
+        }
+    });
+    let (client, _) = ShimClient::connect(socket, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("connecting to the container shim (pid {pid}): {}", kelson_config::error_chain(&e)))?;
+    info!("pods: container shim started (pid {pid})");
+    Ok(client)
+}
+
+/// Stops every pod, each within its grace period, last started first.
+pub async fn shutdown() {
+    let commands = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(commands) = commands else { return };
+    let (done, finished) = oneshot::channel();
+    if commands.send(ManagerCommand::Shutdown(done)).await.is_err() {
+        warn!("pods: the manager is gone; pods are left to the final kill");
+        return;
+    }
+    match tokio::time::timeout(SHUTDOWN_LIMIT, finished).await {
+        Ok(Ok(())) => info!("pods: stopped"),
+        Ok(Err(_)) => warn!("pods: the manager ended before stopping every pod"),
+        Err(_) => warn!("pods: not all stopped within {} s", SHUTDOWN_LIMIT.as_secs()),
+    }
+}
+
+/// Sandboxes on this node: host-network pods use the host's namespaces;
+/// others get namespace files and an eth0 on cbr0 from kelson-net.
+pub struct NodeSandboxes {
+    pods: Option<PodNetwork<RtNetlink>>,
+    host_ip: Option<String>,
+    netns_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+impl NodeSandboxes {
+    /// `bridge` is the plan's cbr0 (none: only host-network pods run);
+    /// namespace files go to `netns_dir`, address allocations to
+    /// `state_dir`. Must be called inside a tokio runtime (netlink).
+    pub fn new(bridge: Option<BridgePlan>, host_ip: Option<String>, netns_dir: &Path, state_dir: &Path) -> Self {
+        let pods = bridge.and_then(|bridge| match RtNetlink::open() {
+            Ok(netlink) => Some(PodNetwork::new(netlink, bridge, state_dir)),
+            Err(e) => {
+                warn!("pods: no netlink socket for pod networking: {e}");
+                None
+            }
+        });
+        NodeSandboxes { pods, host_ip, netns_dir: netns_dir.to_owned() }
+    }
+}
+
+fn sandbox_error(action: &'static str, pod: &PodSpec, source: impl std::error::Error + Send + Sync + 'static) -> SandboxError {
+    SandboxError { action, pod: pod.full_name(), source: Box::new(source) }
+}
+
+impl SandboxNetwork for NodeSandboxes {
+    async fn create(&self, pod: &PodSpec) -> Result<Sandbox, SandboxError> {
+        if pod.host_network {
+            return Ok(host_sandbox(pod, self.host_ip.clone()));
+        }
+        let Some(network) = &self.pods else {
+            return Err(sandbox_error("creating", pod, Message("the node has no pod network (no podCIDR/bridge configured)".into())));
+        };
+        let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
+        let (made, name) = (files.clone(), pod.name.clone());
+        tokio::task::spawn_blocking(move || netns::create(&made, &name))
+            .await
+            .map_err(|e| sandbox_error("creating namespaces for", pod, Message(e.to_string())))?
+            .map_err(|e| sandbox_error("creating namespaces for", pod, e))?;
+        let attachment = match network.attach(&files.net, &pod.uid.0).await {
+            Ok(attachment) => attachment,
+            Err(e) => {
+                let _ = netns::remove(&files);
+                return Err(sandbox_error("attaching to cbr0", pod, e));
+            }
+        };
+        use kelson_containers::Namespace::Join;
+        Ok(Sandbox {
+            network: Join(files.net),
+            ipc: if pod.host_ipc { kelson_containers::Namespace::Host } else { Join(files.ipc) },
+            uts: Join(files.uts),
+            pod_ip: Some(attachment.ip.addr().to_string()),
+        })
+    }
+
+    async fn release(&self, pod: &PodSpec) -> Result<(), SandboxError> {
+        if pod.host_network {
+            return Ok(());
+        }
+        if let Some(network) = &self.pods {
+            network.detach(&pod.uid.0).await.map_err(|e| sandbox_error("detaching", pod, e))?;
+        }
+        let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
+        netns::remove(&files).map_err(|e| sandbox_error("removing namespaces of", pod, e))
+    }
+}
+
+/// The node's address for `status.hostIP`: the first IPv4 address on an
+/// interface that is neither loopback nor a pod bridge or veth.
+fn host_ipv4() -> Option<String> {
+    let addresses = nix::ifaddrs::getifaddrs().ok()?;
+    addresses
+        .filter(|a| a.interface_name != "lo" && a.interface_name != "cbr0" && !a.interface_name.starts_with("kv") && !a.interface_name.starts_with("veth"))
+        .find_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip().to_string())))
+}

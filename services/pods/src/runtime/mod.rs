@@ -1,0 +1,202 @@
+//! Running static pods: the [`PodManager`] turns manifest events into
+//! sandboxes and containers and keeps their status files up to date.
+//!
+//! Everything that touches the kernel or another process sits behind a
+//! trait, so the manager's decisions (restart, back-off, replace, stop with
+//! grace) are tested on any host with fakes:
+//!
+//! - [`ContainerRuntime`]: create / kill / delete and exit events; the real
+//!   one is the shim ([`shim::ShimRuntime`]), because PID 1 must never run
+//!   libcontainer itself.
+//! - [`Images`]: an image reference to an unpacked lower directory and the
+//!   image's defaults ([`shim::StoreImages`] over kelson-containers' store).
+//! - [`PodHost`]: overlay and tmpfs mounts ([`shim::SystemHost`]).
+//! - [`SandboxNetwork`]: a pod's namespaces and IP ([`HostOnlyNetwork`] for
+//!   host-network pods; init adds kelson-net's veth attach).
+//! - [`Prober`]: one probe attempt ([`probe_exec::NetProber`]).
+
+mod build;
+mod manager;
+pub mod netns;
+pub mod probe_exec;
+pub mod shim;
+#[cfg(test)]
+mod tests;
+
+pub use build::{container_config, ConfigError, ContainerPaths};
+pub use manager::{ManagerCommand, ManagerConfig, PodManager};
+
+use crate::spec::{PodSpec, ProbeAction};
+use kelson_containers::store::ImageDefaults;
+use kelson_containers::Namespace;
+use kelson_supervise::Exit;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How a container ended, as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub id: String,
+    pub exit: Exit,
+    /// Its cgroup saw an OOM kill: the status says `OOMKilled`.
+    pub oom_killed: bool,
+}
+
+/// A runtime call that failed: what was asked, of which container, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} container {id}")]
+pub struct RuntimeError {
+    pub action: &'static str,
+    pub id: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Creates, signals and deletes containers, and reports their exits.
+pub trait ContainerRuntime: Send + 'static {
+    /// Creates and starts a container from the bundle; its output goes to
+    /// the two paths (FIFOs whose reader is already open).
+    fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn kill(&mut self, id: &str, signal: i32) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes an exited container (its cgroup and runtime state).
+    fn delete(&mut self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The next container exit. Must be cancel safe: the manager polls it
+    /// beside its other inputs.
+    fn next_exit(&mut self) -> impl Future<Output = Result<ExitInfo, RuntimeError>> + Send;
+}
+
+/// An image ready to be a container's lower layer.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    pub lower: PathBuf,
+    pub defaults: ImageDefaults,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Not in the node's store (no registry is ever asked): the status says
+    /// `ErrImageNeverPull`.
+    #[error("image {reference} is not in the node's image store")]
+    NotFound {
+        reference: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("preparing image {reference}")]
+    Failed {
+        reference: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Finds and unpacks images. Blocking: the manager calls it off the
+/// runtime's worker threads.
+pub trait Images: Send + Sync + 'static {
+    fn prepare(&self, reference: &str) -> Result<PreparedImage, ImageError>;
+}
+
+/// A mount-related failure on the host, naming what and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {}", path.display())]
+pub struct HostError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The mounts a pod needs on the host.
+pub trait PodHost: Send + Sync + 'static {
+    /// Mounts a fresh overlay of `lower` under `container_dir` and returns
+    /// the root for the container.
+    fn mount_rootfs(&self, lower: &Path, container_dir: &Path) -> Result<PathBuf, HostError>;
+    /// Unmounts and removes what [`PodHost::mount_rootfs`] made (nothing
+    /// there is fine).
+    fn remove_rootfs(&self, container_dir: &Path) -> Result<(), HostError>;
+    /// A tmpfs on `target` (an emptyDir with medium Memory).
+    fn mount_tmpfs(&self, target: &Path, size_bytes: Option<u64>) -> Result<(), HostError>;
+    /// Lazily unmounts `target`; not mounted is fine.
+    fn unmount(&self, target: &Path) -> Result<(), HostError>;
+}
+
+/// A pod's namespaces as its containers join them, and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub network: Namespace,
+    pub ipc: Namespace,
+    pub uts: Namespace,
+    pub pod_ip: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{action} the sandbox of pod {pod}")]
+pub struct SandboxError {
+    pub action: &'static str,
+    pub pod: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Makes and releases pod sandboxes.
+pub trait SandboxNetwork: Send + Sync + 'static {
+    fn create(&self, pod: &PodSpec) -> impl Future<Output = Result<Sandbox, SandboxError>> + Send;
+    /// Undoes [`SandboxNetwork::create`]; releasing twice is fine.
+    fn release(&self, pod: &PodSpec) -> impl Future<Output = Result<(), SandboxError>> + Send;
+}
+
+/// The sandbox of a host-network pod: the host's network and UTS
+/// namespaces (IPC too with `hostIPC`), nothing to release.
+pub fn host_sandbox(pod: &PodSpec, host_ip: Option<String>) -> Sandbox {
+    Sandbox {
+        network: Namespace::Host,
+        uts: Namespace::Host,
+        // Without hostIPC each container gets its own IPC namespace: a pod
+        // sharing one would need a namespace file like the network's.
+        ipc: if pod.host_ipc { Namespace::Host } else { Namespace::New },
+        pod_ip: host_ip,
+    }
+}
+
+/// Sandboxes for host-network pods only; other pods are refused. Used
+/// where no pod network exists (no bridge configured, tests).
+#[derive(Debug, Clone, Default)]
+pub struct HostOnlyNetwork {
+    pub host_ip: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pods without hostNetwork need the node's pod network, and this node has none")]
+pub struct NoPodNetwork;
+
+impl SandboxNetwork for HostOnlyNetwork {
+    async fn create(&self, pod: &PodSpec) -> Result<Sandbox, SandboxError> {
+        if pod.host_network {
+            Ok(host_sandbox(pod, self.host_ip.clone()))
+        } else {
+            Err(SandboxError { action: "creating", pod: pod.full_name(), source: Box::new(NoPodNetwork) })
+        }
+    }
+
+    async fn release(&self, _pod: &PodSpec) -> Result<(), SandboxError> {
+        Ok(())
+    }
+}
+
+/// Runs one probe attempt against `host` (the pod's IP, or 127.0.0.1
+/// for host-network pods, unless the probe names its own host).
+pub trait Prober: Send + Sync + 'static {
+    fn probe(
+        &self,
+        action: &ProbeAction,
+        host: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
