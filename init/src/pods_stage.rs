@@ -105,6 +105,13 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     Ok(())
 }
 
+const SHIM_LOG: &str = "/var/log/kelson/shim.log";
+
+fn open_shim_log() -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all("/var/log/kelson")?;
+    std::fs::OpenOptions::new().create(true).append(true).open(SHIM_LOG)
+}
+
 /// The shim already running (a PID 1 re-exec keeps it), or a new one.
 async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, String> {
     let socket = Path::new(SHIM_SOCKET);
@@ -114,8 +121,16 @@ async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, Strin
     }
     let options = ShimOptions { socket: socket.to_owned(), state_dir: PathBuf::from(SHIM_STATE_DIR), no_pivot: true };
     // Re-exec'd, never forked-and-continued: libcontainer must not run in
-    // this multi-threaded process. Its stderr is PID 1's, the console.
+    // this multi-threaded process. Its log (libcontainer's own lines among
+    // them) goes to a file: PID 1 already logs every container event that
+    // matters on the console.
     let mut command = ShimCommand::init("/proc/self/exe", options).command();
+    match open_shim_log() {
+        Ok(log) => {
+            command.stderr(log);
+        }
+        Err(e) => warn!("pods: the container shim logs to the console: opening {SHIM_LOG}: {e}"),
+    }
     let spawned = reaper.spawn(&mut command).map_err(|e| format!("starting the container shim: {e}"))?;
     let pid = spawned.pid;
     tokio::spawn(async move {

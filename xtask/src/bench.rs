@@ -9,7 +9,8 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         "boot" => "bench-boot",
         "net" => "bench-net",
         "supervise" => "bench-supervise",
-        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise)"),
+        "pods" => "bench-pods",
+        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")

@@ -32,7 +32,7 @@ fn usage() -> &'static str {
      \n  image [--kubelet PATH] [--kube-proxy PATH]\
      \n                 build the node image into target/image/\
      \n  deps           install the host packages the other commands need\
-     \n  bench [boot|net|supervise]  benchmarks measured inside the guest\
+     \n  bench [boot|net|supervise|pods]  benchmarks measured inside the guest\
      \n  fuzz [SECS]    fuzz the config and cloud-init seed parsers (default 60 s per target)"
 }
 
