@@ -21,6 +21,7 @@ pub mod procs;
 pub mod reaper;
 pub mod runner;
 pub mod network_stage;
+pub mod nsexec;
 pub mod pods_stage;
 pub mod seed;
 pub mod seed_url;

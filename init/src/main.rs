@@ -4,6 +4,8 @@
 //! shim (`kelson-init shim …`, see [`kelson_containers::shim`]): PID 1
 //! re-executes itself for it, and libcontainer forks and runs Rust code after
 //! `clone`, so the shim must start before any thread or runtime exists.
+//! `kelson-init nsexec …` (exec probes, [`kelson_init::nsexec`]) must join
+//! a mount namespace, which also needs a single-threaded process.
 //! Otherwise it answers `--version`, refuses to run as
 //! anything but PID 1 (of the machine or of a PID namespace), and otherwise
 //! hands over to [`kelson_init::pid1::run`], which never returns.
@@ -15,6 +17,9 @@ fn main() -> ExitCode {
     if let Some(first) = raw.next() {
         if first == kelson_containers::shim::SUBCOMMAND {
             return kelson_containers::shim::main(raw);
+        }
+        if first == kelson_init::nsexec::SUBCOMMAND {
+            return kelson_init::nsexec::main(raw.collect());
         }
     }
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -22,7 +22,8 @@ use kelson_pods::manifest::LoadOptions;
 use kelson_pods::runtime::netns::{self, NamespaceFiles, NETNS_DIR};
 use kelson_pods::runtime::probe_exec::NetProber;
 use kelson_pods::runtime::shim::{ShimRuntime, StoreImages, SystemHost};
-use kelson_pods::runtime::{host_sandbox, ManagerCommand, ManagerConfig, PodManager, Sandbox, SandboxError, SandboxNetwork};
+use kelson_pods::runtime::{host_sandbox, ManagerCommand, ManagerConfig, PodManager, Prober, Sandbox, SandboxError, SandboxNetwork};
+use kelson_pods::ProbeAction;
 use kelson_pods::watch::{ManifestWatcher, DEBOUNCE, MANIFEST_DIR};
 use kelson_pods::{PodSpec, SystemClock};
 use std::path::{Path, PathBuf};
@@ -70,7 +71,7 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
             config,
             ShimRuntime::new(client),
             Arc::new(network),
-            Arc::new(NetProber::new()),
+            Arc::new(NodeProber { net: NetProber::new(), reaper: reaper.clone() }),
             Arc::new(StoreImages(ImageStore::new(IMAGE_LAYOUTS, IMAGE_UNPACKED))),
             Arc::new(SystemHost),
             Arc::new(SystemClock),
@@ -103,6 +104,41 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands);
     info!("pods: manager started, watching {MANIFEST_DIR}");
     Ok(())
+}
+
+/// The node's prober: network probes by [`NetProber`], `exec` probes as a
+/// re-exec of this program (`nsexec`, see [`crate::nsexec`]) started
+/// through the reaper, which reaps every process on the node.
+struct NodeProber {
+    net: NetProber,
+    reaper: Arc<Reaper>,
+}
+
+impl Prober for NodeProber {
+    async fn probe(&self, action: &ProbeAction, host: &str, timeout: Duration) -> Result<(), String> {
+        self.net.probe(action, host, timeout).await
+    }
+
+    async fn exec(&self, command: &[String], cgroup: &Path, timeout: Duration) -> Result<(), String> {
+        let procs = cgroup.join("cgroup.procs");
+        let text = std::fs::read_to_string(&procs).map_err(|e| format!("reading {}: {e}", procs.display()))?;
+        let Some(target) = text.split_whitespace().next() else {
+            return Err(format!("no process in {}", cgroup.display()));
+        };
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg(crate::nsexec::SUBCOMMAND).arg(target).args(command);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let spawned = self.reaper.spawn(&mut cmd).map_err(|e| format!("starting {}: {e}", command.join(" ")))?;
+        match tokio::time::timeout(timeout, spawned.exit).await {
+            Ok(Ok(exit)) if exit.success() => Ok(()),
+            Ok(Ok(exit)) => Err(format!("{} {exit}", command.join(" "))),
+            Ok(Err(_)) => Err(format!("{}: its exit was lost", command.join(" "))),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.pid), nix::sys::signal::Signal::SIGKILL);
+                Err(format!("{} timed out after {timeout:?}", command.join(" ")))
+            }
+        }
+    }
 }
 
 const SHIM_LOG: &str = "/var/log/kelson/shim.log";

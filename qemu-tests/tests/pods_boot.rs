@@ -296,6 +296,13 @@ spec:
       tcpSocket:
         port: 8080
       periodSeconds: 1
+    # Passes only where the container's files are: an exec probe runs in
+    # its mount namespace and root.
+    livenessProbe:
+      exec:
+        command: [test, -f, /www/index.html]
+      periodSeconds: 2
+      failureThreshold: 2
     volumeMounts:
     - name: www
       mountPath: /www
@@ -329,6 +336,26 @@ spec:
       medium: Memory
 ";
 
+/// Healthy for a few seconds, then its exec liveness probe fails: it is
+/// restarted.
+const SICK: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: sick
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'touch /tmp/healthy; sleep 4; rm /tmp/healthy; exec sleep 3600']
+    livenessProbe:
+      exec:
+        command: [cat, /tmp/healthy]
+      periodSeconds: 1
+      failureThreshold: 2
+";
+
 const GHOST: &str = "apiVersion: v1
 kind: Pod
 metadata:
@@ -358,9 +385,9 @@ spec:
 }
 
 #[test]
-fn busybox_pods_get_pod_ips_serve_each_other_are_oom_killed_and_stop_cleanly_while_bad_manifests_are_reported() {
+fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_cleanly_while_bad_manifests_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster_config(dir.path(), &[("web.yaml", WEB), ("hog.yaml", HOG), ("ghost.yaml", GHOST)]);
+    let config = cluster_config(dir.path(), &[("web.yaml", WEB), ("hog.yaml", HOG), ("sick.yaml", SICK), ("ghost.yaml", GHOST)]);
     let mut vm = node(dir.path(), &config, free_loopback_port().unwrap()).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
 
@@ -384,6 +411,13 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_oom_killed_and_stop_cleanly_whi
     });
     let last = &hog["containers"][0]["lastState"]["terminated"];
     assert_eq!(last["reason"], "OOMKilled", "{hog:#}");
+
+    // A failing exec liveness probe restarts its container.
+    let sick = wait_status(&mut vm, "default_sick-t-cp-1.json", SHORT, "sick restarted", |s| {
+        s["containers"][0]["restartCount"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(sick["containers"][0]["lastState"]["terminated"].is_object(), "{sick:#}");
+    assert!(vm.console_text().unwrap().contains("container default/sick-t-cp-1/main: Liveness probe failed"));
 
     // An unknown image is a clear status; a broken file is reported with
     // its name; neither disturbs the running pods.

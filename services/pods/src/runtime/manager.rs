@@ -475,10 +475,8 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             (ProbeKind::Readiness, &spec_c.readiness),
         ] {
             if let Some(probe) = probe {
-                probe_tasks.push(self.spawn_probe(uid, index, generation, kind, probe.clone(), probe_host.clone()));
-                if matches!(probe.action, ProbeAction::Exec { .. }) {
-                    warn!("container {full}/{}: the {kind:?} probe is exec, which Kelson does not run: counted as passing", spec_c.name);
-                }
+                let cgroup = self.container_cgroup(&spec, &spec_c.name);
+                probe_tasks.push(self.spawn_probe(uid, index, generation, kind, probe.clone(), probe_host.clone(), cgroup));
             }
         }
         let Some(pod) = self.pods.get_mut(uid) else { return };
@@ -518,26 +516,31 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         }
     }
 
-    fn spawn_probe(&self, uid: &str, container: usize, generation: u64, kind: ProbeKind, probe: ProbeSpec, host: String) -> JoinHandle<()> {
+    /// A container's cgroup directory, where an exec probe finds its processes.
+    fn container_cgroup(&self, spec: &PodSpec, container: &str) -> PathBuf {
+        let relative = pod_cgroup(&self.config.cgroup_parent, spec).join(container);
+        self.config.cgroup_root.join(relative.strip_prefix("/").unwrap_or(&relative))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_probe(&self, uid: &str, container: usize, generation: u64, kind: ProbeKind, probe: ProbeSpec, host: String, cgroup: PathBuf) -> JoinHandle<()> {
         let prober = self.prober.clone();
         let clock = self.clock.clone();
         let tx = self.probe_tx.clone();
         let uid = uid.to_owned();
-        // Exec probes would need a process inside the container, which the
-        // shim cannot start yet. Counted as passing: failing them would
-        // restart a healthy container forever, and never passing them would
-        // keep it from ever being started or ready.
-        let exec = matches!(probe.action, ProbeAction::Exec { .. });
         tokio::spawn(async move {
             clock.sleep(probe.initial_delay).await;
             loop {
-                let result = if exec {
-                    Ok(())
-                } else {
-                    match tokio::time::timeout(probe.timeout.max(Duration::from_millis(1)), prober.probe(&probe.action, &host, probe.timeout)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(format!("timed out after {:?}", probe.timeout)),
+                let limit = probe.timeout.max(Duration::from_millis(1));
+                let attempt = async {
+                    match &probe.action {
+                        ProbeAction::Exec { command } => prober.exec(command, &cgroup, probe.timeout).await,
+                        action => prober.probe(action, &host, probe.timeout).await,
                     }
+                };
+                let result = match tokio::time::timeout(limit, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("timed out after {:?}", probe.timeout)),
                 };
                 let sent = tx.send(ProbeResult { uid: uid.clone(), container, generation, kind, result });
                 if sent.is_err() {

@@ -199,4 +199,18 @@ pub trait Prober: Send + Sync + 'static {
         host: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Runs an `exec` probe's command inside the container whose cgroup is
+    /// `cgroup` (an absolute directory under the cgroup2 mount): it passes
+    /// when the command exits 0 within `timeout`. Starting a process is the
+    /// node's business (PID 1 reaps everything), so the default refuses.
+    fn exec(
+        &self,
+        command: &[String],
+        cgroup: &Path,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = (command, cgroup, timeout);
+        async { Err("this prober cannot run exec probes".to_owned()) }
+    }
 }

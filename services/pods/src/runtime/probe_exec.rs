@@ -2,9 +2,9 @@
 //! one HTTP/1.0 GET and reads the status line (200-399 passes, as the
 //! kubelet counts). HTTPS is TLS without certificate checks, as the
 //! kubelet's prober does (control-plane pods probe their own self-signed
-//! serving certificates). `exec` is not run here: the manager treats exec
-//! probes as passing (see `PodManager`), so this answers them as
-//! unsupported.
+//! serving certificates). `exec` probes need a process in the container,
+//! which only the node can start: PID 1's prober (`init/src/pods_stage.rs`)
+//! runs them and hands the rest to this one.
 
 use super::Prober;
 use crate::spec::{HttpScheme, ProbeAction};

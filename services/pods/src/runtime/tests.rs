@@ -126,6 +126,8 @@ impl PodHost for FakeHost {
 #[derive(Default)]
 struct FakeProber {
     healthy: AtomicBool,
+    /// Each exec probe run: its command and the cgroup it was aimed at.
+    execs: Mutex<Vec<(Vec<String>, PathBuf)>>,
 }
 
 impl Prober for Arc<FakeProber> {
@@ -134,6 +136,15 @@ impl Prober for Arc<FakeProber> {
             Ok(())
         } else {
             Err("connection refused".into())
+        }
+    }
+
+    async fn exec(&self, command: &[String], cgroup: &Path, _timeout: Duration) -> Result<(), String> {
+        self.execs.lock().unwrap().push((command.to_vec(), cgroup.to_owned()));
+        if self.healthy.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("exited with code 1".into())
         }
     }
 }
@@ -388,6 +399,23 @@ async fn a_failing_liveness_probe_restarts_the_container_and_readiness_sets_read
     rig.prober.healthy.store(true, Ordering::SeqCst);
     rig.advance(Duration::from_millis(1)).await;
     eventually("restarted", || rig.runtime.count("create") == 2).await;
+}
+
+#[tokio::test]
+async fn an_exec_probe_runs_its_command_against_the_containers_cgroup() {
+    let rig = Rig::new(Some(Duration::from_millis(1)));
+    let probe = "    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}\n";
+    let p = pod(
+        "/m/ex.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: ex}}\nspec:\n  hostNetwork: true\n  containers:\n  - name: main\n    image: busybox\n{probe}"),
+    );
+    rig.prober.healthy.store(true, Ordering::SeqCst);
+    rig.send(vec![ManifestEvent::Added(p.clone())]).await;
+    eventually("ready through the exec probe", || rig.status("ex").is_some_and(|s| s["ready"] == true)).await;
+    let execs = rig.prober.execs.lock().unwrap().clone();
+    let (command, cgroup) = execs.first().expect("an exec probe ran");
+    assert_eq!(command, &["cat".to_owned(), "/tmp/ready".to_owned()]);
+    assert!(cgroup.ends_with(format!("kelson.slice/pods/{}/main", p.uid)), "{}", cgroup.display());
 }
 
 #[tokio::test]
