@@ -21,8 +21,18 @@ impl Qmp {
     /// Connects to an already existing QMP socket, reads the greeting and
     /// leaves capability negotiation mode.
     pub(crate) fn connect(path: &Path) -> Result<Self> {
-        let stream = UnixStream::connect(path)
-            .with_context(|| format!("connecting to QMP socket {}", path.display()))?;
+        // QEMU binds the socket file before it listens on it: a connection
+        // in between is refused, which a loaded host makes likely.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        }
+        .with_context(|| format!("connecting to QMP socket {}", path.display()))?;
         stream
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .context("setting the QMP socket's read timeout")?;
