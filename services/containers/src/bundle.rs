@@ -33,8 +33,10 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-/// Every capability a privileged container gets (Linux 5.9's set).
-const ALL_CAPABILITIES: &[&str] = &[
+/// Every capability a privileged container gets (Linux 5.9's set), as
+/// Kubernetes names them (no `CAP_` prefix); also what pod validation
+/// accepts in `capabilities.add`/`drop`.
+pub const ALL_CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
     "DAC_READ_SEARCH",

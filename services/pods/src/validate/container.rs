@@ -412,51 +412,6 @@ fn resources(p: &mut Problems, at: &str, r: Option<&k8s::ResourceRequirements>) 
     }
 }
 
-/// Linux's capabilities, as Kubernetes names them (no `CAP_` prefix).
-const CAPABILITIES: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
 fn capabilities(p: &mut Problems, at: &str, names: Option<&Vec<String>>) -> Vec<String> {
     let mut out = Vec::new();
     for (i, name) in names.into_iter().flatten().enumerate() {
@@ -464,7 +419,7 @@ fn capabilities(p: &mut Problems, at: &str, names: Option<&Vec<String>>) -> Vec<
             .strip_prefix("CAP_")
             .unwrap_or(name)
             .to_ascii_uppercase();
-        if bare == "ALL" || CAPABILITIES.contains(&bare.as_str()) {
+        if bare == "ALL" || kelson_containers::bundle::ALL_CAPABILITIES.contains(&bare.as_str()) {
             out.push(bare);
         } else {
             p.add(
