@@ -60,6 +60,7 @@ mod vm;
 pub use agent::{guest_layer_with_agent, AgentOutput, AGENT_HOOK, GUEST_APPLET_DIR, GUEST_BUSYBOX};
 pub use cpio::Layer;
 pub mod oci;
+pub mod seed;
 pub use image::{ImagePaths, IMAGE_DIR_ENV};
 pub use vm::{free_loopback_port, DiskFormat, Vm, VmBuilder};
 /// Re-exported for [`Vm::qmp`] arguments and results.

@@ -28,16 +28,8 @@ fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// A FAT seed volume labelled CIDATA, made with mtools (no mounting).
 fn fat_seed(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
-    let image = dir.join("seed.img");
-    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&image).arg("2048"));
-    for (name, content) in files {
-        let local = dir.join(name);
-        std::fs::write(&local, content).unwrap();
-        run(Command::new("mcopy").arg("-i").arg(&image).arg(&local).arg(format!("::{name}")));
-    }
-    image
+    qemu_tests::seed::fat_seed(dir, files).unwrap()
 }
 
 fn blank_disk(dir: &Path, name: &str, mib: u64) -> PathBuf {

@@ -7,7 +7,6 @@
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -17,11 +16,6 @@ const NODE: &str = "t-cp-1";
 /// doubling otherwise).
 const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms=500";
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn sh(vm: &mut Vm, cmd: &str) -> String {
     let out = vm.agent_exec(cmd, SHORT).unwrap_or_else(|e| panic!("agent: {cmd}: {e:#}"));
     assert_eq!(out.status, 0, "{cmd} failed: {}", out.output);
@@ -30,14 +24,8 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
 
 /// A FAT seed whose user-data is `config`.
 fn seed(dir: &Path, config: &str) -> PathBuf {
-    let image = dir.join("seed.img");
-    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&image).arg("2048"));
-    for (name, content) in [("meta-data", "instance-id: pods-1\n"), ("user-data", config)] {
-        let local = dir.join(name);
-        std::fs::write(&local, content).unwrap();
-        run(Command::new("mcopy").arg("-i").arg(&image).arg(&local).arg(format!("::{name}")));
-    }
-    image
+    qemu_tests::seed::fat_seed(dir, &[("meta-data", "instance-id: pods-1
+"), ("user-data", config)]).unwrap()
 }
 
 /// `text` indented by `n` spaces, for a YAML block scalar.

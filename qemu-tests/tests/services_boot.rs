@@ -6,28 +6,16 @@
 
 use qemu_tests::{guest_layer_with_agent, ImagePaths, Layer, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 const SHORT: Duration = Duration::from_secs(90);
 const IMAGE_NAME: &str = "docker.io/kelson/busybox:test";
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A FAT seed whose user-data is `config`.
 fn seed(dir: &Path, config: &str) -> PathBuf {
-    let image = dir.join("seed.img");
-    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&image).arg("2048"));
-    for (name, content) in [("meta-data", "instance-id: services-1\n"), ("user-data", config)] {
-        let local = dir.join(name);
-        std::fs::write(&local, content).unwrap();
-        run(Command::new("mcopy").arg("-i").arg(&image).arg(&local).arg(format!("::{name}")));
-    }
-    image
+    qemu_tests::seed::fat_seed(dir, &[("meta-data", "instance-id: services-1
+"), ("user-data", config)]).unwrap()
 }
 
 fn config(kubelet_args: &str, proxy_args: &str) -> String {
