@@ -31,14 +31,16 @@ pub const KIND: &str = "MachineConfig";
 /// A hostname the kernel and Kubernetes both accept: RFC 1123 labels,
 /// at most 63 characters in all (the node name limit).
 pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        })
+    !name.is_empty() && name.len() <= 63 && name.split('.').all(valid_dns_label)
+}
+
+/// An RFC 1123 label: 1 to 63 lowercase letters, digits and '-', not
+/// starting or ending with '-'.
+pub fn valid_dns_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 impl MachineConfig {

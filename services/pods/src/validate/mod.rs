@@ -9,6 +9,7 @@
 mod container;
 mod probe;
 
+use kelson_config::valid_dns_label as valid_label;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeSet;
@@ -327,14 +328,6 @@ fn check_subdomain(p: &mut Problems, path: &str, name: &str) {
     }
 }
 
-fn valid_label(label: &str) -> bool {
-    (1..=63).contains(&label.len())
-        && label
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-}
 
 #[cfg(test)]
 mod tests {
