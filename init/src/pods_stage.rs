@@ -120,6 +120,7 @@ impl Prober for NodeProber {
     }
 
     async fn exec(&self, command: &[String], cgroup: &Path, timeout: Duration) -> Result<(), String> {
+        let what = command.join(" ");
         let procs = cgroup.join("cgroup.procs");
         let text = std::fs::read_to_string(&procs).map_err(|e| format!("reading {}: {e}", procs.display()))?;
         let Some(target) = text.split_whitespace().next() else {
@@ -128,14 +129,14 @@ impl Prober for NodeProber {
         let mut cmd = std::process::Command::new("/proc/self/exe");
         cmd.arg(crate::nsexec::SUBCOMMAND).arg(target).args(command);
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        let spawned = self.reaper.spawn(&mut cmd).map_err(|e| format!("starting {}: {e}", command.join(" ")))?;
+        let spawned = self.reaper.spawn(&mut cmd).map_err(|e| format!("starting {what}: {e}"))?;
         match tokio::time::timeout(timeout, spawned.exit).await {
             Ok(Ok(exit)) if exit.success() => Ok(()),
-            Ok(Ok(exit)) => Err(format!("{} {exit}", command.join(" "))),
-            Ok(Err(_)) => Err(format!("{}: its exit was lost", command.join(" "))),
+            Ok(Ok(exit)) => Err(format!("{what} {exit}")),
+            Ok(Err(_)) => Err(format!("{what}: its exit was lost")),
             Err(_) => {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.pid), nix::sys::signal::Signal::SIGKILL);
-                Err(format!("{} timed out after {timeout:?}", command.join(" ")))
+                Err(format!("{what} timed out after {timeout:?}"))
             }
         }
     }

@@ -475,7 +475,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             (ProbeKind::Readiness, &spec_c.readiness),
         ] {
             if let Some(probe) = probe {
-                let cgroup = self.container_cgroup(&spec, &spec_c.name);
+                let cgroup = self.pod_cgroup_dir(&spec).join(&spec_c.name);
                 probe_tasks.push(self.spawn_probe(uid, index, generation, kind, probe.clone(), probe_host.clone(), cgroup));
             }
         }
@@ -516,9 +516,9 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         }
     }
 
-    /// A container's cgroup directory, where an exec probe finds its processes.
-    fn container_cgroup(&self, spec: &PodSpec, container: &str) -> PathBuf {
-        let relative = pod_cgroup(&self.config.cgroup_parent, spec).join(container);
+    /// A pod's cgroup directory under the cgroup2 mount.
+    fn pod_cgroup_dir(&self, spec: &PodSpec) -> PathBuf {
+        let relative = pod_cgroup(&self.config.cgroup_parent, spec);
         self.config.cgroup_root.join(relative.strip_prefix("/").unwrap_or(&relative))
     }
 
@@ -793,7 +793,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         let pod_dir = self.config.pods_dir.join(&spec.uid.0);
         remove_tree(&pod_dir, &full);
         remove_tree(&self.config.io_dir.join(&spec.uid.0), &full);
-        let cgroup = self.config.cgroup_root.join(pod_cgroup(&self.config.cgroup_parent, spec).strip_prefix("/").unwrap_or(Path::new("")));
+        let cgroup = self.pod_cgroup_dir(spec);
         for ctr in &pod.containers {
             // The runtime removed the container's cgroup at delete; left
             // over only if that failed, and then rmdir fails too (busy).
