@@ -19,9 +19,9 @@ use kelson_containers::{ShimClient, ShimCommand};
 use kelson_net::plan::BridgePlan;
 use kelson_net::{NetPlan, PodNetwork, RtNetlink};
 use kelson_pods::manifest::LoadOptions;
-use kelson_pods::runtime::netns::{self, NamespaceFiles, NETNS_DIR};
+use kelson_pods::runtime::netns::{self, NamespaceFiles, Unshare, NETNS_DIR};
 use kelson_pods::runtime::probe_exec::NetProber;
-use kelson_pods::runtime::shim::{ShimRuntime, StoreImages, SystemHost};
+use kelson_pods::runtime::shim::{ShimRuntime, StartShim, StoreImages, SystemHost};
 use kelson_pods::runtime::{host_sandbox, ManagerCommand, ManagerConfig, PodManager, Prober, Sandbox, SandboxError, SandboxNetwork};
 use kelson_pods::ProbeAction;
 use kelson_pods::watch::{ManifestWatcher, DEBOUNCE, MANIFEST_DIR};
@@ -65,11 +65,16 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let reaper = ctx.reaper.clone();
     let commands = runtime.block_on(async move {
         let client = connect_or_start_shim(&reaper).await?;
+        let restart_reaper = reaper.clone();
+        let start_shim: StartShim = Box::new(move || {
+            let reaper = restart_reaper.clone();
+            Box::pin(async move { connect_or_start_shim(&reaper).await })
+        });
         let network = NodeSandboxes::new(bridge, host_ip.clone(), Path::new(NETNS_DIR), Path::new(kelson_net::pods::DEFAULT_STATE_DIR));
         let config = ManagerConfig { host_ip, fixed_backoff, ..ManagerConfig::default() };
         let manager = PodManager::new(
             config,
-            ShimRuntime::new(client),
+            ShimRuntime::restartable(client, start_shim),
             Arc::new(network),
             Arc::new(NodeProber { net: NetProber::new(), reaper: reaper.clone() }),
             Arc::new(StoreImages(ImageStore::new(IMAGE_LAYOUTS, IMAGE_UNPACKED))),
@@ -149,11 +154,15 @@ fn open_shim_log() -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).open(SHIM_LOG)
 }
 
-/// The shim already running (a PID 1 re-exec keeps it), or a new one.
+/// The shim that answers on its socket, or else a new one. Either way
+/// the pod manager that asks starts with no containers (at boot, or after
+/// it lost its shim and counted every container killed), so whatever a
+/// running shim still has is killed and deleted first.
 async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, String> {
     let socket = Path::new(SHIM_SOCKET);
-    if let Ok((client, containers)) = ShimClient::connect(socket, Duration::ZERO).await {
+    if let Ok((mut client, containers)) = ShimClient::connect(socket, Duration::ZERO).await {
         info!("pods: using the running container shim ({} containers)", containers.len());
+        clear_containers(&mut client, containers).await?;
         return Ok(client);
     }
     let options = ShimOptions { socket: socket.to_owned(), state_dir: PathBuf::from(SHIM_STATE_DIR), no_pivot: true };
@@ -182,6 +191,37 @@ async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, Strin
     Ok(client)
 }
 
+/// Kills (SIGKILL) and deletes every container a running shim reports.
+async fn clear_containers(client: &mut ShimClient, containers: Vec<kelson_containers::ContainerState>) -> Result<(), String> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let mut running: Vec<String> = Vec::new();
+    for container in &containers {
+        if container.exit.is_none() {
+            warn!("pods: killing container {} left in the shim", container.id);
+            client.kill(&container.id, SIGKILL).await.map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+            running.push(container.id.clone());
+        }
+    }
+    let waited = tokio::time::timeout(LIMIT, async {
+        while !running.is_empty() {
+            let exit = client.next_event().await.map_err(|e| format!("waiting for killed containers: {}", kelson_config::error_chain(&e)))?;
+            running.retain(|id| *id != exit.id);
+        }
+        Ok::<_, String>(())
+    })
+    .await;
+    match waited {
+        Ok(result) => result?,
+        Err(_) => return Err(format!("containers left in the shim did not exit within {} s after SIGKILL", LIMIT.as_secs())),
+    }
+    for container in &containers {
+        client.delete(&container.id).await.map_err(|e| format!("deleting container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+const SIGKILL: i32 = 9;
+
 /// Stops every pod, each within its grace period, last started first.
 pub async fn shutdown() {
     let commands = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -198,8 +238,9 @@ pub async fn shutdown() {
     }
 }
 
-/// Sandboxes on this node: host-network pods use the host's namespaces;
-/// others get namespace files and an eth0 on cbr0 from kelson-net.
+/// Sandboxes on this node: host-network pods use the host's network and
+/// UTS namespaces and, unless `hostIPC`, an IPC namespace file of their
+/// own; others get namespace files and an eth0 on cbr0 from kelson-net.
 pub struct NodeSandboxes {
     pods: Option<PodNetwork<RtNetlink>>,
     host_ip: Option<String>,
@@ -230,20 +271,32 @@ fn sandbox_error(action: &'static str, pod: &PodSpec, source: impl std::error::E
     SandboxError { action, pod: pod.full_name(), source: Box::new(source) }
 }
 
+impl NodeSandboxes {
+    async fn make_namespaces(&self, pod: &PodSpec, which: Unshare) -> Result<NamespaceFiles, SandboxError> {
+        let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
+        let (made, name) = (files.clone(), pod.name.clone());
+        tokio::task::spawn_blocking(move || netns::create(&made, which, &name))
+            .await
+            .map_err(|e| sandbox_error("creating namespaces for", pod, Message(e.to_string())))?
+            .map_err(|e| sandbox_error("creating namespaces for", pod, e))?;
+        Ok(files)
+    }
+}
+
 impl SandboxNetwork for NodeSandboxes {
     async fn create(&self, pod: &PodSpec) -> Result<Sandbox, SandboxError> {
+        use kelson_containers::Namespace::Join;
         if pod.host_network {
-            return Ok(host_sandbox(pod, self.host_ip.clone()));
+            let mut sandbox = host_sandbox(pod, self.host_ip.clone());
+            if !pod.host_ipc {
+                sandbox.ipc = Join(self.make_namespaces(pod, Unshare::IPC_ONLY).await?.ipc);
+            }
+            return Ok(sandbox);
         }
         let Some(network) = &self.pods else {
             return Err(sandbox_error("creating", pod, Message("the node has no pod network (no podCIDR/bridge configured)".into())));
         };
-        let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
-        let (made, name) = (files.clone(), pod.name.clone());
-        tokio::task::spawn_blocking(move || netns::create(&made, &name))
-            .await
-            .map_err(|e| sandbox_error("creating namespaces for", pod, Message(e.to_string())))?
-            .map_err(|e| sandbox_error("creating namespaces for", pod, e))?;
+        let files = self.make_namespaces(pod, Unshare::pod_network(pod.host_ipc)).await?;
         let attachment = match network.attach(&files.net, &pod.uid.0).await {
             Ok(attachment) => attachment,
             Err(e) => {
@@ -251,7 +304,6 @@ impl SandboxNetwork for NodeSandboxes {
                 return Err(sandbox_error("attaching to cbr0", pod, e));
             }
         };
-        use kelson_containers::Namespace::Join;
         Ok(Sandbox {
             network: Join(files.net),
             ipc: if pod.host_ipc { kelson_containers::Namespace::Host } else { Join(files.ipc) },
@@ -261,12 +313,13 @@ impl SandboxNetwork for NodeSandboxes {
     }
 
     async fn release(&self, pod: &PodSpec) -> Result<(), SandboxError> {
-        if pod.host_network {
-            return Ok(());
+        if !pod.host_network {
+            if let Some(network) = &self.pods {
+                network.detach(&pod.uid.0).await.map_err(|e| sandbox_error("detaching", pod, e))?;
+            }
         }
-        if let Some(network) = &self.pods {
-            network.detach(&pod.uid.0).await.map_err(|e| sandbox_error("detaching", pod, e))?;
-        }
+        // Whatever files the pod had (a host-network pod at most its IPC
+        // one); missing ones are fine.
         let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
         netns::remove(&files).map_err(|e| sandbox_error("removing namespaces of", pod, e))
     }

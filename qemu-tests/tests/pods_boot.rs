@@ -229,11 +229,47 @@ fn etcd_healthy(runtime: &tokio::runtime::Runtime, dir: &Path, port: u16, key: &
     }
 }
 
+/// Two containers of a host-network pod, each printing its IPC and network
+/// namespaces.
+const PAIR: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+  namespace: default
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: a
+    image: busybox
+    command: [sh, -c, 'echo ipc=$(readlink /proc/self/ns/ipc) net=$(readlink /proc/self/ns/net); exec sleep 3600']
+  - name: b
+    image: busybox
+    command: [sh, -c, 'echo ipc=$(readlink /proc/self/ns/ipc) net=$(readlink /proc/self/ns/net); exec sleep 3600']
+";
+
+/// `ipc=… net=…` as a container of `pod` printed it in run `run`'s log.
+fn namespaces_logged(vm: &mut Vm, pod_dir: &str, container: &str, run: u32) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let log = sh(vm, &format!("cat /var/log/pods/{pod_dir}/{container}/{run}.log 2>/dev/null || true"));
+        if let Some(line) = log.lines().find(|l| l.contains(" stdout F ipc=")) {
+            let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or_default().to_owned();
+            return (field("ipc="), field("net="));
+        }
+        assert!(start.elapsed() < SHORT, "no namespaces in {container}'s log {run}: {log}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The container shim's pid: PID 1 re-executed as `/proc/self/exe shim …`.
+const SHIM_PID: &str = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/proc/self/exe shim ' && echo ${p#/proc/}; done";
+
 #[test]
-fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_9() {
+fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_9_and_after_its_shim_dies() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd_manifest();
-    let config = cluster_config(dir.path(), &[("etcd.yaml", &etcd)]);
+    let config = cluster_config(dir.path(), &[("etcd.yaml", &etcd), ("pair.yaml", PAIR)]);
     let port = free_loopback_port().unwrap();
     let mut vm = node(dir.path(), &config, port).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
@@ -262,6 +298,53 @@ fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_
         client.get("/kelson/first", None).await.unwrap().kvs().len()
     });
     assert_eq!(kept, 1);
+
+    // A host-network pod without hostIPC: the host's network namespace,
+    // and one IPC namespace of its own that both containers share.
+    let pair_file = format!("default_pair-{NODE}.json");
+    let all_running = |s: &Value| s["containers"].as_array().is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["state"]["running"].is_object()));
+    let pair = wait_status(&mut vm, &pair_file, SHORT, "both pair containers running", all_running);
+    let pair_uid = pair["uid"].as_str().unwrap().to_owned();
+    let pair_dir = format!("default_pair-{NODE}_{pair_uid}");
+    let (host_ipc, host_net) = (sh(&mut vm, "readlink /proc/1/ns/ipc"), sh(&mut vm, "readlink /proc/1/ns/net"));
+    let (a_ipc, a_net) = namespaces_logged(&mut vm, &pair_dir, "a", 0);
+    let (b_ipc, b_net) = namespaces_logged(&mut vm, &pair_dir, "b", 0);
+    assert!(a_ipc.starts_with("ipc:["), "{a_ipc}");
+    assert_eq!(a_ipc, b_ipc, "the pod's containers share one IPC namespace");
+    assert_ne!(a_ipc, host_ipc, "not the host's IPC namespace");
+    assert_eq!((a_net.as_str(), b_net.as_str()), (host_net.as_str(), host_net.as_str()), "host network");
+    assert!(sh(&mut vm, "ls /run/kelson/pods/netns").contains(&format!("{pair_uid}-ipc")));
+
+    // The container shim dies: PID 1 starts a new one, which kills what the
+    // old one ran, and every container starts again with a restart counted.
+    let old_shim = sh(&mut vm, SHIM_PID);
+    assert!(!old_shim.is_empty() && !old_shim.contains('\n'), "one shim: {old_shim:?}");
+    sh(&mut vm, &format!("kill -9 {old_shim}"));
+    let etcd_back = wait_status(&mut vm, &file, SHORT, "etcd restarted under a new shim", |s| {
+        s["containers"][0]["restartCount"] == 2 && s["containers"][0]["state"]["running"].is_object()
+    });
+    let lost = &etcd_back["containers"][0]["lastState"]["terminated"];
+    assert!(lost["message"].as_str().unwrap_or_default().contains("shim was lost"), "{etcd_back:#}");
+    let new_shim = sh(&mut vm, SHIM_PID);
+    assert!(!new_shim.is_empty() && new_shim != old_shim, "a new shim: {new_shim:?} (old {old_shim})");
+    etcd_healthy(&runtime, dir.path(), port, "/kelson/third", SHORT);
+    assert_eq!(sh(&mut vm, "pidof etcd | wc -w"), "1", "the old etcd is gone");
+    wait_status(&mut vm, &pair_file, SHORT, "pair restarted under the new shim", |s| {
+        all_running(s) && s["containers"].as_array().unwrap().iter().all(|c| c["restartCount"] == 1)
+    });
+    assert_eq!(sh(&mut vm, "pidof sleep | wc -w"), "2", "the pair's old sleeps are gone");
+    let (a_ipc_again, _) = namespaces_logged(&mut vm, &pair_dir, "a", 1);
+    assert_eq!(a_ipc_again, a_ipc, "restarted containers rejoin their pod's IPC namespace");
+    assert!(vm.console_text().unwrap().contains("a new container runtime is up"));
+
+    // Removing the pod releases its IPC namespace file.
+    sh(&mut vm, "rm /etc/kubernetes/manifests/pair.yaml");
+    let gone = Instant::now();
+    while sh(&mut vm, "ls /run/kelson/pods/").contains("default_pair-") {
+        assert!(gone.elapsed() < SHORT, "pair's status file is still there");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!sh(&mut vm, "ls /run/kelson/pods/netns").contains(&pair_uid), "the IPC namespace file is left");
 
     vm.system_powerdown().unwrap();
     assert!(vm.wait_exit(SHORT).unwrap().success());

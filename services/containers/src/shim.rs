@@ -215,6 +215,7 @@ impl Shim {
         let listener = UnixListener::bind(&options.socket).map_err(io_err("listening on", &options.socket))?;
         fs::set_permissions(&options.socket, fs::Permissions::from_mode(0o600)).map_err(io_err("restricting", &options.socket))?;
         listener.set_nonblocking(true).map_err(io_err("setting non-blocking", &options.socket))?;
+        remove_leftovers(&options.state_dir);
         tracing::info!(socket = %options.socket.display(), state = %options.state_dir.display(), no_pivot = options.no_pivot, "shim listening");
         Ok(Self { options, listener, wake_read, _wake_write: wake_write, clients: Vec::new(), next_client: 0, containers: BTreeMap::new() })
     }
@@ -459,6 +460,34 @@ impl Shim {
             tracing::info!(id = %event.id, pid, ?code, ?signal, oom_killed, "container exited");
             entry.state.exit = Some(event.clone());
             self.broadcast(&ShimMessage::Exit(event));
+        }
+    }
+}
+
+/// Containers a dead shim left in `state_dir`: no longer anyone's children
+/// (the kernel gave them to PID 1) and no longer reported, so they are
+/// killed and removed, cgroups too, before their ids are used again. Only
+/// reached once no other shim answers on the socket.
+fn remove_leftovers(state_dir: &Path) {
+    let entries = match fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::warn!(%error, state = %state_dir.display(), "listing containers left by an earlier shim");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let root = entry.path();
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let deleted = Container::load(root.clone()).map_err(|e| e.to_string()).and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
+        match deleted {
+            Ok(()) => tracing::warn!(id, "killed and deleted a container left by an earlier shim"),
+            Err(error) => {
+                tracing::warn!(id, error, "deleting a container left by an earlier shim; removing its state only");
+                if let Err(error) = fs::remove_dir_all(&root) {
+                    tracing::warn!(id, %error, state = %root.display(), "removing the state of a container left by an earlier shim");
+                }
+            }
         }
     }
 }

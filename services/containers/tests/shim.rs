@@ -33,13 +33,24 @@ impl Shim {
         let cgroup = Cgroup2::find(name);
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("shim.sock");
-        let options = ShimOptions { socket: socket.clone(), state_dir: dir.path().join("state"), no_pivot };
+        let child = Self::spawn(&cgroup, dir.path(), no_pivot);
+        Shim { child, socket, dir, cgroup }
+    }
+
+    fn spawn(cgroup: &Cgroup2, dir: &Path, no_pivot: bool) -> Child {
+        let options = ShimOptions { socket: dir.join("shim.sock"), state_dir: dir.join("state"), no_pivot };
         // KELSON_SHIM_BIN runs these tests against another build of the shim (e.g. the static one).
         let binary = std::env::var_os("KELSON_SHIM_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-shim")), PathBuf::from);
         let (program, prefix_args) = cgroup.wrap(&binary, &[]);
         let command = ShimCommand { program, prefix_args, with_subcommand: false, options };
-        let child = command.command().stdout(Stdio::null()).spawn().expect("spawning the shim");
-        Shim { child, socket, dir, cgroup }
+        command.command().stdout(Stdio::null()).spawn().expect("spawning the shim")
+    }
+
+    /// SIGKILL for the shim, then a new one on the same socket and state.
+    fn kill_and_replace(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(&self.cgroup, self.dir.path(), false);
     }
 
     fn rootfs(&self) -> PathBuf {
@@ -314,4 +325,38 @@ async fn every_client_gets_exits_a_second_shim_refuses_the_socket_and_garbage_ge
     let reply = lines.next_line().await.unwrap().unwrap();
     assert!(reply.starts_with(r#"{"type":"reply","seq":0,"result":{"Err":"malformed request: "#), "{reply}");
     assert_eq!(lines.next_line().await.unwrap().unwrap(), r#"{"type":"reply","seq":9,"result":{"Err":"no container \"x\""}}"#);
+}
+
+/// Whether `pid` is gone or only a zombie waiting for its new parent.
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_shim_kills_and_deletes_what_a_killed_shim_left_so_the_id_can_run_again() {
+    let mut shim = Shim::start("leftover", false);
+    let (mut client, _) = shim.connect().await;
+    let config = shim.config("left", "exec sleep 1000");
+    let bundle = shim.bundle(&config);
+    let old = client.create("left", &bundle, None, None).await.unwrap();
+    drop(client);
+
+    shim.kill_and_replace();
+    let (mut client, initial) = shim.connect().await;
+    assert!(initial.is_empty(), "a new shim knows no containers: {initial:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !dead(old.pid) {
+        assert!(std::time::Instant::now() < deadline, "the dead shim's container (pid {}) still runs", old.pid);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let new = client.create("left", &bundle, None, None).await.expect("the same id runs again");
+    assert_ne!(new.pid, old.pid);
+    client.kill("left", libc::SIGKILL).await.unwrap();
+    assert_eq!(next_exit(&mut client).await.signal, Some(libc::SIGKILL));
+    client.delete("left").await.unwrap();
+    assert!(!shim.cgroup.host_path(&config.cgroups_path).exists());
 }

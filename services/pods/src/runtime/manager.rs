@@ -122,6 +122,18 @@ struct Pod {
     then: Option<PodSpec>,
 }
 
+/// The runtime died; another is tried at `retry_at`.
+struct RuntimeLost {
+    retry_at: Instant,
+    failures: u32,
+}
+
+/// The longest wait between attempts to start a new runtime.
+const RUNTIME_RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// In the status of a container whose runtime died under it.
+const LOST_MESSAGE: &str = "the container shim was lost; the container was killed and is started again under a new shim";
+
 struct ProbeResult {
     uid: String,
     container: usize,
@@ -144,7 +156,7 @@ pub struct PodManager<R, N, P> {
     probe_tx: mpsc::UnboundedSender<ProbeResult>,
     probe_rx: mpsc::UnboundedReceiver<ProbeResult>,
     shutdown: Option<(VecDeque<String>, oneshot::Sender<()>)>,
-    runtime_failed: bool,
+    runtime_lost: Option<RuntimeLost>,
 }
 
 impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
@@ -171,7 +183,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             probe_tx,
             probe_rx,
             shutdown: None,
-            runtime_failed: false,
+            runtime_lost: None,
         }
     }
 
@@ -197,7 +209,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                 Some(wait) => self.clock.sleep(wait),
                 None => Box::pin(std::future::pending()),
             };
-            let runtime_failed = self.runtime_failed;
+            let runtime_up = self.runtime_lost.is_none();
             tokio::select! {
                 command = commands.recv(), if commands_open => match command {
                     Some(ManagerCommand::Manifests(events)) => {
@@ -208,15 +220,9 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                     Some(ManagerCommand::Shutdown(done)) => self.begin_shutdown(done).await,
                     None => commands_open = false,
                 },
-                exit = self.runtime.next_exit(), if !runtime_failed => match exit {
+                exit = self.runtime.next_exit(), if runtime_up => match exit {
                     Ok(exit) => self.on_exit(exit).await,
-                    Err(error) => {
-                        // Without the runtime nothing more can be learnt about
-                        // containers; pods stay as they are, and the status
-                        // files say when they were last known.
-                        warn!("pods: the container runtime failed, container exits are no longer seen: {}", error_chain(&error));
-                        self.runtime_failed = true;
-                    }
+                    Err(error) => self.on_runtime_lost(error).await,
                 },
                 Some(result) = self.probe_rx.recv() => self.on_probe(result).await,
                 () = sleep => {}
@@ -226,14 +232,52 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        // Without a runtime, restarts wait for the next attempt at one.
+        let retry = self.runtime_lost.as_ref().map(|lost| lost.retry_at);
         self.pods
             .values()
             .flat_map(|pod| {
                 let stop = pod.stopping.as_ref().filter(|s| !s.killed).map(|s| s.kill_at);
-                pod.containers.iter().flat_map(|c| [c.restart_at, c.kill_at]).chain([stop])
+                pod.containers.iter().flat_map(|c| [c.restart_at.filter(|_| retry.is_none()), c.kill_at]).chain([stop])
             })
+            .chain([retry])
             .flatten()
             .min()
+    }
+
+    /// The runtime died and its containers with it (the new one kills what
+    /// is left of them): each running container has exited, and restarts
+    /// as its policy says once a new runtime is up.
+    async fn on_runtime_lost(&mut self, error: super::RuntimeError) {
+        warn!("pods: the container runtime is gone ({}); its containers count as killed and start again under a new one", error_chain(&error));
+        self.runtime_lost = Some(RuntimeLost { retry_at: self.clock.now(), failures: 0 });
+        let running: Vec<(String, usize, String)> = self
+            .pods
+            .iter()
+            .flat_map(|(uid, pod)| {
+                pod.containers.iter().enumerate().filter(|(_, c)| c.run == Run::Running).map(|(i, c)| (uid.clone(), i, c.id.clone()))
+            })
+            .collect();
+        for (uid, index, id) in running {
+            let exit = ExitInfo { id, exit: Exit::Signal(SIGKILL), oom_killed: false };
+            self.record_exit(&uid, index, exit, Some(LOST_MESSAGE.to_owned())).await;
+        }
+    }
+
+    async fn restart_runtime(&mut self) {
+        let Some(lost) = &mut self.runtime_lost else { return };
+        match self.runtime.restart().await {
+            Ok(()) => {
+                info!("pods: a new container runtime is up");
+                self.runtime_lost = None;
+            }
+            Err(error) => {
+                lost.failures += 1;
+                let delay = Duration::from_secs(1u64 << lost.failures.min(5)).min(RUNTIME_RETRY_CAP);
+                lost.retry_at = self.clock.now() + delay;
+                warn!("pods: no container runtime, trying again in {} s: {}", delay.as_secs(), error_chain(&error));
+            }
+        }
     }
 
     async fn on_manifest(&mut self, event: ManifestEvent) {
@@ -600,9 +644,15 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         if let Err(error) = self.runtime.delete(&exit.id).await {
             warn!("pods: {}", error_chain(&error));
         }
+        self.record_exit(&uid, index, exit, None).await;
+    }
+
+    /// A container has exited: its status, and a restart if its policy
+    /// wants one.
+    async fn record_exit(&mut self, uid: &str, index: usize, exit: ExitInfo, message: Option<String>) {
         let now = self.clock.wall();
         let backoff = self.config.fixed_backoff;
-        let Some(pod) = self.pods.get_mut(&uid) else { return };
+        let Some(pod) = self.pods.get_mut(uid) else { return };
         let full = format!("{}/{}", pod.spec.namespace, pod.spec.name);
         let policy = pod.spec.restart_policy;
         let ctr = &mut pod.containers[index];
@@ -618,7 +668,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             Exit::Signal(signal) => 128 + signal,
         };
         if let Some(status) = pod.status.container_mut(&name) {
-            status.set_terminated(exit.exit, exit.oom_killed, now, None);
+            status.set_terminated(exit.exit, exit.oom_killed, now, message);
         }
         let reason = match reason {
             TerminatedReason::Completed => "Completed",
@@ -644,8 +694,8 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             }
         }
         pod.status.update_phase(policy);
-        self.write_status(&uid);
-        self.finish_stop_if_done(&uid).await;
+        self.write_status(uid);
+        self.finish_stop_if_done(uid).await;
     }
 
     async fn on_probe(&mut self, result: ProbeResult) {
@@ -693,7 +743,11 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
     }
 
     async fn on_deadlines(&mut self) {
+        if self.runtime_lost.as_ref().is_some_and(|lost| lost.retry_at <= self.clock.now()) {
+            self.restart_runtime().await;
+        }
         let now = self.clock.now();
+        let runtime_up = self.runtime_lost.is_none();
         let mut restarts = Vec::new();
         let mut kills = Vec::new();
         for (uid, pod) in &mut self.pods {
@@ -706,7 +760,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                 continue;
             }
             for (index, ctr) in pod.containers.iter_mut().enumerate() {
-                if ctr.restart_at.is_some_and(|at| at <= now) {
+                if runtime_up && ctr.restart_at.is_some_and(|at| at <= now) {
                     ctr.restart_at = None;
                     restarts.push((uid.clone(), index));
                 }

@@ -68,8 +68,17 @@ pub trait ContainerRuntime: Send + 'static {
     /// Removes an exited container (its cgroup and runtime state).
     fn delete(&mut self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The next container exit. Must be cancel safe: the manager polls it
-    /// beside its other inputs.
+    /// beside its other inputs. An error means the runtime itself is gone
+    /// (the shim died) and every container it ran with it.
     fn next_exit(&mut self) -> impl Future<Output = Result<ExitInfo, RuntimeError>> + Send;
+    /// After [`ContainerRuntime::next_exit`] failed: a fresh runtime in
+    /// place of the lost one, which kills whatever is left of the lost
+    /// one's containers. The default cannot.
+    fn restart(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async {
+            Err(RuntimeError { action: "restarting the runtime of", id: "every".into(), source: "this runtime cannot be restarted".into() })
+        }
+    }
 }
 
 /// An image ready to be a container's lower layer.
@@ -152,14 +161,15 @@ pub trait SandboxNetwork: Send + Sync + 'static {
     fn release(&self, pod: &PodSpec) -> impl Future<Output = Result<(), SandboxError>> + Send;
 }
 
-/// The sandbox of a host-network pod: the host's network and UTS
-/// namespaces (IPC too with `hostIPC`), nothing to release.
+/// The sandbox of a host-network pod made without namespace files: the
+/// host's network and UTS namespaces, and the host's IPC namespace with
+/// `hostIPC`. Without it each container gets an IPC namespace of its own;
+/// PID 1's sandboxes replace that with one the pod's containers share
+/// ([`netns::Unshare::IPC_ONLY`]), as the kubelet's pause container does.
 pub fn host_sandbox(pod: &PodSpec, host_ip: Option<String>) -> Sandbox {
     Sandbox {
         network: Namespace::Host,
         uts: Namespace::Host,
-        // Without hostIPC each container gets its own IPC namespace: a pod
-        // sharing one would need a namespace file like the network's.
         ipc: if pod.host_ipc { Namespace::Host } else { Namespace::New },
         pod_ip: host_ip,
     }

@@ -6,18 +6,34 @@ use kelson_containers::rootfs::{self, Mounter, SystemMounter};
 use kelson_containers::store::ImageStore;
 use kelson_containers::{ExitEvent, ShimClient};
 use kelson_supervise::Exit;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+/// Starts a new shim (after the last one died) and connects to it.
+pub type StartShim = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ShimClient, String>> + Send>> + Send>;
 
 /// Containers through the shim over its socket.
 pub struct ShimRuntime {
     client: ShimClient,
+    start: Option<StartShim>,
 }
 
 impl ShimRuntime {
+    /// A runtime that cannot be restarted once its shim is gone.
     pub fn new(client: ShimClient) -> Self {
-        ShimRuntime { client }
+        ShimRuntime { client, start: None }
+    }
+
+    /// A runtime that calls `start` for a new shim when this one dies.
+    pub fn restartable(client: ShimClient, start: StartShim) -> Self {
+        ShimRuntime { client, start: Some(start) }
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StartFailed(String);
 
 fn runtime_error<'a>(action: &'static str, id: &'a str) -> impl FnOnce(kelson_containers::ClientError) -> RuntimeError + 'a {
     move |e| RuntimeError { action, id: id.to_owned(), source: Box::new(e) }
@@ -49,6 +65,15 @@ impl ContainerRuntime for ShimRuntime {
 
     async fn next_exit(&mut self) -> Result<ExitInfo, RuntimeError> {
         self.client.next_event().await.map(exit_info).map_err(runtime_error("waiting for the exit of", "any"))
+    }
+
+    async fn restart(&mut self) -> Result<(), RuntimeError> {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError { action: "restarting the shim of", id: "every".into(), source };
+        let Some(start) = self.start.as_mut() else {
+            return Err(failed("this shim runtime was made without a way to start another".into()));
+        };
+        self.client = start().await.map_err(|e| failed(Box::new(StartFailed(e))))?;
+        Ok(())
     }
 }
 

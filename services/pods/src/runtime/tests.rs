@@ -20,12 +20,14 @@ struct RuntimeState {
     /// Containers that ignore SIGTERM (as a pid namespace's init without a
     /// handler does).
     deaf: bool,
+    /// Restarts of a lost runtime that fail before one succeeds.
+    failing_restarts: u32,
 }
 
 #[derive(Clone)]
 struct Handle {
     state: Arc<Mutex<RuntimeState>>,
-    exits: mpsc::UnboundedSender<ExitInfo>,
+    exits: mpsc::UnboundedSender<Result<ExitInfo, String>>,
 }
 
 impl Handle {
@@ -37,7 +39,11 @@ impl Handle {
     }
     fn exit(&self, id: &str, exit: Exit, oom_killed: bool) {
         self.state.lock().unwrap().running.remove(id);
-        self.exits.send(ExitInfo { id: id.into(), exit, oom_killed }).unwrap();
+        self.exits.send(Ok(ExitInfo { id: id.into(), exit, oom_killed })).unwrap();
+    }
+    /// The runtime dies, as a killed shim does.
+    fn lose(&self) {
+        self.exits.send(Err("the shim closed its socket".into())).unwrap();
     }
     fn running(&self) -> Vec<String> {
         self.state.lock().unwrap().running.iter().cloned().collect()
@@ -46,7 +52,7 @@ impl Handle {
 
 struct FakeRuntime {
     handle: Handle,
-    exits: mpsc::UnboundedReceiver<ExitInfo>,
+    exits: mpsc::UnboundedReceiver<Result<ExitInfo, String>>,
 }
 
 impl ContainerRuntime for FakeRuntime {
@@ -75,9 +81,20 @@ impl ContainerRuntime for FakeRuntime {
     }
     async fn next_exit(&mut self) -> Result<ExitInfo, RuntimeError> {
         match self.exits.recv().await {
-            Some(exit) => Ok(exit),
+            Some(Ok(exit)) => Ok(exit),
+            Some(Err(lost)) => Err(RuntimeError { action: "waiting for the exit of", id: "any".into(), source: lost.into() }),
             None => std::future::pending().await,
         }
+    }
+    async fn restart(&mut self) -> Result<(), RuntimeError> {
+        let mut state = self.handle.state.lock().unwrap();
+        state.calls.push("restart".into());
+        if state.failing_restarts > 0 {
+            state.failing_restarts -= 1;
+            return Err(RuntimeError { action: "restarting", id: "every".into(), source: "the new shim did not answer".into() });
+        }
+        state.running.clear();
+        Ok(())
     }
 }
 
@@ -432,4 +449,41 @@ async fn shutdown_stops_pods_last_started_first_and_ends_the_manager() {
     assert_eq!(kills, [format!("kill {} 15", id(&second)), format!("kill {} 15", id(&first))]);
     assert!(rig.status("etcd").is_none() && rig.status("apiserver").is_none());
     tokio::time::timeout(Duration::from_secs(5), rig.manager).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_runtime_is_replaced_and_its_containers_restart_as_their_policy_says() {
+    let rig = Rig::new(Some(Duration::from_millis(100)));
+    let always = simple("etcd", "busybox", "");
+    let never = simple("once", "busybox", "  restartPolicy: Never\n");
+    rig.send(vec![ManifestEvent::Added(always.clone()), ManifestEvent::Added(never.clone())]).await;
+    eventually("both run", || rig.runtime.count("create") == 2).await;
+    rig.runtime.state.lock().unwrap().failing_restarts = 1;
+
+    rig.runtime.lose();
+    eventually("the lost container is terminated in the status", || {
+        rig.status("etcd").is_some_and(|s| s["containers"][0]["lastState"]["terminated"]["exitCode"] == 137)
+    })
+    .await;
+    let etcd = rig.status("etcd").unwrap();
+    assert!(etcd["containers"][0]["lastState"]["terminated"]["message"].as_str().unwrap().contains("shim was lost"), "{etcd:#}");
+    let once = rig.status("once").unwrap();
+    assert_eq!(once["phase"], "Failed", "restartPolicy Never: a killed container stays terminated: {once:#}");
+    eventually("a new runtime was tried at once", || rig.runtime.count("restart") == 1).await;
+
+    // The first attempt failed: the next is 2 s later, and no container
+    // is started without a runtime, although its back-off has passed.
+    rig.advance(Duration::from_secs(1)).await;
+    assert_eq!((rig.runtime.count("restart"), rig.runtime.count("create")), (1, 2));
+    rig.advance(Duration::from_secs(1)).await;
+    eventually("the second attempt", || rig.runtime.count("restart") == 2).await;
+    eventually("etcd started again under the new runtime", || rig.runtime.count("create") == 3).await;
+    eventually("restartCount 1", || rig.status("etcd").is_some_and(|s| s["containers"][0]["restartCount"] == 1 && s["phase"] == "Running")).await;
+    assert_eq!(rig.runtime.running(), vec![id(&always)]);
+    assert!(!rig.runtime.calls().iter().any(|c| c.starts_with("delete")), "lost containers are not the new runtime's to delete");
+
+    // The new runtime reports exits as the old one did.
+    rig.runtime.exit(&id(&always), Exit::Code(1), false);
+    rig.advance(Duration::from_millis(100)).await;
+    eventually("restarted again", || rig.runtime.count("create") == 4).await;
 }
