@@ -127,7 +127,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
         // for etcd. PID 1 gives the shim the limits containers should have.
         .rlimits(Vec::<PosixRlimit>::new())
         // Kubernetes' allowPrivilegeEscalation defaults to true.
-        .no_new_privileges(false)
+        .no_new_privileges(config.security.no_new_privileges)
         .build()
         .map_err(spec_err)?;
 
@@ -449,6 +449,10 @@ mod tests {
         assert_eq!((v["process"]["user"]["uid"].as_u64(), v["process"]["user"]["gid"].as_u64()), (Some(1000), Some(2000)));
         assert_eq!(v["process"]["user"]["additionalGids"][0], 3000);
         assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["process"]["noNewPrivileges"], false, "Kubernetes allows privilege escalation unless told not to");
+        c.security.no_new_privileges = true;
+        assert_eq!(json(&c)["process"]["noNewPrivileges"], true);
+        let v = json(&c);
         let mounts = v["mounts"].as_array().unwrap();
         let bind = mounts.iter().find(|m| m["destination"] == "/var/lib/etcd").unwrap();
         assert_eq!(bind["options"], serde_json::json!(["rbind", "rprivate", "rw"]));

@@ -51,6 +51,10 @@ pub struct Security {
     #[serde(default)]
     pub capabilities_drop: Vec<String>,
     pub readonly_rootfs: bool,
+    /// The process and its children cannot gain privileges (setuid, file
+    /// capabilities): Kubernetes' `allowPrivilegeEscalation: false`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

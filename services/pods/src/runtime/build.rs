@@ -41,6 +41,9 @@ pub enum ConfigError {
     },
     #[error("container {container}: no command: the image has no entrypoint or cmd and the pod gives none")]
     NoCommand { container: String },
+    /// The kubelet refuses the same: only a known non-zero uid is allowed.
+    #[error("container {container}: runAsNonRoot is set but image {image} runs as root (give runAsUser a non-zero uid)")]
+    RunsAsRoot { container: String, image: String },
 }
 
 /// The container's id at the shim: readable in `ps`-like listings and
@@ -97,6 +100,9 @@ pub fn container_config(
         })?,
         (None, None) => (0, 0),
     };
+    if security.run_as_non_root && image_uid == 0 {
+        return Err(ConfigError::RunsAsRoot { container: container.name.clone(), image: container.image.clone() });
+    }
     let user = User {
         uid: image_uid,
         gid: security.run_as_group.unwrap_or(image_gid),
@@ -153,6 +159,7 @@ pub fn container_config(
             capabilities_add: security.capabilities_add.clone(),
             capabilities_drop: security.capabilities_drop.clone(),
             readonly_rootfs: security.read_only_root_filesystem,
+            no_new_privileges: security.allow_privilege_escalation == Some(false),
         },
         mounts,
         cgroups_path: paths.cgroups_path.clone(),
@@ -245,6 +252,7 @@ spec:
         assert_eq!(config.cwd, "/srv");
         assert_eq!((config.user.uid, config.user.gid), (1000, 2000));
         assert!(config.security.readonly_rootfs);
+        assert!(!config.security.no_new_privileges, "privilege escalation is allowed unless the pod says otherwise");
         assert_eq!(config.namespaces.network, Namespace::Host);
         assert_eq!(config.hostname, None, "the host's UTS namespace keeps the host's name");
         assert_eq!(config.resources.memory_max, Some(64 << 20));
@@ -272,6 +280,24 @@ spec:
         let config = container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).unwrap();
         assert_eq!(config.namespaces.network, Namespace::Join("/run/kelson/pods/netns/x-net".into()));
         assert_eq!(config.hostname, None);
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_a_root_image_user_and_allows_a_non_zero_uid() {
+        let pod = pod(&POD.replace("runAsUser: 1000, ", "runAsNonRoot: true, "));
+        let sandbox = super::super::host_sandbox(&pod, None);
+        let error = container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).unwrap_err();
+        assert!(error.to_string().contains("runAsNonRoot is set but image"), "{error}");
+        let pod = super::tests::pod(&POD.replace("runAsUser: 1000, ", "runAsNonRoot: true, runAsUser: 1000, "));
+        assert!(container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).is_ok());
+    }
+
+    #[test]
+    fn allow_privilege_escalation_false_sets_no_new_privileges() {
+        let pod = pod(&POD.replace("readOnlyRootFilesystem: true}", "readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}"));
+        let sandbox = super::super::host_sandbox(&pod, None);
+        let config = container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).unwrap();
+        assert!(config.security.no_new_privileges);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! what the shim receives is complete.
 
 mod container;
+mod not_applied;
 mod probe;
 
 use kelson_config::valid_dns_label as valid_label;
@@ -136,7 +137,7 @@ pub(crate) fn pod(
         termination_grace_period: grace,
         volumes,
         containers,
-        warnings: Vec::new(),
+        warnings: not_applied::warnings(spec),
     })
 }
 
