@@ -282,6 +282,10 @@ fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_
     assert!(version.starts_with("3.5."), "etcd {version}");
     // The hostPath data dir is the node's /var/lib/etcd.
     assert!(sh(&mut vm, "ls /var/lib/etcd").contains("member"));
+    // Open files: as many as the kernel allows, not the default 1024.
+    let limits = sh(&mut vm, "grep 'Max open files' /proc/$(pidof etcd)/limits");
+    let nr_open = sh(&mut vm, "cat /proc/sys/fs/nr_open");
+    assert_eq!(limits.split_whitespace().nth(3), Some(nr_open.as_str()), "{limits}");
 
     // kill -9 of etcd's process: the shim sees the exit, the pod manager
     // restarts it after the back-off, and the status counts one restart.

@@ -216,6 +216,7 @@ impl Shim {
         fs::set_permissions(&options.socket, fs::Permissions::from_mode(0o600)).map_err(io_err("restricting", &options.socket))?;
         listener.set_nonblocking(true).map_err(io_err("setting non-blocking", &options.socket))?;
         remove_leftovers(&options.state_dir);
+        raise_open_files_limit();
         tracing::info!(socket = %options.socket.display(), state = %options.state_dir.display(), no_pivot = options.no_pivot, "shim listening");
         Ok(Self { options, listener, wake_read, _wake_write: wake_write, clients: Vec::new(), next_client: 0, containers: BTreeMap::new() })
     }
@@ -461,6 +462,24 @@ impl Shim {
             entry.state.exit = Some(event.clone());
             self.broadcast(&ShimMessage::Exit(event));
         }
+    }
+}
+
+/// Containers inherit the shim's limits (their bundles set none). The
+/// kernel's 1024 open files is far too few for etcd or an apiserver;
+/// containerd and the kubelet run with as many as the kernel allows
+/// (`fs.nr_open`), and so do Kelson's containers. Without
+/// CAP_SYS_RESOURCE (a test host) the soft limit goes up to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let most = fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
+    if setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
+        return;
+    }
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(_, hard)| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard));
+    match raised {
+        Ok(hard) => tracing::info!(limit = hard, "open files limited to the hard limit the shim was given"),
+        Err(error) => tracing::warn!(%error, "raising the open files limit; containers get the shim's own"),
     }
 }
 

@@ -360,3 +360,27 @@ async fn a_new_shim_kills_and_deletes_what_a_killed_shim_left_so_the_id_can_run_
     client.delete("left").await.unwrap();
     assert!(!shim.cgroup.host_path(&config.cgroups_path).exists());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn containers_may_open_as_many_files_as_the_kernel_allows() {
+    let shim = Shim::start("nofile", false);
+    let (mut client, _) = shim.connect().await;
+    let bundle = shim.bundle(&shim.config("nofile", "ulimit -n"));
+    let out = shim.log("nofile");
+    client.create("nofile", &bundle, Some(&out), None).await.unwrap();
+    assert_eq!(next_exit(&mut client).await.code, Some(0));
+    // As many as the kernel allows, or, without CAP_SYS_RESOURCE to go
+    // past the hard limit, the hard limit.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let effective = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let sys_resource = u64::from_str_radix(effective, 16).unwrap() & (1 << CAP_SYS_RESOURCE) != 0;
+    let most = if sys_resource {
+        std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap().trim().parse::<u64>().unwrap()
+    } else {
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap().1
+    };
+    assert!(most > 1024);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), most.to_string());
+    client.delete("nofile").await.unwrap();
+}
