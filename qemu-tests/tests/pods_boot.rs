@@ -263,7 +263,7 @@ fn namespaces_logged(vm: &mut Vm, pod_dir: &str, container: &str, run: u32) -> (
 }
 
 /// The container shim's pid: PID 1 re-executed as `/proc/self/exe shim …`.
-const SHIM_PID: &str = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/proc/self/exe shim ' && echo ${p#/proc/}; done";
+const SHIM_PID: &str = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/proc/self/exe shim ' && echo ${p#/proc/}; done; true";
 
 #[test]
 fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_9_and_after_its_shim_dies() {
