@@ -108,7 +108,18 @@ impl ShimOptions {
 /// builds any async runtime or starts any thread. Returns only on a fatal
 /// error.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let _ = tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // libcontainer says INFO on every cgroup it opens and WARN for each
+    // controller it does not implement, on every create; what goes wrong
+    // comes back as its errors, which the shim logs and replies with.
+    let quiet = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("libcontainer", tracing::Level::ERROR)
+        .with_target("libcgroups", tracing::Level::ERROR);
+    let layer = tracing_subscriber::fmt::layer().with_writer(io::stderr).with_target(false).with_filter(quiet);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
     match ShimOptions::parse(args).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
