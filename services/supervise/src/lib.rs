@@ -11,7 +11,8 @@
 //! in-memory ring ([`Supervisor::logs`]).
 //!
 //! [`node`] renders containerd's, the kubelet's and kube-proxy's files and
-//! specs from the machine config, as pure functions.
+//! specs, and the one-shot that imports the pod sandbox image, from the
+//! machine config, as pure functions.
 
 mod backoff;
 mod cgroup;
