@@ -11,6 +11,8 @@ use std::time::Duration;
 const BOOT: Duration = Duration::from_secs(180);
 const SHORT: Duration = Duration::from_secs(90);
 const IMAGE_NAME: &str = "docker.io/kelson/busybox:test";
+/// containerd's sandbox_image, which the node imports at boot.
+const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.9";
 
 /// A FAT seed whose user-data is `config`.
 fn seed(dir: &Path, config: &str) -> PathBuf {
@@ -79,13 +81,44 @@ fn containerd_runs_a_cni_container_and_the_kubelet_double_starts_after_it() {
     let mut vm = node(dir.path(), &config("", "")).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
     wait_state(&mut vm, "containerd", "healthy");
+    let import = wait_state(&mut vm, "sandbox-image", "completed");
     wait_state(&mut vm, "kubelet", "healthy");
     wait_state(&mut vm, "kube-proxy", "healthy");
-    // The kubelet starts only once containerd is healthy, and kube-proxy
-    // after the kubelet.
+    // containerd healthy → the pause image imported → the kubelet starts;
+    // kube-proxy after the kubelet.
     let containerd_healthy = console_position(&vm, "service=containerd from=running to=healthy");
+    let import_starting = console_position(&vm, "service=sandbox-image from=waiting to=starting");
+    let import_done = console_position(&vm, "service=sandbox-image from=healthy to=completed");
     let kubelet_starting = console_position(&vm, "service=kubelet from=waiting to=starting");
-    assert!(containerd_healthy < kubelet_starting, "the kubelet started before containerd was healthy");
+    assert!(containerd_healthy < import_starting, "the import started before containerd was healthy");
+    assert!(import_done < kubelet_starting, "the kubelet started before the pause image was imported");
+    let took = import.lines().find_map(|l| l.split(" exited with code 0 after ").nth(1)).unwrap_or_else(|| panic!("{import}"));
+    eprintln!("sandbox-image: the import {}", took.split(';').next().unwrap_or(took));
+    assert!(import.contains("\"restarts\": 0"), "the import needed retries: {import}");
+
+    // The pause image is in containerd's CRI namespace under the name the
+    // CRI config gives, unpacked for overlayfs, and pinned.
+    let images = sh(&mut vm, "ctr -n k8s.io images ls -q");
+    assert!(images.lines().any(|l| l == SANDBOX_IMAGE), "{images}");
+    let check = sh(&mut vm, &format!("ctr -n k8s.io images check name=={SANDBOX_IMAGE}"));
+    assert!(check.lines().any(|l| l.starts_with(SANDBOX_IMAGE) && l.contains("complete") && l.trim_end().ends_with("true")), "not unpacked: {check}");
+    let listed = sh(&mut vm, "ctr -n k8s.io images ls");
+    assert!(listed.lines().any(|l| l.starts_with(SANDBOX_IMAGE) && l.contains("io.cri-containerd.pinned=pinned")), "not pinned: {listed}");
+    // A container runs from it, and the stand-in pause exits 0 on SIGTERM
+    // (`task kill`'s default). `ctr run` in the foreground exits with the
+    // task's status (`task rm` would only warn about a non-zero one).
+    let run = sh(
+        &mut vm,
+        &format!(
+            "ctr -n k8s.io run --rm --no-pivot {SANDBOX_IMAGE} p1 </dev/null >/tmp/p1.out 2>&1 & run=$!
+for i in $(seq 60); do ctr -n k8s.io task ls | grep -q '^p1 .*RUNNING' && break; sleep 0.5; done
+ctr -n k8s.io task ls | grep '^p1 ' || {{ cat /tmp/p1.out; exit 1; }}
+ctr -n k8s.io task kill p1
+wait $run; echo \"p1 exited $?\"; cat /tmp/p1.out"
+        ),
+    );
+    assert!(run.lines().any(|l| l.starts_with("p1 ") && l.trim_end().ends_with("RUNNING")), "p1 never ran: {run}");
+    assert!(run.contains("p1 exited 0"), "{run}");
     assert!(
         console_position(&vm, "service=kubelet from=running to=healthy") < console_position(&vm, "service=kube-proxy from=waiting to=starting")
     );

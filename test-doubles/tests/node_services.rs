@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The rendered node services under the supervisor, with the doubles in
 //! the kubelet's and kube-proxy's slots. containerd is a stand-in (`sleep`,
-//! healthy when the test says so), so the order can be watched; the real
-//! containerd runs only in the QEMU tests. The rendered files are written
+//! healthy when the test says so), so the order can be watched, and so is
+//! the sandbox-image import (it succeeds at once, with the rendered
+//! requirements and restart policy); the real containerd and import run
+//! only in the QEMU tests. The rendered files are written
 //! under a temporary root and the specs' paths pointed there; health ports
 //! are moved off 10248/10256 so tests never collide with a real service.
 
@@ -90,6 +92,11 @@ fn node(config: &MachineConfig) -> Node {
             specs.push(standin);
             continue;
         }
+        if spec.name == node::sandbox_image::NAME {
+            spec.argv = vec!["sh".into(), "-c".into(), "echo imported".into()];
+            specs.push(spec);
+            continue;
+        }
         spec.argv = spec.argv.iter().map(|a| rooted(a)).collect();
         let port = free_port();
         spec.env
@@ -165,7 +172,8 @@ async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the
     sup.set_condition(NETWORK_READY);
     let s = wait_until(&sup, "kubelet waiting on containerd", |s| {
         s.services["kubelet"].reason
-            == "waiting for service containerd to be healthy (it is running)"
+            == "waiting for service containerd to be healthy (it is running), \
+                service sandbox-image to complete (it is waiting)"
     })
     .await;
     assert_eq!(state(&s, "kube-proxy"), ServiceState::Waiting);
@@ -177,10 +185,15 @@ async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the
     );
 
     std::fs::write(&n.containerd_ready, "").unwrap();
-    wait_until(&sup, "all healthy", |s| {
-        s.services
-            .values()
-            .all(|v| v.state == ServiceState::Healthy)
+    wait_until(&sup, "all healthy, the import completed", |s| {
+        s.services.values().all(|v| {
+            v.state
+                == if v.name == node::sandbox_image::NAME {
+                    ServiceState::Completed
+                } else {
+                    ServiceState::Healthy
+                }
+        })
     })
     .await;
     let mut log = Vec::new();
@@ -192,7 +205,8 @@ async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the
             .position(|t| t.service == svc && t.to == to)
             .unwrap()
     };
-    assert!(at("containerd", ServiceState::Healthy) < at("kubelet", ServiceState::Starting));
+    assert!(at("containerd", ServiceState::Healthy) < at("sandbox-image", ServiceState::Starting));
+    assert!(at("sandbox-image", ServiceState::Completed) < at("kubelet", ServiceState::Starting));
     assert!(at("kubelet", ServiceState::Healthy) < at("kube-proxy", ServiceState::Starting));
 
     // The double got exactly the rendered config and the rendered flags.
@@ -315,11 +329,12 @@ async fn a_double_that_hangs_on_sigterm_is_killed_after_its_grace_and_a_crashing
         sup.status("kube-proxy").unwrap().last_exit,
         Some(Exit::Signal(9))
     );
-    assert!(sup
-        .snapshot()
-        .services
-        .values()
-        .all(|v| v.state == ServiceState::Stopped));
+    assert!(sup.snapshot().services.values().all(|v| v.state
+        == if v.name == node::sandbox_image::NAME {
+            ServiceState::Completed
+        } else {
+            ServiceState::Stopped
+        }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +347,8 @@ async fn without_the_binaries_kubelet_and_kube_proxy_are_absent_and_containerd_r
     let mut specs = n.specs.clone();
     // The default path, unless this host happens to have a kubelet.
     if Path::new(paths::KUBELET_BINARY).exists() {
-        specs[1].argv[0] = "/nonexistent/kubelet".into();
+        let kubelet = specs.iter_mut().find(|s| s.name == "kubelet").unwrap();
+        kubelet.argv[0] = "/nonexistent/kubelet".into();
     }
     let sup = Supervisor::new(
         specs,

@@ -35,8 +35,8 @@ impl BackoffState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterExit {
     Restart,
-    /// Leave it stopped: it exited 0 and the policy does not restart that.
-    Stopped,
+    /// Leave it completed: it exited 0 and the policy does not restart that.
+    Completed,
     /// Leave it failed: it failed and the policy does not restart.
     Failed,
 }
@@ -47,7 +47,7 @@ pub fn after_exit(policy: &RestartPolicy, exit: Option<Exit>) -> AfterExit {
     let success = exit.is_some_and(Exit::success);
     match (policy.mode, success) {
         (RestartMode::Always, _) | (RestartMode::OnFailure, false) => AfterExit::Restart,
-        (RestartMode::OnFailure, true) | (RestartMode::Never, true) => AfterExit::Stopped,
+        (RestartMode::OnFailure, true) | (RestartMode::Never, true) => AfterExit::Completed,
         (RestartMode::Never, false) => AfterExit::Failed,
     }
 }
@@ -120,7 +120,7 @@ mod tests {
         );
         assert_eq!(
             after_exit(&policy(RestartMode::OnFailure), ok),
-            AfterExit::Stopped
+            AfterExit::Completed
         );
         assert_eq!(
             after_exit(&policy(RestartMode::OnFailure), killed),
@@ -132,7 +132,7 @@ mod tests {
         );
         assert_eq!(
             after_exit(&policy(RestartMode::Never), ok),
-            AfterExit::Stopped
+            AfterExit::Completed
         );
         assert_eq!(
             after_exit(&policy(RestartMode::Never), bad),

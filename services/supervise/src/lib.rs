@@ -1,8 +1,8 @@
 //! Kelson's service supervisor, and the node services it runs.
 //!
 //! A [`Supervisor`] runs [`ServiceSpec`]s: each waits for its
-//! [`Requirement`]s (another service healthy, a path existing, a named
-//! condition such as [`NETWORK_READY`]), is started through a [`Launcher`]
+//! [`Requirement`]s (another service healthy, or completed for a one-shot,
+//! a path existing, a named condition such as [`NETWORK_READY`]), is started through a [`Launcher`]
 //! (PID 1's reaper on the node), gets its own cgroup and OOM score, is
 //! health-checked, restarted with exponential back-off, and stopped in
 //! reverse dependency order. Each service's state is a [`ServiceStatus`],
@@ -11,7 +11,8 @@
 //! in-memory ring ([`Supervisor::logs`]).
 //!
 //! [`node`] renders containerd's, the kubelet's and kube-proxy's files and
-//! specs from the machine config, as pure functions.
+//! specs, and the one-shot that imports the pod sandbox image, from the
+//! machine config, as pure functions.
 
 mod backoff;
 mod cgroup;

@@ -115,6 +115,25 @@ impl LogSink {
         }
     }
 
+    /// The sequence number the next line will get: taken before a start,
+    /// it marks where that run's output begins.
+    pub fn next_seq(&self) -> u64 {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).next_seq
+    }
+
+    /// The last non-blank line numbered `seq` or later that the ring still
+    /// holds, trimmed: what a program that failed said last.
+    pub fn last_line_since(&self, seq: u64) -> Option<String> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.lines
+            .iter()
+            .rev()
+            .take_while(|l| l.seq >= seq)
+            .map(|l| l.text.trim())
+            .find(|t| !t.is_empty())
+            .map(str::to_owned)
+    }
+
     /// Records one line (given with its newline, if it had one).
     pub fn push_line(&self, raw: &[u8]) {
         {
@@ -304,6 +323,29 @@ mod tests {
             keep_files: keep,
             ring_lines: ring,
         }
+    }
+
+    #[test]
+    fn the_last_line_of_a_run_skips_blank_lines_and_earlier_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink::new(
+            "svc",
+            &settings(dir.path(), 1 << 20, 1, 10),
+            Arc::new(FakeClock::new()),
+        );
+        sink.push_line(b"earlier run\n");
+        let run = sink.next_seq();
+        assert_eq!(sink.last_line_since(run), None);
+        sink.push_line(b"unpacking\n");
+        sink.push_line(b"ctr: failed to dial\n");
+        sink.push_line(b"  \n");
+        assert_eq!(
+            sink.last_line_since(run).as_deref(),
+            Some("ctr: failed to dial")
+        );
+        let next = sink.next_seq();
+        sink.push_line(b"\n");
+        assert_eq!(sink.last_line_since(next), None);
     }
 
     #[test]

@@ -16,6 +16,12 @@ use nix::unistd::Pid;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a failed run's output may take to reach the log after its exit.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
+/// A failed run's last line, in its reason, is cut after this many characters.
+const LAST_OUTPUT_CHARS: usize = 300;
 
 pub(crate) enum Control {
     /// Stop the service (and do not restart it); answer when it is down.
@@ -90,7 +96,8 @@ impl Runner {
                 ServiceState::Starting,
                 format!("starting {}", self.spec.argv.join(" ")),
             );
-            let (pid, exit) = match self.spawn() {
+            let first_line = self.log.next_seq();
+            let (pid, exit, output) = match self.spawn() {
                 Ok(started) => started,
                 Err(reason) => {
                     let delay = self
@@ -122,7 +129,14 @@ impl Runner {
                     let how = exit
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "ended, exit status lost".to_owned());
-                    let what = format!("pid {pid} {how} after {}", human(ran_for));
+                    let mut what = format!("pid {pid} {how} after {}", human(ran_for));
+                    // A program that gives up with an error code usually
+                    // says why last (a signal says nothing of the kind).
+                    if matches!(exit, Some(Exit::Code(code)) if code != 0) {
+                        if let Some(line) = self.last_output(output, first_line).await {
+                            what.push_str(&format!(" (last output: {line})"));
+                        }
+                    }
                     match after_exit(&self.spec.restart, exit) {
                         AfterExit::Restart => {
                             let delay =
@@ -131,10 +145,12 @@ impl Runner {
                                 return self.finish(ack, "stopped while backing off".to_owned());
                             }
                         }
-                        AfterExit::Stopped => {
+                        AfterExit::Completed => {
                             self.transition(
-                                ServiceState::Stopped,
-                                format!("{what}; its restart policy does not restart it"),
+                                ServiceState::Completed,
+                                format!(
+                                    "{what}; done (its restart policy does not restart a success)"
+                                ),
                             );
                             return self.idle_until_stopped().await;
                         }
@@ -181,8 +197,8 @@ impl Runner {
     }
 
     /// Prepares the cgroup, builds the command and launches it; starts the
-    /// output pump.
-    fn spawn(&mut self) -> Result<(i32, ExitFuture), String> {
+    /// output pump, whose task is returned with the pid and exit.
+    fn spawn(&mut self) -> Result<(i32, ExitFuture, JoinHandle<()>), String> {
         let procs = match &self.shared.settings.cgroups {
             Some(root) => Some(
                 root.prepare(&self.spec.name, &self.spec.resources)
@@ -198,7 +214,7 @@ impl Runner {
             .launcher
             .spawn(cmd)
             .map_err(|e| format!("spawning {program}: {e}"))?;
-        tokio::spawn(self.log.clone().pump(output));
+        let pump = tokio::spawn(self.log.clone().pump(output));
         if let Some(wanted) = self.spec.resources.oom_score_adj {
             let path = format!("/proc/{}/oom_score_adj", launched.pid);
             let actual = std::fs::read_to_string(&path)
@@ -209,7 +225,23 @@ impl Runner {
                     "OOM score not applied (lowering it needs CAP_SYS_RESOURCE)");
             }
         }
-        Ok((launched.pid, launched.exit))
+        Ok((launched.pid, launched.exit, pump))
+    }
+
+    /// The last line the run that began at log line `first_line` printed,
+    /// once its output has reached the log: the pump ends at end-of-file,
+    /// which comes right after the exit unless a child the service left
+    /// behind still holds the pipe, so it gets [`OUTPUT_DRAIN`] at most.
+    async fn last_output(&self, pump: JoinHandle<()>, first_line: u64) -> Option<String> {
+        // Real time, not the clock: this bounds the kernel handing over
+        // bytes already written, it schedules nothing, and a fake clock
+        // nobody moves would hold the runner here.
+        let _ = tokio::time::timeout(OUTPUT_DRAIN, pump).await;
+        let line = self.log.last_line_since(first_line)?;
+        Some(match line.char_indices().nth(LAST_OUTPUT_CHARS) {
+            Some((cut, _)) => format!("{}…", &line[..cut]),
+            None => line,
+        })
     }
 
     /// Watches one run until the process exits or a stop is requested.
@@ -400,6 +432,11 @@ pub(crate) fn unmet_requirements(requires: &[Requirement], snapshot: &Snapshot) 
                 Some(state) => Some(format!("service {dep} to be healthy (it is {state})")),
                 None => Some(format!("service {dep} to be healthy (no such service)")),
             },
+            Requirement::Completed(dep) => match snapshot.services.get(dep).map(|s| s.state) {
+                Some(ServiceState::Completed) => None,
+                Some(state) => Some(format!("service {dep} to complete (it is {state})")),
+                None => Some(format!("service {dep} to complete (no such service)")),
+            },
             Requirement::PathExists(path) => {
                 (!path.exists()).then(|| format!("{} to exist", path.display()))
             }
@@ -476,12 +513,16 @@ mod tests {
         let mut containerd = ServiceStatus::new("containerd", SystemTime::UNIX_EPOCH);
         containerd.state = ServiceState::BackingOff;
         services.insert("containerd".to_owned(), containerd);
+        let mut import = ServiceStatus::new("sandbox-image", SystemTime::UNIX_EPOCH);
+        import.state = ServiceState::Healthy;
+        services.insert("sandbox-image".to_owned(), import);
         let mut snapshot = Snapshot {
             services,
             conditions: BTreeSet::new(),
         };
         let requires = vec![
             Requirement::Healthy("containerd".into()),
+            Requirement::Completed("sandbox-image".into()),
             Requirement::Condition("network-ready".into()),
             Requirement::PathExists("/nonexistent/kelson".into()),
             Requirement::PathExists("/".into()),
@@ -490,12 +531,14 @@ mod tests {
             unmet_requirements(&requires, &snapshot),
             [
                 "service containerd to be healthy (it is backing-off)",
+                "service sandbox-image to complete (it is healthy)",
                 "condition network-ready",
                 "/nonexistent/kelson to exist"
             ]
         );
         snapshot.conditions.insert("network-ready".into());
         snapshot.services.get_mut("containerd").unwrap().state = ServiceState::Healthy;
+        snapshot.services.get_mut("sandbox-image").unwrap().state = ServiceState::Completed;
         assert_eq!(
             unmet_requirements(&requires, &snapshot),
             ["/nonexistent/kelson to exist"]

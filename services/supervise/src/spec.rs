@@ -52,6 +52,11 @@ impl ServiceSpec {
 pub enum Requirement {
     /// Another service of the same supervisor is in state `healthy`.
     Healthy(String),
+    /// Another service of the same supervisor has exited 0 under a restart
+    /// policy that leaves it so (state `completed`): a one-shot that did its
+    /// job, such as importing an image. A service that restarts always
+    /// never completes, so [`crate::Supervisor::new`] refuses to wait for one.
+    Completed(String),
     /// A file, directory or unix socket exists (checked by polling).
     PathExists(PathBuf),
     /// A named condition the caller sets with
@@ -106,9 +111,10 @@ pub enum Probe {
 pub enum RestartMode {
     #[default]
     Always,
-    /// Restart after a non-zero exit or a signal; an exit 0 is `stopped`.
+    /// Restart after a non-zero exit or a signal; an exit 0 is `completed`
+    /// (a one-shot retried until it succeeds).
     OnFailure,
-    /// Never restart: an exit 0 is `stopped`, anything else `failed`.
+    /// Never restart: an exit 0 is `completed`, anything else `failed`.
     Never,
 }
 

@@ -47,9 +47,12 @@ pub enum ServiceState {
     Healthy,
     /// Exited (or could not be started); waiting out the back-off delay.
     BackingOff,
-    /// Not running and not coming back by itself: exited 0 under a policy
-    /// that does not restart that, or stopped at shutdown.
+    /// Not running and not coming back by itself: stopped on request (at
+    /// shutdown).
     Stopped,
+    /// Exited 0 under a policy that does not restart that: a one-shot that
+    /// did its job. What [`crate::Requirement::Completed`] waits for.
+    Completed,
     /// Failed under a policy that does not restart.
     Failed,
     /// Its program does not exist on this node.
@@ -65,6 +68,7 @@ impl ServiceState {
             ServiceState::Healthy => "healthy",
             ServiceState::BackingOff => "backing-off",
             ServiceState::Stopped => "stopped",
+            ServiceState::Completed => "completed",
             ServiceState::Failed => "failed",
             ServiceState::Absent => "absent",
         }
@@ -190,6 +194,17 @@ mod tests {
         assert_eq!(v["lastExit"]["signal"], 9);
         assert_eq!(v["backoffMs"], 4000);
         assert!(v["pid"].is_null());
+    }
+
+    #[test]
+    fn a_completed_one_shot_reads_completed_not_stopped_or_failed() {
+        assert_eq!(ServiceState::Completed.to_string(), "completed");
+        assert_eq!(
+            serde_json::to_value(ServiceState::Completed).unwrap(),
+            "completed"
+        );
+        let back: ServiceState = serde_json::from_str("\"completed\"").unwrap();
+        assert_eq!(back, ServiceState::Completed);
     }
 
     #[test]

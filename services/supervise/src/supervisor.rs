@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::launcher::Launcher;
 use crate::logs::{LogSettings, LogSink, LogSubscription};
 use crate::runner::{Control, Runner};
-use crate::spec::{Requirement, ServiceSpec};
+use crate::spec::{Requirement, RestartMode, ServiceSpec};
 use crate::status::{ServiceStatus, Snapshot, Transition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -52,10 +52,10 @@ pub enum SuperviseError {
     BadName { name: String },
     #[error("service {service} has an empty argv")]
     EmptyArgv { service: String },
-    #[error(
-        "service {service} requires service {missing} to be healthy, but no service has that name"
-    )]
+    #[error("service {service} requires service {missing}, but no service has that name")]
     UnknownDependency { service: String, missing: String },
+    #[error("service {service} requires service {dependency} to complete, but {dependency} restarts always, so it never completes")]
+    NeverCompletes { service: String, dependency: String },
     #[error("services require each other in a cycle: {}", cycle.join(" -> "))]
     Cycle { cycle: Vec<String> },
 }
@@ -72,7 +72,7 @@ pub(crate) struct Shared {
 pub struct Supervisor {
     shared: Arc<Shared>,
     controls: BTreeMap<String, mpsc::Sender<Control>>,
-    /// service → the services that require it to be healthy.
+    /// service → the services that require it (healthy or completed).
     dependents: BTreeMap<String, Vec<String>>,
     logs: BTreeMap<String, Arc<LogSink>>,
     /// Prepared by `new`, taken by `start`.
@@ -227,8 +227,9 @@ impl Supervisor {
     }
 }
 
-/// Validates names, argv and `Healthy` requirements, and rejects cycles.
-/// Returns each service's dependents.
+/// Validates names, argv and the requirements on other services (`Healthy`,
+/// `Completed`: the service exists, and one waited on to complete can), and
+/// rejects cycles. Returns each service's dependents.
 fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, SuperviseError> {
     let mut requires: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for spec in specs {
@@ -247,8 +248,8 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
             .requires
             .iter()
             .filter_map(|r| match r {
-                Requirement::Healthy(dep) => Some(dep.as_str()),
-                _ => None,
+                Requirement::Healthy(dep) | Requirement::Completed(dep) => Some(dep.as_str()),
+                Requirement::PathExists(_) | Requirement::Condition(_) => None,
             })
             .collect();
         if requires.insert(name, deps).is_some() {
@@ -271,6 +272,22 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
                         missing: dep.to_string(),
                     })
                 }
+            }
+        }
+    }
+    for spec in specs {
+        for r in &spec.requires {
+            let Requirement::Completed(dep) = r else {
+                continue;
+            };
+            if specs
+                .iter()
+                .any(|s| s.name == *dep && s.restart.mode == RestartMode::Always)
+            {
+                return Err(SuperviseError::NeverCompletes {
+                    service: spec.name.clone(),
+                    dependency: dep.clone(),
+                });
             }
         }
     }
@@ -329,6 +346,60 @@ mod tests {
         assert_eq!(deps["containerd"], ["kubelet"]);
         assert_eq!(deps["kubelet"], ["kube-proxy"]);
         assert!(deps["kube-proxy"].is_empty());
+    }
+
+    fn one_shot(name: &str) -> ServiceSpec {
+        let mut s = spec(name, &[]);
+        s.restart.mode = RestartMode::OnFailure;
+        s
+    }
+
+    fn completed(mut s: ServiceSpec, dep: &str) -> ServiceSpec {
+        s.requires.push(Requirement::Completed(dep.to_owned()));
+        s
+    }
+
+    #[test]
+    fn a_service_waiting_for_a_one_shot_to_complete_is_its_dependent() {
+        let deps = check_graph(&[
+            spec("containerd", &[]),
+            completed(one_shot("import"), "containerd"),
+            completed(spec("kubelet", &["containerd"]), "import"),
+        ]);
+        // containerd restarts always: nothing may wait for it to complete.
+        let err = deps.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service import requires service containerd to complete, but containerd restarts always, so it never completes"
+        );
+        let mut import = one_shot("import");
+        import.requires = vec![Requirement::Healthy("containerd".into())];
+        let deps = check_graph(&[
+            spec("containerd", &[]),
+            import,
+            completed(spec("kubelet", &["containerd"]), "import"),
+        ])
+        .unwrap();
+        assert_eq!(deps["containerd"], ["import", "kubelet"]);
+        assert_eq!(deps["import"], ["kubelet"]);
+        let mut never = one_shot("never");
+        never.restart.mode = RestartMode::Never;
+        assert!(check_graph(&[never, completed(spec("after", &[]), "never")]).is_ok());
+    }
+
+    #[test]
+    fn cycles_through_completion_and_unknown_one_shots_are_refused() {
+        let err = check_graph(&[completed(one_shot("a"), "b"), completed(one_shot("b"), "a")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "services require each other in a cycle: a -> b -> a"
+        );
+        let err = check_graph(&[completed(spec("kubelet", &[]), "sandbox-image")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service kubelet requires service sandbox-image, but no service has that name"
+        );
     }
 
     #[test]

@@ -342,6 +342,143 @@ async fn a_missing_program_is_absent_with_the_reason_and_the_rest_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_is_retried_until_it_succeeds_and_only_then_its_dependent_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = dir.path().join("attempts");
+    // Fails twice (saying why on stderr, as ctr does), then succeeds.
+    let mut import = sh(
+        "import",
+        &format!(
+            "echo attempt >> {a}; n=$(wc -l < {a}); echo working; \
+             if [ $n -lt 3 ]; then echo \"ctr: attempt $n: connection refused\" >&2; exit 1; fi; echo imported",
+            a = attempts.display()
+        ),
+    );
+    import.restart = quick_backoff(100);
+    import.restart.mode = RestartMode::OnFailure;
+    let mut kubelet = ServiceSpec::new("kubelet", ["sleep", "30"]);
+    kubelet.requires = vec![Requirement::Completed("import".into())];
+    let settings = settings(dir.path());
+    let state_dir = settings.state_dir.clone();
+    let sup = unstarted(vec![kubelet, import], settings);
+    let mut transitions = sup.transitions();
+    sup.start();
+    let s = wait_until(&sup, 10, "kubelet healthy", |s| {
+        state_of(s, "kubelet") == ServiceState::Healthy
+    })
+    .await;
+    let log = drain(&mut transitions);
+
+    // Each failure backed off, with the program's last words in the reason.
+    let failures: Vec<&Transition> = log
+        .iter()
+        .filter(|t| t.service == "import" && t.to == ServiceState::BackingOff)
+        .collect();
+    assert_eq!(failures.len(), 2, "{log:#?}");
+    for (n, t) in failures.iter().enumerate() {
+        assert!(
+            t.reason.contains("exited with code 1 after")
+                && t.reason.contains(&format!(
+                    "(last output: ctr: attempt {}: connection refused); restarting in",
+                    n + 1
+                )),
+            "{}",
+            t.reason
+        );
+    }
+    // Completed, not stopped or failed; the kubelet waited for exactly that.
+    let import = &s.services["import"];
+    assert_eq!(import.state, ServiceState::Completed);
+    assert_eq!(import.restarts, 2);
+    assert_eq!(import.last_exit, Some(Exit::Code(0)));
+    assert!(
+        import.reason.contains("exited with code 0"),
+        "{}",
+        import.reason
+    );
+    assert!(
+        position(&log, "import", ServiceState::Completed)
+            < position(&log, "kubelet", ServiceState::Starting),
+        "{log:#?}"
+    );
+    assert!(log.iter().any(|t| t.service == "kubelet"
+        && t.to == ServiceState::Waiting
+        && t.reason
+            .starts_with("waiting for service import to complete (it is ")));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("import.json")).unwrap()).unwrap();
+    assert_eq!(json["state"], "completed");
+    assert_eq!(
+        std::fs::read_to_string(&attempts).unwrap().lines().count(),
+        3
+    );
+
+    // A restart of the kubelet does not wait for (or rerun) the import.
+    let pid = sup.status("kubelet").unwrap().pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(&sup, 10, "kubelet back", |s| {
+        state_of(s, "kubelet") == ServiceState::Healthy && s.services["kubelet"].restarts == 1
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&attempts).unwrap().lines().count(),
+        3
+    );
+
+    sup.shutdown().await;
+    assert_eq!(
+        sup.status("import").unwrap().state,
+        ServiceState::Completed,
+        "completed stays completed at shutdown"
+    );
+    assert_eq!(sup.status("kubelet").unwrap().state, ServiceState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_that_never_succeeds_keeps_its_dependent_waiting_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut import = sh("import", "echo 'ctr: image not found' >&2; exit 3");
+    import.restart = quick_backoff(50);
+    import.restart.mode = RestartMode::OnFailure;
+    let mut kubelet = ServiceSpec::new("kubelet", ["sleep", "30"]);
+    kubelet.requires = vec![Requirement::Completed("import".into())];
+    let containerd = ServiceSpec::new("containerd", ["sleep", "30"]);
+    let sup = start(vec![import, kubelet, containerd], settings(dir.path()));
+    let s = wait_until(&sup, 10, "three failed imports", |s| {
+        s.services["import"].restarts >= 3
+    })
+    .await;
+    assert_eq!(state_of(&s, "kubelet"), ServiceState::Waiting);
+    assert_eq!(state_of(&s, "containerd"), ServiceState::Healthy);
+    let containerd_pid = s.services["containerd"].pid;
+    let s = wait_until(&sup, 10, "backing off", |s| {
+        state_of(s, "import") == ServiceState::BackingOff
+    })
+    .await;
+    assert!(
+        s.services["import"]
+            .reason
+            .contains("exited with code 3 after"),
+        "{}",
+        s.services["import"].reason
+    );
+    assert!(
+        s.services["import"]
+            .reason
+            .contains("(last output: ctr: image not found)"),
+        "{}",
+        s.services["import"].reason
+    );
+    assert_eq!(sup.status("containerd").unwrap().pid, containerd_pid);
+    sup.shutdown().await;
+    assert_eq!(sup.status("import").unwrap().state, ServiceState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditions_and_paths_gate_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("flag");

@@ -136,8 +136,9 @@ pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
     }
 }
 
-/// Waits for containerd to be healthy and the network to be ready; healthy
-/// when its healthz answers 200.
+/// Waits for containerd to be healthy, the pause image to be imported
+/// (`sandbox-image` completed) and the network to be ready; healthy when
+/// its healthz answers 200.
 pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceSpec {
     let binary = config
         .kubelet
@@ -162,6 +163,8 @@ pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceS
     let mut spec = ServiceSpec::new("kubelet", argv);
     spec.requires = vec![
         Requirement::Healthy("containerd".to_owned()),
+        // No pod sandbox can start without the pause image in containerd.
+        Requirement::Completed(super::sandbox_image::NAME.to_owned()),
         Requirement::Condition(NETWORK_READY.to_owned()),
     ];
     spec.health = Some(HealthCheck::new(Probe::HttpGet {
@@ -274,6 +277,7 @@ mod tests {
             spec.requires,
             [
                 Requirement::Healthy("containerd".into()),
+                Requirement::Completed("sandbox-image".into()),
                 Requirement::Condition("network-ready".into())
             ]
         );

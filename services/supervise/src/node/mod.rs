@@ -1,12 +1,14 @@
-//! The node's supervised services — containerd, the kubelet and
-//! kube-proxy — rendered from the machine config: their files (path,
-//! contents, mode) and their [`ServiceSpec`]s. Pure: nothing is written
+//! The node's supervised services — containerd, the one-shot that imports
+//! the pod sandbox image into it, the kubelet and kube-proxy — rendered
+//! from the machine config: their files (path, contents, mode) and their
+//! [`ServiceSpec`]s. Pure: nothing is written
 //! until the caller passes the files to [`write_files`].
 
 mod containerd;
 mod kube_proxy;
 mod kubeconfig;
 mod kubelet;
+pub mod sandbox_image;
 
 use crate::spec::ServiceSpec;
 use kelson_config::MachineConfig;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 pub use containerd::{render as render_containerd, spec as containerd_spec};
 pub use kube_proxy::{render as render_kube_proxy, spec as kube_proxy_spec};
 pub use kubelet::{render as render_kubelet, spec as kubelet_spec};
+pub use sandbox_image::spec as sandbox_image_spec;
 
 /// Where things are on the node.
 pub mod paths {
@@ -31,9 +34,14 @@ pub mod paths {
     pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
     pub const CNI_CONFIG: &str = "/etc/cni/net.d/10-kelson.conflist";
     /// The pod sandbox image. No registry is reachable from the node: the
-    /// image must already be in containerd's store (imported at build or
-    /// boot), or sandboxes cannot start.
+    /// `sandbox-image` service imports it into containerd's store at boot,
+    /// from [`PAUSE_LAYOUT`], before the kubelet starts.
     pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.9";
+    /// The node image's OCI layout of [`SANDBOX_IMAGE`] (built by
+    /// `image/oci-images.py`; its index names the image).
+    pub const PAUSE_LAYOUT: &str = "/usr/lib/kelson/images/pause";
+    /// containerd's namespace for CRI, hence for the kubelet's images.
+    pub const CRI_NAMESPACE: &str = "k8s.io";
 
     pub const KUBELET_BINARY: &str = "/usr/bin/kubelet";
     pub const KUBELET_CONFIG: &str = "/etc/kubernetes/kubelet/config.yaml";
@@ -88,7 +96,8 @@ impl RenderedFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeServices {
     pub files: Vec<RenderedFile>,
-    /// containerd, kubelet, kube-proxy: ready for [`crate::Supervisor::start`].
+    /// containerd, sandbox-image, kubelet, kube-proxy: ready for
+    /// [`crate::Supervisor::start`].
     pub services: Vec<ServiceSpec>,
     /// What was left out and why (missing config), for the log.
     pub notes: Vec<String>,
@@ -100,7 +109,7 @@ impl NodeServices {
     }
 }
 
-/// Renders all three services. `hostname` is the node's effective name
+/// Renders all four services. `hostname` is the node's effective name
 /// (PID 1's identity stage may have made one up when the config has none).
 pub fn render(config: &MachineConfig, hostname: &str) -> NodeServices {
     let mut out = NodeServices {
@@ -118,7 +127,12 @@ pub fn render(config: &MachineConfig, hostname: &str) -> NodeServices {
     let proxy = kube_proxy::render(config, hostname);
     out.files.extend(proxy.files);
     out.notes.extend(proxy.notes);
-    out.services = vec![containerd::spec(), kubelet.spec, proxy.spec];
+    out.services = vec![
+        containerd::spec(),
+        sandbox_image::spec(),
+        kubelet.spec,
+        proxy.spec,
+    ];
     out
 }
 
@@ -227,10 +241,21 @@ kubeProxy:
     }
 
     #[test]
-    fn all_three_services_and_their_files_are_rendered() {
+    fn all_four_services_and_their_files_are_rendered() {
         let node = render(&worker_config(), "lab-worker-1");
         let names: Vec<_> = node.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["containerd", "kubelet", "kube-proxy"]);
+        assert_eq!(
+            names,
+            ["containerd", "sandbox-image", "kubelet", "kube-proxy"]
+        );
+        // The supervisor accepts them as a graph.
+        crate::Supervisor::new(
+            node.services.clone(),
+            crate::Settings::default(),
+            std::sync::Arc::new(crate::ThreadLauncher),
+            std::sync::Arc::new(crate::FakeClock::new()),
+        )
+        .unwrap();
         let mut paths: Vec<_> = node
             .files
             .iter()
