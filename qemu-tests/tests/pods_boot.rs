@@ -282,6 +282,9 @@ fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_
     assert!(version.starts_with("3.5."), "etcd {version}");
     // The hostPath data dir is the node's /var/lib/etcd.
     assert!(sh(&mut vm, "ls /var/lib/etcd").contains("member"));
+    // kubeadm's seccompProfile RuntimeDefault: Kelson's filter is loaded.
+    let seccomp = sh(&mut vm, "grep '^Seccomp:' /proc/$(pidof etcd)/status");
+    assert_eq!(seccomp.split_whitespace().collect::<Vec<_>>(), ["Seccomp:", "2"], "{seccomp}");
     // Open files: as many as the kernel allows, not the default 1024.
     let limits = sh(&mut vm, "grep 'Max open files' /proc/$(pidof etcd)/limits");
     let nr_open = sh(&mut vm, "cat /proc/sys/fs/nr_open");

@@ -102,6 +102,11 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     let security = &config.security;
 
     let capabilities: HashSet<Capability> = capability_set(config)?;
+    let seccomp = if security.seccomp_runtime_default && !security.privileged {
+        Some(crate::seccomp::runtime_default(&capabilities).map_err(spec_err)?)
+    } else {
+        None
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(capabilities.clone())
         .effective(capabilities.clone())
@@ -114,7 +119,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     if !config.user.additional_gids.is_empty() {
         user = user.additional_gids(config.user.additional_gids.clone());
     }
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .user(user.build().map_err(spec_err)?)
         .args(config.args.clone())
@@ -126,10 +131,14 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
         // host may not grant; the builder's default (nofile 1024) is too low
         // for etcd. PID 1 gives the shim the limits containers should have.
         .rlimits(Vec::<PosixRlimit>::new())
-        // Kubernetes' allowPrivilegeEscalation defaults to true.
-        .no_new_privileges(config.security.no_new_privileges)
         .build()
         .map_err(spec_err)?;
+    // Kubernetes' allowPrivilegeEscalation defaults to true, so the flag is
+    // only ever set. Unset rather than false: libcontainer 0.7 takes any
+    // value as set and then loads a seccomp filter only after dropping
+    // CAP_SYS_ADMIN, which the kernel refuses without the flag; runc reads
+    // unset as false too.
+    process.set_no_new_privileges(config.security.no_new_privileges.then_some(true));
 
     let mut namespaces = Vec::new();
     for (typ, source) in [
@@ -179,6 +188,9 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     } else {
         linux.masked_paths(get_default_maskedpaths()).readonly_paths(get_default_readonly_paths())
     };
+    if let Some(seccomp) = seccomp {
+        linux = linux.seccomp(seccomp);
+    }
 
     let spec = SpecBuilder::default()
         .version("1.0.2")
@@ -427,6 +439,23 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_default_filter_fits_the_capabilities_and_privileged_gets_none() {
+        let mut c = sample();
+        assert!(json(&c)["linux"].get("seccomp").is_none(), "no filter unless asked for");
+        c.security.seccomp_runtime_default = true;
+        let seccomp = &json(&c)["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
+        let names = |s: &serde_json::Value| -> Vec<String> {
+            s["syscalls"].as_array().unwrap().iter().flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned())).collect()
+        };
+        assert!(names(seccomp).contains(&"mount".to_owned()));
+        c.security.capabilities_add = vec!["SYS_ADMIN".into()];
+        assert!(!names(&json(&c)["linux"]["seccomp"]).contains(&"mount".to_owned()), "CAP_SYS_ADMIN may mount");
+        c.security.privileged = true;
+        assert!(json(&c)["linux"].get("seccomp").is_none(), "privileged containers are unconfined");
+    }
+
+    #[test]
     fn privileged_gets_every_capability_and_no_masked_paths() {
         let mut c = sample();
         c.security.privileged = true;
@@ -449,7 +478,7 @@ mod tests {
         assert_eq!((v["process"]["user"]["uid"].as_u64(), v["process"]["user"]["gid"].as_u64()), (Some(1000), Some(2000)));
         assert_eq!(v["process"]["user"]["additionalGids"][0], 3000);
         assert_eq!(v["root"]["readonly"], true);
-        assert_eq!(v["process"]["noNewPrivileges"], false, "Kubernetes allows privilege escalation unless told not to");
+        assert!(v["process"].get("noNewPrivileges").is_none(), "Kubernetes allows privilege escalation unless told not to");
         c.security.no_new_privileges = true;
         assert_eq!(json(&c)["process"]["noNewPrivileges"], true);
         let v = json(&c);

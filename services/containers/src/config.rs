@@ -55,6 +55,10 @@ pub struct Security {
     /// capabilities): Kubernetes' `allowPrivilegeEscalation: false`.
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// Kelson's RuntimeDefault seccomp filter ([`crate::seccomp`]), fitted
+    /// to the container's capabilities; never for a privileged one.
+    #[serde(default)]
+    pub seccomp_runtime_default: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod protocol;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod store;
 

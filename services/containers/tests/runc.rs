@@ -75,3 +75,22 @@ fn runc_applies_the_memory_and_cpu_limits() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{}\n{}\n50000 100000\n200\n", 32 << 20, 4 << 20));
 }
+
+#[test]
+fn runc_loads_kelsons_runtime_default_filter_with_the_same_refusal() {
+    let cgroup = Cgroup2::find("runc-seccomp");
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let id = "kelson-runc-seccomp";
+    let script = "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null && echo unshare-ok || echo unshare-refused";
+    let mut config = container(id, &rootfs, &["sh", "-c", script], cgroup.path_for(id));
+    config.security.seccomp_runtime_default = true;
+    let bundle_dir = dir.path().join("bundle");
+    bundle::write(&bundle_dir, &config).unwrap();
+
+    let output = runc(&cgroup, &dir.path().join("runc-state"), &bundle_dir, id);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.split_whitespace().collect::<Vec<_>>(), ["Seccomp:", "2", "unshare-refused"]);
+}

@@ -384,3 +384,25 @@ async fn containers_may_open_as_many_files_as_the_kernel_allows() {
     assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), most.to_string());
     client.delete("nofile").await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_runtime_default_filter_refuses_a_user_namespace_an_unfiltered_container_may_make() {
+    let shim = Shim::start("seccomp", false);
+    let (mut client, _) = shim.connect().await;
+    let script = "grep '^Seccomp:' /proc/self/status; unshare -U true && echo unshare-ok || echo unshare-refused";
+    let mut outputs = Vec::new();
+    for (id, filtered) in [("plain", false), ("filtered", true)] {
+        let mut config = shim.config(id, script);
+        config.security.seccomp_runtime_default = filtered;
+        let out = shim.log(id);
+        client.create(id, &shim.bundle(&config), Some(&out), Some(&out)).await.unwrap();
+        assert_eq!(next_exit(&mut client).await.code, Some(0));
+        outputs.push(std::fs::read_to_string(&out).unwrap());
+        client.delete(id).await.unwrap();
+    }
+    let words = |text: &str| text.split_whitespace().filter(|w| !w.starts_with("unshare:")).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(words(&outputs[0]), ["Seccomp:", "0", "unshare-ok"], "without the filter: {}", outputs[0]);
+    assert_eq!(words(&outputs[1]).first().map(String::as_str), Some("Seccomp:"), "{}", outputs[1]);
+    assert_eq!(words(&outputs[1])[1], "2", "a filter is installed: {}", outputs[1]);
+    assert_eq!(words(&outputs[1]).last().map(String::as_str), Some("unshare-refused"), "{}", outputs[1]);
+}

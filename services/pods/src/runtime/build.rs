@@ -5,7 +5,7 @@
 use super::{PreparedImage, Sandbox};
 use crate::env::{command_line, container_env, PodAddresses};
 use crate::hostpath::{check_host_path, HostFs, HostPathError};
-use crate::spec::{ContainerSpec, PodSpec, StorageMedium, VolumeSource};
+use crate::spec::{ContainerSpec, PodSpec, Seccomp, StorageMedium, VolumeSource};
 use kelson_containers::store::UserError;
 use kelson_containers::{ContainerConfig, CpuMax, Mount, Namespace, Namespaces, Resources, Security, User};
 use std::path::{Path, PathBuf};
@@ -160,6 +160,7 @@ pub fn container_config(
             capabilities_drop: security.capabilities_drop.clone(),
             readonly_rootfs: security.read_only_root_filesystem,
             no_new_privileges: security.allow_privilege_escalation == Some(false),
+            seccomp_runtime_default: matches!(security.seccomp, Some(Seccomp::RuntimeDefault)),
         },
         mounts,
         cgroups_path: paths.cgroups_path.clone(),

@@ -1,7 +1,6 @@
 //! Fields Kelson reads without error but does not carry out. Refusing them
-//! would turn away manifests kubeadm and most users write (kubeadm's etcd
-//! asks for the RuntimeDefault seccomp profile); ignoring them silently
-//! would let a user believe a setting holds that does not. So each one that
+//! would turn away manifests users write for any kubelet; ignoring them
+//! silently would let a user believe a setting holds that does not. So each one that
 //! is set is named in a warning, which PID 1 logs when the pod starts.
 
 use crate::error::FieldError;
@@ -20,8 +19,10 @@ impl Found {
     }
 }
 
-fn seccomp_set(profile: Option<&k8s::SeccompProfile>) -> bool {
-    profile.is_some_and(|p| p.type_ != "Unconfined")
+/// RuntimeDefault is Kelson's own filter and Unconfined is none; a
+/// Localhost profile file is not loaded.
+fn localhost_seccomp(profile: Option<&k8s::SeccompProfile>) -> bool {
+    profile.is_some_and(|p| p.type_ == "Localhost")
 }
 
 pub(super) fn warnings(spec: &k8s::PodSpec) -> Vec<FieldError> {
@@ -31,7 +32,7 @@ pub(super) fn warnings(spec: &k8s::PodSpec) -> Vec<FieldError> {
         found.when(sc.fs_group.is_some(), format!("{at}.fsGroup"), "volumes keep their owners");
         found.when(sc.fs_group_change_policy.is_some(), format!("{at}.fsGroupChangePolicy"), "no fsGroup is applied");
         found.when(sc.sysctls.as_ref().is_some_and(|s| !s.is_empty()), format!("{at}.sysctls"), "set node sysctls in the machine config instead");
-        found.when(seccomp_set(sc.seccomp_profile.as_ref()), format!("{at}.seccompProfile"), "containers run without a seccomp filter");
+        found.when(localhost_seccomp(sc.seccomp_profile.as_ref()), format!("{at}.seccompProfile"), "Localhost profiles are not loaded; the containers run without a seccomp filter");
         found.when(sc.se_linux_options.is_some(), format!("{at}.seLinuxOptions"), "the node has no SELinux");
         found.when(sc.app_armor_profile.is_some(), format!("{at}.appArmorProfile"), "the node has no AppArmor");
     }
@@ -52,7 +53,7 @@ pub(super) fn warnings(spec: &k8s::PodSpec) -> Vec<FieldError> {
             found.when(propagation.is_some_and(|p| p != "None"), format!("{at}.volumeMounts[{j}].mountPropagation"), "mounts are private to the container");
         }
         if let Some(sc) = &c.security_context {
-            found.when(seccomp_set(sc.seccomp_profile.as_ref()), format!("{at}.securityContext.seccompProfile"), "containers run without a seccomp filter");
+            found.when(localhost_seccomp(sc.seccomp_profile.as_ref()), format!("{at}.securityContext.seccompProfile"), "Localhost profiles are not loaded; the container runs without a seccomp filter");
             found.when(sc.se_linux_options.is_some(), format!("{at}.securityContext.seLinuxOptions"), "the node has no SELinux");
             found.when(sc.app_armor_profile.is_some(), format!("{at}.securityContext.appArmorProfile"), "the node has no AppArmor");
             found.when(sc.proc_mount.as_deref().is_some_and(|p| p != "Default"), format!("{at}.securityContext.procMount"), "/proc is masked as usual");
@@ -78,7 +79,7 @@ mod tests {
 kind: Pod
 metadata: {name: p}
 spec:
-  securityContext: {fsGroup: 2000, seccompProfile: {type: RuntimeDefault}, sysctls: [{name: net.core.somaxconn, value: '1024'}]}
+  securityContext: {fsGroup: 2000, seccompProfile: {type: Localhost, localhostProfile: my.json}, sysctls: [{name: net.core.somaxconn, value: '1024'}]}
   hostAliases: [{ip: 10.0.0.1, hostnames: [db]}]
   containers:
   - name: c
@@ -109,7 +110,7 @@ kind: Pod
 metadata: {name: p}
 spec:
   dnsPolicy: ClusterFirst
-  securityContext: {seccompProfile: {type: Unconfined}}
+  securityContext: {seccompProfile: {type: RuntimeDefault}}
   containers:
   - name: c
     image: busybox
