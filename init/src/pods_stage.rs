@@ -181,7 +181,13 @@ async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, Strin
     let pid = spawned.pid;
     tokio::spawn(async move {
         if let Ok(exit) = spawned.exit.await {
-            warn!("pods: the container shim (pid {pid}) exited: {exit}");
+            // At shutdown the pods are stopped first (and the manager's
+            // sender taken); then the shim ends with everything else.
+            if RUNNING.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                warn!("pods: the container shim (pid {pid}) exited: {exit}");
+            } else {
+                info!("pods: the container shim (pid {pid}) exited: {exit}");
+            }
         }
     });
     let (client, _) = ShimClient::connect(socket, Duration::from_secs(10))

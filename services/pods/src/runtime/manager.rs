@@ -270,6 +270,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             Ok(()) => {
                 info!("pods: a new container runtime is up");
                 self.runtime_lost = None;
+                self.remove_stale_cgroups();
             }
             Err(error) => {
                 lost.failures += 1;
@@ -557,6 +558,31 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             warn!("container {full}/{container}: no memory cgroup controller: memory requests and limits are not applied");
             resources.memory_max = None;
             resources.memory_min = None;
+        }
+    }
+
+    /// Pod cgroups of pods this manager no longer has. A pod stopped while
+    /// the runtime was lost could not remove its cgroup (the lost
+    /// containers were still in it); the new runtime has killed and
+    /// deleted those, so now the directories go. Busy ones stay.
+    fn remove_stale_cgroups(&self) {
+        let parent = self.config.cgroup_root.join(&self.config.cgroup_parent);
+        let Ok(entries) = std::fs::read_dir(&parent) else { return };
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if self.pods.contains_key(&uid) || !entry.path().is_dir() {
+                continue;
+            }
+            let dir = entry.path();
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for child in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => info!("pods: removed cgroup {} of a pod stopped while the runtime was lost", dir.display()),
+                Err(error) => warn!("pods: removing stale cgroup {}: {error}", dir.display()),
+            }
         }
     }
 

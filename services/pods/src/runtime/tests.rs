@@ -460,6 +460,11 @@ async fn a_lost_runtime_is_replaced_and_its_containers_restart_as_their_policy_s
     eventually("both run", || rig.runtime.count("create") == 2).await;
     rig.runtime.state.lock().unwrap().failing_restarts = 1;
 
+    // A cgroup left by a pod stopped while the runtime was lost; the live
+    // pod's own stays.
+    let pods_cgroup = rig.dir.path().join("cgroup/kelson.slice/pods");
+    std::fs::create_dir_all(pods_cgroup.join("gone-pod/main")).unwrap();
+    std::fs::create_dir_all(pods_cgroup.join(&always.uid.0).join("main")).unwrap();
     rig.runtime.lose();
     eventually("the lost container is terminated in the status", || {
         rig.status("etcd").is_some_and(|s| s["containers"][0]["lastState"]["terminated"]["exitCode"] == 137)
@@ -481,6 +486,8 @@ async fn a_lost_runtime_is_replaced_and_its_containers_restart_as_their_policy_s
     eventually("restartCount 1", || rig.status("etcd").is_some_and(|s| s["containers"][0]["restartCount"] == 1 && s["phase"] == "Running")).await;
     assert_eq!(rig.runtime.running(), vec![id(&always)]);
     assert!(!rig.runtime.calls().iter().any(|c| c.starts_with("delete")), "lost containers are not the new runtime's to delete");
+    assert!(!pods_cgroup.join("gone-pod").exists(), "a stale pod cgroup is removed once a runtime is back");
+    assert!(pods_cgroup.join(&always.uid.0).exists(), "a live pod's cgroup stays");
 
     // The new runtime reports exits as the old one did.
     rig.runtime.exit(&id(&always), Exit::Code(1), false);
