@@ -204,7 +204,7 @@ async fn clear_containers(client: &mut ShimClient, containers: Vec<kelson_contai
     for container in &containers {
         if container.exit.is_none() {
             warn!("pods: killing container {} left in the shim", container.id);
-            client.kill(&container.id, SIGKILL).await.map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+            client.kill(&container.id, nix::sys::signal::Signal::SIGKILL as i32).await.map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
             running.push(container.id.clone());
         }
     }
@@ -225,8 +225,6 @@ async fn clear_containers(client: &mut ShimClient, containers: Vec<kelson_contai
     }
     Ok(())
 }
-
-const SIGKILL: i32 = 9;
 
 /// Stops every pod, each within its grace period, last started first.
 pub async fn shutdown() {

@@ -283,29 +283,29 @@ spec:
         assert_eq!(config.hostname, None);
     }
 
+    /// The first container's config for `yaml` as a host-network pod.
+    fn host_config(yaml: &str) -> Result<ContainerConfig, ConfigError> {
+        let pod = pod(yaml);
+        let sandbox = super::super::host_sandbox(&pod, None);
+        container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs)
+    }
+
     #[test]
     fn run_as_non_root_refuses_a_root_image_user_and_allows_a_non_zero_uid() {
-        let pod = pod(&POD.replace("runAsUser: 1000, ", "runAsNonRoot: true, "));
-        let sandbox = super::super::host_sandbox(&pod, None);
-        let error = container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).unwrap_err();
+        let error = host_config(&POD.replace("runAsUser: 1000, ", "runAsNonRoot: true, ")).unwrap_err();
         assert!(error.to_string().contains("runAsNonRoot is set but image"), "{error}");
-        let pod = super::tests::pod(&POD.replace("runAsUser: 1000, ", "runAsNonRoot: true, runAsUser: 1000, "));
-        assert!(container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).is_ok());
+        assert!(host_config(&POD.replace("runAsUser: 1000, ", "runAsNonRoot: true, runAsUser: 1000, ")).is_ok());
     }
 
     #[test]
     fn allow_privilege_escalation_false_sets_no_new_privileges() {
-        let pod = pod(&POD.replace("readOnlyRootFilesystem: true}", "readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}"));
-        let sandbox = super::super::host_sandbox(&pod, None);
-        let config = container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).unwrap();
+        let config = host_config(&POD.replace("readOnlyRootFilesystem: true}", "readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}")).unwrap();
         assert!(config.security.no_new_privileges);
     }
 
     #[test]
     fn a_missing_host_path_names_container_and_volume() {
-        let pod = pod(&POD.replace("path: /etc, type: Directory", "path: /no/such/dir, type: Directory"));
-        let sandbox = super::super::host_sandbox(&pod, None);
-        let error = container_config(&pod, &pod.containers[0], &image(), &sandbox, None, &paths(), &RealFs).unwrap_err();
+        let error = host_config(&POD.replace("path: /etc, type: Directory", "path: /no/such/dir, type: Directory")).unwrap_err();
         assert!(error.to_string().contains("container c: volume etc"), "{error}");
     }
 }

@@ -574,12 +574,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                 continue;
             }
             let dir = entry.path();
-            if let Ok(children) = std::fs::read_dir(&dir) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = std::fs::remove_dir(child.path());
-                }
-            }
-            match std::fs::remove_dir(&dir) {
+            match remove_pod_cgroup(&dir) {
                 Ok(()) => info!("pods: removed cgroup {} of a pod stopped while the runtime was lost", dir.display()),
                 Err(error) => warn!("pods: removing stale cgroup {}: {error}", dir.display()),
             }
@@ -874,12 +869,7 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         remove_tree(&pod_dir, &full);
         remove_tree(&self.config.io_dir.join(&spec.uid.0), &full);
         let cgroup = self.pod_cgroup_dir(spec);
-        for ctr in &pod.containers {
-            // The runtime removed the container's cgroup at delete; left
-            // over only if that failed, and then rmdir fails too (busy).
-            let _ = std::fs::remove_dir(cgroup.join(&ctr.name));
-        }
-        if let Err(error) = std::fs::remove_dir(&cgroup) {
+        if let Err(error) = remove_pod_cgroup(&cgroup) {
             if error.kind() != std::io::ErrorKind::NotFound {
                 warn!("pod {full}: removing cgroup {}: {error}", cgroup.display());
             }
@@ -937,6 +927,18 @@ fn seconds(delay: Duration) -> String {
     } else {
         format!("{}s", delay.as_secs_f64())
     }
+}
+
+/// A pod's cgroup directory: first what is left of its containers' (the
+/// runtime removes each at delete; one is left only if that failed, and
+/// then its rmdir fails too, busy), then its own.
+fn remove_pod_cgroup(dir: &Path) -> std::io::Result<()> {
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for child in children.flatten().filter(|c| c.path().is_dir()) {
+            let _ = std::fs::remove_dir(child.path());
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 fn remove_tree(path: &Path, full: &str) {

@@ -31,10 +31,6 @@ impl ShimRuntime {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct StartFailed(String);
-
 fn runtime_error<'a>(action: &'static str, id: &'a str) -> impl FnOnce(kelson_containers::ClientError) -> RuntimeError + 'a {
     move |e| RuntimeError { action, id: id.to_owned(), source: Box::new(e) }
 }
@@ -72,7 +68,7 @@ impl ContainerRuntime for ShimRuntime {
         let Some(start) = self.start.as_mut() else {
             return Err(failed("this shim runtime was made without a way to start another".into()));
         };
-        self.client = start().await.map_err(|e| failed(Box::new(StartFailed(e))))?;
+        self.client = start().await.map_err(|e| failed(e.into()))?;
         Ok(())
     }
 }

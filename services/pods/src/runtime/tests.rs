@@ -247,11 +247,18 @@ fn pod(file: &str, yaml: &str) -> PodSpec {
     parse(Path::new(file), yaml.as_bytes(), &LoadOptions::default()).unwrap()
 }
 
+/// A host-network pod with one container, `main`; `extra` goes into the
+/// pod's spec.
 fn simple(name: &str, image: &str, extra: &str) -> PodSpec {
+    with_container(name, image, extra, "")
+}
+
+/// [`simple`]'s pod with `container_extra` (indented for it) in `main`.
+fn with_container(name: &str, image: &str, extra: &str, container_extra: &str) -> PodSpec {
     pod(
         &format!("/m/{name}.yaml"),
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  hostNetwork: true\n{extra}  containers:\n  - name: main\n    image: {image}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  hostNetwork: true\n{extra}  containers:\n  - name: main\n    image: {image}\n{container_extra}"
         ),
     )
 }
@@ -395,10 +402,7 @@ async fn a_rejected_manifest_leaves_running_pods_alone() {
 async fn a_failing_liveness_probe_restarts_the_container_and_readiness_sets_ready() {
     let rig = Rig::new(Some(Duration::from_millis(1)));
     let probes = "    livenessProbe: {tcpSocket: {port: 80}, periodSeconds: 1, failureThreshold: 2}\n    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}\n";
-    let p = pod(
-        "/m/live.yaml",
-        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: live}}\nspec:\n  hostNetwork: true\n  containers:\n  - name: main\n    image: busybox\n{probes}"),
-    );
+    let p = with_container("live", "busybox", "", probes);
     rig.send(vec![ManifestEvent::Added(p.clone())]).await;
     eventually("ready", || rig.status("live").is_some_and(|s| s["containers"][0]["ready"] == true && s["ready"] == true)).await;
     rig.prober.healthy.store(false, Ordering::SeqCst);
@@ -422,10 +426,7 @@ async fn a_failing_liveness_probe_restarts_the_container_and_readiness_sets_read
 async fn an_exec_probe_runs_its_command_against_the_containers_cgroup() {
     let rig = Rig::new(Some(Duration::from_millis(1)));
     let probe = "    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}\n";
-    let p = pod(
-        "/m/ex.yaml",
-        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: ex}}\nspec:\n  hostNetwork: true\n  containers:\n  - name: main\n    image: busybox\n{probe}"),
-    );
+    let p = with_container("ex", "busybox", "", probe);
     rig.prober.healthy.store(true, Ordering::SeqCst);
     rig.send(vec![ManifestEvent::Added(p.clone())]).await;
     eventually("ready through the exec probe", || rig.status("ex").is_some_and(|s| s["ready"] == true)).await;
