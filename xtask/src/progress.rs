@@ -15,7 +15,12 @@ pub struct Steps {
 impl Steps {
     pub fn new(total: usize) -> Self {
         let now = Instant::now();
-        Steps { total, current: 0, started: now, step_started: now }
+        Steps {
+            total,
+            current: 0,
+            started: now,
+            step_started: now,
+        }
     }
 
     pub fn start(&mut self, what: &str) {
@@ -27,19 +32,30 @@ impl Steps {
 
     fn finish_step(&self) {
         if self.current > 0 {
-            eprintln!("==> [{}/{}] done in {:.1}s", self.current, self.total, self.step_started.elapsed().as_secs_f64());
+            eprintln!(
+                "==> [{}/{}] done in {:.1}s",
+                self.current,
+                self.total,
+                self.step_started.elapsed().as_secs_f64()
+            );
         }
     }
 
     pub fn done(&self) {
         self.finish_step();
-        eprintln!("==> all {} steps passed in {:.1}s", self.total, self.started.elapsed().as_secs_f64());
+        eprintln!(
+            "==> all {} steps passed in {:.1}s",
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        );
     }
 }
 
 /// Runs a command with inherited output; fails naming `what` if it fails.
 pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("starting {what} ({cmd:?})"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {what} ({cmd:?})"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
