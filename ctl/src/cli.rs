@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn a_bad_cidr_is_refused_naming_the_flag_and_the_reason() {
-        let err = gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--cluster-cidr", "10.244.0/16"]).unwrap_err();
+        let err =
+            gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--cluster-cidr", "10.244.0/16"]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("--cluster-cidr"), "{text}");
         assert!(text.contains("is not an IPv4 CIDR like 10.244.0.0/16"), "{text}");

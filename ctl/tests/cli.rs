@@ -36,7 +36,10 @@ fn a_malformed_cidr_is_a_usage_error_naming_the_flag() {
     let out = gen_cluster(&tmp.path().join("c"), "1", &["--cluster-cidr", "10.244.0.0/33"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("--cluster-cidr") && err.contains("\"10.244.0.0/33\" is not an IPv4 CIDR like 10.244.0.0/16"), "{err}");
+    assert!(
+        err.contains("--cluster-cidr") && err.contains("\"10.244.0.0/33\" is not an IPv4 CIDR like 10.244.0.0/16"),
+        "{err}"
+    );
     assert!(!tmp.path().join("c").exists(), "nothing is written on a usage error");
 }
 

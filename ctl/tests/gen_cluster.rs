@@ -152,8 +152,10 @@ fn pod_cidrs_are_disjoint_inside_the_cluster_cidr_and_peer_routes_reach_the_othe
     let (_tmp, dir, _) = generate();
     let configs = configs(&dir);
     let cluster: Ipv4Net = "10.244.0.0/16".parse().unwrap();
-    let pods: BTreeMap<&str, Ipv4Net> =
-        configs.iter().map(|(node, c)| (node.as_str(), c.network.pod_cidr.as_deref().unwrap().parse().unwrap())).collect();
+    let pods: BTreeMap<&str, Ipv4Net> = configs
+        .iter()
+        .map(|(node, c)| (node.as_str(), c.network.pod_cidr.as_deref().unwrap().parse().unwrap()))
+        .collect();
     for (node, pod) in &pods {
         assert!(cluster.contains(pod), "{node}'s {pod} is outside {cluster}");
         assert_eq!(pod.prefix_len(), 24);
@@ -199,7 +201,11 @@ fn node_certificates_chain_to_the_ca_with_the_nodes_names() {
         for (name, pair) in &config.pki.certificates {
             assert_issued_by_ca(&ca_pem, &pair.cert, &pair.key);
             // The config carries the same pair as the files in pki/.
-            let stem = if name == "etcd-client" { dir.join("pki/etcd-client") } else { dir.join("pki").join(&node).join(name) };
+            let stem = if name == "etcd-client" {
+                dir.join("pki/etcd-client")
+            } else {
+                dir.join("pki").join(&node).join(name)
+            };
             assert_eq!(fs::read_to_string(stem.with_extension("crt")).unwrap(), pair.cert, "{node} {name}");
             assert_eq!(fs::read_to_string(stem.with_extension("key")).unwrap(), pair.key, "{node} {name}");
             with_cert(&pair.cert, |cert| {
@@ -335,7 +341,12 @@ fn tool(program: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("running {program}: {e} (apt-get install -y mtools dosfstools util-linux)"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{program} {args:?}: {}\n{stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 

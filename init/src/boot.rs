@@ -228,10 +228,11 @@ fn stage_state(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
                 info!(device = %device.display(), "state disk is blank: formatting it as ext4 KELSON_STATE");
                 let mut cmd = state_disk::mkfs_command(device);
                 let command = format!("{cmd:?}");
-                let exit = ctx
-                    .reaper
-                    .run_blocking(&mut cmd)
-                    .map_err(|source| StateDiskError::Format { device: device.clone(), command: command.clone(), source })?;
+                let exit = ctx.reaper.run_blocking(&mut cmd).map_err(|source| StateDiskError::Format {
+                    device: device.clone(),
+                    command: command.clone(),
+                    source,
+                })?;
                 if !exit.success() {
                     return Err(StateDiskError::Format {
                         device: device.clone(),
@@ -315,7 +316,8 @@ mod tests {
     #[test]
     fn a_failed_critical_stage_stops_boot_in_maintenance() {
         let k = FakeKernel::default();
-        let stages = [Stage { name: "state", critical: true, run: fails }, Stage { name: "later", critical: true, run: marks }];
+        let stages =
+            [Stage { name: "state", critical: true, run: fails }, Stage { name: "later", critical: true, run: marks }];
         let outcome = run_stages(&mut ctx(&k, ""), &stages);
         assert_eq!(outcome, Outcome::Maintenance { stage: "state", error: "disk on fire".into() });
         assert!(k.calls().is_empty(), "stages after the failure must not run");
@@ -324,7 +326,10 @@ mod tests {
     #[test]
     fn a_failed_optional_stage_lets_boot_continue() {
         let k = FakeKernel::default();
-        let stages = [Stage { name: "sysctls", critical: false, run: fails }, Stage { name: "later", critical: true, run: marks }];
+        let stages = [
+            Stage { name: "sysctls", critical: false, run: fails },
+            Stage { name: "later", critical: true, run: marks },
+        ];
         assert_eq!(run_stages(&mut ctx(&k, ""), &stages), Outcome::Ready);
         assert_eq!(k.calls(), vec!["hostname reached"]);
     }

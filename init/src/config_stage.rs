@@ -41,7 +41,8 @@ impl Rejected {
         for e in &self.0 {
             error!("config error: {e}");
         }
-        format!("the machine config was rejected with {} error(s), listed above; nothing was applied", self.0.len()).into()
+        format!("the machine config was rejected with {} error(s), listed above; nothing was applied", self.0.len())
+            .into()
     }
 }
 
@@ -86,11 +87,12 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
     }
     take(Layer::from_cmdline(ctx.cmdline.pairs()), &mut layers);
 
-    let ds = ctx
-        .cmdline
-        .get("ds")
-        .map(str::to_owned)
-        .or_else(|| read_text(kernel, Path::new(SMBIOS_SERIAL)).map(|s| s.trim().to_owned()).filter(|s| s.starts_with("ds=")).map(|s| s.trim_start_matches("ds=").to_owned()));
+    let ds = ctx.cmdline.get("ds").map(str::to_owned).or_else(|| {
+        read_text(kernel, Path::new(SMBIOS_SERIAL))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.starts_with("ds="))
+            .map(|s| s.trim_start_matches("ds=").to_owned())
+    });
     let seed_url = ds.as_deref().and_then(seed::url_setting);
     // A node that already has a saved seed does not wait for block devices
     // still appearing: its reboots stay fast. One that expects a seed, or
@@ -103,48 +105,60 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
     };
     let mut seed_to_save = None;
     // A seed volume wins over a URL: it is what the operator attached.
-    let volume = seed::find(kernel, Path::new(seed::SYS_BLOCK), Path::new("/dev"), if seed_url.is_some() { SEED_WAIT } else { wait });
-    let found = match (volume, seed_url) {
-        (Some((device, fs)), _) => {
-            info!(device = %device.display(), fs = fs.fstype(), "cloud-init seed found");
-            Some(seed::read(kernel, &device, fs, Path::new(seed::SEED_MOUNT)).map_err(|e| {
-                Rejected(vec![ConfigError::new(&device.display().to_string(), "document", chain(&e))])
-            })?)
-        }
-        (None, Some(url)) => {
-            info!(url = url.as_str(), "fetching the cloud-init seed");
-            let runtime = tokio::runtime::Handle::try_current()
-                .map_err(|e| Rejected(vec![ConfigError::new(&url, "document", format!("no async runtime to fetch with: {e}"))]))?;
-            let fetched = runtime
-                .block_on(seed_url::with_dhcp(|| seed_url::fetch_seed(&url, seed_url::ATTEMPTS)))
-                .and_then(|r| r)
-                .map_err(|e| Rejected(vec![ConfigError::new(&url, "document", chain(&e))]))?;
-            info!(url = url.as_str(), "cloud-init seed fetched");
-            Some(fetched)
-        }
-        (None, None) => None,
-    };
-    match found {
-        Some(files) => {
-            match read_seed(&files) {
-                Ok(seed) => {
-                    for key in &seed.ignored {
-                        warn!("cloud-init: ignored {key}");
-                    }
-                    info!(instance_id = seed.instance_id.as_deref().unwrap_or("-"), layers = seed.layers.len(), "cloud-init seed read");
-                    let saved_name = format!("cloud-init seed from {}", files.origin);
-                    match seed.combined(&saved_name) {
-                        Ok(layer) => seed_to_save = Some(layer),
-                        Err(e) => errors.extend(e.0),
-                    }
-                    layers.extend(seed.layers);
-                }
-                Err(e) => errors.extend(e.0),
+    let volume = seed::find(
+        kernel,
+        Path::new(seed::SYS_BLOCK),
+        Path::new("/dev"),
+        if seed_url.is_some() { SEED_WAIT } else { wait },
+    );
+    let found =
+        match (volume, seed_url) {
+            (Some((device, fs)), _) => {
+                info!(device = %device.display(), fs = fs.fstype(), "cloud-init seed found");
+                Some(seed::read(kernel, &device, fs, Path::new(seed::SEED_MOUNT)).map_err(|e| {
+                    Rejected(vec![ConfigError::new(&device.display().to_string(), "document", chain(&e))])
+                })?)
             }
-        }
+            (None, Some(url)) => {
+                info!(url = url.as_str(), "fetching the cloud-init seed");
+                let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+                    Rejected(vec![ConfigError::new(&url, "document", format!("no async runtime to fetch with: {e}"))])
+                })?;
+                let fetched = runtime
+                    .block_on(seed_url::with_dhcp(|| seed_url::fetch_seed(&url, seed_url::ATTEMPTS)))
+                    .and_then(|r| r)
+                    .map_err(|e| Rejected(vec![ConfigError::new(&url, "document", chain(&e))]))?;
+                info!(url = url.as_str(), "cloud-init seed fetched");
+                Some(fetched)
+            }
+            (None, None) => None,
+        };
+    match found {
+        Some(files) => match read_seed(&files) {
+            Ok(seed) => {
+                for key in &seed.ignored {
+                    warn!("cloud-init: ignored {key}");
+                }
+                info!(
+                    instance_id = seed.instance_id.as_deref().unwrap_or("-"),
+                    layers = seed.layers.len(),
+                    "cloud-init seed read"
+                );
+                let saved_name = format!("cloud-init seed from {}", files.origin);
+                match seed.combined(&saved_name) {
+                    Ok(layer) => seed_to_save = Some(layer),
+                    Err(e) => errors.extend(e.0),
+                }
+                layers.extend(seed.layers);
+            }
+            Err(e) => errors.extend(e.0),
+        },
         None => match store.load(Source::CloudInit) {
             Ok(Some(layer)) => {
-                info!(document = layer.document.as_str(), "no cloud-init seed attached; using the one saved at an earlier boot");
+                info!(
+                    document = layer.document.as_str(),
+                    "no cloud-init seed attached; using the one saved at an earlier boot"
+                );
                 layers.push(layer);
             }
             Ok(None) => info!("no cloud-init seed attached and none saved"),
@@ -210,8 +224,18 @@ fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<
         install(Path::new(PKI_DIR).join("ca.crt"), ca.as_bytes(), 0o644, "pki.ca".into());
     }
     for (name, pair) in &config.pki.certificates {
-        install(Path::new(PKI_DIR).join(format!("{name}.crt")), pair.cert.as_bytes(), 0o644, format!("pki.certificates.{name}.cert"));
-        install(Path::new(PKI_DIR).join(format!("{name}.key")), pair.key.as_bytes(), 0o600, format!("pki.certificates.{name}.key"));
+        install(
+            Path::new(PKI_DIR).join(format!("{name}.crt")),
+            pair.cert.as_bytes(),
+            0o644,
+            format!("pki.certificates.{name}.cert"),
+        );
+        install(
+            Path::new(PKI_DIR).join(format!("{name}.key")),
+            pair.key.as_bytes(),
+            0o600,
+            format!("pki.certificates.{name}.key"),
+        );
     }
     for (i, pod) in config.static_pods.iter().enumerate() {
         install(Path::new(MANIFEST_DIR).join(&pod.name), pod.manifest.as_bytes(), 0o644, format!("staticPods[{i}]"));
@@ -231,7 +255,10 @@ fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<
         }
     }
     if !config.time.servers.is_empty() {
-        warn!(servers = config.time.servers.join(",").as_str(), "time.servers is accepted but the node has no NTP client yet");
+        warn!(
+            servers = config.time.servers.join(",").as_str(),
+            "time.servers is accepted but the node has no NTP client yet"
+        );
     }
     info!(
         files = config.files.len(),

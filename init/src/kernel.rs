@@ -24,7 +24,8 @@ pub enum ModuleLoad {
 }
 
 pub trait Kernel: Send + Sync {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()>;
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>)
+        -> io::Result<()>;
     fn unmount(&self, target: &Path) -> io::Result<()>;
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
@@ -51,7 +52,14 @@ pub trait Kernel: Send + Sync {
 pub struct LinuxKernel;
 
 impl Kernel for LinuxKernel {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MountFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
         use nix::mount::MsFlags;
         let mut ms = MsFlags::empty();
         if flags.readonly {
@@ -223,7 +231,14 @@ pub mod fake {
     }
 
     impl Kernel for FakeKernel {
-        fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: Option<&str>) -> io::Result<()> {
+        fn mount(
+            &self,
+            source: &str,
+            target: &Path,
+            fstype: &str,
+            flags: MountFlags,
+            data: Option<&str>,
+        ) -> io::Result<()> {
             let ro = if flags.readonly { " ro" } else { "" };
             self.record(format!("mount {source} {} {fstype} {}{ro}", target.display(), data.unwrap_or("-")));
             self.check(target)

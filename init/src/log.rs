@@ -153,7 +153,8 @@ mod tests {
 
     #[test]
     fn warnings_are_marked_and_values_with_spaces_quoted() {
-        let line = format_line(Duration::ZERO, Level::WARN, "sysctl failed", &[("error".into(), "no such file".into())]);
+        let line =
+            format_line(Duration::ZERO, Level::WARN, "sysctl failed", &[("error".into(), "no such file".into())]);
         assert_eq!(line, "[    0.000000] kelson: WARN sysctl failed error=\"no such file\"");
     }
 

@@ -41,7 +41,12 @@ impl ModuleIndex {
         Self::parse_with_aliases(modules_dep, modules_builtin, modules_softdep, "")
     }
 
-    pub fn parse_with_aliases(modules_dep: &str, modules_builtin: &str, modules_softdep: &str, modules_alias: &str) -> Self {
+    pub fn parse_with_aliases(
+        modules_dep: &str,
+        modules_builtin: &str,
+        modules_softdep: &str,
+        modules_alias: &str,
+    ) -> Self {
         let mut index = ModuleIndex::default();
         for line in modules_alias.lines() {
             let mut words = line.split_whitespace();
@@ -108,7 +113,9 @@ impl ModuleIndex {
         }
         self.aliases
             .get(name)
-            .map(|mods| mods.iter().filter(|m| self.modules.contains_key(*m) || self.builtin.contains(*m)).cloned().collect())
+            .map(|mods| {
+                mods.iter().filter(|m| self.modules.contains_key(*m) || self.builtin.contains(*m)).cloned().collect()
+            })
             .unwrap_or_default()
     }
 
@@ -121,7 +128,13 @@ impl ModuleIndex {
         Ok(order)
     }
 
-    fn plan_into(&self, name: &str, done: &mut HashSet<String>, order: &mut Vec<String>, depth: usize) -> Result<(), ModuleError> {
+    fn plan_into(
+        &self,
+        name: &str,
+        done: &mut HashSet<String>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<(), ModuleError> {
         if done.contains(name) || depth > 64 {
             return Ok(());
         }
@@ -155,23 +168,31 @@ impl ModuleIndex {
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("reading module index {path}")]
-    ReadIndex { path: PathBuf, #[source] source: io::Error },
+    ReadIndex {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("reading the module list {path}")]
-    ReadList { path: PathBuf, #[source] source: io::Error },
+    ReadList {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("module {name} is neither in modules.dep nor built in")]
     Unknown { name: String },
     #[error("loading module file {path}")]
-    Load { path: PathBuf, #[source] source: io::Error },
+    Load {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The names in a module list: one per line, `#` comments and blank lines
 /// ignored.
 pub fn parse_list(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(normalize)
-        .collect()
+    text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(normalize).collect()
 }
 
 #[derive(Debug, Default)]
@@ -262,12 +283,17 @@ kernel/crypto/crc32c_generic.ko.xz:
     fn soft_dependencies_on_aliases_resolve_to_the_modules_providing_them() {
         // Debian 6.12's real lines: ext4 wants crypto-crc32c, an alias.
         let dep = "kernel/fs/ext4/ext4.ko.xz:\nkernel/arch/x86/crypto/crc32c-intel.ko.xz:\nkernel/crypto/crc32c_generic.ko.xz:\n";
-        let alias = "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias cpu:type:x86* crc32c_intel\n";
+        let alias =
+            "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias cpu:type:x86* crc32c_intel\n";
         let idx = ModuleIndex::parse_with_aliases(dep, "", "softdep ext4 pre: crypto-crc32c\n", alias);
         let plan = idx.plan("ext4", &mut HashSet::new()).unwrap();
         assert_eq!(
             plan,
-            vec!["kernel/arch/x86/crypto/crc32c-intel.ko.xz", "kernel/crypto/crc32c_generic.ko.xz", "kernel/fs/ext4/ext4.ko.xz"]
+            vec![
+                "kernel/arch/x86/crypto/crc32c-intel.ko.xz",
+                "kernel/crypto/crc32c_generic.ko.xz",
+                "kernel/fs/ext4/ext4.ko.xz"
+            ]
         );
     }
 

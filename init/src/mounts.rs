@@ -24,9 +24,11 @@ pub struct MountError {
     pub source: io::Error,
 }
 
-const NODEV_NOSUID_NOEXEC: MountFlags = MountFlags { readonly: false, nosuid: true, nodev: true, noexec: true, relatime: true };
+const NODEV_NOSUID_NOEXEC: MountFlags =
+    MountFlags { readonly: false, nosuid: true, nodev: true, noexec: true, relatime: true };
 const NOSUID: MountFlags = MountFlags { readonly: false, nosuid: true, nodev: false, noexec: false, relatime: true };
-const NOSUID_NODEV: MountFlags = MountFlags { readonly: false, nosuid: true, nodev: true, noexec: false, relatime: true };
+const NOSUID_NODEV: MountFlags =
+    MountFlags { readonly: false, nosuid: true, nodev: true, noexec: false, relatime: true };
 
 /// Everything PID 1 mounts before it reads any configuration. `/var` is not
 /// here: it depends on the state disk (see `state_disk`).
@@ -56,9 +58,7 @@ pub const EARLY_MOUNTS: &[MountSpec] = &[
 /// Mounts one spec, creating its target first.
 pub fn mount_one(kernel: &dyn Kernel, spec: &MountSpec) -> Result<MountOutcome, MountError> {
     let target = Path::new(spec.target);
-    kernel
-        .create_dir_all(target)
-        .map_err(|source| MountError { spec: spec.clone(), source })?;
+    kernel.create_dir_all(target).map_err(|source| MountError { spec: spec.clone(), source })?;
     match kernel.mount(spec.source, target, spec.fstype, spec.flags, spec.data) {
         Ok(()) => Ok(MountOutcome::Mounted),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(MountOutcome::AlreadyMounted),
@@ -75,10 +75,7 @@ pub enum MountOutcome {
 /// Mounts all specs in order, stopping at the first failure: later mounts
 /// sit on earlier ones (/dev/pts on /dev, cgroup2 on /sys).
 pub fn mount_all(kernel: &dyn Kernel, specs: &[MountSpec]) -> Result<Vec<(PathBuf, MountOutcome)>, MountError> {
-    specs
-        .iter()
-        .map(|spec| mount_one(kernel, spec).map(|o| (PathBuf::from(spec.target), o)))
-        .collect()
+    specs.iter().map(|spec| mount_one(kernel, spec).map(|o| (PathBuf::from(spec.target), o))).collect()
 }
 
 /// The cgroup v2 controllers PID 1 hands down to the cgroups below the root.
@@ -87,11 +84,20 @@ pub const CGROUP_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "io"];
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("reading the available cgroup controllers from {path}")]
-    ReadControllers { path: PathBuf, #[source] source: io::Error },
+    ReadControllers {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cgroup controller {controller} is not available (the kernel offers: {available})")]
     Missing { controller: String, available: String },
     #[error("enabling cgroup controller {controller} in {path}")]
-    Enable { controller: String, path: PathBuf, #[source] source: io::Error },
+    Enable {
+        controller: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Enables [`CGROUP_CONTROLLERS`] for the root cgroup's children. Every
@@ -109,9 +115,11 @@ pub fn enable_cgroup_controllers(kernel: &dyn Kernel, root: &Path) -> Result<(),
         let result = if !available.split_whitespace().any(|c| c == *controller) {
             Err(CgroupError::Missing { controller: controller.to_string(), available: available.clone() })
         } else {
-            kernel
-                .write_file(&subtree, format!("+{controller}").as_bytes())
-                .map_err(|source| CgroupError::Enable { controller: controller.to_string(), path: subtree.clone(), source })
+            kernel.write_file(&subtree, format!("+{controller}").as_bytes()).map_err(|source| CgroupError::Enable {
+                controller: controller.to_string(),
+                path: subtree.clone(),
+                source,
+            })
         };
         if let Err(e) = result {
             first_error.get_or_insert(e);

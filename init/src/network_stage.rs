@@ -24,9 +24,8 @@ pub fn stage_network(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let Some(effective) = &ctx.config else { return Ok(()) };
     let config = &effective.config;
     // The config stage already refused a network section that does not plan.
-    let plan = NetPlan::from_config(&config.network).map_err(|errors| {
-        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-    })?;
+    let plan = NetPlan::from_config(&config.network)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime for networking: {e}"))?;
     let started = clock::boottime();
     let runner = ReaperRunner::new(ctx.reaper.clone());

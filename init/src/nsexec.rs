@@ -48,7 +48,10 @@ fn run(args: Vec<OsString>) -> Result<u8> {
 
     // The command is charged to the container's cgroup, like the container.
     let cgroup = std::fs::read_to_string(format!("{proc}/cgroup")).with_context(|| format!("reading {proc}/cgroup"))?;
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).with_context(|| format!("{proc}/cgroup has no cgroup2 line"))?;
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .with_context(|| format!("{proc}/cgroup has no cgroup2 line"))?;
     let procs = format!("/sys/fs/cgroup{}/cgroup.procs", path.trim_end_matches('/'));
     std::fs::write(&procs, std::process::id().to_string()).with_context(|| format!("joining {procs}"))?;
 

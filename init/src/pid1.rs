@@ -36,7 +36,9 @@ pub fn run() -> ExitCode {
     }
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => {
-            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started)))) {
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started))))
+            {
                 error!(panic = ?payload.downcast_ref::<&str>(), "the main loop panicked");
             }
         }
@@ -160,7 +162,13 @@ async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 /// either outcome: the power button watchers and any test hooks.
 fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, started: Duration) {
     let kernel = LinuxKernel;
-    let mut ctx = BootContext { kernel: &kernel, cmdline: Cmdline::default(), reaper: reaper.clone(), module_dir: module_dir(), config: None };
+    let mut ctx = BootContext {
+        kernel: &kernel,
+        cmdline: Cmdline::default(),
+        reaper: reaper.clone(),
+        module_dir: module_dir(),
+        config: None,
+    };
     // The power button works from the moment its driver is loaded, so a
     // press during the rest of boot (or right as ready or maintenance is
     // announced) powers the node off.
@@ -266,8 +274,12 @@ impl ShutdownOps for LinuxShutdown {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::EINVAL) => Ok(()),
             Err(e) => {
-                let remount = mount(None::<&str>, "/var", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
-                Err(format!("unmount failed ({e}); read-only remount {}", if remount.is_ok() { "done" } else { "failed too" }))
+                let remount =
+                    mount(None::<&str>, "/var", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+                Err(format!(
+                    "unmount failed ({e}); read-only remount {}",
+                    if remount.is_ok() { "done" } else { "failed too" }
+                ))
             }
         }
     }

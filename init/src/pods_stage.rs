@@ -22,9 +22,11 @@ use kelson_pods::manifest::LoadOptions;
 use kelson_pods::runtime::netns::{self, NamespaceFiles, Unshare, NETNS_DIR};
 use kelson_pods::runtime::probe_exec::NetProber;
 use kelson_pods::runtime::shim::{ShimRuntime, StartShim, StoreImages, SystemHost};
-use kelson_pods::runtime::{host_sandbox, ManagerCommand, ManagerConfig, PodManager, Prober, Sandbox, SandboxError, SandboxNetwork};
-use kelson_pods::ProbeAction;
+use kelson_pods::runtime::{
+    host_sandbox, ManagerCommand, ManagerConfig, PodManager, Prober, Sandbox, SandboxError, SandboxNetwork,
+};
 use kelson_pods::watch::{ManifestWatcher, DEBOUNCE, MANIFEST_DIR};
+use kelson_pods::ProbeAction;
 use kelson_pods::{PodSpec, SystemClock};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -70,7 +72,12 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
             let reaper = restart_reaper.clone();
             Box::pin(async move { connect_or_start_shim(&reaper).await })
         });
-        let network = NodeSandboxes::new(bridge, host_ip.clone(), Path::new(NETNS_DIR), Path::new(kelson_net::pods::DEFAULT_STATE_DIR));
+        let network = NodeSandboxes::new(
+            bridge,
+            host_ip.clone(),
+            Path::new(NETNS_DIR),
+            Path::new(kelson_net::pods::DEFAULT_STATE_DIR),
+        );
         let config = ManagerConfig { host_ip, fixed_backoff, ..ManagerConfig::default() };
         let manager = PodManager::new(
             config,
@@ -140,7 +147,8 @@ impl Prober for NodeProber {
             Ok(Ok(exit)) => Err(format!("{what} {exit}")),
             Ok(Err(_)) => Err(format!("{what}: its exit was lost")),
             Err(_) => {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.pid), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.pid), nix::sys::signal::Signal::SIGKILL);
                 Err(format!("{what} timed out after {timeout:?}"))
             }
         }
@@ -198,19 +206,28 @@ async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, Strin
 }
 
 /// Kills (SIGKILL) and deletes every container a running shim reports.
-async fn clear_containers(client: &mut ShimClient, containers: Vec<kelson_containers::ContainerState>) -> Result<(), String> {
+async fn clear_containers(
+    client: &mut ShimClient,
+    containers: Vec<kelson_containers::ContainerState>,
+) -> Result<(), String> {
     const LIMIT: Duration = Duration::from_secs(10);
     let mut running: Vec<String> = Vec::new();
     for container in &containers {
         if container.exit.is_none() {
             warn!("pods: killing container {} left in the shim", container.id);
-            client.kill(&container.id, nix::sys::signal::Signal::SIGKILL as i32).await.map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+            client
+                .kill(&container.id, nix::sys::signal::Signal::SIGKILL as i32)
+                .await
+                .map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
             running.push(container.id.clone());
         }
     }
     let waited = tokio::time::timeout(LIMIT, async {
         while !running.is_empty() {
-            let exit = client.next_event().await.map_err(|e| format!("waiting for killed containers: {}", kelson_config::error_chain(&e)))?;
+            let exit = client
+                .next_event()
+                .await
+                .map_err(|e| format!("waiting for killed containers: {}", kelson_config::error_chain(&e)))?;
             running.retain(|id| *id != exit.id);
         }
         Ok::<_, String>(())
@@ -218,10 +235,15 @@ async fn clear_containers(client: &mut ShimClient, containers: Vec<kelson_contai
     .await;
     match waited {
         Ok(result) => result?,
-        Err(_) => return Err(format!("containers left in the shim did not exit within {} s after SIGKILL", LIMIT.as_secs())),
+        Err(_) => {
+            return Err(format!("containers left in the shim did not exit within {} s after SIGKILL", LIMIT.as_secs()))
+        }
     }
     for container in &containers {
-        client.delete(&container.id).await.map_err(|e| format!("deleting container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+        client
+            .delete(&container.id)
+            .await
+            .map_err(|e| format!("deleting container {}: {}", container.id, kelson_config::error_chain(&e)))?;
     }
     Ok(())
 }
@@ -271,7 +293,11 @@ impl NodeSandboxes {
     }
 }
 
-fn sandbox_error(action: &'static str, pod: &PodSpec, source: impl std::error::Error + Send + Sync + 'static) -> SandboxError {
+fn sandbox_error(
+    action: &'static str,
+    pod: &PodSpec,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> SandboxError {
     SandboxError { action, pod: pod.full_name(), source: Box::new(source) }
 }
 
@@ -298,7 +324,11 @@ impl SandboxNetwork for NodeSandboxes {
             return Ok(sandbox);
         }
         let Some(network) = &self.pods else {
-            return Err(sandbox_error("creating", pod, Message("the node has no pod network (no podCIDR/bridge configured)".into())));
+            return Err(sandbox_error(
+                "creating",
+                pod,
+                Message("the node has no pod network (no podCIDR/bridge configured)".into()),
+            ));
         };
         let files = self.make_namespaces(pod, Unshare::pod_network(pod.host_ipc)).await?;
         let attachment = match network.attach(&files.net, &pod.uid.0).await {
@@ -334,6 +364,11 @@ impl SandboxNetwork for NodeSandboxes {
 fn host_ipv4() -> Option<String> {
     let addresses = nix::ifaddrs::getifaddrs().ok()?;
     addresses
-        .filter(|a| a.interface_name != "lo" && a.interface_name != "cbr0" && !a.interface_name.starts_with("kv") && !a.interface_name.starts_with("veth"))
+        .filter(|a| {
+            a.interface_name != "lo"
+                && a.interface_name != "cbr0"
+                && !a.interface_name.starts_with("kv")
+                && !a.interface_name.starts_with("veth")
+        })
         .find_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip().to_string())))
 }

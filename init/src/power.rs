@@ -108,7 +108,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events");
         let mut data = Vec::new();
-        for e in [event(EV_KEY, KEY_POWER, 1), event(0, 0, 0), event(EV_KEY, KEY_POWER, 0), event(EV_KEY, KEY_POWER, 1)] {
+        for e in [event(EV_KEY, KEY_POWER, 1), event(0, 0, 0), event(EV_KEY, KEY_POWER, 0), event(EV_KEY, KEY_POWER, 1)]
+        {
             data.extend_from_slice(&e);
         }
         std::fs::write(&path, data).unwrap();

@@ -74,10 +74,7 @@ impl Reaper {
     /// Starts `cmd` and blocks the calling (non-async) thread until it exits.
     pub fn run_blocking(&self, cmd: &mut Command) -> io::Result<Exit> {
         let spawned = self.spawn(cmd)?;
-        spawned
-            .exit
-            .blocking_recv()
-            .map_err(|_| io::Error::other("the reaper stopped before the child exited"))
+        spawned.exit.blocking_recv().map_err(|_| io::Error::other("the reaper stopped before the child exited"))
     }
 
     /// Pids of spawned children that have not exited yet.

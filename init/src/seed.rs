@@ -51,7 +51,8 @@ pub fn probe_label(head: &[u8]) -> Option<(SeedFs, String)> {
     if head.get(510..512) != Some(&[0x55, 0xAA]) {
         return None;
     }
-    let fat = |sig: usize, fs_type: usize| head.get(sig) == Some(&0x29) && head.get(fs_type..fs_type + 3) == Some(b"FAT");
+    let fat =
+        |sig: usize, fs_type: usize| head.get(sig) == Some(&0x29) && head.get(fs_type..fs_type + 3) == Some(b"FAT");
     if fat(0x26, 0x36) {
         return Some((SeedFs::Vfat, text(0x2B..0x36)?));
     }
@@ -101,18 +102,32 @@ pub fn find(kernel: &dyn Kernel, sys_block: &Path, dev: &Path, wait: Duration) -
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     #[error("mounting seed {device} ({fstype}) on {target}")]
-    Mount { device: PathBuf, fstype: &'static str, target: PathBuf, #[source] source: io::Error },
+    Mount {
+        device: PathBuf,
+        fstype: &'static str,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("reading {file} from seed {device}")]
-    Read { device: PathBuf, file: &'static str, #[source] source: io::Error },
+    Read {
+        device: PathBuf,
+        file: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Mounts the seed read-only, reads its files, and unmounts it again.
 pub fn read(kernel: &dyn Kernel, device: &Path, fs: SeedFs, mount_at: &Path) -> Result<SeedFiles, SeedError> {
     let _ = kernel.create_dir_all(mount_at);
     let flags = MountFlags { readonly: true, nosuid: true, nodev: true, noexec: true, relatime: false };
-    kernel
-        .mount(&device.to_string_lossy(), mount_at, fs.fstype(), flags, None)
-        .map_err(|source| SeedError::Mount { device: device.to_owned(), fstype: fs.fstype(), target: mount_at.to_owned(), source })?;
+    kernel.mount(&device.to_string_lossy(), mount_at, fs.fstype(), flags, None).map_err(|source| SeedError::Mount {
+        device: device.to_owned(),
+        fstype: fs.fstype(),
+        target: mount_at.to_owned(),
+        source,
+    })?;
     let read_one = |file: &'static str| -> Result<Option<String>, SeedError> {
         match kernel.read_file(&mount_at.join(file)) {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),

@@ -43,7 +43,8 @@ async fn get_once(uri: &Uri, tls: &tokio_rustls::TlsConnector) -> Result<Option<
     let host = uri.host().ok_or("no host")?.to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let tcp =
+        TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, host.as_str())
@@ -51,7 +52,8 @@ async fn get_once(uri: &Uri, tls: &tokio_rustls::TlsConnector) -> Result<Option<
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = if https {
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("server name {host}: {e}"))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("server name {host}: {e}"))?;
         let stream = tls.connect(name, tcp).await.map_err(|e| format!("TLS with {host}: {e}"))?;
         send(TokioIo::new(stream), request).await?
     } else {
@@ -67,11 +69,15 @@ async fn get_once(uri: &Uri, tls: &tokio_rustls::TlsConnector) -> Result<Option<
     }
 }
 
-async fn send<S>(io: TokioIo<S>, request: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, String>
+async fn send<S>(
+    io: TokioIo<S>,
+    request: hyper::Request<Empty<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -88,7 +94,9 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         // The ring provider supports the default versions; this cannot
         // happen, but a seed fetch must not bring PID 1 down if it does.
         Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
-            rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
         )),
     }
 }
@@ -144,7 +152,8 @@ pub async fn fetch_seed(base: &str, attempts: u32) -> Result<SeedFiles, FetchErr
 pub async fn with_dhcp<T, F: std::future::Future<Output = T>>(work: impl FnOnce() -> F) -> Result<T, FetchError> {
     let netlink = RtNetlink::open().map_err(|e| FetchError::NoLease { seconds: 0, tried: format!("netlink: {e}") })?;
     let links = netlink.links().await.unwrap_or_default();
-    let candidates: Vec<_> = links.into_iter().filter(|l| l.kind.is_none() && l.mac.is_some() && l.name != "lo").collect();
+    let candidates: Vec<_> =
+        links.into_iter().filter(|l| l.kind.is_none() && l.mac.is_some() && l.name != "lo").collect();
     let mut tried = Vec::new();
     for link in candidates {
         tried.push(link.name.clone());
@@ -155,7 +164,8 @@ pub async fn with_dhcp<T, F: std::future::Future<Output = T>>(work: impl FnOnce(
         let mut status = handle.watch();
         // The borrow `wait_for` returns must end here: held, it would block
         // the client's next status update, and the client with it.
-        let bound = matches!(tokio::time::timeout(DHCP_TIMEOUT, status.wait_for(|s| s.state == "bound")).await, Ok(Ok(_)));
+        let bound =
+            matches!(tokio::time::timeout(DHCP_TIMEOUT, status.wait_for(|s| s.state == "bound")).await, Ok(Ok(_)));
         if bound {
             let address = handle.status().lease.map(|l| l.address.to_string()).unwrap_or_default();
             info!(link = name.as_str(), address = address.as_str(), "DHCP lease taken to fetch the seed");
@@ -194,7 +204,9 @@ mod tests {
                 let request = String::from_utf8_lossy(&buf[..len]).into_owned();
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let response = match files.get(path.as_str()) {
-                    Some(body) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+                    Some(body) => {
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                    }
                     None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
                 };
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -205,7 +217,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_three_files_are_fetched_and_a_missing_network_config_is_none() {
-        let files = HashMap::from([("/seed/meta-data", "instance-id: url-1\n"), ("/seed/user-data", "#cloud-config\nhostname: web\n")]);
+        let files = HashMap::from([
+            ("/seed/meta-data", "instance-id: url-1\n"),
+            ("/seed/user-data", "#cloud-config\nhostname: web\n"),
+        ]);
         let (base, _) = serve(files, 0).await;
         let seed = fetch_seed(&base, 1).await.unwrap();
         assert_eq!(seed.meta_data.as_deref(), Some("instance-id: url-1\n"));

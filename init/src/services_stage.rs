@@ -32,10 +32,7 @@ impl Launcher for ReaperLauncher {
         // supervisor sees end-of-file when the service exits.
         drop(cmd);
         let exit = spawned.exit;
-        Ok(Launched {
-            pid: spawned.pid,
-            exit: Box::pin(async move { exit.await.ok() }),
-        })
+        Ok(Launched { pid: spawned.pid, exit: Box::pin(async move { exit.await.ok() }) })
     }
 }
 
@@ -57,7 +54,8 @@ pub fn stage_services(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         info!("services: {note}");
     }
     node::write_files(Path::new("/"), &rendered.files)?;
-    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime for the supervisor: {e}"))?;
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime for the supervisor: {e}"))?;
     let names: Vec<String> = rendered.services.iter().map(|s| s.name.clone()).collect();
     let supervisor = Arc::new(Supervisor::new(
         rendered.services,

@@ -123,7 +123,15 @@ mod tests {
         run(&mut r, Action::Reboot, Duration::from_secs(1));
         assert_eq!(
             r.events,
-            vec!["signal SIGTERM", "wait 1000ms", "signal SIGKILL", "wait 3000ms", "sync", "umount /var", "finish reboot"]
+            vec![
+                "signal SIGTERM",
+                "wait 1000ms",
+                "signal SIGKILL",
+                "wait 3000ms",
+                "sync",
+                "umount /var",
+                "finish reboot"
+            ]
         );
     }
 

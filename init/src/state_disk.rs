@@ -17,9 +17,14 @@ const BLANK_WINDOW: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskContent {
     Blank,
-    Ext4 { label: String },
+    Ext4 {
+        label: String,
+    },
     /// Something is there; `what` names it when it is recognised.
-    Signature { what: String, offset: u64 },
+    Signature {
+        what: String,
+        offset: u64,
+    },
 }
 
 fn has(buf: &[u8], offset: usize, magic: &[u8]) -> bool {
@@ -88,10 +93,7 @@ pub fn block_devices(sys_class_block: &Path, dev: &Path) -> Vec<PathBuf> {
 
 /// The first device carrying an ext4 filesystem labelled [`STATE_LABEL`].
 pub fn find_labelled(devices: &[PathBuf]) -> Option<PathBuf> {
-    devices
-        .iter()
-        .find(|d| matches!(probe(d), Ok(DiskContent::Ext4 { label }) if label == STATE_LABEL))
-        .cloned()
+    devices.iter().find(|d| matches!(probe(d), Ok(DiskContent::Ext4 { label }) if label == STATE_LABEL)).cloned()
 }
 
 /// What to do about /var.
@@ -107,16 +109,29 @@ pub enum StateDiskError {
     #[error("state disk {device} (named by kelson.state) did not appear within {waited_ms} ms")]
     Missing { device: PathBuf, waited_ms: u64 },
     #[error("reading state disk {device}")]
-    Probe { device: PathBuf, #[source] source: io::Error },
+    Probe {
+        device: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "refusing to format state disk {device}: it is not blank ({what} at byte {offset}); \
          wipe it, or give it an ext4 filesystem labelled KELSON_STATE"
     )]
     NotBlank { device: PathBuf, what: String, offset: u64 },
     #[error("formatting state disk {device} as ext4 ({command})")]
-    Format { device: PathBuf, command: String, #[source] source: io::Error },
+    Format {
+        device: PathBuf,
+        command: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("mounting {what} on /var")]
-    Mount { what: String, #[source] source: io::Error },
+    Mount {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Decides what /var gets. `named` is the `kelson.state` device, which must

@@ -40,10 +40,12 @@ pub fn apply(kernel: &dyn Kernel, sysctls: &[(&str, &str)]) -> Vec<SysctlError> 
         .iter()
         .filter_map(|(key, value)| {
             let path = proc_path(key);
-            kernel
-                .write_file(&path, value.as_bytes())
-                .err()
-                .map(|source| SysctlError { key: key.to_string(), value: value.to_string(), path, source })
+            kernel.write_file(&path, value.as_bytes()).err().map(|source| SysctlError {
+                key: key.to_string(),
+                value: value.to_string(),
+                path,
+                source,
+            })
         })
         .collect()
 }

@@ -15,11 +15,24 @@ pub const USR_IMAGE: &str = "/usr.squashfs";
 #[derive(Debug, thiserror::Error)]
 pub enum UsrError {
     #[error("loading the modules to mount {image} (loop, squashfs)")]
-    Modules { image: PathBuf, #[source] source: modules::ModuleError },
+    Modules {
+        image: PathBuf,
+        #[source]
+        source: modules::ModuleError,
+    },
     #[error("attaching {image} to a loop device")]
-    Loop { image: PathBuf, #[source] source: io::Error },
+    Loop {
+        image: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("mounting {device} ({image}) read-only on /usr")]
-    Mount { device: PathBuf, image: PathBuf, #[source] source: io::Error },
+    Mount {
+        device: PathBuf,
+        image: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What happened to /usr.
@@ -27,7 +40,9 @@ pub enum UsrError {
 pub enum UsrOutcome {
     /// No image: /usr is the initramfs's own (a development root).
     InPlace,
-    Mounted { device: PathBuf },
+    Mounted {
+        device: PathBuf,
+    },
 }
 
 /// Mounts `image` over /usr if it exists.

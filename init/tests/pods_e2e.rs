@@ -110,9 +110,11 @@ impl Rig {
             &[(TAR_GZIP, common::gzip(&tar(&entries)))],
             serde_json::json!({ "Cmd": ["sh"], "Env": ["PATH=/bin"] }),
         );
-        let options = ShimOptions { socket: root.join("shim.sock"), state_dir: root.join("shim-state"), no_pivot: true };
+        let options =
+            ShimOptions { socket: root.join("shim.sock"), state_dir: root.join("shim-state"), no_pivot: true };
         // KELSON_INIT_BIN runs the shim of another build (the image's static one).
-        let binary = std::env::var_os("KELSON_INIT_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-init")), PathBuf::from);
+        let binary = std::env::var_os("KELSON_INIT_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-init")), PathBuf::from);
         let child = ShimCommand::init(binary, options).command().stdout(Stdio::null()).spawn().unwrap();
         Rig { dir, cgroup_parent: format!("kelson-test-{}-pods", std::process::id()), _shim: Shim(child) }
     }
@@ -122,7 +124,11 @@ impl Rig {
     }
 
     /// Starts the manager with `network` on the current runtime.
-    async fn manager<N: SandboxNetwork>(&self, network: N, host_ip: &str) -> (mpsc::Sender<ManagerCommand>, tokio::task::JoinHandle<()>) {
+    async fn manager<N: SandboxNetwork>(
+        &self,
+        network: N,
+        host_ip: &str,
+    ) -> (mpsc::Sender<ManagerCommand>, tokio::task::JoinHandle<()>) {
         let root = self.root();
         let config = ManagerConfig {
             status_dir: root.join("status"),
@@ -155,7 +161,10 @@ impl Rig {
     }
 
     fn log(&self, pod: &PodSpec, restarts: u32) -> Option<String> {
-        std::fs::read_to_string(self.root().join(format!("log/{}_{}_{}/main/{restarts}.log", pod.namespace, pod.name, pod.uid))).ok()
+        std::fs::read_to_string(
+            self.root().join(format!("log/{}_{}_{}/main/{restarts}.log", pod.namespace, pod.name, pod.uid)),
+        )
+        .ok()
     }
 
     /// Removes the pod and checks that what it had is gone, then ends the manager.
@@ -163,7 +172,10 @@ impl Rig {
         tx.send(ManagerCommand::Manifests(vec![ManifestEvent::Removed(pod.clone())])).await.unwrap();
         wait_for("the status file removed", || self.status(pod).is_none().then_some(())).await;
         assert!(!self.root().join("pods").join(&pod.uid.0).exists(), "the pod's overlay and volumes are gone");
-        assert!(!Path::new("/sys/fs/cgroup").join(&self.cgroup_parent).join(&pod.uid.0).exists(), "the pod's cgroup is gone");
+        assert!(
+            !Path::new("/sys/fs/cgroup").join(&self.cgroup_parent).join(&pod.uid.0).exists(),
+            "the pod's cgroup is gone"
+        );
         let (done, finished) = tokio::sync::oneshot::channel();
         tx.send(ManagerCommand::Shutdown(done)).await.unwrap();
         finished.await.unwrap();
@@ -177,7 +189,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn pod(name: &str, yaml: &str) -> PodSpec {
-    parse(&PathBuf::from(format!("/etc/kubernetes/manifests/{name}.yaml")), yaml.as_bytes(), &LoadOptions::default()).unwrap()
+    parse(&PathBuf::from(format!("/etc/kubernetes/manifests/{name}.yaml")), yaml.as_bytes(), &LoadOptions::default())
+        .unwrap()
 }
 
 fn host_network_pod() {
@@ -257,7 +270,12 @@ spec:
 "#,
     );
     runtime().block_on(async {
-        let network = NodeSandboxes::new(Some(bridge), Some("10.0.0.1".into()), &rig.root().join("netns"), &rig.root().join("net-state"));
+        let network = NodeSandboxes::new(
+            Some(bridge),
+            Some("10.0.0.1".into()),
+            &rig.root().join("netns"),
+            &rig.root().join("net-state"),
+        );
         let (tx, task) = rig.manager(network, "10.0.0.1").await;
         tx.send(ManagerCommand::Manifests(vec![ManifestEvent::Added(pod.clone())])).await.unwrap();
         let status = wait_for("the pod ready through its HTTP probe", || {

@@ -143,14 +143,15 @@ CONFIG_CMDLINE=\"console=ttyS0\"
     #[test]
     fn a_module_where_built_in_is_needed_and_a_missing_option_are_reported() {
         let config = KernelConfig::parse(SAMPLE);
-        let required = [
-            ("CONFIG_BRIDGE", Need::BuiltIn, "the bridge"),
-            ("CONFIG_DEVTMPFS_MOUNT", Need::Available, "automount"),
-        ];
+        let required =
+            [("CONFIG_BRIDGE", Need::BuiltIn, "the bridge"), ("CONFIG_DEVTMPFS_MOUNT", Need::Available, "automount")];
         let unmet = check(&config, &required);
         assert_eq!(unmet.len(), 2);
         assert_eq!(unmet[0].to_string(), "CONFIG_BRIDGE must be =y but is =m (needed for: the bridge)");
-        assert_eq!(unmet[1].to_string(), "CONFIG_DEVTMPFS_MOUNT must be =y or =m but is not set (needed for: automount)");
+        assert_eq!(
+            unmet[1].to_string(),
+            "CONFIG_DEVTMPFS_MOUNT must be =y or =m but is not set (needed for: automount)"
+        );
     }
 
     #[test]

@@ -44,11 +44,7 @@ impl AgentOutput {
     /// Fails, showing the output, unless the status is 0.
     pub fn ok(self) -> Result<Self> {
         if self.status != 0 {
-            bail!(
-                "guest command exited with status {}; output:\n{}",
-                self.status,
-                self.output
-            );
+            bail!("guest command exited with status {}; output:\n{}", self.status, self.output);
         }
         Ok(self)
     }
@@ -71,19 +67,13 @@ impl Agent {
                 Ok(s) => break s,
                 Err(e) => {
                     if Instant::now() >= deadline {
-                        return Err(e).with_context(|| {
-                            format!("connecting to the agent socket {}", path.display())
-                        });
+                        return Err(e).with_context(|| format!("connecting to the agent socket {}", path.display()));
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
         };
-        let mut agent = Self {
-            stream,
-            pending: Vec::new(),
-            next_marker: 1,
-        };
+        let mut agent = Self { stream, pending: Vec::new(), next_marker: 1 };
         agent.handshake(deadline)?;
         Ok(agent)
     }
@@ -109,10 +99,7 @@ impl Agent {
                 last_probe = Some(Instant::now());
             }
             self.fill(Duration::from_millis(100))?;
-            if sent
-                .iter()
-                .any(|answer| find(&self.pending, answer.as_bytes()).is_some())
-            {
+            if sent.iter().any(|answer| find(&self.pending, answer.as_bytes()).is_some()) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -124,8 +111,7 @@ impl Agent {
             }
         }
         let answer = self.send_probe()?;
-        self.read_until(&answer, deadline)
-            .context("waiting for the agent's answer to the final handshake probe")?;
+        self.read_until(&answer, deadline).context("waiting for the agent's answer to the final handshake probe")?;
         Ok(())
     }
 
@@ -140,25 +126,21 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let n = self.take_marker();
         let quoted = command.replace('\'', r"'\''");
-        let line = format!(
-            "( eval '{quoted}' ) </dev/null 2>&1; echo \"{MARKER_PREFIX}\"\"END_{n} $?\"\n"
-        );
+        let line = format!("( eval '{quoted}' ) </dev/null 2>&1; echo \"{MARKER_PREFIX}\"\"END_{n} $?\"\n");
         self.send(&line)?;
         let needle = format!("{MARKER_PREFIX}END_{n} ");
-        let before = self.read_until(&needle, deadline).with_context(|| {
-            format!("waiting {timeout:?} for guest command {command:?} to finish")
-        })?;
+        let before = self
+            .read_until(&needle, deadline)
+            .with_context(|| format!("waiting {timeout:?} for guest command {command:?} to finish"))?;
         // The status follows the marker, up to the end of its line.
         let status_line = self
             .read_until("\n", deadline)
             .with_context(|| format!("reading the exit status of guest command {command:?}"))?;
-        let status: i32 = status_line.trim().parse().with_context(|| {
-            format!("parsing exit status {status_line:?} of guest command {command:?}")
-        })?;
-        Ok(AgentOutput {
-            status,
-            output: before,
-        })
+        let status: i32 = status_line
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing exit status {status_line:?} of guest command {command:?}"))?;
+        Ok(AgentOutput { status, output: before })
     }
 
     fn take_marker(&mut self) -> u64 {
@@ -168,9 +150,7 @@ impl Agent {
     }
 
     fn send(&mut self, text: &str) -> Result<()> {
-        self.stream
-            .write_all(text.as_bytes())
-            .context("writing to the agent socket")
+        self.stream.write_all(text.as_bytes()).context("writing to the agent socket")
     }
 
     /// Reads until `needle` has arrived; returns what came before it and
@@ -251,7 +231,5 @@ while :; do
 done
 "#
     );
-    Layer::new()
-        .file_from_host(GUEST_BUSYBOX, busybox_host_path, 0o755)
-        .file(AGENT_HOOK, hook, 0o755)
+    Layer::new().file_from_host(GUEST_BUSYBOX, busybox_host_path, 0o755).file(AGENT_HOOK, hook, 0o755)
 }

@@ -79,19 +79,14 @@ impl Layer {
     /// A regular file whose content is read from `host_path` when the
     /// archive is encoded.
     pub fn file_from_host(mut self, path: &str, host_path: impl AsRef<Path>, mode: u32) -> Self {
-        self.add(
-            path,
-            mode,
-            Content::HostFile(host_path.as_ref().to_path_buf()),
-        );
+        self.add(path, mode, Content::HostFile(host_path.as_ref().to_path_buf()));
         self
     }
 
     /// A symbolic link at `path` pointing at `target` (stored verbatim).
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
         if target.is_empty() {
-            self.problems
-                .push(format!("symlink {path:?} has an empty target"));
+            self.problems.push(format!("symlink {path:?} has an empty target"));
             return self;
         }
         self.add(path, 0o777, Content::Symlink(target.to_owned()));
@@ -142,59 +137,39 @@ impl Layer {
         // kernel uses them to detect hard links. Start high so they are
         // easy to tell apart from real ones when debugging.
         for (ino, entry) in (0x1001u32..).zip(&self.entries) {
-            let (kind, data, nlink, dev): (u32, std::borrow::Cow<'_, [u8]>, u32, (u32, u32)) =
-                match &entry.content {
-                    Content::Dir => (S_IFDIR, (&[][..]).into(), 2, (0, 0)),
-                    Content::Bytes(b) => (S_IFREG, b.as_slice().into(), 1, (0, 0)),
-                    Content::HostFile(host) => {
-                        let bytes = std::fs::read(host).with_context(|| {
-                            format!(
-                                "reading host file {} for initramfs entry /{}",
-                                host.display(),
-                                entry.path
-                            )
-                        })?;
-                        (S_IFREG, bytes.into(), 1, (0, 0))
-                    }
-                    Content::Symlink(t) => (S_IFLNK, t.as_bytes().into(), 1, (0, 0)),
-                    Content::CharDev { major, minor } => {
-                        (S_IFCHR, (&[][..]).into(), 1, (*major, *minor))
-                    }
-                    Content::BlockDev { major, minor } => {
-                        (S_IFBLK, (&[][..]).into(), 1, (*major, *minor))
-                    }
-                };
+            let (kind, data, nlink, dev): (u32, std::borrow::Cow<'_, [u8]>, u32, (u32, u32)) = match &entry.content {
+                Content::Dir => (S_IFDIR, (&[][..]).into(), 2, (0, 0)),
+                Content::Bytes(b) => (S_IFREG, b.as_slice().into(), 1, (0, 0)),
+                Content::HostFile(host) => {
+                    let bytes = std::fs::read(host).with_context(|| {
+                        format!("reading host file {} for initramfs entry /{}", host.display(), entry.path)
+                    })?;
+                    (S_IFREG, bytes.into(), 1, (0, 0))
+                }
+                Content::Symlink(t) => (S_IFLNK, t.as_bytes().into(), 1, (0, 0)),
+                Content::CharDev { major, minor } => (S_IFCHR, (&[][..]).into(), 1, (*major, *minor)),
+                Content::BlockDev { major, minor } => (S_IFBLK, (&[][..]).into(), 1, (*major, *minor)),
+            };
             let header = Header {
                 ino,
                 mode: kind | (entry.perm & 0o7777),
                 nlink,
-                filesize: u32::try_from(data.len()).with_context(|| {
-                    format!("initramfs entry /{} is larger than 4 GiB", entry.path)
-                })?,
+                filesize: u32::try_from(data.len())
+                    .with_context(|| format!("initramfs entry /{} is larger than 4 GiB", entry.path))?,
                 rdev: dev,
             };
             header.write(&mut out, &entry.path);
             out.extend_from_slice(&data);
             pad4(&mut out);
         }
-        Header {
-            ino: 0,
-            mode: 0,
-            nlink: 1,
-            filesize: 0,
-            rdev: (0, 0),
-        }
-        .write(&mut out, "TRAILER!!!");
+        Header { ino: 0, mode: 0, nlink: 1, filesize: 0, rdev: (0, 0) }.write(&mut out, "TRAILER!!!");
         Ok(out)
     }
 
     /// Writes the encoded archive to `path` (see [`Layer::to_bytes`]).
     pub fn write_to(&self, path: &Path) -> Result<()> {
-        let bytes = self
-            .to_bytes()
-            .with_context(|| format!("encoding initramfs layer for {}", path.display()))?;
-        std::fs::write(path, bytes)
-            .with_context(|| format!("writing initramfs layer to {}", path.display()))
+        let bytes = self.to_bytes().with_context(|| format!("encoding initramfs layer for {}", path.display()))?;
+        std::fs::write(path, bytes).with_context(|| format!("writing initramfs layer to {}", path.display()))
     }
 
     fn add(&mut self, path: &str, perm: u32, content: Content) {
@@ -206,19 +181,14 @@ impl Layer {
             }
         };
         if perm & !0o7777 != 0 {
-            self.problems.push(format!(
-                "mode {perm:#o} for /{path} has bits beyond 0o7777 (give permission bits only)"
-            ));
+            self.problems
+                .push(format!("mode {perm:#o} for /{path} has bits beyond 0o7777 (give permission bits only)"));
             return;
         }
         if let Some((parent, _)) = path.rsplit_once('/') {
             self.ensure_parents_and_self_dir(parent);
         }
-        self.insert(Entry {
-            path,
-            perm,
-            content,
-        });
+        self.insert(Entry { path, perm, content });
     }
 
     /// Makes sure `dir` and all its ancestors exist as directories,
@@ -233,17 +203,11 @@ impl Layer {
                 // A symlink may stand for a directory (e.g. /bin -> usr/bin):
                 // the kernel follows it when it creates the child.
                 if !matches!(self.entries[i].content, Content::Dir | Content::Symlink(_)) {
-                    self.problems.push(format!(
-                        "/{prefix} is not a directory but has entries below it"
-                    ));
+                    self.problems.push(format!("/{prefix} is not a directory but has entries below it"));
                 }
             } else {
                 self.index.insert(prefix.to_owned(), self.entries.len());
-                self.entries.push(Entry {
-                    path: prefix.to_owned(),
-                    perm: IMPLICIT_DIR_MODE,
-                    content: Content::Dir,
-                });
+                self.entries.push(Entry { path: prefix.to_owned(), perm: IMPLICIT_DIR_MODE, content: Content::Dir });
                 self.implicit.push(true);
             }
         }
@@ -255,10 +219,8 @@ impl Layer {
                 let was_dir = matches!(self.entries[i].content, Content::Dir);
                 let is_dir = matches!(entry.content, Content::Dir);
                 if was_dir && !is_dir && self.has_children(&entry.path) {
-                    self.problems.push(format!(
-                        "/{} is a directory with entries below it and cannot become a file",
-                        entry.path
-                    ));
+                    self.problems
+                        .push(format!("/{} is a directory with entries below it and cannot become a file", entry.path));
                     return;
                 }
                 self.entries[i] = entry;
@@ -289,9 +251,7 @@ fn normalize(path: &str) -> std::result::Result<String, String> {
     }
     for comp in trimmed.split('/') {
         if comp.is_empty() || comp == "." || comp == ".." {
-            return Err(format!(
-                "initramfs path {path:?} has an empty, '.' or '..' component"
-            ));
+            return Err(format!("initramfs path {path:?} has an empty, '.' or '..' component"));
         }
     }
     Ok(trimmed.to_owned())
@@ -416,10 +376,7 @@ mod tests {
 
     #[test]
     fn later_entries_replace_earlier_ones() {
-        let layer = Layer::new()
-            .file("/f", "one", 0o644)
-            .file("/g", "g", 0o644)
-            .file("/f", "two", 0o600);
+        let layer = Layer::new().file("/f", "one", 0o644).file("/g", "g", 0o644).file("/f", "two", 0o600);
         let paths: Vec<&str> = layer.paths().collect();
         assert_eq!(paths, ["f", "g"]);
         let merged = layer.merge(Layer::new().file("/g", "G", 0o644).dir("/f2", 0o700));
@@ -438,17 +395,9 @@ mod tests {
         let archive = tmp.path().join("layer.cpio");
         layer.write_to(&archive).unwrap();
 
-        let list = Command::new("cpio")
-            .args(["-t", "--quiet", "-F"])
-            .arg(&archive)
-            .output()
-            .unwrap();
+        let list = Command::new("cpio").args(["-t", "--quiet", "-F"]).arg(&archive).output().unwrap();
         assert!(list.status.success(), "{list:?}");
-        let listed: Vec<String> = String::from_utf8(list.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        let listed: Vec<String> = String::from_utf8(list.stdout).unwrap().lines().map(str::to_owned).collect();
         let expected: Vec<String> = layer.paths().map(str::to_owned).collect();
         assert_eq!(listed, expected);
 
@@ -463,13 +412,7 @@ mod tests {
         assert!(extract.status.success(), "{extract:?}");
 
         let read = |p: &str| std::fs::read(out.join(p)).unwrap();
-        let mode = |p: &str| {
-            std::fs::symlink_metadata(out.join(p))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o7777
-        };
+        let mode = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(read("etc/deep/nested/hello.txt"), b"hello\nworld\n");
         assert_eq!(read("usr/bin/tool"), [0, 1, 2, 3, 4]);
         assert_eq!(read("empty"), b"");
@@ -480,13 +423,8 @@ mod tests {
         assert_eq!(mode("empty"), 0o600);
         assert_eq!(mode("opt/big.bin"), 0o640);
         assert_eq!(mode("var/lib/state"), 0o700);
-        assert_eq!(
-            std::fs::read_link(out.join("bin")).unwrap(),
-            Path::new("usr/bin")
-        );
-        assert!(std::fs::metadata(out.join("var/lib/state"))
-            .unwrap()
-            .is_dir());
+        assert_eq!(std::fs::read_link(out.join("bin")).unwrap(), Path::new("usr/bin"));
+        assert!(std::fs::metadata(out.join("var/lib/state")).unwrap().is_dir());
         assert_eq!(std::fs::metadata(out.join("empty")).unwrap().mtime(), 0);
     }
 
@@ -494,15 +432,8 @@ mod tests {
     fn device_nodes_list_with_their_type() {
         let tmp = tempfile::tempdir().unwrap();
         let archive = tmp.path().join("dev.cpio");
-        Layer::new()
-            .char_dev("/dev/console", 0o600, 5, 1)
-            .write_to(&archive)
-            .unwrap();
-        let list = Command::new("cpio")
-            .args(["-t", "-v", "--quiet", "-F"])
-            .arg(&archive)
-            .output()
-            .unwrap();
+        Layer::new().char_dev("/dev/console", 0o600, 5, 1).write_to(&archive).unwrap();
+        let list = Command::new("cpio").args(["-t", "-v", "--quiet", "-F"]).arg(&archive).output().unwrap();
         let text = String::from_utf8(list.stdout).unwrap();
         let line = text.lines().find(|l| l.ends_with("dev/console")).unwrap();
         assert!(line.starts_with("crw-------"), "{line}");

@@ -24,12 +24,7 @@ impl ImagePaths {
     /// The paths inside `dir`, without checking that they exist.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
-        Self {
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("kelson.initrd"),
-            uki: dir.join("kelson.efi"),
-            dir,
-        }
+        Self { kernel: dir.join("vmlinuz"), initrd: dir.join("kelson.initrd"), uki: dir.join("kelson.efi"), dir }
     }
 
     /// The directory named by `KELSON_IMAGE_DIR`, or else
@@ -57,11 +52,7 @@ impl ImagePaths {
     }
 
     fn check(&self, required: &[&Path]) -> Result<()> {
-        let missing: Vec<String> = required
-            .iter()
-            .filter(|p| !p.is_file())
-            .map(|p| p.display().to_string())
-            .collect();
+        let missing: Vec<String> = required.iter().filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
         if !missing.is_empty() {
             bail!(
                 "Kelson image artifacts missing: {} (looked in {}, taken from {}). \
@@ -83,11 +74,7 @@ impl ImagePaths {
 /// `<workspace>/target/image`, the workspace being this crate's parent.
 fn default_image_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target")
-        .join("image")
+    manifest.parent().unwrap_or(manifest).join("target").join("image")
 }
 
 #[cfg(test)]
@@ -116,12 +103,6 @@ mod tests {
     fn default_dir_is_under_workspace_target() {
         let d = default_image_dir();
         assert!(d.ends_with("target/image"), "{}", d.display());
-        assert!(d
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("Cargo.toml")
-            .is_file());
+        assert!(d.parent().unwrap().parent().unwrap().join("Cargo.toml").is_file());
     }
 }

@@ -62,6 +62,6 @@ pub use cpio::Layer;
 pub mod oci;
 pub mod seed;
 pub use image::{ImagePaths, IMAGE_DIR_ENV};
-pub use vm::{free_loopback_port, DiskFormat, Vm, VmBuilder};
 /// Re-exported for [`Vm::qmp`] arguments and results.
 pub use serde_json;
+pub use vm::{free_loopback_port, DiskFormat, Vm, VmBuilder};

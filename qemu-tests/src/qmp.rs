@@ -33,21 +33,14 @@ impl Qmp {
             }
         }
         .with_context(|| format!("connecting to QMP socket {}", path.display()))?;
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .context("setting the QMP socket's read timeout")?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).context("setting the QMP socket's read timeout")?;
         let writer = stream.try_clone().context("cloning the QMP socket")?;
-        let mut qmp = Self {
-            reader: BufReader::new(stream),
-            writer,
-            next_id: 1,
-        };
+        let mut qmp = Self { reader: BufReader::new(stream), writer, next_id: 1 };
         let greeting = qmp.read_message().context("reading the QMP greeting")?;
         if greeting.get("QMP").is_none() {
             bail!("unexpected QMP greeting: {greeting}");
         }
-        qmp.execute("qmp_capabilities", None)
-            .context("negotiating QMP capabilities")?;
+        qmp.execute("qmp_capabilities", None).context("negotiating QMP capabilities")?;
         Ok(qmp)
     }
 
@@ -62,13 +55,9 @@ impl Qmp {
         }
         let mut line = request.to_string();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .with_context(|| format!("sending QMP command {command}"))?;
+        self.writer.write_all(line.as_bytes()).with_context(|| format!("sending QMP command {command}"))?;
         loop {
-            let msg = self
-                .read_message()
-                .with_context(|| format!("waiting for the reply to QMP command {command}"))?;
+            let msg = self.read_message().with_context(|| format!("waiting for the reply to QMP command {command}"))?;
             if msg.get("event").is_some() {
                 continue;
             }
@@ -97,9 +86,7 @@ impl Qmp {
                     c.downcast_ref::<std::io::Error>().is_some_and(|io| {
                         matches!(
                             io.kind(),
-                            ErrorKind::UnexpectedEof
-                                | ErrorKind::ConnectionReset
-                                | ErrorKind::BrokenPipe
+                            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
                         )
                     })
                 });
@@ -114,17 +101,10 @@ impl Qmp {
 
     fn read_message(&mut self) -> Result<Value> {
         let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .context("reading from the QMP socket")?;
+        let n = self.reader.read_line(&mut line).context("reading from the QMP socket")?;
         if n == 0 {
-            return Err(anyhow!(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "QMP socket closed by QEMU"
-            )));
+            return Err(anyhow!(std::io::Error::new(ErrorKind::UnexpectedEof, "QMP socket closed by QEMU")));
         }
-        serde_json::from_str(line.trim_end())
-            .with_context(|| format!("parsing QMP message {:?}", line.trim_end()))
+        serde_json::from_str(line.trim_end()).with_context(|| format!("parsing QMP message {:?}", line.trim_end()))
     }
 }

@@ -169,10 +169,7 @@ impl VmBuilder {
 
     /// A virtio-blk disk; disks appear in the guest in the order added.
     pub fn disk_with_format(mut self, path: impl Into<PathBuf>, format: DiskFormat) -> Self {
-        self.disks.push(Disk {
-            path: path.into(),
-            format,
-        });
+        self.disks.push(Disk { path: path.into(), format });
         self
     }
 
@@ -193,20 +190,14 @@ impl VmBuilder {
     /// 127.0.0.1:`port` (TCP). Another VM joins with
     /// [`VmBuilder::socket_nic_connect`] on the same port.
     pub fn socket_nic_listen(mut self, port: u16, mac: &str) -> Self {
-        self.nics.push(Nic {
-            mode: NicMode::Listen(port),
-            mac: mac.to_owned(),
-        });
+        self.nics.push(Nic { mode: NicMode::Listen(port), mac: mac.to_owned() });
         self
     }
 
     /// A virtio-net NIC connecting to a VM that listens on 127.0.0.1:`port`.
     /// The listening VM must have been booted first.
     pub fn socket_nic_connect(mut self, port: u16, mac: &str) -> Self {
-        self.nics.push(Nic {
-            mode: NicMode::Connect(port),
-            mac: mac.to_owned(),
-        });
+        self.nics.push(Nic { mode: NicMode::Connect(port), mac: mac.to_owned() });
         self
     }
 
@@ -214,10 +205,7 @@ impl VmBuilder {
     /// (`mcast=230.0.0.1:port,localaddr=127.0.0.1`): every VM on the same
     /// port shares one segment, with no listen/connect order.
     pub fn socket_nic_mcast(mut self, port: u16, mac: &str) -> Self {
-        self.nics.push(Nic {
-            mode: NicMode::Mcast(port),
-            mac: mac.to_owned(),
-        });
+        self.nics.push(Nic { mode: NicMode::Mcast(port), mac: mac.to_owned() });
         self
     }
 
@@ -299,11 +287,8 @@ impl VmBuilder {
         let cmdline = self.kernel_cmdline();
         push(&["-append".as_ref(), cmdline.as_ref()]);
         for (i, disk) in self.disks.iter().enumerate() {
-            let drive = keyval_suffix(
-                "file=",
-                &disk.path,
-                &format!(",if=virtio,format={},index={i}", disk.format.as_str()),
-            );
+            let drive =
+                keyval_suffix("file=", &disk.path, &format!(",if=virtio,format={},index={i}", disk.format.as_str()));
             push(&["-drive".as_ref(), &drive]);
         }
         for (i, nic) in self.nics.iter().enumerate() {
@@ -316,12 +301,7 @@ impl VmBuilder {
                 }
             };
             let device = format!("virtio-net-pci,netdev=n{i},mac={}", nic.mac);
-            push(&[
-                "-netdev".as_ref(),
-                netdev.as_ref(),
-                "-device".as_ref(),
-                device.as_ref(),
-            ]);
+            push(&["-netdev".as_ref(), netdev.as_ref(), "-device".as_ref(), device.as_ref()]);
         }
         a.extend(self.extra_args.iter().cloned());
         Ok(a)
@@ -344,10 +324,8 @@ impl VmBuilder {
             bail!("kernel {} does not exist", self.kernel.display());
         }
         let prefix = format!("kelson-vm-{}-", sanitize(&self.name));
-        let dir = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempdir()
-            .context("creating the VM's temporary directory")?;
+        let dir =
+            tempfile::Builder::new().prefix(&prefix).tempdir().context("creating the VM's temporary directory")?;
         let files = VmFiles::new(dir.path());
         for sock in [&files.agent, &files.qmp] {
             if sock.as_os_str().len() > MAX_SOCKET_PATH {
@@ -366,24 +344,16 @@ impl VmBuilder {
         };
 
         let args = self.qemu_command_args(dir.path(), initrd)?;
-        let mut cmdline_file = File::create(&files.cmdline)
-            .with_context(|| format!("creating {}", files.cmdline.display()))?;
-        let shown: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let mut cmdline_file =
+            File::create(&files.cmdline).with_context(|| format!("creating {}", files.cmdline.display()))?;
+        let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         writeln!(cmdline_file, "{} {}", self.qemu.display(), shown.join(" "))
             .with_context(|| format!("writing {}", files.cmdline.display()))?;
 
-        let stdout = File::create(&files.stdout)
-            .with_context(|| format!("creating {}", files.stdout.display()))?;
-        let stderr = File::create(&files.stderr)
-            .with_context(|| format!("creating {}", files.stderr.display()))?;
+        let stdout = File::create(&files.stdout).with_context(|| format!("creating {}", files.stdout.display()))?;
+        let stderr = File::create(&files.stderr).with_context(|| format!("creating {}", files.stderr.display()))?;
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.args(&args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec, where
         // only async-signal-safe calls are allowed. It makes two plain
@@ -403,9 +373,7 @@ impl VmBuilder {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.qemu.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", self.qemu.display()))?;
 
         let mut vm = Vm {
             name: self.name.clone(),
@@ -423,42 +391,29 @@ impl VmBuilder {
         // QEMU answers QMP only from its main loop, i.e. once every device
         // and netdev exists: after this a socket NIC that listens is ready
         // for a VM that connects to it.
-        vm.qmp("query-status", None)
-            .context("waiting for QEMU to finish starting")?;
+        vm.qmp("query-status", None).context("waiting for QEMU to finish starting")?;
         Ok(vm)
     }
 
     fn write_initrd(&self, path: &Path) -> Result<()> {
-        let mut out =
-            File::create(path).with_context(|| format!("creating initrd {}", path.display()))?;
+        let mut out = File::create(path).with_context(|| format!("creating initrd {}", path.display()))?;
         let mut len: u64 = 0;
         if let Some(base) = &self.initrd {
-            let mut f = File::open(base)
-                .with_context(|| format!("opening base initrd {}", base.display()))?;
-            len = std::io::copy(&mut f, &mut out).with_context(|| {
-                format!(
-                    "copying base initrd {} into {}",
-                    base.display(),
-                    path.display()
-                )
-            })?;
+            let mut f = File::open(base).with_context(|| format!("opening base initrd {}", base.display()))?;
+            len = std::io::copy(&mut f, &mut out)
+                .with_context(|| format!("copying base initrd {} into {}", base.display(), path.display()))?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
             // The kernel only looks for a cpio header at 4-byte aligned
             // offsets after a compressed archive; zeros in between are
             // skipped.
             let pad = (4 - (len % 4)) % 4;
-            out.write_all(&[0u8; 3][..pad as usize])
-                .with_context(|| format!("padding initrd {}", path.display()))?;
-            let bytes = layer
-                .to_bytes()
-                .with_context(|| format!("encoding initramfs layer #{i}"))?;
-            out.write_all(&bytes)
-                .with_context(|| format!("appending layer #{i} to initrd {}", path.display()))?;
+            out.write_all(&[0u8; 3][..pad as usize]).with_context(|| format!("padding initrd {}", path.display()))?;
+            let bytes = layer.to_bytes().with_context(|| format!("encoding initramfs layer #{i}"))?;
+            out.write_all(&bytes).with_context(|| format!("appending layer #{i} to initrd {}", path.display()))?;
             len += pad + bytes.len() as u64;
         }
-        out.flush()
-            .with_context(|| format!("writing initrd {}", path.display()))
+        out.flush().with_context(|| format!("writing initrd {}", path.display()))
     }
 }
 
@@ -547,8 +502,7 @@ impl Vm {
         match std::fs::read(&self.files.console) {
             Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(e)
-                .with_context(|| format!("reading console log {}", self.files.console.display())),
+            Err(e) => Err(e).with_context(|| format!("reading console log {}", self.files.console.display())),
         }
     }
 
@@ -605,10 +559,7 @@ impl Vm {
                 self.agent = Some(Agent::connect(&self.files.agent, deadline)?);
             }
             match self.agent.as_mut() {
-                Some(agent) => agent.exec(
-                    shell_cmd,
-                    deadline.saturating_duration_since(Instant::now()),
-                ),
+                Some(agent) => agent.exec(shell_cmd, deadline.saturating_duration_since(Instant::now())),
                 None => bail!("agent connection missing"),
             }
         })();
@@ -649,9 +600,9 @@ impl Vm {
             self.qmp = Some(qmp);
         }
         match self.qmp.as_mut() {
-            Some(qmp) => qmp
-                .execute(command, arguments)
-                .with_context(|| format!("QMP command {command} on VM {:?}", self.name)),
+            Some(qmp) => {
+                qmp.execute(command, arguments).with_context(|| format!("QMP command {command} on VM {:?}", self.name))
+            }
             None => bail!("QMP connection missing"),
         }
     }
@@ -676,10 +627,7 @@ impl Vm {
     /// Runs a human monitor (HMP) command, e.g. `info block`, and returns
     /// its text output.
     pub fn hmp(&mut self, command: &str) -> Result<String> {
-        let ret = self.qmp(
-            "human-monitor-command",
-            Some(json!({ "command-line": command })),
-        )?;
+        let ret = self.qmp("human-monitor-command", Some(json!({ "command-line": command })))?;
         match ret.as_str() {
             Some(s) => Ok(s.to_owned()),
             None => bail!("HMP command {command:?} returned a non-string: {ret}"),
@@ -729,9 +677,7 @@ impl Vm {
 
     /// QEMU's exit status if it has exited, without waiting.
     pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
-        self.child
-            .try_wait()
-            .with_context(|| format!("checking whether QEMU of VM {:?} exited", self.name))
+        self.child.try_wait().with_context(|| format!("checking whether QEMU of VM {:?} exited", self.name))
     }
 
     /// Kills QEMU with SIGKILL and reaps it. Harmless if it already exited.
@@ -741,9 +687,7 @@ impl Vm {
         }
         // Fails only if the process is already gone; `wait` tells.
         let _ = self.child.kill();
-        self.child
-            .wait()
-            .with_context(|| format!("reaping QEMU of VM {:?} (pid {})", self.name, self.pid()))
+        self.child.wait().with_context(|| format!("reaping QEMU of VM {:?} (pid {})", self.name, self.pid()))
     }
 
     /// Waits for the QMP and agent sockets QEMU creates at startup.
@@ -776,11 +720,7 @@ impl Vm {
         let mut f = match File::open(&self.files.console) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("opening console log {}", self.files.console.display())
-                })
-            }
+            Err(e) => return Err(e).with_context(|| format!("opening console log {}", self.files.console.display())),
         };
         f.seek(SeekFrom::Start(self.console_read))
             .and_then(|_| f.read_to_end(&mut self.console))
@@ -831,11 +771,7 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "VM {:?} dropped during a panic{}",
-                self.name,
-                self.console_report()
-            );
+            eprintln!("VM {:?} dropped during a panic{}", self.name, self.console_report());
         }
         // Nothing useful can be done about a failure here.
         let _ = self.kill();
@@ -851,11 +787,7 @@ impl Drop for Vm {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(n);
-    lines[from..]
-        .iter()
-        .map(|l| l.trim_end_matches('\r'))
-        .collect::<Vec<_>>()
-        .join("\n")
+    lines[from..].iter().map(|l| l.trim_end_matches('\r')).collect::<Vec<_>>().join("\n")
 }
 
 /// `prefix` + path with commas doubled (QEMU's escape in option values).
@@ -876,24 +808,12 @@ fn keyval_suffix(prefix: &str, path: &Path, suffix: &str) -> OsString {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(24)
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(24).collect()
 }
 
 fn check_mac(mac: &str) -> Result<()> {
     let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
     if !ok {
         bail!("MAC address {mac:?} is not of the form 52:54:00:12:34:56");
     }
@@ -903,10 +823,7 @@ fn check_mac(mac: &str) -> Result<()> {
 fn check_uuid(uuid: &str) -> Result<()> {
     let groups: Vec<&str> = uuid.split('-').collect();
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    let ok = lens == [8, 4, 4, 4, 12]
-        && groups
-            .iter()
-            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    let ok = lens == [8, 4, 4, 4, 12] && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
     if !ok {
         bail!("UUID {uuid:?} is not of the form 01234567-89ab-cdef-0123-456789abcdef");
     }
@@ -917,12 +834,9 @@ fn check_uuid(uuid: &str) -> Result<()> {
 /// [`VmBuilder::socket_nic_listen`]. (There is a small window in which
 /// another process could take it.)
 pub fn free_loopback_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("binding a TCP socket on 127.0.0.1 to find a free port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the bound socket's address")?
-        .port())
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding a TCP socket on 127.0.0.1 to find a free port")?;
+    Ok(listener.local_addr().context("reading the bound socket's address")?.port())
 }
 
 #[cfg(test)]
@@ -957,15 +871,9 @@ mod tests {
             ("-append", "console=ttyS0 panic=-1"),
             ("-chardev", "file,id=con0,path=/tmp/d/console.log"),
             ("-serial", "chardev:con0"),
-            (
-                "-chardev",
-                "socket,id=agent,path=/tmp/d/agent.sock,server=on,wait=off",
-            ),
+            ("-chardev", "socket,id=agent,path=/tmp/d/agent.sock,server=on,wait=off"),
             ("-serial", "chardev:agent"),
-            (
-                "-chardev",
-                "socket,id=qmp,path=/tmp/d/qmp.sock,server=on,wait=off",
-            ),
+            ("-chardev", "socket,id=qmp,path=/tmp/d/qmp.sock,server=on,wait=off"),
             ("-mon", "chardev=qmp,mode=control"),
         ] {
             assert!(has_pair(&args, f, v), "{f} {v} missing in {args:?}");
@@ -973,9 +881,7 @@ mod tests {
         assert!(args.contains(&"-nodefaults".to_owned()));
         assert!(args.contains(&"-no-user-config".to_owned()));
         assert!(args.contains(&"-no-reboot".to_owned()));
-        assert!(!args
-            .iter()
-            .any(|a| a.contains("user") && a != "-no-user-config"));
+        assert!(!args.iter().any(|a| a.contains("user") && a != "-no-user-config"));
     }
 
     #[test]
@@ -1004,10 +910,7 @@ mod tests {
             ("-netdev", "socket,id=n0,listen=127.0.0.1:4000"),
             ("-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"),
             ("-netdev", "socket,id=n1,connect=127.0.0.1:4001"),
-            (
-                "-netdev",
-                "socket,id=n2,mcast=230.0.0.1:4002,localaddr=127.0.0.1",
-            ),
+            ("-netdev", "socket,id=n2,mcast=230.0.0.1:4002,localaddr=127.0.0.1"),
             ("-device", "virtio-rng-pci"),
         ] {
             assert!(has_pair(&args, f, v), "{f} {v} missing in {args:?}");

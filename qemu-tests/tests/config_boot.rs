@@ -25,7 +25,12 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn fat_seed(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
@@ -59,7 +64,10 @@ files:
 #[test]
 fn a_fat_seed_names_the_node_and_its_files_are_written() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: fat-1\nlocal-hostname: from-meta-data\n"), ("user-data", MACHINE_CONFIG)]);
+    let seed = fat_seed(
+        dir.path(),
+        &[("meta-data", "instance-id: fat-1\nlocal-hostname: from-meta-data\n"), ("user-data", MACHINE_CONFIG)],
+    );
     let mut vm = node().disk(&seed).boot().unwrap();
     vm.expect("cloud-init seed found device=/dev/vda fs=vfat", BOOT).unwrap();
     vm.expect("machine config accepted", BOOT).unwrap();
@@ -91,12 +99,22 @@ fn a_node_booted_with_a_kelsonctl_gen_seed_takes_its_identity_and_pki_from_it() 
     vm.expect("kelson: ready", BOOT).unwrap();
     assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "lab-worker-1");
     let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
-    let pod_cidr = config.lines().find_map(|l| l.trim().strip_prefix("podCIDR: ")).unwrap().trim_matches('"').to_owned();
-    assert!(sources.contains(&format!("network.podCIDR = \"{pod_cidr}\"  # cloud-init user-data (/dev/vda (vfat))")), "{sources}");
-    assert!(sources.contains("network.uplinks = [{\"name\":\"eth0\",\"addresses\":[\"192.168.100.11/24\"]}]"), "{sources}");
+    let pod_cidr =
+        config.lines().find_map(|l| l.trim().strip_prefix("podCIDR: ")).unwrap().trim_matches('"').to_owned();
+    assert!(
+        sources.contains(&format!("network.podCIDR = \"{pod_cidr}\"  # cloud-init user-data (/dev/vda (vfat))")),
+        "{sources}"
+    );
+    assert!(
+        sources.contains("network.uplinks = [{\"name\":\"eth0\",\"addresses\":[\"192.168.100.11/24\"]}]"),
+        "{sources}"
+    );
     assert!(sources.contains("cluster.bootstrapToken = <secret>"), "{sources}");
     assert_eq!(sh(&mut vm, "stat -c %a /etc/kelson/pki/management-api.key"), "600");
-    assert_eq!(sh(&mut vm, "cat /etc/kelson/pki/ca.crt"), std::fs::read_to_string(out.join("pki/ca.crt")).unwrap().trim());
+    assert_eq!(
+        sh(&mut vm, "cat /etc/kelson/pki/ca.crt"),
+        std::fs::read_to_string(out.join("pki/ca.crt")).unwrap().trim()
+    );
 }
 
 fn kelson_config_text(path: &Path) -> String {
@@ -125,7 +143,10 @@ fn a_cloud_localds_iso_on_a_cdrom_is_read() {
     vm.expect("kelson: ready", BOOT).unwrap();
     assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "iso-node");
     let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
-    assert!(sources.contains("network.podCIDR = \"10.244.8.0/24\"  # cloud-init user-data (/dev/sr0 (iso9660))"), "{sources}");
+    assert!(
+        sources.contains("network.podCIDR = \"10.244.8.0/24\"  # cloud-init user-data (/dev/sr0 (iso9660))"),
+        "{sources}"
+    );
     assert!(sources.contains("network.uplinks = [{\"name\":\"eth0\",\"addresses\":[\"192.168.100.22/24\"]}]  # cloud-init network-config (/dev/sr0 (iso9660))"), "{sources}");
     assert!(sources.contains("network.nameservers = [\"192.168.100.1\"]"), "{sources}");
 }
@@ -133,7 +154,8 @@ fn a_cloud_localds_iso_on_a_cdrom_is_read() {
 #[test]
 fn an_invalid_seed_leaves_the_node_in_maintenance_with_nothing_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let broken = MACHINE_CONFIG.replace("podCIDR: 10.244.7.0/24", "podCIDR: 10.9.0.0/24").replace("mtu: 1460", "mtu: 99999");
+    let broken =
+        MACHINE_CONFIG.replace("podCIDR: 10.244.7.0/24", "podCIDR: 10.9.0.0/24").replace("mtu: 1460", "mtu: 99999");
     let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: bad-1\n"), ("user-data", &broken)]);
     let mut vm = node().disk(&seed).boot().unwrap();
     vm.expect(
@@ -141,7 +163,8 @@ fn an_invalid_seed_leaves_the_node_in_maintenance_with_nothing_applied() {
         BOOT,
     )
     .unwrap();
-    vm.expect("config error: cloud-init user-data (/dev/vda (vfat)): network.mtu: 99999 is outside 576..=9000", SHORT).unwrap();
+    vm.expect("config error: cloud-init user-data (/dev/vda (vfat)): network.mtu: 99999 is outside 576..=9000", SHORT)
+        .unwrap();
     vm.expect("maintenance: boot stopped", SHORT).unwrap();
     assert_eq!(sh(&mut vm, "test -e /etc/kelson/hello && echo written || echo absent"), "absent");
     assert_eq!(sh(&mut vm, "test -e /var/lib/kelson/config/cloud-init.yaml && echo saved || echo unsaved"), "unsaved");
@@ -194,18 +217,30 @@ fn boot_with_url_seed(point: impl FnOnce(VmBuilder) -> VmBuilder) {
     let seed = dir.path().join("seed");
     std::fs::create_dir(&seed).unwrap();
     std::fs::write(seed.join("meta-data"), "instance-id: url-1\nlocal-hostname: fetched-node\n").unwrap();
-    std::fs::write(seed.join("user-data"), "#cloud-config\nkelson:\n  network:\n    podCIDR: 10.244.5.0/24\n    clusterCIDR: 10.244.0.0/16\n").unwrap();
+    std::fs::write(
+        seed.join("user-data"),
+        "#cloud-config\nkelson:\n  network:\n    podCIDR: 10.244.5.0/24\n    clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
     let server = dir.path().join("serve.py");
     std::fs::write(&server, SEED_SERVER).unwrap();
     // restrict=on: the guest's only way out is the guestfwd to the server.
-    let netdev = format!("user,id=seed,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {}", server.display(), seed.display());
-    let mut vm = point(node().qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])).boot().unwrap();
+    let netdev = format!(
+        "user,id=seed,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {}",
+        server.display(),
+        seed.display()
+    );
+    let mut vm =
+        point(node().qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])).boot().unwrap();
     vm.expect("DHCP lease taken to fetch the seed link=eth0", BOOT).unwrap();
     vm.expect("cloud-init seed fetched url=http://10.0.2.100/", BOOT).unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
     assert_eq!(sh(&mut vm, "cat /proc/sys/kernel/hostname"), "fetched-node");
     let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
-    assert!(sources.contains("network.podCIDR = \"10.244.5.0/24\"  # cloud-init user-data (http://10.0.2.100/)"), "{sources}");
+    assert!(
+        sources.contains("network.podCIDR = \"10.244.5.0/24\"  # cloud-init user-data (http://10.0.2.100/)"),
+        "{sources}"
+    );
     // The lease taken for the fetch was given back before the network stage.
     assert!(!sh(&mut vm, "ip -4 addr show eth0").contains("10.0.2."), "the fetch's DHCP address is still there");
 }
@@ -261,7 +296,8 @@ impl DhcpNet {
     /// so QEMU keeps the pid (and the parent-death signal) the harness gave it.
     fn qemu_wrapper(&self) -> PathBuf {
         let path = self.dir.path().join("qemu-in-netns");
-        std::fs::write(&path, format!("#!/bin/sh\nexec ip netns exec {} qemu-system-x86_64 \"$@\"\n", self.netns)).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\nexec ip netns exec {} qemu-system-x86_64 \"$@\"\n", self.netns))
+            .unwrap();
         run(Command::new("chmod").arg("755").arg(&path));
         path
     }
@@ -310,7 +346,8 @@ network:
     let bound = vm.expect("DHCP lease bound link=eth0 address=10.99.0.", BOOT).unwrap();
     assert!(bound.contains("server=10.99.0.1 router=10.99.0.1"), "{bound}");
     let address = sh(&mut vm, "ip -4 -o addr show eth0");
-    let address = address.split_whitespace().find(|w| w.starts_with("10.99.0.")).expect("a leased address on eth0").to_owned();
+    let address =
+        address.split_whitespace().find(|w| w.starts_with("10.99.0.")).expect("a leased address on eth0").to_owned();
     assert!(sh(&mut vm, "ip route").contains("default via 10.99.0.1 dev eth0"));
     assert!(sh(&mut vm, "cat /etc/resolv.conf").contains("nameserver 10.99.0.53"));
     assert!(sh(&mut vm, "ip -4 addr show cbr0").contains("inet 10.244.6.1/24"));

@@ -9,9 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use qemu_tests::{
-    free_loopback_port, guest_layer_with_agent, ImagePaths, Layer, Vm, VmBuilder, GUEST_BUSYBOX,
-};
+use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Layer, Vm, VmBuilder, GUEST_BUSYBOX};
 
 const HOST_BUSYBOX: &str = "/bin/busybox";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -89,26 +87,16 @@ fn boot_expect_agent_qmp_and_quit() {
     assert_eq!(out.output, "hi\n");
 
     let out = vm
-        .agent_exec(
-            "echo one; echo two >&2\necho 'it'\\''s' \"$((6 * 7))\"; printf 'no newline'",
-            CMD_TIMEOUT,
-        )
+        .agent_exec("echo one; echo two >&2\necho 'it'\\''s' \"$((6 * 7))\"; printf 'no newline'", CMD_TIMEOUT)
         .unwrap();
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(out.output, "one\ntwo\nit's 42\nno newline");
 
     // exit, a syntax error and a command reading stdin must not hurt the agent.
     assert_eq!(vm.agent_exec("exit 7", CMD_TIMEOUT).unwrap().status, 7);
-    assert_ne!(
-        vm.agent_exec("if then fi (", CMD_TIMEOUT).unwrap().status,
-        0
-    );
+    assert_ne!(vm.agent_exec("if then fi (", CMD_TIMEOUT).unwrap().status, 0);
     assert_eq!(vm.agent_exec("cat", CMD_TIMEOUT).unwrap().output, "");
-    let out = vm
-        .agent_exec("cat /proc/cmdline", CMD_TIMEOUT)
-        .unwrap()
-        .ok()
-        .unwrap();
+    let out = vm.agent_exec("cat /proc/cmdline", CMD_TIMEOUT).unwrap().ok().unwrap();
     assert!(out.output.contains("console=ttyS0"), "{out:?}");
     let big = vm.agent_exec("seq 1 5000", CMD_TIMEOUT).unwrap();
     assert_eq!(big.output.lines().count(), 5000);
@@ -148,10 +136,7 @@ fn drop_kills_qemu() {
     let pid = vm.pid();
     assert_eq!(processes_mentioning(&dir), vec![pid]);
     drop(vm);
-    assert!(
-        processes_mentioning(&dir).is_empty(),
-        "QEMU still running after drop"
-    );
+    assert!(processes_mentioning(&dir).is_empty(), "QEMU still running after drop");
 }
 
 #[test]
@@ -159,9 +144,7 @@ fn expect_timeout_shows_console_tail_and_reboot_finds_second_occurrence() {
     let mut vm = guest("reboot", "").reboot_allowed(true).boot().unwrap();
     vm.expect(UP_LINE, BOOT_TIMEOUT).unwrap();
 
-    let err = vm
-        .expect("this-line-never-appears", Duration::from_secs(2))
-        .unwrap_err();
+    let err = vm.expect("this-line-never-appears", Duration::from_secs(2)).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("this-line-never-appears"), "{msg}");
     assert!(msg.contains("timeout 2s"), "{msg}");
@@ -169,9 +152,7 @@ fn expect_timeout_shows_console_tail_and_reboot_finds_second_occurrence() {
 
     // The cursor is past the first "up": expecting it again waits for the
     // guest to come up a second time.
-    let out = vm
-        .agent_exec("(sleep 1; reboot -f) >/dev/null 2>&1 &", CMD_TIMEOUT)
-        .unwrap();
+    let out = vm.agent_exec("(sleep 1; reboot -f) >/dev/null 2>&1 &", CMD_TIMEOUT).unwrap();
     assert_eq!(out.status, 0, "{out:?}");
     vm.expect(UP_LINE, BOOT_TIMEOUT).unwrap();
     let text = vm.console_text().unwrap();
@@ -209,19 +190,12 @@ fn layers_override_a_compressed_base_initrd() {
     let base = tmp.path().join("base.cpio.zst");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "cd {} && find . | cpio -o -H newc --quiet | zstd -q -19 -o {}",
-            root.display(),
-            base.display()
-        ))
+        .arg(format!("cd {} && find . | cpio -o -H newc --quiet | zstd -q -19 -o {}", root.display(), base.display()))
         .status()
         .unwrap();
     assert!(status.success());
 
-    let mut vm = guest("layers", "echo \"base-file: $(cat /etc/from-base)\"")
-        .initrd(&base)
-        .boot()
-        .unwrap();
+    let mut vm = guest("layers", "echo \"base-file: $(cat /etc/from-base)\"").initrd(&base).boot().unwrap();
     let line = vm.expect("base-file:", BOOT_TIMEOUT).unwrap();
     assert!(line.ends_with("base-file: base"), "{line:?}");
     vm.expect(UP_LINE, BOOT_TIMEOUT).unwrap();
@@ -289,9 +263,7 @@ fn net_guest(name: &str, modules: &[PathBuf], addr: &str) -> VmBuilder {
         snippet.push_str(&format!("$bb insmod {guest_path}\n"));
         layer = layer.file_from_host(&guest_path, m, 0o644);
     }
-    snippet.push_str(&format!(
-        "$bb ip link set lo up\n$bb ip link set eth0 up\n$bb ip addr add {addr}/24 dev eth0\n"
-    ));
+    snippet.push_str(&format!("$bb ip link set lo up\n$bb ip link set eth0 up\n$bb ip addr add {addr}/24 dev eth0\n"));
     guest(name, &snippet).layer(layer)
 }
 
@@ -305,28 +277,13 @@ fn two_vms_ping_over_socket_network() {
     let modules = virtio_net_modules(tmp.path()).unwrap();
     let port = free_loopback_port().unwrap();
     // Addresses from TEST-NET-1; the link only exists between the two QEMUs.
-    let mut a = net_guest("net-a", &modules, "192.0.2.1")
-        .socket_nic_listen(port, "52:54:00:4b:00:01")
-        .boot()
-        .unwrap();
-    let mut b = net_guest("net-b", &modules, "192.0.2.2")
-        .socket_nic_connect(port, "52:54:00:4b:00:02")
-        .boot()
-        .unwrap();
+    let mut a = net_guest("net-a", &modules, "192.0.2.1").socket_nic_listen(port, "52:54:00:4b:00:01").boot().unwrap();
+    let mut b = net_guest("net-b", &modules, "192.0.2.2").socket_nic_connect(port, "52:54:00:4b:00:02").boot().unwrap();
     wait_up(&mut a);
     wait_up(&mut b);
-    let out = a
-        .agent_exec("ping -c 3 -w 60 192.0.2.2", Duration::from_secs(90))
-        .unwrap();
+    let out = a.agent_exec("ping -c 3 -w 60 192.0.2.2", Duration::from_secs(90)).unwrap();
     assert_eq!(out.status, 0, "{}", out.output);
     assert!(out.output.contains("3 packets received"), "{}", out.output);
-    let out = b
-        .agent_exec(
-            "ip neigh; ping -c 1 -w 30 192.0.2.1",
-            Duration::from_secs(60),
-        )
-        .unwrap()
-        .ok()
-        .unwrap();
+    let out = b.agent_exec("ip neigh; ping -c 1 -w 30 192.0.2.1", Duration::from_secs(60)).unwrap().ok().unwrap();
     assert!(out.output.contains("52:54:00:4b:00:01"), "{}", out.output);
 }

@@ -55,7 +55,8 @@ fn in_pod(vm: &mut Vm, pod: &str, cmd: &str) -> String {
 /// The packet count of the MASQUERADE rule in Kelson's chain.
 fn masquerade_packets(vm: &mut Vm) -> u64 {
     let listing = sh(vm, "iptables -t nat -L KELSON-POSTROUTING -v -x -n");
-    let line = listing.lines().find(|l| l.contains("MASQUERADE")).unwrap_or_else(|| panic!("no MASQUERADE rule:\n{listing}"));
+    let line =
+        listing.lines().find(|l| l.contains("MASQUERADE")).unwrap_or_else(|| panic!("no MASQUERADE rule:\n{listing}"));
     line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
@@ -67,7 +68,8 @@ fn pods_on_two_nodes_talk_by_pod_ip_and_leave_the_cluster_masqueraded() {
     kelsonctl::gen::generate_cluster(&spec, &out, false).unwrap();
     let port = free_loopback_port().unwrap();
     let mut a = node(&out.join("nodes/net-cp-1/seed.img")).socket_nic_listen(port, "52:54:00:6e:00:01").boot().unwrap();
-    let mut b = node(&out.join("nodes/net-worker-1/seed.img")).socket_nic_connect(port, "52:54:00:6e:00:02").boot().unwrap();
+    let mut b =
+        node(&out.join("nodes/net-worker-1/seed.img")).socket_nic_connect(port, "52:54:00:6e:00:02").boot().unwrap();
     for vm in [&mut a, &mut b] {
         vm.expect("network applied", BOOT).unwrap();
         vm.expect("kelson: ready", BOOT).unwrap();
@@ -81,7 +83,10 @@ fn pods_on_two_nodes_talk_by_pod_ip_and_leave_the_cluster_masqueraded() {
     assert!(sh(&mut b, "ip route").contains("10.244.0.0/24 via 192.168.100.10 dev eth0"));
     let rules = sh(&mut a, "iptables-save -t nat");
     assert!(rules.contains("-A POSTROUTING -j KELSON-POSTROUTING"), "{rules}");
-    assert!(rules.contains("-A KELSON-POSTROUTING ! -d 10.244.0.0/16 -m addrtype ! --dst-type LOCAL -j MASQUERADE"), "{rules}");
+    assert!(
+        rules.contains("-A KELSON-POSTROUTING ! -d 10.244.0.0/16 -m addrtype ! --dst-type LOCAL -j MASQUERADE"),
+        "{rules}"
+    );
     assert!(sh(&mut a, "cat /etc/cni/net.d/10-kelson.conflist").contains("\"bridge\": \"cbr0\""));
 
     let pod_a = make_pod(&mut a, "pod-a");

@@ -70,7 +70,10 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
     );
     assert_eq!(leftovers, "", "the image still has:\n{leftovers}");
     // etcd lives only in the image store's layouts (image/oci-images.py), in /usr.
-    assert_eq!(sh(&mut vm, "ls /usr/lib/kelson/images").split_whitespace().collect::<Vec<_>>(), ["busybox", "etcd", "pause"]);
+    assert_eq!(
+        sh(&mut vm, "ls /usr/lib/kelson/images").split_whitespace().collect::<Vec<_>>(),
+        ["busybox", "etcd", "pause"]
+    );
     let index = sh(&mut vm, "cat /usr/lib/kelson/images/etcd/index.json");
     assert!(index.contains(r#""io.containerd.image.name":"registry.k8s.io/etcd:3.5.16-0""#), "{index}");
     let controllers = sh(&mut vm, "cat /sys/fs/cgroup/cgroup.subtree_control");
@@ -80,7 +83,9 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
     assert_eq!(sh(&mut vm, "cat /proc/sys/net/ipv4/ip_forward"), "1");
     assert_eq!(sh(&mut vm, "cat /proc/sys/net/bridge/bridge-nf-call-iptables"), "1");
     let modules = sh(&mut vm, "cut -d' ' -f1 /proc/modules");
-    for m in ["br_netfilter", "bridge", "nf_nat", "xt_MASQUERADE", "xt_addrtype", "overlay", "virtio_net", "evdev", "button"] {
+    for m in
+        ["br_netfilter", "bridge", "nf_nat", "xt_MASQUERADE", "xt_addrtype", "overlay", "virtio_net", "evdev", "button"]
+    {
         assert!(modules.lines().any(|l| l == m), "module {m} not loaded:\n{modules}");
     }
     assert!(modules.lines().any(|l| l.starts_with("crc32c")), "no crc32c provider loaded:\n{modules}");
@@ -306,4 +311,3 @@ fn the_documented_direct_boot_command_reaches_ready_in_320_mib() {
     let tail = seen[seen.len().saturating_sub(30)..].join("\n");
     assert!(ready, "no `kelson: ready` from the documented command; console tail:\n{tail}");
 }
-

@@ -24,8 +24,18 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
 
 /// A FAT seed whose user-data is `config`.
 fn seed(dir: &Path, config: &str) -> PathBuf {
-    qemu_tests::seed::fat_seed(dir, &[("meta-data", "instance-id: pods-1
-"), ("user-data", config)]).unwrap()
+    qemu_tests::seed::fat_seed(
+        dir,
+        &[
+            (
+                "meta-data",
+                "instance-id: pods-1
+",
+            ),
+            ("user-data", config),
+        ],
+    )
+    .unwrap()
 }
 
 /// `text` indented by `n` spaces, for a YAML block scalar.
@@ -200,7 +210,10 @@ async fn etcd_client(dir: &Path, port: u16) -> Result<etcd_client::Client, etcd_
         .domain_name("localhost")
         .ca_certificate(Certificate::from_pem(read("ca.crt")))
         .identity(Identity::from_pem(read("etcd-client.crt"), read("etcd-client.key")));
-    let options = ConnectOptions::new().with_tls(tls).with_connect_timeout(Duration::from_secs(10)).with_timeout(Duration::from_secs(20));
+    let options = ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(20));
     etcd_client::Client::connect([format!("https://127.0.0.1:{port}")], Some(options)).await
 }
 
@@ -219,7 +232,8 @@ async fn etcd_answers(dir: &Path, port: u16, key: &str) -> Result<String, etcd_c
 fn etcd_healthy(runtime: &tokio::runtime::Runtime, dir: &Path, port: u16, key: &str, limit: Duration) -> String {
     let start = Instant::now();
     loop {
-        let attempt = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), etcd_answers(dir, port, key)).await });
+        let attempt = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), etcd_answers(dir, port, key)).await });
         match attempt {
             Ok(Ok(version)) => return version,
             Ok(Err(e)) if start.elapsed() >= limit => panic!("etcd did not answer within {limit:?}: {e}"),
@@ -254,7 +268,8 @@ fn namespaces_logged(vm: &mut Vm, pod_dir: &str, container: &str, run: u32) -> (
     loop {
         let log = sh(vm, &format!("cat /var/log/pods/{pod_dir}/{container}/{run}.log 2>/dev/null || true"));
         if let Some(line) = log.lines().find(|l| l.contains(" stdout F ipc=")) {
-            let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or_default().to_owned();
+            let field =
+                |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or_default().to_owned();
             return (field("ipc="), field("net="));
         }
         assert!(start.elapsed() < SHORT, "no namespaces in {container}'s log {run}: {log}");
@@ -274,7 +289,8 @@ fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_
     let mut vm = node(dir.path(), &config, port).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
     let file = format!("kube-system_etcd-{NODE}.json");
-    let running = wait_status(&mut vm, &file, BOOT, "etcd running", |s| s["containers"][0]["state"]["running"].is_object());
+    let running =
+        wait_status(&mut vm, &file, BOOT, "etcd running", |s| s["containers"][0]["state"]["running"].is_object());
     assert_eq!(running["phase"], "Running", "{running:#}");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -309,7 +325,9 @@ fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_
     // A host-network pod without hostIPC: the host's network namespace,
     // and one IPC namespace of its own that both containers share.
     let pair_file = format!("default_pair-{NODE}.json");
-    let all_running = |s: &Value| s["containers"].as_array().is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["state"]["running"].is_object()));
+    let all_running = |s: &Value| {
+        s["containers"].as_array().is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["state"]["running"].is_object()))
+    };
     let pair = wait_status(&mut vm, &pair_file, SHORT, "both pair containers running", all_running);
     let pair_uid = pair["uid"].as_str().unwrap().to_owned();
     let pair_dir = format!("default_pair-{NODE}_{pair_uid}");
@@ -465,7 +483,8 @@ spec:
 #[test]
 fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_cleanly_while_bad_manifests_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster_config(dir.path(), &[("web.yaml", WEB), ("hog.yaml", HOG), ("sick.yaml", SICK), ("ghost.yaml", GHOST)]);
+    let config =
+        cluster_config(dir.path(), &[("web.yaml", WEB), ("hog.yaml", HOG), ("sick.yaml", SICK), ("ghost.yaml", GHOST)]);
     let mut vm = node(dir.path(), &config, free_loopback_port().unwrap()).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
 
@@ -477,7 +496,8 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_clea
 
     // Another pod fetches from it by pod IP; its output is in its CRI log.
     sh(&mut vm, &format!("cat > /etc/kubernetes/manifests/client.yaml <<'EOF'\n{}EOF", client_manifest(&web_ip)));
-    let client = wait_status(&mut vm, "default_client-t-cp-1.json", SHORT, "client done", |s| s["phase"] == "Succeeded");
+    let client =
+        wait_status(&mut vm, "default_client-t-cp-1.json", SHORT, "client done", |s| s["phase"] == "Succeeded");
     assert_eq!(client["containers"][0]["state"]["terminated"]["exitCode"], 0, "{client:#}");
     let client_uid = client["uid"].as_str().unwrap();
     let log = sh(&mut vm, &format!("cat /var/log/pods/default_client-t-cp-1_{client_uid}/fetch/0.log"));
@@ -499,12 +519,18 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_clea
 
     // An unknown image is a clear status; a broken file is reported with
     // its name; neither disturbs the running pods.
-    let ghost = wait_status(&mut vm, "default_ghost-t-cp-1.json", SHORT, "ghost waiting", |s| s["containers"][0]["state"]["waiting"].is_object());
+    let ghost = wait_status(&mut vm, "default_ghost-t-cp-1.json", SHORT, "ghost waiting", |s| {
+        s["containers"][0]["state"]["waiting"].is_object()
+    });
     assert_eq!(ghost["containers"][0]["state"]["waiting"]["reason"], "ErrImageNeverPull", "{ghost:#}");
     sh(&mut vm, "printf 'apiVersion: v1\\nkind: Pod\\nmetadata: [unclosed\\n' > /etc/kubernetes/manifests/broken.yaml");
     vm.expect("/etc/kubernetes/manifests/broken.yaml", SHORT).unwrap();
     let web_again = status(&mut vm, "default_web-t-cp-1.json");
-    assert_eq!((web_again["ready"].clone(), web_again["containers"][0]["restartCount"].clone()), (Value::Bool(true), Value::from(0)), "{web_again:#}");
+    assert_eq!(
+        (web_again["ready"].clone(), web_again["containers"][0]["restartCount"].clone()),
+        (Value::Bool(true), Value::from(0)),
+        "{web_again:#}"
+    );
 
     // Removing the manifest stops the pod within its grace period and
     // leaves nothing of it behind.
@@ -518,7 +544,12 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_clea
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(started.elapsed() < Duration::from_secs(25), "stopping took {:?}", started.elapsed());
-    assert_eq!(sh(&mut vm, &format!("grep -c {uid} /proc/mounts || true")), "0", "mounts left: {}", sh(&mut vm, "cat /proc/mounts"));
+    assert_eq!(
+        sh(&mut vm, &format!("grep -c {uid} /proc/mounts || true")),
+        "0",
+        "mounts left: {}",
+        sh(&mut vm, "cat /proc/mounts")
+    );
     assert_eq!(sh(&mut vm, &format!("find /sys/fs/cgroup -name '*{uid}*' | wc -l")), "0");
     let veths_after: u32 = sh(&mut vm, veths()).parse().unwrap();
     assert_eq!(veths_after + 1, veths_before, "web's veth is left: {}", sh(&mut vm, "ip -o link"));

@@ -16,8 +16,18 @@ const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.9";
 
 /// A FAT seed whose user-data is `config`.
 fn seed(dir: &Path, config: &str) -> PathBuf {
-    qemu_tests::seed::fat_seed(dir, &[("meta-data", "instance-id: services-1
-"), ("user-data", config)]).unwrap()
+    qemu_tests::seed::fat_seed(
+        dir,
+        &[
+            (
+                "meta-data",
+                "instance-id: services-1
+",
+            ),
+            ("user-data", config),
+        ],
+    )
+    .unwrap()
 }
 
 fn config(kubelet_args: &str, proxy_args: &str) -> String {
@@ -92,7 +102,8 @@ fn containerd_runs_a_cni_container_and_the_kubelet_double_starts_after_it() {
     let kubelet_starting = console_position(&vm, "service=kubelet from=waiting to=starting");
     assert!(containerd_healthy < import_starting, "the import started before containerd was healthy");
     assert!(import_done < kubelet_starting, "the kubelet started before the pause image was imported");
-    let took = import.lines().find_map(|l| l.split(" exited with code 0 after ").nth(1)).unwrap_or_else(|| panic!("{import}"));
+    let took =
+        import.lines().find_map(|l| l.split(" exited with code 0 after ").nth(1)).unwrap_or_else(|| panic!("{import}"));
     eprintln!("sandbox-image: the import {}", took.split(';').next().unwrap_or(took));
     assert!(import.contains("\"restarts\": 0"), "the import needed retries: {import}");
 
@@ -101,9 +112,15 @@ fn containerd_runs_a_cni_container_and_the_kubelet_double_starts_after_it() {
     let images = sh(&mut vm, "ctr -n k8s.io images ls -q");
     assert!(images.lines().any(|l| l == SANDBOX_IMAGE), "{images}");
     let check = sh(&mut vm, &format!("ctr -n k8s.io images check name=={SANDBOX_IMAGE}"));
-    assert!(check.lines().any(|l| l.starts_with(SANDBOX_IMAGE) && l.contains("complete") && l.trim_end().ends_with("true")), "not unpacked: {check}");
+    assert!(
+        check.lines().any(|l| l.starts_with(SANDBOX_IMAGE) && l.contains("complete") && l.trim_end().ends_with("true")),
+        "not unpacked: {check}"
+    );
     let listed = sh(&mut vm, "ctr -n k8s.io images ls");
-    assert!(listed.lines().any(|l| l.starts_with(SANDBOX_IMAGE) && l.contains("io.cri-containerd.pinned=pinned")), "not pinned: {listed}");
+    assert!(
+        listed.lines().any(|l| l.starts_with(SANDBOX_IMAGE) && l.contains("io.cri-containerd.pinned=pinned")),
+        "not pinned: {listed}"
+    );
     // A container runs from it, and the stand-in pause exits 0 on SIGTERM
     // (`task kill`'s default). `ctr run` in the foreground exits with the
     // task's status (`task rm` would only warn about a non-zero one).
@@ -120,13 +137,15 @@ wait $run; echo \"p1 exited $?\"; cat /tmp/p1.out"
     assert!(run.lines().any(|l| l.starts_with("p1 ") && l.trim_end().ends_with("RUNNING")), "p1 never ran: {run}");
     assert!(run.contains("p1 exited 0"), "{run}");
     assert!(
-        console_position(&vm, "service=kubelet from=running to=healthy") < console_position(&vm, "service=kube-proxy from=waiting to=starting")
+        console_position(&vm, "service=kubelet from=running to=healthy")
+            < console_position(&vm, "service=kube-proxy from=waiting to=starting")
     );
     // Each service runs in its own cgroup under Kelson's system cgroup,
     // with the OOM score it was given.
     for service in ["containerd", "kubelet", "kube-proxy"] {
         let status = sh(&mut vm, &format!("cat /run/kelson/services/{service}.json"));
-        let pid = status.lines().find_map(|l| l.trim().strip_prefix("\"pid\": ")).unwrap().trim_end_matches(',').to_owned();
+        let pid =
+            status.lines().find_map(|l| l.trim().strip_prefix("\"pid\": ")).unwrap().trim_end_matches(',').to_owned();
         let procs = sh(&mut vm, &format!("cat /sys/fs/cgroup/kelson.slice/system/{service}/cgroup.procs"));
         assert!(procs.lines().any(|p| p == pid), "{service} (pid {pid}) is not in its cgroup: {procs}");
         assert_eq!(sh(&mut vm, &format!("cat /proc/{pid}/oom_score_adj")), "-999", "{service}");

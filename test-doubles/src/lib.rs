@@ -37,16 +37,8 @@ pub struct Role {
     pub port_from_config: fn(&str) -> Option<u16>,
 }
 
-pub const KUBELET: Role = Role {
-    name: "kubelet-double",
-    default_port: 10248,
-    port_from_config: kubelet_port,
-};
-pub const KUBE_PROXY: Role = Role {
-    name: "kube-proxy-double",
-    default_port: 10256,
-    port_from_config: kube_proxy_port,
-};
+pub const KUBELET: Role = Role { name: "kubelet-double", default_port: 10248, port_from_config: kubelet_port };
+pub const KUBE_PROXY: Role = Role { name: "kube-proxy-double", default_port: 10256, port_from_config: kube_proxy_port };
 
 /// `healthzPort: N` at the top level of a KubeletConfiguration.
 fn kubelet_port(config: &str) -> Option<u16> {
@@ -55,11 +47,7 @@ fn kubelet_port(config: &str) -> Option<u16> {
 
 /// The port of `healthzBindAddress: host:port` in a KubeProxyConfiguration.
 fn kube_proxy_port(config: &str) -> Option<u16> {
-    top_level_value(config, "healthzBindAddress")?
-        .rsplit(':')
-        .next()?
-        .parse()
-        .ok()
+    top_level_value(config, "healthzBindAddress")?.rsplit(':').next()?.parse().ok()
 }
 
 fn top_level_value<'a>(yaml: &'a str, key: &str) -> Option<&'a str> {
@@ -82,24 +70,14 @@ pub struct Behaviour {
 
 impl Behaviour {
     /// From argv (without argv[0]) and an environment lookup.
-    pub fn parse(
-        args: &[String],
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Behaviour, String> {
+    pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Behaviour, String> {
         let mut b = Behaviour {
             record_dir: env("KELSON_DOUBLE_RECORD_DIR").map(PathBuf::from),
-            healthz_port: parse_opt(
-                env("KELSON_DOUBLE_HEALTHZ_PORT"),
-                "KELSON_DOUBLE_HEALTHZ_PORT",
-            )?,
+            healthz_port: parse_opt(env("KELSON_DOUBLE_HEALTHZ_PORT"), "KELSON_DOUBLE_HEALTHZ_PORT")?,
             exit_code: parse_opt(env("KELSON_DOUBLE_EXIT_CODE"), "KELSON_DOUBLE_EXIT_CODE")?,
-            crash_after: parse_opt::<f64>(
-                env("KELSON_DOUBLE_CRASH_AFTER"),
-                "KELSON_DOUBLE_CRASH_AFTER",
-            )?
-            .map(Duration::from_secs_f64),
-            ignore_sigterm: env("KELSON_DOUBLE_IGNORE_SIGTERM")
-                .is_some_and(|v| v == "1" || v == "true"),
+            crash_after: parse_opt::<f64>(env("KELSON_DOUBLE_CRASH_AFTER"), "KELSON_DOUBLE_CRASH_AFTER")?
+                .map(Duration::from_secs_f64),
+            ignore_sigterm: env("KELSON_DOUBLE_IGNORE_SIGTERM").is_some_and(|v| v == "1" || v == "true"),
             config: None,
         };
         let mut i = 0;
@@ -116,9 +94,7 @@ impl Behaviour {
                     return Ok(v.clone());
                 }
                 i += 1;
-                args.get(i)
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value"))
+                args.get(i).cloned().ok_or_else(|| format!("{flag} needs a value"))
             };
             match flag {
                 "--config" => b.config = Some(PathBuf::from(value()?)),
@@ -126,8 +102,7 @@ impl Behaviour {
                 "--double-healthz-port" => b.healthz_port = parse_opt(Some(value()?), flag)?,
                 "--double-exit-code" => b.exit_code = parse_opt(Some(value()?), flag)?,
                 "--double-crash-after" => {
-                    b.crash_after =
-                        parse_opt::<f64>(Some(value()?), flag)?.map(Duration::from_secs_f64)
+                    b.crash_after = parse_opt::<f64>(Some(value()?), flag)?.map(Duration::from_secs_f64)
                 }
                 "--double-ignore-sigterm" => b.ignore_sigterm = true,
                 _ => {}
@@ -139,20 +114,13 @@ impl Behaviour {
 }
 
 fn parse_opt<T: std::str::FromStr>(value: Option<String>, what: &str) -> Result<Option<T>, String> {
-    value
-        .map(|v| {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{what}: cannot parse {v:?}"))
-        })
-        .transpose()
+    value.map(|v| v.trim().parse().map_err(|_| format!("{what}: cannot parse {v:?}"))).transpose()
 }
 
 /// The double's whole life; `main` returns what this returns.
 pub fn run(role: Role) -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    let behaviour = match Behaviour::parse(argv.get(1..).unwrap_or(&[]), |k| std::env::var(k).ok())
-    {
+    let behaviour = match Behaviour::parse(argv.get(1..).unwrap_or(&[]), |k| std::env::var(k).ok()) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("{}: {e}", role.name);
@@ -170,10 +138,7 @@ pub fn run(role: Role) -> ExitCode {
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
         println!("{}: ignoring SIGTERM", role.name);
     }
-    let config_text = behaviour
-        .config
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok());
+    let config_text = behaviour.config.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
     if let Err(e) = record(role, &argv, &behaviour, config_text.as_deref()) {
         eprintln!("{}: recording argv and config: {e}", role.name);
     }
@@ -190,10 +155,7 @@ pub fn run(role: Role) -> ExitCode {
     let listener = match TcpListener::bind(("127.0.0.1", port)) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "{}: cannot serve /healthz on 127.0.0.1:{port}: {e}",
-                role.name
-            );
+            eprintln!("{}: cannot serve /healthz on 127.0.0.1:{port}: {e}", role.name);
             return ExitCode::from(2);
         }
     };
@@ -205,10 +167,7 @@ pub fn run(role: Role) -> ExitCode {
         Some(after) => {
             std::thread::sleep(after);
             let code = behaviour.exit_code.unwrap_or(1);
-            println!(
-                "{}: crashing with code {code} after {after:?} as told",
-                role.name
-            );
+            println!("{}: crashing with code {code} after {after:?} as told", role.name);
             ExitCode::from(code)
         }
         None => loop {
@@ -261,7 +220,9 @@ fn answer(mut stream: TcpStream) {
     let request = String::from_utf8_lossy(&head);
     let mut words = request.split_whitespace();
     let reply: &[u8] = match (words.next(), words.next()) {
-        (Some("GET"), Some("/healthz")) => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        (Some("GET"), Some("/healthz")) => {
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        }
         _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     };
     let _ = stream.write_all(reply);
@@ -304,14 +265,8 @@ mod tests {
 
     #[test]
     fn health_ports_are_read_from_the_real_programs_configs() {
-        assert_eq!(
-            kubelet_port("kind: KubeletConfiguration\nhealthzPort: 10248\n"),
-            Some(10248)
-        );
-        assert_eq!(
-            kube_proxy_port("healthzBindAddress: 0.0.0.0:10256\n"),
-            Some(10256)
-        );
+        assert_eq!(kubelet_port("kind: KubeletConfiguration\nhealthzPort: 10248\n"), Some(10248));
+        assert_eq!(kube_proxy_port("healthzBindAddress: 0.0.0.0:10256\n"), Some(10256));
         assert_eq!(kube_proxy_port("mode: iptables\n"), None);
     }
 }

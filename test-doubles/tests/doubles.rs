@@ -11,17 +11,12 @@ const KUBE_PROXY: &str = env!("CARGO_BIN_EXE_kube-proxy-double");
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     Some(answer)
@@ -51,11 +46,7 @@ fn the_kubelet_double_records_argv_and_config_and_serves_healthz() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     let port = free_port();
-    std::fs::write(
-        &config,
-        format!("kind: KubeletConfiguration\nhealthzPort: {port}\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("kind: KubeletConfiguration\nhealthzPort: {port}\n")).unwrap();
     let record = dir.path().join("record");
     let child = Command::new(KUBELET)
         .arg(format!("--config={}", config.display()))
@@ -70,17 +61,8 @@ fn the_kubelet_double_records_argv_and_config_and_serves_healthz() {
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
     assert!(get(port, "/metrics").unwrap().starts_with("HTTP/1.1 404"));
     let argv = std::fs::read_to_string(record.join("kubelet-double.argv")).unwrap();
-    assert_eq!(
-        argv,
-        format!(
-            "{KUBELET}\n--config={}\n--hostname-override=n1\n--v=2\n",
-            config.display()
-        )
-    );
-    assert_eq!(
-        std::fs::read(record.join("kubelet-double.config")).unwrap(),
-        std::fs::read(&config).unwrap()
-    );
+    assert_eq!(argv, format!("{KUBELET}\n--config={}\n--hostname-override=n1\n--v=2\n", config.display()));
+    assert_eq!(std::fs::read(record.join("kubelet-double.config")).unwrap(), std::fs::read(&config).unwrap());
 }
 
 #[test]
@@ -88,16 +70,9 @@ fn the_kube_proxy_double_takes_its_port_from_healthz_bind_address_and_records_ne
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kp.yaml");
     let port = free_port();
-    std::fs::write(
-        &config,
-        format!("kind: KubeProxyConfiguration\nhealthzBindAddress: 0.0.0.0:{port}\n"),
-    )
-    .unwrap();
-    let child = Command::new(KUBE_PROXY)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    std::fs::write(&config, format!("kind: KubeProxyConfiguration\nhealthzBindAddress: 0.0.0.0:{port}\n")).unwrap();
+    let child =
+        Command::new(KUBE_PROXY).args(["--config", config.to_str().unwrap()]).stdout(Stdio::null()).spawn().unwrap();
     let _guard = Killed(child);
     assert!(wait_for_health(port).starts_with("HTTP/1.1 200 OK"));
     assert!(dir.path().join("kube-proxy-double.config").exists());
@@ -105,11 +80,7 @@ fn the_kube_proxy_double_takes_its_port_from_healthz_bind_address_and_records_ne
 
 #[test]
 fn told_an_exit_code_it_exits_with_it_at_once_or_after_the_crash_delay() {
-    let status = Command::new(KUBELET)
-        .arg("--double-exit-code=7")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
+    let status = Command::new(KUBELET).arg("--double-exit-code=7").stdout(Stdio::null()).status().unwrap();
     assert_eq!(status.code(), Some(7));
     let began = Instant::now();
     let status = Command::new(KUBE_PROXY)
@@ -138,10 +109,7 @@ fn told_to_hang_it_survives_sigterm() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        guard.0.try_wait().unwrap().is_none(),
-        "the double died of SIGTERM"
-    );
+    assert!(guard.0.try_wait().unwrap().is_none(), "the double died of SIGTERM");
     guard.0.kill().unwrap();
     assert_eq!(guard.0.wait().unwrap().signal(), Some(libc::SIGKILL));
 }

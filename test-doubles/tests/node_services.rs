@@ -19,11 +19,7 @@ const KUBELET: &str = env!("CARGO_BIN_EXE_kubelet-double");
 const KUBE_PROXY: &str = env!("CARGO_BIN_EXE_kube-proxy-double");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn config() -> MachineConfig {
@@ -81,11 +77,7 @@ fn node(config: &MachineConfig) -> Node {
             // Same name, requirements and role; healthy on the test's word.
             let mut standin = ServiceSpec::new("containerd", ["sleep", "60"]);
             let mut check = HealthCheck::new(Probe::Exec {
-                argv: vec![
-                    "test".into(),
-                    "-f".into(),
-                    containerd_ready.display().to_string(),
-                ],
+                argv: vec!["test".into(), "-f".into(), containerd_ready.display().to_string()],
             });
             check.startup_interval = Duration::from_millis(30);
             standin.health = Some(check);
@@ -99,16 +91,10 @@ fn node(config: &MachineConfig) -> Node {
         }
         spec.argv = spec.argv.iter().map(|a| rooted(a)).collect();
         let port = free_port();
-        spec.env
-            .push(("KELSON_DOUBLE_HEALTHZ_PORT".into(), port.to_string()));
-        spec.env.push((
-            "KELSON_DOUBLE_RECORD_DIR".into(),
-            record.display().to_string(),
-        ));
+        spec.env.push(("KELSON_DOUBLE_HEALTHZ_PORT".into(), port.to_string()));
+        spec.env.push(("KELSON_DOUBLE_RECORD_DIR".into(), record.display().to_string()));
         let health = spec.health.as_mut().unwrap();
-        health.probe = Probe::HttpGet {
-            url: format!("http://127.0.0.1:{port}/healthz"),
-        };
+        health.probe = Probe::HttpGet { url: format!("http://127.0.0.1:{port}/healthz") };
         health.startup_interval = Duration::from_millis(30);
         spec.restart.backoff.initial = Duration::from_millis(200);
         spec.stop.grace = Duration::from_millis(500);
@@ -116,25 +102,12 @@ fn node(config: &MachineConfig) -> Node {
     }
     let settings = Settings {
         state_dir: dir.path().join("state"),
-        logs: LogSettings {
-            dir: dir.path().join("log"),
-            max_file_bytes: 1 << 20,
-            keep_files: 1,
-            ring_lines: 100,
-        },
+        logs: LogSettings { dir: dir.path().join("log"), max_file_bytes: 1 << 20, keep_files: 1, ring_lines: 100 },
         cgroups: None,
         poll_interval: Duration::from_millis(20),
         kill_wait: Duration::from_secs(5),
     };
-    Node {
-        _dir: dir,
-        root,
-        record,
-        containerd_ready,
-        rendered,
-        specs,
-        settings,
-    }
+    Node { _dir: dir, root, record, containerd_ready, rendered, specs, settings }
 }
 
 async fn wait_until(sup: &Supervisor, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
@@ -142,10 +115,7 @@ async fn wait_until(sup: &Supervisor, what: &str, pred: impl Fn(&Snapshot) -> bo
     let result = tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|s| pred(s))).await;
     match result {
         Ok(Ok(s)) => s.clone(),
-        _ => panic!(
-            "timed out waiting for {what}: {:#?}",
-            sup.snapshot().services
-        ),
+        _ => panic!("timed out waiting for {what}: {:#?}", sup.snapshot().services),
     }
 }
 
@@ -160,13 +130,8 @@ fn on(root: &Path, path: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the_rendered_config() {
     let n = node(&config());
-    let sup = Supervisor::new(
-        n.specs.clone(),
-        n.settings.clone(),
-        Arc::new(ThreadLauncher),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let sup =
+        Supervisor::new(n.specs.clone(), n.settings.clone(), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
     let mut transitions = sup.transitions();
     sup.start();
     sup.set_condition(NETWORK_READY);
@@ -179,20 +144,12 @@ async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the
     assert_eq!(state(&s, "kube-proxy"), ServiceState::Waiting);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sup.status("kubelet").unwrap().state, ServiceState::Waiting);
-    assert!(
-        !n.record.join("kubelet-double.argv").exists(),
-        "the kubelet ran before containerd was healthy"
-    );
+    assert!(!n.record.join("kubelet-double.argv").exists(), "the kubelet ran before containerd was healthy");
 
     std::fs::write(&n.containerd_ready, "").unwrap();
     wait_until(&sup, "all healthy, the import completed", |s| {
         s.services.values().all(|v| {
-            v.state
-                == if v.name == node::sandbox_image::NAME {
-                    ServiceState::Completed
-                } else {
-                    ServiceState::Healthy
-                }
+            v.state == if v.name == node::sandbox_image::NAME { ServiceState::Completed } else { ServiceState::Healthy }
         })
     })
     .await;
@@ -200,27 +157,18 @@ async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the
     while let Ok(t) = transitions.try_recv() {
         log.push(t);
     }
-    let at = |svc: &str, to| {
-        log.iter()
-            .position(|t| t.service == svc && t.to == to)
-            .unwrap()
-    };
+    let at = |svc: &str, to| log.iter().position(|t| t.service == svc && t.to == to).unwrap();
     assert!(at("containerd", ServiceState::Healthy) < at("sandbox-image", ServiceState::Starting));
     assert!(at("sandbox-image", ServiceState::Completed) < at("kubelet", ServiceState::Starting));
     assert!(at("kubelet", ServiceState::Healthy) < at("kube-proxy", ServiceState::Starting));
 
     // The double got exactly the rendered config and the rendered flags.
     let recorded = std::fs::read(n.record.join("kubelet-double.config")).unwrap();
-    assert_eq!(
-        recorded,
-        n.rendered.file(paths::KUBELET_CONFIG).unwrap().contents
-    );
+    assert_eq!(recorded, n.rendered.file(paths::KUBELET_CONFIG).unwrap().contents);
     let argv = std::fs::read_to_string(n.record.join("kubelet-double.argv")).unwrap();
     let config_flag = format!("--config={}", on(&n.root, paths::KUBELET_CONFIG).display());
-    let bootstrap_flag = format!(
-        "--bootstrap-kubeconfig={}",
-        on(&n.root, paths::KUBELET_BOOTSTRAP_KUBECONFIG).display()
-    );
+    let bootstrap_flag =
+        format!("--bootstrap-kubeconfig={}", on(&n.root, paths::KUBELET_BOOTSTRAP_KUBECONFIG).display());
     for expected in [
         &config_flag,
         &bootstrap_flag,
@@ -228,35 +176,19 @@ async fn the_kubelet_double_starts_only_after_containerd_is_healthy_and_gets_the
         "--hostname-override=lab-worker-1",
         "--root-dir=/var/lib/kubelet",
     ] {
-        assert!(
-            argv.lines().any(|l| l == expected),
-            "{expected} missing from {argv}"
-        );
+        assert!(argv.lines().any(|l| l == expected), "{expected} missing from {argv}");
     }
     let proxy_config = std::fs::read(n.record.join("kube-proxy-double.config")).unwrap();
-    assert_eq!(
-        proxy_config,
-        n.rendered.file(paths::KUBE_PROXY_CONFIG).unwrap().contents
-    );
+    assert_eq!(proxy_config, n.rendered.file(paths::KUBE_PROXY_CONFIG).unwrap().contents);
     // Its output reached the supervisor's log.
     let lines = sup.logs("kubelet").unwrap().backlog;
-    assert!(
-        lines.iter().any(|l| l.text.contains("TEST DOUBLE")),
-        "{lines:?}"
-    );
+    assert!(lines.iter().any(|l| l.text.contains("TEST DOUBLE")), "{lines:?}");
 
     // kill -9 of the kubelet: back-off in its state, then back; kube-proxy untouched.
     let pid = sup.status("kubelet").unwrap().pid.unwrap();
     let proxy_pid = sup.status("kube-proxy").unwrap().pid.unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let s = wait_until(&sup, "kubelet backing off", |s| {
-        state(s, "kubelet") == ServiceState::BackingOff
-    })
-    .await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = wait_until(&sup, "kubelet backing off", |s| state(s, "kubelet") == ServiceState::BackingOff).await;
     assert_eq!(s.services["kubelet"].last_exit, Some(Exit::Signal(9)));
     assert_eq!(s.services["kubelet"].backoff_ms, Some(200));
     let s = wait_until(&sup, "kubelet back", |s| {
@@ -281,60 +213,29 @@ async fn a_double_that_hangs_on_sigterm_is_killed_after_its_grace_and_a_crashing
     let mut config = config();
     // Flags reach a double through extraArgs, as on the node.
     config.kube_proxy.extra_args = vec!["--double-ignore-sigterm".into()];
-    config.kubelet.extra_args = vec![
-        "--double-crash-after=0.3".into(),
-        "--double-exit-code=5".into(),
-    ];
+    config.kubelet.extra_args = vec!["--double-crash-after=0.3".into(), "--double-exit-code=5".into()];
     let n = node(&config);
     std::fs::write(&n.containerd_ready, "").unwrap();
-    let sup = Supervisor::new(
-        n.specs.clone(),
-        n.settings.clone(),
-        Arc::new(ThreadLauncher),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let sup =
+        Supervisor::new(n.specs.clone(), n.settings.clone(), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
     sup.start();
     sup.set_condition(NETWORK_READY);
-    let s = wait_until(&sup, "the kubelet crashed twice", |s| {
-        s.services["kubelet"].restarts >= 2
-    })
-    .await;
+    let s = wait_until(&sup, "the kubelet crashed twice", |s| s.services["kubelet"].restarts >= 2).await;
     assert_eq!(s.services["kubelet"].last_exit, Some(Exit::Code(5)));
-    wait_until(&sup, "kube-proxy up between crashes", |s| {
-        state(s, "kube-proxy") == ServiceState::Healthy
-    })
-    .await;
+    wait_until(&sup, "kube-proxy up between crashes", |s| state(s, "kube-proxy") == ServiceState::Healthy).await;
     // Let kube-proxy install its SIG_IGN before shutdown.
     for _ in 0..200 {
-        if sup
-            .logs("kube-proxy")
-            .unwrap()
-            .backlog
-            .iter()
-            .any(|l| l.text.contains("ignoring SIGTERM"))
-        {
+        if sup.logs("kube-proxy").unwrap().backlog.iter().any(|l| l.text.contains("ignoring SIGTERM")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let began = std::time::Instant::now();
     sup.shutdown().await;
-    assert!(
-        began.elapsed() >= Duration::from_millis(500),
-        "{:?}",
-        began.elapsed()
-    );
-    assert_eq!(
-        sup.status("kube-proxy").unwrap().last_exit,
-        Some(Exit::Signal(9))
-    );
+    assert!(began.elapsed() >= Duration::from_millis(500), "{:?}", began.elapsed());
+    assert_eq!(sup.status("kube-proxy").unwrap().last_exit, Some(Exit::Signal(9)));
     assert!(sup.snapshot().services.values().all(|v| v.state
-        == if v.name == node::sandbox_image::NAME {
-            ServiceState::Completed
-        } else {
-            ServiceState::Stopped
-        }));
+        == if v.name == node::sandbox_image::NAME { ServiceState::Completed } else { ServiceState::Stopped }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,24 +251,11 @@ async fn without_the_binaries_kubelet_and_kube_proxy_are_absent_and_containerd_r
         let kubelet = specs.iter_mut().find(|s| s.name == "kubelet").unwrap();
         kubelet.argv[0] = "/nonexistent/kubelet".into();
     }
-    let sup = Supervisor::new(
-        specs,
-        n.settings.clone(),
-        Arc::new(ThreadLauncher),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let sup = Supervisor::new(specs, n.settings.clone(), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
     sup.start();
     sup.set_condition(NETWORK_READY);
-    let s = wait_until(&sup, "kubelet absent", |s| {
-        state(s, "kubelet") == ServiceState::Absent
-    })
-    .await;
-    assert!(
-        s.services["kubelet"].reason.contains("is not on this node"),
-        "{}",
-        s.services["kubelet"].reason
-    );
+    let s = wait_until(&sup, "kubelet absent", |s| state(s, "kubelet") == ServiceState::Absent).await;
+    assert!(s.services["kubelet"].reason.contains("is not on this node"), "{}", s.services["kubelet"].reason);
     assert_eq!(state(&s, "containerd"), ServiceState::Healthy);
     sup.shutdown().await;
 }

@@ -15,14 +15,7 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")
         .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "qemu-tests",
-            "--bins",
-        ])
+        .args(["build", "--release", "--quiet", "-p", "qemu-tests", "--bins"])
         .status()
         .context("building the benchmark programs")?;
     if !built.success() {
@@ -31,15 +24,7 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
     let status = std::process::Command::new("cargo")
         .current_dir(root)
         .env("KELSON_IMAGE_DIR", &paths.dir)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "qemu-tests",
-            "--bin",
-            bin,
-        ])
+        .args(["run", "--release", "--quiet", "-p", "qemu-tests", "--bin", bin])
         .status()
         .with_context(|| format!("starting the {which} benchmark"))?;
     if !status.success() {

@@ -38,18 +38,9 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// Taken together from bookworm-backports on bookworm (see the module doc).
 const QEMU_PACKAGES: &[(&str, &str)] = &[
-    (
-        "qemu-system-x86",
-        "boots node images (cargo xtask run/test)",
-    ),
-    (
-        "qemu-system-common",
-        "QEMU's shared files, from the same suite as qemu-system-x86",
-    ),
-    (
-        "qemu-system-data",
-        "QEMU's firmware blobs and keymaps, from the same suite as qemu-system-x86",
-    ),
+    ("qemu-system-x86", "boots node images (cargo xtask run/test)"),
+    ("qemu-system-common", "QEMU's shared files, from the same suite as qemu-system-x86"),
+    ("qemu-system-data", "QEMU's firmware blobs and keymaps, from the same suite as qemu-system-x86"),
     ("qemu-utils", "qemu-img: qcow2 images and state disks"),
 ];
 
@@ -69,25 +60,16 @@ fn installed(package: &str) -> bool {
 
 /// The installed version of a package, e.g. `1:10.0.2+ds-1~bpo12+1`.
 fn installed_version(package: &str) -> Option<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}|${Version}", package])
-        .output()
-        .ok()?;
+    let out = Command::new("dpkg-query").args(["-W", "-f=${Status}|${Version}", package]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, version) = text.split_once('|')?;
-    status
-        .contains("install ok installed")
-        .then(|| version.to_owned())
+    status.contains("install ok installed").then(|| version.to_owned())
 }
 
 /// The upstream major version in a Debian version string (`1:10.0.2+ds-1` → 10).
 fn upstream_major(version: &str) -> Option<u32> {
     let without_epoch = version.split_once(':').map_or(version, |(_, v)| v);
-    without_epoch
-        .split(['.', '+', '-', '~'])
-        .next()?
-        .parse()
-        .ok()
+    without_epoch.split(['.', '+', '-', '~']).next()?.parse().ok()
 }
 
 /// QEMU packages that are missing, or (on bookworm) older than backports'.
@@ -96,9 +78,7 @@ fn qemu_to_install(on_bookworm: bool) -> Vec<&'static (&'static str, &'static st
         .iter()
         .filter(|(p, _)| match installed_version(p) {
             None => true,
-            Some(v) => {
-                on_bookworm && upstream_major(&v).is_none_or(|m| m < QEMU_BACKPORTS_MIN_MAJOR)
-            }
+            Some(v) => on_bookworm && upstream_major(&v).is_none_or(|m| m < QEMU_BACKPORTS_MIN_MAJOR),
         })
         .collect()
 }
@@ -107,10 +87,7 @@ fn codename() -> String {
     std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("VERSION_CODENAME=")
-                .map(|v| v.trim_matches('"').to_owned())
-        })
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_owned()))
         .unwrap_or_default()
 }
 
@@ -118,12 +95,7 @@ fn codename() -> String {
 pub fn mkosi_major() -> Option<u32> {
     let out = Command::new("mkosi").arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .nth(1)?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+    text.split_whitespace().nth(1)?.split('.').next()?.parse().ok()
 }
 
 fn is_root() -> bool {
@@ -148,9 +120,7 @@ fn apt(args: &[&str]) -> Result<()> {
         c.arg("apt-get");
         c
     };
-    cmd.env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["-y", "-q"])
-        .args(args);
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["-y", "-q"]).args(args);
     progress::run(&mut cmd, &format!("apt-get {}", args.join(" ")))
 }
 
@@ -161,23 +131,19 @@ fn ensure_backports() -> Result<()> {
         return Ok(());
     }
     let already = Command::new("grep")
-        .args([
-            "-rqs",
-            "bookworm-backports",
-            "/etc/apt/sources.list",
-            "/etc/apt/sources.list.d/",
-        ])
+        .args(["-rqs", "bookworm-backports", "/etc/apt/sources.list", "/etc/apt/sources.list.d/"])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if already {
         return Ok(());
     }
-    eprintln!("xtask: adding bookworm-backports to apt's sources ({BACKPORTS_SOURCES}): mkosi >= 24 and QEMU come from there");
+    eprintln!(
+        "xtask: adding bookworm-backports to apt's sources ({BACKPORTS_SOURCES}): mkosi >= 24 and QEMU come from there"
+    );
     let text = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
-    std::fs::write(BACKPORTS_SOURCES, text)
-        .with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
+    std::fs::write(BACKPORTS_SOURCES, text).with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
     Ok(())
 }
 
@@ -196,10 +162,7 @@ pub fn ensure() -> Result<()> {
         eprintln!("  {p:<24} {why}");
     }
     if !mkosi_ok {
-        eprintln!(
-            "  {:<24} builds the node image (version {MKOSI_MIN_MAJOR} or newer)",
-            "mkosi"
-        );
+        eprintln!("  {:<24} builds the node image (version {MKOSI_MIN_MAJOR} or newer)", "mkosi");
     }
     if on_bookworm && (!mkosi_ok || !qemu.is_empty()) {
         ensure_backports()?;
@@ -228,21 +191,9 @@ pub fn ensure() -> Result<()> {
     }
     if !mkosi_ok {
         if on_bookworm {
-            apt(&[
-                "install",
-                "--no-install-recommends",
-                "-t",
-                "bookworm-backports",
-                "mkosi",
-                "python3-pefile",
-            ])?;
+            apt(&["install", "--no-install-recommends", "-t", "bookworm-backports", "mkosi", "python3-pefile"])?;
         } else {
-            apt(&[
-                "install",
-                "--no-install-recommends",
-                "mkosi",
-                "python3-pefile",
-            ])?;
+            apt(&["install", "--no-install-recommends", "mkosi", "python3-pefile"])?;
         }
         match mkosi_major() {
             Some(m) if m >= MKOSI_MIN_MAJOR => {}

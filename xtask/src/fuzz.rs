@@ -13,19 +13,13 @@ use std::process::Command;
 const TARGETS: &[&str] = &["machine_config", "nocloud_seed"];
 
 fn cargo_fuzz_installed() -> bool {
-    Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success())
 }
 
 pub fn run(root: &Path, seconds: u64) -> Result<()> {
     if !cargo_fuzz_installed() {
         eprintln!("xtask: installing cargo-fuzz from crates.io (a few minutes, once)");
-        progress::run(
-            Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]),
-            "cargo install cargo-fuzz",
-        )?;
+        progress::run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]), "cargo install cargo-fuzz")?;
     }
     let dir = root.join("services/config/fuzz");
     let mut steps = progress::Steps::new(TARGETS.len());
@@ -35,8 +29,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
         // seeds in services/config/fuzz/corpus are read, never written.
         let seeds = dir.join("corpus").join(target);
         let corpus = root.join("target/fuzz-corpus").join(target);
-        std::fs::create_dir_all(&corpus)
-            .with_context(|| format!("creating corpus dir {}", corpus.display()))?;
+        std::fs::create_dir_all(&corpus).with_context(|| format!("creating corpus dir {}", corpus.display()))?;
         progress::run(
             Command::new("cargo")
                 .current_dir(&dir)

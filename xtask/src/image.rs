@@ -50,11 +50,7 @@ fn fingerprint(parts: &[&[u8]]) -> String {
 
 /// Runs mkosi, keeping its full output in `log` and showing its step lines.
 fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
-    eprintln!(
-        "xtask: mkosi {} (full log: {})",
-        args.join(" "),
-        log.display()
-    );
+    eprintln!("xtask: mkosi {} (full log: {})", args.join(" "), log.display());
     // mkosi reports its steps on stderr and the tools' chatter on stdout;
     // both go to the log, and only the step lines to the terminal.
     let mut child = Command::new("sh")
@@ -67,8 +63,7 @@ fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
         .env("PYTHONUNBUFFERED", "1")
         .spawn()
         .with_context(|| format!("starting mkosi for {what}"))?;
-    let mut log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             let _ = writeln!(log_file, "{line}");
@@ -77,9 +72,7 @@ fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
             }
         }
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for mkosi ({what})"))?;
+    let status = child.wait().with_context(|| format!("waiting for mkosi ({what})"))?;
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -87,10 +80,7 @@ fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
         for l in tail.iter().rev() {
             eprintln!("{l}");
         }
-        bail!(
-            "mkosi failed building {what} ({status}); see {}",
-            log.display()
-        );
+        bail!("mkosi failed building {what} ({status}); see {}", log.display());
     }
     Ok(())
 }
@@ -99,13 +89,10 @@ fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
 /// configuration and kept in the cache.
 fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
     let conf_dir = root.join("image/tools");
-    let conf =
-        std::fs::read(conf_dir.join("mkosi.conf")).context("reading image/tools/mkosi.conf")?;
-    let sources =
-        std::fs::read(conf_dir.join("mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources"))
-            .context("reading image/tools/mkosi.pkgmngr sources")?;
-    let out_dir =
-        PathBuf::from(CACHE_ROOT).join(format!("tools-{}", fingerprint(&[&conf, &sources])));
+    let conf = std::fs::read(conf_dir.join("mkosi.conf")).context("reading image/tools/mkosi.conf")?;
+    let sources = std::fs::read(conf_dir.join("mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources"))
+        .context("reading image/tools/mkosi.pkgmngr sources")?;
+    let out_dir = PathBuf::from(CACHE_ROOT).join(format!("tools-{}", fingerprint(&[&conf, &sources])));
     let tree = out_dir.join("kelson-tools");
     let stamp = out_dir.join("complete");
     if stamp.exists() && tree.is_dir() {
@@ -119,12 +106,7 @@ fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
         "--force".into(),
         "build".into(),
     ];
-    mkosi(
-        &args,
-        &conf_dir,
-        &log_dir.join("mkosi-tools.log"),
-        "the tools tree",
-    )?;
+    mkosi(&args, &conf_dir, &log_dir.join("mkosi-tools.log"), "the tools tree")?;
     std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))?;
     Ok(tree)
 }
@@ -150,19 +132,12 @@ impl Inputs {
             let slot = match arg.as_str() {
                 "--kubelet" => &mut inputs.kubelet,
                 "--kube-proxy" => &mut inputs.kube_proxy,
-                other => anyhow::bail!(
-                    "image: unknown option {other:?} (known: --kubelet PATH, --kube-proxy PATH)"
-                ),
+                other => anyhow::bail!("image: unknown option {other:?} (known: --kubelet PATH, --kube-proxy PATH)"),
             };
-            let Some(path) = args.next() else {
-                anyhow::bail!("image: {arg} needs a path")
-            };
+            let Some(path) = args.next() else { anyhow::bail!("image: {arg} needs a path") };
             *slot = Some(PathBuf::from(path));
         }
-        for (name, path) in [
-            ("kubelet", &inputs.kubelet),
-            ("kube-proxy", &inputs.kube_proxy),
-        ] {
+        for (name, path) in [("kubelet", &inputs.kubelet), ("kube-proxy", &inputs.kube_proxy)] {
             if let Some(path) = path {
                 if !path.is_file() {
                     anyhow::bail!("image: the {name} binary {} does not exist", path.display());
@@ -185,17 +160,14 @@ fn extra_tree(root: &Path, init_binary: &Path, inputs: &Inputs) -> Result<PathBu
     std::fs::create_dir_all(&sbin).with_context(|| format!("creating {}", sbin.display()))?;
     std::fs::copy(init_binary, sbin.join("init"))
         .with_context(|| format!("copying {} into the image", init_binary.display()))?;
-    std::os::unix::fs::symlink("usr/sbin/init", extra.join("init"))
-        .context("linking /init to /usr/sbin/init")?;
+    std::os::unix::fs::symlink("usr/sbin/init", extra.join("init")).context("linking /init to /usr/sbin/init")?;
     let bin = extra.join("usr/bin");
-    for (name, path) in [
-        ("kubelet", &inputs.kubelet),
-        ("kube-proxy", &inputs.kube_proxy),
-    ] {
+    for (name, path) in [("kubelet", &inputs.kubelet), ("kube-proxy", &inputs.kube_proxy)] {
         match path {
             Some(path) => {
                 std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-                std::fs::copy(path, bin.join(name)).with_context(|| format!("copying {} into the image", path.display()))?;
+                std::fs::copy(path, bin.join(name))
+                    .with_context(|| format!("copying {} into the image", path.display()))?;
                 eprintln!("xtask: /usr/bin/{name} from {}", path.display());
             }
             None => eprintln!("xtask: no {name} binary given (--{name} PATH): the node will show {name} as absent"),
@@ -213,8 +185,7 @@ fn size_mib(path: &Path) -> String {
 /// Builds everything into target/image/ and returns the artifact paths.
 pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let image_dir = root.join("target/image");
-    std::fs::create_dir_all(&image_dir)
-        .with_context(|| format!("creating {}", image_dir.display()))?;
+    std::fs::create_dir_all(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
 
     // Static, because it runs before the read-only /usr (and its shared
     // libraries) is mounted. An explicit --target keeps the static flag
@@ -229,21 +200,10 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
             // unless told otherwise, which a static binary cannot.
             .env("LIBSECCOMP_LINK_TYPE", "static")
             .env("LIBSECCOMP_LIB_PATH", "/usr/lib/x86_64-linux-gnu")
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "kelson-init",
-                "--target",
-                INIT_TARGET,
-            ]),
+            .args(["build", "--release", "--quiet", "-p", "kelson-init", "--target", INIT_TARGET]),
         "cargo build --release -p kelson-init (static)",
     )?;
-    let init_binary = root
-        .join("target")
-        .join(INIT_TARGET)
-        .join("release/kelson-init");
+    let init_binary = root.join("target").join(INIT_TARGET).join("release/kelson-init");
     let extra = extra_tree(root, &init_binary, inputs)?;
 
     let tools = tools_tree(root, &image_dir)?;
@@ -258,12 +218,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         "--force".into(),
         "build".into(),
     ];
-    mkosi(
-        &args,
-        &root.join("image"),
-        &image_dir.join("mkosi.log"),
-        "the node image",
-    )?;
+    mkosi(&args, &root.join("image"), &image_dir.join("mkosi.log"), "the node image")?;
 
     let paths = ImagePaths::in_dir(&image_dir);
     for (from, to) in [
@@ -273,19 +228,12 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         ("kernel.config", &paths.kernel_config),
     ] {
         let src = out.join(from);
-        std::fs::copy(&src, to)
-            .with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
+        std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
     }
     eprintln!("xtask: image built in {}:", image_dir.display());
     eprintln!("  vmlinuz        {}  (kernel)", size_mib(&paths.kernel));
-    eprintln!(
-        "  kelson.initrd  {}  (the whole root, zstd cpio)",
-        size_mib(&paths.initrd)
-    );
-    eprintln!(
-        "  kelson.efi     {}  (UKI: kernel + initramfs + command line)",
-        size_mib(&paths.uki)
-    );
+    eprintln!("  kelson.initrd  {}  (the whole root, zstd cpio)", size_mib(&paths.initrd));
+    eprintln!("  kelson.efi     {}  (UKI: kernel + initramfs + command line)", size_mib(&paths.uki));
     Ok(paths)
 }
 
@@ -315,29 +263,13 @@ mod input_tests {
         let args: Vec<String> = vec!["--kubelet".into(), kubelet.display().to_string()];
         let inputs = Inputs::parse(&args).unwrap();
         let extra = extra_tree(dir.path(), &init, &inputs).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(extra.join("usr/bin/kubelet")).unwrap(),
-            "kubelet"
-        );
+        assert_eq!(std::fs::read_to_string(extra.join("usr/bin/kubelet")).unwrap(), "kubelet");
         assert!(!extra.join("usr/bin/kube-proxy").exists());
-        assert_eq!(
-            std::fs::read_to_string(extra.join("usr/sbin/init")).unwrap(),
-            "init"
-        );
-        let err = Inputs::parse(&["--kube-proxy".into(), "/nonexistent/kube-proxy".into()])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "image: the kube-proxy binary /nonexistent/kube-proxy does not exist"
-        );
-        let err = Inputs::parse(&["--kubectl".into()])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "image: unknown option \"--kubectl\" (known: --kubelet PATH, --kube-proxy PATH)"
-        );
+        assert_eq!(std::fs::read_to_string(extra.join("usr/sbin/init")).unwrap(), "init");
+        let err = Inputs::parse(&["--kube-proxy".into(), "/nonexistent/kube-proxy".into()]).unwrap_err().to_string();
+        assert_eq!(err, "image: the kube-proxy binary /nonexistent/kube-proxy does not exist");
+        let err = Inputs::parse(&["--kubectl".into()]).unwrap_err().to_string();
+        assert_eq!(err, "image: unknown option \"--kubectl\" (known: --kubelet PATH, --kube-proxy PATH)");
     }
 }
 
@@ -349,10 +281,8 @@ mod module_list_tests {
     #[test]
     fn every_module_pid1_loads_is_kept_in_the_image() {
         let root = crate::workspace_root();
-        let conf =
-            std::fs::read_to_string(root.join("image/mkosi.conf")).expect("image/mkosi.conf");
-        let list = std::fs::read_to_string(root.join("image/mkosi.extra/etc/kelson/modules"))
-            .expect("module list");
+        let conf = std::fs::read_to_string(root.join("image/mkosi.conf")).expect("image/mkosi.conf");
+        let list = std::fs::read_to_string(root.join("image/mkosi.extra/etc/kelson/modules")).expect("module list");
         let included: Vec<&str> = conf
             .split("KernelModulesInclude=")
             .nth(1)
@@ -369,10 +299,7 @@ mod module_list_tests {
             .map(|name| format!("/{}\\.ko", name.replace(['_', '-'], "[-_]")))
             .filter(|pattern| !included.contains(&pattern.as_str()))
             .collect();
-        assert!(
-            missing.is_empty(),
-            "listed in /etc/kelson/modules but not kept by image/mkosi.conf: {missing:?}"
-        );
+        assert!(missing.is_empty(), "listed in /etc/kelson/modules but not kept by image/mkosi.conf: {missing:?}");
     }
 }
 
@@ -388,19 +315,11 @@ mod image_store_tests {
     #[test]
     fn the_image_store_packages_are_installed_then_dropped_after_the_layouts_are_built() {
         let root = crate::workspace_root();
-        let read = |path: &str| {
-            std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-        };
-        let (script, conf, finalize) = (
-            read("image/oci-images.py"),
-            read("image/mkosi.conf"),
-            read("image/mkosi.finalize"),
-        );
-        let mut packages: Vec<&str> = script
-            .split("package_version(root, \"")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next())
-            .collect();
+        let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let (script, conf, finalize) =
+            (read("image/oci-images.py"), read("image/mkosi.conf"), read("image/mkosi.finalize"));
+        let mut packages: Vec<&str> =
+            script.split("package_version(root, \"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
         packages.sort_unstable();
         packages.dedup();
         assert_eq!(packages, ["busybox-static", "etcd-client", "etcd-server"]);
@@ -423,23 +342,13 @@ mod image_store_tests {
             .flat_map(str::split_whitespace)
             .collect();
         for package in ["busybox-static", "etcd-server"] {
-            assert!(
-                installed.contains(&package),
-                "{package} is not in image/mkosi.conf's Packages="
-            );
+            assert!(installed.contains(&package), "{package} is not in image/mkosi.conf's Packages=");
         }
         for package in &packages {
-            assert!(
-                dropped.contains(package),
-                "{package} is not in image/mkosi.finalize's drop_packages"
-            );
+            assert!(dropped.contains(package), "{package} is not in image/mkosi.finalize's drop_packages");
         }
-        let built = finalize
-            .find("oci-images.py")
-            .expect("mkosi.finalize runs oci-images.py");
-        let deleted = finalize
-            .find("for pkg in \"${drop_packages[@]}\"")
-            .expect("the drop loop");
+        let built = finalize.find("oci-images.py").expect("mkosi.finalize runs oci-images.py");
+        let deleted = finalize.find("for pkg in \"${drop_packages[@]}\"").expect("the drop loop");
         let packed = finalize.find("mksquashfs").expect("the squashfs step");
         assert!(
             built < deleted && built < packed,

@@ -68,17 +68,11 @@ fn main_exec() -> Result<()> {
         Some("bench") => {
             deps::ensure()?;
             let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
-            bench::run(
-                &root,
-                &paths,
-                args.get(1).map(String::as_str).unwrap_or("boot"),
-            )
+            bench::run(&root, &paths, args.get(1).map(String::as_str).unwrap_or("boot"))
         }
         Some("fuzz") => {
             let seconds = match args.get(1) {
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("fuzz: {s:?} is not a number of seconds"))?,
+                Some(s) => s.parse().map_err(|_| anyhow::anyhow!("fuzz: {s:?} is not a number of seconds"))?,
                 None => 60,
             };
             fuzz::run(&root, seconds)
@@ -122,14 +116,7 @@ fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(root)
         .env("KELSON_IMAGE_DIR", &paths.dir)
-        .args([
-            "test",
-            "--no-fail-fast",
-            "-p",
-            "qemu-tests",
-            "--",
-            "--test-threads=2",
-        ])
+        .args(["test", "--no-fail-fast", "-p", "qemu-tests", "--", "--test-threads=2"])
         .args(extra);
     progress::run(&mut cmd, "cargo test -p qemu-tests")?;
     steps.done();

@@ -15,12 +15,7 @@ pub struct Steps {
 impl Steps {
     pub fn new(total: usize) -> Self {
         let now = Instant::now();
-        Steps {
-            total,
-            current: 0,
-            started: now,
-            step_started: now,
-        }
+        Steps { total, current: 0, started: now, step_started: now }
     }
 
     pub fn start(&mut self, what: &str) {
@@ -43,19 +38,13 @@ impl Steps {
 
     pub fn done(&self) {
         self.finish_step();
-        eprintln!(
-            "==> all {} steps passed in {:.1}s",
-            self.total,
-            self.started.elapsed().as_secs_f64()
-        );
+        eprintln!("==> all {} steps passed in {:.1}s", self.total, self.started.elapsed().as_secs_f64());
     }
 }
 
 /// Runs a command with inherited output; fails naming `what` if it fails.
 pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {what} ({cmd:?})"))?;
+    let status = cmd.status().with_context(|| format!("starting {what} ({cmd:?})"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }

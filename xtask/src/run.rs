@@ -7,13 +7,9 @@ use std::process::Command;
 
 pub fn boot_interactive(paths: &ImagePaths) -> Result<()> {
     eprintln!("xtask: booting one Kelson node in QEMU (software emulation; expect 10-20 s to `kelson: ready`)");
-    eprintln!(
-        "xtask: quit with ctrl-a x; power the node off with ctrl-a c, then `system_powerdown`"
-    );
+    eprintln!("xtask: quit with ctrl-a x; power the node off with ctrl-a c, then `system_powerdown`");
     let status = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
-        ])
+        .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
         .args(["-nographic", "-nic", "none"])
         .arg("-kernel")
         .arg(&paths.kernel)

@@ -99,7 +99,10 @@ mod tests {
             parse_cidr("10.244.1.0/16").unwrap_err().to_string(),
             "\"10.244.1.0/16\" has host bits set (the network is 10.244.0.0/16)"
         );
-        assert_eq!(parse_cidr("10.244.0/16").unwrap_err().to_string(), "\"10.244.0/16\" is not an IPv4 CIDR like 10.244.0.0/16");
+        assert_eq!(
+            parse_cidr("10.244.0/16").unwrap_err().to_string(),
+            "\"10.244.0/16\" is not an IPv4 CIDR like 10.244.0.0/16"
+        );
         assert!(matches!(parse_cidr("10.244.0.0"), Err(CidrError::NotACidr { .. })));
         assert!(matches!(parse_cidr("fd00::/64"), Err(CidrError::NotACidr { .. })));
         assert!(matches!(parse_cidr("10.244.0.0/33"), Err(CidrError::NotACidr { .. })));
@@ -137,18 +140,27 @@ mod tests {
     #[test]
     fn node_addresses_start_at_ten_and_stop_before_broadcast() {
         let addrs = node_addresses(net("192.168.100.0/24"), 3).unwrap();
-        assert_eq!(addrs, vec![Ipv4Addr::new(192, 168, 100, 10), Ipv4Addr::new(192, 168, 100, 11), Ipv4Addr::new(192, 168, 100, 12)]);
+        assert_eq!(
+            addrs,
+            vec![Ipv4Addr::new(192, 168, 100, 10), Ipv4Addr::new(192, 168, 100, 11), Ipv4Addr::new(192, 168, 100, 12)]
+        );
         // A /28 has offsets 10..=14 usable: five nodes fit, six do not.
         let five = node_addresses(net("192.168.100.0/28"), 5).unwrap();
         assert_eq!(five.last(), Some(&Ipv4Addr::new(192, 168, 100, 14)));
         let err = node_addresses(net("192.168.100.0/28"), 6).unwrap_err();
-        assert_eq!(err.to_string(), "node CIDR 192.168.100.0/28 holds 5 node addresses (from .10 on), fewer than the 6 nodes");
+        assert_eq!(
+            err.to_string(),
+            "node CIDR 192.168.100.0/28 holds 5 node addresses (from .10 on), fewer than the 6 nodes"
+        );
     }
 
     #[test]
     fn a_node_cidr_smaller_than_the_offset_holds_no_nodes() {
         let err = node_addresses(net("192.168.100.0/29"), 1).unwrap_err();
-        assert_eq!(err.to_string(), "node CIDR 192.168.100.0/29 holds 0 node addresses (from .10 on), fewer than the 1 nodes");
+        assert_eq!(
+            err.to_string(),
+            "node CIDR 192.168.100.0/29 holds 0 node addresses (from .10 on), fewer than the 1 nodes"
+        );
         assert!(node_addresses(net("192.168.100.7/32"), 1).is_err());
     }
 

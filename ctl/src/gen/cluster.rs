@@ -94,9 +94,17 @@ pub enum GenClusterError {
     #[error("issuing certificates")]
     Pki(#[from] PkiError),
     #[error("node {node}'s generated machine config does not validate (a bug in kelsonctl)")]
-    InvalidConfig { node: String, #[source] errors: ConfigErrors },
+    InvalidConfig {
+        node: String,
+        #[source]
+        errors: ConfigErrors,
+    },
     #[error("building node {node}'s seed image")]
-    Seed { node: String, #[source] source: SeedError },
+    Seed {
+        node: String,
+        #[source]
+        source: SeedError,
+    },
     #[error("rendering cluster.yaml")]
     Summary(#[source] serde_saphyr::SerializeError),
 }
@@ -157,7 +165,8 @@ pub fn plan(spec: &ClusterSpec) -> Result<ClusterPlan, GenClusterError> {
     if !valid_interface_name(&spec.uplink) {
         return Err(GenClusterError::UplinkName(spec.uplink.clone()));
     }
-    let networks = [("cluster CIDR", spec.cluster_cidr), ("service CIDR", spec.service_cidr), ("node CIDR", spec.node_cidr)];
+    let networks =
+        [("cluster CIDR", spec.cluster_cidr), ("service CIDR", spec.service_cidr), ("node CIDR", spec.node_cidr)];
     for (i, &(first, first_net)) in networks.iter().enumerate() {
         for &(second, second_net) in &networks[i + 1..] {
             if cidr::overlaps(first_net, second_net) {
@@ -165,7 +174,8 @@ pub fn plan(spec: &ClusterSpec) -> Result<ClusterPlan, GenClusterError> {
             }
         }
     }
-    let roles = std::iter::repeat_n(Role::ControlPlane, spec.control_planes).chain(std::iter::repeat_n(Role::Worker, spec.workers));
+    let roles = std::iter::repeat_n(Role::ControlPlane, spec.control_planes)
+        .chain(std::iter::repeat_n(Role::Worker, spec.workers));
     let mut names = Vec::new();
     for (role, index) in roles.clone().zip((1..=spec.control_planes).chain(1..=spec.workers)) {
         let kind = if role == Role::ControlPlane { "cp" } else { "worker" };
@@ -336,7 +346,13 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
             seed_image: seed_path,
             certificates: certs
                 .keys()
-                .map(|name| if *name == ETCD_CLIENT_CERT { format!("pki/{name}.crt") } else { format!("pki/{}/{name}.crt", node.name) })
+                .map(|name| {
+                    if *name == ETCD_CLIENT_CERT {
+                        format!("pki/{name}.crt")
+                    } else {
+                        format!("pki/{}/{name}.crt", node.name)
+                    }
+                })
                 .collect(),
         });
     }
@@ -350,7 +366,13 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     Ok(GeneratedCluster { plan, generation, files })
 }
 
-fn machine_config(plan: &ClusterPlan, node: &NodePlan, token: &str, ca_pem: &str, certs: &BTreeMap<&str, Issued>) -> MachineConfig {
+fn machine_config(
+    plan: &ClusterPlan,
+    node: &NodePlan,
+    token: &str,
+    ca_pem: &str,
+    certs: &BTreeMap<&str, Issued>,
+) -> MachineConfig {
     let spec = &plan.spec;
     let mut config = MachineConfig::empty();
     config.node.hostname = Some(node.name.clone());
@@ -544,7 +566,10 @@ mod tests {
         s.gateway = Some(Ipv4Addr::new(192, 168, 100, 1));
         assert!(plan(&s).is_ok());
         s.gateway = Some(Ipv4Addr::new(192, 168, 101, 1));
-        assert_eq!(plan(&s).unwrap_err().to_string(), "gateway 192.168.101.1 is not a host address inside node CIDR 192.168.100.0/24");
+        assert_eq!(
+            plan(&s).unwrap_err().to_string(),
+            "gateway 192.168.101.1 is not a host address inside node CIDR 192.168.100.0/24"
+        );
         s.gateway = Some(Ipv4Addr::new(192, 168, 100, 255));
         assert!(matches!(plan(&s), Err(GenClusterError::GatewayOutside { .. })));
         s.gateway = Some(Ipv4Addr::new(192, 168, 100, 11));
@@ -565,7 +590,10 @@ mod tests {
         let token = bootstrap_token().unwrap();
         assert_eq!(token.len(), 23);
         assert_eq!(&token[6..7], ".");
-        assert!(token.chars().enumerate().all(|(i, c)| i == 6 || c.is_ascii_lowercase() || c.is_ascii_digit()), "{token}");
+        assert!(
+            token.chars().enumerate().all(|(i, c)| i == 6 || c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "{token}"
+        );
         assert_ne!(token, bootstrap_token().unwrap());
     }
 }

@@ -57,7 +57,12 @@ pub enum OutputError {
     #[error("output path {0} exists and is not a directory")]
     NotADirectory(PathBuf),
     #[error("{action} {path}")]
-    Io { action: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
@@ -112,7 +117,9 @@ pub fn write_files(dir: &Path, files: &[OutputFile]) -> Result<(), OutputError> 
             .map_err(io_error("creating", &path))?;
         handle.write_all(&file.contents).map_err(io_error("writing", &path))?;
         // The umask may have narrowed a public file's mode.
-        handle.set_permissions(fs::Permissions::from_mode(file.mode())).map_err(io_error("setting the mode of", &path))?;
+        handle
+            .set_permissions(fs::Permissions::from_mode(file.mode()))
+            .map_err(io_error("setting the mode of", &path))?;
         handle.sync_all().map_err(io_error("syncing", &path))?;
     }
     Ok(())
@@ -138,7 +145,10 @@ mod tests {
         let err = prepare_dir(tmp.path(), false).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("output directory {} is not empty (pass --force to replace a previous generation in it)", tmp.path().display())
+            format!(
+                "output directory {} is not empty (pass --force to replace a previous generation in it)",
+                tmp.path().display()
+            )
         );
     }
 

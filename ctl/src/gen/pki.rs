@@ -27,11 +27,23 @@ const CLOCK_SKEW_ALLOWANCE: Duration = Duration::hours(1);
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("generating the key for {subject}")]
-    Key { subject: String, #[source] source: rcgen::Error },
+    Key {
+        subject: String,
+        #[source]
+        source: rcgen::Error,
+    },
     #[error("building the certificate request for {subject}")]
-    Params { subject: String, #[source] source: rcgen::Error },
+    Params {
+        subject: String,
+        #[source]
+        source: rcgen::Error,
+    },
     #[error("signing the certificate for {subject}")]
-    Sign { subject: String, #[source] source: rcgen::Error },
+    Sign {
+        subject: String,
+        #[source]
+        source: rcgen::Error,
+    },
 }
 
 /// A certificate and its private key, both PEM. The key is a secret: this
@@ -125,7 +137,8 @@ impl Authority {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(&format!("{cluster} cluster CA"), ORGANISATION);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after = now + CA_LIFETIME;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(|source| PkiError::Sign { subject, source })?;
@@ -149,10 +162,8 @@ impl Authority {
         params.distinguished_name = distinguished_name(&spec.common_name, &spec.organisation);
         let mut sans = Vec::new();
         for name in &spec.dns_names {
-            let dns = name
-                .clone()
-                .try_into()
-                .map_err(|source| PkiError::Params { subject: subject.clone(), source })?;
+            let dns =
+                name.clone().try_into().map_err(|source| PkiError::Params { subject: subject.clone(), source })?;
             sans.push(SanType::DnsName(dns));
         }
         sans.extend(spec.ip_addresses.iter().copied().map(SanType::IpAddress));

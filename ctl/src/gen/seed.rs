@@ -20,7 +20,12 @@ pub enum SeedError {
     #[error("opening the fresh FAT filesystem")]
     Open(#[source] std::io::Error),
     #[error("writing {file} into the seed image ({len} bytes; the image is {SEED_IMAGE_BYTES} bytes)")]
-    WriteFile { file: &'static str, len: usize, #[source] source: std::io::Error },
+    WriteFile {
+        file: &'static str,
+        len: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("closing the FAT filesystem")]
     Close(#[source] std::io::Error),
     #[error("rendering meta-data")]

@@ -48,7 +48,6 @@ ip route add 10.244.1.0/24 via 192.168.100.11
 read t1 rest < /proc/uptime
 echo $(( (${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}) * 10000 ))";
 
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -68,7 +67,11 @@ fn main() -> Result<()> {
     let (mut kelson_ms, mut rust_ms, mut shell_ms) = (Vec::new(), Vec::new(), Vec::new());
     let config = std::fs::read(dir.path().join("cluster/nodes/bench-cp-1/machine-config.yaml"))?;
     let apply_tool = || {
-        Layer::new().file_from_host(GUEST_NET_APPLY, &net_apply, 0o755).file("/kelson-test/machine-config.yaml", config.clone(), 0o600)
+        Layer::new().file_from_host(GUEST_NET_APPLY, &net_apply, 0o755).file(
+            "/kelson-test/machine-config.yaml",
+            config.clone(),
+            0o600,
+        )
     };
     for run in 1..=RUNS {
         let port = free_loopback_port()?;
@@ -82,7 +85,9 @@ fn main() -> Result<()> {
         // Kelson's path: the network stage of a node booted from the seed.
         let mut vm = node().disk(&seed).boot().context("booting the node with its seed")?;
         let applied = vm.expect("network applied", Duration::from_secs(180))?;
-        let Some(ms) = applied.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms=")).and_then(|v| v.parse::<f64>().ok()) else {
+        let Some(ms) =
+            applied.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms=")).and_then(|v| v.parse::<f64>().ok())
+        else {
             bail!("no elapsed_ms in {applied:?}");
         };
         if !applied.contains("failed=0") {
@@ -100,7 +105,14 @@ fn main() -> Result<()> {
         if out.status != 0 {
             bail!("net-apply failed: {}", out.output);
         }
-        let rust_micros: f64 = out.output.trim().lines().last().unwrap_or("").parse().with_context(|| format!("reading {:?}", out.output))?;
+        let rust_micros: f64 = out
+            .output
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .parse()
+            .with_context(|| format!("reading {:?}", out.output))?;
         rust_ms.push(rust_micros / 1000.0);
         vm.kill()?;
 
@@ -110,7 +122,14 @@ fn main() -> Result<()> {
         if out.status != 0 {
             bail!("the shell path failed: {}", out.output);
         }
-        let micros: f64 = out.output.trim().lines().last().unwrap_or("").parse().with_context(|| format!("reading {:?}", out.output))?;
+        let micros: f64 = out
+            .output
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .parse()
+            .with_context(|| format!("reading {:?}", out.output))?;
         shell_ms.push(micros / 1000.0);
         vm.kill()?;
         eprintln!(

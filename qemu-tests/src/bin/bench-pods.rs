@@ -58,7 +58,11 @@ fn guest(vm: &mut Vm, cmd: &str) -> Result<String> {
 }
 
 fn uptime_of(text: &str) -> Result<f64> {
-    text.lines().last().and_then(|l| l.split_whitespace().next()).and_then(|t| t.parse().ok()).with_context(|| format!("no uptime in {text:?}"))
+    text.lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("no uptime in {text:?}"))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -94,7 +98,11 @@ fn main() -> Result<()> {
     let spec = kelsonctl::gen::ClusterSpec::with_defaults("bench", 1, 0);
     kelsonctl::gen::generate_cluster(&spec, &dir.path().join("cluster"), false)?;
     let seed = dir.path().join(format!("cluster/nodes/{NODE}/seed.img"));
-    let mut vm = VmBuilder::from_image(&image).layer(guest_layer_with_agent("/bin/busybox")).memory_mib(1024).disk(&seed).boot()?;
+    let mut vm = VmBuilder::from_image(&image)
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .memory_mib(1024)
+        .disk(&seed)
+        .boot()?;
     // The pods stage comes before ready: the manager is watching by then.
     vm.expect("kelson: ready", Duration::from_secs(240))?;
 
@@ -144,6 +152,10 @@ fn main() -> Result<()> {
     println!("  runc:   run --detach of the same bundle          {:>7.0} ms", median(&mut runc_start));
     println!("  Kelson: manifest removed -> pod stopped          {:>7.0} ms", median(&mut stop_ms));
     println!("  runc:   kill TERM -> stopped -> deleted          {:>7.0} ms", median(&mut runc_stop));
-    println!("  RSS with {RSS_AT} pods running: PID 1 {:.1} MiB, shim {:.1} MiB", pid1_rss as f64 / 1024.0, shim_rss as f64 / 1024.0);
+    println!(
+        "  RSS with {RSS_AT} pods running: PID 1 {:.1} MiB, shim {:.1} MiB",
+        pid1_rss as f64 / 1024.0,
+        shim_rss as f64 / 1024.0
+    );
     Ok(())
 }

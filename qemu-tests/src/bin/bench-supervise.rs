@@ -64,7 +64,11 @@ fn main() -> Result<()> {
         }
         Ok(())
     };
-    run(Command::new("mkfs.fat").args(["-C", "-n", "CIDATA"]).arg(&seed).arg("2048").stdout(std::process::Stdio::null()))?;
+    run(Command::new("mkfs.fat")
+        .args(["-C", "-n", "CIDATA"])
+        .arg(&seed)
+        .arg("2048")
+        .stdout(std::process::Stdio::null()))?;
     for (name, content) in [("meta-data", "instance-id: bench\n"), ("user-data", CONFIG)] {
         let local = dir.path().join(name);
         std::fs::write(&local, content)?;
@@ -75,25 +79,37 @@ fn main() -> Result<()> {
         let doubles = Layer::new()
             .file_from_host("/kelson-test/kubelet-double", exe.with_file_name("guest-kubelet-double"), 0o755)
             .file_from_host("/kelson-test/kube-proxy-double", exe.with_file_name("guest-kube-proxy-double"), 0o755);
-        let mut vm = VmBuilder::from_image(&image).layer(guest_layer_with_agent("/bin/busybox")).layer(doubles).disk(&seed).boot()?;
+        let mut vm = VmBuilder::from_image(&image)
+            .layer(guest_layer_with_agent("/bin/busybox"))
+            .layer(doubles)
+            .disk(&seed)
+            .boot()?;
         vm.expect("service state service=kube-proxy from=running to=healthy", Duration::from_secs(240))?;
         let pid = sh(&mut vm, "sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p' /run/kelson/services/kubelet.json")?;
         let before = vm.console_text()?.len();
         sh(&mut vm, &format!("kill -9 {pid}"))?;
         vm.expect("service state service=kubelet from=starting to=running", Duration::from_secs(60))?;
         let console = vm.console_text()?;
-        let (at, died) = stamp_after(&console, before, "service=kubelet from=healthy to=backing-off").context("no death transition")?;
+        let (at, died) = stamp_after(&console, before, "service=kubelet from=healthy to=backing-off")
+            .context("no death transition")?;
         // `running` is published once the replacement has been spawned
         // (fork and exec done).
-        let (_, started) = stamp_after(&console, at, "service=kubelet from=starting to=running").context("no restart transition")?;
-        let wait = console[at..].split("restarting in ").nth(1).and_then(|r| r.split('s').next()).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let (_, started) =
+            stamp_after(&console, at, "service=kubelet from=starting to=running").context("no restart transition")?;
+        let wait = console[at..]
+            .split("restarting in ")
+            .nth(1)
+            .and_then(|r| r.split('s').next())
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
         restart_ms.push((started - died) * 1000.0 - wait * 1000.0);
         backoff_ms.push(wait * 1000.0);
 
         let ticks = |s: &str| -> f64 {
             let fields: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
             // After the command name: state is field 0; utime and stime are 11 and 12.
-            fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+                + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         };
         let first = sh(&mut vm, "cat /proc/1/stat")?;
         sh(&mut vm, "sleep 60")?;

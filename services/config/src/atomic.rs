@@ -12,13 +12,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicWriteError {
     #[error("creating directory {dir}")]
-    CreateDir { dir: PathBuf, #[source] source: io::Error },
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing temporary file {tmp} for {path}")]
-    Write { path: PathBuf, tmp: PathBuf, #[source] source: io::Error },
+    Write {
+        path: PathBuf,
+        tmp: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("renaming {tmp} over {path}")]
-    Rename { path: PathBuf, tmp: PathBuf, #[source] source: io::Error },
+    Rename {
+        path: PathBuf,
+        tmp: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("syncing directory {dir}")]
-    SyncDir { dir: PathBuf, #[source] source: io::Error },
+    SyncDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Two writers in one process (apply and a DHCP client both write

@@ -57,8 +57,8 @@ impl Layer {
     /// A whole MachineConfig document (with `apiVersion` and `kind`),
     /// parsed strictly.
     pub fn from_document(source: Source, document: &str, text: &str) -> Result<Layer, ConfigErrors> {
-        let config: MachineConfig = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigErrors::one(from_parse_error(document, &e.to_string())))?;
+        let config: MachineConfig =
+            serde_saphyr::from_str(text).map_err(|e| ConfigErrors::one(from_parse_error(document, &e.to_string())))?;
         let mut errors = Vec::new();
         if config.api_version != crate::API_VERSION {
             errors.push(ConfigError::new(
@@ -75,8 +75,8 @@ impl Layer {
         }
         // The raw tree, not the typed config: only what the document sets may
         // override earlier layers (a typed config would also carry defaults).
-        let value: Value = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigErrors::one(from_parse_error(document, &e.to_string())))?;
+        let value: Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigErrors::one(from_parse_error(document, &e.to_string())))?;
         match value {
             Value::Object(map) => Ok(Layer::from_map(source, document, map)),
             _ => Err(ConfigErrors::one(ConfigError::new(document, "document", "not a mapping".into()))),
@@ -183,7 +183,8 @@ impl Effective {
         let mut best: Option<(&String, &(Source, String))> = None;
         for (key, origin) in &self.provenance {
             let covers = path == key
-                || (path.starts_with(key.as_str()) && matches!(path.as_bytes().get(key.len()), Some(b'.') | Some(b'[')));
+                || (path.starts_with(key.as_str())
+                    && matches!(path.as_bytes().get(key.len()), Some(b'.') | Some(b'[')));
             if covers && best.is_none_or(|(k, _)| key.len() > k.len()) {
                 best = Some((key, origin));
             }
@@ -253,7 +254,9 @@ pub fn resolve(layers: &[Layer]) -> Result<Effective, ConfigErrors> {
         for (path, _) in leaves {
             // A value replaced whole also replaces the origins of what was
             // inside it.
-            provenance.retain(|k, _| !(k.starts_with(&path) && matches!(k.as_bytes().get(path.len()), Some(b'.') | Some(b'['))));
+            provenance.retain(|k, _| {
+                !(k.starts_with(&path) && matches!(k.as_bytes().get(path.len()), Some(b'.') | Some(b'[')))
+            });
             provenance.insert(path, (layer.source, layer.document.clone()));
         }
     }
@@ -280,13 +283,15 @@ mod tests {
     use super::*;
 
     fn doc(source: Source, name: &str, body: &str) -> Layer {
-        Layer::from_document(source, name, &format!("apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\n{body}")).unwrap()
+        Layer::from_document(source, name, &format!("apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\n{body}"))
+            .unwrap()
     }
 
     #[test]
     fn later_layers_win_field_by_field() {
         let image = doc(Source::ImageDefaults, "image", "network:\n  mtu: 1500\n  clusterCIDR: 10.244.0.0/16\n");
-        let cmdline = Layer::from_cmdline([("kelson.hostname", "from-cmdline"), ("kelson.mtu", "1400"), ("quiet", "")]).unwrap();
+        let cmdline =
+            Layer::from_cmdline([("kelson.hostname", "from-cmdline"), ("kelson.mtu", "1400"), ("quiet", "")]).unwrap();
         let seed = doc(Source::CloudInit, "seed", "node:\n  hostname: from-seed\nnetwork:\n  podCIDR: 10.244.3.0/24\n");
         // Given out of order on purpose: precedence comes from the source.
         let e = resolve(&[seed, image, cmdline]).unwrap();
@@ -302,7 +307,11 @@ mod tests {
 
     #[test]
     fn a_later_list_replaces_an_earlier_one_whole() {
-        let image = doc(Source::ImageDefaults, "image", "network:\n  uplinks:\n    - name: eth0\n      dhcp4: true\n    - name: eth1\n      dhcp4: true\n");
+        let image = doc(
+            Source::ImageDefaults,
+            "image",
+            "network:\n  uplinks:\n    - name: eth0\n      dhcp4: true\n    - name: eth1\n      dhcp4: true\n",
+        );
         let api = doc(Source::Api, "api", "network:\n  uplinks:\n    - name: eth9\n      addresses: [192.0.2.9/24]\n");
         let e = resolve(&[image, api]).unwrap();
         assert_eq!(e.config.network.uplinks.len(), 1);
@@ -324,9 +333,13 @@ mod tests {
 
     #[test]
     fn structure_errors_name_the_layer_document() {
-        let err = Layer::from_document(Source::Api, "api request", "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostnam: x\n")
-            .unwrap_err()
-            .to_string();
+        let err = Layer::from_document(
+            Source::Api,
+            "api request",
+            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostnam: x\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(err, "api request: line 4 column 3: unknown field `hostnam` (did you mean `hostname`?)");
         let err = Layer::from_cmdline([("kelson.mtu", "big")]).unwrap_err().to_string();
         assert_eq!(err, "kernel command line: kelson.mtu: \"big\" is not a number");

@@ -16,14 +16,14 @@ pub mod atomic;
 mod error;
 mod layers;
 pub mod nocloud;
-mod store;
 mod schema;
+mod store;
 mod validate;
 
 pub use error::{chain as error_chain, ConfigError, ConfigErrors};
 pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
-pub use store::{Store, StoreError, STATE_DIR};
 pub use schema::*;
+pub use store::{Store, StoreError, STATE_DIR};
 
 pub const API_VERSION: &str = "kelson.dev/v1alpha1";
 pub const KIND: &str = "MachineConfig";
@@ -81,7 +81,10 @@ pub fn parse(document: &str, text: &str) -> Result<MachineConfig, ConfigErrors> 
         Ok(config)
     } else {
         Err(ConfigErrors::new(
-            errors.into_iter().map(|(path, reason)| ConfigError { document: document.to_owned(), path, reason }).collect(),
+            errors
+                .into_iter()
+                .map(|(path, reason)| ConfigError { document: document.to_owned(), path, reason })
+                .collect(),
         ))
     }
 }

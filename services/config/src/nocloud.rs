@@ -123,7 +123,8 @@ pub fn read_seed(files: &SeedFiles) -> Result<Seed, ConfigErrors> {
     }
     if let Some(text) = &files.network_config {
         let document = format!("cloud-init network-config ({origin})");
-        let mut f = File { document: document.clone(), errors: &mut errors, ignored: &mut ignored, name: "network-config" };
+        let mut f =
+            File { document: document.clone(), errors: &mut errors, ignored: &mut ignored, name: "network-config" };
         let map = network_config(&mut f, text);
         push_layer(&mut layers, &mut errors, &document, map);
     }
@@ -174,12 +175,24 @@ fn meta_data(f: &mut File<'_>, text: &str) -> (Option<String>, Map<String, Value
     (id, out)
 }
 
-fn user_data(document: &str, text: &str, layers: &mut Vec<Layer>, errors: &mut Vec<ConfigError>, ignored: &mut Vec<String>) {
+fn user_data(
+    document: &str,
+    text: &str,
+    layers: &mut Vec<Layer>,
+    errors: &mut Vec<ConfigError>,
+    ignored: &mut Vec<String>,
+) {
     let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     if first.is_empty() {
         return;
     }
-    let unsupported = |what: &str| ConfigError::new(document, "document", format!("{what} user-data is not supported on Kelson (use a MachineConfig or #cloud-config)"));
+    let unsupported = |what: &str| {
+        ConfigError::new(
+            document,
+            "document",
+            format!("{what} user-data is not supported on Kelson (use a MachineConfig or #cloud-config)"),
+        )
+    };
     if first.starts_with("#cloud-config") {
         let mut f = File { document: document.to_owned(), errors, ignored, name: "user-data" };
         let (map, kelson) = cloud_config(&mut f, text);
@@ -204,7 +217,11 @@ fn user_data(document: &str, text: &str, layers: &mut Vec<Layer>, errors: &mut V
         errors.push(unsupported("a shell script as"));
     } else if first.to_ascii_lowercase().starts_with("content-type:") || first.starts_with("MIME-Version") {
         errors.push(unsupported("multipart MIME"));
-    } else if first.starts_with("#include") || first.starts_with("#cloud-boothook") || first.starts_with("#part-handler") || first.starts_with("## template") {
+    } else if first.starts_with("#include")
+        || first.starts_with("#cloud-boothook")
+        || first.starts_with("#part-handler")
+        || first.starts_with("## template")
+    {
         errors.push(unsupported(first.split_whitespace().next().unwrap_or(first)));
     } else {
         match Layer::from_document(Source::CloudInit, document, text) {
@@ -304,7 +321,8 @@ fn write_files(f: &mut File<'_>, value: &Value) -> Vec<Value> {
                     }
                 }
                 _ => {
-                    let hint = did_you_mean(k, ["path", "content", "encoding", "permissions", "owner", "defer", "append"]);
+                    let hint =
+                        did_you_mean(k, ["path", "content", "encoding", "permissions", "owner", "defer", "append"]);
                     let reason = match hint {
                         Some(h) => format!("unknown write_files key (did you mean `{h}`?)"),
                         None => "unknown write_files key".to_owned(),
@@ -444,7 +462,10 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                             },
                             "addresses" => {
                                 let addrs = f.strings(v, &field);
-                                uplink.insert("addresses".into(), Value::Array(addrs.into_iter().map(Value::String).collect()));
+                                uplink.insert(
+                                    "addresses".into(),
+                                    Value::Array(addrs.into_iter().map(Value::String).collect()),
+                                );
                             }
                             "gateway4" => {
                                 if let Some(gw) = f.string(v, &field) {
@@ -554,7 +575,9 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                         None => f.error(&format!("{base}.mtu"), "expected a number"),
                     }
                 }
-                for k in entry.keys().filter(|k| !matches!(k.as_str(), "type" | "name" | "mac_address" | "mtu" | "subnets")) {
+                for k in
+                    entry.keys().filter(|k| !matches!(k.as_str(), "type" | "name" | "mac_address" | "mtu" | "subnets"))
+                {
                     f.ignore(&format!("{base}.{k}"), "not supported");
                 }
                 let mut addresses = Vec::new();
@@ -575,7 +598,9 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                             uplink.insert("dhcp4".into(), Value::Bool(true));
                         }
                         "static" | "static4" => {
-                            let Some(address) = subnet.get("address").and_then(|v| f.string(v, &format!("{sbase}.address"))) else {
+                            let Some(address) =
+                                subnet.get("address").and_then(|v| f.string(v, &format!("{sbase}.address")))
+                            else {
                                 f.error(&format!("{sbase}.address"), "missing");
                                 continue;
                             };
@@ -590,7 +615,9 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                 _ => address,
                             };
                             addresses.push(Value::String(address));
-                            if let Some(gw) = subnet.get("gateway").and_then(|v| f.string(v, &format!("{sbase}.gateway"))) {
+                            if let Some(gw) =
+                                subnet.get("gateway").and_then(|v| f.string(v, &format!("{sbase}.gateway")))
+                            {
                                 uplink.insert("gateway4".into(), Value::String(gw));
                             }
                             if let Some(ns) = subnet.get("dns_nameservers") {
@@ -600,9 +627,16 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                 for (k, r) in rs.iter().enumerate() {
                                     let rbase = format!("{sbase}.routes[{k}]");
                                     let Some(r) = f.map(r, &rbase) else { continue };
-                                    let net = r.get("network").or(r.get("destination")).and_then(Value::as_str).unwrap_or_default();
+                                    let net = r
+                                        .get("network")
+                                        .or(r.get("destination"))
+                                        .and_then(Value::as_str)
+                                        .unwrap_or_default();
                                     let gw = r.get("gateway").and_then(Value::as_str).unwrap_or_default();
-                                    let to = match (net.contains('/'), r.get("netmask").and_then(Value::as_str).and_then(prefix_of)) {
+                                    let to = match (
+                                        net.contains('/'),
+                                        r.get("netmask").and_then(Value::as_str).and_then(prefix_of),
+                                    ) {
                                         (true, _) => net.to_owned(),
                                         (false, Some(p)) => format!("{net}/{p}"),
                                         (false, None) => format!("{net}/32"),
@@ -617,11 +651,19 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                     }
                                 }
                             }
-                            for k in subnet.keys().filter(|k| !matches!(k.as_str(), "type" | "address" | "netmask" | "gateway" | "dns_nameservers" | "routes")) {
+                            for k in subnet.keys().filter(|k| {
+                                !matches!(
+                                    k.as_str(),
+                                    "type" | "address" | "netmask" | "gateway" | "dns_nameservers" | "routes"
+                                )
+                            }) {
                                 f.ignore(&format!("{sbase}.{k}"), "not supported");
                             }
                         }
-                        other => f.error(&format!("{sbase}.type"), format!("{other:?}: only static and dhcp subnets are supported")),
+                        other => f.error(
+                            &format!("{sbase}.type"),
+                            format!("{other:?}: only static and dhcp subnets are supported"),
+                        ),
                     }
                 }
                 if !addresses.is_empty() {

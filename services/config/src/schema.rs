@@ -189,7 +189,6 @@ pub struct File {
     pub mode: Option<String>,
 }
 
-
 /// Time synchronisation: the NTP servers the node should use.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

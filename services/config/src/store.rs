@@ -20,11 +20,23 @@ pub enum StoreError {
     #[error("the {source_label} layer is not kept across boots")]
     NotPersisted { source_label: &'static str },
     #[error("creating config directory {dir}")]
-    CreateDir { dir: PathBuf, #[source] source: io::Error },
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("saving config layer to {path}")]
-    Save { path: PathBuf, #[source] source: AtomicWriteError },
+    Save {
+        path: PathBuf,
+        #[source]
+        source: AtomicWriteError,
+    },
     #[error("reading saved config layer {path}")]
-    Read { path: PathBuf, #[source] source: io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("saved config layer {path} no longer parses: {errors}")]
     Parse { path: PathBuf, errors: ConfigErrors },
 }
@@ -49,9 +61,8 @@ impl Store {
     }
 
     pub fn save(&self, layer: &Layer) -> Result<PathBuf, StoreError> {
-        let path = self
-            .path_for(layer.source)
-            .ok_or(StoreError::NotPersisted { source_label: layer.source.label() })?;
+        let path =
+            self.path_for(layer.source).ok_or(StoreError::NotPersisted { source_label: layer.source.label() })?;
         std::fs::create_dir_all(&self.dir).map_err(|source| StoreError::CreateDir { dir: self.dir.clone(), source })?;
         write_atomic(&path, layer.to_document().as_bytes(), 0o600)
             .map_err(|source| StoreError::Save { path: path.clone(), source })?;
@@ -67,9 +78,7 @@ impl Store {
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         let document = format!("saved {} config ({})", source.label(), path.display());
-        Layer::from_document(source, &document, &text)
-            .map(Some)
-            .map_err(|errors| StoreError::Parse { path, errors })
+        Layer::from_document(source, &document, &text).map(Some).map_err(|errors| StoreError::Parse { path, errors })
     }
 
     pub fn dir(&self) -> &Path {
@@ -119,15 +128,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
         let layer = Layer::from_cmdline([("kelson.hostname", "x")]).unwrap();
-        assert_eq!(store.save(&layer).unwrap_err().to_string(), "the kernel command line layer is not kept across boots");
+        assert_eq!(
+            store.save(&layer).unwrap_err().to_string(),
+            "the kernel command line layer is not kept across boots"
+        );
     }
 
     #[test]
     fn a_damaged_saved_layer_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        std::fs::write(dir.path().join("api.yaml"), "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode: [\n").unwrap();
+        std::fs::write(dir.path().join("api.yaml"), "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode: [\n")
+            .unwrap();
         let err = store.load(Source::Api).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("saved config layer {}/api.yaml no longer parses: saved API config", dir.path().display())), "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "saved config layer {}/api.yaml no longer parses: saved API config",
+                dir.path().display()
+            )),
+            "{err}"
+        );
     }
 }

@@ -41,7 +41,10 @@ pub(crate) fn validate(c: &MachineConfig) -> Problems {
     }
     if let Some(h) = &c.node.hostname {
         if !crate::valid_hostname(h) {
-            p.push(("node.hostname".into(), format!("{h:?} is not a lowercase RFC 1123 name of at most 63 characters")));
+            p.push((
+                "node.hostname".into(),
+                format!("{h:?} is not a lowercase RFC 1123 name of at most 63 characters"),
+            ));
         }
     }
     validate_network(&c.network, &mut p);
@@ -57,8 +60,13 @@ pub(crate) fn validate(c: &MachineConfig) -> Problems {
         }
     }
     for (i, pod) in c.static_pods.iter().enumerate() {
-        if pod.name.contains('/') || !(pod.name.ends_with(".yaml") || pod.name.ends_with(".yml") || pod.name.ends_with(".json")) {
-            p.push((format!("staticPods[{i}].name"), format!("{:?} must be a file name ending in .yaml, .yml or .json", pod.name)));
+        if pod.name.contains('/')
+            || !(pod.name.ends_with(".yaml") || pod.name.ends_with(".yml") || pod.name.ends_with(".json"))
+        {
+            p.push((
+                format!("staticPods[{i}].name"),
+                format!("{:?} must be a file name ending in .yaml, .yml or .json", pod.name),
+            ));
         }
     }
     for (i, server) in c.time.servers.iter().enumerate() {
@@ -112,7 +120,10 @@ fn validate_network(n: &Network, p: &mut Problems) {
         }
         for (j, a) in u.addresses.iter().enumerate() {
             if a.parse::<IpNet>().is_err() {
-                p.push((format!("{base}.addresses[{j}]"), format!("{a:?} is not an address with a prefix length (10.0.0.5/24)")));
+                p.push((
+                    format!("{base}.addresses[{j}]"),
+                    format!("{a:?} is not an address with a prefix length (10.0.0.5/24)"),
+                ));
             }
         }
         if let Some(gw) = &u.gateway4 {
@@ -156,7 +167,10 @@ fn validate_cluster(c: &MachineConfig, p: &mut Problems) {
             && token.chars().enumerate().all(|(i, ch)| i == 6 || ch.is_ascii_lowercase() || ch.is_ascii_digit());
         if !ok {
             // The token itself is a secret and stays out of the message.
-            p.push(("cluster.bootstrapToken".into(), "not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}".into()));
+            p.push((
+                "cluster.bootstrapToken".into(),
+                "not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
+            ));
         }
     }
     if c.node.role == Role::Worker && cl.api_server_endpoint.is_none() && !cl.etcd_endpoints.is_empty() {

@@ -23,7 +23,8 @@ fn document((host, mtu, pod): &Fields) -> String {
     if let Some(p) = pod {
         network.push_str(&format!("  podCIDR: 10.244.{p}.0/24\n"));
     }
-    let mut text = "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  clusterCIDR: 10.244.0.0/16\n".to_owned();
+    let mut text =
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  clusterCIDR: 10.244.0.0/16\n".to_owned();
     text.push_str(&network);
     if !node.is_empty() {
         text.push_str("node:\n");

@@ -4,9 +4,9 @@
 
 use crate::config::{ContainerConfig, Mount, Namespace};
 use oci_spec::runtime::{
-    get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, PosixRlimit, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, PosixRlimit, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -152,7 +152,9 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
         match source {
             Namespace::Host => {}
             Namespace::New => namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build().map_err(spec_err)?),
-            Namespace::Join(path) => namespaces.push(LinuxNamespaceBuilder::default().typ(typ).path(path).build().map_err(spec_err)?),
+            Namespace::Join(path) => {
+                namespaces.push(LinuxNamespaceBuilder::default().typ(typ).path(path).build().map_err(spec_err)?)
+            }
         }
     }
 
@@ -231,8 +233,12 @@ pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<PathBuf, BundleE
 }
 
 fn validate(config: &ContainerConfig) -> Result<(), BundleError> {
-    let invalid = |field, reason: &str| Err(BundleError::Invalid { id: config.id.clone(), field, reason: reason.to_owned() });
-    if config.id.is_empty() || config.id.len() > 128 || !config.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+    let invalid =
+        |field, reason: &str| Err(BundleError::Invalid { id: config.id.clone(), field, reason: reason.to_owned() });
+    if config.id.is_empty()
+        || config.id.len() > 128
+        || !config.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
         return invalid("id", "must be 1-128 of [A-Za-z0-9_.-]");
     }
     if config.args.is_empty() {
@@ -333,7 +339,12 @@ fn mounts(config: &ContainerConfig) -> Result<Vec<oci_spec::runtime::Mount>, Bun
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_mode])?,
         mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_mode])?,
@@ -429,8 +440,12 @@ mod tests {
         c.security.capabilities_add = vec!["NET_ADMIN".into(), "CAP_SYS_TIME".into()];
         c.security.capabilities_drop = vec!["net_raw".into()];
         let v = json(&c);
-        let caps: HashSet<String> =
-            v["process"]["capabilities"]["bounding"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+        let caps: HashSet<String> = v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
         assert!(caps.contains("CAP_NET_ADMIN") && caps.contains("CAP_SYS_TIME") && caps.contains("CAP_CHOWN"));
         assert!(!caps.contains("CAP_NET_RAW"));
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() + 1);
@@ -446,7 +461,12 @@ mod tests {
         let seccomp = &json(&c)["linux"]["seccomp"];
         assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
         let names = |s: &serde_json::Value| -> Vec<String> {
-            s["syscalls"].as_array().unwrap().iter().flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned())).collect()
+            s["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()))
+                .collect()
         };
         assert!(names(seccomp).contains(&"mount".to_owned()));
         c.security.capabilities_add = vec!["SYS_ADMIN".into()];
@@ -475,10 +495,16 @@ mod tests {
         c.user = User { uid: 1000, gid: 2000, additional_gids: vec![3000] };
         c.security.readonly_rootfs = true;
         let v = json(&c);
-        assert_eq!((v["process"]["user"]["uid"].as_u64(), v["process"]["user"]["gid"].as_u64()), (Some(1000), Some(2000)));
+        assert_eq!(
+            (v["process"]["user"]["uid"].as_u64(), v["process"]["user"]["gid"].as_u64()),
+            (Some(1000), Some(2000))
+        );
         assert_eq!(v["process"]["user"]["additionalGids"][0], 3000);
         assert_eq!(v["root"]["readonly"], true);
-        assert!(v["process"].get("noNewPrivileges").is_none(), "Kubernetes allows privilege escalation unless told not to");
+        assert!(
+            v["process"].get("noNewPrivileges").is_none(),
+            "Kubernetes allows privilege escalation unless told not to"
+        );
         c.security.no_new_privileges = true;
         assert_eq!(json(&c)["process"]["noNewPrivileges"], true);
         let v = json(&c);
@@ -503,7 +529,10 @@ mod tests {
             (Box::new(|c| c.resources.cpu_weight = Some(0)), "resources.cpu_weight"),
             (Box::new(|c| c.security.capabilities_add = vec!["FLY".into()]), "security.capabilities_add"),
             (Box::new(|c| c.hostname = Some("x".into())), "hostname"),
-            (Box::new(|c| c.mounts.push(Mount::Tmpfs { destination: "/a/../etc".into(), size_bytes: None })), "mounts.destination"),
+            (
+                Box::new(|c| c.mounts.push(Mount::Tmpfs { destination: "/a/../etc".into(), size_bytes: None })),
+                "mounts.destination",
+            ),
         ];
         for (change, field) in cases {
             let mut c = sample();

@@ -92,8 +92,9 @@ impl ShimClient {
         let stream = loop {
             match UnixStream::connect(socket).await {
                 Ok(stream) => break stream,
-                Err(e) if tokio::time::Instant::now() < deadline
-                    && matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
+                Err(e)
+                    if tokio::time::Instant::now() < deadline
+                        && matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -101,16 +102,32 @@ impl ShimClient {
             }
         };
         let (read, write) = stream.into_split();
-        let mut client = Self { socket: socket.to_owned(), reader: BufReader::new(read), writer: write, seq: 0, events: VecDeque::new(), line: String::new() };
+        let mut client = Self {
+            socket: socket.to_owned(),
+            reader: BufReader::new(read),
+            writer: write,
+            seq: 0,
+            events: VecDeque::new(),
+            line: String::new(),
+        };
         match client.read_message().await? {
             ShimMessage::Hello { containers } => Ok((client, containers)),
-            other => Err(ClientError::Refused { request: "the connection".into(), reason: format!("expected hello, got {other:?}") }),
+            other => Err(ClientError::Refused {
+                request: "the connection".into(),
+                reason: format!("expected hello, got {other:?}"),
+            }),
         }
     }
 
     /// Creates and starts a container from `bundle`; its output is appended
     /// to `stdout` and `stderr` (or discarded).
-    pub async fn create(&mut self, id: &str, bundle: &Path, stdout: Option<&Path>, stderr: Option<&Path>) -> Result<ContainerState, ClientError> {
+    pub async fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        stdout: Option<&Path>,
+        stderr: Option<&Path>,
+    ) -> Result<ContainerState, ClientError> {
         let request = Request::Create {
             id: id.to_owned(),
             bundle: bundle.to_owned(),
@@ -118,7 +135,10 @@ impl ShimClient {
             stderr: stderr.map(Path::to_owned),
         };
         let mut states = self.call(request).await?;
-        states.pop().ok_or_else(|| ClientError::Refused { request: format!("create {id}"), reason: "no state in the reply".into() })
+        states.pop().ok_or_else(|| ClientError::Refused {
+            request: format!("create {id}"),
+            reason: "no state in the reply".into(),
+        })
     }
 
     /// Sends `signal` to container `id`'s process.
@@ -133,7 +153,10 @@ impl ShimClient {
 
     pub async fn state(&mut self, id: &str) -> Result<ContainerState, ClientError> {
         let mut states = self.call(Request::State { id: id.to_owned() }).await?;
-        states.pop().ok_or_else(|| ClientError::Refused { request: format!("state {id}"), reason: "no state in the reply".into() })
+        states.pop().ok_or_else(|| ClientError::Refused {
+            request: format!("state {id}"),
+            reason: "no state in the reply".into(),
+        })
     }
 
     pub async fn list(&mut self) -> Result<Vec<ContainerState>, ClientError> {
@@ -174,12 +197,20 @@ impl ShimClient {
     }
 
     async fn read_message(&mut self) -> Result<ShimMessage, ClientError> {
-        let n = self.reader.read_line(&mut self.line).await.map_err(|source| ClientError::Io { socket: self.socket.clone(), source })?;
+        let n = self
+            .reader
+            .read_line(&mut self.line)
+            .await
+            .map_err(|source| ClientError::Io { socket: self.socket.clone(), source })?;
         if n == 0 {
             return Err(ClientError::Closed { socket: self.socket.clone() });
         }
         let line = std::mem::take(&mut self.line);
-        serde_json::from_str(&line).map_err(|source| ClientError::Protocol { socket: self.socket.clone(), line, source })
+        serde_json::from_str(&line).map_err(|source| ClientError::Protocol {
+            socket: self.socket.clone(),
+            line,
+            source,
+        })
     }
 }
 
@@ -189,11 +220,18 @@ mod tests {
 
     #[test]
     fn init_re_executes_itself_with_the_shim_subcommand() {
-        let options = ShimOptions { socket: "/run/kelson/shim.sock".into(), state_dir: "/run/kelson/containers".into(), no_pivot: true };
+        let options = ShimOptions {
+            socket: "/run/kelson/shim.sock".into(),
+            state_dir: "/run/kelson/containers".into(),
+            no_pivot: true,
+        };
         let command = ShimCommand::init("/sbin/init", options).command();
         assert_eq!(command.get_program(), "/sbin/init");
         let args: Vec<_> = command.get_args().collect();
-        assert_eq!(args, ["shim", "--socket", "/run/kelson/shim.sock", "--state-dir", "/run/kelson/containers", "--no-pivot"]);
+        assert_eq!(
+            args,
+            ["shim", "--socket", "/run/kelson/shim.sock", "--state-dir", "/run/kelson/containers", "--no-pivot"]
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,6 @@ pub mod seccomp;
 pub mod shim;
 pub mod store;
 
-pub use config::{ContainerConfig, CpuMax, Mount, Namespace, Namespaces, Resources, Security, User};
 pub use client::{ClientError, ShimClient, ShimCommand};
+pub use config::{ContainerConfig, CpuMax, Mount, Namespace, Namespaces, Resources, Security, User};
 pub use protocol::{ContainerState, ExitEvent};

@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn requests_are_flat_json_objects_with_seq_and_op() {
-        let line = serde_json::to_string(&Envelope { seq: 7, request: Request::Kill { id: "a".into(), signal: 9 } }).unwrap();
+        let line =
+            serde_json::to_string(&Envelope { seq: 7, request: Request::Kill { id: "a".into(), signal: 9 } }).unwrap();
         assert_eq!(line, r#"{"seq":7,"op":"kill","id":"a","signal":9}"#);
         let back: Envelope = serde_json::from_str(r#"{"op":"list","seq":2}"#).unwrap();
         assert_eq!(back, Envelope { seq: 2, request: Request::List });
@@ -94,7 +95,9 @@ mod tests {
         for message in [
             ShimMessage::Exit(exit.clone()),
             ShimMessage::Reply { seq: 1, result: Err("no container \"b\"".into()) },
-            ShimMessage::Hello { containers: vec![ContainerState { id: "a".into(), bundle: "/b".into(), pid: 5, exit: Some(exit) }] },
+            ShimMessage::Hello {
+                containers: vec![ContainerState { id: "a".into(), bundle: "/b".into(), pid: 5, exit: Some(exit) }],
+            },
         ] {
             let line = serde_json::to_string(&message).unwrap();
             assert!(!line.contains('\n'));

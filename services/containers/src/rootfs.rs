@@ -47,7 +47,12 @@ impl OverlayLayout {
                 return Err(RootfsError::UnsafePath { path: path.clone() });
             }
         }
-        Ok(format!("lowerdir={},upperdir={},workdir={}", self.lower.display(), self.upper.display(), self.work.display()))
+        Ok(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        ))
     }
 }
 
@@ -64,16 +69,29 @@ pub struct SystemMounter;
 impl Mounter for SystemMounter {
     fn mount_overlay(&self, layout: &OverlayLayout) -> Result<(), RootfsError> {
         let options = layout.options()?;
-        nix::mount::mount(Some("overlay"), &layout.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str())).map_err(
-            |e| RootfsError::Io { action: "mounting overlayfs on", path: layout.merged.clone(), source: io::Error::from_raw_os_error(e as i32) },
+        nix::mount::mount(
+            Some("overlay"),
+            &layout.merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
         )
+        .map_err(|e| RootfsError::Io {
+            action: "mounting overlayfs on",
+            path: layout.merged.clone(),
+            source: io::Error::from_raw_os_error(e as i32),
+        })
     }
 
     fn unmount(&self, target: &Path) -> Result<(), RootfsError> {
         match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
             // Not mounted (already taken down, or never set up): nothing to do.
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-            Err(e) => Err(RootfsError::Io { action: "unmounting", path: target.to_owned(), source: io::Error::from_raw_os_error(e as i32) }),
+            Err(e) => Err(RootfsError::Io {
+                action: "unmounting",
+                path: target.to_owned(),
+                source: io::Error::from_raw_os_error(e as i32),
+            }),
         }
     }
 }

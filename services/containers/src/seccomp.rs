@@ -17,15 +17,34 @@
 //! flags sit in a struct the filter cannot read, and ENOSYS makes the C
 //! library fall back to `clone`, whose flags the filter can check.
 
-use oci_spec::runtime::{Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall};
+use oci_spec::runtime::{
+    Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompOperator,
+    LinuxSyscall,
+};
 use oci_spec::OciSpecError;
 use std::collections::HashSet;
 
 /// Calls refused unless the container holds `capability` (`None`: always
 /// refused in a filtered container).
 const RULES: &[(Option<Capability>, &[&str])] = &[
-    (Some(Capability::SysAdmin), &["mount", "umount2", "pivot_root", "swapon", "swapoff", "quotactl", "lookup_dcookie", "fanotify_init", "setns"]),
-    (Some(Capability::SysAdmin), &["fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr"]),
+    (
+        Some(Capability::SysAdmin),
+        &[
+            "mount",
+            "umount2",
+            "pivot_root",
+            "swapon",
+            "swapoff",
+            "quotactl",
+            "lookup_dcookie",
+            "fanotify_init",
+            "setns",
+        ],
+    ),
+    (
+        Some(Capability::SysAdmin),
+        &["fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr"],
+    ),
     (Some(Capability::SysBoot), &["reboot", "kexec_load", "kexec_file_load"]),
     (Some(Capability::SysModule), &["init_module", "finit_module", "delete_module"]),
     (Some(Capability::SysTime), &["settimeofday", "clock_settime"]),
@@ -35,14 +54,18 @@ const RULES: &[(Option<Capability>, &[&str])] = &[
     (Some(Capability::DacReadSearch), &["open_by_handle_at"]),
     (Some(Capability::Bpf), &["bpf"]),
     (Some(Capability::Perfmon), &["perf_event_open"]),
-    (None, &["keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register"]),
+    (
+        None,
+        &["keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register"],
+    ),
     (None, &["uselib", "ustat", "sysfs", "_sysctl"]),
 ];
 
 /// `CLONE_NEWNS`, `CLONE_NEWCGROUP`, `CLONE_NEWUTS`, `CLONE_NEWIPC`,
 /// `CLONE_NEWUSER`, `CLONE_NEWPID`, `CLONE_NEWNET`: refused in `clone`
 /// and `unshare` without CAP_SYS_ADMIN.
-const NAMESPACE_FLAGS: [u64; 7] = [0x0002_0000, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000];
+const NAMESPACE_FLAGS: [u64; 7] =
+    [0x0002_0000, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000];
 
 fn syscall(names: &[&str], errno: i32, args: Option<Vec<LinuxSeccompArg>>) -> LinuxSyscall {
     let mut rule = LinuxSyscall::default();
@@ -56,12 +79,18 @@ fn syscall(names: &[&str], errno: i32, args: Option<Vec<LinuxSeccompArg>>) -> Li
 /// The filter for a container holding `capabilities`.
 pub fn runtime_default(capabilities: &HashSet<Capability>) -> Result<LinuxSeccomp, OciSpecError> {
     let has = |cap: &Option<Capability>| cap.as_ref().is_some_and(|c| capabilities.contains(c));
-    let mut syscalls: Vec<LinuxSyscall> = RULES.iter().filter(|(cap, _)| !has(cap)).map(|(_, names)| syscall(names, libc::EPERM, None)).collect();
+    let mut syscalls: Vec<LinuxSyscall> =
+        RULES.iter().filter(|(cap, _)| !has(cap)).map(|(_, names)| syscall(names, libc::EPERM, None)).collect();
     if !capabilities.contains(&Capability::SysAdmin) {
         for flag in NAMESPACE_FLAGS {
             // (flags & flag) == flag, whichever of value and valueTwo a
             // runtime takes for the mask: both are the flag.
-            let arg = LinuxSeccompArgBuilder::default().index(0usize).value(flag).value_two(flag).op(LinuxSeccompOperator::ScmpCmpMaskedEq).build()?;
+            let arg = LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(flag)
+                .value_two(flag)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build()?;
             syscalls.push(syscall(&["clone", "unshare"], libc::EPERM, Some(vec![arg])));
         }
         syscalls.push(syscall(&["clone3"], libc::ENOSYS, None));
@@ -105,8 +134,15 @@ mod tests {
         }
         let unshare = refused(&seccomp, "unshare");
         assert_eq!(unshare.len(), NAMESPACE_FLAGS.len(), "one rule per namespace flag");
-        let user = unshare.iter().flat_map(|r| r.args().clone().unwrap_or_default()).find(|a| a.value() == 0x1000_0000).expect("CLONE_NEWUSER");
-        assert_eq!((user.index(), user.value_two(), user.op()), (0, Some(0x1000_0000), LinuxSeccompOperator::ScmpCmpMaskedEq));
+        let user = unshare
+            .iter()
+            .flat_map(|r| r.args().clone().unwrap_or_default())
+            .find(|a| a.value() == 0x1000_0000)
+            .expect("CLONE_NEWUSER");
+        assert_eq!(
+            (user.index(), user.value_two(), user.op()),
+            (0, Some(0x1000_0000), LinuxSeccompOperator::ScmpCmpMaskedEq)
+        );
         assert_eq!(refused(&seccomp, "clone3")[0].errno_ret(), Some(libc::ENOSYS as u32));
         assert!(refused(&seccomp, "ptrace").is_empty() && refused(&seccomp, "read").is_empty());
     }

@@ -76,7 +76,8 @@ impl ShimOptions {
     /// The arguments that [`ShimOptions::parse`] reads back: what follows the
     /// subcommand on the shim's command line.
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut args = vec!["--socket".into(), self.socket.clone().into(), "--state-dir".into(), self.state_dir.clone().into()];
+        let mut args =
+            vec!["--socket".into(), self.socket.clone().into(), "--state-dir".into(), self.state_dir.clone().into()];
         if self.no_pivot {
             args.push("--no-pivot".into());
         }
@@ -193,8 +194,8 @@ impl Shim {
         // A client that vanishes mid-write must give EPIPE, not kill the shim.
         // SAFETY: SIG_IGN installs no code.
         unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(sys("ignoring SIGPIPE"))?;
-        let (wake_read, wake_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(sys("creating the wake-up pipe"))?;
+        let (wake_read, wake_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(sys("creating the wake-up pipe"))?;
         WAKE_FD.store(wake_write.as_raw_fd(), Ordering::Relaxed);
         let action = signal::SigAction::new(
             SigHandler::Handler(on_sigchld),
@@ -221,29 +222,44 @@ impl Shim {
         match fs::remove_file(&options.socket) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ShimError::Io { action: "removing a stale socket", path: options.socket.clone(), source }),
+            Err(source) => {
+                return Err(ShimError::Io { action: "removing a stale socket", path: options.socket.clone(), source })
+            }
         }
         let listener = UnixListener::bind(&options.socket).map_err(io_err("listening on", &options.socket))?;
-        fs::set_permissions(&options.socket, fs::Permissions::from_mode(0o600)).map_err(io_err("restricting", &options.socket))?;
+        fs::set_permissions(&options.socket, fs::Permissions::from_mode(0o600))
+            .map_err(io_err("restricting", &options.socket))?;
         listener.set_nonblocking(true).map_err(io_err("setting non-blocking", &options.socket))?;
         remove_leftovers(&options.state_dir);
         raise_open_files_limit();
         tracing::info!(socket = %options.socket.display(), state = %options.state_dir.display(), no_pivot = options.no_pivot, "shim listening");
-        Ok(Self { options, listener, wake_read, _wake_write: wake_write, clients: Vec::new(), next_client: 0, containers: BTreeMap::new() })
+        Ok(Self {
+            options,
+            listener,
+            wake_read,
+            _wake_write: wake_write,
+            clients: Vec::new(),
+            next_client: 0,
+            containers: BTreeMap::new(),
+        })
     }
 
     /// One turn of the loop: wait for a connection, a request or a child's
     /// exit, and handle what came.
     fn turn(&mut self) -> Result<(), ShimError> {
         let (listener_ready, ready_clients) = {
-            let mut fds = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN), PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN)];
+            let mut fds = vec![
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN),
+            ];
             fds.extend(self.clients.iter().map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)));
             match poll(&mut fds, PollTimeout::from(TICK_MS)) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(source) => return Err(ShimError::Sys { action: "waiting for work", source }),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            let clients: Vec<u64> = fds[2..].iter().zip(&self.clients).filter(|(fd, _)| ready(fd)).map(|(_, c)| c.id).collect();
+            let clients: Vec<u64> =
+                fds[2..].iter().zip(&self.clients).filter(|(fd, _)| ready(fd)).map(|(_, c)| c.id).collect();
             (ready(&fds[0]), clients)
         };
         // Whatever woke us, reaping below covers it: the pipe only needs emptying.
@@ -307,7 +323,11 @@ impl Shim {
             lines.push(client.buffer.drain(..=end).collect::<Vec<u8>>());
         }
         if client.buffer.len() > MAX_LINE {
-            tracing::warn!(client = id, bytes = client.buffer.len(), "a client sent an over-long line; disconnecting it");
+            tracing::warn!(
+                client = id,
+                bytes = client.buffer.len(),
+                "a client sent an over-long line; disconnecting it"
+            );
             closed = true;
         }
         for line in lines {
@@ -374,20 +394,31 @@ impl Shim {
 
     fn handle(&mut self, request: Request) -> Result<Vec<ContainerState>, String> {
         match request {
-            Request::Create { id, bundle, stdout, stderr } => self.create(&id, &bundle, stdout.as_deref(), stderr.as_deref()).map(|s| vec![s]),
+            Request::Create { id, bundle, stdout, stderr } => {
+                self.create(&id, &bundle, stdout.as_deref(), stderr.as_deref()).map(|s| vec![s])
+            }
             Request::Kill { id, signal } => self.kill(&id, signal).map(|()| Vec::new()),
             Request::Delete { id } => self.delete(&id).map(|()| Vec::new()),
-            Request::State { id } => self.containers.get(&id).map(|e| vec![e.state.clone()]).ok_or_else(|| format!("no container {id:?}")),
+            Request::State { id } => {
+                self.containers.get(&id).map(|e| vec![e.state.clone()]).ok_or_else(|| format!("no container {id:?}"))
+            }
             Request::List => Ok(self.containers.values().map(|e| e.state.clone()).collect()),
         }
     }
 
-    fn create(&mut self, id: &str, bundle: &Path, stdout: Option<&Path>, stderr: Option<&Path>) -> Result<ContainerState, String> {
+    fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        stdout: Option<&Path>,
+        stderr: Option<&Path>,
+    ) -> Result<ContainerState, String> {
         if self.containers.contains_key(id) {
             return Err(format!("container {id:?} exists (delete it first)"));
         }
         let config_path = bundle.join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&config_path).map_err(|e| format!("container {id:?}: reading {}: {e}", config_path.display()))?;
+        let spec = oci_spec::runtime::Spec::load(&config_path)
+            .map_err(|e| format!("container {id:?}: reading {}: {e}", config_path.display()))?;
         let cgroup = spec
             .linux()
             .as_ref()
@@ -396,7 +427,9 @@ impl Shim {
         let stdin = File::open("/dev/null").map_err(|e| format!("container {id:?}: opening /dev/null: {e}"))?;
         let stdout = output(stdout).map_err(|e| format!("container {id:?}: {e}"))?;
         let stderr = output(stderr).map_err(|e| format!("container {id:?}: {e}"))?;
-        let what = |step: &str, e: libcontainer::error::LibcontainerError| format!("container {id:?}: {step} from bundle {}: {e}", bundle.display());
+        let what = |step: &str, e: libcontainer::error::LibcontainerError| {
+            format!("container {id:?}: {step} from bundle {}: {e}", bundle.display())
+        };
         let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
             .with_root_path(&self.options.state_dir)
             .map_err(|e| what("using the state directory", e))?
@@ -418,7 +451,10 @@ impl Shim {
             }
             return Err(message);
         }
-        let pid = container.pid().map(|p| p.as_raw()).ok_or_else(|| format!("container {id:?}: started but libcontainer reports no pid"))?;
+        let pid = container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| format!("container {id:?}: started but libcontainer reports no pid"))?;
         tracing::info!(id, pid, bundle = %bundle.display(), "container started");
         let state = ContainerState { id: id.to_owned(), bundle: bundle.to_owned(), pid, exit: None };
         self.containers.insert(id.to_owned(), Entry { state: state.clone(), cgroup });
@@ -432,7 +468,8 @@ impl Shim {
         }
         let signal = Signal::try_from(signal).map_err(|e| format!("container {id:?}: signal {signal}: {e}"))?;
         // The pid cannot have been reused: it is our child and is only released when we reap it.
-        signal::kill(Pid::from_raw(entry.state.pid), signal).map_err(|e| format!("container {id:?}: sending {signal} to pid {}: {e}", entry.state.pid))
+        signal::kill(Pid::from_raw(entry.state.pid), signal)
+            .map_err(|e| format!("container {id:?}: sending {signal} to pid {}: {e}", entry.state.pid))
     }
 
     fn delete(&mut self, id: &str) -> Result<(), String> {
@@ -442,8 +479,11 @@ impl Shim {
         }
         let root = self.options.state_dir.join(id);
         if root.exists() {
-            let mut container = Container::load(root.clone()).map_err(|e| format!("container {id:?}: loading {}: {e}", root.display()))?;
-            container.delete(true).map_err(|e| format!("container {id:?}: deleting (cgroup and {}): {e}", root.display()))?;
+            let mut container = Container::load(root.clone())
+                .map_err(|e| format!("container {id:?}: loading {}: {e}", root.display()))?;
+            container
+                .delete(true)
+                .map_err(|e| format!("container {id:?}: deleting (cgroup and {}): {e}", root.display()))?;
         }
         self.containers.remove(id);
         tracing::info!(id, "container deleted");
@@ -463,7 +503,8 @@ impl Shim {
                     return;
                 }
             };
-            let Some(entry) = self.containers.values_mut().find(|e| e.state.pid == pid && e.state.exit.is_none()) else {
+            let Some(entry) = self.containers.values_mut().find(|e| e.state.pid == pid && e.state.exit.is_none())
+            else {
                 // An orphan reparented to us (a container's stray descendant): reaped, nothing to report.
                 continue;
             };
@@ -483,11 +524,13 @@ impl Shim {
 /// CAP_SYS_RESOURCE (a test host) the soft limit goes up to the hard one.
 fn raise_open_files_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let most = fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
+    let most =
+        fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
     if setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
         return;
     }
-    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(_, hard)| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard));
+    let raised = getrlimit(Resource::RLIMIT_NOFILE)
+        .and_then(|(_, hard)| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard));
     match raised {
         Ok(hard) => tracing::info!(limit = hard, "open files limited to the hard limit the shim was given"),
         Err(error) => tracing::warn!(%error, "raising the open files limit; containers get the shim's own"),
@@ -509,7 +552,9 @@ fn remove_leftovers(state_dir: &Path) {
     for entry in entries.flatten() {
         let root = entry.path();
         let id = entry.file_name().to_string_lossy().into_owned();
-        let deleted = Container::load(root.clone()).map_err(|e| e.to_string()).and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
+        let deleted = Container::load(root.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
         match deleted {
             Ok(()) => tracing::warn!(id, "killed and deleted a container left by an earlier shim"),
             Err(error) => {
@@ -571,7 +616,11 @@ mod tests {
 
     #[test]
     fn options_round_trip_through_arguments() {
-        let options = ShimOptions { socket: "/run/kelson/shim.sock".into(), state_dir: "/run/kelson/containers".into(), no_pivot: true };
+        let options = ShimOptions {
+            socket: "/run/kelson/shim.sock".into(),
+            state_dir: "/run/kelson/containers".into(),
+            no_pivot: true,
+        };
         assert_eq!(ShimOptions::parse(options.to_args()).unwrap(), options);
         let plain = ShimOptions { no_pivot: false, ..options };
         assert_eq!(ShimOptions::parse(plain.to_args()).unwrap(), plain);
@@ -598,7 +647,11 @@ mod tests {
         let fifo = dir.path().join("log.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let err = output(Some(&fifo)).unwrap_err();
-        assert!(err.starts_with(&format!("opening output file {}: ", fifo.display())) && err.contains("No such device or address"), "{err}");
+        assert!(
+            err.starts_with(&format!("opening output file {}: ", fifo.display()))
+                && err.contains("No such device or address"),
+            "{err}"
+        );
 
         let _reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
         let writer = output(Some(&fifo)).unwrap();

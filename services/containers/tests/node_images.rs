@@ -17,8 +17,14 @@ use std::time::{Duration, Instant};
 
 const ETCD_REFS: [&str; 1] = ["registry.k8s.io/etcd:3.5.16-0"];
 /// As pods write them: short names normalise to the full ones the script gives.
-const BUSYBOX_REFS: [&str; 6] =
-    ["docker.io/library/busybox:latest", "busybox", "busybox:latest", "busybox:test", "docker.io/library/busybox:test", "kelson/busybox:test"];
+const BUSYBOX_REFS: [&str; 6] = [
+    "docker.io/library/busybox:latest",
+    "busybox",
+    "busybox:latest",
+    "busybox:test",
+    "docker.io/library/busybox:test",
+    "kelson/busybox:test",
+];
 const PAUSE_REFS: [&str; 1] = ["registry.k8s.io/pause:3.9"];
 
 fn script() -> PathBuf {
@@ -93,7 +99,11 @@ fn terminate_when_trapped(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|m| u64::from_str_radix(m.trim(), 16).unwrap()).unwrap_or(0);
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+            .unwrap_or(0);
         if caught & (1 << (libc::SIGTERM - 1)) != 0 {
             break;
         }
@@ -143,7 +153,8 @@ fn check_layouts(layouts: &Path, unpacked: &Path) {
     let root = store.unpack(&pause).unwrap();
     let entrypoint = pause.defaults().entrypoint;
     // (stderr: without /dev in a chroot, the shell complains it cannot give the sleep /dev/null.)
-    let mut child = Command::new("chroot").arg(&root).args(&entrypoint).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new("chroot").arg(&root).args(&entrypoint).stderr(std::process::Stdio::null()).spawn().unwrap();
     terminate_when_trapped(child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -164,7 +175,8 @@ fn the_layouts_the_image_build_writes_resolve_unpack_and_run() {
     let out = dir.path().join("images");
     let run = run_script(&root, &out);
     assert!(run.status.success(), "oci-images.py failed: {}", String::from_utf8_lossy(&run.stderr));
-    let mut names: Vec<String> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["busybox", "etcd", "pause"], "one layout per image, and no staging left behind");
     check_layouts(&out, &dir.path().join("unpacked"));
@@ -189,7 +201,11 @@ fn the_layouts_the_image_build_writes_resolve_unpack_and_run() {
     let again = dir.path().join("again");
     assert!(run_script(&root, &again).status.success());
     for name in ["etcd", "busybox", "pause"] {
-        assert_eq!(fs::read(out.join(name).join("index.json")).unwrap(), fs::read(again.join(name).join("index.json")).unwrap(), "{name}");
+        assert_eq!(
+            fs::read(out.join(name).join("index.json")).unwrap(),
+            fs::read(again.join(name).join("index.json")).unwrap(),
+            "{name}"
+        );
     }
 }
 

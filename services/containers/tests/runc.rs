@@ -13,7 +13,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn runc(cgroup: &Cgroup2, state: &Path, bundle: &Path, id: &str) -> std::process::Output {
-    let args: Vec<OsString> = ["--root".into(), state.into(), "run".into(), "--bundle".into(), bundle.into(), id.into()].to_vec();
+    let args: Vec<OsString> =
+        ["--root".into(), state.into(), "run".into(), "--bundle".into(), bundle.into(), id.into()].to_vec();
     let (program, args) = cgroup.wrap(Path::new("runc"), &args);
     Command::new(program).args(args).output().expect("runc must be installed (apt-get install runc)")
 }
@@ -62,7 +63,11 @@ fn runc_applies_the_memory_and_cpu_limits() {
     let mut config = container(
         id,
         &rootfs,
-        &["sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory.min /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu.weight"],
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory.min /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu.weight",
+        ],
         cgroup.path_for(id),
     );
     config.resources.memory_max = Some(32 << 20);
@@ -83,7 +88,8 @@ fn runc_loads_kelsons_runtime_default_filter_with_the_same_refusal() {
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
     let id = "kelson-runc-seccomp";
-    let script = "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null && echo unshare-ok || echo unshare-refused";
+    let script =
+        "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null && echo unshare-ok || echo unshare-refused";
     let mut config = container(id, &rootfs, &["sh", "-c", script], cgroup.path_for(id));
     config.security.seccomp_runtime_default = true;
     let bundle_dir = dir.path().join("bundle");

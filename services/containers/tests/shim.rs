@@ -40,7 +40,8 @@ impl Shim {
     fn spawn(cgroup: &Cgroup2, dir: &Path, no_pivot: bool) -> Child {
         let options = ShimOptions { socket: dir.join("shim.sock"), state_dir: dir.join("state"), no_pivot };
         // KELSON_SHIM_BIN runs these tests against another build of the shim (e.g. the static one).
-        let binary = std::env::var_os("KELSON_SHIM_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-shim")), PathBuf::from);
+        let binary = std::env::var_os("KELSON_SHIM_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-shim")), PathBuf::from);
         let (program, prefix_args) = cgroup.wrap(&binary, &[]);
         let command = ShimCommand { program, prefix_args, with_subcommand: false, options };
         command.command().stdout(Stdio::null()).spawn().expect("spawning the shim")
@@ -88,7 +89,10 @@ impl Drop for Shim {
 }
 
 async fn next_exit(client: &mut ShimClient) -> ExitEvent {
-    tokio::time::timeout(EXIT_WAIT, client.next_event()).await.expect("no exit event in time").expect("reading an exit event")
+    tokio::time::timeout(EXIT_WAIT, client.next_event())
+        .await
+        .expect("no exit event in time")
+        .expect("reading an exit event")
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -130,7 +134,10 @@ async fn a_sleeper_killed_with_sigkill_is_reported_as_signal_9() {
 
     client.kill("sleeper", libc::SIGKILL).await.unwrap();
     let exit = next_exit(&mut client).await;
-    assert_eq!(exit, ExitEvent { id: "sleeper".into(), pid: state.pid, code: None, signal: Some(libc::SIGKILL), oom_killed: false });
+    assert_eq!(
+        exit,
+        ExitEvent { id: "sleeper".into(), pid: state.pid, code: None, signal: Some(libc::SIGKILL), oom_killed: false }
+    );
     let err = client.kill("sleeper", libc::SIGTERM).await.unwrap_err();
     assert!(err.to_string().contains("already exited"), "{err}");
     client.delete("sleeper").await.unwrap();
@@ -143,7 +150,8 @@ async fn containers_outlive_the_client_and_a_new_client_gets_their_state() {
     // A pid namespace's init gets only the signals it handles: hence the trap.
     let long_script = "trap 'exit 42' TERM; while true; do sleep 0.1; done";
     let sleeper = client.create("long", &shim.bundle(&shim.config("long", long_script)), None, None).await.unwrap();
-    let quick = client.create("quick", &shim.bundle(&shim.config("quick", "sleep 1; exit 7")), None, None).await.unwrap();
+    let quick =
+        client.create("quick", &shim.bundle(&shim.config("quick", "sleep 1; exit 7")), None, None).await.unwrap();
     drop(client);
 
     // "quick" exits while no client is connected.
@@ -152,7 +160,8 @@ async fn containers_outlive_the_client_and_a_new_client_gets_their_state() {
     let (mut client, states) = shim.connect().await;
     let long = states.iter().find(|s| s.id == "long").unwrap();
     assert_eq!((long.pid, &long.exit), (sleeper.pid, &None));
-    let missed = states.iter().find(|s| s.id == "quick").unwrap().exit.clone().expect("the exit while disconnected is kept");
+    let missed =
+        states.iter().find(|s| s.id == "quick").unwrap().exit.clone().expect("the exit while disconnected is kept");
     assert_eq!((missed.pid, missed.code), (quick.pid, Some(7)));
 
     client.kill("long", libc::SIGTERM).await.unwrap();
@@ -185,7 +194,10 @@ async fn a_container_over_its_memory_limit_is_reported_oom_killed() {
     let state = client.create("hog", &shim.bundle(&config), Some(&shim.log("hog")), None).await.unwrap();
     let exit = next_exit(&mut client).await;
     assert_eq!((exit.pid, exit.signal, exit.oom_killed), (state.pid, Some(libc::SIGKILL), true), "{exit:?}");
-    assert_eq!(std::fs::read_to_string(shim.cgroup.host_path(&config.cgroups_path).join("memory.max")).unwrap().trim(), (16u64 << 20).to_string());
+    assert_eq!(
+        std::fs::read_to_string(shim.cgroup.host_path(&config.cgroups_path).join("memory.max")).unwrap().trim(),
+        (16u64 << 20).to_string()
+    );
     client.delete("hog").await.unwrap();
 }
 
@@ -233,8 +245,16 @@ async fn an_image_from_the_store_runs_on_an_overlay_root_without_pivot_root() {
     drop(client);
     drop(shim);
 
-    assert_eq!(std::fs::read_to_string(lower.join("etc/motd")).unwrap(), "from the image\n", "the image's tree is never written");
-    assert_eq!(std::fs::read_to_string(layout.upper.join("etc/motd")).unwrap(), "written\n", "writes land in the container's upper dir");
+    assert_eq!(
+        std::fs::read_to_string(lower.join("etc/motd")).unwrap(),
+        "from the image\n",
+        "the image's tree is never written"
+    );
+    assert_eq!(
+        std::fs::read_to_string(layout.upper.join("etc/motd")).unwrap(),
+        "written\n",
+        "writes land in the container's upper dir"
+    );
     rootfs::remove(&SystemMounter, &container_dir).unwrap();
     assert!(!layout.merged.exists());
 }
@@ -266,7 +286,8 @@ async fn a_container_joins_the_sandboxs_namespaces_with_its_own_root_and_capabil
     let sandbox_state = client.create("sandbox", &shim.bundle(&sandbox), None, None).await.unwrap();
     let ns = |kind: &str| kelson_containers::Namespace::Join(format!("/proc/{}/ns/{kind}", sandbox_state.pid).into());
 
-    let script = "hostname; for n in net ipc uts mnt; do readlink /proc/self/ns/$n; done; grep CapEff /proc/self/status";
+    let script =
+        "hostname; for n in net ipc uts mnt; do readlink /proc/self/ns/$n; done; grep CapEff /proc/self/status";
     let mut app = shim.config("app", script);
     app.hostname = None;
     app.namespaces = kelson_containers::Namespaces { network: ns("net"), ipc: ns("ipc"), uts: ns("uts") };
@@ -277,7 +298,9 @@ async fn a_container_joins_the_sandboxs_namespaces_with_its_own_root_and_capabil
     let output = std::fs::read_to_string(&out).unwrap();
     assert_eq!((exit.id.as_str(), exit.code), ("app", Some(0)), "{output}");
 
-    let sandbox_ns = |kind: &str| std::fs::read_link(format!("/proc/{}/ns/{kind}", sandbox_state.pid)).unwrap().to_string_lossy().into_owned();
+    let sandbox_ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/{}/ns/{kind}", sandbox_state.pid)).unwrap().to_string_lossy().into_owned()
+    };
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines[0], "sandbox", "the sandbox's UTS namespace, so its hostname");
     assert_eq!(&lines[1..4], [sandbox_ns("net"), sandbox_ns("ipc"), sandbox_ns("uts")]);
@@ -300,7 +323,11 @@ async fn every_client_gets_exits_a_second_shim_refuses_the_socket_and_garbage_ge
         program: env!("CARGO_BIN_EXE_kelson-shim").into(),
         prefix_args: Vec::new(),
         with_subcommand: false,
-        options: ShimOptions { socket: shim.socket.clone(), state_dir: shim.dir.path().join("state2"), no_pivot: false },
+        options: ShimOptions {
+            socket: shim.socket.clone(),
+            state_dir: shim.dir.path().join("state2"),
+            no_pivot: false,
+        },
     };
     let output = second_shim.command().output().unwrap();
     assert!(!output.status.success());
@@ -324,7 +351,10 @@ async fn every_client_gets_exits_a_second_shim_refuses_the_socket_and_garbage_ge
     write.write_all(b"not json\n{\"seq\":9,\"op\":\"state\",\"id\":\"x\"}\n").await.unwrap();
     let reply = lines.next_line().await.unwrap().unwrap();
     assert!(reply.starts_with(r#"{"type":"reply","seq":0,"result":{"Err":"malformed request: "#), "{reply}");
-    assert_eq!(lines.next_line().await.unwrap().unwrap(), r#"{"type":"reply","seq":9,"result":{"Err":"no container \"x\""}}"#);
+    assert_eq!(
+        lines.next_line().await.unwrap().unwrap(),
+        r#"{"type":"reply","seq":9,"result":{"Err":"no container \"x\""}}"#
+    );
 }
 
 /// Whether `pid` is gone or only a zombie waiting for its new parent.
@@ -400,7 +430,9 @@ async fn the_runtime_default_filter_refuses_a_user_namespace_an_unfiltered_conta
         outputs.push(std::fs::read_to_string(&out).unwrap());
         client.delete(id).await.unwrap();
     }
-    let words = |text: &str| text.split_whitespace().filter(|w| !w.starts_with("unshare:")).map(str::to_owned).collect::<Vec<_>>();
+    let words = |text: &str| {
+        text.split_whitespace().filter(|w| !w.starts_with("unshare:")).map(str::to_owned).collect::<Vec<_>>()
+    };
     assert_eq!(words(&outputs[0]), ["Seccomp:", "0", "unshare-ok"], "without the filter: {}", outputs[0]);
     assert_eq!(words(&outputs[1]).first().map(String::as_str), Some("Seccomp:"), "{}", outputs[1]);
     assert_eq!(words(&outputs[1])[1], "2", "a filter is installed: {}", outputs[1]);

@@ -79,7 +79,10 @@ fn images_resolve_by_normalised_name_tag_and_digest() {
         match store.resolve(unknown) {
             Err(ResolveError::NotFound { reference, store, .. }) => {
                 assert_eq!(store, layouts);
-                assert!(reference.contains(unknown.rsplit('/').next().unwrap().split(':').next().unwrap()), "{reference}");
+                assert!(
+                    reference.contains(unknown.rsplit('/').next().unwrap().split(':').next().unwrap()),
+                    "{reference}"
+                );
             }
             other => panic!("{unknown}: expected NotFound, got {other:?}"),
         }
@@ -89,7 +92,12 @@ fn images_resolve_by_normalised_name_tag_and_digest() {
     fs::write(layouts.join("aaa-broken/index.json"), "{not json").unwrap();
     assert_eq!(store.resolve("pause:3.9").unwrap().manifest_digest, pause);
     let err = store.resolve("coredns:1.11").unwrap_err();
-    assert!(err.is_not_found() && err.to_string().contains("unreadable layouts: ") && err.to_string().contains("aaa-broken/index.json"), "{err}");
+    assert!(
+        err.is_not_found()
+            && err.to_string().contains("unreadable layouts: ")
+            && err.to_string().contains("aaa-broken/index.json"),
+        "{err}"
+    );
 
     let missing = ImageStore::new(dir.path().join("nowhere"), dir.path().join("u"));
     assert!(missing.resolve("busybox").unwrap_err().is_not_found());
@@ -105,7 +113,8 @@ fn layers_unpack_in_order_with_whiteouts_modes_owners_and_links() {
     let store = ImageStore::new(&layouts, dir.path().join("unpacked"));
     let image = store.resolve("registry.k8s.io/tools:1.0").unwrap();
     // What a crashed unpack (pid 999999999, gone) left behind is removed.
-    let stale = dir.path().join("unpacked").join(format!(".partial-{}-999999999", image.manifest_digest.replace(':', "-")));
+    let stale =
+        dir.path().join("unpacked").join(format!(".partial-{}-999999999", image.manifest_digest.replace(':', "-")));
     fs::create_dir_all(stale.join("half")).unwrap();
     let defaults = image.defaults();
     assert_eq!((defaults.entrypoint, defaults.cmd), (vec!["/bin/tool".to_owned()], vec!["--serve".to_owned()]));
@@ -131,7 +140,11 @@ fn layers_unpack_in_order_with_whiteouts_modes_owners_and_links() {
     fs::write(root.join("marker"), b"").unwrap();
     assert_eq!(store.unpack(&image).unwrap(), root);
     assert!(root.join("marker").exists());
-    let leftovers: Vec<_> = fs::read_dir(dir.path().join("unpacked")).unwrap().flatten().filter(|e| e.file_name() != root.file_name().unwrap()).collect();
+    let leftovers: Vec<_> = fs::read_dir(dir.path().join("unpacked"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != root.file_name().unwrap())
+        .collect();
     assert!(leftovers.is_empty(), "no temporary directory left: {leftovers:?}");
 }
 
@@ -154,7 +167,9 @@ fn a_corrupted_blob_is_refused_and_nothing_is_left_unpacked() {
     // A tampered manifest is caught when resolving.
     let manifest = layouts.join("tools/blobs/sha256").join(image.manifest_digest.trim_start_matches("sha256:"));
     fs::write(&manifest, b"{}").unwrap();
-    assert!(matches!(store.resolve("registry.k8s.io/tools:1.0"), Err(ResolveError::DigestMismatch { path, .. }) if path == manifest));
+    assert!(
+        matches!(store.resolve("registry.k8s.io/tools:1.0"), Err(ResolveError::DigestMismatch { path, .. }) if path == manifest)
+    );
 }
 
 #[test]
@@ -171,11 +186,7 @@ fn layers_that_reach_outside_the_root_are_refused() {
             tar(&[Entry::Symlink("link", outside.to_str().unwrap()), Entry::File("link/escaped", b"x", 0o644)]),
             "a parent directory is a symlink",
         ),
-        (
-            "hardlink-out",
-            tar(&[Entry::Hardlink("stolen", "../../etc/passwd")]),
-            "contains '..'",
-        ),
+        ("hardlink-out", tar(&[Entry::Hardlink("stolen", "../../etc/passwd")]), "contains '..'"),
     ];
     for (name, layer, reason) in cases {
         let root = dir.path().join(name).join("root");
@@ -207,7 +218,12 @@ fn layers_that_reach_outside_the_root_are_refused() {
 fn an_unknown_layer_media_type_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let layouts = dir.path().join("layouts");
-    write_layout(&layouts.join("odd"), json!({ "io.containerd.image.name": "odd:1" }), &[("application/x-rar", vec![1, 2, 3])], json!({}));
+    write_layout(
+        &layouts.join("odd"),
+        json!({ "io.containerd.image.name": "odd:1" }),
+        &[("application/x-rar", vec![1, 2, 3])],
+        json!({}),
+    );
     let store = ImageStore::new(&layouts, dir.path().join("unpacked"));
     let err = store.unpack(&store.resolve("odd:1").unwrap()).unwrap_err();
     assert!(matches!(&err, UnpackError::MediaType { media_type, .. } if media_type == "application/x-rar"), "{err}");

@@ -5,12 +5,12 @@
 //! iptables chain) is removed. A failing step is reported and the later,
 //! independent steps still run.
 
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use crate::iptables::{ensure_masquerade, IptablesError};
 use crate::netlink::{by_name, Address, Link, Netlink, NlError, Route, KELSON_PROTO};
 use crate::plan::{BridgePlan, LinkSelector, NetPlan, UplinkMode, UplinkPlan};
 use crate::runner::CommandRunner;
 use ipnet::Ipv4Net;
+use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -55,10 +55,17 @@ pub struct Host<N, R> {
 pub enum Outcome {
     /// The kernel already had what the plan wants.
     Unchanged,
-    Changed { changes: Vec<String> },
-    Skipped { reason: String },
+    Changed {
+        changes: Vec<String>,
+    },
+    Skipped {
+        reason: String,
+    },
     /// Some or all of the step failed; `changes` lists what it did do.
-    Failed { errors: Vec<String>, changes: Vec<String> },
+    Failed {
+        errors: Vec<String>,
+        changes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -133,29 +140,73 @@ pub enum StepError {
     #[error("link {link} is missing")]
     MissingLink { link: String },
     #[error("setting link {link} up")]
-    SetUp { link: String, #[source] source: NlError },
+    SetUp {
+        link: String,
+        #[source]
+        source: NlError,
+    },
     #[error("setting MTU {mtu} on link {link}")]
-    SetMtu { link: String, mtu: u32, #[source] source: NlError },
+    SetMtu {
+        link: String,
+        mtu: u32,
+        #[source]
+        source: NlError,
+    },
     #[error("creating bridge {name}")]
-    CreateBridge { name: String, #[source] source: NlError },
+    CreateBridge {
+        name: String,
+        #[source]
+        source: NlError,
+    },
     #[error("{name} exists but is a {kind} link, not a bridge")]
     NotABridge { name: String, kind: String },
     #[error("adding address {addr} to link {link}")]
-    AddAddress { link: String, addr: Ipv4Net, #[source] source: NlError },
+    AddAddress {
+        link: String,
+        addr: Ipv4Net,
+        #[source]
+        source: NlError,
+    },
     #[error("removing address {addr} from link {link}")]
-    DelAddress { link: String, addr: Ipv4Net, #[source] source: NlError },
+    DelAddress {
+        link: String,
+        addr: Ipv4Net,
+        #[source]
+        source: NlError,
+    },
     #[error("adding route {route}")]
-    AddRoute { route: String, #[source] source: NlError },
+    AddRoute {
+        route: String,
+        #[source]
+        source: NlError,
+    },
     #[error("removing route {route}")]
-    DelRoute { route: String, #[source] source: NlError },
+    DelRoute {
+        route: String,
+        #[source]
+        source: NlError,
+    },
     #[error("{path} does not exist ({hint})")]
     MissingSysctl { path: PathBuf, hint: &'static str },
     #[error("reading {path}")]
-    ReadSysctl { path: PathBuf, #[source] source: std::io::Error },
+    ReadSysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {value:?} to {path}")]
-    WriteSysctl { path: PathBuf, value: String, #[source] source: std::io::Error },
+    WriteSysctl {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {path}")]
-    WriteFile { path: PathBuf, #[source] source: AtomicWriteError },
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: AtomicWriteError,
+    },
     #[error("setting up the MASQUERADE rule")]
     Masquerade(#[source] IptablesError),
     #[error("setting up the MASQUERADE rule: the task running iptables failed: {0}")]
@@ -260,7 +311,10 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
 
     match &plan.bridge {
         Some(bridge) => {
-            report.push(format!("bridge {}", bridge.name), apply_bridge(nl, &host.paths.proc_sys, bridge, &mut wanted).await.outcome());
+            report.push(
+                format!("bridge {}", bridge.name),
+                apply_bridge(nl, &host.paths.proc_sys, bridge, &mut wanted).await.outcome(),
+            );
             for (name, hint) in [
                 ("net.ipv4.ip_forward", "is /proc mounted?"),
                 ("net.bridge.bridge-nf-call-iptables", "load the br_netfilter module first"),
@@ -316,7 +370,13 @@ fn select<'a>(links: &'a [Link], select: &LinkSelector) -> Option<&'a Link> {
 }
 
 /// Finds the link, sets MTU and up: what both static and DHCP uplinks need.
-async fn prepare_link<N: Netlink>(nl: &N, field: &str, sel: &LinkSelector, mtu: Option<u32>, step: &mut Step) -> Option<Link> {
+async fn prepare_link<N: Netlink>(
+    nl: &N,
+    field: &str,
+    sel: &LinkSelector,
+    mtu: Option<u32>,
+    step: &mut Step,
+) -> Option<Link> {
     let links = match nl.links().await {
         Ok(l) => l,
         Err(e) => {
@@ -367,7 +427,8 @@ fn promote_secondaries(proc_sys: &Path, link: &str, step: &mut Step) {
 /// Removes Kelson's addresses on `link` that are not in `want` (after the
 /// wanted ones are in place; see [`promote_secondaries`]).
 async fn remove_unwanted_on_link<N: Netlink>(nl: &N, have: &[Address], link: &Link, want: &[Ipv4Net], step: &mut Step) {
-    for a in have.iter().filter(|a| a.link == link.index && a.protocol == Some(KELSON_PROTO) && !want.contains(&a.addr)) {
+    for a in have.iter().filter(|a| a.link == link.index && a.protocol == Some(KELSON_PROTO) && !want.contains(&a.addr))
+    {
         match nl.del_address(link.index, a.addr).await {
             Ok(()) => step.change(format!("removed {}", a.addr)),
             Err(e) if e.is_gone() => {}
@@ -399,7 +460,12 @@ async fn ensure_route<N: Netlink>(nl: &N, have: &[Route], links: &[Link], want: 
     }
 }
 
-async fn apply_uplink<N: Netlink>(nl: &N, proc_sys: &Path, uplink: &UplinkPlan, wanted: &mut Wanted) -> (String, Step, Option<DhcpUplink>) {
+async fn apply_uplink<N: Netlink>(
+    nl: &N,
+    proc_sys: &Path,
+    uplink: &UplinkPlan,
+    wanted: &mut Wanted,
+) -> (String, Step, Option<DhcpUplink>) {
     let mut step = Step::default();
     let Some(link) = prepare_link(nl, &uplink.field, &uplink.select, uplink.mtu, &mut step).await else {
         if step.errors.iter().any(|e| e.starts_with("listing")) {
@@ -431,7 +497,12 @@ async fn apply_uplink<N: Netlink>(nl: &N, proc_sys: &Path, uplink: &UplinkPlan, 
         .map(|r| Route { dst: r.to, gateway: Some(r.via), link: Some(link.index), protocol: KELSON_PROTO })
         .collect();
     if let Some(gw) = gateway {
-        want_routes.push(Route { dst: Ipv4Net::default(), gateway: Some(*gw), link: Some(link.index), protocol: KELSON_PROTO });
+        want_routes.push(Route {
+            dst: Ipv4Net::default(),
+            gateway: Some(*gw),
+            link: Some(link.index),
+            protocol: KELSON_PROTO,
+        });
     }
     wanted.routes.extend(&want_routes);
     if want_routes.is_empty() {
@@ -453,9 +524,8 @@ async fn apply_uplink<N: Netlink>(nl: &N, proc_sys: &Path, uplink: &UplinkPlan, 
 
 async fn apply_bridge<N: Netlink>(nl: &N, proc_sys: &Path, bridge: &BridgePlan, wanted: &mut Wanted) -> Step {
     let mut step = Step::default();
-    let find = || async {
-        nl.links().await.map(|links| by_name(&links, &bridge.name).cloned()).map_err(StepError::ListLinks)
-    };
+    let find =
+        || async { nl.links().await.map(|links| by_name(&links, &bridge.name).cloned()).map_err(StepError::ListLinks) };
     let mut found = find().await;
     if let Ok(None) = found {
         match nl.create_bridge(&bridge.name).await {
@@ -610,7 +680,10 @@ pub(crate) fn write_resolv_conf(path: &Path, nameservers: &[IpAddr], source: &st
         return StepResult(Ok(None));
     }
     match write_atomic(path, text.as_bytes(), 0o644) {
-        Ok(()) => StepResult(Ok(Some(format!("nameservers {}", nameservers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "))))),
+        Ok(()) => StepResult(Ok(Some(format!(
+            "nameservers {}",
+            nameservers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
+        )))),
         Err(source) => StepResult(Err(StepError::WriteFile { path: path.to_owned(), source })),
     }
 }

@@ -15,8 +15,8 @@
 //! cniVersion 1.0.0 is accepted by containernetworking-plugins 1.1.1, the
 //! version in Debian bookworm and trixie.
 
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use crate::plan::BridgePlan;
+use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 

@@ -128,7 +128,10 @@ impl FakeNetlink {
 
     fn link_mut<'a>(&self, s: &'a mut State, index: u32) -> Result<&'a mut FakeLink, NlError> {
         let ns = self.ns.clone();
-        s.links.iter_mut().find(|l| l.ns == ns && l.link.index == index).ok_or_else(|| NlError::from_errno(libc::ENODEV))
+        s.links
+            .iter_mut()
+            .find(|l| l.ns == ns && l.link.index == index)
+            .ok_or_else(|| NlError::from_errno(libc::ENODEV))
     }
 
     fn create(&self, s: &mut State, name: &str, kind: &str) -> Result<u64, NlError> {
@@ -143,7 +146,15 @@ impl FakeNetlink {
             id,
             peer: None,
             ns: self.ns.clone(),
-            link: Link { index, name: name.into(), mac: Some(mac), mtu: 1500, up: false, kind: Some(kind.into()), controller: None },
+            link: Link {
+                index,
+                name: name.into(),
+                mac: Some(mac),
+                mtu: 1500,
+                up: false,
+                kind: Some(kind.into()),
+                controller: None,
+            },
         });
         Ok(id)
     }

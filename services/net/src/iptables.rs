@@ -53,7 +53,8 @@ impl<R: CommandRunner> Iptables<'_, R> {
 
     fn output(&self, cmd: Command, nonzero_is_answer: bool) -> Result<Option<String>, IptablesError> {
         let command = command_line(&cmd);
-        let out = self.runner.output(cmd).map_err(|source| IptablesError::Spawn { command: command.clone(), source })?;
+        let out =
+            self.runner.output(cmd).map_err(|source| IptablesError::Spawn { command: command.clone(), source })?;
         if out.status.success() {
             Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
         } else if nonzero_is_answer {
@@ -244,9 +245,14 @@ pub(crate) mod tests {
                         t.entry(chain).or_default().clear();
                     } else {
                         let mut words = line.splitn(3, ' ');
-                        let (op, chain, rule) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap_or(""));
+                        let (op, chain, rule) =
+                            (words.next().unwrap(), words.next().unwrap(), words.next().unwrap_or(""));
                         let Some(rules) = t.get_mut(chain) else {
-                            return fake_output(2, "", &format!("iptables-restore: line: chain {chain} does not exist"));
+                            return fake_output(
+                                2,
+                                "",
+                                &format!("iptables-restore: line: chain {chain} does not exist"),
+                            );
                         };
                         match op {
                             "-A" => rules.push(rule.to_owned()),
@@ -269,7 +275,8 @@ pub(crate) mod tests {
                 "-S" => match t.get(&chain) {
                     None => missing,
                     Some(rules) => {
-                        let head = if chain == "POSTROUTING" { "-P POSTROUTING ACCEPT".into() } else { format!("-N {chain}") };
+                        let head =
+                            if chain == "POSTROUTING" { "-P POSTROUTING ACCEPT".into() } else { format!("-N {chain}") };
                         let lines: Vec<String> =
                             std::iter::once(head).chain(rules.iter().map(|r| format!("-A {chain} {r}"))).collect();
                         fake_output(0, &(lines.join("\n") + "\n"), "")
@@ -399,8 +406,11 @@ pub(crate) mod tests {
 
     #[test]
     fn a_failing_iptables_names_the_command_and_its_stderr() {
-        let runner = FakeRunner::new(|_| fake_output(4, "", "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id"));
-        let err = ensure_masquerade(&runner, Path::new("/usr/sbin/iptables"), &touched(), cidr("10.244.0.0/16")).unwrap_err();
+        let runner = FakeRunner::new(|_| {
+            fake_output(4, "", "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id")
+        });
+        let err =
+            ensure_masquerade(&runner, Path::new("/usr/sbin/iptables"), &touched(), cidr("10.244.0.0/16")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "`/usr/sbin/iptables-save -t nat` exited with 4: iptables v1.8.9 (nf_tables): Could not fetch rule set generation id"

@@ -320,7 +320,10 @@ fn uplink_plan(p: &mut Problems, i: usize, u: &kelson_config::Uplink, cluster: O
             Some(LinkSelector::Name(name.clone()))
         }
         (Some(name), None) => {
-            p.push(format!("{field}.name"), format!("{name:?} is not an interface name (1 to 15 characters, no '/' or spaces)"));
+            p.push(
+                format!("{field}.name"),
+                format!("{name:?} is not an interface name (1 to 15 characters, no '/' or spaces)"),
+            );
             None
         }
         (None, Some(mac)) => match parse_mac(mac) {
@@ -356,7 +359,9 @@ fn uplink_plan(p: &mut Problems, i: usize, u: &kelson_config::Uplink, cluster: O
                         addresses.push(net);
                     }
                 }
-                Ok(ipnet::IpNet::V6(_)) => p.push(path, format!("{a:?} is IPv6, which kelson-net does not support yet")),
+                Ok(ipnet::IpNet::V6(_)) => {
+                    p.push(path, format!("{a:?} is IPv6, which kelson-net does not support yet"))
+                }
                 Err(_) => p.push(path, format!("{a:?} is not an address with a prefix length (10.0.0.5/24)")),
             }
         }
@@ -411,8 +416,14 @@ mod tests {
         let bridge = plan.bridge.unwrap();
         assert_eq!(bridge.address.to_string(), "10.244.1.1/24");
         assert_eq!(bridge.mtu, 1460);
-        assert_eq!(bridge.kelson_range, AddressRange { first: "10.244.1.2".parse().unwrap(), last: "10.244.1.127".parse().unwrap() });
-        assert_eq!(bridge.cni_range, AddressRange { first: "10.244.1.128".parse().unwrap(), last: "10.244.1.254".parse().unwrap() });
+        assert_eq!(
+            bridge.kelson_range,
+            AddressRange { first: "10.244.1.2".parse().unwrap(), last: "10.244.1.127".parse().unwrap() }
+        );
+        assert_eq!(
+            bridge.cni_range,
+            AddressRange { first: "10.244.1.128".parse().unwrap(), last: "10.244.1.254".parse().unwrap() }
+        );
         assert_eq!(plan.cluster_cidr.unwrap().to_string(), "10.244.0.0/16");
         assert_eq!(plan.uplinks[0].select, LinkSelector::Name("eth0".into()));
         assert_eq!(plan.peer_routes[0].via.to_string(), "192.168.10.6");
@@ -450,7 +461,10 @@ mod tests {
         let mut n = network();
         n.mtu = Some(100);
         n.uplinks[0].mtu = Some(65536);
-        assert_eq!(errors(&n), ["network.mtu: 100 is outside 576..=9000", "network.uplinks[0].mtu: 65536 is outside 576..=9000"]);
+        assert_eq!(
+            errors(&n),
+            ["network.mtu: 100 is outside 576..=9000", "network.uplinks[0].mtu: 65536 is outside 576..=9000"]
+        );
     }
 
     #[test]
@@ -468,7 +482,10 @@ mod tests {
     fn a_pod_cidr_without_a_cluster_cidr_is_refused() {
         let mut n = network();
         n.cluster_cidr = None;
-        assert_eq!(errors(&n), ["network.clusterCIDR: required when network.podCIDR is set (the MASQUERADE rule exempts it)"]);
+        assert_eq!(
+            errors(&n),
+            ["network.clusterCIDR: required when network.podCIDR is set (the MASQUERADE rule exempts it)"]
+        );
     }
 
     #[test]
@@ -494,7 +511,11 @@ mod tests {
     fn uplinks_must_pick_one_distinct_link_each() {
         let mut n = network();
         n.uplinks.push(Uplink { name: Some("eth0".into()), dhcp4: true, ..Default::default() });
-        n.uplinks.push(Uplink { name: Some("eth1".into()), mac: Some("52:54:00:00:00:01".into()), ..Default::default() });
+        n.uplinks.push(Uplink {
+            name: Some("eth1".into()),
+            mac: Some("52:54:00:00:00:01".into()),
+            ..Default::default()
+        });
         n.uplinks.push(Uplink { mac: Some("52:54:00:00:00:zz".into()), ..Default::default() });
         assert_eq!(
             errors(&n),
@@ -510,7 +531,10 @@ mod tests {
     fn an_uplink_address_inside_the_cluster_cidr_is_refused() {
         let mut n = network();
         n.uplinks[0].addresses = vec!["10.244.200.5/24".into()];
-        assert_eq!(errors(&n), ["network.uplinks[0].addresses[0]: 10.244.200.5/24 overlaps network.clusterCIDR 10.244.0.0/16"]);
+        assert_eq!(
+            errors(&n),
+            ["network.uplinks[0].addresses[0]: 10.244.200.5/24 overlaps network.clusterCIDR 10.244.0.0/16"]
+        );
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //! collide.
 
 use crate::apply::chain;
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use crate::netlink::{by_name, Netlink, NlError, Route, KELSON_PROTO};
 use crate::plan::BridgePlan;
 use ipnet::Ipv4Net;
+use kelson_config::atomic::{write_atomic, AtomicWriteError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -49,15 +49,29 @@ struct Store {
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
     #[error("reading the pod address store {path}")]
-    ReadStore { path: PathBuf, #[source] source: std::io::Error },
+    ReadStore {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the pod address store {path} is not valid (left as it is)")]
-    CorruptStore { path: PathBuf, #[source] source: serde_json::Error },
+    CorruptStore {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("saving the pod address store")]
     WriteStore(#[source] AtomicWriteError),
     #[error("no free address left in {first}-{last} for pod {pod_id}")]
     Exhausted { pod_id: String, first: Ipv4Addr, last: Ipv4Addr },
     #[error("pod {pod_id} (netns {netns}): {action}")]
-    Kernel { pod_id: String, netns: PathBuf, action: String, #[source] source: NlError },
+    Kernel {
+        pod_id: String,
+        netns: PathBuf,
+        action: String,
+        #[source]
+        source: NlError,
+    },
 }
 
 /// Attaches and detaches pod network namespaces. One per node; calls are
@@ -178,9 +192,8 @@ impl<N: Netlink> PodNetwork<N> {
     async fn pod_side_is_configured(&self, netns: &Path, attachment: &PodAttachment) -> bool {
         let Ok(pod) = self.netlink.open_in_netns(netns).await else { return false };
         let (Ok(links), Ok(addresses)) = (pod.links().await, pod.addresses().await) else { return false };
-        by_name(&links, POD_IFNAME).is_some_and(|eth0| {
-            eth0.up && addresses.iter().any(|a| a.link == eth0.index && a.addr == attachment.ip)
-        })
+        by_name(&links, POD_IFNAME)
+            .is_some_and(|eth0| eth0.up && addresses.iter().any(|a| a.link == eth0.index && a.addr == attachment.ip))
     }
 
     async fn plumb<F, E>(&self, netns: &Path, attachment: &PodAttachment, kernel: &F) -> Result<(), PodNetError>
@@ -201,7 +214,9 @@ impl<N: Netlink> PodNetwork<N> {
         let mtu = self.bridge.mtu;
         nl.set_mtu(host_index, mtu).await.map_err(kernel(format!("setting MTU {mtu} on {host}")))?;
         nl.set_mtu(peer_index, mtu).await.map_err(kernel(format!("setting MTU {mtu} on {peer}")))?;
-        nl.set_controller(host_index, bridge).await.map_err(kernel(format!("adding {host} to {}", self.bridge.name)))?;
+        nl.set_controller(host_index, bridge)
+            .await
+            .map_err(kernel(format!("adding {host} to {}", self.bridge.name)))?;
         nl.set_up(host_index).await.map_err(kernel(format!("setting {host} up")))?;
         nl.move_to_netns(peer_index, netns).await.map_err(kernel(format!("moving {peer} into the pod's namespace")))?;
 
@@ -217,8 +232,15 @@ impl<N: Netlink> PodNetwork<N> {
         }
         pod.set_up(eth0).await.map_err(kernel(format!("setting {POD_IFNAME} up")))?;
         pod.set_up(lo).await.map_err(kernel("setting lo up".into()))?;
-        let default = Route { dst: Ipv4Net::default(), gateway: Some(attachment.gateway), link: Some(eth0), protocol: KELSON_PROTO };
-        pod.replace_route(default).await.map_err(kernel(format!("adding the default route via {}", attachment.gateway)))?;
+        let default = Route {
+            dst: Ipv4Net::default(),
+            gateway: Some(attachment.gateway),
+            link: Some(eth0),
+            protocol: KELSON_PROTO,
+        };
+        pod.replace_route(default)
+            .await
+            .map_err(kernel(format!("adding the default route via {}", attachment.gateway)))?;
         Ok(())
     }
 
@@ -304,7 +326,14 @@ mod tests {
         // A /28: .2 to .7 are Kelson's (.8 to .14 are CNI's).
         let mut ips = Vec::new();
         for i in 0..6 {
-            ips.push(pods.attach(Path::new(&format!("/run/netns/p{i}")), &format!("p{i}")).await.unwrap().ip.addr().to_string());
+            ips.push(
+                pods.attach(Path::new(&format!("/run/netns/p{i}")), &format!("p{i}"))
+                    .await
+                    .unwrap()
+                    .ip
+                    .addr()
+                    .to_string(),
+            );
         }
         assert_eq!(ips, ["10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5", "10.244.1.6", "10.244.1.7"]);
         let err = pods.attach(Path::new("/run/netns/p6"), "p6").await.unwrap_err();
@@ -339,7 +368,10 @@ mod tests {
         let host = veth_name("x", &[]);
         assert_eq!(
             chain(&err),
-            format!("pod x (netns /run/netns/x): moving kp{} into the pod's namespace: Invalid argument (os error 22)", &host[2..])
+            format!(
+                "pod x (netns /run/netns/x): moving kp{} into the pod's namespace: Invalid argument (os error 22)",
+                &host[2..]
+            )
         );
         assert!(nl.snapshot().0.iter().all(|l| l.kind.as_deref() != Some("veth")));
         assert!(pods.allocations().await.unwrap().is_empty());

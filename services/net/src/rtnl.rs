@@ -21,9 +21,10 @@ pub struct RtNetlink {
 
 fn nl(e: rtnetlink::Error) -> NlError {
     match &e {
-        rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => {
-            NlError { errno: Some(-msg.raw_code()), message: std::io::Error::from_raw_os_error(-msg.raw_code()).to_string() }
-        }
+        rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => NlError {
+            errno: Some(-msg.raw_code()),
+            message: std::io::Error::from_raw_os_error(-msg.raw_code()).to_string(),
+        },
         _ => NlError::other(e.to_string()),
     }
 }
@@ -197,7 +198,8 @@ impl Netlink for RtNetlink {
     }
 
     async fn del_address(&self, link: u32, addr: Ipv4Net) -> Result<(), NlError> {
-        let message = AddressMessageBuilder::<Ipv4Addr>::new().index(link).address(addr.addr(), addr.prefix_len()).build();
+        let message =
+            AddressMessageBuilder::<Ipv4Addr>::new().index(link).address(addr.addr(), addr.prefix_len()).build();
         self.handle.address().del(message).execute().await.map_err(nl)
     }
 
@@ -216,7 +218,9 @@ impl Netlink for RtNetlink {
     }
 
     async fn open_in_netns(&self, netns: &Path) -> Result<Self, NlError> {
-        RtNetlink::open_in(netns)
-            .map_err(|e| NlError { errno: e.raw_os_error(), message: format!("opening netlink in {}: {e}", netns.display()) })
+        RtNetlink::open_in(netns).map_err(|e| NlError {
+            errno: e.raw_os_error(),
+            message: format!("opening netlink in {}: {e}", netns.display()),
+        })
     }
 }

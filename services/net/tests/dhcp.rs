@@ -41,7 +41,15 @@ fn server_and_client() -> (Netns, Netns) {
 fn dnsmasq(server: &Netns, range: &str, leases: &Path, log: &Path) -> KillOnDrop {
     KillOnDrop(
         Command::new("ip")
-            .args(["netns", "exec", &server.name, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0"])
+            .args([
+                "netns",
+                "exec",
+                &server.name,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+            ])
             .args(["--interface=dsrv", "--bind-interfaces", "--dhcp-authoritative"])
             .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
             .args(["--dhcp-option=option:router,10.77.0.1", "--dhcp-option=option:dns-server,10.77.0.53"])
@@ -145,16 +153,29 @@ fn the_client_rebinds_at_t2_and_starts_over_after_a_nak() {
     let resolv = dir.path().join("resolv.conf");
 
     client.block_on(|| async {
-        let host = Host { netlink: RtNetlink::open().unwrap(), runner: StdRunner, paths: Paths { resolv_conf: resolv.clone(), ..Paths::default() } };
+        let host = Host {
+            netlink: RtNetlink::open().unwrap(),
+            runner: StdRunner,
+            paths: Paths { resolv_conf: resolv.clone(), ..Paths::default() },
+        };
         let mut net = Networking::new(host);
         assert!(net.apply(&plan).await.ok());
         let mut status = net.dhcp_watch("network.uplinks[0]").expect("a DHCP client for the uplink");
         let within = |secs| Duration::from_secs(secs);
-        let first = tokio::time::timeout(within(30), status.wait_for(|s| s.state == "bound")).await.unwrap().unwrap().lease.clone().unwrap();
+        let first = tokio::time::timeout(within(30), status.wait_for(|s| s.state == "bound"))
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .clone()
+            .unwrap();
 
         // Unicast renewals to the server are dropped; broadcasts still reach it.
         server.sh(&["iptables", "-I", "INPUT", "-p", "udp", "--dport", "67", "-d", SERVER_ADDR, "-j", "DROP"]);
-        tokio::time::timeout(within(20), status.wait_for(|s| s.state == "rebinding")).await.expect("rebinding after T2").unwrap();
+        tokio::time::timeout(within(20), status.wait_for(|s| s.state == "rebinding"))
+            .await
+            .expect("rebinding after T2")
+            .unwrap();
         let rebound = tokio::time::timeout(within(20), status.wait_for(|s| s.state == "bound" && s.renewals >= 1))
             .await
             .unwrap_or_else(|_| panic!("no rebind within 20 s; dnsmasq says:\n{}", dnsmasq_log()))
@@ -170,7 +191,9 @@ fn the_client_rebinds_at_t2_and_starts_over_after_a_nak() {
         let _second = dnsmasq(&server, "10.77.0.100,10.77.0.110", &leases, &log);
         let renewed = tokio::time::timeout(
             within(30),
-            status.wait_for(|s| s.state == "bound" && s.lease.as_ref().is_some_and(|l| l.address.addr().octets()[3] >= 100)),
+            status.wait_for(|s| {
+                s.state == "bound" && s.lease.as_ref().is_some_and(|l| l.address.addr().octets()[3] >= 100)
+            }),
         )
         .await
         .unwrap_or_else(|_| panic!("no new lease after the NAK within 30 s; dnsmasq says:\n{}", dnsmasq_log()))
@@ -179,7 +202,10 @@ fn the_client_rebinds_at_t2_and_starts_over_after_a_nak() {
         let new = renewed.lease.unwrap();
         let addresses = run_here(&["ip", "-4", "addr", "show", "dcli"]);
         assert!(addresses.contains(&new.address.to_string()), "{addresses}");
-        assert!(!addresses.contains(&format!("{} ", first.address)), "the NAKed address is still on the link: {addresses}");
+        assert!(
+            !addresses.contains(&format!("{} ", first.address)),
+            "the NAKed address is still on the link: {addresses}"
+        );
         net.shutdown().await;
     });
     let log_text = dnsmasq_log();

@@ -91,7 +91,11 @@ fn apply_sets_up_bridge_uplink_routes_sysctls_and_one_masquerade_rule() {
     assert!(up0.contains("mtu 1400") && up0.contains("inet 192.168.77.5/24"), "{up0}");
     assert!(ns.sh(&["ip", "link", "show", "lo"]).contains("UP"));
     let kelson_routes = ns.sh(&["ip", "-4", "route", "show", "proto", "75"]);
-    for want in ["default via 192.168.77.1 dev up0", "172.16.0.0/12 via 192.168.77.254 dev up0", "10.244.2.0/24 via 192.168.77.6 dev up0"] {
+    for want in [
+        "default via 192.168.77.1 dev up0",
+        "172.16.0.0/12 via 192.168.77.254 dev up0",
+        "10.244.2.0/24 via 192.168.77.6 dev up0",
+    ] {
         assert!(kelson_routes.contains(want), "missing {want:?} in:\n{kelson_routes}");
     }
     let nat = ns.sh(&["iptables-save", "-t", "nat"]);
@@ -165,7 +169,10 @@ fn an_unknown_uplink_is_reported_by_field_and_the_bridge_still_comes_up() {
     let report = ns.block_on(|| async { apply(&plan, &host(dir.path())).await });
     assert_eq!(
         report.step("uplink network.uplinks[0]"),
-        Some(&Outcome::Failed { errors: vec!["network.uplinks[0].mac: no link with MAC 52:54:00:00:00:99".into()], changes: vec![] })
+        Some(&Outcome::Failed {
+            errors: vec!["network.uplinks[0].mac: no link with MAC 52:54:00:00:00:99".into()],
+            changes: vec![]
+        })
     );
     assert!(ns.sh(&["ip", "-4", "addr", "show", "cbr0"]).contains("10.244.1.1/24"));
     // The peer route's gateway is unreachable without the uplink: reported, not fatal.

@@ -27,7 +27,11 @@ fn node(tag: &str, dir: &std::path::Path) -> Netns {
         let host = Host {
             netlink: RtNetlink::open().unwrap(),
             runner: StdRunner,
-            paths: Paths { resolv_conf: dir.join("resolv.conf"), nat_marker: dir.join("nat-touched"), ..Paths::default() },
+            paths: Paths {
+                resolv_conf: dir.join("resolv.conf"),
+                nat_marker: dir.join("nat-touched"),
+                ..Paths::default()
+            },
         };
         apply(&plan(), &host).await
     });
@@ -114,7 +118,12 @@ fn debians_cni_bridge_plugin_accepts_the_conflist_and_uses_the_upper_half() {
                 .expect("running /usr/lib/cni/bridge (containernetworking-plugins)");
             child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "bridge {command}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "bridge {command}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).into_owned()
         })
     };

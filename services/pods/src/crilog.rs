@@ -53,26 +53,14 @@ pub fn pod_log_dir(root: &Path, pod: &PodSpec) -> PathBuf {
 }
 
 /// `<pod log dir>/<container>/<restart_count>.log`.
-pub fn container_log_path(
-    root: &Path,
-    pod: &PodSpec,
-    container: &str,
-    restart_count: u32,
-) -> PathBuf {
-    pod_log_dir(root, pod)
-        .join(container)
-        .join(format!("{restart_count}.log"))
+pub fn container_log_path(root: &Path, pod: &PodSpec, container: &str, restart_count: u32) -> PathBuf {
+    pod_log_dir(root, pod).join(container).join(format!("{restart_count}.log"))
 }
 
 /// One log entry with its newline. The message is written as it came,
 /// without its newline; invalid UTF-8 passes through untouched, as
 /// runtimes write it.
-pub fn format_entry(
-    at: std::time::SystemTime,
-    stream: Stream,
-    tag: Tag,
-    message: &[u8],
-) -> Vec<u8> {
+pub fn format_entry(at: std::time::SystemTime, stream: Stream, tag: Tag, message: &[u8]) -> Vec<u8> {
     let tag = match tag {
         Tag::Full => "F",
         Tag::Partial => "P",
@@ -94,10 +82,7 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max_line: usize) -> Self {
-        LineSplitter {
-            pending: Vec::new(),
-            max_line: max_line.max(1),
-        }
+        LineSplitter { pending: Vec::new(), max_line: max_line.max(1) }
     }
 
     /// The entries `chunk` completes; what is left waits for more.
@@ -140,11 +125,7 @@ impl Default for LogLimits {
     /// The kubelet's defaults (10 MiB, 5 files in all) and containerd's
     /// 16 KiB line limit.
     fn default() -> Self {
-        LogLimits {
-            max_file_bytes: 10 << 20,
-            keep_files: 4,
-            max_line_bytes: 16 << 10,
-        }
+        LogLimits { max_file_bytes: 10 << 20, keep_files: 4, max_line_bytes: 16 << 10 }
     }
 }
 
@@ -196,12 +177,7 @@ impl ContainerLog {
             .and_then(|()| append(&path))
             .and_then(|file| Ok((file.metadata()?.len(), file)));
         match opened {
-            Ok((size, file)) => Ok(ContainerLog {
-                path,
-                file,
-                size,
-                limits,
-            }),
+            Ok((size, file)) => Ok(ContainerLog { path, file, size, limits }),
             Err(source) => Err(LogError::Open { path, source }),
         }
     }
@@ -222,12 +198,7 @@ impl ContainerLog {
         if self.size > 0 && self.size + entry.len() as u64 > self.limits.max_file_bytes {
             self.rotate()?;
         }
-        self.file
-            .write_all(&entry)
-            .map_err(|source| LogError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.file.write_all(&entry).map_err(|source| LogError::Write { path: self.path.clone(), source })?;
         self.size += entry.len() as u64;
         Ok(())
     }
@@ -244,11 +215,7 @@ impl ContainerLog {
     fn rotate(&mut self) -> Result<(), LogError> {
         let keep = self.limits.keep_files;
         let rename = |from: PathBuf, to: PathBuf| match fs::rename(&from, &to) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LogError::Rotate {
-                path: from,
-                to,
-                source: e,
-            }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LogError::Rotate { path: from, to, source: e }),
             _ => Ok(()),
         };
         if keep > 0 {
@@ -258,23 +225,14 @@ impl ContainerLog {
             rename(self.path.clone(), self.rotated(1))?;
         } else {
             fs::remove_file(&self.path)
-                .or_else(|e| {
-                    if e.kind() == io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
+                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                 .map_err(|source| LogError::Rotate {
                     path: self.path.clone(),
                     to: PathBuf::from("/dev/null"),
                     source,
                 })?;
         }
-        self.file = append(&self.path).map_err(|source| LogError::Open {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.file = append(&self.path).map_err(|source| LogError::Open { path: self.path.clone(), source })?;
         self.size = 0;
         Ok(())
     }
@@ -298,11 +256,7 @@ pub async fn pump(
         let log = log.lock().unwrap_or_else(|e| e.into_inner());
         (log.path.clone(), log.limits.max_line_bytes)
     };
-    let read_error = |source| LogError::Read {
-        path: path.clone(),
-        stream: stream.as_str(),
-        source,
-    };
+    let read_error = |source| LogError::Read { path: path.clone(), stream: stream.as_str(), source };
     let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe).map_err(read_error)?;
     let mut splitter = LineSplitter::new(max_line);
     let mut first_error = None;
@@ -349,31 +303,19 @@ mod tests {
             format_entry(at(500_000_000), Stream::Stdout, Tag::Full, b"hello world"),
             b"2023-11-14T22:13:20.5Z stdout F hello world\n"
         );
-        assert_eq!(
-            format_entry(at(0), Stream::Stderr, Tag::Partial, b""),
-            b"2023-11-14T22:13:20Z stderr P \n"
-        );
+        assert_eq!(format_entry(at(0), Stream::Stderr, Tag::Partial, b""), b"2023-11-14T22:13:20Z stderr P \n");
     }
 
     fn texts(entries: Vec<(Tag, Vec<u8>)>) -> Vec<(Tag, String)> {
-        entries
-            .into_iter()
-            .map(|(t, m)| (t, String::from_utf8(m).unwrap()))
-            .collect()
+        entries.into_iter().map(|(t, m)| (t, String::from_utf8(m).unwrap())).collect()
     }
 
     #[test]
     fn lines_split_across_chunks_are_joined_and_the_last_one_is_flushed_at_the_end() {
         let mut s = LineSplitter::new(100);
         assert_eq!(texts(s.push(b"one\ntw")), [(Tag::Full, "one".to_owned())]);
-        assert_eq!(
-            texts(s.push(b"o\n\nthree")),
-            [(Tag::Full, "two".to_owned()), (Tag::Full, String::new())]
-        );
-        assert_eq!(
-            s.finish().map(|(t, m)| (t, String::from_utf8(m).unwrap())),
-            Some((Tag::Full, "three".to_owned()))
-        );
+        assert_eq!(texts(s.push(b"o\n\nthree")), [(Tag::Full, "two".to_owned()), (Tag::Full, String::new())]);
+        assert_eq!(s.finish().map(|(t, m)| (t, String::from_utf8(m).unwrap())), Some((Tag::Full, "three".to_owned())));
         assert_eq!(s.finish(), None);
     }
 
@@ -401,21 +343,11 @@ mod tests {
     fn rotation_keeps_n_files_each_within_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("etcd/0.log");
-        let limits = LogLimits {
-            max_file_bytes: 200,
-            keep_files: 2,
-            max_line_bytes: 100,
-        };
+        let limits = LogLimits { max_file_bytes: 200, keep_files: 2, max_line_bytes: 100 };
         let mut log = ContainerLog::open(path.clone(), limits).unwrap();
         for i in 0..40 {
             // 38 bytes an entry: five fit in 200.
-            log.write(
-                at(0),
-                Stream::Stdout,
-                Tag::Full,
-                format!("line {i:02}").as_bytes(),
-            )
-            .unwrap();
+            log.write(at(0), Stream::Stdout, Tag::Full, format!("line {i:02}").as_bytes()).unwrap();
         }
         let mut names: Vec<String> = fs::read_dir(dir.path().join("etcd"))
             .unwrap()
@@ -424,9 +356,7 @@ mod tests {
         names.sort();
         assert_eq!(names, ["0.log", "0.log.1", "0.log.2"]);
         for name in &names {
-            let len = fs::metadata(dir.path().join("etcd").join(name))
-                .unwrap()
-                .len();
+            let len = fs::metadata(dir.path().join("etcd").join(name)).unwrap().len();
             assert!(len <= 200, "{name}: {len}");
         }
         let current = fs::read_to_string(&path).unwrap();
@@ -443,23 +373,12 @@ mod tests {
     fn with_no_files_kept_rotation_starts_the_file_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
-        let mut log = ContainerLog::open(
-            path.clone(),
-            LogLimits {
-                max_file_bytes: 50,
-                keep_files: 0,
-                max_line_bytes: 10,
-            },
-        )
-        .unwrap();
-        log.write(at(0), Stream::Stdout, Tag::Full, b"first")
-            .unwrap();
-        log.write(at(0), Stream::Stdout, Tag::Full, b"second")
-            .unwrap();
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "2023-11-14T22:13:20Z stdout F second\n"
-        );
+        let mut log =
+            ContainerLog::open(path.clone(), LogLimits { max_file_bytes: 50, keep_files: 0, max_line_bytes: 10 })
+                .unwrap();
+        log.write(at(0), Stream::Stdout, Tag::Full, b"first").unwrap();
+        log.write(at(0), Stream::Stdout, Tag::Full, b"second").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "2023-11-14T22:13:20Z stdout F second\n");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -467,37 +386,19 @@ mod tests {
     fn reopening_appends_and_counts_what_is_there() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
-        let limits = LogLimits {
-            max_file_bytes: 60,
-            keep_files: 1,
-            max_line_bytes: 10,
-        };
-        ContainerLog::open(path.clone(), limits)
-            .unwrap()
-            .write(at(0), Stream::Stdout, Tag::Full, b"before")
-            .unwrap();
+        let limits = LogLimits { max_file_bytes: 60, keep_files: 1, max_line_bytes: 10 };
+        ContainerLog::open(path.clone(), limits).unwrap().write(at(0), Stream::Stdout, Tag::Full, b"before").unwrap();
         let mut log = ContainerLog::open(path.clone(), limits).unwrap();
-        log.write(at(0), Stream::Stdout, Tag::Full, b"after")
-            .unwrap();
-        assert_eq!(
-            fs::read_to_string(dir.path().join("0.log.1")).unwrap(),
-            "2023-11-14T22:13:20Z stdout F before\n"
-        );
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "2023-11-14T22:13:20Z stdout F after\n"
-        );
+        log.write(at(0), Stream::Stdout, Tag::Full, b"after").unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("0.log.1")).unwrap(), "2023-11-14T22:13:20Z stdout F before\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "2023-11-14T22:13:20Z stdout F after\n");
     }
 
     #[test]
     fn a_log_that_cannot_be_opened_names_its_path() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("etcd"), "not a directory").unwrap();
-        let err =
-            ContainerLog::open(dir.path().join("etcd/0.log"), LogLimits::default()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("opening container log {}/etcd/0.log", dir.path().display())
-        );
+        let err = ContainerLog::open(dir.path().join("etcd/0.log"), LogLimits::default()).unwrap_err();
+        assert_eq!(err.to_string(), format!("opening container log {}/etcd/0.log", dir.path().display()));
     }
 }

@@ -27,11 +27,7 @@ pub fn field_value(pod: &PodSpec, field: PodField, addresses: &PodAddresses) -> 
 /// The container's variables in manifest order. Each literal value is
 /// expanded against the variables before it; a name given twice keeps its
 /// first place and its last value.
-pub fn container_env(
-    pod: &PodSpec,
-    container: &ContainerSpec,
-    addresses: &PodAddresses,
-) -> Vec<(String, String)> {
+pub fn container_env(pod: &PodSpec, container: &ContainerSpec, addresses: &PodAddresses) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     for var in &container.env {
         let value = match &var.value {
@@ -47,16 +43,8 @@ pub fn container_env(
 }
 
 /// `command` and `args` with `$(VAR)` expanded against `env`.
-pub fn command_line(
-    container: &ContainerSpec,
-    env: &[(String, String)],
-) -> (Vec<String>, Vec<String>) {
-    let expand_all = |words: &[String]| {
-        words
-            .iter()
-            .map(|w| expand(w, |name| lookup(env, name)))
-            .collect()
-    };
+pub fn command_line(container: &ContainerSpec, env: &[(String, String)]) -> (Vec<String>, Vec<String>) {
+    let expand_all = |words: &[String]| words.iter().map(|w| expand(w, |name| lookup(env, name))).collect();
     (expand_all(&container.command), expand_all(&container.args))
 }
 
@@ -139,14 +127,9 @@ mod tests {
               {"name":"LATER","value":"x"},
               {"name":"PORT","value":"8080"}
             ]}]}}"#;
-        let options = LoadOptions {
-            node_name: Some("node1".to_owned()),
-        };
+        let options = LoadOptions { node_name: Some("node1".to_owned()) };
         let pod = parse(Path::new("web.json"), text.as_bytes(), &options).unwrap();
-        let addresses = PodAddresses {
-            pod_ip: Some("10.244.1.5".to_owned()),
-            host_ip: None,
-        };
+        let addresses = PodAddresses { pod_ip: Some("10.244.1.5".to_owned()), host_ip: None };
         let env = container_env(&pod, &pod.containers[0], &addresses);
         let expected: Vec<(String, String)> = [
             ("PORT", "8080"),
@@ -159,15 +142,14 @@ mod tests {
         .iter()
         .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
         .collect();
-        assert_eq!(env, expected, "a value sees only the variables before it; a repeated name keeps its place and takes the last value");
+        assert_eq!(
+            env, expected,
+            "a value sees only the variables before it; a repeated name keeps its place and takes the last value"
+        );
         let (command, args) = command_line(&pod.containers[0], &env);
         assert_eq!(command, ["/bin/server", "--addr=10.244.1.5:8080"]);
         assert_eq!(args, ["--node=node1", "$(UNSET)", "$(PORT)"]);
-        assert_eq!(
-            field_value(&pod, PodField::HostIp, &addresses),
-            "",
-            "an unknown address is empty"
-        );
+        assert_eq!(field_value(&pod, PodField::HostIp, &addresses), "", "an unknown address is empty");
         assert_eq!(field_value(&pod, PodField::Name, &addresses), "web-node1");
     }
 }

@@ -15,10 +15,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        FieldError { path: path.into(), reason: reason.into() }
     }
 }
 
@@ -39,10 +36,7 @@ pub enum ManifestError {
     Read { file: PathBuf, reason: String },
     /// Every problem found in the file, one per line.
     #[error("{}", render(file, errors))]
-    Invalid {
-        file: PathBuf,
-        errors: Vec<FieldError>,
-    },
+    Invalid { file: PathBuf, errors: Vec<FieldError> },
 }
 
 impl ManifestError {
@@ -62,11 +56,7 @@ impl ManifestError {
 }
 
 fn render(file: &std::path::Path, errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}: {e}", file.display()))
-        .collect::<Vec<_>>()
-        .join("\n")
+    errors.iter().map(|e| format!("{}: {e}", file.display())).collect::<Vec<_>>().join("\n")
 }
 
 /// Collects field errors while a manifest is checked, so that one pass

@@ -73,22 +73,13 @@ impl HostFs for RealFs {
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(path)
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(path)
     }
 
     fn create_file(&self, path: &Path) -> io::Result<()> {
         // create (not create_new): another writer may have made it since
         // `kind` looked, which is as good as creating it.
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .map(drop)
+        fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(path).map(drop)
     }
 }
 
@@ -105,11 +96,7 @@ pub enum HostPathError {
     #[error("hostPath {path} (type {kind:?}) does not exist")]
     Missing { path: PathBuf, kind: HostPathType },
     #[error("hostPath {path} (type {kind:?}) is {found}")]
-    WrongKind {
-        path: PathBuf,
-        kind: HostPathType,
-        found: FileKind,
-    },
+    WrongKind { path: PathBuf, kind: HostPathType, found: FileKind },
     #[error("checking hostPath {path}")]
     Stat {
         path: PathBuf,
@@ -127,18 +114,11 @@ pub enum HostPathError {
 
 /// Checks (and for the `…OrCreate` types, makes) `path` as `kind` asks.
 /// Like the kubelet, `FileOrCreate` does not create missing parents.
-pub fn check_host_path(
-    kind: HostPathType,
-    path: &Path,
-    fs: &dyn HostFs,
-) -> Result<HostPathOutcome, HostPathError> {
+pub fn check_host_path(kind: HostPathType, path: &Path, fs: &dyn HostFs) -> Result<HostPathOutcome, HostPathError> {
     if kind == HostPathType::Unchecked {
         return Ok(HostPathOutcome::Present);
     }
-    let found = fs.kind(path).map_err(|source| HostPathError::Stat {
-        path: path.to_owned(),
-        source,
-    })?;
+    let found = fs.kind(path).map_err(|source| HostPathError::Stat { path: path.to_owned(), source })?;
     let wanted = match kind {
         HostPathType::Unchecked => return Ok(HostPathOutcome::Present),
         HostPathType::DirectoryOrCreate | HostPathType::Directory => FileKind::Directory,
@@ -148,27 +128,18 @@ pub fn check_host_path(
         HostPathType::BlockDevice => FileKind::BlockDevice,
     };
     let create = |result: io::Result<()>| {
-        result
-            .map(|()| HostPathOutcome::Created)
-            .map_err(|source| HostPathError::Create {
-                path: path.to_owned(),
-                kind,
-                source,
-            })
+        result.map(|()| HostPathOutcome::Created).map_err(|source| HostPathError::Create {
+            path: path.to_owned(),
+            kind,
+            source,
+        })
     };
     match (found, kind) {
         (Some(found), _) if found == wanted => Ok(HostPathOutcome::Present),
-        (Some(found), _) => Err(HostPathError::WrongKind {
-            path: path.to_owned(),
-            kind,
-            found,
-        }),
+        (Some(found), _) => Err(HostPathError::WrongKind { path: path.to_owned(), kind, found }),
         (None, HostPathType::DirectoryOrCreate) => create(fs.create_dir_all(path)),
         (None, HostPathType::FileOrCreate) => create(fs.create_file(path)),
-        (None, _) => Err(HostPathError::Missing {
-            path: path.to_owned(),
-            kind,
-        }),
+        (None, _) => Err(HostPathError::Missing { path: path.to_owned(), kind }),
     }
 }
 
@@ -192,21 +163,11 @@ mod tests {
         );
 
         let lock = dir.path().join("xtables.lock");
-        assert_eq!(
-            check_host_path(HostPathType::FileOrCreate, &lock, &RealFs).unwrap(),
-            HostPathOutcome::Created
-        );
+        assert_eq!(check_host_path(HostPathType::FileOrCreate, &lock, &RealFs).unwrap(), HostPathOutcome::Created);
         assert!(lock.is_file());
         fs::write(&lock, "kept").unwrap();
-        assert_eq!(
-            check_host_path(HostPathType::FileOrCreate, &lock, &RealFs).unwrap(),
-            HostPathOutcome::Present
-        );
-        assert_eq!(
-            fs::read_to_string(&lock).unwrap(),
-            "kept",
-            "an existing file is not truncated"
-        );
+        assert_eq!(check_host_path(HostPathType::FileOrCreate, &lock, &RealFs).unwrap(), HostPathOutcome::Present);
+        assert_eq!(fs::read_to_string(&lock).unwrap(), "kept", "an existing file is not truncated");
     }
 
     #[test]
@@ -225,38 +186,14 @@ mod tests {
         fs::write(&file, "x").unwrap();
         let missing = dir.path().join("nothing");
         let err = check_host_path(HostPathType::Directory, &file, &RealFs).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "hostPath {} (type Directory) is a regular file",
-                file.display()
-            )
-        );
+        assert_eq!(err.to_string(), format!("hostPath {} (type Directory) is a regular file", file.display()));
         let err = check_host_path(HostPathType::File, &missing, &RealFs).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("hostPath {} (type File) does not exist", missing.display())
-        );
+        assert_eq!(err.to_string(), format!("hostPath {} (type File) does not exist", missing.display()));
         let err = check_host_path(HostPathType::DirectoryOrCreate, &file, &RealFs).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                HostPathError::WrongKind {
-                    found: FileKind::File,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, HostPathError::WrongKind { found: FileKind::File, .. }), "{err}");
         assert!(check_host_path(HostPathType::CharDevice, &file, &RealFs).is_err());
-        assert_eq!(
-            check_host_path(HostPathType::File, &file, &RealFs).unwrap(),
-            HostPathOutcome::Present
-        );
-        assert_eq!(
-            check_host_path(HostPathType::Directory, dir.path(), &RealFs).unwrap(),
-            HostPathOutcome::Present
-        );
+        assert_eq!(check_host_path(HostPathType::File, &file, &RealFs).unwrap(), HostPathOutcome::Present);
+        assert_eq!(check_host_path(HostPathType::Directory, dir.path(), &RealFs).unwrap(), HostPathOutcome::Present);
     }
 
     #[test]
@@ -264,27 +201,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("containerd.sock");
         let _listener = UnixListener::bind(&sock).unwrap();
-        assert_eq!(
-            check_host_path(HostPathType::Socket, &sock, &RealFs).unwrap(),
-            HostPathOutcome::Present
-        );
+        assert_eq!(check_host_path(HostPathType::Socket, &sock, &RealFs).unwrap(), HostPathOutcome::Present);
         assert!(check_host_path(HostPathType::File, &sock, &RealFs).is_err());
         let null = Path::new("/dev/null");
-        assert_eq!(
-            check_host_path(HostPathType::CharDevice, null, &RealFs).unwrap(),
-            HostPathOutcome::Present
-        );
+        assert_eq!(check_host_path(HostPathType::CharDevice, null, &RealFs).unwrap(), HostPathOutcome::Present);
         let err = check_host_path(HostPathType::BlockDevice, null, &RealFs).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                HostPathError::WrongKind {
-                    found: FileKind::CharDevice,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, HostPathError::WrongKind { found: FileKind::CharDevice, .. }), "{err}");
     }
 
     #[test]
@@ -305,8 +227,7 @@ mod tests {
             check_host_path(HostPathType::Unchecked, Path::new("/nowhere"), &Refuses).unwrap(),
             HostPathOutcome::Present
         );
-        let err =
-            check_host_path(HostPathType::Directory, Path::new("/nowhere"), &Refuses).unwrap_err();
+        let err = check_host_path(HostPathType::Directory, Path::new("/nowhere"), &Refuses).unwrap_err();
         assert_eq!(err.to_string(), "checking hostPath /nowhere");
     }
 }

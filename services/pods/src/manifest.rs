@@ -28,28 +28,20 @@ pub struct LoadOptions {
 /// `etcd.yaml~`) and `write_atomic`'s temporary files are hidden or have
 /// another ending, so they are never read half-written.
 pub fn is_manifest_name(name: &str) -> bool {
-    !name.starts_with('.')
-        && [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.len() > ext.len() && name.ends_with(ext))
+    !name.starts_with('.') && [".yaml", ".yml", ".json"].iter().any(|ext| name.len() > ext.len() && name.ends_with(ext))
 }
 
 /// Reads, checks and maps the manifest at `path`.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<PodSpec, ManifestError> {
-    let bytes = std::fs::read(path).map_err(|e| ManifestError::Read {
-        file: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let bytes =
+        std::fs::read(path).map_err(|e| ManifestError::Read { file: path.to_owned(), reason: e.to_string() })?;
     parse(path, &bytes, options)
 }
 
 /// Checks and maps a manifest's contents; `path` names it in errors, picks
 /// the syntax (`.json` is JSON, anything else YAML) and goes into the UID.
 pub fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<PodSpec, ManifestError> {
-    let invalid = |errors: Vec<FieldError>| ManifestError::Invalid {
-        file: path.to_owned(),
-        errors,
-    };
+    let invalid = |errors: Vec<FieldError>| ManifestError::Invalid { file: path.to_owned(), errors };
     let tree = read_tree(path, bytes).map_err(|e| invalid(vec![e]))?;
     let pod = read_pod(tree.clone()).map_err(|e| invalid(vec![e]))?;
     let uid = pod_uid(path, &pod, options);
@@ -68,11 +60,7 @@ fn unknown_fields(original: &Value, typed: &Value, at: &str, out: &mut Vec<Field
     match (original, typed) {
         (Value::Object(fields), Value::Object(known)) => {
             for (name, value) in fields {
-                let path = if at.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{at}.{name}")
-                };
+                let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
                 match known.get(name) {
                     Some(typed) => unknown_fields(value, typed, &path, out),
                     None if value.is_null() => {}
@@ -93,49 +81,23 @@ fn read_pod(tree: Value) -> Result<Pod, FieldError> {
     let Value::Object(fields) = &tree else {
         return Err(FieldError::new(
             "document",
-            if tree.is_null() {
-                "is empty"
-            } else {
-                "is not a mapping of fields"
-            },
+            if tree.is_null() { "is empty" } else { "is not a mapping of fields" },
         ));
     };
     match fields.get("kind") {
         None => return Err(FieldError::new("kind", "is required (kind: Pod)")),
         Some(Value::String(kind)) if kind == "Pod" => {}
-        Some(other) => {
-            return Err(FieldError::new(
-                "kind",
-                format!("is {other}; only a Pod can be a static pod"),
-            ))
-        }
+        Some(other) => return Err(FieldError::new("kind", format!("is {other}; only a Pod can be a static pod"))),
     }
     match fields.get("apiVersion") {
-        None => {
-            return Err(FieldError::new(
-                "apiVersion",
-                "is required (apiVersion: v1)",
-            ))
-        }
+        None => return Err(FieldError::new("apiVersion", "is required (apiVersion: v1)")),
         Some(Value::String(version)) if version == "v1" => {}
-        Some(other) => {
-            return Err(FieldError::new(
-                "apiVersion",
-                format!("is {other}; a Pod's is v1"),
-            ))
-        }
+        Some(other) => return Err(FieldError::new("apiVersion", format!("is {other}; a Pod's is v1"))),
     }
     serde_path_to_error::deserialize::<_, Pod>(tree).map_err(|e| {
         let path = e.path().to_string();
         let reason = e.inner().to_string();
-        FieldError::new(
-            if path == "." {
-                "document".to_owned()
-            } else {
-                path
-            },
-            reason,
-        )
+        FieldError::new(if path == "." { "document".to_owned() } else { path }, reason)
     })
 }
 
@@ -151,27 +113,18 @@ fn read_tree(path: &Path, bytes: &[u8]) -> Result<Value, FieldError> {
             }
         });
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| FieldError::new("document", format!("is not UTF-8 text ({e})")))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| FieldError::new("document", format!("is not UTF-8 text ({e})")))?;
     serde_saphyr::from_str(text).map_err(|e| {
         let message = e.to_string();
         // serde-saphyr's first line reads `error: line L column C: REASON`.
-        let first = message
-            .lines()
-            .next()
-            .unwrap_or(&message)
-            .trim_start_matches("error: ");
+        let first = message.lines().next().unwrap_or(&message).trim_start_matches("error: ");
         match first.split_once(": ") {
             // The parser's own advice names its Rust API; say it for people.
             Some((position, reason)) if reason.starts_with("multiple YAML documents") => {
-                FieldError::new(
-                    position,
-                    "a second YAML document starts here; a manifest holds exactly one Pod",
-                )
+                FieldError::new(position, "a second YAML document starts here; a manifest holds exactly one Pod")
             }
-            Some((position, reason)) if position.starts_with("line ") => {
-                FieldError::new(position, reason)
-            }
+            Some((position, reason)) if position.starts_with("line ") => FieldError::new(position, reason),
             _ => FieldError::new("document", first),
         }
     })

@@ -43,11 +43,7 @@ impl ProbeCounter {
             self.last = Some(ok);
             self.run = 1;
         }
-        let threshold = if ok {
-            self.success_threshold
-        } else {
-            self.failure_threshold
-        };
+        let threshold = if ok { self.success_threshold } else { self.failure_threshold };
         (self.run >= threshold).then_some(ok)
     }
 }
@@ -149,10 +145,7 @@ mod tests {
 
     fn probe(success: u32, failure: u32) -> ProbeSpec {
         ProbeSpec {
-            action: ProbeAction::TcpSocket {
-                host: None,
-                port: 80,
-            },
+            action: ProbeAction::TcpSocket { host: None, port: 80 },
             initial_delay: Duration::ZERO,
             period: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
@@ -168,18 +161,8 @@ mod tests {
         readiness: Option<ProbeSpec>,
     ) -> ContainerSpec {
         let text = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"x:1"}]}}"#;
-        let pod = crate::manifest::parse(
-            std::path::Path::new("p.json"),
-            text.as_bytes(),
-            &Default::default(),
-        )
-        .unwrap();
-        ContainerSpec {
-            startup,
-            liveness,
-            readiness,
-            ..pod.containers[0].clone()
-        }
+        let pod = crate::manifest::parse(std::path::Path::new("p.json"), text.as_bytes(), &Default::default()).unwrap();
+        ContainerSpec { startup, liveness, readiness, ..pod.containers[0].clone() }
     }
 
     #[test]
@@ -198,17 +181,9 @@ mod tests {
 
     #[test]
     fn the_startup_probe_gates_liveness_and_readiness() {
-        let mut p = ContainerProbes::new(&container(
-            Some(probe(1, 3)),
-            Some(probe(1, 2)),
-            Some(probe(1, 1)),
-        ));
+        let mut p = ContainerProbes::new(&container(Some(probe(1, 3)), Some(probe(1, 2)), Some(probe(1, 1))));
         assert!(!p.started() && !p.ready());
-        assert!(
-            p.active(ProbeKind::Startup)
-                && !p.active(ProbeKind::Liveness)
-                && !p.active(ProbeKind::Readiness)
-        );
+        assert!(p.active(ProbeKind::Startup) && !p.active(ProbeKind::Liveness) && !p.active(ProbeKind::Readiness));
         assert_eq!(
             p.record(ProbeKind::Liveness, false),
             ProbeVerdict::Nothing,
@@ -217,30 +192,14 @@ mod tests {
         assert_eq!(p.record(ProbeKind::Liveness, false), ProbeVerdict::Nothing);
         assert_eq!(p.record(ProbeKind::Startup, false), ProbeVerdict::Nothing);
         assert_eq!(p.record(ProbeKind::Startup, true), ProbeVerdict::Started);
-        assert!(
-            p.started() && !p.ready(),
-            "not ready before the readiness probe passes"
-        );
+        assert!(p.started() && !p.ready(), "not ready before the readiness probe passes");
         assert!(!p.active(ProbeKind::Startup) && p.active(ProbeKind::Liveness));
-        assert_eq!(
-            p.record(ProbeKind::Readiness, true),
-            ProbeVerdict::Ready(true)
-        );
+        assert_eq!(p.record(ProbeKind::Readiness, true), ProbeVerdict::Ready(true));
         assert!(p.ready());
-        assert_eq!(
-            p.record(ProbeKind::Readiness, true),
-            ProbeVerdict::Nothing,
-            "no change, nothing to report"
-        );
-        assert_eq!(
-            p.record(ProbeKind::Readiness, false),
-            ProbeVerdict::Ready(false)
-        );
+        assert_eq!(p.record(ProbeKind::Readiness, true), ProbeVerdict::Nothing, "no change, nothing to report");
+        assert_eq!(p.record(ProbeKind::Readiness, false), ProbeVerdict::Ready(false));
         assert_eq!(p.record(ProbeKind::Liveness, false), ProbeVerdict::Nothing);
-        assert_eq!(
-            p.record(ProbeKind::Liveness, false),
-            ProbeVerdict::Restart(ProbeKind::Liveness)
-        );
+        assert_eq!(p.record(ProbeKind::Liveness, false), ProbeVerdict::Restart(ProbeKind::Liveness));
         assert!(
             !p.active(ProbeKind::Liveness) && !p.active(ProbeKind::Readiness),
             "nothing is probed after the verdict"
@@ -251,10 +210,7 @@ mod tests {
     fn a_startup_probe_that_keeps_failing_restarts_the_container() {
         let mut p = ContainerProbes::new(&container(Some(probe(1, 2)), None, None));
         assert_eq!(p.record(ProbeKind::Startup, false), ProbeVerdict::Nothing);
-        assert_eq!(
-            p.record(ProbeKind::Startup, false),
-            ProbeVerdict::Restart(ProbeKind::Startup)
-        );
+        assert_eq!(p.record(ProbeKind::Startup, false), ProbeVerdict::Restart(ProbeKind::Startup));
         assert!(!p.started() && !p.ready());
     }
 
@@ -262,10 +218,6 @@ mod tests {
     fn without_probes_a_running_container_is_started_and_ready() {
         let p = ContainerProbes::new(&container(None, None, None));
         assert!(p.started() && p.ready());
-        assert!(
-            !p.active(ProbeKind::Startup)
-                && !p.active(ProbeKind::Liveness)
-                && !p.active(ProbeKind::Readiness)
-        );
+        assert!(!p.active(ProbeKind::Startup) && !p.active(ProbeKind::Liveness) && !p.active(ProbeKind::Readiness));
     }
 }

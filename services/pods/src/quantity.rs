@@ -15,9 +15,7 @@ pub enum Unit {
 /// a quantity Kelson can use (negative values are refused: no resource
 /// Kelson maps can be negative).
 pub fn parse(text: &str, unit: Unit) -> Result<u64, String> {
-    let bad = || {
-        format!("{text:?} is not a quantity (a number with an optional suffix such as m, k, M, Gi or e3)")
-    };
+    let bad = || format!("{text:?} is not a quantity (a number with an optional suffix such as m, k, M, Gi or e3)");
     let (number, suffix) = split_suffix(text);
     let (negative, number) = match number.as_bytes().first() {
         Some(b'-') => (true, &number[1..]),
@@ -25,12 +23,7 @@ pub fn parse(text: &str, unit: Unit) -> Result<u64, String> {
         _ => (false, number),
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty()
-        || !whole
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_digit())
-    {
+    if whole.is_empty() && fraction.is_empty() || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let (mut pow10, pow2) = scale(suffix).ok_or_else(bad)?;
@@ -38,9 +31,7 @@ pub fn parse(text: &str, unit: Unit) -> Result<u64, String> {
         pow10 += 3;
     }
     // Leading zeros carry no value and would only eat into u128's digits.
-    let digits: String = format!("{whole}{fraction}")
-        .trim_start_matches('0')
-        .to_owned();
+    let digits: String = format!("{whole}{fraction}").trim_start_matches('0').to_owned();
     if digits.is_empty() {
         return Ok(0);
     }
@@ -53,14 +44,9 @@ pub fn parse(text: &str, unit: Unit) -> Result<u64, String> {
     }
     let mantissa: u128 = digits.parse().map_err(|_| bad())?;
     pow10 -= i32::try_from(fraction.len()).map_err(|_| bad())?;
-    let value = mantissa
-        .checked_mul(1u128.checked_shl(pow2).ok_or_else(too_large)?)
-        .ok_or_else(too_large)?;
+    let value = mantissa.checked_mul(1u128.checked_shl(pow2).ok_or_else(too_large)?).ok_or_else(too_large)?;
     let value = if pow10 >= 0 {
-        10u128
-            .checked_pow(pow10.unsigned_abs())
-            .and_then(|p| value.checked_mul(p))
-            .ok_or_else(too_large)?
+        10u128.checked_pow(pow10.unsigned_abs()).and_then(|p| value.checked_mul(p)).ok_or_else(too_large)?
     } else {
         match 10u128.checked_pow(pow10.unsigned_abs()) {
             Some(divisor) => value.div_ceil(divisor),
@@ -103,8 +89,7 @@ fn scale(suffix: &str) -> Option<(i32, u32)> {
         _ => {
             let exponent = suffix.strip_prefix(['e', 'E'])?;
             let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-            if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit())
-            {
+            if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             exponent.parse().ok().map(|p| (p, 0))
@@ -156,21 +141,13 @@ mod tests {
 
     #[test]
     fn malformed_negative_and_huge_values_are_refused() {
-        for text in [
-            "", "m", "abc", "1.2.3", "10Zi", "1e", "1ee3", "1 Gi", "Gi", "1e1234", "--1",
-        ] {
+        for text in ["", "m", "abc", "1.2.3", "10Zi", "1e", "1ee3", "1 Gi", "Gi", "1e1234", "--1"] {
             let err = parse(text, Unit::One).unwrap_err();
             assert!(err.contains("is not a quantity"), "{text}: {err}");
         }
         assert_eq!(parse("-1", Unit::One), Err("\"-1\" is negative".to_owned()));
         assert_eq!(parse("-0", Unit::One), Ok(0));
-        assert_eq!(
-            parse("20Ei", Unit::One),
-            Err("\"20Ei\" is too large".to_owned())
-        );
-        assert_eq!(
-            parse("1e30", Unit::Milli),
-            Err("\"1e30\" is too large".to_owned())
-        );
+        assert_eq!(parse("20Ei", Unit::One), Err("\"20Ei\" is too large".to_owned()));
+        assert_eq!(parse("1e30", Unit::Milli), Err("\"1e30\" is too large".to_owned()));
     }
 }

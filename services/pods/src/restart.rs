@@ -37,10 +37,7 @@ pub fn should_restart(policy: RestartPolicy, exit: Option<Exit>) -> bool {
         RestartPolicy::OnFailure => RestartMode::OnFailure,
         RestartPolicy::Never => RestartMode::Never,
     };
-    let policy = kelson_supervise::RestartPolicy {
-        mode,
-        backoff: CRASH_LOOP_BACKOFF,
-    };
+    let policy = kelson_supervise::RestartPolicy { mode, backoff: CRASH_LOOP_BACKOFF };
     after_exit(&policy, exit) == AfterExit::Restart
 }
 
@@ -67,17 +64,9 @@ impl RestartTracker {
     }
 
     /// Records that the container ended now, and says what comes next.
-    pub fn exited(
-        &mut self,
-        policy: RestartPolicy,
-        exit: Option<Exit>,
-        clock: &dyn Clock,
-    ) -> NextStep {
+    pub fn exited(&mut self, policy: RestartPolicy, exit: Option<Exit>, clock: &dyn Clock) -> NextStep {
         let now = clock.now();
-        let ran_for = self
-            .started_at
-            .take()
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let ran_for = self.started_at.take().map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         if !should_restart(policy, exit) {
             self.restart_at = None;
             return NextStep::Stay;
@@ -90,8 +79,7 @@ impl RestartTracker {
     /// How long the container must still wait before its next start;
     /// `None` when it is not waiting to restart.
     pub fn backoff_remaining(&self, clock: &dyn Clock) -> Option<Duration> {
-        self.restart_at
-            .map(|at| at.saturating_duration_since(clock.now()))
+        self.restart_at.map(|at| at.saturating_duration_since(clock.now()))
     }
 
     /// Starts after the first: the `restartCount` of the status.
@@ -128,9 +116,7 @@ mod tests {
         let mut tracker = RestartTracker::new();
         let mut delays = Vec::new();
         for _ in 0..8 {
-            let NextStep::Restart { delay } =
-                run(&mut tracker, &clock, secs(2), 1, RestartPolicy::Always)
-            else {
+            let NextStep::Restart { delay } = run(&mut tracker, &clock, secs(2), 1, RestartPolicy::Always) else {
                 panic!("Always restarts");
             };
             delays.push(delay.as_secs());
@@ -147,9 +133,7 @@ mod tests {
         for expected in [10, 20, 40] {
             assert_eq!(
                 run(&mut tracker, &clock, secs(30), 1, RestartPolicy::Always),
-                NextStep::Restart {
-                    delay: secs(expected)
-                }
+                NextStep::Restart { delay: secs(expected) }
             );
         }
         assert_eq!(
@@ -161,10 +145,7 @@ mod tests {
             run(&mut tracker, &clock, secs(600), 1, RestartPolicy::Always),
             NextStep::Restart { delay: secs(10) }
         );
-        assert_eq!(
-            run(&mut tracker, &clock, secs(1), 1, RestartPolicy::Always),
-            NextStep::Restart { delay: secs(20) }
-        );
+        assert_eq!(run(&mut tracker, &clock, secs(1), 1, RestartPolicy::Always), NextStep::Restart { delay: secs(20) });
     }
 
     #[test]
@@ -198,18 +179,11 @@ mod tests {
             (RestartPolicy::Never, failed, false),
             (RestartPolicy::Never, None, false),
         ] {
-            assert_eq!(
-                should_restart(policy, exit),
-                restarts,
-                "{policy:?} {exit:?}"
-            );
+            assert_eq!(should_restart(policy, exit), restarts, "{policy:?} {exit:?}");
         }
         let clock = FakeClock::new();
         let mut tracker = RestartTracker::new();
-        assert_eq!(
-            run(&mut tracker, &clock, secs(1), 0, RestartPolicy::OnFailure),
-            NextStep::Stay
-        );
+        assert_eq!(run(&mut tracker, &clock, secs(1), 0, RestartPolicy::OnFailure), NextStep::Stay);
         assert_eq!(tracker.backoff_remaining(&clock), None);
         assert_eq!(tracker.restart_count(), 0);
     }

@@ -150,14 +150,8 @@ pub enum PodField {
 }
 
 impl PodField {
-    pub const ALL: [PodField; 6] = [
-        PodField::Name,
-        PodField::Namespace,
-        PodField::Uid,
-        PodField::NodeName,
-        PodField::PodIp,
-        PodField::HostIp,
-    ];
+    pub const ALL: [PodField; 6] =
+        [PodField::Name, PodField::Namespace, PodField::Uid, PodField::NodeName, PodField::PodIp, PodField::HostIp];
 
     /// The `fieldPath` that names this field.
     pub fn path(self) -> &'static str {
@@ -309,8 +303,7 @@ impl CgroupValues {
 
     /// The text for `memory.max`.
     pub fn memory_max(&self) -> String {
-        self.memory_max
-            .map_or_else(|| "max".to_owned(), |b| b.to_string())
+        self.memory_max.map_or_else(|| "max".to_owned(), |b| b.to_string())
     }
 }
 

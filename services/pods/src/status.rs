@@ -69,10 +69,7 @@ pub struct ContainerStatus {
 #[serde(rename_all = "camelCase")]
 pub enum ContainerState {
     #[serde(rename_all = "camelCase")]
-    Waiting {
-        reason: WaitingReason,
-        message: Option<String>,
-    },
+    Waiting { reason: WaitingReason, message: Option<String> },
     #[serde(rename_all = "camelCase")]
     Running { started_at: String },
     #[serde(rename_all = "camelCase")]
@@ -127,10 +124,7 @@ pub fn terminated_reason(exit: Exit, oom_killed: bool) -> TerminatedReason {
 
 impl ContainerState {
     pub fn waiting(reason: WaitingReason) -> Self {
-        ContainerState::Waiting {
-            reason,
-            message: None,
-        }
+        ContainerState::Waiting { reason, message: None }
     }
 
     fn is_terminated(&self) -> bool {
@@ -167,22 +161,14 @@ impl ContainerStatus {
         if std::mem::take(&mut self.ended) {
             self.restart_count = self.restart_count.saturating_add(1);
         }
-        self.state = ContainerState::Running {
-            started_at: rfc3339(at),
-        };
+        self.state = ContainerState::Running { started_at: rfc3339(at) };
         self.ready = false;
         self.started = false;
     }
 
     /// Ended with `exit` at `finished` (`oom_killed` from the cgroup's
     /// `memory.events`).
-    pub fn set_terminated(
-        &mut self,
-        exit: Exit,
-        oom_killed: bool,
-        finished: SystemTime,
-        message: Option<String>,
-    ) {
+    pub fn set_terminated(&mut self, exit: Exit, oom_killed: bool, finished: SystemTime, message: Option<String>) {
         let started_at = match &self.state {
             ContainerState::Running { started_at } => Some(started_at.clone()),
             _ => None,
@@ -214,10 +200,7 @@ impl ContainerStatus {
 
     fn retire_termination(&mut self) {
         if self.state.is_terminated() {
-            let ended = std::mem::replace(
-                &mut self.state,
-                ContainerState::waiting(WaitingReason::ContainerCreating),
-            );
+            let ended = std::mem::replace(&mut self.state, ContainerState::waiting(WaitingReason::ContainerCreating));
             self.last_state = Some(ended);
         }
     }
@@ -234,19 +217,11 @@ impl PodStatus {
             phase: PodPhase::Pending,
             ready: false,
             // With the host's network the pod's IP is the host's.
-            pod_ip: if spec.host_network {
-                host_ip.clone()
-            } else {
-                None
-            },
+            pod_ip: if spec.host_network { host_ip.clone() } else { None },
             host_ip,
             start_time: Some(rfc3339(now)),
             message: None,
-            containers: spec
-                .containers
-                .iter()
-                .map(|c| ContainerStatus::new(&c.name, &c.image))
-                .collect(),
+            containers: spec.containers.iter().map(|c| ContainerStatus::new(&c.name, &c.image)).collect(),
         }
     }
 
@@ -269,15 +244,9 @@ impl PodStatus {
     pub fn write(&self, dir: &Path) -> Result<PathBuf, StatusError> {
         let path = self.file(dir);
         let mut json =
-            serde_json::to_vec_pretty(self).map_err(|source| StatusError::Serialize {
-                path: path.clone(),
-                source,
-            })?;
+            serde_json::to_vec_pretty(self).map_err(|source| StatusError::Serialize { path: path.clone(), source })?;
         json.push(b'\n');
-        write_atomic(&path, &json, 0o644).map_err(|source| StatusError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write_atomic(&path, &json, 0o644).map_err(|source| StatusError::Write { path: path.clone(), source })?;
         Ok(path)
     }
 }
@@ -290,9 +259,7 @@ pub fn status_file(dir: &Path, namespace: &str, name: &str) -> PathBuf {
 pub fn remove_status(dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError> {
     let path = status_file(dir, namespace, name);
     match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(StatusError::Remove { path, source: e })
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StatusError::Remove { path, source: e }),
         _ => Ok(()),
     }
 }
@@ -393,11 +360,7 @@ mod tests {
             (Never, vec![terminated(0)], Succeeded),
             (Never, vec![running.clone(), terminated(1)], Running),
         ] {
-            assert_eq!(
-                pod_phase(policy, &containers),
-                phase,
-                "{policy:?} {containers:?}"
-            );
+            assert_eq!(pod_phase(policy, &containers), phase, "{policy:?} {containers:?}");
         }
     }
 
@@ -406,12 +369,7 @@ mod tests {
         let mut c = container("etcd");
         c.set_running(at(0));
         assert_eq!(c.restart_count, 0, "the first run is not a restart");
-        c.set_terminated(
-            Exit::Signal(9),
-            true,
-            at(30),
-            Some("out of memory".to_owned()),
-        );
+        c.set_terminated(Exit::Signal(9), true, at(30), Some("out of memory".to_owned()));
         assert_eq!(
             c.state,
             ContainerState::Terminated {
@@ -423,25 +381,15 @@ mod tests {
                 finished_at: "2023-11-14T22:13:50Z".to_owned(),
             }
         );
-        c.set_waiting(
-            WaitingReason::CrashLoopBackOff,
-            Some("back-off 10s".to_owned()),
-        );
-        assert!(matches!(
-            c.last_state,
-            Some(ContainerState::Terminated { exit_code: 137, .. })
-        ));
+        c.set_waiting(WaitingReason::CrashLoopBackOff, Some("back-off 10s".to_owned()));
+        assert!(matches!(c.last_state, Some(ContainerState::Terminated { exit_code: 137, .. })));
         c.set_running(at(40));
         c.set_terminated(Exit::Code(2), false, at(41), None);
         c.set_running(at(60));
         assert_eq!(c.restart_count, 2);
         assert!(matches!(
             c.last_state,
-            Some(ContainerState::Terminated {
-                exit_code: 2,
-                reason: TerminatedReason::Error,
-                ..
-            })
+            Some(ContainerState::Terminated { exit_code: 2, reason: TerminatedReason::Error, .. })
         ));
         c.set_probed(true, true);
         assert!(c.ready && c.started);

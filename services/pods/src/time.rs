@@ -34,12 +34,7 @@ fn since_epoch(t: SystemTime) -> (u64, u32) {
 fn date_time(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_date(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to a Gregorian date. Counted from 0000-03-01 in
@@ -51,17 +46,12 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     let z = days + DAYS_0000_03_01_TO_1970;
     let era = z / ERA;
     let day_of_era = z % ERA;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / (ERA - 1)) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / (ERA - 1)) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     // Months counted from March, five months every 153 days.
     let march_month = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * march_month + 2) / 5 + 1;
-    let month = if march_month < 10 {
-        march_month + 3
-    } else {
-        march_month - 9
-    };
+    let month = if march_month < 10 { march_month + 3 } else { march_month - 9 };
     let year = era * 400 + year_of_era + u64::from(month <= 2);
     (year, month, day)
 }
@@ -78,43 +68,20 @@ mod tests {
     #[test]
     fn known_instants_format_as_kubernetes_writes_them() {
         assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(at(1_700_000_000, 999_999_999)),
-            "2023-11-14T22:13:20Z"
-        );
-        assert_eq!(
-            rfc3339(at(951_782_400, 0)),
-            "2000-02-29T00:00:00Z",
-            "a 400-year leap day"
-        );
+        assert_eq!(rfc3339(at(1_700_000_000, 999_999_999)), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(at(951_782_400, 0)), "2000-02-29T00:00:00Z", "a 400-year leap day");
         assert_eq!(rfc3339(at(4_107_542_399, 0)), "2100-02-28T23:59:59Z");
-        assert_eq!(
-            rfc3339(at(4_107_542_400, 0)),
-            "2100-03-01T00:00:00Z",
-            "2100 is not a leap year"
-        );
+        assert_eq!(rfc3339(at(4_107_542_400, 0)), "2100-03-01T00:00:00Z", "2100 is not a leap year");
         assert_eq!(rfc3339(at(1_709_251_199, 0)), "2024-02-29T23:59:59Z");
         assert_eq!(rfc3339(at(1_735_689_599, 0)), "2024-12-31T23:59:59Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
-            "1970-01-01T00:00:00Z"
-        );
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01T00:00:00Z");
     }
 
     #[test]
     fn nanoseconds_are_trimmed_like_gos_rfc3339nano() {
-        assert_eq!(
-            rfc3339_nanos(at(1_475_713_029, 669_794_202)),
-            "2016-10-06T00:17:09.669794202Z"
-        );
-        assert_eq!(
-            rfc3339_nanos(at(1_475_713_029, 500_000_000)),
-            "2016-10-06T00:17:09.5Z"
-        );
-        assert_eq!(
-            rfc3339_nanos(at(1_475_713_029, 1_000)),
-            "2016-10-06T00:17:09.000001Z"
-        );
+        assert_eq!(rfc3339_nanos(at(1_475_713_029, 669_794_202)), "2016-10-06T00:17:09.669794202Z");
+        assert_eq!(rfc3339_nanos(at(1_475_713_029, 500_000_000)), "2016-10-06T00:17:09.5Z");
+        assert_eq!(rfc3339_nanos(at(1_475_713_029, 1_000)), "2016-10-06T00:17:09.000001Z");
         assert_eq!(rfc3339_nanos(at(1_475_713_029, 0)), "2016-10-06T00:17:09Z");
     }
 }

@@ -34,10 +34,7 @@ pub enum ManifestEvent {
     /// A new pod to start.
     Added(PodSpec),
     /// The file now describes another pod: stop `old`, start `new`.
-    Changed {
-        old: Box<PodSpec>,
-        new: Box<PodSpec>,
-    },
+    Changed { old: Box<PodSpec>, new: Box<PodSpec> },
     /// The file is gone: stop the pod.
     Removed(PodSpec),
     /// The file cannot be used (reported once per distinct problem). The
@@ -75,12 +72,7 @@ impl ManifestSet {
     /// Moves the set to what `scan` found and says what changed.
     pub fn apply(&mut self, scan: Scan) -> Vec<ManifestEvent> {
         let mut events = Vec::new();
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !scan.contains_key(*p))
-            .cloned()
-            .collect();
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !scan.contains_key(*p)).cloned().collect();
         for path in gone {
             if let Some(pod) = self.files.remove(&path).and_then(|s| s.running) {
                 events.push(ManifestEvent::Removed(pod));
@@ -104,10 +96,9 @@ impl ManifestSet {
                     slot.rejected = None;
                     match slot.running.take() {
                         None => events.push(ManifestEvent::Added(pod.clone())),
-                        Some(old) if old.uid != pod.uid => events.push(ManifestEvent::Changed {
-                            old: Box::new(old),
-                            new: Box::new(pod.clone()),
-                        }),
+                        Some(old) if old.uid != pod.uid => {
+                            events.push(ManifestEvent::Changed { old: Box::new(old), new: Box::new(pod.clone()) })
+                        }
                         Some(_) => {}
                     }
                     slot.running = Some(pod);
@@ -151,12 +142,7 @@ fn duplicate(path: &Path, pod: &PodSpec, owner: &Path) -> ManifestError {
         file: path.to_owned(),
         errors: vec![FieldError::new(
             "metadata.name",
-            format!(
-                "pod {}/{} is already defined by {}",
-                pod.namespace,
-                pod.name,
-                owner.display()
-            ),
+            format!("pod {}/{} is already defined by {}", pod.namespace, pod.name, owner.display()),
         )],
     }
 }
@@ -187,19 +173,14 @@ pub enum WatchError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "manifest directory {dir} was removed or moved away; the pods already running keep running"
-    )]
+    #[error("manifest directory {dir} was removed or moved away; the pods already running keep running")]
     Gone { dir: PathBuf },
 }
 
 /// Reads every manifest in `dir`. A file that vanishes between listing and
 /// reading is left out, as if listed a moment later.
 pub fn scan_dir(dir: &Path, options: &LoadOptions) -> Result<Scan, WatchError> {
-    let list_error = |source| WatchError::List {
-        dir: dir.to_owned(),
-        source,
-    };
+    let list_error = |source| WatchError::List { dir: dir.to_owned(), source };
     let mut scan = Scan::new();
     for entry in std::fs::read_dir(dir).map_err(list_error)? {
         let entry = entry.map_err(list_error)?;
@@ -214,10 +195,7 @@ pub fn scan_dir(dir: &Path, options: &LoadOptions) -> Result<Scan, WatchError> {
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                let error = ManifestError::Read {
-                    file: path.clone(),
-                    reason: e.to_string(),
-                };
+                let error = ManifestError::Read { file: path.clone(), reason: e.to_string() };
                 scan.insert(path, Err(error));
                 continue;
             }
@@ -257,16 +235,9 @@ impl ManifestWatcher {
     /// Starts watching `dir` (made if missing: a node without static pods
     /// has none yet). Must be called inside a tokio runtime.
     pub fn new(dir: PathBuf, options: LoadOptions, debounce: Duration) -> Result<Self, WatchError> {
-        std::fs::create_dir_all(&dir).map_err(|source| WatchError::CreateDir {
-            dir: dir.clone(),
-            source,
-        })?;
-        let watch_error = |source: Errno| WatchError::Watch {
-            dir: dir.clone(),
-            source: source.into(),
-        };
-        let inotify =
-            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(watch_error)?;
+        std::fs::create_dir_all(&dir).map_err(|source| WatchError::CreateDir { dir: dir.clone(), source })?;
+        let watch_error = |source: Errno| WatchError::Watch { dir: dir.clone(), source: source.into() };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(watch_error)?;
         let mask = AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_CREATE
@@ -280,22 +251,9 @@ impl ManifestWatcher {
         inotify.add_watch(&dir, mask).map_err(watch_error)?;
         // SAFETY: the descriptor is the one `InotifyFd` owns; it stays open
         // and the same for as long as the `AsyncFd` holds it.
-        let inotify = unsafe {
-            AsyncFd::register_with_interest(InotifyFd(inotify), tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| WatchError::Watch {
-            dir: dir.clone(),
-            source: e.into(),
-        })?;
-        Ok(ManifestWatcher {
-            dir,
-            options,
-            debounce,
-            set: ManifestSet::new(),
-            inotify,
-            scanned: false,
-            dirty: false,
-        })
+        let inotify = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), tokio::io::Interest::READABLE) }
+            .map_err(|e| WatchError::Watch { dir: dir.clone(), source: e.into() })?;
+        Ok(ManifestWatcher { dir, options, debounce, set: ManifestSet::new(), inotify, scanned: false, dirty: false })
     }
 
     pub fn set(&self) -> &ManifestSet {
@@ -346,43 +304,24 @@ impl ManifestWatcher {
     fn relevant(&self, events: Vec<nix::sys::inotify::InotifyEvent>) -> Result<bool, WatchError> {
         let mut relevant = false;
         for event in events {
-            let gone = AddWatchFlags::IN_DELETE_SELF
-                | AddWatchFlags::IN_MOVE_SELF
-                | AddWatchFlags::IN_IGNORED;
+            let gone = AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED;
             if event.mask.intersects(gone) {
-                return Err(WatchError::Gone {
-                    dir: self.dir.clone(),
-                });
+                return Err(WatchError::Gone { dir: self.dir.clone() });
             }
             relevant |= event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
-                || event
-                    .name
-                    .as_ref()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(is_manifest_name);
+                || event.name.as_ref().and_then(|n| n.to_str()).is_some_and(is_manifest_name);
         }
         Ok(relevant)
     }
 
     async fn read(&self) -> Result<Vec<nix::sys::inotify::InotifyEvent>, WatchError> {
         loop {
-            let mut guard = self
-                .inotify
-                .readable()
-                .await
-                .map_err(|source| WatchError::Read {
-                    dir: self.dir.clone(),
-                    source,
-                })?;
+            let mut guard =
+                self.inotify.readable().await.map_err(|source| WatchError::Read { dir: self.dir.clone(), source })?;
             match guard.get_inner().0.read_events() {
                 Ok(events) => return Ok(events),
                 Err(Errno::EAGAIN) => guard.clear_ready(),
-                Err(e) => {
-                    return Err(WatchError::Read {
-                        dir: self.dir.clone(),
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(WatchError::Read { dir: self.dir.clone(), source: e.into() }),
             }
         }
     }
@@ -401,18 +340,11 @@ mod tests {
     }
 
     fn broken(file: &str) -> Result<PodSpec, ManifestError> {
-        parse(
-            Path::new(file),
-            b"kind: Deployment",
-            &LoadOptions::default(),
-        )
+        parse(Path::new(file), b"kind: Deployment", &LoadOptions::default())
     }
 
     fn scan(entries: Vec<(&str, Result<PodSpec, ManifestError>)>) -> Scan {
-        entries
-            .into_iter()
-            .map(|(p, r)| (PathBuf::from(p), r))
-            .collect()
+        entries.into_iter().map(|(p, r)| (PathBuf::from(p), r)).collect()
     }
 
     fn summary(events: &[ManifestEvent]) -> Vec<String> {
@@ -432,32 +364,19 @@ mod tests {
     #[test]
     fn added_changed_and_removed_files_become_events() {
         let mut set = ManifestSet::new();
-        let first = set.apply(scan(vec![
-            ("a.json", pod("a.json", "a", "x:1")),
-            ("b.json", pod("b.json", "b", "x:1")),
-        ]));
+        let first = set.apply(scan(vec![("a.json", pod("a.json", "a", "x:1")), ("b.json", pod("b.json", "b", "x:1"))]));
         assert_eq!(summary(&first), ["added a", "added b"]);
         assert!(
-            set.apply(scan(vec![
-                ("a.json", pod("a.json", "a", "x:1")),
-                ("b.json", pod("b.json", "b", "x:1"))
-            ]))
-            .is_empty(),
+            set.apply(scan(vec![("a.json", pod("a.json", "a", "x:1")), ("b.json", pod("b.json", "b", "x:1"))]))
+                .is_empty(),
             "nothing changed, nothing to do"
         );
         let events = set.apply(scan(vec![("a.json", pod("a.json", "a", "x:2"))]));
         assert_eq!(summary(&events), ["removed b", "changed a -> a"]);
-        let ManifestEvent::Changed { old, new } = &events[1] else {
-            panic!()
-        };
+        let ManifestEvent::Changed { old, new } = &events[1] else { panic!() };
         assert_ne!(old.uid, new.uid);
         assert_eq!(new.containers[0].image, "x:2");
-        assert_eq!(
-            set.pods()
-                .map(|p| p.containers[0].image.as_str())
-                .collect::<Vec<_>>(),
-            ["x:2"]
-        );
+        assert_eq!(set.pods().map(|p| p.containers[0].image.as_str()).collect::<Vec<_>>(), ["x:2"]);
     }
 
     #[test]
@@ -467,23 +386,18 @@ mod tests {
         let events = set.apply(scan(vec![("a.json", broken("a.json"))]));
         assert_eq!(summary(&events), ["rejected a.json"]);
         assert!(
-            set.apply(scan(vec![("a.json", broken("a.json"))]))
-                .is_empty(),
+            set.apply(scan(vec![("a.json", broken("a.json"))])).is_empty(),
             "the same problem is not reported again"
         );
         assert_eq!(set.pods().count(), 1, "the pod keeps running");
         assert_eq!(set.rejected().count(), 1);
         assert!(
-            set.apply(scan(vec![("a.json", pod("a.json", "a", "x:1"))]))
-                .is_empty(),
+            set.apply(scan(vec![("a.json", pod("a.json", "a", "x:1"))])).is_empty(),
             "fixed back to what runs: nothing to restart"
         );
         assert_eq!(set.rejected().count(), 0);
         assert_eq!(summary(&set.apply(scan(vec![]))), ["removed a"]);
-        assert_eq!(
-            summary(&set.apply(scan(vec![("new.json", broken("new.json"))]))),
-            ["rejected new.json"]
-        );
+        assert_eq!(summary(&set.apply(scan(vec![("new.json", broken("new.json"))]))), ["rejected new.json"]);
         assert_eq!(set.pods().count(), 0);
     }
 
@@ -491,34 +405,19 @@ mod tests {
     fn two_files_may_not_run_pods_of_the_same_name() {
         let mut set = ManifestSet::new();
         set.apply(scan(vec![("b.json", pod("b.json", "etcd", "x:1"))]));
-        let events = set.apply(scan(vec![
-            ("a.json", pod("a.json", "etcd", "x:2")),
-            ("b.json", pod("b.json", "etcd", "x:1")),
-        ]));
-        assert_eq!(
-            summary(&events),
-            ["rejected a.json"],
-            "the pod already running keeps its name"
-        );
-        let ManifestEvent::Rejected(e) = &events[0] else {
-            panic!()
-        };
-        assert_eq!(
-            e.to_string(),
-            "a.json: metadata.name: pod default/etcd is already defined by b.json"
-        );
+        let events =
+            set.apply(scan(vec![("a.json", pod("a.json", "etcd", "x:2")), ("b.json", pod("b.json", "etcd", "x:1"))]));
+        assert_eq!(summary(&events), ["rejected a.json"], "the pod already running keeps its name");
+        let ManifestEvent::Rejected(e) = &events[0] else { panic!() };
+        assert_eq!(e.to_string(), "a.json: metadata.name: pod default/etcd is already defined by b.json");
         // The first file gives the name up: the other one now gets it.
-        let events = set.apply(scan(vec![
-            ("a.json", pod("a.json", "etcd", "x:2")),
-            ("b.json", pod("b.json", "other", "x:1")),
-        ]));
+        let events =
+            set.apply(scan(vec![("a.json", pod("a.json", "etcd", "x:2")), ("b.json", pod("b.json", "other", "x:1"))]));
         assert_eq!(summary(&events), ["added etcd", "changed etcd -> other"]);
         // Two new files at once: the first by name wins.
         let mut fresh = ManifestSet::new();
-        let events = fresh.apply(scan(vec![
-            ("y.json", pod("y.json", "dup", "x:1")),
-            ("z.json", pod("z.json", "dup", "x:1")),
-        ]));
+        let events =
+            fresh.apply(scan(vec![("y.json", pod("y.json", "dup", "x:1")), ("z.json", pod("z.json", "dup", "x:1"))]));
         assert_eq!(summary(&events), ["added dup", "rejected z.json"]);
     }
 
@@ -532,29 +431,14 @@ mod tests {
         std::fs::create_dir(dir.path().join("dir.yaml")).unwrap();
         std::fs::write(dir.path().join("bad.yaml"), "kind: Pod\n").unwrap();
         let scan = scan_dir(dir.path(), &LoadOptions::default()).unwrap();
-        let names: Vec<_> = scan
-            .keys()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<_> = scan.keys().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["a.json", "bad.yaml"]);
         assert!(scan[&dir.path().join("a.json")].is_ok());
         assert_eq!(
-            scan[&dir.path().join("bad.yaml")]
-                .as_ref()
-                .unwrap_err()
-                .to_string(),
-            format!(
-                "{}/bad.yaml: apiVersion: is required (apiVersion: v1)",
-                dir.path().display()
-            )
+            scan[&dir.path().join("bad.yaml")].as_ref().unwrap_err().to_string(),
+            format!("{}/bad.yaml: apiVersion: is required (apiVersion: v1)", dir.path().display())
         );
         let err = scan_dir(&dir.path().join("missing"), &LoadOptions::default()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "listing manifest directory {}/missing",
-                dir.path().display()
-            )
-        );
+        assert_eq!(err.to_string(), format!("listing manifest directory {}/missing", dir.path().display()));
     }
 }

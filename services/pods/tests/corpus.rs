@@ -9,16 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn corpus(kind: &str, name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/manifests")
-        .join(kind)
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests").join(kind).join(name)
 }
 
 fn node() -> LoadOptions {
-    LoadOptions {
-        node_name: Some("Node1".to_owned()),
-    }
+    LoadOptions { node_name: Some("Node1".to_owned()) }
 }
 
 fn good(name: &str) -> PodSpec {
@@ -32,9 +27,7 @@ fn raw(name: &str) -> Value {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect()).unwrap_or_default()
 }
 
 fn secs(s: u64) -> Duration {
@@ -47,32 +40,15 @@ fn assert_nothing_lost(name: &str) {
     let doc = raw(name);
     let pod = good(name);
     let spec = &doc["spec"];
-    assert_eq!(
-        pod.host_network,
-        spec["hostNetwork"].as_bool().unwrap_or(false),
-        "{name}"
-    );
-    assert_eq!(
-        pod.priority_class_name.as_deref(),
-        spec["priorityClassName"].as_str(),
-        "{name}"
-    );
-    assert_eq!(
-        pod.volumes.len(),
-        spec["volumes"].as_array().map_or(0, Vec::len),
-        "{name}"
-    );
+    assert_eq!(pod.host_network, spec["hostNetwork"].as_bool().unwrap_or(false), "{name}");
+    assert_eq!(pod.priority_class_name.as_deref(), spec["priorityClassName"].as_str(), "{name}");
+    assert_eq!(pod.volumes.len(), spec["volumes"].as_array().map_or(0, Vec::len), "{name}");
     for v in spec["volumes"].as_array().into_iter().flatten() {
         let mapped = pod.volume(v["name"].as_str().unwrap()).unwrap();
         if let Some(host) = v.get("hostPath") {
-            let VolumeSource::HostPath { path, kind } = &mapped.source else {
-                panic!("{mapped:?}")
-            };
+            let VolumeSource::HostPath { path, kind } = &mapped.source else { panic!("{mapped:?}") };
             assert_eq!(path, Path::new(host["path"].as_str().unwrap()));
-            assert_eq!(
-                Some(*kind),
-                HostPathType::from_manifest(host["type"].as_str().unwrap_or(""))
-            );
+            assert_eq!(Some(*kind), HostPathType::from_manifest(host["type"].as_str().unwrap_or("")));
         }
     }
     let containers = spec["containers"].as_array().unwrap();
@@ -100,33 +76,12 @@ fn assert_nothing_lost(name: &str) {
             };
             let probe = probe.as_ref().unwrap();
             let n = |k: &str, d: u64| raw.get(k).and_then(Value::as_u64).unwrap_or(d);
-            assert_eq!(
-                probe.initial_delay,
-                secs(n("initialDelaySeconds", 0)),
-                "{name} {field}"
-            );
+            assert_eq!(probe.initial_delay, secs(n("initialDelaySeconds", 0)), "{name} {field}");
             assert_eq!(probe.period, secs(n("periodSeconds", 10)), "{name} {field}");
-            assert_eq!(
-                probe.timeout,
-                secs(n("timeoutSeconds", 1)),
-                "{name} {field}"
-            );
-            assert_eq!(
-                u64::from(probe.failure_threshold),
-                n("failureThreshold", 3),
-                "{name} {field}"
-            );
+            assert_eq!(probe.timeout, secs(n("timeoutSeconds", 1)), "{name} {field}");
+            assert_eq!(u64::from(probe.failure_threshold), n("failureThreshold", 3), "{name} {field}");
             let http = &raw["httpGet"];
-            let ProbeAction::HttpGet {
-                host,
-                port,
-                path,
-                scheme,
-                ..
-            } = &probe.action
-            else {
-                panic!("{probe:?}")
-            };
+            let ProbeAction::HttpGet { host, port, path, scheme, .. } = &probe.action else { panic!("{probe:?}") };
             assert_eq!(host.as_deref(), http["host"].as_str());
             assert_eq!(Some(path.as_str()), http["path"].as_str());
             assert_eq!(*scheme == HttpScheme::Https, http["scheme"] == "HTTPS");
@@ -139,20 +94,12 @@ fn assert_nothing_lost(name: &str) {
 
 #[test]
 fn the_four_kubeadm_master_manifests_map_without_loss() {
-    for name in [
-        "etcd.yaml",
-        "kube-apiserver.yaml",
-        "kube-controller-manager.yaml",
-        "kube-scheduler.yaml",
-    ] {
+    for name in ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"] {
         assert_nothing_lost(name);
         let pod = good(name);
         assert_eq!(pod.namespace, "kube-system");
         assert!(pod.host_network);
-        assert_eq!(
-            pod.priority_class_name.as_deref(),
-            Some("system-node-critical")
-        );
+        assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
         assert_eq!(pod.priority, Some(2_000_001_000));
         assert_eq!(pod.restart_policy, RestartPolicy::Always);
         assert_eq!(pod.termination_grace_period, secs(30));
@@ -175,16 +122,10 @@ fn the_four_kubeadm_master_manifests_map_without_loss() {
 #[test]
 fn etcd_maps_to_its_resources_volumes_and_probes() {
     let pod = good("etcd.yaml");
-    assert_eq!(
-        pod.name, "etcd-node1",
-        "static pods are named after the node, lower-cased"
-    );
+    assert_eq!(pod.name, "etcd-node1", "static pods are named after the node, lower-cased");
     assert_eq!(pod.manifest_name, "etcd");
     assert_eq!(pod.full_name(), "kube-system_etcd-node1");
-    assert_eq!(
-        pod.annotations["kubeadm.kubernetes.io/etcd.advertise-client-urls"],
-        "https://10.0.0.10:2379"
-    );
+    assert_eq!(pod.annotations["kubeadm.kubernetes.io/etcd.advertise-client-urls"], "https://10.0.0.10:2379");
     let etcd = pod.container("etcd").unwrap();
     assert_eq!(etcd.image, "registry.k8s.io/etcd:3.5.15-0");
     assert_eq!(etcd.command.len(), 19);
@@ -195,19 +136,11 @@ fn etcd_maps_to_its_resources_volumes_and_probes() {
     let cg = etcd.resources.cgroup();
     assert_eq!(
         (cg.cpu_weight, cg.cpu_max(), cg.memory_max(), cg.memory_min),
-        (
-            4,
-            "max 100000".to_owned(),
-            "max".to_owned(),
-            Some(104_857_600)
-        )
+        (4, "max 100000".to_owned(), "max".to_owned(), Some(104_857_600))
     );
     assert_eq!(
         pod.volume("etcd-data").unwrap().source,
-        VolumeSource::HostPath {
-            path: "/var/lib/etcd".into(),
-            kind: HostPathType::DirectoryOrCreate
-        }
+        VolumeSource::HostPath { path: "/var/lib/etcd".into(), kind: HostPathType::DirectoryOrCreate }
     );
     assert_eq!(
         etcd.liveness,
@@ -228,14 +161,7 @@ fn etcd_maps_to_its_resources_volumes_and_probes() {
         })
     );
     let readiness = etcd.readiness.as_ref().unwrap();
-    assert_eq!(
-        (
-            readiness.initial_delay,
-            readiness.period,
-            readiness.failure_threshold
-        ),
-        (secs(0), secs(1), 3)
-    );
+    assert_eq!((readiness.initial_delay, readiness.period, readiness.failure_threshold), (secs(0), secs(1), 3));
 }
 
 #[test]
@@ -253,16 +179,8 @@ fn the_apiserver_probes_use_its_named_port_over_https() {
         }]
     );
     for probe in [&c.liveness, &c.readiness, &c.startup] {
-        let ProbeAction::HttpGet {
-            host, port, scheme, ..
-        } = &probe.as_ref().unwrap().action
-        else {
-            panic!()
-        };
-        assert_eq!(
-            (host.as_deref(), *port, *scheme),
-            (Some("10.0.0.10"), 6443, HttpScheme::Https)
-        );
+        let ProbeAction::HttpGet { host, port, scheme, .. } = &probe.as_ref().unwrap().action else { panic!() };
+        assert_eq!((host.as_deref(), *port, *scheme), (Some("10.0.0.10"), 6443, HttpScheme::Https));
     }
     assert_eq!(c.resources.cpu_request_millis, Some(250));
     assert_eq!(c.resources.cgroup().cpu_weight, 10);
@@ -280,21 +198,11 @@ fn the_controller_manager_and_scheduler_mount_their_kubeconfig_files() {
             kind: HostPathType::FileOrCreate
         }
     );
-    let flex = cm.containers[0]
-        .mounts
-        .iter()
-        .find(|m| m.volume == "flexvolume-dir")
-        .unwrap();
+    let flex = cm.containers[0].mounts.iter().find(|m| m.volume == "flexvolume-dir").unwrap();
     assert!(!flex.read_only);
     assert_eq!(cm.containers[0].resources.cpu_request_millis, Some(200));
     assert_eq!(cm.containers[0].resources.cgroup().cpu_weight, 8);
-    let ProbeAction::HttpGet {
-        host,
-        port,
-        scheme,
-        path,
-        ..
-    } = &cm.containers[0].liveness.as_ref().unwrap().action
+    let ProbeAction::HttpGet { host, port, scheme, path, .. } = &cm.containers[0].liveness.as_ref().unwrap().action
     else {
         panic!()
     };
@@ -314,9 +222,7 @@ fn the_controller_manager_and_scheduler_mount_their_kubeconfig_files() {
         }]
     );
     assert_eq!(sched.containers[0].resources.cpu_request_millis, Some(100));
-    let ProbeAction::HttpGet { port, scheme, .. } =
-        &sched.containers[0].liveness.as_ref().unwrap().action
-    else {
+    let ProbeAction::HttpGet { port, scheme, .. } = &sched.containers[0].liveness.as_ref().unwrap().action else {
         panic!()
     };
     assert_eq!((*port, *scheme), (10259, HttpScheme::Https));
@@ -325,31 +231,16 @@ fn the_controller_manager_and_scheduler_mount_their_kubeconfig_files() {
 #[test]
 fn every_mapped_field_of_a_pod_using_them_all_survives() {
     let pod = load(&corpus("good", "everything.yaml"), &LoadOptions::default()).unwrap();
-    assert_eq!(
-        (
-            pod.name.as_str(),
-            pod.namespace.as_str(),
-            pod.node_name.as_deref()
-        ),
-        ("web", "demo", None)
-    );
+    assert_eq!((pod.name.as_str(), pod.namespace.as_str(), pod.node_name.as_deref()), ("web", "demo", None));
     assert_eq!(pod.restart_policy, RestartPolicy::OnFailure);
     assert_eq!(pod.termination_grace_period, secs(5));
     assert!(pod.host_pid && !pod.host_network && !pod.host_ipc);
     let server = pod.container("server").unwrap();
-    assert_eq!(
-        server.image_pull_policy,
-        PullPolicy::Always,
-        "no tag means latest, pulled always"
-    );
+    assert_eq!(server.image_pull_policy, PullPolicy::Always, "no tag means latest, pulled always");
     assert_eq!(server.command, ["/bin/server"]);
     assert_eq!(server.args, ["--port=$(PORT)", "--name=$(POD_NAME)"]);
     assert_eq!(server.working_dir.as_deref(), Some(Path::new("/srv")));
-    let env: Vec<(&str, &EnvValue)> = server
-        .env
-        .iter()
-        .map(|e| (e.name.as_str(), &e.value))
-        .collect();
+    let env: Vec<(&str, &EnvValue)> = server.env.iter().map(|e| (e.name.as_str(), &e.value)).collect();
     assert_eq!(
         env,
         [
@@ -384,24 +275,15 @@ fn every_mapped_field_of_a_pod_using_them_all_survives() {
     );
     assert_eq!(
         pod.volume("cache").unwrap().source,
-        VolumeSource::EmptyDir {
-            medium: StorageMedium::Default,
-            size_limit: None
-        }
+        VolumeSource::EmptyDir { medium: StorageMedium::Default, size_limit: None }
     );
     assert_eq!(
         pod.volume("scratch").unwrap().source,
-        VolumeSource::EmptyDir {
-            medium: StorageMedium::Memory,
-            size_limit: Some(16 << 20)
-        }
+        VolumeSource::EmptyDir { medium: StorageMedium::Memory, size_limit: Some(16 << 20) }
     );
     assert_eq!(
         pod.volume("config").unwrap().source,
-        VolumeSource::HostPath {
-            path: "/etc/web".into(),
-            kind: HostPathType::Unchecked
-        }
+        VolumeSource::HostPath { path: "/etc/web".into(), kind: HostPathType::Unchecked }
     );
     assert_eq!(
         server.resources,
@@ -418,12 +300,7 @@ fn every_mapped_field_of_a_pod_using_them_all_survives() {
     let cg = server.resources.cgroup();
     assert_eq!(
         (cg.cpu_weight, cg.cpu_max(), cg.memory_max(), cg.memory_min),
-        (
-            20,
-            "100000 100000".to_owned(),
-            "134217728".to_owned(),
-            Some(64 << 20)
-        )
+        (20, "100000 100000".to_owned(), "134217728".to_owned(), Some(64 << 20))
     );
     assert_eq!(
         server.security,
@@ -441,13 +318,7 @@ fn every_mapped_field_of_a_pod_using_them_all_survives() {
         },
         "the container's runAsUser wins, the pod's runAsGroup fills in"
     );
-    assert_eq!(
-        server.liveness.as_ref().unwrap().action,
-        ProbeAction::TcpSocket {
-            host: None,
-            port: 8080
-        }
-    );
+    assert_eq!(server.liveness.as_ref().unwrap().action, ProbeAction::TcpSocket { host: None, port: 8080 });
     let readiness = server.readiness.as_ref().unwrap();
     assert_eq!(
         readiness.action,
@@ -459,27 +330,11 @@ fn every_mapped_field_of_a_pod_using_them_all_survives() {
             headers: vec![("X-Probe".to_owned(), "kelson".to_owned())]
         }
     );
-    assert_eq!(
-        (
-            readiness.success_threshold,
-            readiness.timeout,
-            readiness.period
-        ),
-        (2, secs(1), secs(10))
-    );
+    assert_eq!((readiness.success_threshold, readiness.timeout, readiness.period), (2, secs(1), secs(10)));
     let startup = server.startup.as_ref().unwrap();
+    assert_eq!(startup.action, ProbeAction::Exec { command: vec!["cat".to_owned(), "/tmp/started".to_owned()] });
     assert_eq!(
-        startup.action,
-        ProbeAction::Exec {
-            command: vec!["cat".to_owned(), "/tmp/started".to_owned()]
-        }
-    );
-    assert_eq!(
-        (
-            startup.failure_threshold,
-            startup.period,
-            startup.termination_grace_period
-        ),
+        (startup.failure_threshold, startup.period, startup.termination_grace_period),
         (30, secs(2), Some(secs(3)))
     );
 
@@ -487,26 +342,16 @@ fn every_mapped_field_of_a_pod_using_them_all_survives() {
     assert_eq!(sidecar.image_pull_policy, PullPolicy::Never);
     assert!(sidecar.tty && sidecar.stdin);
     assert_eq!(
-        (
-            sidecar.resources.cpu_request_millis,
-            sidecar.resources.memory_request_bytes
-        ),
+        (sidecar.resources.cpu_request_millis, sidecar.resources.memory_request_bytes),
         (Some(250), Some(32 << 20))
     );
-    assert_eq!(
-        sidecar.security.run_as_user,
-        Some(1000),
-        "the pod's runAsUser applies where the container has none"
-    );
+    assert_eq!(sidecar.security.run_as_user, Some(1000), "the pod's runAsUser applies where the container has none");
 }
 
 #[test]
 fn a_json_manifest_loads_with_kubernetes_defaults() {
     let pod = load(&corpus("good", "minimal.json"), &LoadOptions::default()).unwrap();
-    assert_eq!(
-        (pod.namespace.as_str(), pod.name.as_str()),
-        ("default", "pause")
-    );
+    assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("default", "pause"));
     assert_eq!(pod.restart_policy, RestartPolicy::Always);
     assert_eq!(pod.termination_grace_period, secs(30));
     assert!(!pod.host_network);
@@ -525,41 +370,21 @@ fn the_uid_follows_the_pod_not_the_formatting() {
         load(&path, options).unwrap().uid
     };
     let first = uid(&original, &node());
-    assert_eq!(
-        uid(&original, &node()),
-        first,
-        "the same manifest keeps its UID"
-    );
-    assert_eq!(
-        uid(&format!("# a comment\n{original}\n\n"), &node()),
-        first,
-        "comments and blank lines change nothing"
-    );
+    assert_eq!(uid(&original, &node()), first, "the same manifest keeps its UID");
+    assert_eq!(uid(&format!("# a comment\n{original}\n\n"), &node()), first, "comments and blank lines change nothing");
     assert_ne!(
-        uid(
-            &original.replace("--snapshot-count=10000", "--snapshot-count=5000"),
-            &node()
-        ),
+        uid(&original.replace("--snapshot-count=10000", "--snapshot-count=5000"), &node()),
         first,
         "an edited argument is a new pod"
     );
     assert_ne!(
-        uid(
-            &original,
-            &LoadOptions {
-                node_name: Some("node2".to_owned())
-            }
-        ),
+        uid(&original, &LoadOptions { node_name: Some("node2".to_owned()) }),
         first,
         "another node, another pod"
     );
     let moved = dir.path().join("etcd2.yaml");
     std::fs::write(&moved, &original).unwrap();
-    assert_ne!(
-        load(&moved, &node()).unwrap().uid,
-        first,
-        "another file, another pod"
-    );
+    assert_ne!(load(&moved, &node()).unwrap().uid, first, "another file, another pod");
 }
 
 /// Each broken manifest and every line of the error it must give (without
@@ -631,18 +456,12 @@ fn each_broken_manifest_gives_its_exact_errors_naming_file_and_field() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     on_disk.sort();
-    assert_eq!(
-        listed, on_disk,
-        "every broken manifest has its expected errors listed"
-    );
+    assert_eq!(listed, on_disk, "every broken manifest has its expected errors listed");
     for (name, lines) in BROKEN {
         let path = corpus("bad", name);
         let err = load(&path, &node()).expect_err(name);
         assert_eq!(err.file(), path);
-        let expected: Vec<String> = lines
-            .iter()
-            .map(|l| format!("{}: {l}", path.display()))
-            .collect();
+        let expected: Vec<String> = lines.iter().map(|l| format!("{}: {l}", path.display())).collect();
         assert_eq!(err.to_string(), expected.join("\n"), "{name}");
         assert_eq!(err.errors().len(), lines.len(), "{name}");
     }
@@ -652,13 +471,7 @@ fn each_broken_manifest_gives_its_exact_errors_naming_file_and_field() {
 fn an_unreadable_manifest_names_the_file() {
     let path = corpus("bad", "no-such-file.yaml");
     let err = load(&path, &node()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "{}: cannot be read: No such file or directory (os error 2)",
-            path.display()
-        )
-    );
+    assert_eq!(err.to_string(), format!("{}: cannot be read: No such file or directory (os error 2)", path.display()));
 }
 
 #[test]
@@ -666,16 +479,9 @@ fn manifest_names_exclude_hidden_files_and_editor_leftovers() {
     for name in ["etcd.yaml", "etcd.yml", "etcd.json", "a.b.yaml"] {
         assert!(manifest::is_manifest_name(name), "{name}");
     }
-    for name in [
-        ".etcd.yaml.swp",
-        ".etcd.yaml",
-        "etcd.yaml~",
-        "etcd.yaml.bak",
-        "etcd",
-        ".yaml",
-        "4913",
-        ".etcd.yaml.tmp.1.0",
-    ] {
+    for name in
+        [".etcd.yaml.swp", ".etcd.yaml", "etcd.yaml~", "etcd.yaml.bak", "etcd", ".yaml", "4913", ".etcd.yaml.tmp.1.0"]
+    {
         assert!(!manifest::is_manifest_name(name), "{name}");
     }
 }
@@ -702,12 +508,7 @@ fn the_corpus_has_no_unknown_fields_and_typos_are_named_as_ignored() {
     let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  creationTimestamp: null\n  labelz: {a: b}\n\
                 spec:\n  containers:\n  - name: web\n    image: web:1\n    imagePullPolice: Never\n    \
                 resources: {limits: {cpu: 1}}\n    ports:\n    - {containerPort: 80, nmae: http}\n  hostNetwrok: true\nstatus: {}\n";
-    let pod = manifest::parse(
-        Path::new("typos.yaml"),
-        text.as_bytes(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let pod = manifest::parse(Path::new("typos.yaml"), text.as_bytes(), &LoadOptions::default()).unwrap();
     let warnings: Vec<String> = pod.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         warnings,

@@ -13,18 +13,10 @@ use std::sync::{Arc, Mutex};
 fn logs_live_under_namespace_name_uid_then_container_and_restart_count() {
     let text = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "etcd", "namespace": "kube-system"},
         "spec": {"containers": [{"name": "etcd", "image": "etcd:1"}]}}"#;
-    let pod = parse(
-        Path::new("/etc/kubernetes/manifests/etcd.json"),
-        text,
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let pod = parse(Path::new("/etc/kubernetes/manifests/etcd.json"), text, &LoadOptions::default()).unwrap();
     assert_eq!(
         container_log_path(Path::new("/var/log/pods"), &pod, "etcd", 3),
-        Path::new(&format!(
-            "/var/log/pods/kube-system_etcd_{}/etcd/3.log",
-            pod.uid
-        ))
+        Path::new(&format!("/var/log/pods/kube-system_etcd_{}/etcd/3.log", pod.uid))
     );
 }
 
@@ -32,21 +24,15 @@ fn logs_live_under_namespace_name_uid_then_container_and_restart_count() {
 async fn both_streams_land_in_one_file_line_by_line_with_partials_for_long_lines() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("web/0.log");
-    let limits = LogLimits {
-        max_line_bytes: 8,
-        ..LogLimits::default()
-    };
-    let log = Arc::new(Mutex::new(
-        ContainerLog::open(path.clone(), limits).unwrap(),
-    ));
+    let limits = LogLimits { max_line_bytes: 8, ..LogLimits::default() };
+    let log = Arc::new(Mutex::new(ContainerLog::open(path.clone(), limits).unwrap()));
     let clock: Arc<dyn Clock> = Arc::new(FakeClock::new());
 
     let (out_r, out_w) = nix::unistd::pipe().unwrap();
     let (err_r, err_w) = nix::unistd::pipe().unwrap();
     let mut out = File::from(out_w);
     out.write_all(b"hello\nwor").unwrap();
-    out.write_all(b"ld\na line longer than eight\nno newline at the end")
-        .unwrap();
+    out.write_all(b"ld\na line longer than eight\nno newline at the end").unwrap();
     drop(out);
     let stdout = pump(log.clone(), Stream::Stdout, out_r, clock.clone()).await;
     let mut err = File::from(err_w);
@@ -79,15 +65,8 @@ async fn both_streams_land_in_one_file_line_by_line_with_partials_for_long_lines
 async fn a_log_that_cannot_be_written_still_drains_the_pipe_and_reports_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.log");
-    let log = ContainerLog::open(
-        path.clone(),
-        LogLimits {
-            max_file_bytes: 10,
-            keep_files: 1,
-            max_line_bytes: 100,
-        },
-    )
-    .unwrap();
+    let log =
+        ContainerLog::open(path.clone(), LogLimits { max_file_bytes: 10, keep_files: 1, max_line_bytes: 100 }).unwrap();
     // The directory disappears under the log, so rotation cannot reopen it.
     std::fs::remove_dir_all(dir.path()).unwrap();
     let log = Arc::new(Mutex::new(log));

@@ -13,13 +13,7 @@ use std::time::Duration;
 
 fn etcd() -> kelson_pods::PodSpec {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/good/etcd.yaml");
-    load(
-        &path,
-        &LoadOptions {
-            node_name: Some("node1".to_owned()),
-        },
-    )
-    .unwrap()
+    load(&path, &LoadOptions { node_name: Some("node1".to_owned()) }).unwrap()
 }
 
 #[test]
@@ -32,19 +26,13 @@ fn a_crash_looping_host_network_pod_is_written_as_json_named_after_namespace_and
     assert_eq!(path, dir.path().join("kube-system_etcd-node1.json"));
     let first: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(first["phase"], "Pending");
-    assert_eq!(
-        first["containers"][0]["state"],
-        json!({"waiting": {"reason": "ContainerCreating", "message": null}})
-    );
+    assert_eq!(first["containers"][0]["state"], json!({"waiting": {"reason": "ContainerCreating", "message": null}}));
 
     let etcd = status.container_mut("etcd").unwrap();
     etcd.set_running(clock.wall());
     clock.advance(Duration::from_secs(3));
     etcd.set_terminated(Exit::Code(1), false, clock.wall(), None);
-    etcd.set_waiting(
-        WaitingReason::CrashLoopBackOff,
-        Some("back-off 10s restarting failed container".to_owned()),
-    );
+    etcd.set_waiting(WaitingReason::CrashLoopBackOff, Some("back-off 10s restarting failed container".to_owned()));
     status.update_phase(spec.restart_policy);
     status.write(dir.path()).unwrap();
 
@@ -81,20 +69,10 @@ fn a_crash_looping_host_network_pod_is_written_as_json_named_after_namespace_and
         })
     );
     let back: PodStatus = serde_json::from_value(written).unwrap();
-    assert_eq!(
-        back.containers[0].state, status.containers[0].state,
-        "the file reads back into the same status"
-    );
+    assert_eq!(back.containers[0].state, status.containers[0].state, "the file reads back into the same status");
 
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        names.len(),
-        1,
-        "no temporary file is left behind: {names:?}"
-    );
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "no temporary file is left behind: {names:?}");
     remove_status(dir.path(), "kube-system", "etcd-node1").unwrap();
     assert!(!path.exists());
     remove_status(dir.path(), "kube-system", "etcd-node1").unwrap();
@@ -114,10 +92,7 @@ fn a_ready_running_pod_is_ready_and_a_pod_on_its_own_network_waits_for_its_ip() 
     let mut own_network = spec.clone();
     own_network.host_network = false;
     let status = PodStatus::new(&own_network, Some("10.0.0.10".to_owned()), clock.wall());
-    assert_eq!(
-        (status.pod_ip, status.host_ip.as_deref()),
-        (None, Some("10.0.0.10"))
-    );
+    assert_eq!((status.pod_ip, status.host_ip.as_deref()), (None, Some("10.0.0.10")));
 }
 
 #[test]
@@ -127,11 +102,5 @@ fn a_status_directory_that_cannot_be_made_is_reported_with_the_file() {
     std::fs::write(&blocker, "a file where the directory should be").unwrap();
     let status = PodStatus::new(&etcd(), None, FakeClock::new().wall());
     let err = status.write(&blocker).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "writing pod status file {}/kube-system_etcd-node1.json",
-            blocker.display()
-        )
-    );
+    assert_eq!(err.to_string(), format!("writing pod status file {}/kube-system_etcd-node1.json", blocker.display()));
 }

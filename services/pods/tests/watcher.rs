@@ -19,24 +19,18 @@ fn summary(events: &[ManifestEvent]) -> Vec<String> {
         .iter()
         .map(|e| match e {
             ManifestEvent::Added(p) => format!("added {} {}", p.name, p.containers[0].image),
-            ManifestEvent::Changed { old, new } => format!(
-                "changed {} {} -> {}",
-                old.name, old.containers[0].image, new.containers[0].image
-            ),
+            ManifestEvent::Changed { old, new } => {
+                format!("changed {} {} -> {}", old.name, old.containers[0].image, new.containers[0].image)
+            }
             ManifestEvent::Removed(p) => format!("removed {}", p.name),
-            ManifestEvent::Rejected(e) => format!(
-                "rejected {}",
-                e.file().file_name().unwrap().to_string_lossy()
-            ),
+            ManifestEvent::Rejected(e) => format!("rejected {}", e.file().file_name().unwrap().to_string_lossy()),
         })
         .collect()
 }
 
 async fn next(watcher: &mut ManifestWatcher) -> Vec<String> {
-    let events = tokio::time::timeout(Duration::from_secs(5), watcher.next())
-        .await
-        .expect("an event within 5 s")
-        .unwrap();
+    let events =
+        tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.expect("an event within 5 s").unwrap();
     summary(&events)
 }
 
@@ -61,11 +55,7 @@ async fn files_written_renamed_in_edited_broken_and_deleted_become_events() {
     fs::write(dir.join("etcd.yaml"), manifest("etcd", "etcd:1")).unwrap();
     fs::write(dir.join("broken.yaml"), "kind: Pod\n").unwrap();
     let mut watcher = ManifestWatcher::new(dir.clone(), LoadOptions::default(), DEBOUNCE).unwrap();
-    assert_eq!(
-        next(&mut watcher).await,
-        ["rejected broken.yaml", "added etcd etcd:1"],
-        "the full scan at start"
-    );
+    assert_eq!(next(&mut watcher).await, ["rejected broken.yaml", "added etcd etcd:1"], "the full scan at start");
 
     // Editors' swap and backup files are not manifests.
     fs::write(dir.join(".etcd.yaml.swp"), manifest("swap", "x:1")).unwrap();
@@ -73,27 +63,15 @@ async fn files_written_renamed_in_edited_broken_and_deleted_become_events() {
     fs::write(dir.join("README"), "notes").unwrap();
     quiet(&mut watcher).await;
 
-    write_via_rename(
-        &dir,
-        "kube-scheduler.yaml",
-        &manifest("kube-scheduler", "sched:1"),
-    );
+    write_via_rename(&dir, "kube-scheduler.yaml", &manifest("kube-scheduler", "sched:1"));
     assert_eq!(next(&mut watcher).await, ["added kube-scheduler sched:1"]);
 
     fs::write(dir.join("etcd.yaml"), manifest("etcd", "etcd:2")).unwrap();
     assert_eq!(next(&mut watcher).await, ["changed etcd etcd:1 -> etcd:2"]);
 
-    fs::write(
-        dir.join("etcd.yaml"),
-        "apiVersion: v1\nkind: Pod\nspec: [\n",
-    )
-    .unwrap();
+    fs::write(dir.join("etcd.yaml"), "apiVersion: v1\nkind: Pod\nspec: [\n").unwrap();
     assert_eq!(next(&mut watcher).await, ["rejected etcd.yaml"]);
-    assert_eq!(
-        watcher.set().pods().count(),
-        2,
-        "the broken file's pod keeps running"
-    );
+    assert_eq!(watcher.set().pods().count(), 2, "the broken file's pod keeps running");
 
     fs::write(dir.join("broken.yaml"), manifest("fixed", "fixed:1")).unwrap();
     assert_eq!(next(&mut watcher).await, ["added fixed fixed:1"]);
@@ -112,12 +90,8 @@ async fn files_written_renamed_in_edited_broken_and_deleted_become_events() {
 #[tokio::test]
 async fn a_file_written_in_pieces_is_read_once_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let mut watcher =
-        ManifestWatcher::new(dir.path().to_owned(), LoadOptions::default(), DEBOUNCE).unwrap();
-    assert!(
-        next(&mut watcher).await.is_empty(),
-        "an empty directory gives an empty first scan"
-    );
+    let mut watcher = ManifestWatcher::new(dir.path().to_owned(), LoadOptions::default(), DEBOUNCE).unwrap();
+    assert!(next(&mut watcher).await.is_empty(), "an empty directory gives an empty first scan");
     let text = manifest("slow", "slow:1");
     let (first, rest) = text.split_at(text.len() / 2);
     let mut file = fs::File::create(dir.path().join("slow.yaml")).unwrap();
@@ -126,11 +100,7 @@ async fn a_file_written_in_pieces_is_read_once_whole() {
     tokio::time::sleep(DEBOUNCE / 4).await;
     file.write_all(rest.as_bytes()).unwrap();
     drop(file);
-    assert_eq!(
-        next(&mut watcher).await,
-        ["added slow slow:1"],
-        "no rejection of the half-written file"
-    );
+    assert_eq!(next(&mut watcher).await, ["added slow slow:1"], "no rejection of the half-written file");
 }
 
 #[tokio::test]
@@ -141,21 +111,20 @@ async fn a_missing_directory_is_made_and_a_removed_one_ends_the_watch() {
     assert!(dir.is_dir());
     assert!(next(&mut watcher).await.is_empty());
     fs::remove_dir(&dir).unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), watcher.next())
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("manifest directory {} was removed or moved away; the pods already running keep running", dir.display())
+        format!(
+            "manifest directory {} was removed or moved away; the pods already running keep running",
+            dir.display()
+        )
     );
 }
 
 #[tokio::test]
 async fn a_change_seen_by_a_cancelled_call_is_reported_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let mut watcher =
-        ManifestWatcher::new(dir.path().to_owned(), LoadOptions::default(), DEBOUNCE).unwrap();
+    let mut watcher = ManifestWatcher::new(dir.path().to_owned(), LoadOptions::default(), DEBOUNCE).unwrap();
     assert!(next(&mut watcher).await.is_empty());
     fs::write(dir.path().join("a.yaml"), manifest("a", "a:1")).unwrap();
     // Cancelled while debouncing: the event has been read by then.

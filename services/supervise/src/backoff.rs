@@ -62,16 +62,9 @@ mod tests {
 
     #[test]
     fn delays_double_from_the_initial_value_up_to_the_cap() {
-        let policy = Backoff {
-            initial: secs(10),
-            factor: 2,
-            cap: secs(300),
-            reset_after: secs(600),
-        };
+        let policy = Backoff { initial: secs(10), factor: 2, cap: secs(300), reset_after: secs(600) };
         let mut state = BackoffState::default();
-        let delays: Vec<u64> = (0..8)
-            .map(|_| state.next_delay(&policy, secs(1)).as_secs())
-            .collect();
+        let delays: Vec<u64> = (0..8).map(|_| state.next_delay(&policy, secs(1)).as_secs()).collect();
         assert_eq!(delays, vec![10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
@@ -81,62 +74,30 @@ mod tests {
         let mut state = BackoffState::default();
         assert_eq!(state.next_delay(&policy, secs(0)), secs(1));
         assert_eq!(state.next_delay(&policy, secs(0)), secs(2));
-        assert_eq!(
-            state.next_delay(&policy, secs(59)),
-            secs(4),
-            "59 s is short of the 60 s stable period"
-        );
+        assert_eq!(state.next_delay(&policy, secs(59)), secs(4), "59 s is short of the 60 s stable period");
         assert_eq!(state.next_delay(&policy, secs(60)), secs(1));
         assert_eq!(state.next_delay(&policy, secs(3)), secs(2));
     }
 
     #[test]
     fn a_long_crash_loop_never_overflows() {
-        let policy = Backoff {
-            initial: secs(1),
-            factor: 3,
-            cap: secs(60),
-            reset_after: secs(60),
-        };
-        let mut state = BackoffState {
-            consecutive: u32::MAX - 1,
-        };
+        let policy = Backoff { initial: secs(1), factor: 3, cap: secs(60), reset_after: secs(60) };
+        let mut state = BackoffState { consecutive: u32::MAX - 1 };
         assert_eq!(state.next_delay(&policy, secs(0)), secs(60));
         assert_eq!(state.next_delay(&policy, secs(0)), secs(60));
     }
 
     #[test]
     fn restart_modes_decide_by_exit() {
-        let policy = |mode| RestartPolicy {
-            mode,
-            backoff: Backoff::default(),
-        };
+        let policy = |mode| RestartPolicy { mode, backoff: Backoff::default() };
         let ok = Some(Exit::Code(0));
         let bad = Some(Exit::Code(3));
         let killed = Some(Exit::Signal(9));
-        assert_eq!(
-            after_exit(&policy(RestartMode::Always), ok),
-            AfterExit::Restart
-        );
-        assert_eq!(
-            after_exit(&policy(RestartMode::OnFailure), ok),
-            AfterExit::Completed
-        );
-        assert_eq!(
-            after_exit(&policy(RestartMode::OnFailure), killed),
-            AfterExit::Restart
-        );
-        assert_eq!(
-            after_exit(&policy(RestartMode::OnFailure), None),
-            AfterExit::Restart
-        );
-        assert_eq!(
-            after_exit(&policy(RestartMode::Never), ok),
-            AfterExit::Completed
-        );
-        assert_eq!(
-            after_exit(&policy(RestartMode::Never), bad),
-            AfterExit::Failed
-        );
+        assert_eq!(after_exit(&policy(RestartMode::Always), ok), AfterExit::Restart);
+        assert_eq!(after_exit(&policy(RestartMode::OnFailure), ok), AfterExit::Completed);
+        assert_eq!(after_exit(&policy(RestartMode::OnFailure), killed), AfterExit::Restart);
+        assert_eq!(after_exit(&policy(RestartMode::OnFailure), None), AfterExit::Restart);
+        assert_eq!(after_exit(&policy(RestartMode::Never), ok), AfterExit::Completed);
+        assert_eq!(after_exit(&policy(RestartMode::Never), bad), AfterExit::Failed);
     }
 }

@@ -19,10 +19,7 @@ pub struct CgroupRoot {
 
 impl Default for CgroupRoot {
     fn default() -> Self {
-        CgroupRoot {
-            mount: PathBuf::from("/sys/fs/cgroup"),
-            parent: PathBuf::from("kelson.slice/system"),
-        }
+        CgroupRoot { mount: PathBuf::from("/sys/fs/cgroup"), parent: PathBuf::from("kelson.slice/system") }
     }
 }
 
@@ -62,21 +59,11 @@ impl CgroupRoot {
     /// controllers its limits need on the way down, and writes the limits.
     /// Returns the `cgroup.procs` file the process is to join through.
     pub fn prepare(&self, service: &str, resources: &Resources) -> Result<PathBuf, CgroupError> {
-        if self.parent.is_absolute()
-            || self
-                .parent
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(CgroupError::BadParent {
-                parent: self.parent.clone(),
-            });
+        if self.parent.is_absolute() || self.parent.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(CgroupError::BadParent { parent: self.parent.clone() });
         }
         let dir = self.service_dir(service);
-        fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
-            path: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir).map_err(|source| CgroupError::Create { path: dir.clone(), source })?;
 
         // A controller's files appear in a cgroup only when every ancestor
         // has it in cgroup.subtree_control. The intermediate cgroups hold no
@@ -97,12 +84,10 @@ impl CgroupRoot {
         for level in &levels {
             for controller in &controllers {
                 let path = level.join("cgroup.subtree_control");
-                write_file(&path, &format!("+{controller}")).map_err(|source| {
-                    CgroupError::EnableController {
-                        path,
-                        controller,
-                        source,
-                    }
+                write_file(&path, &format!("+{controller}")).map_err(|source| CgroupError::EnableController {
+                    path,
+                    controller,
+                    source,
                 })?;
             }
         }
@@ -118,22 +103,14 @@ impl CgroupRoot {
 }
 
 fn write_limit(path: &Path, value: String) -> Result<(), CgroupError> {
-    write_file(path, &value).map_err(|source| CgroupError::Write {
-        path: path.to_owned(),
-        value,
-        source,
-    })
+    write_file(path, &value).map_err(|source| CgroupError::Write { path: path.to_owned(), value, source })
 }
 
 /// cgroupfs files exist already; `create` matters only for directories that
 /// stand in for cgroupfs in tests, and is harmless on the real thing.
 fn write_file(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
     f.write_all(value.as_bytes())
 }
 
@@ -144,29 +121,17 @@ mod tests {
     #[test]
     fn limits_and_controllers_are_written_into_a_directory_that_mimics_cgroupfs() {
         let mount = tempfile::tempdir().unwrap();
-        let root = CgroupRoot {
-            mount: mount.path().to_owned(),
-            parent: "kelson.slice/system".into(),
-        };
-        let resources = Resources {
-            memory_max: Some(64 << 20),
-            cpu_weight: Some(200),
-            oom_score_adj: None,
-        };
+        let root = CgroupRoot { mount: mount.path().to_owned(), parent: "kelson.slice/system".into() };
+        let resources = Resources { memory_max: Some(64 << 20), cpu_weight: Some(200), oom_score_adj: None };
         let procs = root.prepare("containerd", &resources).unwrap();
         let dir = mount.path().join("kelson.slice/system/containerd");
         assert_eq!(procs, dir.join("cgroup.procs"));
-        assert_eq!(
-            fs::read_to_string(dir.join("memory.max")).unwrap(),
-            "67108864"
-        );
+        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
         assert_eq!(fs::read_to_string(dir.join("cpu.weight")).unwrap(), "200");
         // Each write to subtree_control adds one controller on cgroupfs; a
         // plain file keeps only the last one written.
         for level in ["", "kelson.slice", "kelson.slice/system"] {
-            let control =
-                fs::read_to_string(mount.path().join(level).join("cgroup.subtree_control"))
-                    .unwrap();
+            let control = fs::read_to_string(mount.path().join(level).join("cgroup.subtree_control")).unwrap();
             assert_eq!(control, "+cpu", "{level}");
         }
     }
@@ -174,28 +139,16 @@ mod tests {
     #[test]
     fn no_limits_means_no_controller_is_touched() {
         let mount = tempfile::tempdir().unwrap();
-        let root = CgroupRoot {
-            mount: mount.path().to_owned(),
-            parent: "kelson.slice/system".into(),
-        };
+        let root = CgroupRoot { mount: mount.path().to_owned(), parent: "kelson.slice/system".into() };
         root.prepare("kubelet", &Resources::default()).unwrap();
         assert!(mount.path().join("kelson.slice/system/kubelet").is_dir());
         assert!(!mount.path().join("cgroup.subtree_control").exists());
-        assert!(!mount
-            .path()
-            .join("kelson.slice/system/kubelet/memory.max")
-            .exists());
+        assert!(!mount.path().join("kelson.slice/system/kubelet/memory.max").exists());
     }
 
     #[test]
     fn a_parent_that_escapes_the_mount_is_refused() {
-        let root = CgroupRoot {
-            mount: "/sys/fs/cgroup".into(),
-            parent: "../etc".into(),
-        };
-        assert!(matches!(
-            root.prepare("x", &Resources::default()),
-            Err(CgroupError::BadParent { .. })
-        ));
+        let root = CgroupRoot { mount: "/sys/fs/cgroup".into(), parent: "../etc".into() };
+        assert!(matches!(root.prepare("x", &Resources::default()), Err(CgroupError::BadParent { .. })));
     }
 }

@@ -92,12 +92,7 @@ impl FakeClock {
     /// The durations the current sleepers asked for, in the order they
     /// started sleeping (dropped sleeps excluded).
     pub fn pending_sleeps(&self) -> Vec<Duration> {
-        self.state()
-            .sleepers
-            .iter()
-            .filter(|(_, _, tx)| !tx.is_closed())
-            .map(|(_, asked, _)| *asked)
-            .collect()
+        self.state().sleepers.iter().filter(|(_, _, tx)| !tx.is_closed()).map(|(_, asked, _)| *asked).collect()
     }
 
     /// How long until the earliest sleeper wakes.
@@ -146,10 +141,7 @@ mod tests {
         let clock = FakeClock::new();
         let mut short = clock.sleep(Duration::from_secs(1));
         let mut long = clock.sleep(Duration::from_secs(5));
-        assert_eq!(
-            clock.pending_sleeps(),
-            vec![Duration::from_secs(1), Duration::from_secs(5)]
-        );
+        assert_eq!(clock.pending_sleeps(), vec![Duration::from_secs(1), Duration::from_secs(5)]);
         clock.advance(Duration::from_millis(999));
         assert!(futures_poll(&mut short).is_pending());
         clock.advance(Duration::from_millis(1));

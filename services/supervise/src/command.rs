@@ -18,26 +18,15 @@ pub fn find_program(spec: &ServiceSpec) -> Option<PathBuf> {
     if program.contains('/') {
         return Path::new(program).is_file().then(|| PathBuf::from(program));
     }
-    let path = spec
-        .env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or(DEFAULT_PATH);
-    path.split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
+    let path = spec.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+    path.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
 }
 
 /// A command for `spec` whose output goes to a new pipe; returns the
 /// command and the pipe's read end. `cgroup_procs` is the cgroup's
 /// `cgroup.procs` file to join, if the service has a cgroup.
 pub fn build(spec: &ServiceSpec, cgroup_procs: Option<&Path>) -> io::Result<(Command, OwnedFd)> {
-    let program = spec
-        .argv
-        .first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+    let program = spec.argv.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
     let mut cmd = Command::new(program);
     cmd.args(&spec.argv[1..]);
     cmd.env_clear().env("PATH", DEFAULT_PATH);
@@ -52,9 +41,7 @@ pub fn build(spec: &ServiceSpec, cgroup_procs: Option<&Path>) -> io::Result<(Com
     cmd.stdout(Stdio::from(write.try_clone()?));
     cmd.stderr(Stdio::from(write));
 
-    let procs = cgroup_procs
-        .map(|p| CString::new(p.as_os_str().as_bytes()))
-        .transpose()?;
+    let procs = cgroup_procs.map(|p| CString::new(p.as_os_str().as_bytes())).transpose()?;
     let oom = spec.resources.oom_score_adj.map(|v| v.clamp(-1000, 1000));
     // SAFETY: the closure runs in the forked child of a multi-threaded
     // process, so it may only make async-signal-safe calls: setsid, getpid,
@@ -70,10 +57,7 @@ pub fn build(spec: &ServiceSpec, cgroup_procs: Option<&Path>) -> io::Result<(Com
             }
             if let Some(procs) = &procs {
                 let mut buf = [0u8; 24];
-                write_to(
-                    procs.as_ptr(),
-                    format_decimal(i64::from(libc::getpid()), &mut buf),
-                )?;
+                write_to(procs.as_ptr(), format_decimal(i64::from(libc::getpid()), &mut buf))?;
             }
             if let Some(score) = oom {
                 let mut buf = [0u8; 24];
@@ -83,8 +67,7 @@ pub fn build(spec: &ServiceSpec, cgroup_procs: Option<&Path>) -> io::Result<(Com
                 // supervisor compares the score after spawn and warns.
                 let path = c"/proc/self/oom_score_adj".as_ptr();
                 match write_to(path, format_decimal(i64::from(score), &mut buf)) {
-                    Err(e)
-                        if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {}
                     other => other?,
                 }
             }
@@ -100,11 +83,7 @@ fn write_to(path: *const libc::c_char, data: &[u8]) -> io::Result<()> {
     // SAFETY: `path` points at a NUL-terminated string that outlives the
     // call; `data` is a valid slice; the descriptor is closed on every path.
     unsafe {
-        let fd = libc::open(
-            path,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o644,
-        );
+        let fd = libc::open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -158,19 +137,12 @@ mod tests {
     fn programs_are_found_by_path_or_in_path() {
         let sh = find_program(&ServiceSpec::new("a", ["sh"])).unwrap();
         assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
-        assert_eq!(
-            find_program(&ServiceSpec::new("a", ["/nonexistent/kubelet"])),
-            None
-        );
-        assert_eq!(
-            find_program(&ServiceSpec::new("a", ["no-such-program-kelson"])),
-            None
-        );
+        assert_eq!(find_program(&ServiceSpec::new("a", ["/nonexistent/kubelet"])), None);
+        assert_eq!(find_program(&ServiceSpec::new("a", ["no-such-program-kelson"])), None);
         let mut spec = ServiceSpec::new("a", ["only-here"]);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("only-here"), "").unwrap();
-        spec.env
-            .push(("PATH".into(), dir.path().display().to_string()));
+        spec.env.push(("PATH".into(), dir.path().display().to_string()));
         assert_eq!(find_program(&spec), Some(dir.path().join("only-here")));
     }
 }

@@ -25,9 +25,7 @@ pub struct Launched {
 
 impl std::fmt::Debug for Launched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launched")
-            .field("pid", &self.pid)
-            .finish_non_exhaustive()
+        f.debug_struct("Launched").field("pid", &self.pid).finish_non_exhaustive()
     }
 }
 
@@ -52,24 +50,15 @@ impl Launcher for ThreadLauncher {
         drop(cmd);
         let pid = child.id() as i32;
         let (tx, rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("wait-{pid}"))
-            .spawn(move || {
-                let exit =
-                    child
-                        .wait()
-                        .ok()
-                        .and_then(|status| match (status.code(), status.signal()) {
-                            (Some(code), _) => Some(Exit::Code(code)),
-                            (None, Some(signal)) => Some(Exit::Signal(signal)),
-                            (None, None) => None,
-                        });
-                let _ = tx.send(exit);
-            })?;
-        Ok(Launched {
-            pid,
-            exit: Box::pin(async move { rx.await.ok().flatten() }),
-        })
+        std::thread::Builder::new().name(format!("wait-{pid}")).spawn(move || {
+            let exit = child.wait().ok().and_then(|status| match (status.code(), status.signal()) {
+                (Some(code), _) => Some(Exit::Code(code)),
+                (None, Some(signal)) => Some(Exit::Signal(signal)),
+                (None, None) => None,
+            });
+            let _ = tx.send(exit);
+        })?;
+        Ok(Launched { pid, exit: Box::pin(async move { rx.await.ok().flatten() }) })
     }
 }
 
@@ -86,17 +75,12 @@ mod tests {
         assert_eq!(ok.exit.await, Some(Exit::Code(0)));
         let mut killed = Command::new("sh");
         killed.args(["-c", "kill -9 $$"]);
-        assert_eq!(
-            ThreadLauncher.spawn(killed).unwrap().exit.await,
-            Some(Exit::Signal(9))
-        );
+        assert_eq!(ThreadLauncher.spawn(killed).unwrap().exit.await, Some(Exit::Signal(9)));
     }
 
     #[test]
     fn a_missing_program_is_not_found() {
-        let err = ThreadLauncher
-            .spawn(Command::new("/nonexistent/kelson-program"))
-            .unwrap_err();
+        let err = ThreadLauncher.spawn(Command::new("/nonexistent/kelson-program")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -34,7 +34,5 @@ pub use health::parse_http_url;
 pub use launcher::{ExitFuture, Launched, Launcher, ThreadLauncher};
 pub use logs::{LogFileError, LogLine, LogSettings, LogSubscription};
 pub use spec::*;
-pub use status::{
-    write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, StateFileError, Transition,
-};
+pub use status::{write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, StateFileError, Transition};
 pub use supervisor::{Settings, SuperviseError, Supervisor, DEFAULT_STATE_DIR};

@@ -31,12 +31,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     /// 1 MiB files, 3 rotated ones, 1000 lines in memory.
     fn default() -> Self {
-        LogSettings {
-            dir: PathBuf::from("/var/log/kelson"),
-            max_file_bytes: 1 << 20,
-            keep_files: 3,
-            ring_lines: 1000,
-        }
+        LogSettings { dir: PathBuf::from("/var/log/kelson"), max_file_bytes: 1 << 20, keep_files: 3, ring_lines: 1000 }
     }
 }
 
@@ -81,12 +76,7 @@ impl LogSink {
     /// A sink for `service`. A log file that cannot be opened is reported
     /// once and the output still reaches the ring.
     pub fn new(service: &str, settings: &LogSettings, clock: Arc<dyn Clock>) -> Self {
-        let file = match RotatingFile::open(
-            &settings.dir,
-            service,
-            settings.max_file_bytes,
-            settings.keep_files,
-        ) {
+        let file = match RotatingFile::open(&settings.dir, service, settings.max_file_bytes, settings.keep_files) {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(service, error = %e, "no log file; output is kept in memory only");
@@ -97,11 +87,7 @@ impl LogSink {
         LogSink {
             service: service.to_owned(),
             file: Mutex::new(file),
-            ring: Mutex::new(Ring {
-                lines: VecDeque::new(),
-                capacity: settings.ring_lines.max(1),
-                next_seq: 0,
-            }),
+            ring: Mutex::new(Ring { lines: VecDeque::new(), capacity: settings.ring_lines.max(1), next_seq: 0 }),
             live,
             clock,
         }
@@ -109,10 +95,7 @@ impl LogSink {
 
     pub fn subscribe(&self) -> LogSubscription {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        LogSubscription {
-            backlog: ring.lines.iter().cloned().collect(),
-            live: self.live.subscribe(),
-        }
+        LogSubscription { backlog: ring.lines.iter().cloned().collect(), live: self.live.subscribe() }
     }
 
     /// The sequence number the next line will get: taken before a start,
@@ -147,11 +130,7 @@ impl LogSink {
         }
         let text = String::from_utf8_lossy(raw.strip_suffix(b"\n").unwrap_or(raw)).into_owned();
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let line = LogLine {
-            seq: ring.next_seq,
-            at_unix_ms: unix_ms(self.clock.wall()),
-            text,
-        };
+        let line = LogLine { seq: ring.next_seq, at_unix_ms: unix_ms(self.clock.wall()), text };
         ring.next_seq += 1;
         if ring.lines.len() == ring.capacity {
             ring.lines.pop_front();
@@ -244,14 +223,7 @@ impl RotatingFile {
             Ok((file, size))
         };
         let (file, size) = open().map_err(|source| LogFileError::Open { path, source })?;
-        Ok(RotatingFile {
-            dir: dir.to_owned(),
-            service: service.to_owned(),
-            file,
-            size,
-            max: max.max(1),
-            keep,
-        })
+        Ok(RotatingFile { dir: dir.to_owned(), service: service.to_owned(), file, size, max: max.max(1), keep })
     }
 
     fn path(&self, generation: usize) -> PathBuf {
@@ -264,10 +236,7 @@ impl RotatingFile {
     /// Whole lines go into one file when they fit in one; a line longer
     /// than a file is split across files.
     fn write_line(&mut self, mut data: &[u8]) -> Result<(), LogFileError> {
-        if self.size > 0
-            && self.size + data.len() as u64 > self.max
-            && data.len() as u64 <= self.max
-        {
+        if self.size > 0 && self.size + data.len() as u64 > self.max && data.len() as u64 <= self.max {
             self.rotate()?;
         }
         while !data.is_empty() {
@@ -275,12 +244,7 @@ impl RotatingFile {
                 self.rotate()?;
             }
             let room = (self.max - self.size).min(data.len() as u64) as usize;
-            self.file
-                .write_all(&data[..room])
-                .map_err(|source| LogFileError::Write {
-                    path: self.path(0),
-                    source,
-                })?;
+            self.file.write_all(&data[..room]).map_err(|source| LogFileError::Write { path: self.path(0), source })?;
             self.size += room as u64;
             data = &data[room..];
         }
@@ -302,10 +266,7 @@ impl RotatingFile {
             fs::rename(&current, self.path(1))?;
             OpenOptions::new().create(true).append(true).open(&current)
         };
-        self.file = rotate().map_err(|source| LogFileError::Rotate {
-            path: current.clone(),
-            source,
-        })?;
+        self.file = rotate().map_err(|source| LogFileError::Rotate { path: current.clone(), source })?;
         self.size = 0;
         Ok(())
     }
@@ -317,32 +278,20 @@ mod tests {
     use crate::clock::FakeClock;
 
     fn settings(dir: &Path, max: u64, keep: usize, ring: usize) -> LogSettings {
-        LogSettings {
-            dir: dir.to_owned(),
-            max_file_bytes: max,
-            keep_files: keep,
-            ring_lines: ring,
-        }
+        LogSettings { dir: dir.to_owned(), max_file_bytes: max, keep_files: keep, ring_lines: ring }
     }
 
     #[test]
     fn the_last_line_of_a_run_skips_blank_lines_and_earlier_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new(
-            "svc",
-            &settings(dir.path(), 1 << 20, 1, 10),
-            Arc::new(FakeClock::new()),
-        );
+        let sink = LogSink::new("svc", &settings(dir.path(), 1 << 20, 1, 10), Arc::new(FakeClock::new()));
         sink.push_line(b"earlier run\n");
         let run = sink.next_seq();
         assert_eq!(sink.last_line_since(run), None);
         sink.push_line(b"unpacking\n");
         sink.push_line(b"ctr: failed to dial\n");
         sink.push_line(b"  \n");
-        assert_eq!(
-            sink.last_line_since(run).as_deref(),
-            Some("ctr: failed to dial")
-        );
+        assert_eq!(sink.last_line_since(run).as_deref(), Some("ctr: failed to dial"));
         let next = sink.next_seq();
         sink.push_line(b"\n");
         assert_eq!(sink.last_line_since(next), None);
@@ -351,18 +300,12 @@ mod tests {
     #[test]
     fn rotation_keeps_n_files_each_within_the_size_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new(
-            "svc",
-            &settings(dir.path(), 100, 2, 10),
-            Arc::new(FakeClock::new()),
-        );
+        let sink = LogSink::new("svc", &settings(dir.path(), 100, 2, 10), Arc::new(FakeClock::new()));
         for i in 0..50 {
             sink.push_line(format!("line {i:04} of output\n").as_bytes()); // 20 bytes
         }
-        let mut names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(names, ["svc.log", "svc.log.1", "svc.log.2"]);
         for name in &names {
@@ -375,20 +318,13 @@ mod tests {
         assert!(current.ends_with("line 0049 of output\n"), "{current}");
         let previous = fs::read_to_string(dir.path().join("svc.log.1")).unwrap();
         assert_eq!(previous.lines().count(), 5);
-        assert!(
-            previous.lines().all(|l| l.starts_with("line ")),
-            "{previous}"
-        );
+        assert!(previous.lines().all(|l| l.starts_with("line ")), "{previous}");
     }
 
     #[test]
     fn a_line_longer_than_a_file_is_split_and_still_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new(
-            "svc",
-            &settings(dir.path(), 10, 1, 10),
-            Arc::new(FakeClock::new()),
-        );
+        let sink = LogSink::new("svc", &settings(dir.path(), 10, 1, 10), Arc::new(FakeClock::new()));
         sink.push_line(&[b'x'; 25]);
         for name in ["svc.log", "svc.log.1"] {
             assert!(fs::metadata(dir.path().join(name)).unwrap().len() <= 10);
@@ -399,20 +335,12 @@ mod tests {
     #[test]
     fn the_ring_keeps_the_newest_lines_and_subscribers_get_what_follows() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = LogSink::new(
-            "svc",
-            &settings(dir.path(), 1 << 20, 1, 3),
-            Arc::new(FakeClock::new()),
-        );
+        let sink = LogSink::new("svc", &settings(dir.path(), 1 << 20, 1, 3), Arc::new(FakeClock::new()));
         for i in 0..5 {
             sink.push_line(format!("{i}\n").as_bytes());
         }
         let mut sub = sink.subscribe();
-        let backlog: Vec<_> = sub
-            .backlog
-            .iter()
-            .map(|l| (l.seq, l.text.as_str()))
-            .collect();
+        let backlog: Vec<_> = sub.backlog.iter().map(|l| (l.seq, l.text.as_str())).collect();
         assert_eq!(backlog, [(2, "2"), (3, "3"), (4, "4")]);
         sink.push_line(b"5\n");
         let next = sub.live.try_recv().unwrap();
@@ -423,27 +351,15 @@ mod tests {
     #[tokio::test]
     async fn the_pump_splits_output_into_lines_and_flushes_the_last_partial_one() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Arc::new(LogSink::new(
-            "svc",
-            &settings(dir.path(), 1 << 20, 1, 10),
-            Arc::new(FakeClock::new()),
-        ));
+        let sink = Arc::new(LogSink::new("svc", &settings(dir.path(), 1 << 20, 1, 10), Arc::new(FakeClock::new())));
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let mut writer = File::from(write);
         writer.write_all(b"one\ntwo\nthr").unwrap();
         writer.write_all(b"ee\nfour").unwrap();
         drop(writer);
         sink.clone().pump(read).await;
-        let texts: Vec<_> = sink
-            .subscribe()
-            .backlog
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
+        let texts: Vec<_> = sink.subscribe().backlog.into_iter().map(|l| l.text).collect();
         assert_eq!(texts, ["one", "two", "three", "four"]);
-        assert_eq!(
-            fs::read_to_string(dir.path().join("svc.log")).unwrap(),
-            "one\ntwo\nthree\nfour\n"
-        );
+        assert_eq!(fs::read_to_string(dir.path().join("svc.log")).unwrap(), "one\ntwo\nthree\nfour\n");
     }
 }

@@ -7,9 +7,7 @@ use crate::health;
 use crate::launcher::ExitFuture;
 use crate::logs::LogSink;
 use crate::spec::{HealthCheck, Requirement, ServiceSpec};
-use crate::status::{
-    unix_ms, write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, Transition,
-};
+use crate::status::{unix_ms, write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, Transition};
 use crate::supervisor::Shared;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -33,14 +31,8 @@ pub(crate) enum Control {
 type Ack = Option<oneshot::Sender<()>>;
 
 enum RunEnd {
-    Exited {
-        exit: Option<Exit>,
-        ran_for: Duration,
-    },
-    Stopped {
-        exit: Option<Exit>,
-        ack: Ack,
-    },
+    Exited { exit: Option<Exit>, ran_for: Duration },
+    Stopped { exit: Option<Exit>, ack: Ack },
 }
 
 pub(crate) struct Runner {
@@ -55,12 +47,7 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    pub fn new(
-        spec: ServiceSpec,
-        shared: Arc<Shared>,
-        control: mpsc::Receiver<Control>,
-        log: Arc<LogSink>,
-    ) -> Self {
+    pub fn new(spec: ServiceSpec, shared: Arc<Shared>, control: mpsc::Receiver<Control>, log: Arc<LogSink>) -> Self {
         let status = ServiceStatus::new(&spec.name, shared.clock.wall());
         Runner {
             spec,
@@ -82,34 +69,21 @@ impl Runner {
             }
             if command::find_program(&self.spec).is_none() {
                 let program = self.spec.argv.first().cloned().unwrap_or_default();
-                self.transition(
-                    ServiceState::Absent,
-                    format!("program {program} is not on this node"),
-                );
+                self.transition(ServiceState::Absent, format!("program {program} is not on this node"));
                 return self.idle_until_stopped().await;
             }
             if self.started_before {
                 self.status.restarts += 1;
             }
             self.started_before = true;
-            self.transition(
-                ServiceState::Starting,
-                format!("starting {}", self.spec.argv.join(" ")),
-            );
+            self.transition(ServiceState::Starting, format!("starting {}", self.spec.argv.join(" ")));
             let first_line = self.log.next_seq();
             let (pid, exit, output) = match self.spawn() {
                 Ok(started) => started,
                 Err(reason) => {
-                    let delay = self
-                        .backoff
-                        .next_delay(&self.spec.restart.backoff, Duration::ZERO);
-                    match self
-                        .back_off(delay, format!("could not start: {reason}"))
-                        .await
-                    {
-                        Some(ack) => {
-                            return self.finish(ack, "stopped while backing off".to_owned())
-                        }
+                    let delay = self.backoff.next_delay(&self.spec.restart.backoff, Duration::ZERO);
+                    match self.back_off(delay, format!("could not start: {reason}")).await {
+                        Some(ack) => return self.finish(ack, "stopped while backing off".to_owned()),
                         None => continue,
                     }
                 }
@@ -118,17 +92,13 @@ impl Runner {
                 RunEnd::Stopped { exit, ack } => {
                     self.status.last_exit = exit;
                     self.status.pid = None;
-                    let how = exit
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "exit status unknown".to_owned());
+                    let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "exit status unknown".to_owned());
                     return self.finish(ack, format!("stopped on request ({how})"));
                 }
                 RunEnd::Exited { exit, ran_for } => {
                     self.status.last_exit = exit;
                     self.status.pid = None;
-                    let how = exit
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "ended, exit status lost".to_owned());
+                    let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended, exit status lost".to_owned());
                     let mut what = format!("pid {pid} {how} after {}", human(ran_for));
                     // A program that gives up with an error code usually
                     // says why last (a signal says nothing of the kind).
@@ -139,8 +109,7 @@ impl Runner {
                     }
                     match after_exit(&self.spec.restart, exit) {
                         AfterExit::Restart => {
-                            let delay =
-                                self.backoff.next_delay(&self.spec.restart.backoff, ran_for);
+                            let delay = self.backoff.next_delay(&self.spec.restart.backoff, ran_for);
                             if let Some(ack) = self.back_off(delay, what).await {
                                 return self.finish(ack, "stopped while backing off".to_owned());
                             }
@@ -148,9 +117,7 @@ impl Runner {
                         AfterExit::Completed => {
                             self.transition(
                                 ServiceState::Completed,
-                                format!(
-                                    "{what}; done (its restart policy does not restart a success)"
-                                ),
+                                format!("{what}; done (its restart policy does not restart a success)"),
                             );
                             return self.idle_until_stopped().await;
                         }
@@ -173,11 +140,7 @@ impl Runner {
             return None;
         }
         let mut snapshots = self.shared.snapshot.subscribe();
-        let polls = self
-            .spec
-            .requires
-            .iter()
-            .any(|r| matches!(r, Requirement::PathExists(_)));
+        let polls = self.spec.requires.iter().any(|r| matches!(r, Requirement::PathExists(_)));
         loop {
             let unmet = unmet_requirements(&self.spec.requires, &snapshots.borrow_and_update());
             if unmet.is_empty() {
@@ -200,26 +163,17 @@ impl Runner {
     /// output pump, whose task is returned with the pid and exit.
     fn spawn(&mut self) -> Result<(i32, ExitFuture, JoinHandle<()>), String> {
         let procs = match &self.shared.settings.cgroups {
-            Some(root) => Some(
-                root.prepare(&self.spec.name, &self.spec.resources)
-                    .map_err(|e| error_chain(&e))?,
-            ),
+            Some(root) => Some(root.prepare(&self.spec.name, &self.spec.resources).map_err(|e| error_chain(&e))?),
             None => None,
         };
-        let (cmd, output) = command::build(&self.spec, procs.as_deref())
-            .map_err(|e| format!("preparing the command: {e}"))?;
+        let (cmd, output) =
+            command::build(&self.spec, procs.as_deref()).map_err(|e| format!("preparing the command: {e}"))?;
         let program = self.spec.argv.first().cloned().unwrap_or_default();
-        let launched = self
-            .shared
-            .launcher
-            .spawn(cmd)
-            .map_err(|e| format!("spawning {program}: {e}"))?;
+        let launched = self.shared.launcher.spawn(cmd).map_err(|e| format!("spawning {program}: {e}"))?;
         let pump = tokio::spawn(self.log.clone().pump(output));
         if let Some(wanted) = self.spec.resources.oom_score_adj {
             let path = format!("/proc/{}/oom_score_adj", launched.pid);
-            let actual = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok());
+            let actual = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok());
             if actual.is_some_and(|a| a != wanted.clamp(-1000, 1000)) {
                 tracing::warn!(service = %self.spec.name, pid = launched.pid, wanted, actual = ?actual,
                     "OOM score not applied (lowering it needs CAP_SYS_RESOURCE)");
@@ -251,25 +205,13 @@ impl Runner {
         self.transition(ServiceState::Running, format!("started as pid {pid}"));
         let (health_tx, mut health_rx) = mpsc::channel(4);
         let _health = match &self.spec.health {
-            Some(check) => Some(AbortOnDrop(tokio::spawn(health_loop(
-                check.clone(),
-                self.shared.clone(),
-                health_tx,
-            )))),
+            Some(check) => Some(AbortOnDrop(tokio::spawn(health_loop(check.clone(), self.shared.clone(), health_tx)))),
             None => {
-                self.transition(
-                    ServiceState::Healthy,
-                    format!("started as pid {pid}; no health check"),
-                );
+                self.transition(ServiceState::Healthy, format!("started as pid {pid}; no health check"));
                 None
             }
         };
-        let threshold = self
-            .spec
-            .health
-            .as_ref()
-            .map(|h| h.failure_threshold.max(1))
-            .unwrap_or(1);
+        let threshold = self.spec.health.as_ref().map(|h| h.failure_threshold.max(1)).unwrap_or(1);
         let mut failures = 0;
         loop {
             tokio::select! {
@@ -286,13 +228,7 @@ impl Runner {
         }
     }
 
-    fn on_health(
-        &mut self,
-        pid: i32,
-        result: Result<String, String>,
-        failures: &mut u32,
-        threshold: u32,
-    ) {
+    fn on_health(&mut self, pid: i32, result: Result<String, String>, failures: &mut u32, threshold: u32) {
         match (self.status.state, result) {
             (ServiceState::Running, Ok(seen)) => {
                 *failures = 0;
@@ -346,10 +282,7 @@ impl Runner {
     /// Records the back-off, then waits it out. `Some` if asked to stop.
     async fn back_off(&mut self, delay: Duration, what: String) -> Option<Ack> {
         self.status.backoff_ms = Some(delay.as_millis() as u64);
-        self.transition(
-            ServiceState::BackingOff,
-            format!("{what}; restarting in {}", human(delay)),
-        );
+        self.transition(ServiceState::BackingOff, format!("{what}; restarting in {}", human(delay)));
         let sleep = self.shared.clock.sleep(delay);
         let interrupted = tokio::select! {
             () = sleep => None,
@@ -437,40 +370,22 @@ pub(crate) fn unmet_requirements(requires: &[Requirement], snapshot: &Snapshot) 
                 Some(state) => Some(format!("service {dep} to complete (it is {state})")),
                 None => Some(format!("service {dep} to complete (no such service)")),
             },
-            Requirement::PathExists(path) => {
-                (!path.exists()).then(|| format!("{} to exist", path.display()))
-            }
-            Requirement::Condition(name) => {
-                (!snapshot.conditions.contains(name)).then(|| format!("condition {name}"))
-            }
+            Requirement::PathExists(path) => (!path.exists()).then(|| format!("{} to exist", path.display())),
+            Requirement::Condition(name) => (!snapshot.conditions.contains(name)).then(|| format!("condition {name}")),
         })
         .collect()
 }
 
 /// Checks forever, sending each result; the runner decides what it means.
-async fn health_loop(
-    check: HealthCheck,
-    shared: Arc<Shared>,
-    results: mpsc::Sender<Result<String, String>>,
-) {
+async fn health_loop(check: HealthCheck, shared: Arc<Shared>, results: mpsc::Sender<Result<String, String>>) {
     let mut passed_once = false;
     loop {
-        let result = health::check(
-            &check.probe,
-            check.timeout,
-            shared.clock.as_ref(),
-            shared.launcher.as_ref(),
-        )
-        .await;
+        let result = health::check(&check.probe, check.timeout, shared.clock.as_ref(), shared.launcher.as_ref()).await;
         passed_once |= result.is_ok();
         if results.send(result).await.is_err() {
             return;
         }
-        let interval = if passed_once {
-            check.interval
-        } else {
-            check.startup_interval
-        };
+        let interval = if passed_once { check.interval } else { check.startup_interval };
         shared.clock.sleep(interval).await;
     }
 }
@@ -516,10 +431,7 @@ mod tests {
         let mut import = ServiceStatus::new("sandbox-image", SystemTime::UNIX_EPOCH);
         import.state = ServiceState::Healthy;
         services.insert("sandbox-image".to_owned(), import);
-        let mut snapshot = Snapshot {
-            services,
-            conditions: BTreeSet::new(),
-        };
+        let mut snapshot = Snapshot { services, conditions: BTreeSet::new() };
         let requires = vec![
             Requirement::Healthy("containerd".into()),
             Requirement::Completed("sandbox-image".into()),
@@ -539,10 +451,7 @@ mod tests {
         snapshot.conditions.insert("network-ready".into());
         snapshot.services.get_mut("containerd").unwrap().state = ServiceState::Healthy;
         snapshot.services.get_mut("sandbox-image").unwrap().state = ServiceState::Completed;
-        assert_eq!(
-            unmet_requirements(&requires, &snapshot),
-            ["/nonexistent/kelson to exist"]
-        );
+        assert_eq!(unmet_requirements(&requires, &snapshot), ["/nonexistent/kelson to exist"]);
     }
 
     #[test]

@@ -159,10 +159,7 @@ pub struct StopPolicy {
 
 impl Default for StopPolicy {
     fn default() -> Self {
-        StopPolicy {
-            signal: Signal::SIGTERM,
-            grace: Duration::from_secs(10),
-        }
+        StopPolicy { signal: Signal::SIGTERM, grace: Duration::from_secs(10) }
     }
 }
 

@@ -26,9 +26,7 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exited with code {c}"),
             Exit::Signal(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s)
-                    .map(|s| s.as_str())
-                    .unwrap_or("unknown signal");
+                let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown signal");
                 write!(f, "killed by signal {s} ({name})")
             }
         }
@@ -115,9 +113,7 @@ impl ServiceStatus {
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// One state change, as broadcast to subscribers.
@@ -157,17 +153,11 @@ pub enum StateFileError {
 
 /// Writes `<dir>/<name>.json` atomically (temp file, fsync, rename).
 pub fn write_state_file(dir: &Path, status: &ServiceStatus) -> Result<(), StateFileError> {
-    std::fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir {
-        dir: dir.to_owned(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir { dir: dir.to_owned(), source })?;
     let mut json = serde_json::to_vec_pretty(status).unwrap_or_default();
     json.push(b'\n');
     kelson_config::atomic::write_atomic(&dir.join(format!("{}.json", status.name)), &json, 0o644)
-        .map_err(|source| StateFileError::Write {
-            service: status.name.clone(),
-            source,
-        })
+        .map_err(|source| StateFileError::Write { service: status.name.clone(), source })
 }
 
 #[cfg(test)]
@@ -177,16 +167,14 @@ mod tests {
     #[test]
     fn the_state_file_uses_camel_case_keys_and_kebab_case_states() {
         let dir = tempfile::tempdir().unwrap();
-        let mut status =
-            ServiceStatus::new("kubelet", UNIX_EPOCH + std::time::Duration::from_secs(2));
+        let mut status = ServiceStatus::new("kubelet", UNIX_EPOCH + std::time::Duration::from_secs(2));
         status.state = ServiceState::BackingOff;
         status.last_exit = Some(Exit::Signal(9));
         status.backoff_ms = Some(4000);
         status.restarts = 2;
         write_state_file(dir.path(), &status).unwrap();
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("kubelet.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("kubelet.json")).unwrap()).unwrap();
         assert_eq!(v["name"], "kubelet");
         assert_eq!(v["state"], "backing-off");
         assert_eq!(v["sinceUnixMs"], 2000);
@@ -199,10 +187,7 @@ mod tests {
     #[test]
     fn a_completed_one_shot_reads_completed_not_stopped_or_failed() {
         assert_eq!(ServiceState::Completed.to_string(), "completed");
-        assert_eq!(
-            serde_json::to_value(ServiceState::Completed).unwrap(),
-            "completed"
-        );
+        assert_eq!(serde_json::to_value(ServiceState::Completed).unwrap(), "completed");
         let back: ServiceState = serde_json::from_str("\"completed\"").unwrap();
         assert_eq!(back, ServiceState::Completed);
     }

@@ -100,41 +100,23 @@ impl Supervisor {
         let now = clock.wall();
         let mut snapshot = Snapshot::default();
         for spec in &specs {
-            snapshot
-                .services
-                .insert(spec.name.clone(), ServiceStatus::new(&spec.name, now));
+            snapshot.services.insert(spec.name.clone(), ServiceStatus::new(&spec.name, now));
         }
         let (snapshot, _) = watch::channel(snapshot);
         let (transitions, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared {
-            clock: clock.clone(),
-            launcher,
-            settings,
-            snapshot,
-            transitions,
-        });
+        let shared = Arc::new(Shared { clock: clock.clone(), launcher, settings, snapshot, transitions });
 
         let mut controls = BTreeMap::new();
         let mut logs = BTreeMap::new();
         let mut runners = Vec::new();
         for spec in specs {
-            let log = Arc::new(LogSink::new(
-                &spec.name,
-                &shared.settings.logs,
-                clock.clone(),
-            ));
+            let log = Arc::new(LogSink::new(&spec.name, &shared.settings.logs, clock.clone()));
             let (tx, rx) = mpsc::channel(4);
             controls.insert(spec.name.clone(), tx);
             logs.insert(spec.name.clone(), log.clone());
             runners.push(Runner::new(spec, shared.clone(), rx, log));
         }
-        Ok(Supervisor {
-            shared,
-            controls,
-            dependents,
-            logs,
-            runners: Mutex::new(runners),
-        })
+        Ok(Supervisor { shared, controls, dependents, logs, runners: Mutex::new(runners) })
     }
 
     /// Starts one task per service; each waits for its requirements, so
@@ -194,24 +176,16 @@ impl Supervisor {
     pub async fn shutdown(&self) {
         // Runners never started are dropped, so their stop requests fail
         // at once instead of waiting for an answer that cannot come.
-        drop(std::mem::take(
-            &mut *self.runners.lock().unwrap_or_else(|e| e.into_inner()),
-        ));
+        drop(std::mem::take(&mut *self.runners.lock().unwrap_or_else(|e| e.into_inner())));
         let (done_tx, done_rx) = watch::channel(BTreeSet::<String>::new());
         let done_tx = Arc::new(done_tx);
         let mut stopping = tokio::task::JoinSet::new();
         for (name, control) in &self.controls {
             let waits_for = self.dependents.get(name).cloned().unwrap_or_default();
-            let (name, control, done_tx, mut done_rx) = (
-                name.clone(),
-                control.clone(),
-                done_tx.clone(),
-                done_rx.clone(),
-            );
+            let (name, control, done_tx, mut done_rx) =
+                (name.clone(), control.clone(), done_tx.clone(), done_rx.clone());
             stopping.spawn(async move {
-                let _ = done_rx
-                    .wait_for(|done| waits_for.iter().all(|d| done.contains(d)))
-                    .await;
+                let _ = done_rx.wait_for(|done| waits_for.iter().all(|d| done.contains(d))).await;
                 let (ack_tx, ack_rx) = oneshot::channel();
                 // A task that already ended (stopped before) has dropped its
                 // receiver: nothing to wait for.
@@ -235,14 +209,10 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
     for spec in specs {
         let name = spec.name.as_str();
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(SuperviseError::BadName {
-                name: name.to_owned(),
-            });
+            return Err(SuperviseError::BadName { name: name.to_owned() });
         }
         if spec.argv.is_empty() {
-            return Err(SuperviseError::EmptyArgv {
-                service: name.to_owned(),
-            });
+            return Err(SuperviseError::EmptyArgv { service: name.to_owned() });
         }
         let deps = spec
             .requires
@@ -253,15 +223,11 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
             })
             .collect();
         if requires.insert(name, deps).is_some() {
-            return Err(SuperviseError::DuplicateName {
-                name: name.to_owned(),
-            });
+            return Err(SuperviseError::DuplicateName { name: name.to_owned() });
         }
     }
-    let mut dependents: BTreeMap<String, Vec<String>> = requires
-        .keys()
-        .map(|name| (name.to_string(), Vec::new()))
-        .collect();
+    let mut dependents: BTreeMap<String, Vec<String>> =
+        requires.keys().map(|name| (name.to_string(), Vec::new())).collect();
     for (service, deps) in &requires {
         for dep in deps {
             match dependents.get_mut(*dep) {
@@ -280,14 +246,8 @@ fn check_graph(specs: &[ServiceSpec]) -> Result<BTreeMap<String, Vec<String>>, S
             let Requirement::Completed(dep) = r else {
                 continue;
             };
-            if specs
-                .iter()
-                .any(|s| s.name == *dep && s.restart.mode == RestartMode::Always)
-            {
-                return Err(SuperviseError::NeverCompletes {
-                    service: spec.name.clone(),
-                    dependency: dep.clone(),
-                });
+            if specs.iter().any(|s| s.name == *dep && s.restart.mode == RestartMode::Always) {
+                return Err(SuperviseError::NeverCompletes { service: spec.name.clone(), dependency: dep.clone() });
             }
         }
     }
@@ -328,21 +288,15 @@ mod tests {
 
     fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
         let mut s = ServiceSpec::new(name, ["true"]);
-        s.requires = deps
-            .iter()
-            .map(|d| Requirement::Healthy(d.to_string()))
-            .collect();
+        s.requires = deps.iter().map(|d| Requirement::Healthy(d.to_string())).collect();
         s
     }
 
     #[test]
     fn dependents_are_the_reverse_of_requirements() {
-        let deps = check_graph(&[
-            spec("containerd", &[]),
-            spec("kubelet", &["containerd"]),
-            spec("kube-proxy", &["kubelet"]),
-        ])
-        .unwrap();
+        let deps =
+            check_graph(&[spec("containerd", &[]), spec("kubelet", &["containerd"]), spec("kube-proxy", &["kubelet"])])
+                .unwrap();
         assert_eq!(deps["containerd"], ["kubelet"]);
         assert_eq!(deps["kubelet"], ["kube-proxy"]);
         assert!(deps["kube-proxy"].is_empty());
@@ -374,12 +328,9 @@ mod tests {
         );
         let mut import = one_shot("import");
         import.requires = vec![Requirement::Healthy("containerd".into())];
-        let deps = check_graph(&[
-            spec("containerd", &[]),
-            import,
-            completed(spec("kubelet", &["containerd"]), "import"),
-        ])
-        .unwrap();
+        let deps =
+            check_graph(&[spec("containerd", &[]), import, completed(spec("kubelet", &["containerd"]), "import")])
+                .unwrap();
         assert_eq!(deps["containerd"], ["import", "kubelet"]);
         assert_eq!(deps["import"], ["kubelet"]);
         let mut never = one_shot("never");
@@ -389,40 +340,20 @@ mod tests {
 
     #[test]
     fn cycles_through_completion_and_unknown_one_shots_are_refused() {
-        let err = check_graph(&[completed(one_shot("a"), "b"), completed(one_shot("b"), "a")])
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "services require each other in a cycle: a -> b -> a"
-        );
+        let err = check_graph(&[completed(one_shot("a"), "b"), completed(one_shot("b"), "a")]).unwrap_err();
+        assert_eq!(err.to_string(), "services require each other in a cycle: a -> b -> a");
         let err = check_graph(&[completed(spec("kubelet", &[]), "sandbox-image")]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "service kubelet requires service sandbox-image, but no service has that name"
-        );
+        assert_eq!(err.to_string(), "service kubelet requires service sandbox-image, but no service has that name");
     }
 
     #[test]
     fn cycles_unknown_services_and_bad_names_are_refused() {
-        let err =
-            check_graph(&[spec("a", &["b"]), spec("b", &["c"]), spec("c", &["a"])]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "services require each other in a cycle: a -> b -> c -> a"
-        );
+        let err = check_graph(&[spec("a", &["b"]), spec("b", &["c"]), spec("c", &["a"])]).unwrap_err();
+        assert_eq!(err.to_string(), "services require each other in a cycle: a -> b -> c -> a");
         let err = check_graph(&[spec("kubelet", &["containerd"])]).unwrap_err();
-        assert!(
-            matches!(err, SuperviseError::UnknownDependency { .. }),
-            "{err}"
-        );
-        assert!(matches!(
-            check_graph(&[spec("a", &[]), spec("a", &[])]),
-            Err(SuperviseError::DuplicateName { .. })
-        ));
-        assert!(matches!(
-            check_graph(&[spec("../x", &[])]),
-            Err(SuperviseError::BadName { .. })
-        ));
+        assert!(matches!(err, SuperviseError::UnknownDependency { .. }), "{err}");
+        assert!(matches!(check_graph(&[spec("a", &[]), spec("a", &[])]), Err(SuperviseError::DuplicateName { .. })));
+        assert!(matches!(check_graph(&[spec("../x", &[])]), Err(SuperviseError::BadName { .. })));
         assert!(matches!(
             check_graph(&[ServiceSpec::new("x", Vec::<String>::new())]),
             Err(SuperviseError::EmptyArgv { .. })

@@ -24,10 +24,7 @@ async fn advance_through(clock: &FakeClock, delay: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!(
-        "nobody is sleeping {delay:?} on the fake clock; sleeps: {:?}",
-        clock.pending_sleeps()
-    );
+    panic!("nobody is sleeping {delay:?} on the fake clock; sleeps: {:?}", clock.pending_sleeps());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,19 +32,9 @@ async fn a_crash_loop_backs_off_10s_doubling_to_the_cap() {
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new();
     let mut crasher = sh("crasher", "exit 1");
-    crasher.restart.backoff = Backoff {
-        initial: secs(10),
-        factor: 2,
-        cap: secs(40),
-        reset_after: secs(60),
-    };
-    let sup = Supervisor::new(
-        vec![crasher],
-        settings(dir.path()),
-        Arc::new(ThreadLauncher),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    crasher.restart.backoff = Backoff { initial: secs(10), factor: 2, cap: secs(40), reset_after: secs(60) };
+    let sup = Supervisor::new(vec![crasher], settings(dir.path()), Arc::new(ThreadLauncher), Arc::new(clock.clone()))
+        .unwrap();
     sup.start();
     let mut seen = Vec::new();
     for restarts in 0..5u32 {
@@ -60,10 +47,7 @@ async fn a_crash_loop_backs_off_10s_doubling_to_the_cap() {
         seen.push(delay.as_secs());
         // Not restarted before the clock moves: the delay is really waited.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            sup.status("crasher").unwrap().state,
-            ServiceState::BackingOff
-        );
+        assert_eq!(sup.status("crasher").unwrap().state, ServiceState::BackingOff);
         advance_through(&clock, delay).await;
     }
     assert_eq!(seen, [10, 20, 40, 40, 40]);
@@ -75,39 +59,21 @@ async fn a_run_as_long_as_the_stable_period_resets_the_back_off() {
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new();
     let mut svc = ServiceSpec::new("svc", ["sleep", "30"]);
-    svc.restart.backoff = Backoff {
-        initial: secs(10),
-        factor: 2,
-        cap: secs(300),
-        reset_after: secs(60),
-    };
-    let sup = Supervisor::new(
-        vec![svc],
-        settings(dir.path()),
-        Arc::new(ThreadLauncher),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    svc.restart.backoff = Backoff { initial: secs(10), factor: 2, cap: secs(300), reset_after: secs(60) };
+    let sup =
+        Supervisor::new(vec![svc], settings(dir.path()), Arc::new(ThreadLauncher), Arc::new(clock.clone())).unwrap();
     sup.start();
 
     let kill_and_read_delay = |restarts: u32| {
         let sup = &sup;
         async move {
             let s = wait_until(sup, 10, "healthy", |s| {
-                s.services["svc"].state == ServiceState::Healthy
-                    && s.services["svc"].restarts == restarts
+                s.services["svc"].state == ServiceState::Healthy && s.services["svc"].restarts == restarts
             })
             .await;
             let pid = s.services["svc"].pid.unwrap();
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
-            let s = wait_until(sup, 10, "backing off", |s| {
-                s.services["svc"].state == ServiceState::BackingOff
-            })
-            .await;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            let s = wait_until(sup, 10, "backing off", |s| s.services["svc"].state == ServiceState::BackingOff).await;
             Duration::from_millis(s.services["svc"].backoff_ms.unwrap())
         }
     };
@@ -143,31 +109,14 @@ async fn a_run_as_long_as_the_stable_period_resets_the_back_off() {
 async fn the_grace_period_is_measured_on_the_clock() {
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new();
-    let mut stubborn = sh(
-        "stubborn",
-        "trap '' TERM; echo trapped; while :; do sleep 1; done",
-    );
+    let mut stubborn = sh("stubborn", "trap '' TERM; echo trapped; while :; do sleep 1; done");
     stubborn.stop.grace = secs(30);
-    let sup = Supervisor::new(
-        vec![stubborn],
-        settings(dir.path()),
-        Arc::new(ThreadLauncher),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    let sup = Supervisor::new(vec![stubborn], settings(dir.path()), Arc::new(ThreadLauncher), Arc::new(clock.clone()))
+        .unwrap();
     sup.start();
-    wait_until(&sup, 10, "healthy", |s| {
-        s.services["stubborn"].state == ServiceState::Healthy
-    })
-    .await;
+    wait_until(&sup, 10, "healthy", |s| s.services["stubborn"].state == ServiceState::Healthy).await;
     for _ in 0..500 {
-        if sup
-            .logs("stubborn")
-            .unwrap()
-            .backlog
-            .iter()
-            .any(|l| l.text == "trapped")
-        {
+        if sup.logs("stubborn").unwrap().backlog.iter().any(|l| l.text == "trapped") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -179,11 +128,6 @@ async fn the_grace_period_is_measured_on_the_clock() {
     assert!(early.is_err(), "shutdown finished before the grace period");
     assert_eq!(sup.status("stubborn").unwrap().state, ServiceState::Healthy);
     advance_through(&clock, secs(30)).await;
-    tokio::time::timeout(Duration::from_secs(10), shutdown)
-        .await
-        .unwrap();
-    assert_eq!(
-        sup.status("stubborn").unwrap().last_exit,
-        Some(Exit::Signal(9))
-    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown).await.unwrap();
+    assert_eq!(sup.status("stubborn").unwrap().last_exit, Some(Exit::Signal(9)));
 }

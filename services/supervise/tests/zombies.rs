@@ -18,13 +18,8 @@ async fn a_hundred_kills_and_restarts_leave_no_zombie() {
         cap: Duration::from_millis(2),
         reset_after: Duration::from_secs(60),
     };
-    let sup = Supervisor::new(
-        vec![svc],
-        settings(dir.path()),
-        Arc::new(ThreadLauncher),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let sup =
+        Supervisor::new(vec![svc], settings(dir.path()), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
     sup.start();
     let mut pids = std::collections::BTreeSet::new();
     for cycle in 0..100u32 {
@@ -34,15 +29,8 @@ async fn a_hundred_kills_and_restarts_leave_no_zombie() {
         })
         .await;
         let pid = s.services["short"].pid.unwrap();
-        assert!(
-            pids.insert(pid),
-            "pid {pid} reused while the old one is tracked"
-        );
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        assert!(pids.insert(pid), "pid {pid} reused while the old one is tracked");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     }
     let s = wait_until(&sup, 10, "the 100th restart", |s| {
         s.services["short"].restarts == 100 && s.services["short"].state == ServiceState::Healthy
@@ -54,9 +42,5 @@ async fn a_hundred_kills_and_restarts_leave_no_zombie() {
     // kernel a moment to update /proc.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(zombie_children(), Vec::<i32>::new());
-    assert_eq!(
-        children(),
-        Vec::<(i32, char)>::new(),
-        "no child of ours is left at all"
-    );
+    assert_eq!(children(), Vec::<(i32, char)>::new(), "no child of ours is left at all");
 }

@@ -71,9 +71,11 @@ impl ImageDefaults {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => return Err(UserError::Read { user: user.to_owned(), path: passwd.clone(), source }),
             };
-            Ok(text.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 3 && f[field] == value).and_then(|f| {
-                Some((f[2].parse().ok()?, f[3].parse().ok()?))
-            }))
+            Ok(text
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[field] == value)
+                .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?))))
         };
         let (uid, primary_gid) = match name.parse::<u32>() {
             Ok(uid) => (uid, passwd_entry(2, name)?.map_or(0, |(_, gid)| gid)),
@@ -90,12 +92,21 @@ impl ImageDefaults {
                 Ok(gid) => gid,
                 Err(_) => {
                     let path = rootfs.join("etc/group");
-                    let text = fs::read_to_string(&path).map_err(|source| UserError::Read { user: user.to_owned(), path: path.clone(), source })?;
+                    let text = fs::read_to_string(&path).map_err(|source| UserError::Read {
+                        user: user.to_owned(),
+                        path: path.clone(),
+                        source,
+                    })?;
                     text.lines()
                         .map(|l| l.split(':').collect::<Vec<_>>())
                         .find(|f| f.len() > 2 && f[0] == group)
                         .and_then(|f| f[2].parse().ok())
-                        .ok_or_else(|| UserError::Unknown { user: user.to_owned(), what: "group", name: group.to_owned(), path })?
+                        .ok_or_else(|| UserError::Unknown {
+                            user: user.to_owned(),
+                            what: "group",
+                            name: group.to_owned(),
+                            path,
+                        })?
                 }
             },
         };
@@ -139,7 +150,11 @@ mod tests {
     fn users_resolve_by_number_or_through_the_images_passwd_and_group() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("etc")).unwrap();
-        fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\netcd:x:1000:1001::/var/lib/etcd:/bin/false\n").unwrap();
+        fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\netcd:x:1000:1001::/var/lib/etcd:/bin/false\n",
+        )
+        .unwrap();
         fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let with = |user: &str| ImageDefaults { user: Some(user.into()), ..ImageDefaults::default() }.ids(dir.path());
         assert_eq!(ImageDefaults::default().ids(dir.path()).unwrap(), (0, 0));

@@ -89,7 +89,8 @@ pub fn apply_layer(layer: impl Read, root: &Path) -> Result<(), LayerError> {
                     .map_err(io_err("creating file", &target))?;
                 io::copy(&mut entry, &mut file).map_err(io_err("writing", &target))?;
                 drop(file);
-                set_owner_and_mode(&target, uid, gid, Some(mode)).map_err(io_err("setting owner and mode of", &target))?;
+                set_owner_and_mode(&target, uid, gid, Some(mode))
+                    .map_err(io_err("setting owner and mode of", &target))?;
                 set_mtime(&target, mtime).map_err(io_err("setting the time of", &target))?;
             } else if kind.is_symlink() {
                 let link = entry.link_name().map_err(LayerError::Tar)?.unwrap_or_default().into_owned();
@@ -118,7 +119,8 @@ pub fn apply_layer(layer: impl Read, root: &Path) -> Result<(), LayerError> {
                 mknod(&target, file_type, Mode::from_bits_truncate(mode), libc::makedev(major as _, minor as _))
                     .map_err(|e| io::Error::from_raw_os_error(e as i32))
                     .map_err(io_err("creating device node", &target))?;
-                set_owner_and_mode(&target, uid, gid, Some(mode)).map_err(io_err("setting owner and mode of", &target))?;
+                set_owner_and_mode(&target, uid, gid, Some(mode))
+                    .map_err(io_err("setting owner and mode of", &target))?;
             } else {
                 // PAX/GNU metadata entries are consumed by the tar reader; anything else
                 // (sparse, unknown) is not something an image layer needs.
@@ -141,7 +143,9 @@ fn clean(path: &Path) -> Result<PathBuf, LayerError> {
         match component {
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            Component::ParentDir => return Err(LayerError::Traversal { entry: path.to_owned(), reason: "contains '..'" }),
+            Component::ParentDir => {
+                return Err(LayerError::Traversal { entry: path.to_owned(), reason: "contains '..'" })
+            }
             Component::RootDir | Component::Prefix(_) => {
                 return Err(LayerError::Traversal { entry: path.to_owned(), reason: "is an absolute path" })
             }
@@ -158,7 +162,10 @@ fn ensure_parents(root: &Path, relative: &Path, entry: &Path) -> Result<PathBuf,
         current.push(part);
         match fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(LayerError::Traversal { entry: entry.to_owned(), reason: "a parent directory is a symlink" })
+                return Err(LayerError::Traversal {
+                    entry: entry.to_owned(),
+                    reason: "a parent directory is a symlink",
+                })
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
@@ -183,7 +190,14 @@ fn ensure_parents(root: &Path, relative: &Path, entry: &Path) -> Result<PathBuf,
                     source,
                 })?;
             }
-            Err(source) => return Err(LayerError::Io { entry: entry.to_owned(), action: "inspecting", path: current.clone(), source }),
+            Err(source) => {
+                return Err(LayerError::Io {
+                    entry: entry.to_owned(),
+                    action: "inspecting",
+                    path: current.clone(),
+                    source,
+                })
+            }
         }
     }
     Ok(current)
@@ -210,7 +224,10 @@ fn remove_any(path: &Path) -> io::Result<()> {
 }
 
 fn set_owner_and_mode(path: &Path, uid: u64, gid: u64, mode: Option<u32>) -> io::Result<()> {
-    let (uid, gid) = (u32::try_from(uid).map_err(|_| io::Error::other("uid out of range"))?, u32::try_from(gid).map_err(|_| io::Error::other("gid out of range"))?);
+    let (uid, gid) = (
+        u32::try_from(uid).map_err(|_| io::Error::other("uid out of range"))?,
+        u32::try_from(gid).map_err(|_| io::Error::other("gid out of range"))?,
+    );
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     // chown clears set-uid/set-gid bits, so the mode goes on after it.
     if let Some(mode) = mode {
@@ -221,5 +238,6 @@ fn set_owner_and_mode(path: &Path, uid: u64, gid: u64, mode: Option<u32>) -> io:
 
 fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
     let time = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
-    utimensat(nix::fcntl::AT_FDCWD, path, &time, &time, UtimensatFlags::NoFollowSymlink).map_err(|e| io::Error::from_raw_os_error(e as i32))
+    utimensat(nix::fcntl::AT_FDCWD, path, &time, &time, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }

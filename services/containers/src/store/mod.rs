@@ -36,7 +36,10 @@ pub enum ResolveError {
     #[error(transparent)]
     Reference(#[from] ReferenceError),
     /// image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled){unreadable}
-    #[error("image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled){}", unreadable_note(unreadable))]
+    #[error(
+        "image {reference} is not in the image store {store} (no registry is reachable, so it is never pulled){}",
+        unreadable_note(unreadable)
+    )]
     NotFound {
         reference: String,
         store: PathBuf,
@@ -131,7 +134,9 @@ impl ImageStore {
     pub fn resolve(&self, reference: &str) -> Result<ResolvedImage, ResolveError> {
         let wanted = ImageReference::parse(reference)?;
         let mut layouts: Vec<PathBuf> = match fs::read_dir(&self.layouts) {
-            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("index.json").is_file()).collect(),
+            Ok(entries) => {
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("index.json").is_file()).collect()
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(ResolveError::Read { path: self.layouts.clone(), source }),
         };
@@ -158,7 +163,12 @@ impl ImageStore {
         Err(ResolveError::NotFound { reference: wanted.to_string(), store: self.layouts.clone(), unreadable })
     }
 
-    fn load(&self, reference: ImageReference, layout: &Path, descriptor: &Descriptor) -> Result<ResolvedImage, ResolveError> {
+    fn load(
+        &self,
+        reference: ImageReference,
+        layout: &Path,
+        descriptor: &Descriptor,
+    ) -> Result<ResolvedImage, ResolveError> {
         let mut descriptor = descriptor.clone();
         // A multi-platform index: descend to this machine's manifest.
         if *descriptor.media_type() == MediaType::ImageIndex
@@ -166,23 +176,32 @@ impl ImageStore {
         {
             let path = blob_path(layout, descriptor.digest().as_ref());
             let bytes = read_verified(&path, descriptor.digest().as_ref())?;
-            let nested = ImageIndex::from_reader(bytes.as_slice()).map_err(|source| ResolveError::Parse { path: path.clone(), source })?;
+            let nested = ImageIndex::from_reader(bytes.as_slice())
+                .map_err(|source| ResolveError::Parse { path: path.clone(), source })?;
             descriptor = nested
                 .manifests()
                 .iter()
-                .find(|d| d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == oci_arch()))
+                .find(|d| {
+                    d.platform()
+                        .as_ref()
+                        .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == oci_arch())
+                })
                 .cloned()
-                .ok_or_else(|| ResolveError::Unsupported { path: path.clone(), reason: format!("no manifest for linux/{}", oci_arch()) })?;
+                .ok_or_else(|| ResolveError::Unsupported {
+                    path: path.clone(),
+                    reason: format!("no manifest for linux/{}", oci_arch()),
+                })?;
         }
         let manifest_digest = descriptor.digest().to_string();
         let manifest_path = blob_path(layout, &manifest_digest);
         let bytes = read_verified(&manifest_path, &manifest_digest)?;
-        let manifest =
-            ImageManifest::from_reader(bytes.as_slice()).map_err(|source| ResolveError::Parse { path: manifest_path.clone(), source })?;
+        let manifest = ImageManifest::from_reader(bytes.as_slice())
+            .map_err(|source| ResolveError::Parse { path: manifest_path.clone(), source })?;
         let config_digest = manifest.config().digest().to_string();
         let config_path = blob_path(layout, &config_digest);
         let bytes = read_verified(&config_path, &config_digest)?;
-        let config = ImageConfiguration::from_reader(bytes.as_slice()).map_err(|source| ResolveError::Parse { path: config_path, source })?;
+        let config = ImageConfiguration::from_reader(bytes.as_slice())
+            .map_err(|source| ResolveError::Parse { path: config_path, source })?;
         Ok(ResolvedImage { reference, layout: layout.to_owned(), manifest_digest, manifest, config })
     }
 
@@ -233,13 +252,24 @@ impl ImageStore {
     /// Removes what unpacks of this image by processes no longer running left
     /// behind (a crash or power loss mid-unpack); a live process's is its own.
     fn remove_stale_partials(&self, prefix: &str) -> Result<(), UnpackError> {
-        let entries = fs::read_dir(&self.unpacked).map_err(|source| UnpackError::Io { action: "listing", path: self.unpacked.clone(), source })?;
+        let entries = fs::read_dir(&self.unpacked).map_err(|source| UnpackError::Io {
+            action: "listing",
+            path: self.unpacked.clone(),
+            source,
+        })?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
-            if pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
+            if pid
+                .parse::<u32>()
+                .is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+            {
                 let path = entry.path();
-                fs::remove_dir_all(&path).map_err(|source| UnpackError::Io { action: "removing a stale", path, source })?;
+                fs::remove_dir_all(&path).map_err(|source| UnpackError::Io {
+                    action: "removing a stale",
+                    path,
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -251,19 +281,29 @@ impl ImageStore {
             let digest = layer.digest().to_string();
             let path = blob_path(&image.layout, &digest);
             verify_file(&path, &digest)?;
-            let file = File::open(&path).map_err(|source| UnpackError::Io { action: "opening", path: path.clone(), source })?;
+            let file = File::open(&path).map_err(|source| UnpackError::Io {
+                action: "opening",
+                path: path.clone(),
+                source,
+            })?;
             let reader = BufReader::new(file);
             let layer_err = |source| UnpackError::Layer { image: image_name.clone(), digest: digest.clone(), source };
             match Compression::of(layer.media_type()) {
                 Some(Compression::None) => apply_layer(reader, root).map_err(layer_err)?,
-                Some(Compression::Gzip) => apply_layer(flate2::bufread::MultiGzDecoder::new(reader), root).map_err(layer_err)?,
+                Some(Compression::Gzip) => {
+                    apply_layer(flate2::bufread::MultiGzDecoder::new(reader), root).map_err(layer_err)?
+                }
                 Some(Compression::Zstd) => {
                     let decoder = zstd::stream::read::Decoder::with_buffer(reader)
                         .map_err(|source| UnpackError::Io { action: "starting zstd on", path: path.clone(), source })?;
                     apply_layer(decoder, root).map_err(layer_err)?
                 }
                 None => {
-                    return Err(UnpackError::MediaType { image: image_name, digest, media_type: layer.media_type().to_string() });
+                    return Err(UnpackError::MediaType {
+                        image: image_name,
+                        digest,
+                        media_type: layer.media_type().to_string(),
+                    });
                 }
             }
         }

@@ -42,7 +42,9 @@ impl ImageReference {
             return Err(invalid("contains whitespace"));
         }
         let (name_and_tag, digest) = match trimmed.split_once('@') {
-            Some((name, digest)) => (name, Some(parse_digest(digest).ok_or_else(|| invalid("digest is not sha256:<64 hex digits>"))?)),
+            Some((name, digest)) => {
+                (name, Some(parse_digest(digest).ok_or_else(|| invalid("digest is not sha256:<64 hex digits>"))?))
+            }
             None => (trimmed, None),
         };
         // A ':' after the last '/' is a tag; one before it is a registry port.
@@ -55,7 +57,10 @@ impl ImageReference {
             None => (name_and_tag, None),
         };
         if let Some(tag) = tag {
-            if tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+            if tag.is_empty()
+                || tag.len() > 128
+                || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            {
                 return Err(invalid("tag must be 1-128 of [A-Za-z0-9_.-]"));
             }
         }
@@ -63,12 +68,20 @@ impl ImageReference {
             return Err(invalid("no repository name"));
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => (first.to_owned(), rest.to_owned()),
+            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+                (first.to_owned(), rest.to_owned())
+            }
             _ => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
         };
-        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') { format!("library/{repository}") } else { repository };
-        let valid_component =
-            |c: &str| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'));
+        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        let valid_component = |c: &str| {
+            !c.is_empty()
+                && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+        };
         if !repository.split('/').all(valid_component) {
             return Err(invalid("repository components must be lowercase [a-z0-9._-]"));
         }
@@ -136,9 +149,15 @@ mod tests {
     #[test]
     fn registry_is_recognised_by_dot_port_or_localhost() {
         let etcd = parse("registry.k8s.io/etcd:3.5.16-0");
-        assert_eq!((etcd.registry.as_str(), etcd.repository.as_str(), etcd.tag.as_deref()), ("registry.k8s.io", "etcd", Some("3.5.16-0")));
+        assert_eq!(
+            (etcd.registry.as_str(), etcd.repository.as_str(), etcd.tag.as_deref()),
+            ("registry.k8s.io", "etcd", Some("3.5.16-0"))
+        );
         let local = parse("localhost:5000/app");
-        assert_eq!((local.registry.as_str(), local.repository.as_str(), local.tag.as_deref()), ("localhost:5000", "app", Some("latest")));
+        assert_eq!(
+            (local.registry.as_str(), local.repository.as_str(), local.tag.as_deref()),
+            ("localhost:5000", "app", Some("latest"))
+        );
     }
 
     #[test]
@@ -170,7 +189,11 @@ mod tests {
             ("busybox@sha256:abc", "digest is not sha256:<64 hex digits>"),
             ("bad name", "contains whitespace"),
         ] {
-            assert_eq!(ImageReference::parse(bad), Err(ReferenceError::Invalid { reference: bad.to_owned(), reason }), "{bad}");
+            assert_eq!(
+                ImageReference::parse(bad),
+                Err(ReferenceError::Invalid { reference: bad.to_owned(), reason }),
+                "{bad}"
+            );
         }
     }
 }

@@ -31,13 +31,16 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for entry in entries {
         let mut header = tar::Header::new_gnu();
-        let (name, data, kind, mode, link, uid, gid): (&str, &[u8], tar::EntryType, u32, Option<&str>, u64, u64) = match entry {
-            Entry::Dir(name, mode) => (name, b"", tar::EntryType::Directory, *mode, None, 0, 0),
-            Entry::File(name, data, mode) => (name, data, tar::EntryType::Regular, *mode, None, 0, 0),
-            Entry::Owned(name, data, mode, uid, gid) => (name, data, tar::EntryType::Regular, *mode, None, *uid, *gid),
-            Entry::Symlink(name, target) => (name, b"", tar::EntryType::Symlink, 0o777, Some(target), 0, 0),
-            Entry::Hardlink(name, target) => (name, b"", tar::EntryType::Link, 0o644, Some(target), 0, 0),
-        };
+        let (name, data, kind, mode, link, uid, gid): (&str, &[u8], tar::EntryType, u32, Option<&str>, u64, u64) =
+            match entry {
+                Entry::Dir(name, mode) => (name, b"", tar::EntryType::Directory, *mode, None, 0, 0),
+                Entry::File(name, data, mode) => (name, data, tar::EntryType::Regular, *mode, None, 0, 0),
+                Entry::Owned(name, data, mode, uid, gid) => {
+                    (name, data, tar::EntryType::Regular, *mode, None, *uid, *gid)
+                }
+                Entry::Symlink(name, target) => (name, b"", tar::EntryType::Symlink, 0o777, Some(target), 0, 0),
+                Entry::Hardlink(name, target) => (name, b"", tar::EntryType::Link, 0o644, Some(target), 0, 0),
+            };
         let raw = &mut header.as_old_mut().name;
         raw.fill(0);
         raw[..name.len()].copy_from_slice(name.as_bytes());
@@ -84,7 +87,12 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> String {
 /// Writes an OCI layout at `layout` with one image of `layers` (media type,
 /// blob) and `config` (the image config's `config` object), its index entry
 /// annotated with `annotations`. Returns the manifest digest.
-pub fn write_layout(layout: &Path, annotations: serde_json::Value, layers: &[(&str, Vec<u8>)], config: serde_json::Value) -> String {
+pub fn write_layout(
+    layout: &Path,
+    annotations: serde_json::Value,
+    layers: &[(&str, Vec<u8>)],
+    config: serde_json::Value,
+) -> String {
     fs::create_dir_all(layout).unwrap();
     fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut layer_descriptors = Vec::new();
@@ -188,7 +196,11 @@ impl Cgroup2 {
         } else {
             panic!("no cgroup2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified");
         };
-        let controllers = fs::read_to_string(mount.join("cgroup.controllers")).unwrap().split_whitespace().map(str::to_owned).collect();
+        let controllers = fs::read_to_string(mount.join("cgroup.controllers"))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
         let parent = PathBuf::from(format!("/kelson-test-{}-{name}", std::process::id()));
         Cgroup2 { mount, native, controllers, parent }
     }
@@ -212,10 +224,17 @@ impl Cgroup2 {
         if self.native {
             return (program.to_owned(), args.to_vec());
         }
-        let mut wrapped: Vec<OsString> = ["--mount", "--propagation", "private", "sh", "-c", "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" \"$@\""]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let mut wrapped: Vec<OsString> = [
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" \"$@\"",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         wrapped.push(program.into());
         wrapped.extend(args.iter().cloned());
         (PathBuf::from("unshare"), wrapped)
@@ -239,7 +258,9 @@ impl Drop for Cgroup2 {
         // A failed test may leave containers running: end them before removing their cgroups.
         if fs::write(parent.join("cgroup.kill"), "1").is_ok() {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while fs::read_to_string(parent.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1")) && std::time::Instant::now() < deadline {
+            while fs::read_to_string(parent.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
+                && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }

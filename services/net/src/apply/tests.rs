@@ -198,7 +198,12 @@ async fn a_failing_bridge_address_is_reported_and_later_steps_still_run() {
         outcome(&report, "bridge cbr0"),
         &Outcome::Failed {
             errors: vec!["adding address 10.244.1.1/24 to link cbr0: Operation not permitted (os error 1)".into()],
-            changes: vec!["created bridge cbr0".into(), "MTU 1460".into(), "promote_secondaries on".into(), "up".into()],
+            changes: vec![
+                "created bridge cbr0".into(),
+                "MTU 1460".into(),
+                "promote_secondaries on".into(),
+                "up".into()
+            ],
         }
     );
     assert!(matches!(outcome(&report, "masquerade"), Outcome::Changed { .. }));

@@ -103,7 +103,11 @@ impl Drop for DhcpHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
     #[error("opening a packet socket on {link}")]
-    Socket { link: String, #[source] source: std::io::Error },
+    Socket {
+        link: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Starts a client on `config.link`. Call it in the link's network namespace
@@ -213,7 +217,14 @@ impl<N: Netlink> Client<N> {
     }
 
     fn message(&self, kind: MessageType, xid: u32, ciaddr: Ipv4Addr) -> v4::Message {
-        let mut m = v4::Message::new_with_id(xid, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &self.mac());
+        let mut m = v4::Message::new_with_id(
+            xid,
+            ciaddr,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &self.mac(),
+        );
         if ciaddr.is_unspecified() {
             // Without an address the reply must be broadcast to reach us at
             // all through the server's kernel.
@@ -269,7 +280,8 @@ impl<N: Netlink> Client<N> {
                     }
                 };
                 let Ok(msg) = v4::Message::decode(&mut Decoder::new(&payload)) else { continue };
-                if msg.opcode() != v4::Opcode::BootReply || msg.xid() != xid || msg.chaddr().get(..6) != Some(&mac[..]) {
+                if msg.opcode() != v4::Opcode::BootReply || msg.xid() != xid || msg.chaddr().get(..6) != Some(&mac[..])
+                {
                     continue;
                 }
                 if msg.opts().msg_type().is_some_and(|k| kinds.contains(&k)) {
@@ -317,7 +329,9 @@ impl<N: Netlink> Client<N> {
             }
             let deadline = Instant::now() + discover_backoff(attempt);
             match self.reply(xid, &[MessageType::Ack, MessageType::Nak], deadline).await {
-                Some((ack, mac)) if ack.opts().has_msg_type(MessageType::Ack) => return lease_from(&ack).map(|l| (l, mac)),
+                Some((ack, mac)) if ack.opts().has_msg_type(MessageType::Ack) => {
+                    return lease_from(&ack).map(|l| (l, mac))
+                }
                 Some(_nak) => {
                     self.publish("selecting", Some(format!("{} refused the offered address", lease.server)));
                     return None;
@@ -372,7 +386,9 @@ impl<N: Netlink> Client<N> {
             }
             let deadline = (Instant::now() + renew_backoff(until - Instant::now())).min(until);
             match self.reply(xid, &[MessageType::Ack, MessageType::Nak], deadline).await {
-                Some((ack, mac)) if ack.opts().has_msg_type(MessageType::Ack) => return Some(lease_from(&ack).map(|l| (l, mac))),
+                Some((ack, mac)) if ack.opts().has_msg_type(MessageType::Ack) => {
+                    return Some(lease_from(&ack).map(|l| (l, mac)))
+                }
                 Some(_nak) => return Some(None),
                 None => {}
             }
@@ -395,13 +411,19 @@ impl<N: Netlink> Client<N> {
             Err(e) if !e.is_exists() => errors.push(format!("adding {} to {}: {e}", lease.address, link.name)),
             _ => {}
         }
-        if let Some(mtu) = lease.mtu.map(u32::from).filter(|m| self.config.fixed_mtu.is_none() && MTU_RANGE.contains(m)) {
+        if let Some(mtu) = lease.mtu.map(u32::from).filter(|m| self.config.fixed_mtu.is_none() && MTU_RANGE.contains(m))
+        {
             if let Err(e) = self.netlink.set_mtu(link.index, mtu).await {
                 errors.push(format!("setting MTU {mtu} on {}: {e}", link.name));
             }
         }
         if let Some(router) = lease.router {
-            let route = Route { dst: Ipv4Net::default(), gateway: Some(router), link: Some(link.index), protocol: KELSON_DHCP_PROTO };
+            let route = Route {
+                dst: Ipv4Net::default(),
+                gateway: Some(router),
+                link: Some(link.index),
+                protocol: KELSON_DHCP_PROTO,
+            };
             if let Err(e) = self.netlink.replace_route(route).await {
                 errors.push(format!("adding default route via {router}: {e}"));
             }
@@ -432,7 +454,12 @@ impl<N: Netlink> Client<N> {
         let Some(old) = self.bound.take() else { return };
         let link = &self.config.link;
         if let Some(router) = old.lease.router {
-            let route = Route { dst: Ipv4Net::default(), gateway: Some(router), link: Some(link.index), protocol: KELSON_DHCP_PROTO };
+            let route = Route {
+                dst: Ipv4Net::default(),
+                gateway: Some(router),
+                link: Some(link.index),
+                protocol: KELSON_DHCP_PROTO,
+            };
             let _ = self.netlink.del_route(route).await;
         }
         if let Err(e) = self.netlink.del_address(link.index, old.lease.address).await {
@@ -472,7 +499,14 @@ mod tests {
     use super::*;
 
     fn ack(opts: Vec<DhcpOption>) -> v4::Message {
-        let mut m = v4::Message::new_with_id(7, Ipv4Addr::UNSPECIFIED, [10, 9, 0, 50].into(), Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &[2, 0, 0, 0, 0, 1]);
+        let mut m = v4::Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            [10, 9, 0, 50].into(),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, 1],
+        );
         m.set_opcode(v4::Opcode::BootReply);
         for o in opts {
             m.opts_mut().insert(o);

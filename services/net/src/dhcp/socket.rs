@@ -106,7 +106,9 @@ impl PacketSocket {
         let protocol = i32::from((libc::ETH_P_IP as u16).to_be());
         // SAFETY: plain socket(2) call with constant arguments; the result is
         // checked before use.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol) };
+        let raw = unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol)
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }

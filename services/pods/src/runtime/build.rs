@@ -42,7 +42,9 @@ pub enum ConfigError {
     #[error("container {container}: no command: the image has no entrypoint or cmd and the pod gives none")]
     NoCommand { container: String },
     /// The kubelet refuses the same: only a known non-zero uid is allowed.
-    #[error("container {container}: runAsNonRoot is set but image {image} runs as root (give runAsUser a non-zero uid)")]
+    #[error(
+        "container {container}: runAsNonRoot is set but image {image} runs as root (give runAsUser a non-zero uid)"
+    )]
     RunsAsRoot { container: String, image: String },
 }
 
@@ -111,10 +113,9 @@ pub fn container_config(
 
     let mut mounts = Vec::new();
     for mount in &container.mounts {
-        let volume = pod.volume(&mount.volume).ok_or_else(|| ConfigError::NoVolume {
-            container: container.name.clone(),
-            volume: mount.volume.clone(),
-        })?;
+        let volume = pod
+            .volume(&mount.volume)
+            .ok_or_else(|| ConfigError::NoVolume { container: container.name.clone(), volume: mount.volume.clone() })?;
         let source = match &volume.source {
             VolumeSource::HostPath { path, kind } => {
                 check_host_path(*kind, path, fs).map_err(|source| ConfigError::HostPath {
@@ -165,11 +166,7 @@ pub fn container_config(
         mounts,
         cgroups_path: paths.cgroups_path.clone(),
         resources,
-        namespaces: Namespaces {
-            network: sandbox.network.clone(),
-            ipc: sandbox.ipc.clone(),
-            uts: sandbox.uts.clone(),
-        },
+        namespaces: Namespaces { network: sandbox.network.clone(), ipc: sandbox.ipc.clone(), uts: sandbox.uts.clone() },
         // A runtime sets the hostname only in a UTS namespace of the
         // container's own; a joined sandbox namespace got it when it was made.
         hostname: (sandbox.uts == Namespace::New).then(|| pod.name.clone()),
@@ -246,7 +243,9 @@ spec:
     fn a_host_network_container_gets_image_defaults_pod_overrides_and_its_volumes() {
         let pod = pod(POD);
         let sandbox = super::super::host_sandbox(&pod, Some("10.0.0.5".into()));
-        let config = container_config(&pod, &pod.containers[0], &image(), &sandbox, Some("10.0.0.5"), &paths(), &RealFs).unwrap();
+        let config =
+            container_config(&pod, &pod.containers[0], &image(), &sandbox, Some("10.0.0.5"), &paths(), &RealFs)
+                .unwrap();
         assert_eq!(config.args, ["/bin/server", "--port=80"], "args replace cmd and expand $(PORT)");
         assert!(config.env.contains(&"MODE=pod".to_string()) && config.env.contains(&"PATH=/bin".to_string()));
         assert!(config.env.contains(&"HOSTNAME=web".to_string()));
@@ -262,7 +261,11 @@ spec:
         assert_eq!(
             config.mounts,
             [
-                Mount::Bind { source: "/var/lib/kelson/pods/u/volumes/cache".into(), destination: "/cache".into(), readonly: false },
+                Mount::Bind {
+                    source: "/var/lib/kelson/pods/u/volumes/cache".into(),
+                    destination: "/cache".into(),
+                    readonly: false
+                },
                 Mount::Bind { source: "/etc".into(), destination: "/host-etc".into(), readonly: true },
             ]
         );
@@ -299,13 +302,18 @@ spec:
 
     #[test]
     fn allow_privilege_escalation_false_sets_no_new_privileges() {
-        let config = host_config(&POD.replace("readOnlyRootFilesystem: true}", "readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}")).unwrap();
+        let config = host_config(&POD.replace(
+            "readOnlyRootFilesystem: true}",
+            "readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}",
+        ))
+        .unwrap();
         assert!(config.security.no_new_privileges);
     }
 
     #[test]
     fn a_missing_host_path_names_container_and_volume() {
-        let error = host_config(&POD.replace("path: /etc, type: Directory", "path: /no/such/dir, type: Directory")).unwrap_err();
+        let error = host_config(&POD.replace("path: /etc, type: Directory", "path: /no/such/dir, type: Directory"))
+            .unwrap_err();
         assert!(error.to_string().contains("container c: volume etc"), "{error}");
     }
 }

@@ -132,7 +132,8 @@ struct RuntimeLost {
 const RUNTIME_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// In the status of a container whose runtime died under it.
-const LOST_MESSAGE: &str = "the container shim was lost; the container was killed and is started again under a new shim";
+const LOST_MESSAGE: &str =
+    "the container shim was lost; the container was killed and is started again under a new shim";
 
 struct ProbeResult {
     uid: String,
@@ -249,13 +250,20 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
     /// is left of them): each running container has exited, and restarts
     /// as its policy says once a new runtime is up.
     async fn on_runtime_lost(&mut self, error: super::RuntimeError) {
-        warn!("pods: the container runtime is gone ({}); its containers count as killed and start again under a new one", error_chain(&error));
+        warn!(
+            "pods: the container runtime is gone ({}); its containers count as killed and start again under a new one",
+            error_chain(&error)
+        );
         self.runtime_lost = Some(RuntimeLost { retry_at: self.clock.now(), failures: 0 });
         let running: Vec<(String, usize, String)> = self
             .pods
             .iter()
             .flat_map(|(uid, pod)| {
-                pod.containers.iter().enumerate().filter(|(_, c)| c.run == Run::Running).map(|(i, c)| (uid.clone(), i, c.id.clone()))
+                pod.containers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.run == Run::Running)
+                    .map(|(i, c)| (uid.clone(), i, c.id.clone()))
             })
             .collect();
         for (uid, index, id) in running {
@@ -368,7 +376,13 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                 c.run = Run::Blocked;
             }
         }
-        info!("pod started: {}/{} (uid {}, {} containers)", pod.spec.namespace, pod.spec.name, uid, pod.containers.len());
+        info!(
+            "pod started: {}/{} (uid {}, {} containers)",
+            pod.spec.namespace,
+            pod.spec.name,
+            uid,
+            pod.containers.len()
+        );
         self.pods.insert(uid.clone(), pod);
         self.order.push(uid.clone());
         if !blocked {
@@ -447,26 +461,31 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         .await;
         let rootfs = match rootfs {
             Ok(Ok(rootfs)) => rootfs,
-            Ok(Err(error)) => return self.failed_start(uid, index, WaitingReason::CreateContainerError, error_chain(&error)).await,
-            Err(join) => return self.failed_start(uid, index, WaitingReason::CreateContainerError, join.to_string()).await,
+            Ok(Err(error)) => {
+                return self.failed_start(uid, index, WaitingReason::CreateContainerError, error_chain(&error)).await
+            }
+            Err(join) => {
+                return self.failed_start(uid, index, WaitingReason::CreateContainerError, join.to_string()).await
+            }
         };
         let paths = ContainerPaths {
             rootfs,
             volumes_dir: self.volumes_dir(&spec),
             cgroups_path: pod_cgroup(&self.config.cgroup_parent, &spec).join(&spec_c.name),
         };
-        let config = match container_config(&spec, &spec_c, &image, &sandbox, self.config.host_ip.as_deref(), &paths, &RealFs) {
-            Ok(mut config) => {
-                self.drop_missing_controllers(&full, &spec_c.name, &mut config.resources);
-                config
-            }
-            Err(error) => {
-                let message = error_chain(&error);
-                warn!("container {full}/{}: not started: {message}", spec_c.name);
-                self.block(uid, index, WaitingReason::CreateContainerConfigError, message);
-                return;
-            }
-        };
+        let config =
+            match container_config(&spec, &spec_c, &image, &sandbox, self.config.host_ip.as_deref(), &paths, &RealFs) {
+                Ok(mut config) => {
+                    self.drop_missing_controllers(&full, &spec_c.name, &mut config.resources);
+                    config
+                }
+                Err(error) => {
+                    let message = error_chain(&error);
+                    warn!("container {full}/{}: not started: {message}", spec_c.name);
+                    self.block(uid, index, WaitingReason::CreateContainerConfigError, message);
+                    return;
+                }
+            };
         if let Err(error) = kelson_containers::bundle::write(&container_dir, &config) {
             return self.failed_start(uid, index, WaitingReason::CreateContainerError, error_chain(&error)).await;
         }
@@ -484,7 +503,9 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         };
         let log = match ContainerLog::open(log_path.clone(), self.config.log_limits) {
             Ok(log) => Arc::new(Mutex::new(log)),
-            Err(error) => return self.failed_start(uid, index, WaitingReason::CreateContainerError, error_chain(&error)).await,
+            Err(error) => {
+                return self.failed_start(uid, index, WaitingReason::CreateContainerError, error_chain(&error)).await
+            }
         };
 
         let id = config.id.clone();
@@ -521,7 +542,15 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         ] {
             if let Some(probe) = probe {
                 let cgroup = self.pod_cgroup_dir(&spec).join(&spec_c.name);
-                probe_tasks.push(self.spawn_probe(uid, index, generation, kind, probe.clone(), probe_host.clone(), cgroup));
+                probe_tasks.push(self.spawn_probe(
+                    uid,
+                    index,
+                    generation,
+                    kind,
+                    probe.clone(),
+                    probe_host.clone(),
+                    cgroup,
+                ));
             }
         }
         let Some(pod) = self.pods.get_mut(uid) else { return };
@@ -555,7 +584,9 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             resources.cpu_max = None;
         }
         if !has("memory") && (resources.memory_max.is_some() || resources.memory_min.is_some()) {
-            warn!("container {full}/{container}: no memory cgroup controller: memory requests and limits are not applied");
+            warn!(
+                "container {full}/{container}: no memory cgroup controller: memory requests and limits are not applied"
+            );
             resources.memory_max = None;
             resources.memory_min = None;
         }
@@ -588,7 +619,16 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn spawn_probe(&self, uid: &str, container: usize, generation: u64, kind: ProbeKind, probe: ProbeSpec, host: String, cgroup: PathBuf) -> JoinHandle<()> {
+    fn spawn_probe(
+        &self,
+        uid: &str,
+        container: usize,
+        generation: u64,
+        kind: ProbeKind,
+        probe: ProbeSpec,
+        host: String,
+        cgroup: PathBuf,
+    ) -> JoinHandle<()> {
         let prober = self.prober.clone();
         let clock = self.clock.clone();
         let tx = self.probe_tx.clone();
@@ -707,7 +747,11 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
                     if let Some(status) = pod.status.container_mut(&name) {
                         status.set_waiting(
                             WaitingReason::CrashLoopBackOff,
-                            Some(format!("back-off {} restarting failed container={name} pod={}", seconds(delay), pod.spec.name)),
+                            Some(format!(
+                                "back-off {} restarting failed container={name} pod={}",
+                                seconds(delay),
+                                pod.spec.name
+                            )),
                         );
                     }
                 }

@@ -76,7 +76,11 @@ pub trait ContainerRuntime: Send + 'static {
     /// one's containers. The default cannot.
     fn restart(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         async {
-            Err(RuntimeError { action: "restarting the runtime of", id: "every".into(), source: "this runtime cannot be restarted".into() })
+            Err(RuntimeError {
+                action: "restarting the runtime of",
+                id: "every".into(),
+                source: "this runtime cannot be restarted".into(),
+            })
         }
     }
 }

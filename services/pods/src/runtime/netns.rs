@@ -95,9 +95,17 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(nix::errno::Errno
 pub fn create(files: &NamespaceFiles, which: Unshare, hostname: &str) -> Result<(), NetnsError> {
     for (_, path) in files.all().into_iter().filter(|(kind, _)| which.wants(kind)) {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| NetnsError::Io { action: "creating", path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| NetnsError::Io {
+                action: "creating",
+                path: dir.to_owned(),
+                source,
+            })?;
         }
-        std::fs::File::create(path).map_err(|source| NetnsError::Io { action: "creating", path: path.to_owned(), source })?;
+        std::fs::File::create(path).map_err(|source| NetnsError::Io {
+            action: "creating",
+            path: path.to_owned(),
+            source,
+        })?;
     }
     // Errors about the sandbox as a whole name its first file.
     let named = if which.net { files.net.clone() } else { files.ipc.clone() };
@@ -111,7 +119,8 @@ pub fn create(files: &NamespaceFiles, which: Unshare, hostname: &str) -> Result<
         }
         for (kind, path) in files.all().into_iter().filter(|(kind, _)| which.wants(kind)) {
             let source = PathBuf::from(format!("/proc/thread-self/ns/{kind}"));
-            mount(Some(&source), path, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(io("bind-mounting a namespace on", path))?;
+            mount(Some(&source), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(io("bind-mounting a namespace on", path))?;
         }
         Ok(())
     })

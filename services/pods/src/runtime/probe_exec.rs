@@ -34,12 +34,20 @@ impl NetProber {
         let builder = ClientConfig::builder_with_provider(provider.clone());
         // The ring provider supports the default protocol versions, so
         // this cannot fail; TLS 1.2 alone is the fallback anyway.
-        let builder = builder
-            .with_safe_default_protocol_versions()
-            .or_else(|_| ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&[&rustls::version::TLS12]));
+        let builder = builder.with_safe_default_protocol_versions().or_else(|_| {
+            ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&[&rustls::version::TLS12])
+        });
         let tls = match builder {
-            Ok(builder) => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))).with_no_client_auth(),
-            Err(_) => ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::new(rustls::crypto::ring::default_provider())))).with_no_client_auth(),
+            Ok(builder) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth(),
+            Err(_) => ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))))
+                .with_no_client_auth(),
         };
         NetProber { tls: Arc::new(tls) }
     }
@@ -62,11 +70,21 @@ impl ServerCertVerifier for AnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
@@ -85,7 +103,10 @@ impl Prober for NetProber {
                 }
                 ProbeAction::HttpGet { host, port, path, headers, scheme } => {
                     let host = host.as_deref().unwrap_or(default_host);
-                    let url = format!("{}://{host}:{port}{path}", if *scheme == HttpScheme::Https { "https" } else { "http" });
+                    let url = format!(
+                        "{}://{host}:{port}{path}",
+                        if *scheme == HttpScheme::Https { "https" } else { "http" }
+                    );
                     let stream = TcpStream::connect((host, *port)).await.map_err(|e| format!("GET {url}: {e}"))?;
                     if *scheme == HttpScheme::Http {
                         return http_get(stream, &url, host, *port, path, headers).await;
@@ -112,7 +133,10 @@ async fn http_get(
     path: &str,
     headers: &[(String, String)],
 ) -> Result<(), String> {
-    let mut request = format!("GET {} HTTP/1.0\r\nUser-Agent: kube-probe/kelson\r\nAccept: */*\r\n", if path.is_empty() { "/" } else { path });
+    let mut request = format!(
+        "GET {} HTTP/1.0\r\nUser-Agent: kube-probe/kelson\r\nAccept: */*\r\n",
+        if path.is_empty() { "/" } else { path }
+    );
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("Host: {host}:{port}\r\n"));
     }
@@ -185,7 +209,10 @@ mod tests {
         let t = Duration::from_secs(2);
         assert_eq!(NetProber::new().probe(&ProbeAction::TcpSocket { host: None, port }, "127.0.0.1", t).await, Ok(()));
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
-        assert!(NetProber::new().probe(&ProbeAction::TcpSocket { host: None, port: closed }, "127.0.0.1", t).await.is_err());
+        assert!(NetProber::new()
+            .probe(&ProbeAction::TcpSocket { host: None, port: closed }, "127.0.0.1", t)
+            .await
+            .is_err());
     }
 
     #[tokio::test]
@@ -212,16 +239,29 @@ mod tests {
                 }
             }
         });
-        let action = ProbeAction::HttpGet { host: None, port, path: "/livez".into(), scheme: HttpScheme::Https, headers: vec![] };
+        let action = ProbeAction::HttpGet {
+            host: None,
+            port,
+            path: "/livez".into(),
+            scheme: HttpScheme::Https,
+            headers: vec![],
+        };
         assert_eq!(NetProber::new().probe(&action, "127.0.0.1", Duration::from_secs(5)).await, Ok(()));
-        let plain = ProbeAction::HttpGet { host: None, port, path: "/livez".into(), scheme: HttpScheme::Http, headers: vec![] };
-        assert!(NetProber::new().probe(&plain, "127.0.0.1", Duration::from_secs(2)).await.is_err(), "plain HTTP to a TLS port fails");
+        let plain =
+            ProbeAction::HttpGet { host: None, port, path: "/livez".into(), scheme: HttpScheme::Http, headers: vec![] };
+        assert!(
+            NetProber::new().probe(&plain, "127.0.0.1", Duration::from_secs(2)).await.is_err(),
+            "plain HTTP to a TLS port fails"
+        );
     }
 
     #[tokio::test]
     async fn exec_says_it_is_unsupported() {
         let t = Duration::from_secs(1);
-        let error = NetProber::new().probe(&ProbeAction::Exec { command: vec!["true".into()] }, "127.0.0.1", t).await.unwrap_err();
+        let error = NetProber::new()
+            .probe(&ProbeAction::Exec { command: vec!["true".into()] }, "127.0.0.1", t)
+            .await
+            .unwrap_err();
         assert!(error.contains("not supported"));
     }
 }

@@ -31,7 +31,10 @@ impl ShimRuntime {
     }
 }
 
-fn runtime_error<'a>(action: &'static str, id: &'a str) -> impl FnOnce(kelson_containers::ClientError) -> RuntimeError + 'a {
+fn runtime_error<'a>(
+    action: &'static str,
+    id: &'a str,
+) -> impl FnOnce(kelson_containers::ClientError) -> RuntimeError + 'a {
     move |e| RuntimeError { action, id: id.to_owned(), source: Box::new(e) }
 }
 
@@ -48,7 +51,11 @@ pub fn exit_info(event: ExitEvent) -> ExitInfo {
 
 impl ContainerRuntime for ShimRuntime {
     async fn create(&mut self, id: &str, bundle: &Path, stdout: &Path, stderr: &Path) -> Result<(), RuntimeError> {
-        self.client.create(id, bundle, Some(stdout), Some(stderr)).await.map(drop).map_err(runtime_error("creating", id))
+        self.client
+            .create(id, bundle, Some(stdout), Some(stderr))
+            .await
+            .map(drop)
+            .map_err(runtime_error("creating", id))
     }
 
     async fn kill(&mut self, id: &str, signal: i32) -> Result<(), RuntimeError> {
@@ -64,7 +71,11 @@ impl ContainerRuntime for ShimRuntime {
     }
 
     async fn restart(&mut self) -> Result<(), RuntimeError> {
-        let failed = |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError { action: "restarting the shim of", id: "every".into(), source };
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError {
+            action: "restarting the shim of",
+            id: "every".into(),
+            source,
+        };
         let Some(start) = self.start.as_mut() else {
             return Err(failed("this shim runtime was made without a way to start another".into()));
         };
@@ -109,7 +120,8 @@ impl PodHost for SystemHost {
     }
 
     fn remove_rootfs(&self, container_dir: &Path) -> Result<(), HostError> {
-        rootfs::remove(&SystemMounter, container_dir).map_err(host_error("removing the root filesystem in", container_dir))
+        rootfs::remove(&SystemMounter, container_dir)
+            .map_err(host_error("removing the root filesystem in", container_dir))
     }
 
     fn mount_tmpfs(&self, target: &Path, size_bytes: Option<u64>) -> Result<(), HostError> {
@@ -117,8 +129,14 @@ impl PodHost for SystemHost {
             Some(size) => format!("mode=0777,size={size}"),
             None => "mode=0777".to_owned(),
         };
-        nix::mount::mount(Some("tmpfs"), target, Some("tmpfs"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some(options.as_str()))
-            .map_err(|e| HostError { action: "mounting tmpfs on", path: target.to_owned(), source: Box::new(e) })
+        nix::mount::mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(|e| HostError { action: "mounting tmpfs on", path: target.to_owned(), source: Box::new(e) })
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {

@@ -82,7 +82,9 @@ impl ContainerRuntime for FakeRuntime {
     async fn next_exit(&mut self) -> Result<ExitInfo, RuntimeError> {
         match self.exits.recv().await {
             Some(Ok(exit)) => Ok(exit),
-            Some(Err(lost)) => Err(RuntimeError { action: "waiting for the exit of", id: "any".into(), source: lost.into() }),
+            Some(Err(lost)) => {
+                Err(RuntimeError { action: "waiting for the exit of", id: "any".into(), source: lost.into() })
+            }
             None => std::future::pending().await,
         }
     }
@@ -91,7 +93,11 @@ impl ContainerRuntime for FakeRuntime {
         state.calls.push("restart".into());
         if state.failing_restarts > 0 {
             state.failing_restarts -= 1;
-            return Err(RuntimeError { action: "restarting", id: "every".into(), source: "the new shim did not answer".into() });
+            return Err(RuntimeError {
+                action: "restarting",
+                id: "every".into(),
+                source: "the new shim did not answer".into(),
+            });
         }
         state.running.clear();
         Ok(())
@@ -281,10 +287,16 @@ async fn a_crashing_container_restarts_after_a_doubling_back_off() {
     })
     .await;
     let status = rig.status("crash").unwrap();
-    assert_eq!(status["containers"][0]["state"]["waiting"]["message"], "back-off 10s restarting failed container=main pod=crash");
+    assert_eq!(
+        status["containers"][0]["state"]["waiting"]["message"],
+        "back-off 10s restarting failed container=main pod=crash"
+    );
     assert_eq!(status["containers"][0]["lastState"]["terminated"]["exitCode"], 3);
     assert_eq!(status["containers"][0]["lastState"]["terminated"]["reason"], "Error");
-    assert!(rig.runtime.calls().contains(&format!("delete {}", id(&p))), "an exited container is deleted before it is made again");
+    assert!(
+        rig.runtime.calls().contains(&format!("delete {}", id(&p))),
+        "an exited container is deleted before it is made again"
+    );
 
     rig.advance(Duration::from_secs(9)).await;
     assert_eq!(rig.runtime.count("create"), 1, "no restart before 10 s");
@@ -333,7 +345,11 @@ async fn restart_policy_never_leaves_a_finished_container_terminated() {
 async fn a_removed_pod_gets_sigterm_then_sigkill_after_its_grace_and_is_cleaned_up() {
     let rig = Rig::new(None);
     rig.runtime.state.lock().unwrap().deaf = true;
-    let p = simple("slow", "busybox", "  terminationGracePeriodSeconds: 5\n  volumes:\n  - {name: shm, emptyDir: {medium: Memory}}\n");
+    let p = simple(
+        "slow",
+        "busybox",
+        "  terminationGracePeriodSeconds: 5\n  volumes:\n  - {name: shm, emptyDir: {medium: Memory}}\n",
+    );
     rig.send(vec![ManifestEvent::Added(p.clone())]).await;
     eventually("created", || rig.runtime.count("create") == 1).await;
     assert!(rig.host.calls.lock().unwrap().iter().any(|c| c.starts_with("tmpfs") && c.ends_with("volumes/shm")));
@@ -391,7 +407,12 @@ async fn a_rejected_manifest_leaves_running_pods_alone() {
     let good = simple("good", "busybox", "");
     rig.send(vec![ManifestEvent::Added(good.clone())]).await;
     eventually("running", || rig.runtime.count("create") == 1).await;
-    let error = parse(Path::new("/m/broken.yaml"), b"kind: Pod\napiVersion: v1\nspec: {containers: 3}\n", &LoadOptions::default()).unwrap_err();
+    let error = parse(
+        Path::new("/m/broken.yaml"),
+        b"kind: Pod\napiVersion: v1\nspec: {containers: 3}\n",
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     rig.send(vec![ManifestEvent::Rejected(error)]).await;
     settle().await;
     assert_eq!(rig.runtime.count("kill"), 0);
@@ -404,7 +425,10 @@ async fn a_failing_liveness_probe_restarts_the_container_and_readiness_sets_read
     let probes = "    livenessProbe: {tcpSocket: {port: 80}, periodSeconds: 1, failureThreshold: 2}\n    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}\n";
     let p = with_container("live", "busybox", "", probes);
     rig.send(vec![ManifestEvent::Added(p.clone())]).await;
-    eventually("ready", || rig.status("live").is_some_and(|s| s["containers"][0]["ready"] == true && s["ready"] == true)).await;
+    eventually("ready", || {
+        rig.status("live").is_some_and(|s| s["containers"][0]["ready"] == true && s["ready"] == true)
+    })
+    .await;
     rig.prober.healthy.store(false, Ordering::SeqCst);
     rig.advance(Duration::from_secs(1)).await;
     assert_eq!(rig.runtime.count("kill"), 0, "one failure is below the threshold of two");
@@ -472,7 +496,10 @@ async fn a_lost_runtime_is_replaced_and_its_containers_restart_as_their_policy_s
     })
     .await;
     let etcd = rig.status("etcd").unwrap();
-    assert!(etcd["containers"][0]["lastState"]["terminated"]["message"].as_str().unwrap().contains("shim was lost"), "{etcd:#}");
+    assert!(
+        etcd["containers"][0]["lastState"]["terminated"]["message"].as_str().unwrap().contains("shim was lost"),
+        "{etcd:#}"
+    );
     let once = rig.status("once").unwrap();
     assert_eq!(once["phase"], "Failed", "restartPolicy Never: a killed container stays terminated: {once:#}");
     eventually("a new runtime was tried at once", || rig.runtime.count("restart") == 1).await;
@@ -484,9 +511,15 @@ async fn a_lost_runtime_is_replaced_and_its_containers_restart_as_their_policy_s
     rig.advance(Duration::from_secs(1)).await;
     eventually("the second attempt", || rig.runtime.count("restart") == 2).await;
     eventually("etcd started again under the new runtime", || rig.runtime.count("create") == 3).await;
-    eventually("restartCount 1", || rig.status("etcd").is_some_and(|s| s["containers"][0]["restartCount"] == 1 && s["phase"] == "Running")).await;
+    eventually("restartCount 1", || {
+        rig.status("etcd").is_some_and(|s| s["containers"][0]["restartCount"] == 1 && s["phase"] == "Running")
+    })
+    .await;
     assert_eq!(rig.runtime.running(), vec![id(&always)]);
-    assert!(!rig.runtime.calls().iter().any(|c| c.starts_with("delete")), "lost containers are not the new runtime's to delete");
+    assert!(
+        !rig.runtime.calls().iter().any(|c| c.starts_with("delete")),
+        "lost containers are not the new runtime's to delete"
+    );
     assert!(!pods_cgroup.join("gone-pod").exists(), "a stale pod cgroup is removed once a runtime is back");
     assert!(pods_cgroup.join(&always.uid.0).exists(), "a live pod's cgroup stays");
 

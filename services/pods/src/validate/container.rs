@@ -25,10 +25,7 @@ pub(super) fn container(
     if image.is_empty() {
         p.add(format!("{at}.image"), "is required");
     } else if image.chars().any(char::is_whitespace) {
-        p.add(
-            format!("{at}.image"),
-            format!("{image:?} contains whitespace"),
-        );
+        p.add(format!("{at}.image"), format!("{image:?} contains whitespace"));
     }
     let image_pull_policy = match c.image_pull_policy.as_deref() {
         None => default_pull_policy(&image),
@@ -36,10 +33,7 @@ pub(super) fn container(
         Some("IfNotPresent") => PullPolicy::IfNotPresent,
         Some("Never") => PullPolicy::Never,
         Some(other) => {
-            p.add(
-                format!("{at}.imagePullPolicy"),
-                format!("{other:?} is not one of Always, IfNotPresent, Never"),
-            );
+            p.add(format!("{at}.imagePullPolicy"), format!("{other:?} is not one of Always, IfNotPresent, Never"));
             PullPolicy::IfNotPresent
         }
     };
@@ -58,45 +52,31 @@ pub(super) fn container(
     refuse_present(
         p,
         &format!("{at}.lifecycle"),
-        c.lifecycle.as_ref().is_some_and(|l| {
-            l.post_start.is_some() || l.pre_stop.is_some() || l.stop_signal.is_some()
-        }),
+        c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some() || l.pre_stop.is_some() || l.stop_signal.is_some()),
         "lifecycle hooks are not supported in Kelson's static pods",
     );
-    refuse_present(p, &format!("{at}.restartPolicy"), c.restart_policy.is_some(), "a container's own restartPolicy is only for init containers, which Kelson does not support");
+    refuse_present(
+        p,
+        &format!("{at}.restartPolicy"),
+        c.restart_policy.is_some(),
+        "a container's own restartPolicy is only for init containers, which Kelson does not support",
+    );
     let working_dir = c.working_dir.as_ref().map(PathBuf::from);
     if let Some(dir) = &working_dir {
         if !dir.is_absolute() {
-            p.add(
-                format!("{at}.workingDir"),
-                format!("{} is not an absolute path", dir.display()),
-            );
+            p.add(format!("{at}.workingDir"), format!("{} is not an absolute path", dir.display()));
         }
     }
     let ports = ports(p, at, c.ports.as_deref().unwrap_or_default());
     let probe_at = |field: &str| format!("{at}.{field}");
-    let liveness = c.liveness_probe.as_ref().and_then(|pr| {
-        probe(
-            p,
-            &probe_at("livenessProbe"),
-            pr,
-            ProbeKind::Liveness,
-            &ports,
-        )
-    });
-    let readiness = c.readiness_probe.as_ref().and_then(|pr| {
-        probe(
-            p,
-            &probe_at("readinessProbe"),
-            pr,
-            ProbeKind::Readiness,
-            &ports,
-        )
-    });
-    let startup = c
-        .startup_probe
+    let liveness =
+        c.liveness_probe.as_ref().and_then(|pr| probe(p, &probe_at("livenessProbe"), pr, ProbeKind::Liveness, &ports));
+    let readiness = c
+        .readiness_probe
         .as_ref()
-        .and_then(|pr| probe(p, &probe_at("startupProbe"), pr, ProbeKind::Startup, &ports));
+        .and_then(|pr| probe(p, &probe_at("readinessProbe"), pr, ProbeKind::Readiness, &ports));
+    let startup =
+        c.startup_probe.as_ref().and_then(|pr| probe(p, &probe_at("startupProbe"), pr, ProbeKind::Startup, &ports));
     ContainerSpec {
         name: c.name.clone(),
         image,
@@ -106,19 +86,9 @@ pub(super) fn container(
         env: env(p, at, c.env.as_deref().unwrap_or_default()),
         working_dir,
         ports,
-        mounts: mounts(
-            p,
-            at,
-            c.volume_mounts.as_deref().unwrap_or_default(),
-            volumes,
-        ),
+        mounts: mounts(p, at, c.volume_mounts.as_deref().unwrap_or_default(), volumes),
         resources: resources(p, &format!("{at}.resources"), c.resources.as_ref()),
-        security: security(
-            p,
-            &format!("{at}.securityContext"),
-            c.security_context.as_ref(),
-            pod_security,
-        ),
+        security: security(p, &format!("{at}.securityContext"), c.security_context.as_ref(), pod_security),
         liveness,
         readiness,
         startup,
@@ -145,13 +115,8 @@ fn env(p: &mut Problems, at: &str, vars: &[k8s::EnvVar]) -> Vec<EnvVar> {
         let at = format!("{at}.env[{i}]");
         if var.name.is_empty() {
             p.add(format!("{at}.name"), "is required");
-        } else if var.name.contains('=')
-            || var.name.chars().any(|c| !c.is_ascii_graphic() && c != ' ')
-        {
-            p.add(
-                format!("{at}.name"),
-                format!("{:?} must be printable ASCII without '='", var.name),
-            );
+        } else if var.name.contains('=') || var.name.chars().any(|c| !c.is_ascii_graphic() && c != ' ') {
+            p.add(format!("{at}.name"), format!("{:?} must be printable ASCII without '='", var.name));
         }
         let value = match (&var.value, &var.value_from) {
             (Some(_), Some(_)) => {
@@ -164,20 +129,14 @@ fn env(p: &mut Problems, at: &str, vars: &[k8s::EnvVar]) -> Vec<EnvVar> {
                 None => continue,
             },
         };
-        out.push(EnvVar {
-            name: var.name.clone(),
-            value,
-        });
+        out.push(EnvVar { name: var.name.clone(), value });
     }
     out
 }
 
 fn env_source(p: &mut Problems, at: &str, from: &k8s::EnvVarSource) -> Option<PodField> {
     if from.config_map_key_ref.is_some() || from.secret_key_ref.is_some() {
-        p.add(
-            at,
-            "ConfigMaps and Secrets cannot be used by static pods; use fieldRef or a literal value",
-        );
+        p.add(at, "ConfigMaps and Secrets cannot be used by static pods; use fieldRef or a literal value");
         return None;
     }
     if from.resource_field_ref.is_some() || from.file_key_ref.is_some() {
@@ -189,21 +148,14 @@ fn env_source(p: &mut Problems, at: &str, from: &k8s::EnvVarSource) -> Option<Po
         return None;
     };
     if let Some(version) = field.api_version.as_deref().filter(|v| *v != "v1") {
-        p.add(
-            format!("{at}.fieldRef.apiVersion"),
-            format!("{version:?} is not v1"),
-        );
+        p.add(format!("{at}.fieldRef.apiVersion"), format!("{version:?} is not v1"));
     }
     let found = PodField::from_path(&field.field_path);
     if found.is_none() {
         let known: Vec<&str> = PodField::ALL.iter().map(|f| f.path()).collect();
         p.add(
             format!("{at}.fieldRef.fieldPath"),
-            format!(
-                "{:?} is not available to a static pod; use one of {}",
-                field.field_path,
-                known.join(", ")
-            ),
+            format!("{:?} is not available to a static pod; use one of {}", field.field_path, known.join(", ")),
         );
     }
     found
@@ -221,12 +173,14 @@ fn ports(p: &mut Problems, at: &str, ports: &[k8s::ContainerPort]) -> Vec<PortSp
         };
         if let Some(name) = &port.name {
             if !valid_port_name(name) {
-                p.add(format!("{at}.name"), format!("{name:?} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)"));
-            } else if !names.insert(name.as_str()) {
                 p.add(
                     format!("{at}.name"),
-                    format!("{name:?} is used by another port of this container"),
+                    format!(
+                        "{name:?} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)"
+                    ),
                 );
+            } else if !names.insert(name.as_str()) {
+                p.add(format!("{at}.name"), format!("{name:?} is used by another port of this container"));
             }
         }
         let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
@@ -234,10 +188,7 @@ fn ports(p: &mut Problems, at: &str, ports: &[k8s::ContainerPort]) -> Vec<PortSp
             "UDP" => Protocol::Udp,
             "SCTP" => Protocol::Sctp,
             other => {
-                p.add(
-                    format!("{at}.protocol"),
-                    format!("{other:?} is not one of TCP, UDP, SCTP"),
-                );
+                p.add(format!("{at}.protocol"), format!("{other:?} is not one of TCP, UDP, SCTP"));
                 Protocol::Tcp
             }
         };
@@ -267,42 +218,26 @@ pub(super) fn port_number(p: &mut Problems, path: &str, n: i32) -> Option<u16> {
 /// An IANA service name, as Kubernetes checks port names.
 fn valid_port_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && name.chars().any(|c| c.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--")
 }
 
-fn mounts(
-    p: &mut Problems,
-    at: &str,
-    mounts: &[k8s::VolumeMount],
-    volumes: &BTreeSet<&str>,
-) -> Vec<MountSpec> {
+fn mounts(p: &mut Problems, at: &str, mounts: &[k8s::VolumeMount], volumes: &BTreeSet<&str>) -> Vec<MountSpec> {
     let mut paths = BTreeSet::new();
     let mut out = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
         let at = format!("{at}.volumeMounts[{i}]");
         if !volumes.contains(m.name.as_str()) {
-            p.add(
-                format!("{at}.name"),
-                format!("{:?} is not a volume of this pod", m.name),
-            );
+            p.add(format!("{at}.name"), format!("{:?} is not a volume of this pod", m.name));
         }
         let mount_path = PathBuf::from(&m.mount_path);
         if !mount_path.is_absolute() {
-            p.add(
-                format!("{at}.mountPath"),
-                format!("{:?} is not an absolute path", m.mount_path),
-            );
+            p.add(format!("{at}.mountPath"), format!("{:?} is not an absolute path", m.mount_path));
         } else if !paths.insert(mount_path.clone()) {
-            p.add(
-                format!("{at}.mountPath"),
-                format!("{:?} is mounted twice in this container", m.mount_path),
-            );
+            p.add(format!("{at}.mountPath"), format!("{:?} is mounted twice in this container", m.mount_path));
         }
         refuse_present(
             p,
@@ -310,25 +245,13 @@ fn mounts(
             m.sub_path_expr.as_ref().is_some_and(|s| !s.is_empty()),
             "subPathExpr is not supported; use subPath",
         );
-        let sub_path = m
-            .sub_path
-            .as_ref()
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
+        let sub_path = m.sub_path.as_ref().filter(|s| !s.is_empty()).map(PathBuf::from);
         if let Some(sub) = &sub_path {
             if sub.is_absolute() || sub.components().any(|c| c == Component::ParentDir) {
-                p.add(
-                    format!("{at}.subPath"),
-                    format!("{} must be a relative path without '..'", sub.display()),
-                );
+                p.add(format!("{at}.subPath"), format!("{} must be a relative path without '..'", sub.display()));
             }
         }
-        out.push(MountSpec {
-            volume: m.name.clone(),
-            mount_path,
-            read_only: m.read_only.unwrap_or(false),
-            sub_path,
-        });
+        out.push(MountSpec { volume: m.name.clone(), mount_path, read_only: m.read_only.unwrap_or(false), sub_path });
     }
     out
 }
@@ -349,34 +272,18 @@ fn resources(p: &mut Problems, at: &str, r: Option<&k8s::ResourceRequirements>) 
         let mut got: BTreeMap<&str, u64> = BTreeMap::new();
         for (name, q) in values.into_iter().flatten() {
             // Kubernetes writes keys that hold dots or slashes in brackets.
-            let path = if name.contains(['.', '/']) {
-                format!("{at}.{side}[{name}]")
-            } else {
-                format!("{at}.{side}.{name}")
-            };
+            let path =
+                if name.contains(['.', '/']) { format!("{at}.{side}[{name}]") } else { format!("{at}.{side}.{name}") };
             let unit = match name.as_str() {
                 "cpu" => Unit::Milli,
                 "memory" | "ephemeral-storage" => Unit::One,
                 _ => {
-                    p.add(
-                        path,
-                        format!(
-                            "resource {name:?} is not supported; use {}",
-                            RESOURCES.join(", ")
-                        ),
-                    );
+                    p.add(path, format!("resource {name:?} is not supported; use {}", RESOURCES.join(", ")));
                     continue;
                 }
             };
             if let Ok(v) = quantity::parse(&q.0, unit).map_err(|e| p.add(path, e)) {
-                got.insert(
-                    RESOURCES
-                        .iter()
-                        .find(|r| **r == name)
-                        .copied()
-                        .unwrap_or("cpu"),
-                    v,
-                );
+                got.insert(RESOURCES.iter().find(|r| **r == name).copied().unwrap_or("cpu"), v);
             }
         }
         got
@@ -386,9 +293,7 @@ fn resources(p: &mut Problems, at: &str, r: Option<&k8s::ResourceRequirements>) 
     for name in RESOURCES {
         if let (Some(req), Some(lim)) = (requests.get(name), limits.get(name)) {
             if req > lim {
-                let text = |side: &BTreeMap<String, Quantity>| {
-                    side.get(name).map(|q| q.0.clone()).unwrap_or_default()
-                };
+                let text = |side: &BTreeMap<String, Quantity>| side.get(name).map(|q| q.0.clone()).unwrap_or_default();
                 p.add(
                     format!("{at}.requests.{name}"),
                     format!(
@@ -415,17 +320,11 @@ fn resources(p: &mut Problems, at: &str, r: Option<&k8s::ResourceRequirements>) 
 fn capabilities(p: &mut Problems, at: &str, names: Option<&Vec<String>>) -> Vec<String> {
     let mut out = Vec::new();
     for (i, name) in names.into_iter().flatten().enumerate() {
-        let bare = name
-            .strip_prefix("CAP_")
-            .unwrap_or(name)
-            .to_ascii_uppercase();
+        let bare = name.strip_prefix("CAP_").unwrap_or(name).to_ascii_uppercase();
         if bare == "ALL" || kelson_containers::bundle::ALL_CAPABILITIES.contains(&bare.as_str()) {
             out.push(bare);
         } else {
-            p.add(
-                format!("{at}[{i}]"),
-                format!("{name:?} is not a Linux capability"),
-            );
+            p.add(format!("{at}[{i}]"), format!("{name:?} is not a Linux capability"));
         }
     }
     out
@@ -449,10 +348,7 @@ fn security(
         match u32::try_from(value) {
             Ok(id) if value <= i64::from(i32::MAX) => Some(id),
             _ => {
-                p.add(
-                    path,
-                    format!("{value} is not a user or group ID (0-2147483647)"),
-                );
+                p.add(path, format!("{value} is not a user or group ID (0-2147483647)"));
                 None
             }
         }
@@ -461,17 +357,11 @@ fn security(
     let run_as_group = id(p, "runAsGroup", c.run_as_group, pod.run_as_group);
     let run_as_non_root = c.run_as_non_root.or(pod.run_as_non_root).unwrap_or(false);
     if run_as_non_root && run_as_user == Some(0) {
-        p.add(
-            format!("{at}.runAsNonRoot"),
-            "is true but runAsUser is 0: the container could never start",
-        );
+        p.add(format!("{at}.runAsNonRoot"), "is true but runAsUser is 0: the container could never start");
     }
     let privileged = c.privileged.unwrap_or(false);
     if privileged && c.allow_privilege_escalation == Some(false) {
-        p.add(
-            format!("{at}.allowPrivilegeEscalation"),
-            "cannot be false for a privileged container",
-        );
+        p.add(format!("{at}.allowPrivilegeEscalation"), "cannot be false for a privileged container");
     }
     let supplemental_groups = pod
         .supplemental_groups
@@ -481,10 +371,7 @@ fn security(
         .filter_map(|(i, g)| match u32::try_from(*g) {
             Ok(g) => Some(g),
             Err(_) => {
-                p.add(
-                    format!("spec.securityContext.supplementalGroups[{i}]"),
-                    format!("{g} is not a group ID"),
-                );
+                p.add(format!("spec.securityContext.supplementalGroups[{i}]"), format!("{g} is not a group ID"));
                 None
             }
         })
@@ -514,24 +401,15 @@ fn seccomp(p: &mut Problems, at: &str, profile: &k8s::SeccompProfile) -> Option<
         ("Unconfined", None) => Some(Seccomp::Unconfined),
         ("Localhost", Some(file)) if !file.is_empty() => Some(Seccomp::Localhost(file.clone())),
         ("Localhost", _) => {
-            p.add(
-                format!("{at}.localhostProfile"),
-                "is required with type Localhost",
-            );
+            p.add(format!("{at}.localhostProfile"), "is required with type Localhost");
             None
         }
         ("RuntimeDefault" | "Unconfined", Some(_)) => {
-            p.add(
-                format!("{at}.localhostProfile"),
-                "is only for type Localhost",
-            );
+            p.add(format!("{at}.localhostProfile"), "is only for type Localhost");
             None
         }
         (other, _) => {
-            p.add(
-                format!("{at}.type"),
-                format!("{other:?} is not one of RuntimeDefault, Unconfined, Localhost"),
-            );
+            p.add(format!("{at}.type"), format!("{other:?} is not one of RuntimeDefault, Unconfined, Localhost"));
             None
         }
     }
@@ -545,22 +423,10 @@ mod tests {
     fn images_without_a_tag_or_with_latest_are_pulled_always() {
         assert_eq!(default_pull_policy("busybox"), PullPolicy::Always);
         assert_eq!(default_pull_policy("busybox:latest"), PullPolicy::Always);
-        assert_eq!(
-            default_pull_policy("localhost:5000/busybox"),
-            PullPolicy::Always
-        );
-        assert_eq!(
-            default_pull_policy("registry.k8s.io/etcd:3.5.15-0"),
-            PullPolicy::IfNotPresent
-        );
-        assert_eq!(
-            default_pull_policy("localhost:5000/etcd:3.5"),
-            PullPolicy::IfNotPresent
-        );
-        assert_eq!(
-            default_pull_policy("etcd@sha256:abcd"),
-            PullPolicy::IfNotPresent
-        );
+        assert_eq!(default_pull_policy("localhost:5000/busybox"), PullPolicy::Always);
+        assert_eq!(default_pull_policy("registry.k8s.io/etcd:3.5.15-0"), PullPolicy::IfNotPresent);
+        assert_eq!(default_pull_policy("localhost:5000/etcd:3.5"), PullPolicy::IfNotPresent);
+        assert_eq!(default_pull_policy("etcd@sha256:abcd"), PullPolicy::IfNotPresent);
     }
 
     #[test]

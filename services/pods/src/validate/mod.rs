@@ -10,9 +10,9 @@ mod container;
 mod not_applied;
 mod probe;
 
-use kelson_config::valid_dns_label as valid_label;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kelson_config::valid_dns_label as valid_label;
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -22,12 +22,7 @@ use crate::manifest::LoadOptions;
 use crate::quantity::{self, Unit};
 use crate::spec::*;
 
-pub(crate) fn pod(
-    pod: &k8s::Pod,
-    file: &Path,
-    uid: PodUid,
-    options: &LoadOptions,
-) -> Result<PodSpec, Vec<FieldError>> {
+pub(crate) fn pod(pod: &k8s::Pod, file: &Path, uid: PodUid, options: &LoadOptions) -> Result<PodSpec, Vec<FieldError>> {
     let mut p = Problems::default();
     let meta = &pod.metadata;
     let manifest_name = meta.name.clone().unwrap_or_default();
@@ -36,29 +31,21 @@ pub(crate) fn pod(
     } else {
         check_subdomain(&mut p, "metadata.name", &manifest_name);
     }
-    let node_name = options
-        .node_name
-        .clone()
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()));
+    let node_name = options.node_name.clone().or_else(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()));
     let name = match &options.node_name {
         Some(node) if !manifest_name.is_empty() => {
             let full = format!("{manifest_name}-{}", node.to_lowercase());
             if full.len() > 253 {
                 p.add(
                     "metadata.name",
-                    format!(
-                        "with the node's name appended, {full:?} is longer than 253 characters"
-                    ),
+                    format!("with the node's name appended, {full:?} is longer than 253 characters"),
                 );
             }
             full
         }
         _ => manifest_name.clone(),
     };
-    let namespace = meta
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned());
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_owned());
     check_label(&mut p, "metadata.namespace", &namespace);
 
     let Some(spec) = &pod.spec else {
@@ -77,9 +64,7 @@ pub(crate) fn pod(
     refuse_present(
         &mut p,
         "spec.ephemeralContainers",
-        spec.ephemeral_containers
-            .as_ref()
-            .is_some_and(|v| !v.is_empty()),
+        spec.ephemeral_containers.as_ref().is_some_and(|v| !v.is_empty()),
         "ephemeral containers are not supported in Kelson's static pods",
     );
     let restart_policy = match spec.restart_policy.as_deref() {
@@ -104,10 +89,7 @@ pub(crate) fn pod(
         .map(|(i, c)| {
             let at = format!("spec.containers[{i}]");
             if !names.insert(c.name.as_str()) {
-                p.add(
-                    format!("{at}.name"),
-                    format!("{:?} is used by another container of this pod", c.name),
-                );
+                p.add(format!("{at}.name"), format!("{:?} is used by another container of this pod", c.name));
             }
             container::container(&mut p, &at, c, &declared, &pod_security)
         })
@@ -149,10 +131,7 @@ fn host_ports(p: &mut Problems, containers: &mut [ContainerSpec]) {
             match port.host_port {
                 Some(host) if host != port.container_port => p.add(
                     format!("spec.containers[{i}].ports[{j}].hostPort"),
-                    format!(
-                        "is {host}; with hostNetwork it must equal containerPort {}",
-                        port.container_port
-                    ),
+                    format!("is {host}; with hostNetwork it must equal containerPort {}", port.container_port),
                 ),
                 _ => port.host_port = Some(port.container_port),
             }
@@ -172,10 +151,7 @@ fn restart_policy(p: &mut Problems, path: &str, text: &str) -> RestartPolicy {
         "OnFailure" => RestartPolicy::OnFailure,
         "Never" => RestartPolicy::Never,
         _ => {
-            p.add(
-                path,
-                format!("{text:?} is not one of Always, OnFailure, Never"),
-            );
+            p.add(path, format!("{text:?} is not one of Always, OnFailure, Never"));
             RestartPolicy::Always
         }
     }
@@ -197,23 +173,14 @@ fn volumes(p: &mut Problems, volumes: &[k8s::Volume]) -> Vec<VolumeSpec> {
         let at = format!("spec.volumes[{i}]");
         check_label(p, &format!("{at}.name"), &v.name);
         if !names.insert(v.name.as_str()) {
-            p.add(
-                format!("{at}.name"),
-                format!("{:?} is declared twice", v.name),
-            );
+            p.add(format!("{at}.name"), format!("{:?} is declared twice", v.name));
         }
         let sources = volume_sources(v);
         let source = match (sources.as_slice(), &v.host_path, &v.empty_dir) {
             ([_], Some(host), None) => host_path(p, &format!("{at}.hostPath"), host),
             ([_], None, Some(dir)) => empty_dir(p, &format!("{at}.emptyDir"), dir),
             ([], ..) => {
-                p.add(
-                    &at,
-                    format!(
-                        "volume {:?} has no source; Kelson supports hostPath and emptyDir",
-                        v.name
-                    ),
-                );
+                p.add(&at, format!("volume {:?} has no source; Kelson supports hostPath and emptyDir", v.name));
                 None
             }
             ([one], ..) => {
@@ -226,20 +193,13 @@ fn volumes(p: &mut Problems, volumes: &[k8s::Volume]) -> Vec<VolumeSpec> {
             (many, ..) => {
                 p.add(
                     &at,
-                    format!(
-                        "volume {:?} has several sources ({}); it must have exactly one",
-                        v.name,
-                        many.join(", ")
-                    ),
+                    format!("volume {:?} has several sources ({}); it must have exactly one", v.name, many.join(", ")),
                 );
                 None
             }
         };
         if let Some(source) = source {
-            out.push(VolumeSpec {
-                name: v.name.clone(),
-                source,
-            });
+            out.push(VolumeSpec { name: v.name.clone(), source });
         }
     }
     out
@@ -250,11 +210,9 @@ fn volumes(p: &mut Problems, volumes: &[k8s::Volume]) -> Vec<VolumeSpec> {
 /// kinds newer than this code.
 fn volume_sources(v: &k8s::Volume) -> Vec<String> {
     match serde_json::to_value(v) {
-        Ok(serde_json::Value::Object(fields)) => fields
-            .into_iter()
-            .filter(|(k, v)| k != "name" && !v.is_null())
-            .map(|(k, _)| k)
-            .collect(),
+        Ok(serde_json::Value::Object(fields)) => {
+            fields.into_iter().filter(|(k, v)| k != "name" && !v.is_null()).map(|(k, _)| k).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -262,15 +220,9 @@ fn volume_sources(v: &k8s::Volume) -> Vec<String> {
 fn host_path(p: &mut Problems, at: &str, host: &k8s::HostPathVolumeSource) -> Option<VolumeSource> {
     let path = PathBuf::from(&host.path);
     if !path.is_absolute() {
-        p.add(
-            format!("{at}.path"),
-            format!("{:?} is not an absolute path", host.path),
-        );
+        p.add(format!("{at}.path"), format!("{:?} is not an absolute path", host.path));
     } else if path.components().any(|c| c == Component::ParentDir) {
-        p.add(
-            format!("{at}.path"),
-            format!("{:?} must not contain '..'", host.path),
-        );
+        p.add(format!("{at}.path"), format!("{:?} must not contain '..'", host.path));
     }
     let text = host.type_.as_deref().unwrap_or("");
     let Some(kind) = HostPathType::from_manifest(text) else {
@@ -288,24 +240,16 @@ fn empty_dir(p: &mut Problems, at: &str, dir: &k8s::EmptyDirVolumeSource) -> Opt
         "" => StorageMedium::Default,
         "Memory" => StorageMedium::Memory,
         other => {
-            p.add(
-                format!("{at}.medium"),
-                format!("{other:?} is not supported; use \"\" (disk) or Memory"),
-            );
+            p.add(format!("{at}.medium"), format!("{other:?} is not supported; use \"\" (disk) or Memory"));
             return None;
         }
     };
-    let size_limit = dir
-        .size_limit
-        .as_ref()
-        .and_then(|q| bytes(p, &format!("{at}.sizeLimit"), q));
+    let size_limit = dir.size_limit.as_ref().and_then(|q| bytes(p, &format!("{at}.sizeLimit"), q));
     Some(VolumeSource::EmptyDir { medium, size_limit })
 }
 
 pub(super) fn bytes(p: &mut Problems, path: &str, q: &Quantity) -> Option<u64> {
-    quantity::parse(&q.0, Unit::One)
-        .map_err(|e| p.add(path, e))
-        .ok()
+    quantity::parse(&q.0, Unit::One).map_err(|e| p.add(path, e)).ok()
 }
 /// An RFC 1123 label: what container, volume and namespace names must be.
 pub(super) fn check_label(p: &mut Problems, path: &str, name: &str) {
@@ -328,7 +272,6 @@ fn check_subdomain(p: &mut Problems, path: &str, name: &str) {
         );
     }
 }
-
 
 #[cfg(test)]
 mod tests {

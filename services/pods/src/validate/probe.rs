@@ -26,15 +26,8 @@ pub(super) fn probe(
     ];
     let set: Vec<&str> = handlers.into_iter().flatten().collect();
     let action = if set.len() != 1 {
-        let found = if set.is_empty() {
-            "none".to_owned()
-        } else {
-            set.join(", ")
-        };
-        p.add(
-            at,
-            format!("a probe needs exactly one of exec, httpGet, tcpSocket (found {found})"),
-        );
+        let found = if set.is_empty() { "none".to_owned() } else { set.join(", ") };
+        p.add(at, format!("a probe needs exactly one of exec, httpGet, tcpSocket (found {found})"));
         None
     } else if let Some(exec) = &pr.exec {
         let command = exec.command.clone().unwrap_or_default();
@@ -44,25 +37,15 @@ pub(super) fn probe(
         Some(ProbeAction::Exec { command })
     } else if let Some(http) = &pr.http_get {
         let port = probe_port(p, &format!("{at}.httpGet.port"), &http.port, ports);
-        let path = http
-            .path
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "/".to_owned());
+        let path = http.path.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "/".to_owned());
         if !path.starts_with('/') {
-            p.add(
-                format!("{at}.httpGet.path"),
-                format!("{path:?} must start with '/'"),
-            );
+            p.add(format!("{at}.httpGet.path"), format!("{path:?} must start with '/'"));
         }
         let scheme = match http.scheme.as_deref().unwrap_or("HTTP") {
             "HTTP" => HttpScheme::Http,
             "HTTPS" => HttpScheme::Https,
             other => {
-                p.add(
-                    format!("{at}.httpGet.scheme"),
-                    format!("{other:?} is not one of HTTP, HTTPS"),
-                );
+                p.add(format!("{at}.httpGet.scheme"), format!("{other:?} is not one of HTTP, HTTPS"));
                 HttpScheme::Http
             }
         };
@@ -73,10 +56,7 @@ pub(super) fn probe(
             .enumerate()
             .filter_map(|(i, h)| {
                 if h.name.is_empty()
-                    || !h
-                        .name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+                    || !h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
                 {
                     p.add(
                         format!("{at}.httpGet.httpHeaders[{i}].name"),
@@ -96,15 +76,9 @@ pub(super) fn probe(
         })
     } else if let Some(tcp) = &pr.tcp_socket {
         let port = probe_port(p, &format!("{at}.tcpSocket.port"), &tcp.port, ports);
-        port.map(|port| ProbeAction::TcpSocket {
-            host: tcp.host.clone().filter(|h| !h.is_empty()),
-            port,
-        })
+        port.map(|port| ProbeAction::TcpSocket { host: tcp.host.clone().filter(|h| !h.is_empty()), port })
     } else {
-        p.add(
-            format!("{at}.grpc"),
-            "grpc probes are not supported; use httpGet, tcpSocket or exec",
-        );
+        p.add(format!("{at}.grpc"), "grpc probes are not supported; use httpGet, tcpSocket or exec");
         None
     };
     // Kubernetes treats 0 (or absent) as "the default".
@@ -112,10 +86,7 @@ pub(super) fn probe(
         match value {
             None | Some(0) => default,
             Some(v) => u32::try_from(v).unwrap_or_else(|_| {
-                p.add(
-                    format!("{at}.{field}"),
-                    format!("is {v}; must not be negative"),
-                );
+                p.add(format!("{at}.{field}"), format!("is {v}; must not be negative"));
                 default
             }),
         }
@@ -134,18 +105,10 @@ pub(super) fn probe(
     let termination_grace_period = match pr.termination_grace_period_seconds {
         None => None,
         Some(_) if kind == ProbeKind::Readiness => {
-            p.add(
-                format!("{at}.terminationGracePeriodSeconds"),
-                "is only for liveness and startup probes",
-            );
+            p.add(format!("{at}.terminationGracePeriodSeconds"), "is only for liveness and startup probes");
             None
         }
-        Some(s) => Some(seconds(
-            p,
-            &format!("{at}.terminationGracePeriodSeconds"),
-            s,
-            1,
-        )),
+        Some(s) => Some(seconds(p, &format!("{at}.terminationGracePeriodSeconds"), s, 1)),
     };
     Some(ProbeSpec {
         action: action?,
@@ -163,14 +126,9 @@ fn probe_port(p: &mut Problems, path: &str, port: &IntOrString, ports: &[PortSpe
     match port {
         IntOrString::Int(n) => port_number(p, path, *n),
         IntOrString::String(name) => {
-            let found = ports
-                .iter()
-                .find(|port| port.name.as_deref() == Some(name.as_str()));
+            let found = ports.iter().find(|port| port.name.as_deref() == Some(name.as_str()));
             if found.is_none() {
-                p.add(
-                    path,
-                    format!("{name:?} is not the name of one of this container's ports"),
-                );
+                p.add(path, format!("{name:?} is not the name of one of this container's ports"));
             }
             found.map(|port| port.container_port)
         }

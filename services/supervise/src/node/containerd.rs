@@ -48,13 +48,8 @@ disabled_plugins = []
 /// Healthy when its socket accepts a connection. Requires nothing: CNI is
 /// needed only when a pod sandbox is made.
 pub fn spec() -> ServiceSpec {
-    let mut spec = ServiceSpec::new(
-        "containerd",
-        [CONTAINERD_BINARY, "--config", CONTAINERD_CONFIG],
-    );
-    spec.health = Some(HealthCheck::new(Probe::UnixConnect {
-        path: PathBuf::from(CONTAINERD_SOCKET),
-    }));
+    let mut spec = ServiceSpec::new("containerd", [CONTAINERD_BINARY, "--config", CONTAINERD_CONFIG]);
+    spec.health = Some(HealthCheck::new(Probe::UnixConnect { path: PathBuf::from(CONTAINERD_SOCKET) }));
     spec.resources.oom_score_adj = Some(-999);
     spec
 }
@@ -71,10 +66,7 @@ mod tests {
         let (last, parents) = path.split_last().unwrap();
         let mut t = table;
         for key in parents {
-            t = t
-                .get(*key)
-                .and_then(|v| v.as_table())
-                .unwrap_or_else(|| panic!("no table {key} in {path:?}"));
+            t = t.get(*key).and_then(|v| v.as_table()).unwrap_or_else(|| panic!("no table {key} in {path:?}"));
         }
         t.get(*last).unwrap_or_else(|| panic!("no {path:?}"))
     }
@@ -85,14 +77,8 @@ mod tests {
         assert_eq!(at(&t, &["version"]).as_integer(), Some(2));
         assert_eq!(at(&t, &["root"]).as_str(), Some("/var/lib/containerd"));
         assert_eq!(at(&t, &["state"]).as_str(), Some("/run/containerd"));
-        assert_eq!(
-            at(&t, &["disabled_plugins"]).as_array().map(Vec::len),
-            Some(0)
-        );
-        assert_eq!(
-            at(&t, &["grpc", "address"]).as_str(),
-            Some("/run/containerd/containerd.sock")
-        );
+        assert_eq!(at(&t, &["disabled_plugins"]).as_array().map(Vec::len), Some(0));
+        assert_eq!(at(&t, &["grpc", "address"]).as_str(), Some("/run/containerd/containerd.sock"));
     }
 
     #[test]
@@ -100,58 +86,25 @@ mod tests {
         let t = parsed();
         let cri = ["plugins", "io.containerd.grpc.v1.cri"];
         let key = |rest: &[&'static str]| [&cri[..], rest].concat();
-        assert_eq!(
-            at(&t, &key(&["sandbox_image"])).as_str(),
-            Some("registry.k8s.io/pause:3.9")
-        );
-        assert_eq!(
-            at(&t, &key(&["containerd", "snapshotter"])).as_str(),
-            Some("overlayfs")
-        );
-        assert_eq!(
-            at(&t, &key(&["containerd", "default_runtime_name"])).as_str(),
-            Some("runc")
-        );
+        assert_eq!(at(&t, &key(&["sandbox_image"])).as_str(), Some("registry.k8s.io/pause:3.9"));
+        assert_eq!(at(&t, &key(&["containerd", "snapshotter"])).as_str(), Some("overlayfs"));
+        assert_eq!(at(&t, &key(&["containerd", "default_runtime_name"])).as_str(), Some("runc"));
         let runc = key(&["containerd", "runtimes", "runc"]);
-        assert_eq!(
-            at(&t, &[&runc[..], &["runtime_type"]].concat()).as_str(),
-            Some("io.containerd.runc.v2")
-        );
+        assert_eq!(at(&t, &[&runc[..], &["runtime_type"]].concat()).as_str(), Some("io.containerd.runc.v2"));
         let options = [&runc[..], &["options"]].concat();
-        assert_eq!(
-            at(&t, &[&options[..], &["SystemdCgroup"]].concat()).as_bool(),
-            Some(false)
-        );
-        assert_eq!(
-            at(&t, &[&options[..], &["NoPivotRoot"]].concat()).as_bool(),
-            Some(true)
-        );
-        assert_eq!(
-            at(&t, &key(&["cni", "bin_dir"])).as_str(),
-            Some("/usr/lib/cni")
-        );
-        assert_eq!(
-            at(&t, &key(&["cni", "conf_dir"])).as_str(),
-            Some("/etc/cni/net.d")
-        );
+        assert_eq!(at(&t, &[&options[..], &["SystemdCgroup"]].concat()).as_bool(), Some(false));
+        assert_eq!(at(&t, &[&options[..], &["NoPivotRoot"]].concat()).as_bool(), Some(true));
+        assert_eq!(at(&t, &key(&["cni", "bin_dir"])).as_str(), Some("/usr/lib/cni"));
+        assert_eq!(at(&t, &key(&["cni", "conf_dir"])).as_str(), Some("/etc/cni/net.d"));
     }
 
     #[test]
     fn containerd_is_healthy_when_its_socket_answers() {
         let s = spec();
-        assert_eq!(
-            s.argv,
-            [
-                "/usr/bin/containerd",
-                "--config",
-                "/etc/containerd/config.toml"
-            ]
-        );
+        assert_eq!(s.argv, ["/usr/bin/containerd", "--config", "/etc/containerd/config.toml"]);
         assert_eq!(
             s.health.unwrap().probe,
-            Probe::UnixConnect {
-                path: PathBuf::from("/run/containerd/containerd.sock")
-            }
+            Probe::UnixConnect { path: PathBuf::from("/run/containerd/containerd.sock") }
         );
         assert!(s.requires.is_empty());
         assert_eq!(s.resources.oom_score_adj, Some(-999));

@@ -43,9 +43,7 @@ pub fn configuration(config: &MachineConfig, hostname: &str) -> KubeProxyConfigu
         kind: "KubeProxyConfiguration",
         mode: "iptables",
         cluster_cidr: config.network.cluster_cidr.clone(),
-        client_connection: ClientConnection {
-            kubeconfig: KUBE_PROXY_KUBECONFIG,
-        },
+        client_connection: ClientConnection { kubeconfig: KUBE_PROXY_KUBECONFIG },
         hostname_override: hostname.to_owned(),
         healthz_bind_address: "0.0.0.0:10256",
         metrics_bind_address: "127.0.0.1:10249",
@@ -58,11 +56,7 @@ pub fn configuration(config: &MachineConfig, hostname: &str) -> KubeProxyConfigu
 /// own. The cluster must grant that identity what kube-proxy reads (e.g.
 /// bind `system:node-proxier` to the group `system:nodes`).
 pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
-    let mut files = vec![RenderedFile::new(
-        KUBE_PROXY_CONFIG,
-        to_yaml(&configuration(config, hostname)),
-        0o644,
-    )];
+    let mut files = vec![RenderedFile::new(KUBE_PROXY_CONFIG, to_yaml(&configuration(config, hostname)), 0o644)];
     let mut notes = Vec::new();
     match &config.cluster.api_server_endpoint {
         Some(server) => {
@@ -81,27 +75,17 @@ pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
                 .to_owned(),
         ),
     }
-    Rendered {
-        files,
-        spec: spec(config),
-        notes,
-    }
+    Rendered { files, spec: spec(config), notes }
 }
 
 /// Waits for the kubelet to be healthy; healthy when its healthz answers.
 pub fn spec(config: &MachineConfig) -> ServiceSpec {
-    let binary = config
-        .kube_proxy
-        .binary
-        .clone()
-        .unwrap_or_else(|| KUBE_PROXY_BINARY.to_owned());
+    let binary = config.kube_proxy.binary.clone().unwrap_or_else(|| KUBE_PROXY_BINARY.to_owned());
     let mut argv = vec![binary, format!("--config={KUBE_PROXY_CONFIG}")];
     argv.extend(config.kube_proxy.extra_args.iter().cloned());
     let mut spec = ServiceSpec::new("kube-proxy", argv);
     spec.requires = vec![Requirement::Healthy("kubelet".to_owned())];
-    spec.health = Some(HealthCheck::new(Probe::HttpGet {
-        url: KUBE_PROXY_HEALTHZ_URL.to_owned(),
-    }));
+    spec.health = Some(HealthCheck::new(Probe::HttpGet { url: KUBE_PROXY_HEALTHZ_URL.to_owned() }));
     spec.resources.oom_score_adj = Some(-999);
     spec
 }
@@ -119,19 +103,13 @@ mod tests {
     #[test]
     fn the_kube_proxy_configuration_has_every_field_spelled_as_upstream() {
         let rendered = render(&worker_config(), "lab-worker-1");
-        assert_eq!(
-            rendered.files[0].path.to_str(),
-            Some("/etc/kubernetes/kube-proxy/config.yaml")
-        );
+        assert_eq!(rendered.files[0].path.to_str(), Some("/etc/kubernetes/kube-proxy/config.yaml"));
         let v = yaml(&rendered.files[0].text());
         assert_eq!(v["apiVersion"], "kubeproxy.config.k8s.io/v1alpha1");
         assert_eq!(v["kind"], "KubeProxyConfiguration");
         assert_eq!(v["mode"], "iptables");
         assert_eq!(v["clusterCIDR"], "10.244.0.0/16");
-        assert_eq!(
-            v["clientConnection"]["kubeconfig"],
-            "/var/lib/kube-proxy/kubeconfig"
-        );
+        assert_eq!(v["clientConnection"]["kubeconfig"], "/var/lib/kube-proxy/kubeconfig");
         assert_eq!(v["hostnameOverride"], "lab-worker-1");
         assert_eq!(v["healthzBindAddress"], "0.0.0.0:10256");
         assert_eq!(v["metricsBindAddress"], "127.0.0.1:10249");
@@ -143,50 +121,21 @@ mod tests {
     fn the_kubeconfig_uses_the_kubelets_client_certificate() {
         let rendered = render(&worker_config(), "lab-worker-1");
         let v = yaml(&rendered.files[1].text());
-        assert_eq!(
-            rendered.files[1].path.to_str(),
-            Some("/var/lib/kube-proxy/kubeconfig")
-        );
-        assert_eq!(
-            v["clusters"][0]["cluster"]["server"],
-            "https://192.168.100.10:6443"
-        );
-        assert_eq!(
-            v["clusters"][0]["cluster"]["certificate-authority"],
-            "/etc/kelson/pki/ca.crt"
-        );
+        assert_eq!(rendered.files[1].path.to_str(), Some("/var/lib/kube-proxy/kubeconfig"));
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://192.168.100.10:6443");
+        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority"], "/etc/kelson/pki/ca.crt");
         let user = &v["users"][0]["user"];
-        assert_eq!(
-            user["client-certificate"],
-            "/var/lib/kubelet/pki/kubelet-client-current.pem"
-        );
-        assert_eq!(
-            user["client-key"],
-            "/var/lib/kubelet/pki/kubelet-client-current.pem"
-        );
+        assert_eq!(user["client-certificate"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
+        assert_eq!(user["client-key"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
         assert!(user.get("token").is_none());
     }
 
     #[test]
     fn kube_proxy_waits_for_the_kubelet_and_runs_the_configured_binary() {
         let spec = render(&worker_config(), "lab-worker-1").spec;
-        assert_eq!(
-            spec.argv,
-            [
-                "/opt/bin/kube-proxy",
-                "--config=/etc/kubernetes/kube-proxy/config.yaml"
-            ]
-        );
+        assert_eq!(spec.argv, ["/opt/bin/kube-proxy", "--config=/etc/kubernetes/kube-proxy/config.yaml"]);
         assert_eq!(spec.requires, [Requirement::Healthy("kubelet".into())]);
-        assert_eq!(
-            spec.health.unwrap().probe,
-            Probe::HttpGet {
-                url: "http://127.0.0.1:10256/healthz".into()
-            }
-        );
-        assert_eq!(
-            super::spec(&MachineConfig::empty()).argv[0],
-            "/usr/bin/kube-proxy"
-        );
+        assert_eq!(spec.health.unwrap().probe, Probe::HttpGet { url: "http://127.0.0.1:10256/healthz".into() });
+        assert_eq!(super::spec(&MachineConfig::empty()).argv[0], "/usr/bin/kube-proxy");
     }
 }

@@ -58,34 +58,19 @@ pub struct Context {
 }
 
 /// A kubeconfig with one cluster, one user and the context joining them.
-pub fn single(
-    cluster: &str,
-    server: &str,
-    ca_file: &str,
-    user_name: &str,
-    user: User,
-) -> Kubeconfig {
+pub fn single(cluster: &str, server: &str, ca_file: &str, user_name: &str, user: User) -> Kubeconfig {
     let context = format!("{user_name}@{cluster}");
     Kubeconfig {
         api_version: "v1",
         kind: "Config",
         clusters: vec![NamedCluster {
             name: cluster.to_owned(),
-            cluster: Cluster {
-                server: server.to_owned(),
-                certificate_authority: ca_file.to_owned(),
-            },
+            cluster: Cluster { server: server.to_owned(), certificate_authority: ca_file.to_owned() },
         }],
-        users: vec![NamedUser {
-            name: user_name.to_owned(),
-            user,
-        }],
+        users: vec![NamedUser { name: user_name.to_owned(), user }],
         contexts: vec![NamedContext {
             name: context.clone(),
-            context: Context {
-                cluster: cluster.to_owned(),
-                user: user_name.to_owned(),
-            },
+            context: Context { cluster: cluster.to_owned(), user: user_name.to_owned() },
         }],
         current_context: context,
     }

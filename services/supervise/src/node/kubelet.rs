@@ -64,17 +64,11 @@ pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
         cgroup_driver: "cgroupfs",
         container_runtime_endpoint: format!("unix://{CONTAINERD_SOCKET}"),
         cluster_dns: config.cluster.dns_address.iter().cloned().collect(),
-        cluster_domain: config
-            .cluster
-            .dns_domain
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned()),
+        cluster_domain: config.cluster.dns_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned()),
         pod_cidr: config.network.pod_cidr.clone(),
         static_pod_path: KUBELET_STATIC_POD_PATH,
         authentication: Authentication {
-            x509: config.pki.ca.as_ref().map(|_| X509 {
-                client_ca_file: CA_FILE,
-            }),
+            x509: config.pki.ca.as_ref().map(|_| X509 { client_ca_file: CA_FILE }),
             webhook: Enabled { enabled: true },
             anonymous: Enabled { enabled: false },
         },
@@ -89,31 +83,16 @@ pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
 /// The config file, the bootstrap kubeconfig (when the cluster section
 /// and CA allow one) and the spec.
 pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
-    let mut files = vec![RenderedFile::new(
-        KUBELET_CONFIG,
-        to_yaml(&configuration(config)),
-        0o644,
-    )];
+    let mut files = vec![RenderedFile::new(KUBELET_CONFIG, to_yaml(&configuration(config)), 0o644)];
     let mut notes = Vec::new();
     let cluster = &config.cluster;
-    let bootstrap = match (
-        &cluster.api_server_endpoint,
-        &cluster.bootstrap_token,
-        &config.pki.ca,
-    ) {
+    let bootstrap = match (&cluster.api_server_endpoint, &cluster.bootstrap_token, &config.pki.ca) {
         (Some(server), Some(token), Some(_)) => {
             let name = cluster.name.as_deref().unwrap_or("kubernetes");
-            let user = User {
-                token: Some(token.clone()),
-                ..User::default()
-            };
+            let user = User { token: Some(token.clone()), ..User::default() };
             let kubeconfig = kubeconfig::single(name, server, CA_FILE, "kubelet-bootstrap", user);
             // The token is a secret: owner-only.
-            files.push(RenderedFile::new(
-                KUBELET_BOOTSTRAP_KUBECONFIG,
-                to_yaml(&kubeconfig),
-                0o600,
-            ));
+            files.push(RenderedFile::new(KUBELET_BOOTSTRAP_KUBECONFIG, to_yaml(&kubeconfig), 0o600));
             true
         }
         _ => {
@@ -126,30 +105,19 @@ pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
         }
     };
     if config.pki.ca.is_none() {
-        notes
-            .push("the kubelet authenticates no client certificates: pki.ca is not set".to_owned());
+        notes.push("the kubelet authenticates no client certificates: pki.ca is not set".to_owned());
     }
-    Rendered {
-        files,
-        spec: spec(config, hostname, bootstrap),
-        notes,
-    }
+    Rendered { files, spec: spec(config, hostname, bootstrap), notes }
 }
 
 /// Waits for containerd to be healthy, the pause image to be imported
 /// (`sandbox-image` completed) and the network to be ready; healthy when
 /// its healthz answers 200.
 pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceSpec {
-    let binary = config
-        .kubelet
-        .binary
-        .clone()
-        .unwrap_or_else(|| KUBELET_BINARY.to_owned());
+    let binary = config.kubelet.binary.clone().unwrap_or_else(|| KUBELET_BINARY.to_owned());
     let mut argv = vec![binary, format!("--config={KUBELET_CONFIG}")];
     if bootstrap {
-        argv.push(format!(
-            "--bootstrap-kubeconfig={KUBELET_BOOTSTRAP_KUBECONFIG}"
-        ));
+        argv.push(format!("--bootstrap-kubeconfig={KUBELET_BOOTSTRAP_KUBECONFIG}"));
         argv.push(format!("--kubeconfig={KUBELET_KUBECONFIG}"));
     }
     argv.push(format!("--root-dir={KUBELET_ROOT_DIR}"));
@@ -167,9 +135,7 @@ pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceS
         Requirement::Completed(super::sandbox_image::NAME.to_owned()),
         Requirement::Condition(NETWORK_READY.to_owned()),
     ];
-    spec.health = Some(HealthCheck::new(Probe::HttpGet {
-        url: KUBELET_HEALTHZ_URL.to_owned(),
-    }));
+    spec.health = Some(HealthCheck::new(Probe::HttpGet { url: KUBELET_HEALTHZ_URL.to_owned() }));
     spec.resources.oom_score_adj = Some(-999);
     spec
 }
@@ -188,26 +154,17 @@ mod tests {
     fn the_kubelet_configuration_has_every_field_spelled_as_upstream() {
         let rendered = render(&worker_config(), "lab-worker-1");
         let file = &rendered.files[0];
-        assert_eq!(
-            file.path.to_str(),
-            Some("/etc/kubernetes/kubelet/config.yaml")
-        );
+        assert_eq!(file.path.to_str(), Some("/etc/kubernetes/kubelet/config.yaml"));
         let v = yaml(&file.text());
         assert_eq!(v["apiVersion"], "kubelet.config.k8s.io/v1beta1");
         assert_eq!(v["kind"], "KubeletConfiguration");
         assert_eq!(v["cgroupDriver"], "cgroupfs");
-        assert_eq!(
-            v["containerRuntimeEndpoint"],
-            "unix:///run/containerd/containerd.sock"
-        );
+        assert_eq!(v["containerRuntimeEndpoint"], "unix:///run/containerd/containerd.sock");
         assert_eq!(v["clusterDNS"], serde_json::json!(["10.96.0.10"]));
         assert_eq!(v["clusterDomain"], "cluster.local");
         assert_eq!(v["podCIDR"], "10.244.1.0/24");
         assert_eq!(v["staticPodPath"], "/etc/kubernetes/kubelet-manifests");
-        assert_eq!(
-            v["authentication"]["x509"]["clientCAFile"],
-            "/etc/kelson/pki/ca.crt"
-        );
+        assert_eq!(v["authentication"]["x509"]["clientCAFile"], "/etc/kelson/pki/ca.crt");
         assert_eq!(v["authentication"]["webhook"]["enabled"], true);
         assert_eq!(v["authentication"]["anonymous"]["enabled"], false);
         assert_eq!(v["authorization"]["mode"], "Webhook");
@@ -230,24 +187,14 @@ mod tests {
     #[test]
     fn the_bootstrap_kubeconfig_carries_the_token_ca_and_endpoint_and_is_private() {
         let rendered = render(&worker_config(), "lab-worker-1");
-        let file = rendered
-            .files
-            .iter()
-            .find(|f| f.path.to_str() == Some(KUBELET_BOOTSTRAP_KUBECONFIG))
-            .unwrap();
+        let file = rendered.files.iter().find(|f| f.path.to_str() == Some(KUBELET_BOOTSTRAP_KUBECONFIG)).unwrap();
         assert_eq!(file.mode, 0o600);
         let v = yaml(&file.text());
         assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["kind"], "Config");
         assert_eq!(v["clusters"][0]["name"], "lab");
-        assert_eq!(
-            v["clusters"][0]["cluster"]["server"],
-            "https://192.168.100.10:6443"
-        );
-        assert_eq!(
-            v["clusters"][0]["cluster"]["certificate-authority"],
-            "/etc/kelson/pki/ca.crt"
-        );
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://192.168.100.10:6443");
+        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority"], "/etc/kelson/pki/ca.crt");
         assert_eq!(v["users"][0]["name"], "kubelet-bootstrap");
         assert_eq!(v["users"][0]["user"]["token"], "abcdef.0123456789abcdef");
         assert_eq!(v["contexts"][0]["context"]["cluster"], "lab");
@@ -281,12 +228,7 @@ mod tests {
                 Requirement::Condition("network-ready".into())
             ]
         );
-        assert_eq!(
-            spec.health.unwrap().probe,
-            Probe::HttpGet {
-                url: "http://127.0.0.1:10248/healthz".into()
-            }
-        );
+        assert_eq!(spec.health.unwrap().probe, Probe::HttpGet { url: "http://127.0.0.1:10248/healthz".into() });
     }
 
     #[test]
@@ -297,16 +239,8 @@ mod tests {
         assert_eq!(rendered.files.len(), 1);
         assert_eq!(rendered.spec.argv[0], "/opt/kubelet");
         assert!(!rendered.spec.argv.iter().any(|a| a.contains("kubeconfig")));
-        assert!(!rendered
-            .spec
-            .argv
-            .iter()
-            .any(|a| a.starts_with("--node-ip")));
-        assert!(
-            rendered.notes.iter().any(|n| n.contains("standalone")),
-            "{:?}",
-            rendered.notes
-        );
+        assert!(!rendered.spec.argv.iter().any(|a| a.starts_with("--node-ip")));
+        assert!(rendered.notes.iter().any(|n| n.contains("standalone")), "{:?}", rendered.notes);
         let v = yaml(&rendered.files[0].text());
         assert!(v.get("podCIDR").is_none() && v.get("clusterDNS").is_none());
         assert!(v["authentication"].get("x509").is_none());

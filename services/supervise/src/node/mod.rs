@@ -79,11 +79,7 @@ pub struct RenderedFile {
 
 impl RenderedFile {
     pub(crate) fn new(path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        RenderedFile {
-            path: PathBuf::from(path),
-            contents: contents.into(),
-            mode,
-        }
+        RenderedFile { path: PathBuf::from(path), contents: contents.into(), mode }
     }
 
     /// The contents as text (every rendered file is UTF-8).
@@ -112,11 +108,7 @@ impl NodeServices {
 /// Renders all four services. `hostname` is the node's effective name
 /// (PID 1's identity stage may have made one up when the config has none).
 pub fn render(config: &MachineConfig, hostname: &str) -> NodeServices {
-    let mut out = NodeServices {
-        files: Vec::new(),
-        services: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut out = NodeServices { files: Vec::new(), services: Vec::new(), notes: Vec::new() };
     out.files.push(containerd::render());
     // The CNI conflist is kelson-net's (`cni::write_conflist`, written by
     // the network stage): its host-local range must stay clear of the
@@ -127,12 +119,7 @@ pub fn render(config: &MachineConfig, hostname: &str) -> NodeServices {
     let proxy = kube_proxy::render(config, hostname);
     out.files.extend(proxy.files);
     out.notes.extend(proxy.notes);
-    out.services = vec![
-        containerd::spec(),
-        sandbox_image::spec(),
-        kubelet.spec,
-        proxy.spec,
-    ];
+    out.services = vec![containerd::spec(), sandbox_image::spec(), kubelet.spec, proxy.spec];
     out
 }
 
@@ -148,12 +135,7 @@ pub struct Rendered {
 /// address of the first uplink, without its prefix length. DHCP-only
 /// uplinks have none here; the kubelet then picks one itself.
 pub fn node_ip(config: &MachineConfig) -> Option<String> {
-    let address = config
-        .network
-        .uplinks
-        .iter()
-        .flat_map(|u| u.addresses.iter())
-        .next()?;
+    let address = config.network.uplinks.iter().flat_map(|u| u.addresses.iter()).next()?;
     Some(address.split('/').next().unwrap_or(address).to_owned())
 }
 
@@ -185,12 +167,8 @@ pub fn write_files(root: &Path, files: &[RenderedFile]) -> Result<(), WriteFiles
                 source,
             })?;
         }
-        kelson_config::atomic::write_atomic(&path, &file.contents, file.mode).map_err(
-            |source| WriteFilesError::Write {
-                path: file.path.clone(),
-                source,
-            },
-        )?;
+        kelson_config::atomic::write_atomic(&path, &file.contents, file.mode)
+            .map_err(|source| WriteFilesError::Write { path: file.path.clone(), source })?;
     }
     Ok(())
 }
@@ -244,10 +222,7 @@ kubeProxy:
     fn all_four_services_and_their_files_are_rendered() {
         let node = render(&worker_config(), "lab-worker-1");
         let names: Vec<_> = node.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["containerd", "sandbox-image", "kubelet", "kube-proxy"]
-        );
+        assert_eq!(names, ["containerd", "sandbox-image", "kubelet", "kube-proxy"]);
         // The supervisor accepts them as a graph.
         crate::Supervisor::new(
             node.services.clone(),
@@ -256,11 +231,7 @@ kubeProxy:
             std::sync::Arc::new(crate::FakeClock::new()),
         )
         .unwrap();
-        let mut paths: Vec<_> = node
-            .files
-            .iter()
-            .map(|f| (f.path.display().to_string(), f.mode))
-            .collect();
+        let mut paths: Vec<_> = node.files.iter().map(|f| (f.path.display().to_string(), f.mode)).collect();
         paths.sort();
         assert_eq!(
             paths,
@@ -288,10 +259,7 @@ kubeProxy:
         let node = render(&worker_config(), "lab-worker-1");
         write_files(root.path(), &node.files).unwrap();
         let secret = root.path().join("etc/kubernetes/bootstrap-kubelet.conf");
-        assert_eq!(
-            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
         let toml = std::fs::read(root.path().join("etc/containerd/config.toml")).unwrap();
         assert_eq!(toml, node.file(paths::CONTAINERD_CONFIG).unwrap().contents);
     }

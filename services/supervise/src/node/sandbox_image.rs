@@ -125,12 +125,7 @@ esac
         let mut argv = spec().argv;
         argv[4] = dir.join("pause").display().to_string();
         let path = format!("{}:/usr/bin:/bin", bin.display());
-        Command::new("sh")
-            .args(&argv[1..])
-            .env_clear()
-            .env("PATH", path)
-            .output()
-            .unwrap()
+        Command::new("sh").args(&argv[1..]).env_clear().env("PATH", path).output().unwrap()
     }
 
     #[test]
@@ -142,23 +137,11 @@ esac
         let record = std::fs::read_to_string(dir.path().join("record")).unwrap();
         let lines: Vec<&str> = record.lines().collect();
         let globals = "-a /run/containerd/containerd.sock -n k8s.io";
-        assert_eq!(
-            lines[0],
-            format!("{globals} --timeout 2m images import --snapshotter overlayfs -")
-        );
+        assert_eq!(lines[0], format!("{globals} --timeout 2m images import --snapshotter overlayfs -"));
         // The tar holds the layout's entries, relative to it, and nothing else.
         let mut members: Vec<&str> = lines[1..lines.len() - 1].to_vec();
         members.sort();
-        assert_eq!(
-            members,
-            [
-                "blobs/",
-                "blobs/sha256/",
-                "blobs/sha256/abc",
-                "index.json",
-                "oci-layout"
-            ]
-        );
+        assert_eq!(members, ["blobs/", "blobs/sha256/", "blobs/sha256/abc", "index.json", "oci-layout"]);
         assert_eq!(
             lines[lines.len() - 1],
             format!("{globals} --timeout 1m images label registry.k8s.io/pause:3.9 io.cri-containerd.pinned=pinned")
@@ -171,10 +154,7 @@ esac
         let bin = fake_node(dir.path(), "import");
         let out = run_script(dir.path(), &bin);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr).trim(),
-            "ctr: failed to import: containerd said no"
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "ctr: failed to import: containerd said no");
         let record = std::fs::read_to_string(dir.path().join("record")).unwrap();
         assert!(!record.contains(" label "), "{record}");
 

@@ -10,12 +10,7 @@ use tokio::sync::broadcast;
 pub fn settings(dir: &Path) -> Settings {
     Settings {
         state_dir: dir.join("state"),
-        logs: LogSettings {
-            dir: dir.join("log"),
-            max_file_bytes: 64 * 1024,
-            keep_files: 2,
-            ring_lines: 100,
-        },
+        logs: LogSettings { dir: dir.join("log"), max_file_bytes: 64 * 1024, keep_files: 2, ring_lines: 100 },
         cgroups: None,
         poll_interval: Duration::from_millis(20),
         kill_wait: Duration::from_secs(5),
@@ -23,20 +18,12 @@ pub fn settings(dir: &Path) -> Settings {
 }
 
 /// Waits (real time, at most `secs`) until `pred` holds for the snapshot.
-pub async fn wait_until(
-    sup: &Supervisor,
-    secs: u64,
-    what: &str,
-    pred: impl Fn(&Snapshot) -> bool,
-) -> Snapshot {
+pub async fn wait_until(sup: &Supervisor, secs: u64, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
     let mut rx = sup.watch();
     let result = tokio::time::timeout(Duration::from_secs(secs), rx.wait_for(|s| pred(s))).await;
     match result {
         Ok(Ok(snapshot)) => snapshot.clone(),
-        _ => panic!(
-            "timed out after {secs}s waiting for {what}; state: {:#?}",
-            sup.snapshot().services
-        ),
+        _ => panic!("timed out after {secs}s waiting for {what}; state: {:#?}", sup.snapshot().services),
     }
 }
 
@@ -66,11 +53,7 @@ pub fn sh(name: &str, script: &str) -> kelson_supervise::ServiceSpec {
 
 /// Children of this process that are zombies, from /proc.
 pub fn zombie_children() -> Vec<i32> {
-    children()
-        .into_iter()
-        .filter(|(_, state)| *state == 'Z')
-        .map(|(pid, _)| pid)
-        .collect()
+    children().into_iter().filter(|(_, state)| *state == 'Z').map(|(pid, _)| pid).collect()
 }
 
 /// (pid, state) of every child of this process, from /proc.
@@ -107,9 +90,7 @@ pub fn processes_in_group(pgid: i32) -> Vec<i32> {
             continue;
         };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
-            && fields.first() != Some(&"Z")
-        {
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields.first() != Some(&"Z") {
             out.push(stat[..stat.find('(').unwrap()].trim().parse().unwrap());
         }
     }
