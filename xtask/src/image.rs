@@ -85,6 +85,26 @@ fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Holds an exclusive lock on the shared cache while mkosi works in it:
+/// several clones (a developer's tree, CI's fresh clone, a helper's worktree)
+/// may build on one machine, and two mkosi runs in one cache directory
+/// corrupt each other. The lock is released when the guard is dropped.
+fn lock_cache() -> Result<std::fs::File> {
+    std::fs::create_dir_all(CACHE_ROOT).with_context(|| format!("creating {CACHE_ROOT}"))?;
+    let path = Path::new(CACHE_ROOT).join("build.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if file.try_lock().is_err() {
+        eprintln!("xtask: another image build holds {}; waiting for it", path.display());
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
+}
+
 /// The tools tree mkosi builds the node image in, built once per
 /// configuration and kept in the cache.
 fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
@@ -206,6 +226,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let init_binary = root.join("target").join(INIT_TARGET).join("release/kelson-init");
     let extra = extra_tree(root, &init_binary, inputs)?;
 
+    let _cache_lock = lock_cache()?;
     let tools = tools_tree(root, &image_dir)?;
 
     let out = root.join("target/mkosi-out");
