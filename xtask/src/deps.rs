@@ -98,7 +98,7 @@ pub fn mkosi_major() -> Option<u32> {
     text.split_whitespace().nth(1)?.split('.').next()?.parse().ok()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     nix_uid() == 0
 }
 

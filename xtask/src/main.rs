@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask run      install what is missing, build the image, boot a node in QEMU
-//! cargo xtask test     unit tests, image build, kernel config check, QEMU tests
+//! cargo xtask test     style gates (fmt, clippy), unit tests, image build, kernel config check, QEMU tests
 //! cargo xtask image    build target/image/{vmlinuz,kelson.initrd,kelson.efi}
 //! cargo xtask deps     only install the host packages
 //! cargo xtask bench    boot benchmarks measured inside the guest
@@ -18,6 +18,7 @@ mod run;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
+use std::process::Command;
 use std::process::ExitCode;
 
 fn workspace_root() -> PathBuf {
@@ -28,7 +29,7 @@ fn workspace_root() -> PathBuf {
 fn usage() -> &'static str {
     "usage: cargo xtask <run|test|image|deps|bench> [options]\n\
      \n  run            build the image and boot one node in QEMU (quit with ctrl-a x)\
-     \n  test           unit tests + image build + kernel config check + QEMU tests\
+     \n  test           fmt + clippy gates, unit tests, image build + kernel config check + QEMU tests\
      \n  image [--kubelet PATH] [--kube-proxy PATH]\
      \n                 build the node image into target/image/\
      \n  deps           install the host packages the other commands need\
@@ -87,12 +88,33 @@ fn main_exec() -> Result<()> {
 
 /// The whole suite, in the order a failure is cheapest to find.
 fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
-    let mut steps = progress::Steps::new(5);
+    if !deps::is_root() {
+        // Failing here, before any work, beats a suite whose host tests fail one by one:
+        // they create network namespaces, mount overlayfs and run containers.
+        bail!(
+            "cargo xtask test must run as root: the host tests create network namespaces, \
+             mount filesystems and run containers (sudo is not enough for them)"
+        );
+    }
+    let mut steps = progress::Steps::new(6);
     steps.start("installing host packages that are missing");
     deps::ensure()?;
+    steps.start("style gates: cargo fmt --check, cargo clippy -D warnings");
+    progress::run(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]), "cargo fmt --check")?;
+    progress::run(
+        Command::new("cargo").current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy -D warnings",
+    )?;
     steps.start("unit and host tests (cargo test, all crates but qemu-tests)");
     progress::run(
-        std::process::Command::new("cargo").current_dir(root).args([
+        Command::new("cargo").current_dir(root).args([
             "test",
             "--workspace",
             "--exclude",
@@ -106,14 +128,14 @@ fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
     let paths = image::build(root, &image::Inputs::parse(&[])?)?;
     steps.start("checking the image kernel's configuration");
     progress::run(
-        std::process::Command::new("cargo")
+        Command::new("cargo")
             .current_dir(root)
             .args(["run", "--quiet", "-p", "kernel-config", "--"])
             .arg(&paths.kernel_config),
         "kernel config check",
     )?;
     steps.start("QEMU tests: booting the image (TCG, about a minute per test)");
-    let mut cmd = std::process::Command::new("cargo");
+    let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
         .env("KELSON_IMAGE_DIR", &paths.dir)
         .args(["test", "--no-fail-fast", "-p", "qemu-tests", "--", "--test-threads=2"])
