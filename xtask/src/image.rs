@@ -37,7 +37,7 @@ impl ImagePaths {
 
 /// FNV-1a: a stable fingerprint of the tools tree's configuration, so a
 /// cached tools tree is reused exactly while its configuration is unchanged.
-fn fingerprint(parts: &[&[u8]]) -> String {
+pub fn fingerprint(parts: &[&[u8]]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for byte in *part {

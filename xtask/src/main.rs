@@ -13,6 +13,7 @@ mod bench;
 mod deps;
 mod fuzz;
 mod image;
+mod kubernetes;
 mod progress;
 mod run;
 
@@ -32,6 +33,8 @@ fn usage() -> &'static str {
      \n  test           fmt + clippy gates, unit tests, image build + kernel config check + QEMU tests\
      \n  image [--kubelet PATH] [--kube-proxy PATH]\
      \n                 build the node image into target/image/\
+     \n  kubernetes pin VERSION | build\
+     \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
      \n  bench [boot|net|supervise|pods]  benchmarks measured inside the guest\
      \n  fuzz [SECS]    fuzz the config and cloud-init seed parsers (default 60 s per target)"
@@ -78,6 +81,11 @@ fn main_exec() -> Result<()> {
             };
             fuzz::run(&root, seconds)
         }
+        Some("kubernetes") => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("pin"), Some(version)) => kubernetes::pin(&root, version),
+            (Some("build"), None) => kubernetes::build(&root).map(|dir| println!("{}", dir.display())),
+            _ => bail!("usage: cargo xtask kubernetes <pin VERSION|build>"),
+        },
         Some("-h") | Some("--help") | None => {
             println!("{}", usage());
             Ok(())
