@@ -246,7 +246,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
             // -v names each package as it is compiled; anything else is a diagnostic.
             if !line.contains(' ') && !line.starts_with('#') {
                 compiled += 1;
-                if compiled % 100 == 0 {
+                if compiled.is_multiple_of(100) {
                     eprintln!("  go build: {compiled} packages compiled, {:.0}s", started.elapsed().as_secs_f64());
                 }
             } else {
