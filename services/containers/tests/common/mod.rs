@@ -10,6 +10,9 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub mod skip;
+pub use skip::report_skip;
+
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
@@ -243,12 +246,12 @@ impl Cgroup2 {
     /// Says why a check is skipped, or fails when `KELSON_REQUIRE_CGROUP2_MEMORY=1`.
     pub fn skip(&self, what: &str) {
         let message = format!(
-            "skipped: {what}: the cgroup2 hierarchy at {} has controllers {:?}, without memory (a cgroup v1 host: memory is bound to v1)",
+            "{what}: the cgroup2 hierarchy at {} has controllers {:?}, without memory (a cgroup v1 host: memory is bound to v1)",
             self.mount.display(),
             self.controllers
         );
         assert!(std::env::var("KELSON_REQUIRE_CGROUP2_MEMORY").as_deref() != Ok("1"), "{message}");
-        eprintln!("{message}");
+        report_skip(&message);
     }
 }
 
