@@ -38,7 +38,7 @@ fn is_cgroup2(path: &Path) -> bool {
 /// view, and the host's network is never touched.
 fn isolated(test: &str, body: fn()) {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root (namespaces, overlay mounts, containers)");
+        common::report_skip("needs root (namespaces, overlay mounts, containers)");
         return;
     }
     if std::env::var_os(INNER).is_some() {

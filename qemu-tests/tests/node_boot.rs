@@ -275,39 +275,59 @@ fn a_named_disk_with_a_signature_is_refused_and_left_untouched() {
 fn the_documented_direct_boot_command_reaches_ready_in_320_mib() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
+    /// Kills and reaps QEMU when dropped, so no path out of the test (a
+    /// panic included) leaves it running.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let image = ImagePaths::from_env().expect("the node image (run `cargo xtask image`)");
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .arg("-nographic")
-        .args(["-m", "320"])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .args(["-append", "console=ttyS0", "-nic", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting qemu-system-x86_64");
-    let stdout = qemu.stdout.take().unwrap();
-    let pid = qemu.id();
-    // A watchdog so a hung boot fails the test instead of hanging it.
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(BOOT);
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let mut qemu = KillOnDrop(
+        Command::new("qemu-system-x86_64")
+            .arg("-nographic")
+            .args(["-m", "320"])
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", "console=ttyS0", "-nic", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting qemu-system-x86_64"),
+    );
+    let stdout = qemu.0.stdout.take().unwrap();
+    // The console is read on a thread and handed over line by line, so this
+    // thread can give up at a deadline and kill QEMU through the `Child` it
+    // holds (never by a pid number, which may have been reused).
+    let (lines, console) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
     });
+    let deadline = std::time::Instant::now() + BOOT;
     let mut seen = Vec::new();
     let mut ready = false;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if line.contains("kelson: ready") {
-            ready = true;
-            break;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match console.recv_timeout(left) {
+            Ok(line) if line.contains("kelson: ready") => {
+                ready = true;
+                break;
+            }
+            Ok(line) => seen.push(line),
+            // Timed out, or QEMU closed its console (it exited).
+            Err(_) => break,
         }
-        seen.push(line);
     }
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    drop(watchdog);
+    // QEMU ends here, pass or fail; the reader thread then sees end of file.
+    drop(qemu);
     let tail = seen[seen.len().saturating_sub(30)..].join("\n");
     assert!(ready, "no `kelson: ready` from the documented command; console tail:\n{tail}");
 }

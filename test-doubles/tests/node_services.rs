@@ -239,10 +239,9 @@ async fn a_double_that_hangs_on_sigterm_is_killed_after_its_grace_and_a_crashing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_binaries_kubelet_and_kube_proxy_are_absent_and_containerd_runs() {
+async fn without_a_kubelet_it_is_absent_kube_proxy_never_starts_and_containerd_runs() {
     let mut config = config();
     config.kubelet.binary = None;
-    config.kube_proxy.binary = Some("/nonexistent/kube-proxy".into());
     let n = node(&config);
     std::fs::write(&n.containerd_ready, "").unwrap();
     let mut specs = n.specs.clone();
@@ -254,8 +253,36 @@ async fn without_the_binaries_kubelet_and_kube_proxy_are_absent_and_containerd_r
     let sup = Supervisor::new(specs, n.settings.clone(), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
     sup.start();
     sup.set_condition(NETWORK_READY);
-    let s = wait_until(&sup, "kubelet absent", |s| state(s, "kubelet") == ServiceState::Absent).await;
+    let s = wait_until(&sup, "kubelet absent, kube-proxy waiting on it", |s| {
+        state(s, "kubelet") == ServiceState::Absent
+            && state(s, "kube-proxy") == ServiceState::Waiting
+            && s.services["kube-proxy"].reason.ends_with("(it is absent)")
+    })
+    .await;
     assert!(s.services["kubelet"].reason.contains("is not on this node"), "{}", s.services["kubelet"].reason);
+    // kube-proxy depends on a healthy kubelet, so it waits and names why.
+    let proxy = &s.services["kube-proxy"];
+    assert_eq!(proxy.reason, "waiting for service kubelet to be healthy (it is absent)");
+    assert_eq!(proxy.restarts, 0, "kube-proxy was never started");
+    assert_eq!(proxy.pid, None, "kube-proxy must not run without a kubelet");
     assert_eq!(state(&s, "containerd"), ServiceState::Healthy);
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_kubelet_running_a_missing_kube_proxy_binary_is_absent() {
+    let mut config = config();
+    config.kube_proxy.binary = Some("/nonexistent/kube-proxy".into());
+    let n = node(&config);
+    std::fs::write(&n.containerd_ready, "").unwrap();
+    let sup =
+        Supervisor::new(n.specs.clone(), n.settings.clone(), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
+    sup.start();
+    sup.set_condition(NETWORK_READY);
+    let s = wait_until(&sup, "kube-proxy absent", |s| state(s, "kube-proxy") == ServiceState::Absent).await;
+    let proxy = &s.services["kube-proxy"];
+    assert_eq!(proxy.reason, "program /nonexistent/kube-proxy is not on this node");
+    assert_eq!(proxy.pid, None);
+    assert_eq!(state(&s, "kubelet"), ServiceState::Healthy, "the kubelet runs without kube-proxy");
     sup.shutdown().await;
 }

@@ -21,6 +21,8 @@ pub struct ImagePaths {
     pub initrd: PathBuf,
     pub uki: PathBuf,
     pub kernel_config: PathBuf,
+    /// A copy of the image store's OCI layouts (/usr/lib/kelson/images).
+    pub images: PathBuf,
 }
 
 impl ImagePaths {
@@ -31,6 +33,7 @@ impl ImagePaths {
             initrd: dir.join("kelson.initrd"),
             uki: dir.join("kelson.efi"),
             kernel_config: dir.join("kernel.config"),
+            images: dir.join("images"),
         }
     }
 }
@@ -251,11 +254,29 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         let src = out.join(from);
         std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
     }
+    copy_tree(&out.join("images"), &paths.images)?;
     eprintln!("xtask: image built in {}:", image_dir.display());
     eprintln!("  vmlinuz        {}  (kernel)", size_mib(&paths.kernel));
     eprintln!("  kelson.initrd  {}  (the whole root, zstd cpio)", size_mib(&paths.initrd));
     eprintln!("  kelson.efi     {}  (UKI: kernel + initramfs + command line)", size_mib(&paths.uki));
     Ok(paths)
+}
+
+/// Replaces `to` with a copy of the directory `from` (`cp -a`: symlinks and modes kept).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing the old {}", to.display()))?;
+    }
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .with_context(|| format!("running cp -a {} {}", from.display(), to.display()))?;
+    if !status.success() {
+        bail!("cp -a {} {} failed with {status}", from.display(), to.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! ThreadLauncher, on the real clock with short delays.
 
 mod common;
+#[path = "../../containers/tests/common/skip.rs"]
+mod skip;
 
 use common::*;
 use kelson_supervise::*;
@@ -415,7 +417,7 @@ async fn the_child_runs_in_its_own_cgroup_on_a_real_cgroup2_mount() {
         if std::env::var_os("KELSON_REQUIRE_CGROUP2").is_some() {
             panic!("KELSON_REQUIRE_CGROUP2 is set but {} {why}", mount.display());
         }
-        eprintln!("skipped: {} {why} (set KELSON_REQUIRE_CGROUP2=1 to fail instead)", mount.display());
+        skip::report_skip(&format!("{} {why} (set KELSON_REQUIRE_CGROUP2=1 to fail instead)", mount.display()));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,9 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub mod skip;
+pub use skip::report_skip;
+
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
@@ -129,8 +132,13 @@ pub fn write_layout(
     manifest_digest
 }
 
+/// A static busybox: `KELSON_TEST_BUSYBOX` names one (the QEMU guest's, where
+/// qemu-tests' guest-tests runs these tests), else the host's /bin/busybox.
 pub fn busybox() -> Vec<u8> {
-    fs::read("/bin/busybox").expect("busybox-static must be installed (apt-get install busybox-static)")
+    let path = std::env::var_os("KELSON_TEST_BUSYBOX").map_or_else(|| PathBuf::from("/bin/busybox"), PathBuf::from);
+    fs::read(&path).unwrap_or_else(|e| {
+        panic!("reading {}: {e} (busybox-static must be installed: apt-get install busybox-static)", path.display())
+    })
 }
 
 /// A root filesystem directory with a static busybox as /bin/sh and friends.
@@ -243,12 +251,12 @@ impl Cgroup2 {
     /// Says why a check is skipped, or fails when `KELSON_REQUIRE_CGROUP2_MEMORY=1`.
     pub fn skip(&self, what: &str) {
         let message = format!(
-            "skipped: {what}: the cgroup2 hierarchy at {} has controllers {:?}, without memory (a cgroup v1 host: memory is bound to v1)",
+            "{what}: the cgroup2 hierarchy at {} has controllers {:?}, without memory (a cgroup v1 host: memory is bound to v1)",
             self.mount.display(),
             self.controllers
         );
         assert!(std::env::var("KELSON_REQUIRE_CGROUP2_MEMORY").as_deref() != Ok("1"), "{message}");
-        eprintln!("{message}");
+        report_skip(&message);
     }
 }
 
