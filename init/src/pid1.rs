@@ -189,7 +189,7 @@ fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, starte
             "maintenance: boot stopped; PID 1 stays up, reaping and answering the power button"
         ),
     }
-    start_hooks(&reaper);
+    start_hooks(&reaper, &ctx.cmdline);
 }
 
 fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
@@ -222,8 +222,20 @@ fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
     }
 }
 
-fn start_hooks(reaper: &Arc<Reaper>) {
-    for hook in hooks::find(Path::new(hooks::HOOK_DIR)) {
+fn start_hooks(reaper: &Arc<Reaper>, cmdline: &Cmdline) {
+    let hooks = match hooks::plan(cmdline, Path::new(hooks::HOOK_DIR)) {
+        hooks::Plan::Absent => return,
+        hooks::Plan::Ignored => {
+            warn!(
+                dir = hooks::HOOK_DIR,
+                "test hooks present but not run: the kernel command line does not say {}=1",
+                hooks::ENABLE_KEY
+            );
+            return;
+        }
+        hooks::Plan::Run(hooks) => hooks,
+    };
+    for hook in hooks {
         let mut cmd = Command::new(&hook);
         cmd.stdin(Stdio::null());
         match reaper.spawn(&mut cmd) {

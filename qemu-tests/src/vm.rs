@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+/// Guest paths (as [`Layer::paths`] gives them) of test hooks.
+const TEST_HOOKS_PREFIX: &str = "kelson-test/hooks/";
+/// What PID 1 needs on its command line to run test hooks.
+pub const TEST_HOOKS_KEY: &str = "kelson.test.hooks=1";
+
 use crate::agent::{Agent, AgentOutput};
 use crate::cpio::Layer;
 use crate::image::ImagePaths;
@@ -84,6 +89,7 @@ pub struct VmBuilder {
     reboot_allowed: bool,
     nics: Vec<Nic>,
     extra_args: Vec<OsString>,
+    hooks_key: bool,
 }
 
 impl VmBuilder {
@@ -104,6 +110,7 @@ impl VmBuilder {
             reboot_allowed: false,
             nics: Vec::new(),
             extra_args: Vec::new(),
+            hooks_key: true,
         }
     }
 
@@ -143,6 +150,18 @@ impl VmBuilder {
     pub fn append(mut self, arg: &str) -> Self {
         self.cmdline.push(arg.to_owned());
         self
+    }
+
+    /// Leaves `kelson.test.hooks=1` off the command line even when a layer
+    /// carries test hooks, to check that PID 1 then ignores them.
+    pub fn without_test_hooks_key(mut self) -> Self {
+        self.hooks_key = false;
+        self
+    }
+
+    /// Whether some layer puts a file under `/kelson-test/hooks/`.
+    fn layers_carry_hooks(&self) -> bool {
+        self.layers.iter().any(|l| l.paths().any(|p| p.starts_with(TEST_HOOKS_PREFIX)))
     }
 
     /// Guest memory in MiB (default 1024).
@@ -225,9 +244,15 @@ impl VmBuilder {
         self
     }
 
-    /// The kernel command line the guest will get.
+    /// The kernel command line the guest will get. When a layer carries
+    /// test hooks, `kelson.test.hooks=1` comes right after the fixed words
+    /// (PID 1 runs hooks only with it), unless
+    /// [`without_test_hooks_key`](Self::without_test_hooks_key) was asked.
     pub fn kernel_cmdline(&self) -> String {
         let mut words = vec!["console=ttyS0".to_owned(), "panic=-1".to_owned()];
+        if self.hooks_key && self.layers_carry_hooks() {
+            words.push(TEST_HOOKS_KEY.to_owned());
+        }
         words.extend(self.cmdline.iter().cloned());
         words.join(" ")
     }
@@ -882,6 +907,17 @@ mod tests {
         assert!(args.contains(&"-no-user-config".to_owned()));
         assert!(args.contains(&"-no-reboot".to_owned()));
         assert!(!args.iter().any(|a| a.contains("user") && a != "-no-user-config"));
+    }
+
+    #[test]
+    fn a_layer_with_hooks_enables_them_on_the_command_line() {
+        let plain = VmBuilder::new("/k").layer(Layer::new().file("/etc/x", "x", 0o644));
+        assert_eq!(plain.kernel_cmdline(), "console=ttyS0 panic=-1");
+        let hooks = Layer::new().file("/kelson-test/hooks/50-agent", "#!/bin/sh\n", 0o755);
+        let with = VmBuilder::new("/k").layer(hooks.clone()).append("quiet");
+        assert_eq!(with.kernel_cmdline(), "console=ttyS0 panic=-1 kelson.test.hooks=1 quiet");
+        let without = VmBuilder::new("/k").layer(hooks).without_test_hooks_key();
+        assert_eq!(without.kernel_cmdline(), "console=ttyS0 panic=-1");
     }
 
     #[test]

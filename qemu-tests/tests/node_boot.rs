@@ -93,6 +93,30 @@ fn the_node_boots_to_ready_with_kelson_init_as_pid_1_and_the_system_set_up() {
     assert_eq!(sh(&mut vm, "cat /etc/machine-id"), "6b29fc40ca471067b31d00dd010662da");
     // Kelson's lines reach the kernel log as well as the console.
     assert!(sh(&mut vm, "dmesg").contains("kelson: ready"));
+    // The agent answering is a hook PID 1 ran; it ran because the harness
+    // put the enabling key on the command line.
+    assert!(sh(&mut vm, "cat /proc/cmdline").split_whitespace().any(|w| w == "kelson.test.hooks=1"));
+    assert!(vm.console_text().unwrap().contains("test hook started hook=/kelson-test/hooks/50-agent"));
+}
+
+#[test]
+fn test_hooks_are_not_run_without_the_command_line_key() {
+    // The hook would announce itself on the console. Maintenance (a missing
+    // state disk) is the quickest way to the end of boot, where hooks start.
+    let hook = "#!/kelson-test/busybox sh\necho HOOK-RAN-WITHOUT-KEY >/dev/console\n";
+    let layer = Layer::new().file("/kelson-test/hooks/70-announce", hook, 0o755);
+    let mut vm = node().layer(layer).without_test_hooks_key().append("kelson.state=/dev/vdz").boot().unwrap();
+    vm.expect("maintenance: boot stopped", BOOT).unwrap();
+    let line = vm.expect("test hooks present but not run", SHORT).unwrap();
+    assert!(line.contains("kelson.test.hooks=1"), "{line}");
+    vm.system_powerdown().unwrap();
+    vm.expect("shutdown: power-off", SHORT).unwrap();
+    assert!(vm.wait_exit(SHORT).unwrap().success());
+    let console = vm.console_text().unwrap();
+    let kernel_line = console.lines().find(|l| l.contains("Command line:")).expect("the kernel's command line");
+    assert!(!kernel_line.contains("kelson.test.hooks"), "{kernel_line}");
+    assert!(!console.contains("test hook started"), "a hook started without the key:\n{console}");
+    assert!(!console.contains("HOOK-RAN-WITHOUT-KEY"), "a hook ran without the key:\n{console}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! cargo xtask image    build target/image/{vmlinuz,kelson.initrd,kelson.efi}
 //! cargo xtask deps     only install the host packages
 //! cargo xtask bench    boot benchmarks measured inside the guest
-//! cargo xtask fuzz     fuzz the config and seed parsers for a bounded time
+//! cargo xtask fuzz     fuzz the config, seed and pod manifest parsers for a bounded time
 //! ```
 
 mod bench;
@@ -37,7 +37,7 @@ fn usage() -> &'static str {
      \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
      \n  bench [boot|net|supervise|pods]  benchmarks measured inside the guest\
-     \n  fuzz [SECS]    fuzz the config and cloud-init seed parsers (default 60 s per target)"
+     \n  fuzz [SECS]    fuzz the config, cloud-init seed and pod manifest parsers (default 60 s per target)"
 }
 
 fn main() -> ExitCode {
@@ -132,6 +132,8 @@ fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
         ]),
         "cargo test (unit and host tests)",
     )?;
+    steps.start("fuzz targets, a fixed number of inputs each from the committed corpus");
+    fuzz::smoke(root)?;
     steps.start("building the node image with mkosi");
     let paths = image::build(root, &image::Inputs::parse(&[])?)?;
     steps.start("checking the image kernel's configuration");
