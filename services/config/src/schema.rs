@@ -1,6 +1,7 @@
 //! The machine config's fields. CIDRs and addresses are kept as written and
 //! checked by `validate`, so a malformed one is reported with its path.
 
+use crate::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -136,9 +137,8 @@ pub struct Cluster {
     pub dns_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
-    /// Secret: never logged.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -147,7 +147,7 @@ pub struct Pki {
     /// The cluster CA certificate, PEM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
-    /// name → certificate and (secret) key, PEM.
+    /// name → certificate and key, PEM.
     #[serde(default)]
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub certificates: BTreeMap<String, CertKey>,
@@ -157,7 +157,7 @@ pub struct Pki {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CertKey {
     pub cert: String,
-    pub key: String,
+    pub key: Secret,
 }
 
 /// The kubelet or kube-proxy.
@@ -183,7 +183,9 @@ pub struct StaticPod {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct File {
     pub path: String,
-    pub content: String,
+    /// Files written by a seed are often keys and credentials: every file's
+    /// content is treated as a secret.
+    pub content: Secret,
     /// Octal, as a string (`"0644"`); 0644 if absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,

@@ -127,7 +127,7 @@ fn secrets_never_appear_in_errors() {
 #[test]
 fn a_config_written_as_yaml_reads_back_unchanged() {
     let c = parse("good.yaml", GOOD).unwrap();
-    let text = c.to_yaml();
+    let text = c.to_yaml_with_secrets();
     assert_eq!(parse("round-trip.yaml", &text).unwrap(), c, "{text}");
     let empty = kelson_config::MachineConfig::empty();
     assert_eq!(parse("empty.yaml", &empty.to_yaml()).unwrap(), empty);
