@@ -72,8 +72,7 @@ impl Layer {
     /// A whole MachineConfig document (with `apiVersion` and `kind`),
     /// parsed strictly.
     pub fn from_document(source: Source, document: &str, text: &str) -> Result<Layer, ConfigErrors> {
-        let config: MachineConfig =
-            serde_saphyr::from_str(text).map_err(|e| ConfigErrors::one(from_parse_error(document, &e.to_string())))?;
+        let config: MachineConfig = crate::structure::parse_yaml(document, text)?;
         let mut errors = Vec::new();
         if config.api_version != crate::API_VERSION {
             errors.push(ConfigError::new(
@@ -105,8 +104,7 @@ impl Layer {
         let mut whole = layer.value.clone();
         whole.insert("apiVersion".into(), Value::String(crate::API_VERSION.into()));
         whole.insert("kind".into(), Value::String(crate::KIND.into()));
-        serde_json::from_value::<MachineConfig>(Value::Object(whole))
-            .map_err(|e| ConfigErrors::one(ConfigError::new(document, "document", e.to_string())))?;
+        crate::structure::from_tree::<MachineConfig>(document, Value::Object(whole))?;
         Ok(layer)
     }
 
@@ -352,7 +350,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(err, "api request: line 4 column 3: unknown field `hostnam` (did you mean `hostname`?)");
+        assert_eq!(err, "api request: node.hostnam: unknown field (did you mean `hostname`?)");
         let err = Layer::from_cmdline([("kelson.mtu", "big")]).unwrap_err().to_string();
         assert_eq!(err, "kernel command line: kelson.mtu: \"big\" is not a number");
     }

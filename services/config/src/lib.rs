@@ -19,6 +19,7 @@ pub mod nocloud;
 mod schema;
 mod secret;
 mod store;
+mod structure;
 mod validate;
 
 pub use error::{chain as error_chain, ConfigError, ConfigErrors};
@@ -83,8 +84,7 @@ impl MachineConfig {
 /// Parses and validates one machine config document. `document` names it
 /// in errors (a file path, or `cloud-init user-data`).
 pub fn parse(document: &str, text: &str) -> Result<MachineConfig, ConfigErrors> {
-    let config: MachineConfig = serde_saphyr::from_str(text)
-        .map_err(|e| ConfigErrors::one(error::from_parse_error(document, &e.to_string())))?;
+    let config: MachineConfig = structure::parse_yaml(document, text)?;
     let errors = validate::validate(&config);
     if errors.is_empty() {
         Ok(config)

@@ -14,7 +14,7 @@ use std::cell::Cell;
 pub const REDACTED: &str = "<secret>";
 
 /// A secret string. Compare and use it with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
 

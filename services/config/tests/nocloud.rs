@@ -196,7 +196,7 @@ fn broken_seeds_give_errors_naming_the_file_and_field() {
         ),
         (
             seed(None, Some("apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwrk: {}\n"), None),
-            "cloud-init user-data (/dev/sr0): line 3 column 1: unknown field `netwrk` (did you mean `network`?)",
+            "cloud-init user-data (/dev/sr0): netwrk: unknown field (did you mean `network`?)",
         ),
         (
             seed(Some("instance-id: [a\n"), None, None),
