@@ -22,7 +22,7 @@ mod store;
 mod structure;
 mod validate;
 
-pub use error::{chain as error_chain, ConfigError, ConfigErrors};
+pub use error::{chain as error_chain, did_you_mean, ConfigError, ConfigErrors};
 pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
 pub use schema::*;
 pub use secret::{Secret, REDACTED};
