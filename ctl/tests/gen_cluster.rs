@@ -143,7 +143,8 @@ fn every_machine_config_validates_and_describes_its_node() {
     let addresses: Vec<&str> = configs.values().map(|c| c.network.uplinks[0].addresses[0].as_str()).collect();
     assert_eq!(addresses, ["192.168.100.10/24", "192.168.100.11/24", "192.168.100.12/24"]);
     // One cluster-wide token, shared by every node.
-    let tokens: BTreeSet<_> = configs.values().map(|c| c.cluster.bootstrap_token.clone().unwrap()).collect();
+    let tokens: BTreeSet<_> =
+        configs.values().map(|c| c.cluster.bootstrap_token.as_ref().unwrap().expose().to_owned()).collect();
     assert_eq!(tokens.len(), 1);
 }
 
@@ -199,7 +200,7 @@ fn node_certificates_chain_to_the_ca_with_the_nodes_names() {
             assert_eq!(names, BTreeSet::from(["management-api"]));
         }
         for (name, pair) in &config.pki.certificates {
-            assert_issued_by_ca(&ca_pem, &pair.cert, &pair.key);
+            assert_issued_by_ca(&ca_pem, &pair.cert, pair.key.expose());
             // The config carries the same pair as the files in pki/.
             let stem = if name == "etcd-client" {
                 dir.join("pki/etcd-client")
@@ -207,7 +208,7 @@ fn node_certificates_chain_to_the_ca_with_the_nodes_names() {
                 dir.join("pki").join(&node).join(name)
             };
             assert_eq!(fs::read_to_string(stem.with_extension("crt")).unwrap(), pair.cert, "{node} {name}");
-            assert_eq!(fs::read_to_string(stem.with_extension("key")).unwrap(), pair.key, "{node} {name}");
+            assert_eq!(fs::read_to_string(stem.with_extension("key")).unwrap(), pair.key.expose(), "{node} {name}");
             with_cert(&pair.cert, |cert| {
                 let expected: BTreeSet<String> = match name.as_str() {
                     "etcd-server" | "etcd-peer" => {
@@ -284,7 +285,7 @@ fn secrets_are_private_and_certificates_public() {
 fn the_summary_lists_nodes_and_clients_but_no_secrets() {
     let (_tmp, dir, generated) = generate();
     let summary = fs::read_to_string(dir.join("cluster.yaml")).unwrap();
-    let token = configs(&dir)["demo-cp-1"].cluster.bootstrap_token.clone().unwrap();
+    let token = configs(&dir)["demo-cp-1"].cluster.bootstrap_token.as_ref().unwrap().expose().to_owned();
     for text in [&summary, &generated.describe(&dir)] {
         assert!(!text.contains("PRIVATE KEY"));
         assert!(!text.contains(&token));

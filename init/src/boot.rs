@@ -95,6 +95,7 @@ pub fn stages_through(stages: &[Stage], name: &str) -> usize {
 pub const STAGES: &[Stage] = &[
     Stage { name: "mounts", critical: true, run: stage_mounts },
     Stage { name: "kernel-log", critical: false, run: stage_kernel_log },
+    Stage { name: "cmdline", critical: true, run: stage_cmdline },
     Stage { name: "usr", critical: true, run: stage_usr },
     Stage { name: "cgroups", critical: true, run: stage_cgroups },
     Stage { name: "modules", critical: false, run: stage_modules },
@@ -120,6 +121,25 @@ fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     // Only now can the command line be read.
     ctx.cmdline = Cmdline::from_proc();
     Ok(())
+}
+
+/// Reports every unknown `kelson.*` key, and stops boot on a misspelling of
+/// a key that changes what the node does (`kelson.stat=/dev/vdb`), before
+/// the state disk or the config is looked at.
+fn stage_cmdline(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    let unknown = ctx.cmdline.unknown_kelson_keys();
+    for key in unknown.iter().filter(|k| !k.stops_boot) {
+        warn!("{key}");
+    }
+    let stopping: Vec<String> = unknown.iter().filter(|k| k.stops_boot).map(ToString::to_string).collect();
+    for line in &stopping {
+        tracing::error!("{line}");
+    }
+    if stopping.is_empty() {
+        Ok(())
+    } else {
+        Err(stopping.join("; ").into())
+    }
 }
 
 fn stage_kernel_log(ctx: &mut BootContext<'_>) -> Result<(), StageError> {

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 pub const IMAGE_DEFAULTS: &str = "/etc/kelson/machine-config.yaml";
 /// The effective config (with secrets, so 0600) and where each value came
-/// from (without secrets), for people and for the API.
+/// from (secrets redacted, and 0600 too), for people and for the API.
 pub const EFFECTIVE_CONFIG: &str = "/run/kelson/config/effective.yaml";
 pub const CONFIG_SOURCES: &str = "/run/kelson/config/sources.txt";
 pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
@@ -63,8 +63,10 @@ pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
             info!("config: {line}");
         }
     }
-    ctx.kernel.install_file(Path::new(EFFECTIVE_CONFIG), effective.config.to_yaml().as_bytes(), 0o600)?;
-    ctx.kernel.install_file(Path::new(CONFIG_SOURCES), effective.explain().as_bytes(), 0o644)?;
+    ctx.kernel.install_file(Path::new(EFFECTIVE_CONFIG), effective.config.to_yaml_with_secrets().as_bytes(), 0o600)?;
+    // Secrets are redacted here too; 0600 all the same, so that a secret
+    // leaking into the listing by a future mistake is still not world-readable.
+    ctx.kernel.install_file(Path::new(CONFIG_SOURCES), effective.explain().as_bytes(), 0o600)?;
     info!(role = ?effective.config.node.role, "machine config accepted");
     ctx.config = Some(effective);
     Ok(())
@@ -218,7 +220,7 @@ fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<
     };
     for (i, file) in config.files.iter().enumerate() {
         let mode = file.mode.as_deref().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o644);
-        install(PathBuf::from(&file.path), file.content.as_bytes(), mode, format!("files[{i}]"));
+        install(PathBuf::from(&file.path), file.content.expose().as_bytes(), mode, format!("files[{i}]"));
     }
     if let Some(ca) = &config.pki.ca {
         install(Path::new(PKI_DIR).join("ca.crt"), ca.as_bytes(), 0o644, "pki.ca".into());
@@ -232,7 +234,7 @@ fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<
         );
         install(
             Path::new(PKI_DIR).join(format!("{name}.key")),
-            pair.key.as_bytes(),
+            pair.key.expose().as_bytes(),
             0o600,
             format!("pki.certificates.{name}.key"),
         );

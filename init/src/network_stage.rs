@@ -20,8 +20,34 @@ type NodeNetworking = Networking<RtNetlink, ReaperRunner>;
 
 static RUNNING: Mutex<Option<NodeNetworking>> = Mutex::new(None);
 
+/// Until the network is up, declares `network-ready` unreachable if the
+/// stage ends any other way (an error before the network was applied, or
+/// a panic), so the services waiting for it are blocked, saying why.
+struct Unreachable(Option<String>);
+
+impl Drop for Unreachable {
+    fn drop(&mut self) {
+        if let Some(why) = self.0.take() {
+            crate::services_stage::network_unreachable(&why);
+        }
+    }
+}
+
 pub fn stage_network(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let Some(effective) = &ctx.config else { return Ok(()) };
+    let mut pending = Unreachable(Some("the network stage ended before the network was up".to_owned()));
+    let result = apply(ctx, &mut pending);
+    if let (Err(e), Some(_)) = (&result, &pending.0) {
+        pending.0 = Some(format!("the network stage failed: {}", crate::boot::chain(e.as_ref())));
+    }
+    result
+}
+
+fn apply(ctx: &mut BootContext<'_>, pending: &mut Unreachable) -> Result<(), StageError> {
+    // Without a config there are no services to tell.
+    let Some(effective) = &ctx.config else {
+        pending.0 = None;
+        return Ok(());
+    };
     let config = &effective.config;
     // The config stage already refused a network section that does not plan.
     let plan = NetPlan::from_config(&config.network)
@@ -48,6 +74,8 @@ pub fn stage_network(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
             Err(e) => warn!(error = %e, "CNI config not written"),
         }
     }
+    // Steps that failed are logged; the network is as up as it will get.
+    pending.0 = None;
     crate::services_stage::network_ready();
     if failed > 0 {
         return Err(format!("{failed} network step(s) failed; see above").into());

@@ -18,9 +18,26 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 static RUNNING: Mutex<Option<Arc<Supervisor>>> = Mutex::new(None);
-/// Set by the network stage; remembered in case it finishes before the
-/// supervisor exists.
-static NETWORK_IS_READY: Mutex<bool> = Mutex::new(false);
+/// What the network stage said; remembered because it finishes before
+/// the supervisor exists.
+static NETWORK: Mutex<Network> = Mutex::new(Network::Pending);
+
+#[derive(Debug, Clone)]
+enum Network {
+    Pending,
+    Ready,
+    /// The network stage ended without bringing the network up: whatever
+    /// waits for `network-ready` is blocked, with this reason.
+    Unreachable(String),
+}
+
+fn tell(supervisor: &Supervisor, network: &Network) {
+    match network {
+        Network::Pending => {}
+        Network::Ready => supervisor.set_condition(NETWORK_READY),
+        Network::Unreachable(why) => supervisor.condition_unreachable(NETWORK_READY, why),
+    }
+}
 
 /// Starts services through the reaper, which owns every wait.
 pub struct ReaperLauncher(pub Arc<Reaper>);
@@ -67,9 +84,7 @@ pub fn stage_services(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         let _entered = runtime.enter();
         supervisor.start();
     }
-    if *NETWORK_IS_READY.lock().unwrap_or_else(|e| e.into_inner()) {
-        supervisor.set_condition(NETWORK_READY);
-    }
+    tell(&supervisor, &NETWORK.lock().unwrap_or_else(|e| e.into_inner()));
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(supervisor);
     info!(services = names.join(",").as_str(), "supervisor started");
     Ok(())
@@ -77,9 +92,21 @@ pub fn stage_services(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
 
 /// Called by the network stage when it is done.
 pub fn network_ready() {
-    *NETWORK_IS_READY.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    set_network(Network::Ready);
+}
+
+/// Called when the network stage ended without bringing the network up:
+/// the services that wait for it are `blocked` with `why`, not left
+/// waiting for ever.
+pub fn network_unreachable(why: &str) {
+    warn!(reason = why, "network-ready will not be set; the services that need it are blocked");
+    set_network(Network::Unreachable(why.to_owned()));
+}
+
+fn set_network(network: Network) {
+    *NETWORK.lock().unwrap_or_else(|e| e.into_inner()) = network.clone();
     if let Some(supervisor) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        supervisor.set_condition(NETWORK_READY);
+        tell(supervisor, &network);
     }
 }
 

@@ -81,6 +81,57 @@ fn a_fat_seed_names_the_node_and_its_files_are_written() {
     assert_eq!(sh(&mut vm, "stat -c %a /run/kelson/config/effective.yaml"), "600");
 }
 
+/// Distinct markers for each kind of secret a seed carries: a
+/// `write_files` content, the bootstrap token's secret half, a PKI key.
+const FILE_MARKER: &str = "MARKER-WRITE-FILES-5d1c";
+const TOKEN_MARKER: &str = "markertoken5d1c0";
+const KEY_MARKER: &str = "MARKER-PKI-KEY-5d1c";
+
+#[test]
+fn seed_secrets_reach_only_their_files_and_the_private_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let user_data = format!(
+        "#cloud-config\nhostname: secret-node\nwrite_files:\n  - path: /etc/kelson/app-secret.pem\n    \
+         content: {FILE_MARKER}\n    permissions: '0600'\nkelson:\n  cluster:\n    bootstrapToken: secret.{TOKEN_MARKER}\n  \
+         pki:\n    certificates:\n      marker:\n        cert: PUBLIC-CERT\n        key: {KEY_MARKER}\n"
+    );
+    let seed = fat_seed(dir.path(), &[("meta-data", "instance-id: secrets-1\n"), ("user-data", &user_data)]);
+    let mut vm = node().disk(&seed).boot().unwrap();
+    vm.expect("machine config accepted", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let markers = [FILE_MARKER, TOKEN_MARKER, KEY_MARKER];
+
+    // The written files hold their secrets (so the checks below could
+    // fail), counted without printing them.
+    let count = |vm: &mut Vm, marker: &str, file: &str| sh(vm, &format!("grep -c -F '{marker}' {file}"));
+    assert_eq!(count(&mut vm, FILE_MARKER, "/etc/kelson/app-secret.pem"), "1");
+    assert_eq!(count(&mut vm, KEY_MARKER, "/etc/kelson/pki/marker.key"), "1");
+    assert_eq!(sh(&mut vm, "stat -c %a /etc/kelson/pki/marker.key /etc/kelson/app-secret.pem"), "600\n600");
+    let effective = "/run/kelson/config/effective.yaml";
+    for marker in markers {
+        assert_eq!(count(&mut vm, marker, effective), "1", "{marker} in {effective}");
+    }
+    assert_eq!(sh(&mut vm, &format!("stat -c %a {effective} /run/kelson/config/sources.txt")), "600\n600");
+
+    let console = vm.console_text().unwrap();
+    let kmsg = sh(&mut vm, "dmesg");
+    assert!(kmsg.contains("machine config accepted"), "dmesg holds Kelson's log: {kmsg}");
+    for marker in markers {
+        assert!(!console.contains(marker), "{marker} on the console:\n{console}");
+        assert!(!kmsg.contains(marker), "{marker} in kmsg:\n{kmsg}");
+    }
+    // Every file under /run/kelson and /var holding a marker: only the
+    // effective config and the saved seed (the node's own copy, 0600).
+    let patterns: String = markers.iter().map(|m| format!(" -e '{m}'")).collect();
+    let holders = sh(&mut vm, &format!("find /run/kelson /var -type f | xargs grep -l -F{patterns}; true"));
+    let holders: Vec<&str> = holders.lines().collect();
+    assert_eq!(holders, [effective, "/var/lib/kelson/config/cloud-init.yaml"], "files holding a secret");
+    assert_eq!(sh(&mut vm, "stat -c %a /var/lib/kelson/config/cloud-init.yaml"), "600");
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("cluster.bootstrapToken = <secret>"), "{sources}");
+    assert!(sources.contains("\"content\":\"<secret>\""), "{sources}");
+}
+
 /// A 1 control-plane + 1 worker cluster from `kelsonctl gen cluster`.
 fn generated_cluster(dir: &Path) -> kelsonctl::gen::GeneratedCluster {
     let spec = kelsonctl::gen::ClusterSpec::with_defaults("lab", 1, 1);

@@ -280,7 +280,7 @@ fn push_pair(files: &mut Vec<OutputFile>, stem: &str, issued: &Issued) {
 }
 
 fn cert_key(issued: &Issued) -> CertKey {
-    CertKey { cert: issued.cert_pem.clone(), key: issued.key_pem.clone() }
+    CertKey { cert: issued.cert_pem.clone(), key: issued.key_pem.clone().into() }
 }
 
 /// Issues every certificate, renders each node's machine config and seed,
@@ -321,7 +321,7 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
         }
 
         let config = machine_config(&plan, node, &token, &ca.cert_pem(), &certs);
-        let yaml = config.to_yaml();
+        let yaml = config.to_yaml_with_secrets();
         let document = format!("nodes/{}/machine-config.yaml", node.name);
         kelson_config::parse(&document, &yaml)
             .map_err(|errors| GenClusterError::InvalidConfig { node: node.name.clone(), errors })?;
@@ -393,7 +393,7 @@ fn machine_config(
     config.cluster.api_server_endpoint = Some(plan.api_server_endpoint());
     config.cluster.dns_address = Some(plan.dns_address.to_string());
     config.cluster.dns_domain = Some(DNS_DOMAIN.to_owned());
-    config.cluster.bootstrap_token = Some(token.to_owned());
+    config.cluster.bootstrap_token = Some(token.into());
     config.pki.ca = Some(ca_pem.to_owned());
     config.pki.certificates = certs.iter().map(|(name, issued)| ((*name).to_owned(), cert_key(issued))).collect();
     config

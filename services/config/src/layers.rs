@@ -10,7 +10,7 @@
 //! the document that supplied the offending value.
 
 use crate::error::{from_parse_error, ConfigError, ConfigErrors};
-use crate::MachineConfig;
+use crate::{MachineConfig, REDACTED};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -34,13 +34,28 @@ impl Source {
     }
 }
 
-/// One partial config and the document it was read from.
-#[derive(Debug, Clone, PartialEq)]
+/// One partial config and the document it was read from. Its values are
+/// the document's as written, secrets included, so its `Debug` shows only
+/// which fields it sets.
+#[derive(Clone, PartialEq)]
 pub struct Layer {
     pub source: Source,
     /// Names the document in errors and in [`Effective::explain`].
     pub document: String,
     value: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut leaves = Vec::new();
+        collect_leaves("", &Value::Object(self.value.clone()), &mut leaves);
+        let sets: Vec<String> = leaves.into_iter().map(|(path, _)| path).collect();
+        f.debug_struct("Layer")
+            .field("source", &self.source)
+            .field("document", &self.document)
+            .field("sets", &sets)
+            .finish()
+    }
 }
 
 /// Kernel command line keys and the config field each sets.
@@ -57,8 +72,7 @@ impl Layer {
     /// A whole MachineConfig document (with `apiVersion` and `kind`),
     /// parsed strictly.
     pub fn from_document(source: Source, document: &str, text: &str) -> Result<Layer, ConfigErrors> {
-        let config: MachineConfig =
-            serde_saphyr::from_str(text).map_err(|e| ConfigErrors::one(from_parse_error(document, &e.to_string())))?;
+        let config: MachineConfig = crate::structure::parse_yaml(document, text)?;
         let mut errors = Vec::new();
         if config.api_version != crate::API_VERSION {
             errors.push(ConfigError::new(
@@ -90,8 +104,7 @@ impl Layer {
         let mut whole = layer.value.clone();
         whole.insert("apiVersion".into(), Value::String(crate::API_VERSION.into()));
         whole.insert("kind".into(), Value::String(crate::KIND.into()));
-        serde_json::from_value::<MachineConfig>(Value::Object(whole))
-            .map_err(|e| ConfigErrors::one(ConfigError::new(document, "document", e.to_string())))?;
+        crate::structure::from_tree::<MachineConfig>(document, Value::Object(whole))?;
         Ok(layer)
     }
 
@@ -172,11 +185,6 @@ pub struct Effective {
     provenance: BTreeMap<String, (Source, String)>,
 }
 
-/// Field paths whose values are secrets: never logged or printed.
-fn is_secret(path: &str) -> bool {
-    path == "cluster.bootstrapToken" || (path.starts_with("pki.certificates.") && path.ends_with(".key"))
-}
-
 impl Effective {
     /// The layer that set `path` (or the list or map it is inside).
     pub fn source_of(&self, path: &str) -> Option<(Source, &str)> {
@@ -193,7 +201,8 @@ impl Effective {
     }
 
     /// Every value of the effective config, one per line, with the document
-    /// it came from; secrets are shown as `<secret>`.
+    /// it came from; every [`crate::Secret`] is shown as `<secret>` (that is
+    /// how it serializes), wherever it sits, lists included.
     pub fn explain(&self) -> String {
         let mut out = String::new();
         let value = serde_json::to_value(&self.config).unwrap_or(Value::Null);
@@ -203,7 +212,10 @@ impl Effective {
             if path == "apiVersion" || path == "kind" {
                 continue;
             }
-            let shown = if is_secret(&path) { "<secret>".to_owned() } else { value.to_string() };
+            let shown = match value {
+                Value::String(s) if s == REDACTED => REDACTED.to_owned(),
+                other => other.to_string(),
+            };
             let origin = self.source_of(&path).map_or("built-in default", |(_, document)| document);
             out.push_str(&format!("{path} = {shown}  # {origin}\n"));
         }
@@ -221,8 +233,6 @@ fn collect_leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
                 collect_leaves(&path, child, out);
             }
         }
-        // A list of secrets (pki.certificates is a map, so keys are leaves
-        // below it) stays whole; `secret` paths are redacted by the caller.
         _ => out.push((prefix.to_owned(), value.clone())),
     }
 }
@@ -340,7 +350,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(err, "api request: line 4 column 3: unknown field `hostnam` (did you mean `hostname`?)");
+        assert_eq!(err, "api request: node.hostnam: unknown field (did you mean `hostname`?)");
         let err = Layer::from_cmdline([("kelson.mtu", "big")]).unwrap_err().to_string();
         assert_eq!(err, "kernel command line: kelson.mtu: \"big\" is not a number");
     }
@@ -359,6 +369,41 @@ mod tests {
         assert!(text.contains("pki.certificates.api.cert = \"CERT\"  # seed"), "{text}");
         assert!(text.contains("node.role = \"worker\"  # built-in default"), "{text}");
         assert!(!text.contains("SUPERSECRET") && !text.contains("0123456789abcdef"), "{text}");
+    }
+
+    const MARKED: &str = "cluster:\n  bootstrapToken: abcdef.0123456789abcdef\n\
+        pki:\n  certificates:\n    api:\n      cert: CERT\n      key: MARKER-KEY\n\
+        files:\n  - path: /etc/app/key.pem\n    content: MARKER-FILE\n    mode: \"0600\"\n";
+    const MARKERS: [&str; 3] = ["MARKER-KEY", "MARKER-FILE", "0123456789abcdef"];
+
+    fn assert_no_marker(what: &str, text: &str) {
+        for marker in MARKERS {
+            assert!(!text.contains(marker), "{what} shows {marker}: {text}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_display_sources_or_plain_yaml() {
+        let seed = doc(Source::CloudInit, "seed", MARKED);
+        assert_no_marker("a layer's Debug", &format!("{seed:?}"));
+        let e = resolve(&[seed]).unwrap();
+        assert_no_marker("the effective config's Debug", &format!("{e:?}"));
+        assert_no_marker("the config's Debug", &format!("{:#?}", e.config));
+        assert_no_marker("a file's content", &format!("{} {:?}", e.config.files[0].content, e.config.files[0]));
+        assert_no_marker("the sources listing", &e.explain());
+        assert_no_marker("the plain YAML", &e.config.to_yaml());
+        assert!(
+            e.explain().contains("files = [{\"path\":\"/etc/app/key.pem\",\"content\":\"<secret>\""),
+            "{}",
+            e.explain()
+        );
+        // The secrets are kept, and written by to_yaml_with_secrets (the 0600 file).
+        let full = e.config.to_yaml_with_secrets();
+        for marker in MARKERS {
+            assert!(full.contains(marker), "{marker} missing from {full}");
+        }
+        assert_eq!(crate::parse("effective", &full).unwrap(), e.config);
+        assert_eq!(e.config.files[0].content.expose(), "MARKER-FILE");
     }
 
     #[test]

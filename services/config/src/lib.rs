@@ -17,12 +17,15 @@ mod error;
 mod layers;
 pub mod nocloud;
 mod schema;
+mod secret;
 mod store;
+mod structure;
 mod validate;
 
-pub use error::{chain as error_chain, ConfigError, ConfigErrors};
+pub use error::{chain as error_chain, did_you_mean, ConfigError, ConfigErrors};
 pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
 pub use schema::*;
+pub use secret::{Secret, REDACTED};
 pub use store::{Store, StoreError, STATE_DIR};
 
 pub const API_VERSION: &str = "kelson.dev/v1alpha1";
@@ -63,19 +66,25 @@ impl MachineConfig {
         }
     }
 
-    /// The config as a YAML document that [`parse`] reads back unchanged.
+    /// The config as YAML with every [`Secret`] shown as [`REDACTED`]: safe
+    /// to print or to put in a world-readable file.
     pub fn to_yaml(&self) -> String {
         // Serializing plain structs of strings, numbers and maps cannot fail;
         // an error here would be a bug in the YAML writer.
         serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+
+    /// The config as a YAML document that [`parse`] reads back unchanged,
+    /// secrets included: only for files only root can read (mode 0600).
+    pub fn to_yaml_with_secrets(&self) -> String {
+        secret::reveal_secrets(|| self.to_yaml())
     }
 }
 
 /// Parses and validates one machine config document. `document` names it
 /// in errors (a file path, or `cloud-init user-data`).
 pub fn parse(document: &str, text: &str) -> Result<MachineConfig, ConfigErrors> {
-    let config: MachineConfig = serde_saphyr::from_str(text)
-        .map_err(|e| ConfigErrors::one(error::from_parse_error(document, &e.to_string())))?;
+    let config: MachineConfig = structure::parse_yaml(document, text)?;
     let errors = validate::validate(&config);
     if errors.is_empty() {
         Ok(config)

@@ -1,10 +1,12 @@
 //! The machine config's fields. CIDRs and addresses are kept as written and
 //! checked by `validate`, so a malformed one is reported with its path.
 
+use crate::Secret;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MachineConfig {
     pub api_version: String,
@@ -37,7 +39,7 @@ pub struct MachineConfig {
     pub kernel_modules: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     ControlPlane,
@@ -45,7 +47,7 @@ pub enum Role {
     Worker,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +59,7 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Network {
     #[serde(default)]
@@ -83,7 +85,7 @@ pub struct Network {
     pub peer_routes: Vec<PeerRoute>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Uplink {
     /// Match by interface name or by MAC address (one of the two).
@@ -105,7 +107,7 @@ pub struct Uplink {
     pub mtu: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Route {
     pub to: String,
@@ -113,7 +115,7 @@ pub struct Route {
 }
 
 /// Another node's pod CIDR, reached directly through that node.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerRoute {
     #[serde(rename = "podCIDR")]
@@ -121,7 +123,7 @@ pub struct PeerRoute {
     pub via: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cluster {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,32 +138,31 @@ pub struct Cluster {
     pub dns_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
-    /// Secret: never logged.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<Secret>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pki {
     /// The cluster CA certificate, PEM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
-    /// name → certificate and (secret) key, PEM.
+    /// name → certificate and key, PEM.
     #[serde(default)]
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub certificates: BTreeMap<String, CertKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CertKey {
     pub cert: String,
-    pub key: String,
+    pub key: Secret,
 }
 
 /// The kubelet or kube-proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Component {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,7 +172,7 @@ pub struct Component {
     pub extra_args: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StaticPod {
     /// The file name under /etc/kubernetes/manifests.
@@ -179,18 +180,20 @@ pub struct StaticPod {
     pub manifest: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct File {
     pub path: String,
-    pub content: String,
+    /// Files written by a seed are often keys and credentials: every file's
+    /// content is treated as a secret.
+    pub content: Secret,
     /// Octal, as a string (`"0644"`); 0644 if absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
 }
 
 /// Time synchronisation: the NTP servers the node should use.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Time {
     #[serde(default)]

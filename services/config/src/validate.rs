@@ -161,7 +161,7 @@ fn validate_cluster(c: &MachineConfig, p: &mut Problems) {
     if let Some(dns) = &cl.dns_address {
         address(p, "cluster.dnsAddress", dns);
     }
-    if let Some(token) = &cl.bootstrap_token {
+    if let Some(token) = cl.bootstrap_token.as_ref().map(crate::Secret::expose) {
         let ok = token.len() == 23
             && token.as_bytes()[6] == b'.'
             && token.chars().enumerate().all(|(i, ch)| i == 6 || ch.is_ascii_lowercase() || ch.is_ascii_digit());

@@ -68,7 +68,7 @@ kelson:
     assert_eq!(c.time.servers, vec!["ntp1.example.org", "0.pool.ntp.org"]);
     assert_eq!(c.files.len(), 2);
     assert_eq!(c.files[0].mode.as_deref(), Some("0600"));
-    assert_eq!(c.files[1].content, "hello world");
+    assert_eq!(c.files[1].content.expose(), "hello world");
     assert_eq!(c.network.pod_cidr.as_deref(), Some("10.244.9.0/24"));
     assert_eq!(
         ignored,
@@ -196,7 +196,7 @@ fn broken_seeds_give_errors_naming_the_file_and_field() {
         ),
         (
             seed(None, Some("apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwrk: {}\n"), None),
-            "cloud-init user-data (/dev/sr0): line 3 column 1: unknown field `netwrk` (did you mean `network`?)",
+            "cloud-init user-data (/dev/sr0): netwrk: unknown field (did you mean `network`?)",
         ),
         (
             seed(Some("instance-id: [a\n"), None, None),

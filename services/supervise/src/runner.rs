@@ -146,9 +146,14 @@ impl Runner {
             if unmet.is_empty() {
                 return None;
             }
-            let reason = format!("waiting for {}", unmet.join(", "));
-            if self.status.state != ServiceState::Waiting || self.status.reason != reason {
-                self.transition(ServiceState::Waiting, reason);
+            let blocked = blocking_requirements(&self.spec.requires, &snapshots.borrow());
+            let (state, reason) = if blocked.is_empty() {
+                (ServiceState::Waiting, format!("waiting for {}", unmet.join(", ")))
+            } else {
+                (ServiceState::Blocked, format!("cannot start: {}", blocked.join("; ")))
+            };
+            if self.status.state != state || self.status.reason != reason {
+                self.transition(state, reason);
             }
             let poll = self.shared.clock.sleep(self.shared.settings.poll_interval);
             tokio::select! {
@@ -376,6 +381,25 @@ pub(crate) fn unmet_requirements(requires: &[Requirement], snapshot: &Snapshot) 
         .collect()
 }
 
+/// The requirements that can no longer be met, in words: a service needed
+/// is absent, failed or blocked, or a condition was declared unreachable.
+pub(crate) fn blocking_requirements(requires: &[Requirement], snapshot: &Snapshot) -> Vec<String> {
+    requires
+        .iter()
+        .filter_map(|r| match r {
+            Requirement::Healthy(dep) | Requirement::Completed(dep) => {
+                let status = snapshot.services.get(dep)?;
+                matches!(status.state, ServiceState::Absent | ServiceState::Failed | ServiceState::Blocked)
+                    .then(|| format!("service {dep} is {} ({})", status.state, status.reason))
+            }
+            Requirement::Condition(name) => {
+                snapshot.unreachable.get(name).map(|why| format!("condition {name} will not be set ({why})"))
+            }
+            Requirement::PathExists(_) => None,
+        })
+        .collect()
+}
+
 /// Checks forever, sending each result; the runner decides what it means.
 async fn health_loop(check: HealthCheck, shared: Arc<Shared>, results: mpsc::Sender<Result<String, String>>) {
     let mut passed_once = false;
@@ -431,7 +455,7 @@ mod tests {
         let mut import = ServiceStatus::new("sandbox-image", SystemTime::UNIX_EPOCH);
         import.state = ServiceState::Healthy;
         services.insert("sandbox-image".to_owned(), import);
-        let mut snapshot = Snapshot { services, conditions: BTreeSet::new() };
+        let mut snapshot = Snapshot { services, conditions: BTreeSet::new(), unreachable: BTreeMap::new() };
         let requires = vec![
             Requirement::Healthy("containerd".into()),
             Requirement::Completed("sandbox-image".into()),
@@ -452,6 +476,38 @@ mod tests {
         snapshot.services.get_mut("containerd").unwrap().state = ServiceState::Healthy;
         snapshot.services.get_mut("sandbox-image").unwrap().state = ServiceState::Completed;
         assert_eq!(unmet_requirements(&requires, &snapshot), ["/nonexistent/kelson to exist"]);
+    }
+
+    #[test]
+    fn blocking_requirements_name_what_can_no_longer_be_met() {
+        let mut services = BTreeMap::new();
+        for (name, state, reason) in [
+            ("kubelet", ServiceState::Absent, "program /usr/bin/kubelet is not on this node"),
+            ("import", ServiceState::Failed, "pid 7 exited with code 1"),
+            ("containerd", ServiceState::BackingOff, "restarting in 1s"),
+        ] {
+            let mut status = ServiceStatus::new(name, SystemTime::UNIX_EPOCH);
+            status.state = state;
+            status.reason = reason.to_owned();
+            services.insert(name.to_owned(), status);
+        }
+        let unreachable = BTreeMap::from([("network-ready".to_owned(), "the network stage failed".to_owned())]);
+        let snapshot = Snapshot { services, conditions: BTreeSet::new(), unreachable };
+        let requires = vec![
+            Requirement::Healthy("kubelet".into()),
+            Requirement::Completed("import".into()),
+            Requirement::Healthy("containerd".into()),
+            Requirement::Condition("network-ready".into()),
+            Requirement::Condition("other".into()),
+        ];
+        assert_eq!(
+            blocking_requirements(&requires, &snapshot),
+            [
+                "service kubelet is absent (program /usr/bin/kubelet is not on this node)",
+                "service import is failed (pid 7 exited with code 1)",
+                "condition network-ready will not be set (the network stage failed)",
+            ]
+        );
     }
 
     #[test]

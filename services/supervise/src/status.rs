@@ -55,6 +55,10 @@ pub enum ServiceState {
     Failed,
     /// Its program does not exist on this node.
     Absent,
+    /// Waiting for a requirement that can no longer be met: a service it
+    /// needs is absent, failed or blocked itself, or a condition it needs
+    /// was declared unreachable. Its reason says which.
+    Blocked,
 }
 
 impl ServiceState {
@@ -69,6 +73,7 @@ impl ServiceState {
             ServiceState::Completed => "completed",
             ServiceState::Failed => "failed",
             ServiceState::Absent => "absent",
+            ServiceState::Blocked => "blocked",
         }
     }
 }
@@ -133,6 +138,9 @@ pub struct Transition {
 pub struct Snapshot {
     pub services: BTreeMap<String, ServiceStatus>,
     pub conditions: BTreeSet<String>,
+    /// Conditions that will not be set, and why (the stage that sets it
+    /// failed): what waits for one is `blocked`.
+    pub unreachable: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -135,6 +135,16 @@ impl Supervisor {
     pub fn set_condition(&self, name: &str) {
         self.shared.snapshot.send_modify(|s| {
             s.conditions.insert(name.to_owned());
+            s.unreachable.remove(name);
+        });
+    }
+
+    /// Declares that `name` will not be set (the network stage ended before
+    /// the network was up): services waiting for it become `blocked`, with
+    /// `why` in their reason. Setting the condition later still starts them.
+    pub fn condition_unreachable(&self, name: &str, why: &str) {
+        self.shared.snapshot.send_modify(|s| {
+            s.unreachable.insert(name.to_owned(), why.to_owned());
         });
     }
 

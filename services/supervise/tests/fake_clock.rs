@@ -131,3 +131,80 @@ async fn the_grace_period_is_measured_on_the_clock() {
     tokio::time::timeout(Duration::from_secs(10), shutdown).await.unwrap();
     assert_eq!(sup.status("stubborn").unwrap().last_exit, Some(Exit::Signal(9)));
 }
+
+fn state_file(dir: &std::path::Path, service: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("state").join(format!("{service}.json"))).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_kubelet_leaves_kube_proxy_blocked_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new();
+    let kubelet = ServiceSpec::new("kubelet", ["/nonexistent/kelson-test/kubelet"]);
+    let mut kube_proxy = ServiceSpec::new("kube-proxy", ["sleep", "30"]);
+    kube_proxy.requires = vec![Requirement::Healthy("kubelet".into())];
+    let sup = Supervisor::new(
+        vec![kubelet, kube_proxy],
+        settings(dir.path()),
+        Arc::new(ThreadLauncher),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    sup.start();
+    let s =
+        wait_until(&sup, 10, "kube-proxy blocked", |s| s.services["kube-proxy"].state == ServiceState::Blocked).await;
+    let expected =
+        "cannot start: service kubelet is absent (program /nonexistent/kelson-test/kubelet is not on this node)";
+    assert_eq!(s.services["kube-proxy"].reason, expected);
+    let file = state_file(dir.path(), "kube-proxy");
+    assert_eq!((file["state"].as_str(), file["reason"].as_str()), (Some("blocked"), Some(expected)));
+    sup.shutdown().await;
+    assert_eq!(sup.status("kube-proxy").unwrap().state, ServiceState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_condition_blocks_its_dependents_until_it_is_set_after_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new();
+    let mut kubelet = ServiceSpec::new("kubelet", ["sleep", "30"]);
+    kubelet.requires = vec![Requirement::Condition(NETWORK_READY.into())];
+    let mut kube_proxy = ServiceSpec::new("kube-proxy", ["sleep", "30"]);
+    kube_proxy.requires = vec![Requirement::Healthy("kubelet".into())];
+    let sup = Supervisor::new(
+        vec![kubelet, kube_proxy],
+        settings(dir.path()),
+        Arc::new(ThreadLauncher),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    sup.start();
+    let s = wait_until(&sup, 10, "kubelet waiting for the network", |s| {
+        s.services["kubelet"].reason == "waiting for condition network-ready"
+    })
+    .await;
+    assert_eq!(s.services["kubelet"].state, ServiceState::Waiting);
+    sup.condition_unreachable(NETWORK_READY, "the network stage failed: no netlink socket");
+    let s = wait_until(&sup, 10, "both blocked", |s| {
+        s.services["kubelet"].state == ServiceState::Blocked && s.services["kube-proxy"].state == ServiceState::Blocked
+    })
+    .await;
+    assert_eq!(
+        s.services["kubelet"].reason,
+        "cannot start: condition network-ready will not be set (the network stage failed: no netlink socket)"
+    );
+    assert!(
+        s.services["kube-proxy"]
+            .reason
+            .starts_with("cannot start: service kubelet is blocked (cannot start: condition network-ready"),
+        "{}",
+        s.services["kube-proxy"].reason
+    );
+    assert_eq!(state_file(dir.path(), "kubelet")["state"], "blocked");
+    // Blocked is not for ever: the condition set after all starts them.
+    sup.set_condition(NETWORK_READY);
+    wait_until(&sup, 10, "both healthy", |s| {
+        s.services["kubelet"].state == ServiceState::Healthy && s.services["kube-proxy"].state == ServiceState::Healthy
+    })
+    .await;
+    sup.shutdown().await;
+}

@@ -226,11 +226,14 @@ async fn a_missing_program_is_absent_with_the_reason_and_the_rest_runs() {
     })
     .await;
     assert_eq!(s.services["kubelet"].reason, "program /nonexistent/usr/bin/kubelet is not on this node");
-    let s = wait_until(&sup, 5, "kube-proxy waiting on the absent kubelet", |s| {
-        s.services["kube-proxy"].reason.contains("it is absent")
+    let s = wait_until(&sup, 5, "kube-proxy blocked by the absent kubelet", |s| {
+        state_of(s, "kube-proxy") == ServiceState::Blocked
     })
     .await;
-    assert_eq!(state_of(&s, "kube-proxy"), ServiceState::Waiting);
+    assert_eq!(
+        s.services["kube-proxy"].reason,
+        "cannot start: service kubelet is absent (program /nonexistent/usr/bin/kubelet is not on this node)"
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state_dir.join("kubelet.json")).unwrap()).unwrap();
     assert_eq!(json["state"], "absent");

@@ -89,7 +89,7 @@ pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
     let bootstrap = match (&cluster.api_server_endpoint, &cluster.bootstrap_token, &config.pki.ca) {
         (Some(server), Some(token), Some(_)) => {
             let name = cluster.name.as_deref().unwrap_or("kubernetes");
-            let user = User { token: Some(token.clone()), ..User::default() };
+            let user = User { token: Some(token.expose().to_owned()), ..User::default() };
             let kubeconfig = kubeconfig::single(name, server, CA_FILE, "kubelet-bootstrap", user);
             // The token is a secret: owner-only.
             files.push(RenderedFile::new(KUBELET_BOOTSTRAP_KUBECONFIG, to_yaml(&kubeconfig), 0o600));
