@@ -151,6 +151,83 @@ fn a_cloud_localds_iso_on_a_cdrom_is_read() {
     assert!(sources.contains("network.nameservers = [\"192.168.100.1\"]"), "{sources}");
 }
 
+/// A netplan v2 network-config as cloud-init users write it: the NIC is
+/// matched by MAC (the guest's second NIC, so the kernel's first name is
+/// not what matches) and renamed, with static addresses, routes,
+/// nameservers and search domains, on a `cloud-localds` seed.
+#[test]
+fn a_cloud_localds_netplan_seed_renames_the_nic_matched_by_mac_and_configures_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user-data");
+    let net = dir.path().join("network-config");
+    let meta = dir.path().join("meta-data");
+    std::fs::write(
+        &user,
+        "#cloud-config\nhostname: netplan-node\nkelson:\n  network:\n    podCIDR: 10.244.4.0/24\n    clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &net,
+        r#"version: 2
+ethernets:
+  uplink:
+    match:
+      macaddress: "52:54:00:AA:BB:01"
+    set-name: lan0
+    addresses: [192.168.50.10/24]
+    routes:
+      - to: default
+        via: 192.168.50.1
+      - to: 198.51.100.0/24
+        via: 192.168.50.254
+    nameservers:
+      addresses: [192.168.50.53, 192.168.50.54]
+      search: [corp.example, lab.example]
+"#,
+    )
+    .unwrap();
+    std::fs::write(&meta, "instance-id: netplan-1\n").unwrap();
+    let iso = dir.path().join("seed.iso");
+    run(Command::new("cloud-localds").arg("--network-config").arg(&net).arg(&iso).arg(&user).arg(&meta));
+    // Two NICs on networks that reach nothing: the kernel names them eth0
+    // and eth1; the seed's MAC is eth1's.
+    let mut vm = node()
+        .qemu_arg("-cdrom")
+        .qemu_arg(&iso)
+        .qemu_args([
+            "-netdev",
+            "user,id=other,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=other,mac=52:54:00:aa:bb:02",
+        ])
+        .qemu_args(["-netdev", "user,id=up,restrict=on", "-device", "virtio-net-pci,netdev=up,mac=52:54:00:aa:bb:01"])
+        .boot()
+        .unwrap();
+    vm.expect("cloud-init seed found device=/dev/sr0 fs=iso9660", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let console = vm.console_text().unwrap();
+    assert!(!console.contains("cloud-init: ignored network-config"), "{console}");
+
+    let links = sh(&mut vm, "ip -o link show");
+    let lan0 = links.lines().find(|l| l.contains(" lan0:")).unwrap_or_else(|| panic!("no lan0 in:\n{links}"));
+    assert!(lan0.contains("52:54:00:aa:bb:01") && lan0.contains(",UP"), "{lan0}");
+    assert!(!links.contains(" eth1:"), "eth1 kept its kernel name:\n{links}");
+    let eth0 = links.lines().find(|l| l.contains(" eth0:")).unwrap_or_else(|| panic!("no eth0 in:\n{links}"));
+    assert!(eth0.contains("52:54:00:aa:bb:02"), "the other NIC was renamed or taken: {eth0}");
+    assert!(sh(&mut vm, "ip -4 addr show lan0").contains("inet 192.168.50.10/24"));
+    assert!(!sh(&mut vm, "ip -4 addr show eth0").contains("192.168.50."));
+    let routes = sh(&mut vm, "ip -4 route");
+    assert!(routes.contains("default via 192.168.50.1 dev lan0"), "{routes}");
+    assert!(routes.contains("198.51.100.0/24 via 192.168.50.254 dev lan0"), "{routes}");
+    let resolv = sh(&mut vm, "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains("nameserver 192.168.50.53\nnameserver 192.168.50.54\nsearch corp.example lab.example"),
+        "{resolv}"
+    );
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("network.searchDomains = [\"corp.example\",\"lab.example\"]"), "{sources}");
+}
+
 #[test]
 fn an_invalid_seed_leaves_the_node_in_maintenance_with_nothing_applied() {
     let dir = tempfile::tempdir().unwrap();
