@@ -53,8 +53,9 @@ fn read_text(kernel: &dyn Kernel, path: &Path) -> Option<String> {
 pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let store = Store::new(kelson_config::STATE_DIR);
     let (effective, seed_to_save) = gather(ctx, &store).map_err(Rejected::into_stage_error)?;
-    if let Some(layer) = seed_to_save {
+    if let Some(SeedToSave { layer, instance_id }) = seed_to_save {
         let path = store.save(&layer)?;
+        save_instance_id(&store, instance_id.as_deref())?;
         info!(path = %path.display(), "cloud-init seed saved for later boots");
     }
     for line in effective.explain().lines() {
@@ -72,8 +73,45 @@ pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Every layer, then the resolved config and the seed layer to save.
-fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Layer>), Rejected> {
+/// Beside the saved seed layer: the instance-id of the seed it came from,
+/// which the layer (a MachineConfig document) has no field for.
+const SAVED_INSTANCE_ID: &str = "cloud-init.instance-id";
+
+/// An accepted seed, to keep for later boots.
+struct SeedToSave {
+    layer: Layer,
+    instance_id: Option<String>,
+}
+
+fn save_instance_id(store: &Store, id: Option<&str>) -> Result<(), StageError> {
+    let path = store.dir().join(SAVED_INSTANCE_ID);
+    kelson_config::atomic::write_atomic(&path, id.unwrap_or_default().as_bytes(), 0o600)
+        .map_err(|e| format!("saving the seed's instance-id to {}: {}", path.display(), chain(&e)))?;
+    Ok(())
+}
+
+/// The saved seed's instance-id: `None` if no seed is saved, `Some(None)`
+/// if one is but its instance-id is unknown (none, or saved by a version
+/// that did not record it).
+fn saved_instance_id(store: &Store) -> Option<Option<String>> {
+    if !store.path_for(Source::CloudInit).is_some_and(|p| p.exists()) {
+        return None;
+    }
+    let id = std::fs::read_to_string(store.dir().join(SAVED_INSTANCE_ID)).ok().map(|s| s.trim().to_owned());
+    Some(id.filter(|id| !id.is_empty()))
+}
+
+/// Fetches the seed at `url`, leasing an address for it; `Err` says why not.
+fn fetch_url_seed(url: &str) -> Result<kelson_config::nocloud::SeedFiles, String> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime to fetch with: {e}"))?;
+    runtime
+        .block_on(seed_url::with_dhcp(|| seed_url::fetch_seed(url, seed_url::ATTEMPTS)))
+        .and_then(|r| r)
+        .map_err(|e| chain(&e))
+}
+
+/// Every layer, then the resolved config and the seed to save.
+fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<SeedToSave>), Rejected> {
     let kernel = ctx.kernel;
     let mut layers = Vec::new();
     let mut errors = Vec::new();
@@ -123,15 +161,20 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
             }
             (None, Some(url)) => {
                 info!(url = url.as_str(), "fetching the cloud-init seed");
-                let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-                    Rejected(vec![ConfigError::new(&url, "document", format!("no async runtime to fetch with: {e}"))])
-                })?;
-                let fetched = runtime
-                    .block_on(seed_url::with_dhcp(|| seed_url::fetch_seed(&url, seed_url::ATTEMPTS)))
-                    .and_then(|r| r)
-                    .map_err(|e| Rejected(vec![ConfigError::new(&url, "document", chain(&e))]))?;
-                info!(url = url.as_str(), "cloud-init seed fetched");
-                Some(fetched)
+                match seed_url::decide(&url, fetch_url_seed(&url), saved) {
+                    seed_url::UrlSeedDecision::UseFetched(files) => {
+                        info!(url = url.as_str(), "cloud-init seed fetched");
+                        Some(files)
+                    }
+                    // The saved seed is loaded below, as when no seed is attached.
+                    seed_url::UrlSeedDecision::UseSaved { warning } => {
+                        warn!("{warning}");
+                        None
+                    }
+                    seed_url::UrlSeedDecision::Stop { reason } => {
+                        return Err(Rejected(vec![ConfigError::new(&url, "document", reason)]));
+                    }
+                }
             }
             (None, None) => None,
         };
@@ -147,8 +190,14 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<Lay
                     "cloud-init seed read"
                 );
                 let saved_name = format!("cloud-init seed from {}", files.origin);
+                let saved_id = saved_instance_id(store);
+                if let Some(note) =
+                    seed_url::replacement_note(saved_id.as_ref().map(Option::as_deref), seed.instance_id.as_deref())
+                {
+                    info!("cloud-init: {note}");
+                }
                 match seed.combined(&saved_name) {
-                    Ok(layer) => seed_to_save = Some(layer),
+                    Ok(layer) => seed_to_save = Some(SeedToSave { layer, instance_id: seed.instance_id.clone() }),
                     Err(e) => errors.extend(e.0),
                 }
                 layers.extend(seed.layers);

@@ -38,6 +38,55 @@ pub enum FetchError {
     NoLease { seconds: u64, tried: String },
 }
 
+/// What the config stage does after trying to fetch a URL seed.
+#[derive(Debug, PartialEq)]
+pub enum UrlSeedDecision<T> {
+    /// The fetch worked: the fetched seed is read (and, once accepted,
+    /// saved in place of any saved one).
+    UseFetched(T),
+    /// The fetch failed but an earlier boot saved a seed: boot with that,
+    /// after warning with the URL and why. An outage of the seed server
+    /// must not strand a node that was configured before.
+    UseSaved { warning: String },
+    /// The fetch failed and no seed was ever saved: the node has never been
+    /// configured and stops in maintenance with this reason.
+    Stop { reason: String },
+}
+
+/// The decision over a fetch result (`Err` holds why it failed) and
+/// whether a seed saved at an earlier boot exists.
+pub fn decide<T>(url: &str, fetched: Result<T, String>, saved: bool) -> UrlSeedDecision<T> {
+    match (fetched, saved) {
+        (Ok(files), _) => UrlSeedDecision::UseFetched(files),
+        (Err(why), true) => UrlSeedDecision::UseSaved {
+            warning: format!(
+                "the cloud-init seed at {url} could not be fetched ({why}); booting with the seed saved at an earlier boot"
+            ),
+        },
+        (Err(why), false) => UrlSeedDecision::Stop {
+            reason: format!(
+                "the cloud-init seed at {url} could not be fetched ({why}) and no seed was saved at an earlier boot"
+            ),
+        },
+    }
+}
+
+/// What saving a newly read seed does to the saved one, for the log:
+/// `saved` is `None` when nothing is saved, else the saved seed's
+/// instance-id (itself `None` if it had none or it was not recorded).
+pub fn replacement_note(saved: Option<Option<&str>>, new: Option<&str>) -> Option<String> {
+    let shown = |id: Option<&str>| id.map_or_else(|| "none".to_owned(), |id| format!("{id:?}"));
+    match saved {
+        None => None,
+        Some(old) if old == new => {
+            Some(format!("the seed has the saved seed's instance-id {}; the saved copy is refreshed", shown(new)))
+        }
+        Some(old) => {
+            Some(format!("the seed (instance-id {}) replaces the saved one (instance-id {})", shown(new), shown(old)))
+        }
+    }
+}
+
 /// One GET; `Ok(None)` for a 404.
 async fn get_once(uri: &Uri, tls: &tokio_rustls::TlsConnector) -> Result<Option<Vec<u8>>, String> {
     let host = uri.host().ok_or("no host")?.to_owned();
@@ -248,5 +297,50 @@ mod tests {
         // Nothing listens on port 9 of loopback.
         let err = fetch_seed("http://127.0.0.1:9/seed/", 2).await.unwrap_err().to_string();
         assert!(err.starts_with("fetching http://127.0.0.1:9/seed/meta-data: connecting to 127.0.0.1:9:"), "{err}");
+    }
+
+    #[test]
+    fn a_fetched_seed_is_used_whether_or_not_one_is_saved() {
+        assert_eq!(decide("http://s/", Ok(1), false), UrlSeedDecision::UseFetched(1));
+        assert_eq!(decide("http://s/", Ok(1), true), UrlSeedDecision::UseFetched(1));
+    }
+
+    #[test]
+    fn a_failed_fetch_with_a_saved_seed_warns_and_boots_with_the_saved_one() {
+        let decision = decide::<()>("http://10.0.2.100/", Err("connecting to 10.0.2.100:80: refused".into()), true);
+        assert_eq!(
+            decision,
+            UrlSeedDecision::UseSaved {
+                warning: "the cloud-init seed at http://10.0.2.100/ could not be fetched (connecting to 10.0.2.100:80: refused); booting with the seed saved at an earlier boot".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_fetch_on_a_node_never_configured_stops_naming_the_url_and_why() {
+        let decision = decide::<()>("http://10.0.2.100/", Err("the server answered 404".into()), false);
+        assert_eq!(
+            decision,
+            UrlSeedDecision::Stop {
+                reason: "the cloud-init seed at http://10.0.2.100/ could not be fetched (the server answered 404) and no seed was saved at an earlier boot".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_seed_with_another_instance_id_is_said_to_replace_the_saved_one() {
+        assert_eq!(replacement_note(None, Some("i-1")), None);
+        assert_eq!(
+            replacement_note(Some(Some("i-1")), Some("i-2")).as_deref(),
+            Some("the seed (instance-id \"i-2\") replaces the saved one (instance-id \"i-1\")")
+        );
+        assert_eq!(
+            replacement_note(Some(None), Some("i-2")).as_deref(),
+            Some("the seed (instance-id \"i-2\") replaces the saved one (instance-id none)")
+        );
+        assert_eq!(
+            replacement_note(Some(Some("i-1")), Some("i-1")).as_deref(),
+            Some("the seed has the saved seed's instance-id \"i-1\"; the saved copy is refreshed")
+        );
     }
 }

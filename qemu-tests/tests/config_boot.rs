@@ -202,6 +202,83 @@ fn a_cloud_localds_iso_on_a_cdrom_is_read() {
     assert!(sources.contains("network.nameservers = [\"192.168.100.1\"]"), "{sources}");
 }
 
+/// A netplan v2 network-config as cloud-init users write it: the NIC is
+/// matched by MAC (the guest's second NIC, so the kernel's first name is
+/// not what matches) and renamed, with static addresses, routes,
+/// nameservers and search domains, on a `cloud-localds` seed.
+#[test]
+fn a_cloud_localds_netplan_seed_renames_the_nic_matched_by_mac_and_configures_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user-data");
+    let net = dir.path().join("network-config");
+    let meta = dir.path().join("meta-data");
+    std::fs::write(
+        &user,
+        "#cloud-config\nhostname: netplan-node\nkelson:\n  network:\n    podCIDR: 10.244.4.0/24\n    clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &net,
+        r#"version: 2
+ethernets:
+  uplink:
+    match:
+      macaddress: "52:54:00:AA:BB:01"
+    set-name: lan0
+    addresses: [192.168.50.10/24]
+    routes:
+      - to: default
+        via: 192.168.50.1
+      - to: 198.51.100.0/24
+        via: 192.168.50.254
+    nameservers:
+      addresses: [192.168.50.53, 192.168.50.54]
+      search: [corp.example, lab.example]
+"#,
+    )
+    .unwrap();
+    std::fs::write(&meta, "instance-id: netplan-1\n").unwrap();
+    let iso = dir.path().join("seed.iso");
+    run(Command::new("cloud-localds").arg("--network-config").arg(&net).arg(&iso).arg(&user).arg(&meta));
+    // Two NICs on networks that reach nothing: the kernel names them eth0
+    // and eth1; the seed's MAC is eth1's.
+    let mut vm = node()
+        .qemu_arg("-cdrom")
+        .qemu_arg(&iso)
+        .qemu_args([
+            "-netdev",
+            "user,id=other,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=other,mac=52:54:00:aa:bb:02",
+        ])
+        .qemu_args(["-netdev", "user,id=up,restrict=on", "-device", "virtio-net-pci,netdev=up,mac=52:54:00:aa:bb:01"])
+        .boot()
+        .unwrap();
+    vm.expect("cloud-init seed found device=/dev/sr0 fs=iso9660", BOOT).unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let console = vm.console_text().unwrap();
+    assert!(!console.contains("cloud-init: ignored network-config"), "{console}");
+
+    let links = sh(&mut vm, "ip -o link show");
+    let lan0 = links.lines().find(|l| l.contains(" lan0:")).unwrap_or_else(|| panic!("no lan0 in:\n{links}"));
+    assert!(lan0.contains("52:54:00:aa:bb:01") && lan0.contains(",UP"), "{lan0}");
+    assert!(!links.contains(" eth1:"), "eth1 kept its kernel name:\n{links}");
+    let eth0 = links.lines().find(|l| l.contains(" eth0:")).unwrap_or_else(|| panic!("no eth0 in:\n{links}"));
+    assert!(eth0.contains("52:54:00:aa:bb:02"), "the other NIC was renamed or taken: {eth0}");
+    assert!(sh(&mut vm, "ip -4 addr show lan0").contains("inet 192.168.50.10/24"));
+    assert!(!sh(&mut vm, "ip -4 addr show eth0").contains("192.168.50."));
+    let routes = sh(&mut vm, "ip -4 route");
+    assert!(routes.contains("default via 192.168.50.1 dev lan0"), "{routes}");
+    assert!(routes.contains("198.51.100.0/24 via 192.168.50.254 dev lan0"), "{routes}");
+    let resolv = sh(&mut vm, "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains("nameserver 192.168.50.53\nnameserver 192.168.50.54\nsearch corp.example lab.example"),
+        "{resolv}"
+    );
+    let sources = sh(&mut vm, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("network.searchDomains = [\"corp.example\",\"lab.example\"]"), "{sources}");
+}
+
 #[test]
 fn an_invalid_seed_leaves_the_node_in_maintenance_with_nothing_applied() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,6 +381,123 @@ fn a_seed_is_fetched_from_the_url_on_the_command_line() {
 #[test]
 fn a_seed_is_fetched_from_the_url_in_the_smbios_serial() {
     boot_with_url_seed(|vm| vm.qemu_args(["-smbios", "type=1,serial=ds=nocloud;s=http://10.0.2.100/"]));
+}
+
+/// Relays one guest connection to an HTTP server on the host's loopback
+/// (QEMU runs it per connection, as for [`SEED_SERVER`]). When that server
+/// has stopped, the connect fails and the guest's connection is closed
+/// without an answer, as a stopped seed server looks to a client.
+const LOOPBACK_RELAY: &str = r#"import socket, sys, threading
+upstream = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def pump():
+    while True:
+        data = upstream.recv(65536)
+        if not data:
+            break
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+reader = threading.Thread(target=pump)
+reader.start()
+while True:
+    data = sys.stdin.buffer.read1(65536)
+    if not data:
+        break
+    upstream.sendall(data)
+reader.join()
+"#;
+
+#[test]
+fn a_node_configured_from_a_url_boots_with_its_saved_seed_when_the_server_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = blank_disk(dir.path(), "state.img", 64);
+    let seed = dir.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    std::fs::write(seed.join("meta-data"), "instance-id: url-keep-1\nlocal-hostname: url-saved-node\n").unwrap();
+    std::fs::write(
+        seed.join("user-data"),
+        "#cloud-config\nkelson:\n  network:\n    podCIDR: 10.244.9.0/24\n    clusterCIDR: 10.244.0.0/16\n",
+    )
+    .unwrap();
+    let port = qemu_tests::free_loopback_port().unwrap();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&seed)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting python3 -m http.server");
+    // Wait until the server listens (it takes a moment to start).
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "the seed server on 127.0.0.1:{port} did not start");
+    let relay = dir.path().join("relay.py");
+    std::fs::write(&relay, LOOPBACK_RELAY).unwrap();
+    // restrict=on: the guest's only way out is the guestfwd to the relay.
+    let netdev = format!("user,id=seed,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {port}", relay.display());
+    let boot = || {
+        node()
+            .disk(&state)
+            .append("kelson.state=/dev/vda")
+            .append("ds=nocloud;s=http://10.0.2.100/")
+            .qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])
+            .boot()
+            .unwrap()
+    };
+
+    let mut first = boot();
+    first.expect("cloud-init seed fetched url=http://10.0.2.100/", BOOT).unwrap();
+    first.expect("cloud-init seed saved for later boots", BOOT).unwrap();
+    first.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut first, "cat /proc/sys/kernel/hostname"), "url-saved-node");
+    assert_eq!(sh(&mut first, "cat /var/lib/kelson/config/cloud-init.instance-id"), "url-keep-1");
+    first.system_powerdown().unwrap();
+    assert!(first.wait_exit(SHORT).unwrap().success());
+
+    // The seed server stops; the same state disk boots again.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the seed server still answers");
+    let mut second = boot();
+    let warning = second
+        .expect(
+            "the cloud-init seed at http://10.0.2.100/ could not be fetched (fetching http://10.0.2.100/meta-data:",
+            BOOT,
+        )
+        .unwrap();
+    assert!(warning.contains("booting with the seed saved at an earlier boot"), "{warning}");
+    second.expect("using the one saved at an earlier boot", SHORT).unwrap();
+    second.expect("kelson: ready", BOOT).unwrap();
+    assert_eq!(sh(&mut second, "cat /proc/sys/kernel/hostname"), "url-saved-node");
+    let sources = sh(&mut second, "cat /run/kelson/config/sources.txt");
+    assert!(sources.contains("network.podCIDR = \"10.244.9.0/24\""), "{sources}");
+    let console = second.console_text().unwrap();
+    assert!(!console.contains("maintenance: boot stopped"), "{console}");
+}
+
+#[test]
+fn a_node_never_configured_stops_in_maintenance_naming_the_seed_url_that_failed() {
+    // The guest reaches the relay, but nothing listens on its loopback port.
+    let port = qemu_tests::free_loopback_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = dir.path().join("relay.py");
+    std::fs::write(&relay, LOOPBACK_RELAY).unwrap();
+    let netdev = format!("user,id=seed,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {port}", relay.display());
+    let mut vm = node()
+        .append("ds=nocloud;s=http://10.0.2.100/")
+        .qemu_args(["-netdev", netdev.as_str(), "-device", "virtio-net-pci,netdev=seed"])
+        .boot()
+        .unwrap();
+    let error = vm
+        .expect(
+            "config error: http://10.0.2.100/: document: the cloud-init seed at http://10.0.2.100/ could not be fetched (",
+            BOOT,
+        )
+        .unwrap();
+    assert!(error.contains("and no seed was saved at an earlier boot"), "{error}");
+    vm.expect("maintenance: boot stopped", SHORT).unwrap();
 }
 
 /// A DHCP server the guest can reach and nothing else: Debian's dnsmasq on a

@@ -388,7 +388,7 @@ fn network_config(f: &mut File<'_>, text: &str) -> Map<String, Value> {
     if map.get("config").and_then(Value::as_str) == Some("disabled") {
         return out;
     }
-    let (uplinks, nameservers) = match map.get("version").and_then(Value::as_u64) {
+    let NetworkOut { uplinks, nameservers, search } = match map.get("version").and_then(Value::as_u64) {
         Some(2) => network_v2(f, map),
         Some(1) => network_v1(f, map),
         _ => {
@@ -402,16 +402,50 @@ fn network_config(f: &mut File<'_>, text: &str) -> Map<String, Value> {
     if !nameservers.is_empty() {
         set_path(&mut out, "network.nameservers", Value::Array(nameservers.into_iter().map(Value::String).collect()));
     }
+    if !search.is_empty() {
+        set_path(&mut out, "network.searchDomains", Value::Array(search.into_iter().map(Value::String).collect()));
+    }
     out
 }
+
+/// What a network-config gives the `network` section.
+#[derive(Default)]
+struct NetworkOut {
+    uplinks: Vec<Value>,
+    nameservers: Vec<String>,
+    search: Vec<String>,
+}
+
+/// Appends `domains` to `search`, each once.
+fn add_search(search: &mut Vec<String>, domains: Vec<String>) {
+    for d in domains {
+        if !search.contains(&d) {
+            search.push(d);
+        }
+    }
+}
+
+/// netplan `ethernets` keys that Kelson does not act on and that cannot
+/// change where traffic goes, so ignoring them (with a note) is safe. Any
+/// other key it does not know is refused.
+const V2_HARMLESS: &[(&str, &str)] = &[
+    ("optional", "Kelson does not wait for links at boot"),
+    ("critical", "Kelson never takes an uplink down"),
+    ("wakeonlan", "not configured by Kelson"),
+    ("dhcp-identifier", "Kelson's DHCP client sends the MAC as the client identifier"),
+    ("link-local", "Kelson configures IPv4 only"),
+    ("accept-ra", "Kelson configures IPv4 only"),
+    ("ipv6-privacy", "Kelson configures IPv4 only"),
+];
 
 fn is_default_route(to: &str) -> bool {
     matches!(to, "default" | "0.0.0.0/0" | "0.0.0.0")
 }
 
-fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<String>) {
+fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> NetworkOut {
     let mut uplinks = Vec::new();
     let mut nameservers = Vec::new();
+    let mut search = Vec::new();
     for (key, v) in map {
         match key.as_str() {
             "version" => {}
@@ -423,6 +457,7 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                     let Some(eth) = f.map(eth, &base) else { continue };
                     let mut uplink = Map::new();
                     let mut matched = false;
+                    let mut set_name = None;
                     for (k, v) in eth {
                         let field = format!("{base}.{k}");
                         match k.as_str() {
@@ -447,7 +482,10 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                                 }
                                             }
                                         }
-                                        _ => f.error(&mfield, "only name and macaddress matches are supported"),
+                                        _ => f.error(
+                                            &mfield,
+                                            "only name and macaddress matches are supported (a match Kelson ignored could configure another link)",
+                                        ),
                                     }
                                 }
                             }
@@ -458,8 +496,18 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                 Value::String(s) if matches!(s.as_str(), "true" | "yes") => {
                                     uplink.insert("dhcp4".into(), Value::Bool(true));
                                 }
-                                _ => {}
+                                Value::String(s) if matches!(s.as_str(), "false" | "no") => {}
+                                _ => f.error(&field, "expected true or false"),
                             },
+                            "dhcp6" => match v {
+                                Value::Bool(false) => {}
+                                Value::String(s) if matches!(s.as_str(), "false" | "no") => {}
+                                _ => f.error(&field, "IPv6 is not supported by Kelson yet"),
+                            },
+                            "dhcp4-overrides" => f.error(
+                                &field,
+                                "not supported: Kelson's DHCP client always installs the lease's router and nameservers, so overrides would be silently ignored",
+                            ),
                             "addresses" => {
                                 let addrs = f.strings(v, &field);
                                 uplink.insert(
@@ -489,8 +537,13 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                     let Some(r) = f.map(r, &rfield) else { continue };
                                     let to = r.get("to").and_then(|v| f.string(v, &format!("{rfield}.to")));
                                     let via = r.get("via").and_then(|v| f.string(v, &format!("{rfield}.via")));
+                                    // metric, table, on-link, scope... each changes
+                                    // which route traffic takes: refused, not ignored.
                                     for k in r.keys().filter(|k| !matches!(k.as_str(), "to" | "via")) {
-                                        f.ignore(&format!("{rfield}.{k}"), "routes take only to and via");
+                                        f.error(
+                                            &format!("{rfield}.{k}"),
+                                            "not supported (routes take only to and via); ignoring it would change where traffic goes",
+                                        );
                                     }
                                     match (to, via) {
                                         (Some(to), Some(via)) if is_default_route(&to) => {
@@ -512,13 +565,30 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                 for (nk, nv) in ns {
                                     match nk.as_str() {
                                         "addresses" => nameservers.extend(f.strings(nv, &format!("{field}.addresses"))),
-                                        _ => f.ignore(&format!("{field}.{nk}"), "only nameserver addresses are used"),
+                                        "search" => add_search(&mut search, f.strings(nv, &format!("{field}.search"))),
+                                        _ => f.error(&format!("{field}.{nk}"), "only addresses and search are supported"),
                                     }
                                 }
                             }
-                            "set-name" => f.ignore(&field, "interfaces keep their kernel names"),
-                            _ => f.ignore(&field, "not supported"),
+                            "set-name" => set_name = f.string(v, &field),
+                            other => match V2_HARMLESS.iter().find(|(key, _)| *key == other) {
+                                Some((_, why)) => f.ignore(&field, why),
+                                None => f.error(
+                                    &field,
+                                    "not supported; it is refused rather than ignored because it could change where traffic goes",
+                                ),
+                            },
                         }
+                    }
+                    match (set_name, matched) {
+                        (Some(new), true) => {
+                            uplink.insert("setName".into(), Value::String(new));
+                        }
+                        // netplan applies set-name only to a link found by `match`.
+                        (Some(_), false) => {
+                            f.error(&format!("{base}.set-name"), "set-name needs a match (macaddress or name)")
+                        }
+                        (None, _) => {}
                     }
                     if !matched {
                         uplink.insert("name".into(), Value::String(id.clone()));
@@ -529,7 +599,7 @@ fn network_v2(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
             _ => f.ignore(key, "only ethernets are supported"),
         }
     }
-    (uplinks, nameservers)
+    NetworkOut { uplinks, nameservers, search }
 }
 
 /// `255.255.255.0` → 24.
@@ -539,15 +609,16 @@ fn prefix_of(netmask: &str) -> Option<u32> {
     (bits.leading_ones() + bits.trailing_zeros() == 32).then_some(bits.leading_ones())
 }
 
-fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<String>) {
+fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> NetworkOut {
     let mut uplinks = Vec::new();
     let mut nameservers = Vec::new();
+    let mut search = Vec::new();
     for key in map.keys().filter(|k| !matches!(k.as_str(), "version" | "config")) {
         f.ignore(key, "not supported");
     }
     let Some(Value::Array(entries)) = map.get("config") else {
         f.error("config", "version 1 needs a config list");
-        return (uplinks, nameservers);
+        return NetworkOut::default();
     };
     for (i, entry) in entries.iter().enumerate() {
         let base = format!("config[{i}]");
@@ -559,8 +630,12 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                 let name = entry.get("name").and_then(|v| f.string(v, &format!("{base}.name")));
                 let mac = entry.get("mac_address").and_then(|v| f.string(v, &format!("{base}.mac_address")));
                 match (mac, name) {
-                    (Some(mac), _) => {
+                    // As in cloud-init, the link with that MAC gets that name.
+                    (Some(mac), name) => {
                         uplink.insert("mac".into(), Value::String(mac.to_ascii_lowercase()));
+                        if let Some(name) = name {
+                            uplink.insert("setName".into(), Value::String(name));
+                        }
                     }
                     (None, Some(name)) => {
                         uplink.insert("name".into(), Value::String(name));
@@ -623,6 +698,9 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                             if let Some(ns) = subnet.get("dns_nameservers") {
                                 nameservers.extend(f.strings(ns, &format!("{sbase}.dns_nameservers")));
                             }
+                            if let Some(domains) = subnet.get("dns_search") {
+                                add_search(&mut search, f.strings(domains, &format!("{sbase}.dns_search")));
+                            }
                             if let Some(Value::Array(rs)) = subnet.get("routes") {
                                 for (k, r) in rs.iter().enumerate() {
                                     let rbase = format!("{sbase}.routes[{k}]");
@@ -633,6 +711,14 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                                         .and_then(Value::as_str)
                                         .unwrap_or_default();
                                     let gw = r.get("gateway").and_then(Value::as_str).unwrap_or_default();
+                                    for k in r.keys().filter(|k| {
+                                        !matches!(k.as_str(), "network" | "destination" | "netmask" | "gateway")
+                                    }) {
+                                        f.error(
+                                            &format!("{rbase}.{k}"),
+                                            "not supported (routes take network, netmask and gateway); ignoring it would change where traffic goes",
+                                        );
+                                    }
                                     let to = match (
                                         net.contains('/'),
                                         r.get("netmask").and_then(Value::as_str).and_then(prefix_of),
@@ -654,7 +740,13 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                             for k in subnet.keys().filter(|k| {
                                 !matches!(
                                     k.as_str(),
-                                    "type" | "address" | "netmask" | "gateway" | "dns_nameservers" | "routes"
+                                    "type"
+                                        | "address"
+                                        | "netmask"
+                                        | "gateway"
+                                        | "dns_nameservers"
+                                        | "dns_search"
+                                        | "routes"
                                 )
                             }) {
                                 f.ignore(&format!("{sbase}.{k}"), "not supported");
@@ -678,9 +770,12 @@ fn network_v1(f: &mut File<'_>, map: &Map<String, Value>) -> (Vec<Value>, Vec<St
                 if let Some(a) = entry.get("address") {
                     nameservers.extend(f.strings(a, &format!("{base}.address")));
                 }
+                if let Some(domains) = entry.get("search") {
+                    add_search(&mut search, f.strings(domains, &format!("{base}.search")));
+                }
             }
             other => f.ignore(&format!("{base} (type {other})"), "only physical and nameserver entries are supported"),
         }
     }
-    (uplinks, nameservers)
+    NetworkOut { uplinks, nameservers, search }
 }

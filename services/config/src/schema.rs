@@ -80,6 +80,10 @@ pub struct Network {
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<String>,
+    /// Search domains for resolv.conf, written with `nameservers`.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub search_domains: Vec<String>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peer_routes: Vec<PeerRoute>,
@@ -93,6 +97,10 @@ pub struct Uplink {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The name the link is given (netplan's `set-name`): it is renamed
+    /// before it is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_name: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub dhcp4: bool,
     #[serde(default)]

@@ -117,14 +117,90 @@ ethernets:
     assert_eq!(n.uplinks[0].mtu, Some(1400));
     assert_eq!(n.uplinks[1].name.as_deref(), Some("eth1"));
     assert!(n.uplinks[1].dhcp4);
+    assert_eq!(n.uplinks[0].set_name.as_deref(), Some("lan0"));
+    assert_eq!(n.uplinks[1].set_name, None);
     assert_eq!(n.nameservers, vec!["192.0.2.53"]);
-    assert_eq!(
-        ignored,
-        vec![
-            "network-config: ethernets.uplink.set-name (interfaces keep their kernel names)",
-            "network-config: ethernets.uplink.nameservers.search (only nameserver addresses are used)",
-        ]
-    );
+    assert_eq!(n.search_domains, vec!["example.org"]);
+    assert!(ignored.is_empty(), "{ignored:?}");
+}
+
+#[test]
+fn network_config_v2_set_name_with_a_name_match_renames_that_link() {
+    let net = "version: 2\nethernets:\n  a:\n    match:\n      name: ens3\n    set-name: wan0\n    dhcp4: true\n";
+    let (e, _) = effective(&seed(None, None, Some(net)));
+    assert_eq!(e.config.network.uplinks[0].name.as_deref(), Some("ens3"));
+    assert_eq!(e.config.network.uplinks[0].set_name.as_deref(), Some("wan0"));
+}
+
+#[test]
+fn network_config_v2_search_domains_from_several_links_are_merged_once() {
+    let net = "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n    nameservers:\n      search: [a.example, b.example]\n  eth1:\n    dhcp4: true\n    nameservers:\n      search: [b.example, c.example]\n";
+    let (e, _) = effective(&seed(None, None, Some(net)));
+    assert_eq!(e.config.network.search_domains, vec!["a.example", "b.example", "c.example"]);
+}
+
+#[test]
+fn network_config_v2_keys_that_cannot_change_routing_are_ignored_with_a_note() {
+    let net = "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n    dhcp6: false\n    optional: true\n";
+    let (e, ignored) = effective(&seed(None, None, Some(net)));
+    assert!(e.config.network.uplinks[0].dhcp4);
+    assert_eq!(ignored, vec!["network-config: ethernets.eth0.optional (Kelson does not wait for links at boot)"]);
+}
+
+/// Each key Kelson cannot honour and that would change where traffic goes
+/// is an error naming the file, the field and why.
+#[test]
+fn network_config_keys_that_would_change_routing_if_ignored_are_refused() {
+    let doc = "cloud-init network-config (/dev/sr0)";
+    let cases: &[(&str, String)] = &[
+        (
+            "version: 2\nethernets:\n  eth0:\n    routes:\n      - to: 10.1.0.0/16\n        via: 192.0.2.1\n        metric: 100\n",
+            format!("{doc}: ethernets.eth0.routes[0].metric: not supported (routes take only to and via); ignoring it would change where traffic goes"),
+        ),
+        (
+            "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n    dhcp4-overrides:\n      use-routes: false\n",
+            format!("{doc}: ethernets.eth0.dhcp4-overrides: not supported: Kelson's DHCP client always installs the lease's router and nameservers, so overrides would be silently ignored"),
+        ),
+        (
+            "version: 2\nethernets:\n  nic:\n    match:\n      driver: virtio_net\n    dhcp4: true\n",
+            format!("{doc}: ethernets.nic.match.driver: only name and macaddress matches are supported (a match Kelson ignored could configure another link)"),
+        ),
+        (
+            "version: 2\nethernets:\n  nic:\n    match:\n      name: en*\n    dhcp4: true\n",
+            format!("{doc}: ethernets.nic.match.name: \"en*\": name patterns are not supported; give the interface name or its MAC"),
+        ),
+        (
+            "version: 2\nethernets:\n  eth0:\n    dhcp6: true\n",
+            format!("{doc}: ethernets.eth0.dhcp6: IPv6 is not supported by Kelson yet"),
+        ),
+        (
+            "version: 2\nethernets:\n  eth0:\n    routing-policy:\n      - from: 192.0.2.0/24\n        table: 100\n",
+            format!("{doc}: ethernets.eth0.routing-policy: not supported; it is refused rather than ignored because it could change where traffic goes"),
+        ),
+        (
+            "version: 2\nethernets:\n  eth0:\n    set-name: lan0\n    dhcp4: true\n",
+            format!("{doc}: ethernets.eth0.set-name: set-name needs a match (macaddress or name)"),
+        ),
+        (
+            "version: 1\nconfig:\n  - type: physical\n    name: eth0\n    subnets:\n      - type: static\n        address: 192.0.2.5/24\n        routes:\n          - network: 10.9.0.0/16\n            gateway: 192.0.2.1\n            metric: 50\n",
+            format!("{doc}: config[0].subnets[0].routes[0].metric: not supported (routes take network, netmask and gateway); ignoring it would change where traffic goes"),
+        ),
+    ];
+    for (net, want) in cases {
+        let errors = read_seed(&seed(None, None, Some(net))).unwrap_err().to_string();
+        assert_eq!(&errors, want, "for {net}");
+    }
+}
+
+#[test]
+fn network_config_v1_dns_search_and_a_named_mac_become_search_domains_and_a_rename() {
+    let net = "version: 1\nconfig:\n  - type: physical\n    name: lan0\n    mac_address: \"52:54:00:12:34:56\"\n    subnets:\n      - type: static\n        address: 192.0.2.20/24\n        dns_nameservers: [192.0.2.53]\n        dns_search: [corp.example]\n  - type: nameserver\n    address: [192.0.2.54]\n    search: [corp.example, lab.example]\n";
+    let (e, ignored) = effective(&seed(None, None, Some(net)));
+    let n = &e.config.network;
+    assert_eq!(n.uplinks[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+    assert_eq!(n.uplinks[0].set_name.as_deref(), Some("lan0"));
+    assert_eq!(n.search_domains, vec!["corp.example", "lab.example"]);
+    assert!(ignored.is_empty(), "{ignored:?}");
 }
 
 #[test]
@@ -162,6 +238,7 @@ config:
     let (e, ignored) = effective(&seed(None, None, Some(net)));
     let n = &e.config.network;
     assert_eq!(n.uplinks[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+    assert_eq!(n.uplinks[0].set_name.as_deref(), Some("eth0"));
     assert_eq!(n.uplinks[0].addresses, vec!["192.0.2.20/24"]);
     assert_eq!(n.uplinks[0].gateway4.as_deref(), Some("192.0.2.1"));
     assert_eq!(n.uplinks[0].routes[0].to, "10.20.0.0/16");

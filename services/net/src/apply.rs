@@ -139,6 +139,20 @@ pub enum StepError {
     UnknownLink { field: String, select: LinkSelector },
     #[error("link {link} is missing")]
     MissingLink { link: String },
+    #[error("setting link {link} down to rename it to {name}")]
+    SetDown {
+        link: String,
+        name: String,
+        #[source]
+        source: NlError,
+    },
+    #[error("renaming link {link} to {name}")]
+    Rename {
+        link: String,
+        name: String,
+        #[source]
+        source: NlError,
+    },
     #[error("setting link {link} up")]
     SetUp {
         link: String,
@@ -305,7 +319,7 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
     let resolv = if plan.nameservers.is_empty() {
         Outcome::Skipped { reason: "no network.nameservers (resolv.conf is left to DHCP or as it is)".into() }
     } else {
-        write_resolv_conf(&host.paths.resolv_conf, &plan.nameservers, "the machine config").outcome()
+        write_resolv_conf(&host.paths.resolv_conf, &plan.nameservers, &plan.search, "the machine config").outcome()
     };
     report.push("resolv.conf".into(), resolv);
 
@@ -369,11 +383,14 @@ fn select<'a>(links: &'a [Link], select: &LinkSelector) -> Option<&'a Link> {
     }
 }
 
-/// Finds the link, sets MTU and up: what both static and DHCP uplinks need.
+/// Finds the link, renames it if asked (down, rename: Linux renames only a
+/// link that is down), sets MTU and up: what both static and DHCP uplinks
+/// need.
 async fn prepare_link<N: Netlink>(
     nl: &N,
     field: &str,
     sel: &LinkSelector,
+    rename: Option<&str>,
     mtu: Option<u32>,
     step: &mut Step,
 ) -> Option<Link> {
@@ -384,7 +401,12 @@ async fn prepare_link<N: Netlink>(
             return None;
         }
     };
-    let Some(link) = select(&links, sel).cloned() else {
+    // A link picked by its old name was renamed by an earlier apply.
+    let renamed_earlier = || match sel {
+        LinkSelector::Name(_) => rename.and_then(|new| by_name(&links, new)),
+        LinkSelector::Mac(_) => None,
+    };
+    let Some(mut link) = select(&links, sel).or_else(renamed_earlier).cloned() else {
         let field = match sel {
             LinkSelector::Name(_) => format!("{field}.name"),
             LinkSelector::Mac(_) => format!("{field}.mac"),
@@ -392,6 +414,25 @@ async fn prepare_link<N: Netlink>(
         step.fail(StepError::UnknownLink { field, select: sel.clone() });
         return None;
     };
+    if let Some(new) = rename.filter(|new| *new != link.name) {
+        if link.up {
+            if let Err(source) = nl.set_down(link.index).await {
+                step.fail(StepError::SetDown { link: link.name.clone(), name: new.to_owned(), source });
+                return None;
+            }
+            link.up = false;
+        }
+        match nl.rename(link.index, new).await {
+            Ok(()) => {
+                step.change(format!("renamed from {}", link.name));
+                link.name = new.to_owned();
+            }
+            Err(source) => {
+                step.fail(StepError::Rename { link: link.name.clone(), name: new.to_owned(), source });
+                return None;
+            }
+        }
+    }
     if let Some(mtu) = mtu.filter(|m| *m != link.mtu) {
         match nl.set_mtu(link.index, mtu).await {
             Ok(()) => step.change(format!("MTU {mtu}")),
@@ -467,7 +508,9 @@ async fn apply_uplink<N: Netlink>(
     wanted: &mut Wanted,
 ) -> (String, Step, Option<DhcpUplink>) {
     let mut step = Step::default();
-    let Some(link) = prepare_link(nl, &uplink.field, &uplink.select, uplink.mtu, &mut step).await else {
+    let Some(link) =
+        prepare_link(nl, &uplink.field, &uplink.select, uplink.rename.as_deref(), uplink.mtu, &mut step).await
+    else {
         if step.errors.iter().any(|e| e.starts_with("listing")) {
             wanted.unknown = true;
         }
@@ -664,26 +707,33 @@ async fn remove_stale_routes<N: Netlink>(nl: &N, wanted: &Wanted) -> Step {
     step
 }
 
-/// resolv.conf's text for these nameservers.
-pub fn render_resolv_conf(nameservers: &[IpAddr], source: &str) -> String {
+/// resolv.conf's text for these nameservers and search domains.
+pub fn render_resolv_conf(nameservers: &[IpAddr], search: &[String], source: &str) -> String {
     let mut text = format!("# Written by Kelson from {source}; changes are overwritten.\n");
     for ns in nameservers {
         text.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
     }
     text
 }
 
 /// Rewrites resolv.conf when its content differs.
-pub(crate) fn write_resolv_conf(path: &Path, nameservers: &[IpAddr], source: &str) -> StepResult {
-    let text = render_resolv_conf(nameservers, source);
+pub(crate) fn write_resolv_conf(path: &Path, nameservers: &[IpAddr], search: &[String], source: &str) -> StepResult {
+    let text = render_resolv_conf(nameservers, search, source);
     if std::fs::read_to_string(path).is_ok_and(|have| have == text) {
         return StepResult(Ok(None));
     }
     match write_atomic(path, text.as_bytes(), 0o644) {
-        Ok(()) => StepResult(Ok(Some(format!(
-            "nameservers {}",
-            nameservers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
-        )))),
+        Ok(()) => {
+            let mut change =
+                format!("nameservers {}", nameservers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "));
+            if !search.is_empty() {
+                change.push_str(&format!(", search {}", search.join(" ")));
+            }
+            StepResult(Ok(Some(change)))
+        }
         Err(source) => StepResult(Err(StepError::WriteFile { path: path.to_owned(), source })),
     }
 }

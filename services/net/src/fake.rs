@@ -174,6 +174,14 @@ impl Netlink for FakeNetlink {
         Ok(())
     }
 
+    async fn set_down(&self, link: u32) -> Result<(), NlError> {
+        let mut s = self.lock();
+        let name = self.name_of(&s, link);
+        self.begin(&mut s, "set_down", name)?;
+        self.link_mut(&mut s, link)?.link.up = false;
+        Ok(())
+    }
+
     async fn set_mtu(&self, link: u32, mtu: u32) -> Result<(), NlError> {
         let mut s = self.lock();
         let name = self.name_of(&s, link);
@@ -185,6 +193,10 @@ impl Netlink for FakeNetlink {
     async fn rename(&self, link: u32, name: &str) -> Result<(), NlError> {
         let mut s = self.lock();
         let old = self.name_of(&s, link);
+        // As Linux: a link that is up cannot be renamed.
+        if self.link_mut(&mut s, link)?.link.up {
+            return Err(NlError::from_errno(libc::EBUSY));
+        }
         self.begin(&mut s, "rename", format!("{old} {name}"))?;
         self.link_mut(&mut s, link)?.link.name = name.into();
         Ok(())

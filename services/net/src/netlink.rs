@@ -86,6 +86,7 @@ impl NlError {
 pub trait Netlink: Send + Sync {
     fn links(&self) -> impl Future<Output = Result<Vec<Link>, NlError>> + Send;
     fn set_up(&self, link: u32) -> impl Future<Output = Result<(), NlError>> + Send;
+    fn set_down(&self, link: u32) -> impl Future<Output = Result<(), NlError>> + Send;
     fn set_mtu(&self, link: u32, mtu: u32) -> impl Future<Output = Result<(), NlError>> + Send;
     fn rename(&self, link: u32, name: &str) -> impl Future<Output = Result<(), NlError>> + Send;
     /// Makes `link` a port of `bridge`.

@@ -60,6 +60,9 @@ pub struct UplinkPlan {
     /// `network.uplinks[i]`, for messages.
     pub field: String,
     pub select: LinkSelector,
+    /// The name the selected link is given before it is configured
+    /// (netplan's `set-name`).
+    pub rename: Option<String>,
     pub mode: UplinkMode,
     pub mtu: Option<u32>,
 }
@@ -109,6 +112,8 @@ pub struct NetPlan {
     pub uplinks: Vec<UplinkPlan>,
     /// Written to resolv.conf; empty means resolv.conf is left to DHCP (or alone).
     pub nameservers: Vec<IpAddr>,
+    /// resolv.conf's `search` line, written with `nameservers`.
+    pub search: Vec<String>,
     /// Absent when the config has no pod CIDR (a node without pods).
     pub bridge: Option<BridgePlan>,
     /// The MASQUERADE rule's exemption; absent means no rule.
@@ -230,11 +235,39 @@ impl NetPlan {
             }
         }
 
+        let mut search = Vec::new();
+        for (i, domain) in network.search_domains.iter().enumerate() {
+            if is_search_domain(domain) {
+                search.push(domain.clone());
+            } else {
+                p.push(
+                    format!("network.searchDomains[{i}]"),
+                    format!(
+                        "{domain:?} is not a domain name (labels of letters, digits and '-', up to 253 characters)"
+                    ),
+                );
+            }
+        }
+        if !network.search_domains.is_empty() && network.nameservers.is_empty() {
+            p.push(
+                "network.searchDomains",
+                "needs network.nameservers: Kelson writes search domains with the nameservers it is given, and a DHCP lease's resolv.conf would leave them out",
+            );
+        }
+
         let mut uplinks: Vec<UplinkPlan> = Vec::new();
         for (i, u) in network.uplinks.iter().enumerate() {
             if let Some(plan) = uplink_plan(&mut p, i, u, cluster.as_ref()) {
                 if let Some(other) = uplinks.iter().find(|o| o.select == plan.select) {
                     p.push(&plan.field, format!("selects the same link ({}) as {}", plan.select, other.field));
+                }
+                if let Some(new) = &plan.rename {
+                    let clash = uplinks
+                        .iter()
+                        .find(|o| o.rename.as_ref() == Some(new) || o.select == LinkSelector::Name(new.clone()));
+                    if let Some(other) = clash {
+                        p.push(format!("{}.setName", plan.field), format!("{new} is also the name of {}", other.field));
+                    }
                 }
                 uplinks.push(plan);
             }
@@ -269,7 +302,7 @@ impl NetPlan {
         }
 
         if p.0.is_empty() {
-            Ok(NetPlan { uplinks, nameservers, bridge, cluster_cidr: cluster, peer_routes })
+            Ok(NetPlan { uplinks, nameservers, search, bridge, cluster_cidr: cluster, peer_routes })
         } else {
             Err(p.0)
         }
@@ -312,6 +345,23 @@ fn bridge_plan(p: &mut Problems, pod: Ipv4Net, mtu: u32) -> Option<BridgePlan> {
     })
 }
 
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', ':']) && name != "." && name != ".."
+}
+
+fn is_search_domain(domain: &str) -> bool {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
 fn uplink_plan(p: &mut Problems, i: usize, u: &kelson_config::Uplink, cluster: Option<&Ipv4Net>) -> Option<UplinkPlan> {
     let field = format!("network.uplinks[{i}]");
     let before = p.0.len();
@@ -338,6 +388,20 @@ fn uplink_plan(p: &mut Problems, i: usize, u: &kelson_config::Uplink, cluster: O
             None
         }
     };
+    let rename = match &u.set_name {
+        Some(new) if is_interface_name(new) => Some(new.clone()),
+        Some(new) => {
+            p.push(
+                format!("{field}.setName"),
+                format!("{new:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"),
+            );
+            None
+        }
+        None => None,
+    };
+    if rename.as_deref() == Some(BRIDGE_NAME) {
+        p.push(format!("{field}.setName"), format!("{BRIDGE_NAME} is the pod bridge's name"));
+    }
     let mtu = u.mtu.and_then(|m| p.mtu(&format!("{field}.mtu"), m));
     let mode = if u.dhcp4 {
         if !u.addresses.is_empty() {
@@ -379,7 +443,7 @@ fn uplink_plan(p: &mut Problems, i: usize, u: &kelson_config::Uplink, cluster: O
     if p.0.len() != before {
         return None;
     }
-    Some(UplinkPlan { field, select: select?, mode, mtu })
+    Some(UplinkPlan { field, select: select?, rename, mode, mtu })
 }
 
 #[cfg(test)]
@@ -402,6 +466,7 @@ mod tests {
             service_cidr: Some("10.96.0.0/12".into()),
             mtu: Some(1460),
             nameservers: vec!["192.168.10.1".into()],
+            search_domains: vec![],
             peer_routes: vec![PeerRoute { pod_cidr: "10.244.2.0/24".into(), via: "192.168.10.6".into() }],
         }
     }
@@ -543,6 +608,44 @@ mod tests {
         n.uplinks[0].addresses.clear();
         n.uplinks[0].dhcp4 = true;
         assert_eq!(errors(&n), ["network.uplinks[0].gateway4: a static gateway and dhcp4 together are not supported"]);
+    }
+
+    #[test]
+    fn set_name_and_search_domains_reach_the_plan() {
+        let mut n = network();
+        n.uplinks[0].name = None;
+        n.uplinks[0].mac = Some("52:54:00:00:00:01".into());
+        n.uplinks[0].set_name = Some("lan0".into());
+        n.search_domains = vec!["corp.example".into(), "lab.example.".into()];
+        let plan = NetPlan::from_config(&n).unwrap();
+        assert_eq!(plan.uplinks[0].rename.as_deref(), Some("lan0"));
+        assert_eq!(plan.search, vec!["corp.example", "lab.example."]);
+    }
+
+    #[test]
+    fn bad_set_names_and_search_domains_are_refused_naming_the_field() {
+        let mut n = network();
+        n.uplinks[0].set_name = Some("a-name-far-too-long".into());
+        n.uplinks.push(Uplink { name: Some("eth1".into()), set_name: Some("cbr0".into()), ..Default::default() });
+        n.uplinks.push(Uplink { name: Some("eth2".into()), dhcp4: true, ..Default::default() });
+        n.uplinks.push(Uplink { name: Some("eth3".into()), set_name: Some("eth2".into()), ..Default::default() });
+        n.search_domains = vec!["bad domain".into()];
+        assert_eq!(
+            errors(&n),
+            [
+                "network.searchDomains[0]: \"bad domain\" is not a domain name (labels of letters, digits and '-', up to 253 characters)",
+                "network.uplinks[0].setName: \"a-name-far-too-long\" is not an interface name (1 to 15 characters, no '/', ':' or spaces)",
+                "network.uplinks[1].setName: cbr0 is the pod bridge's name",
+                "network.uplinks[3].setName: eth2 is also the name of network.uplinks[2]",
+            ]
+        );
+        let mut n = network();
+        n.nameservers.clear();
+        n.search_domains = vec!["corp.example".into()];
+        assert_eq!(
+            errors(&n),
+            ["network.searchDomains: needs network.nameservers: Kelson writes search domains with the nameservers it is given, and a DHCP lease's resolv.conf would leave them out"]
+        );
     }
 
     #[test]

@@ -135,6 +135,10 @@ impl Netlink for RtNetlink {
         self.set(LinkUnspec::new_with_index(link).up().build()).await
     }
 
+    async fn set_down(&self, link: u32) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(link).down().build()).await
+    }
+
     async fn set_mtu(&self, link: u32, mtu: u32) -> Result<(), NlError> {
         self.set(LinkUnspec::new_with_index(link).mtu(mtu).build()).await
     }

@@ -178,3 +178,36 @@ fn an_unknown_uplink_is_reported_by_field_and_the_bridge_still_comes_up() {
     // The peer route's gateway is unreachable without the uplink: reported, not fatal.
     assert!(matches!(report.step("peer routes"), Some(Outcome::Failed { .. })), "{report:#?}");
 }
+
+#[test]
+fn an_uplink_with_set_name_is_renamed_then_addressed_and_routed_under_its_new_name() {
+    let ns = Netns::new("rename");
+    add_uplink(&ns);
+    // The link is up before, as a NIC the kernel or an earlier fetch raised.
+    ns.sh(&["ip", "link", "set", "up0", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = network(MAC);
+    config.uplinks[0].set_name = Some("lan0".into());
+    config.search_domains = vec!["corp.example".into(), "lab.example".into()];
+    let plan = NetPlan::from_config(&config).unwrap();
+    let report = ns.block_on(|| async { apply(&plan, &host(dir.path())).await });
+    assert!(report.ok(), "{report:#?}");
+
+    let links = ns.sh(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains("up0:") && !links.contains("up0@"), "up0 is still there:\n{links}");
+    let lan0 = ns.sh(&["ip", "addr", "show", "lan0"]);
+    assert!(lan0.contains(MAC) && lan0.contains(",UP") && lan0.contains("mtu 1400"), "{lan0}");
+    assert!(lan0.contains("inet 192.168.77.5/24"), "{lan0}");
+    let routes = ns.sh(&["ip", "-4", "route", "show", "proto", "75"]);
+    assert!(routes.contains("default via 192.168.77.1 dev lan0"), "{routes}");
+    assert!(routes.contains("172.16.0.0/12 via 192.168.77.254 dev lan0"), "{routes}");
+    let resolv = std::fs::read_to_string(dir.path().join("resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 192.168.77.1\nsearch corp.example lab.example\n"), "{resolv}");
+
+    // Applied again (a config reload): found by MAC under the new name, nothing changes.
+    let first = state(&ns);
+    let again = ns.block_on(|| async { apply(&plan, &host(dir.path())).await });
+    assert_eq!(state(&ns), first);
+    let changed: Vec<_> = again.steps.iter().filter(|s| s.outcome != Outcome::Unchanged).collect();
+    assert!(changed.is_empty(), "{changed:#?}");
+}

@@ -265,3 +265,66 @@ async fn a_dhcp_uplink_is_prepared_and_handed_back_for_the_client() {
     assert_eq!(report.dhcp_uplinks[0].link.name, "eth0");
     assert_eq!(report.dhcp_uplinks[0].field, "network.uplinks[0]");
 }
+
+#[tokio::test]
+async fn a_link_with_set_name_is_taken_down_renamed_and_brought_up_before_it_is_configured() {
+    let f = fixture();
+    let sys = &f.host.paths.proc_sys;
+    std::fs::create_dir_all(sys.join("net/ipv4/conf/lan0")).unwrap();
+    std::fs::write(sys.join("net/ipv4/conf/lan0/promote_secondaries"), "0\n").unwrap();
+    let eth0 = f.host.netlink.snapshot().0.iter().find(|l| l.name == "eth0").unwrap().index;
+    f.host.netlink.set_up(eth0).await.unwrap();
+    f.host.netlink.clear_calls();
+    let mut n = network();
+    n.uplinks[0].set_name = Some("lan0".into());
+    n.search_domains = vec!["corp.example".into()];
+    let report = apply(&plan(&n), &f.host).await;
+    assert!(report.ok(), "{report:#?}");
+    let calls = f.host.netlink.calls();
+    assert_eq!(calls[..5], ["set_up lo", "set_down eth0", "rename eth0 lan0", "set_mtu lan0 1500", "set_up lan0",]);
+    assert!(calls.contains(&"add_address lan0 192.168.10.5/24 proto 75".to_owned()), "{calls:?}");
+    assert!(calls.contains(&"replace_route 0.0.0.0/0 via 192.168.10.1 dev lan0 proto 75".to_owned()), "{calls:?}");
+    let resolv = std::fs::read_to_string(&f.host.paths.resolv_conf).unwrap();
+    assert!(resolv.ends_with("nameserver 192.168.10.1\nsearch corp.example\n"), "{resolv}");
+
+    // A second apply finds the link under its new name and changes nothing.
+    f.host.netlink.clear_calls();
+    let again = apply(&plan(&n), &f.host).await;
+    assert!(again.ok() && again.changes().is_empty(), "{again:#?}");
+    assert!(!f.host.netlink.calls().iter().any(|c| c.starts_with("rename")));
+}
+
+#[tokio::test]
+async fn a_link_picked_by_name_is_found_under_its_new_name_on_the_next_apply() {
+    let f = fixture();
+    let sys = &f.host.paths.proc_sys;
+    std::fs::create_dir_all(sys.join("net/ipv4/conf/wan0")).unwrap();
+    std::fs::write(sys.join("net/ipv4/conf/wan0/promote_secondaries"), "0\n").unwrap();
+    let mut n = network();
+    n.uplinks[0].mac = None;
+    n.uplinks[0].name = Some("eth0".into());
+    n.uplinks[0].set_name = Some("wan0".into());
+    let first = apply(&plan(&n), &f.host).await;
+    assert!(first.ok(), "{first:#?}");
+    assert!(f.host.netlink.calls().contains(&"rename eth0 wan0".to_owned()));
+    let again = apply(&plan(&n), &f.host).await;
+    assert!(again.ok() && again.changes().is_empty(), "{again:#?}");
+}
+
+#[tokio::test]
+async fn a_failed_rename_stops_that_uplink_and_says_which_link_and_name() {
+    let f = fixture();
+    f.host.netlink.fail_next("rename", libc::EEXIST);
+    let mut n = network();
+    n.uplinks[0].set_name = Some("lan0".into());
+    let report = apply(&plan(&n), &f.host).await;
+    assert!(!report.ok());
+    let text = format!("{:?}", outcome(&report, "uplink network.uplinks[0]"));
+    assert!(text.contains("renaming link eth0 to lan0"), "{text}");
+    assert!(!f
+        .host
+        .netlink
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("add_address lan0") || c.starts_with("add_address eth0")));
+}

@@ -430,7 +430,7 @@ impl<N: Netlink> Client<N> {
         }
         if let (Some(path), false) = (&self.config.resolv_conf, lease.dns.is_empty()) {
             let dns: Vec<IpAddr> = lease.dns.iter().map(|d| IpAddr::V4(*d)).collect();
-            if let Err(e) = write_resolv_conf(path, &dns, &format!("DHCP on {}", link.name)).0 {
+            if let Err(e) = write_resolv_conf(path, &dns, &[], &format!("DHCP on {}", link.name)).0 {
                 errors.push(chain(&e));
             }
         }
