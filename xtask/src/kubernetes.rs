@@ -195,10 +195,10 @@ pub fn version_ldflags(release: &Release) -> String {
     flags.join(" ")
 }
 
-fn fingerprint_inputs(root: &Path, ldflags: &str) -> Result<String> {
+fn fingerprint_inputs(root: &Path, ldflags: &str, layout: Layout) -> Result<String> {
     let dir = root.join(WRAPPER_DIR);
-    let mut parts = Vec::new();
-    for file in ["go.mod", "go.sum"] {
+    let mut parts = vec![layout.name().as_bytes().to_vec()];
+    for file in ["go.mod", "go.sum", "multicall/main.go"] {
         let path = dir.join(file);
         parts.push(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
     }
@@ -208,12 +208,37 @@ fn fingerprint_inputs(root: &Path, ldflags: &str) -> Result<String> {
     Ok(crate::image::fingerprint(&slices))
 }
 
-/// Builds every program (or reuses the cached build of the same pin) and
-/// returns the directory holding them.
-pub fn build(root: &Path) -> Result<PathBuf> {
+/// How the programs are linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One binary, `kubernetes`, run through a link per program name
+    /// (`multicall/main.go`): the shared packages are linked once. Measured
+    /// for v1.36.3: 139 MB against 489 MB for the six separate binaries.
+    Multicall,
+    /// Each program's own upstream main package, as upstream ships them.
+    Separate,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Multicall => "multicall",
+            Layout::Separate => "separate",
+        }
+    }
+}
+
+/// The multi-call binary's name in a `Layout::Multicall` build directory.
+pub const MULTICALL_BINARY: &str = "kubernetes";
+
+/// Builds every program (or reuses the cached build of the same pin and
+/// layout) and returns the directory holding them: for `Multicall`, the
+/// `kubernetes` binary and a symbolic link to it per program.
+pub fn build(root: &Path, layout: Layout) -> Result<PathBuf> {
     let release = pinned(root)?;
     let ldflags = version_ldflags(&release);
-    let out = Path::new(CACHE_DIR).join(format!("{}-{}", release.tag(), fingerprint_inputs(root, &ldflags)?));
+    let key = fingerprint_inputs(root, &ldflags, layout)?;
+    let out = Path::new(CACHE_DIR).join(format!("{}-{}-{key}", release.tag(), layout.name()));
     if PROGRAMS.iter().all(|p| out.join(p).is_file()) {
         eprintln!("xtask: Kubernetes {} programs already built in {}", release.tag(), out.display());
         return Ok(out);
@@ -221,26 +246,51 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let packages: Vec<String> = PROGRAMS.iter().map(|p| format!("k8s.io/kubernetes/cmd/{p}")).collect();
     eprintln!(
-        "xtask: building Kubernetes {} ({}) with Go: tens of minutes the first time on 2 cores, \
-         seconds with a warm Go build cache",
+        "xtask: building Kubernetes {} ({}; {} layout) with Go: tens of minutes the first time on 2 cores, \
+         under a minute with a warm Go build cache",
         release.tag(),
-        PROGRAMS.join(", ")
+        PROGRAMS.join(", "),
+        layout.name()
     );
     let started = std::time::Instant::now();
-    let mut child = go()
-        .current_dir(root.join(WRAPPER_DIR))
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-v", "-trimpath", "-ldflags", &ldflags, "-o"])
-        .arg(format!("{}/", partial.display()))
-        .args(&packages)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting go build")?;
+    let mut cmd = go();
+    cmd.current_dir(root.join(WRAPPER_DIR)).env("CGO_ENABLED", "0").args([
+        "build",
+        "-v",
+        "-trimpath",
+        "-ldflags",
+        &ldflags,
+        "-o",
+    ]);
+    match layout {
+        Layout::Multicall => {
+            cmd.arg(partial.join(MULTICALL_BINARY)).arg("./multicall");
+        }
+        Layout::Separate => {
+            cmd.arg(format!("{}/", partial.display()))
+                .args(PROGRAMS.iter().map(|p| format!("k8s.io/kubernetes/cmd/{p}")));
+        }
+    }
+    let compiled = run_go_build(&mut cmd, started)?;
+    if layout == Layout::Multicall {
+        for program in PROGRAMS {
+            std::os::unix::fs::symlink(MULTICALL_BINARY, partial.join(program))
+                .with_context(|| format!("linking {program} to the multi-call binary in {}", partial.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::rename(&partial, &out).with_context(|| format!("moving {} to {}", partial.display(), out.display()))?;
+    eprintln!("xtask: compiled {compiled} packages in {:.0}s into {}", started.elapsed().as_secs_f64(), out.display());
+    Ok(out)
+}
+
+/// Runs `go build -v`, showing progress from the package names it prints,
+/// and returns how many packages it compiled.
+fn run_go_build(cmd: &mut Command, started: std::time::Instant) -> Result<usize> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting go build")?;
     let mut compiled = 0usize;
-    let mut errors = Vec::new();
+    let mut diagnostics = Vec::new();
     if let Some(err) = child.stderr.take() {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             // -v names each package as it is compiled; anything else is a diagnostic.
@@ -250,21 +300,18 @@ pub fn build(root: &Path) -> Result<PathBuf> {
                     eprintln!("  go build: {compiled} packages compiled, {:.0}s", started.elapsed().as_secs_f64());
                 }
             } else {
-                errors.push(line);
+                diagnostics.push(line);
             }
         }
     }
     let status = child.wait().context("waiting for go build")?;
     if !status.success() {
-        for line in errors.iter().rev().take(40).rev() {
+        for line in diagnostics.iter().rev().take(40).rev() {
             eprintln!("  {line}");
         }
         bail!("go build of the Kubernetes programs failed ({status})");
     }
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::rename(&partial, &out).with_context(|| format!("moving {} to {}", partial.display(), out.display()))?;
-    eprintln!("xtask: built {} packages in {:.0}s into {}", compiled, started.elapsed().as_secs_f64(), out.display());
-    Ok(out)
+    Ok(compiled)
 }
 
 #[cfg(test)]

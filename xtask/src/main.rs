@@ -33,7 +33,7 @@ fn usage() -> &'static str {
      \n  test           fmt + clippy gates, unit tests, image build + kernel config check + QEMU tests\
      \n  image [--kubelet PATH] [--kube-proxy PATH]\
      \n                 build the node image into target/image/\
-     \n  kubernetes pin VERSION | build\
+     \n  kubernetes pin VERSION | build [--separate]\
      \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
      \n  bench [boot|net|supervise|pods]  benchmarks measured inside the guest\
@@ -83,8 +83,15 @@ fn main_exec() -> Result<()> {
         }
         Some("kubernetes") => match (args.get(1).map(String::as_str), args.get(2)) {
             (Some("pin"), Some(version)) => kubernetes::pin(&root, version),
-            (Some("build"), None) => kubernetes::build(&root).map(|dir| println!("{}", dir.display())),
-            _ => bail!("usage: cargo xtask kubernetes <pin VERSION|build>"),
+            (Some("build"), layout) => {
+                let layout = match layout.map(String::as_str) {
+                    None => kubernetes::Layout::Multicall,
+                    Some("--separate") => kubernetes::Layout::Separate,
+                    Some(other) => bail!("kubernetes build: unknown option {other:?} (known: --separate)"),
+                };
+                kubernetes::build(&root, layout).map(|dir| println!("{}", dir.display()))
+            }
+            _ => bail!("usage: cargo xtask kubernetes <pin VERSION|build [--separate]>"),
         },
         Some("-h") | Some("--help") | None => {
             println!("{}", usage());
