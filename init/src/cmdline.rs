@@ -9,6 +9,7 @@ const OWN_KEYS: &[(&str, bool)] = &[
     ("kelson.state", true),
     ("kelson.shutdown_grace", false),
     // Test knobs.
+    (crate::hooks::ENABLE_KEY, false),
     ("kelson.test.panic_stage", false),
     ("kelson.test.restart_backoff_ms", false),
     (crate::pods_stage::BACKOFF_KNOB, false),

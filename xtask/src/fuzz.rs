@@ -62,7 +62,9 @@ pub fn smoke(root: &Path) -> Result<()> {
 fn fuzz_one(root: &Path, dir: &str, target: &str, limit: &str) -> Result<()> {
     let dir = root.join(dir);
     // New inputs go to a working corpus under target/; the committed seeds
-    // in each fuzz project's corpus/ are read, never written.
+    // in each fuzz project's corpus/ are read, never written. Both fuzz
+    // projects build into one target directory under the workspace's, so
+    // they share their dependencies' builds and .ci/run's clean-up removes it.
     let seeds = dir.join("corpus").join(target);
     let corpus = root.join("target/fuzz-corpus").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating corpus dir {}", corpus.display()))?;
@@ -70,7 +72,8 @@ fn fuzz_one(root: &Path, dir: &str, target: &str, limit: &str) -> Result<()> {
         Command::new("cargo")
             .current_dir(&dir)
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", target])
+            .args(["fuzz", "run", target, "--target-dir"])
+            .arg(root.join("target/fuzz"))
             .arg(&corpus)
             .arg(&seeds)
             .arg("--")

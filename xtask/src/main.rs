@@ -16,10 +16,10 @@ mod image;
 mod kubernetes;
 mod progress;
 mod run;
+mod suite;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use std::process::Command;
 use std::process::ExitCode;
 
 fn workspace_root() -> PathBuf {
@@ -68,7 +68,7 @@ fn main_exec() -> Result<()> {
             let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
             run::boot_interactive(&paths)
         }
-        Some("test") => test(&root, &args[1..]),
+        Some("test") => suite::run(&root, &args[1..]),
         Some("bench") => {
             deps::ensure()?;
             let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
@@ -99,65 +99,4 @@ fn main_exec() -> Result<()> {
         }
         Some(other) => bail!("unknown command {other:?}\n{}", usage()),
     }
-}
-
-/// The whole suite, in the order a failure is cheapest to find.
-fn test(root: &std::path::Path, extra: &[String]) -> Result<()> {
-    if !deps::is_root() {
-        // Failing here, before any work, beats a suite whose host tests fail one by one:
-        // they create network namespaces, mount overlayfs and run containers.
-        bail!(
-            "cargo xtask test must run as root: the host tests create network namespaces, \
-             mount filesystems and run containers (sudo is not enough for them)"
-        );
-    }
-    let mut steps = progress::Steps::new(6);
-    steps.start("installing host packages that are missing");
-    deps::ensure()?;
-    steps.start("style gates: cargo fmt --check, cargo clippy -D warnings");
-    progress::run(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]), "cargo fmt --check")?;
-    progress::run(
-        Command::new("cargo").current_dir(root).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-        "cargo clippy -D warnings",
-    )?;
-    steps.start("unit and host tests (cargo test, all crates but qemu-tests)");
-    progress::run(
-        Command::new("cargo").current_dir(root).args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "qemu-tests",
-            "--",
-            "--test-threads=2",
-        ]),
-        "cargo test (unit and host tests)",
-    )?;
-    steps.start("fuzz targets, a fixed number of inputs each from the committed corpus");
-    fuzz::smoke(root)?;
-    steps.start("building the node image with mkosi");
-    let paths = image::build(root, &image::Inputs::parse(&[])?)?;
-    steps.start("checking the image kernel's configuration");
-    progress::run(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["run", "--quiet", "-p", "kernel-config", "--"])
-            .arg(&paths.kernel_config),
-        "kernel config check",
-    )?;
-    steps.start("QEMU tests: booting the image (TCG, about a minute per test)");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root)
-        .env("KELSON_IMAGE_DIR", &paths.dir)
-        .args(["test", "--no-fail-fast", "-p", "qemu-tests", "--", "--test-threads=2"])
-        .args(extra);
-    progress::run(&mut cmd, "cargo test -p qemu-tests")?;
-    steps.done();
-    Ok(())
 }
