@@ -239,7 +239,7 @@ async fn a_double_that_hangs_on_sigterm_is_killed_after_its_grace_and_a_crashing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_kubelet_it_is_absent_kube_proxy_never_starts_and_containerd_runs() {
+async fn without_a_kubelet_it_is_absent_kube_proxy_is_blocked_on_it_and_containerd_runs() {
     let mut config = config();
     config.kubelet.binary = None;
     let n = node(&config);
@@ -253,16 +253,19 @@ async fn without_a_kubelet_it_is_absent_kube_proxy_never_starts_and_containerd_r
     let sup = Supervisor::new(specs, n.settings.clone(), Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap();
     sup.start();
     sup.set_condition(NETWORK_READY);
-    let s = wait_until(&sup, "kubelet absent, kube-proxy waiting on it", |s| {
-        state(s, "kubelet") == ServiceState::Absent
-            && state(s, "kube-proxy") == ServiceState::Waiting
-            && s.services["kube-proxy"].reason.ends_with("(it is absent)")
+    let s = wait_until(&sup, "kubelet absent, kube-proxy blocked on it", |s| {
+        state(s, "kubelet") == ServiceState::Absent && state(s, "kube-proxy") == ServiceState::Blocked
     })
     .await;
     assert!(s.services["kubelet"].reason.contains("is not on this node"), "{}", s.services["kubelet"].reason);
-    // kube-proxy depends on a healthy kubelet, so it waits and names why.
+    // kube-proxy needs a healthy kubelet, which can no longer come: blocked, naming why.
     let proxy = &s.services["kube-proxy"];
-    assert_eq!(proxy.reason, "waiting for service kubelet to be healthy (it is absent)");
+    assert!(
+        proxy.reason.starts_with("cannot start: service kubelet is absent (program ")
+            && proxy.reason.ends_with("kubelet is not on this node)"),
+        "{}",
+        proxy.reason
+    );
     assert_eq!(proxy.restarts, 0, "kube-proxy was never started");
     assert_eq!(proxy.pid, None, "kube-proxy must not run without a kubelet");
     assert_eq!(state(&s, "containerd"), ServiceState::Healthy);
