@@ -13,8 +13,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn runc(cgroup: &Cgroup2, state: &Path, bundle: &Path, id: &str) -> std::process::Output {
-    let args: Vec<OsString> =
-        ["--root".into(), state.into(), "run".into(), "--bundle".into(), bundle.into(), id.into()].to_vec();
+    let mut args: Vec<OsString> = ["--root".into(), state.into(), "run".into()].to_vec();
+    if common::root_is_initramfs() {
+        args.push("--no-pivot".into());
+    }
+    args.extend(["--bundle".into(), bundle.into(), id.into()]);
     let (program, args) = cgroup.wrap(Path::new("runc"), &args);
     Command::new(program).args(args).output().expect("runc must be installed (apt-get install runc)")
 }

@@ -173,7 +173,7 @@ async fn containers_outlive_the_client_and_a_new_client_gets_their_state() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_container_over_its_memory_limit_is_reported_oom_killed() {
-    let shim = Shim::start("oom", false);
+    let shim = Shim::start("oom", common::root_is_initramfs());
     let (mut client, _) = shim.connect().await;
     if !shim.cgroup.has("memory") {
         // What can be checked here: a limit the hierarchy cannot enforce is refused, not ignored.

@@ -134,6 +134,17 @@ pub fn write_layout(
 
 /// A static busybox: `KELSON_TEST_BUSYBOX` names one (the QEMU guest's, where
 /// qemu-tests' guest-tests runs these tests), else the host's /bin/busybox.
+/// Whether containers here must start without pivot_root: when `/` is the
+/// initramfs (rootfs), as in a node guest, pivot_root fails with EINVAL,
+/// which is why the node's own shim runs with --no-pivot.
+pub fn root_is_initramfs() -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).zip(l.split_whitespace().nth(2)))
+        .any(|(mnt, fs)| mnt == "/" && fs == "rootfs")
+}
+
 pub fn busybox() -> Vec<u8> {
     let path = std::env::var_os("KELSON_TEST_BUSYBOX").map_or_else(|| PathBuf::from("/bin/busybox"), PathBuf::from);
     fs::read(&path).unwrap_or_else(|e| {
