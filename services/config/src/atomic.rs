@@ -104,7 +104,18 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWri
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let create = || OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp);
+        // The name is unique among this process's writes, but not across
+        // boots: PID 1 is always pid 1 and counts from 0 again, so a power
+        // cut after the temporary file reached the disk leaves one with the
+        // name a later boot picks. It is stale by then: replace it.
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         f.write_all(data)?;
         reached(path, WritePhase::Written);
         f.sync_all()?;
@@ -155,6 +166,20 @@ mod tests {
         let path = dir.path().join("net/pods.json");
         write_atomic(&path, b"x", 0o600).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "x");
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_cut_at_an_earlier_boot_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud-init.yaml");
+        // The names this process's next writes will pick (the counter is
+        // shared with the other tests, which write far fewer files).
+        for seq in 0..2000 {
+            fs::write(dir.path().join(format!(".cloud-init.yaml.tmp.{}.{seq}", std::process::id())), "stale").unwrap();
+        }
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     /// What the test hook saw for files named `hooked-*`: the phase and
