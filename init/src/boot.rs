@@ -127,6 +127,7 @@ fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
 /// a key that changes what the node does (`kelson.stat=/dev/vdb`), before
 /// the state disk or the config is looked at.
 fn stage_cmdline(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    crate::power_cut::install(&ctx.cmdline);
     let unknown = ctx.cmdline.unknown_kelson_keys();
     for key in unknown.iter().filter(|k| !k.stops_boot) {
         warn!("{key}");

@@ -13,6 +13,7 @@ const OWN_KEYS: &[(&str, bool)] = &[
     ("kelson.test.panic_stage", false),
     ("kelson.test.restart_backoff_ms", false),
     (crate::pods_stage::BACKOFF_KNOB, false),
+    (crate::power_cut::KNOB, false),
 ];
 
 /// Every `kelson.*` key Kelson knows, and whether a misspelling of it stops

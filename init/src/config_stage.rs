@@ -53,9 +53,8 @@ fn read_text(kernel: &dyn Kernel, path: &Path) -> Option<String> {
 pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     let store = Store::new(kelson_config::STATE_DIR);
     let (effective, seed_to_save) = gather(ctx, &store).map_err(Rejected::into_stage_error)?;
-    if let Some(SeedToSave { layer, instance_id }) = seed_to_save {
-        let path = store.save(&layer)?;
-        save_instance_id(&store, instance_id.as_deref())?;
+    if let Some(seed) = seed_to_save {
+        let path = save_seed(&store, &seed)?;
         info!(path = %path.display(), "cloud-init seed saved for later boots");
     }
     for line in effective.explain().lines() {
@@ -73,9 +72,13 @@ pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Beside the saved seed layer: the instance-id of the seed it came from,
-/// which the layer (a MachineConfig document) has no field for.
-const SAVED_INSTANCE_ID: &str = "cloud-init.instance-id";
+/// The saved seed's instance-id (the layer, a MachineConfig document, has
+/// no field for it) is the saved file's first line, a YAML comment, so the
+/// layer and its id are replaced in one atomic write: a power cut leaves
+/// both old or both new. Versions before this kept it in a file beside the
+/// layer ([`LEGACY_INSTANCE_ID`]), still read when the header is missing.
+const INSTANCE_ID_HEADER: &str = "# cloud-init instance-id: ";
+const LEGACY_INSTANCE_ID: &str = "cloud-init.instance-id";
 
 /// An accepted seed, to keep for later boots.
 struct SeedToSave {
@@ -83,21 +86,35 @@ struct SeedToSave {
     instance_id: Option<String>,
 }
 
-fn save_instance_id(store: &Store, id: Option<&str>) -> Result<(), StageError> {
-    let path = store.dir().join(SAVED_INSTANCE_ID);
-    kelson_config::atomic::write_atomic(&path, id.unwrap_or_default().as_bytes(), 0o600)
-        .map_err(|e| format!("saving the seed's instance-id to {}: {}", path.display(), chain(&e)))?;
-    Ok(())
+/// The header line for `id`: a JSON string (or `null`), so any id fits on
+/// one line.
+fn instance_id_header(id: Option<&str>) -> String {
+    format!("{INSTANCE_ID_HEADER}{}\n", serde_json::to_string(&id).unwrap_or_else(|_| "null".into()))
+}
+
+/// The instance-id in a saved seed's text: `None` without the header,
+/// `Some(None)` if it says the seed had none.
+fn parse_instance_id_header(text: &str) -> Option<Option<String>> {
+    let value = text.lines().next()?.strip_prefix(INSTANCE_ID_HEADER)?;
+    serde_json::from_str::<Option<String>>(value).ok()
+}
+
+fn save_seed(store: &Store, seed: &SeedToSave) -> Result<PathBuf, StageError> {
+    let path = store.save_with_header(&seed.layer, &instance_id_header(seed.instance_id.as_deref()))?;
+    // The old separate file would be stale now; the header wins anyway.
+    let _ = std::fs::remove_file(store.dir().join(LEGACY_INSTANCE_ID));
+    Ok(path)
 }
 
 /// The saved seed's instance-id: `None` if no seed is saved, `Some(None)`
 /// if one is but its instance-id is unknown (none, or saved by a version
 /// that did not record it).
 fn saved_instance_id(store: &Store) -> Option<Option<String>> {
-    if !store.path_for(Source::CloudInit).is_some_and(|p| p.exists()) {
-        return None;
-    }
-    let id = std::fs::read_to_string(store.dir().join(SAVED_INSTANCE_ID)).ok().map(|s| s.trim().to_owned());
+    let saved = store.path_for(Source::CloudInit)?;
+    let text = std::fs::read_to_string(saved).ok()?;
+    let id = parse_instance_id_header(&text).unwrap_or_else(|| {
+        std::fs::read_to_string(store.dir().join(LEGACY_INSTANCE_ID)).ok().map(|s| s.trim().to_owned())
+    });
     Some(id.filter(|id| !id.is_empty()))
 }
 
@@ -350,6 +367,38 @@ mod tests {
             assert!(calls.iter().any(|c| c == expected), "missing {expected:?} in {calls:?}");
         }
         assert_eq!(kernel.file("/etc/kelson/pki/api.key").as_deref(), Some("K"));
+    }
+
+    const SAVED_SEED_DOCUMENT: &str = "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: a\n";
+
+    #[test]
+    fn the_saved_seed_carries_its_instance_id_in_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let layer = Layer::from_document(Source::CloudInit, "user-data", SAVED_SEED_DOCUMENT).unwrap();
+        std::fs::write(dir.path().join(LEGACY_INSTANCE_ID), "legacy-1").unwrap();
+        let seed = SeedToSave { layer: layer.clone(), instance_id: Some("i-\"2\"".into()) };
+        let path = save_seed(&store, &seed).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# cloud-init instance-id: \"i-\\\"2\\\"\"\n"), "{text}");
+        assert_eq!(saved_instance_id(&store), Some(Some("i-\"2\"".into())));
+        assert!(!dir.path().join(LEGACY_INSTANCE_ID).exists());
+        assert_eq!(store.load(Source::CloudInit).unwrap().unwrap().to_document(), layer.to_document());
+
+        save_seed(&store, &SeedToSave { layer, instance_id: None }).unwrap();
+        assert_eq!(saved_instance_id(&store), Some(None));
+    }
+
+    #[test]
+    fn a_seed_saved_by_an_older_version_has_its_instance_id_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert_eq!(saved_instance_id(&store), None);
+        let layer = Layer::from_document(Source::CloudInit, "user-data", SAVED_SEED_DOCUMENT).unwrap();
+        store.save(&layer).unwrap();
+        assert_eq!(saved_instance_id(&store), Some(None));
+        std::fs::write(dir.path().join(LEGACY_INSTANCE_ID), "old-1\n").unwrap();
+        assert_eq!(saved_instance_id(&store), Some(Some("old-1".into())));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod nsexec;
 pub mod pid1;
 pub mod pods_stage;
 pub mod power;
+pub mod power_cut;
 pub mod procs;
 pub mod reaper;
 pub mod runner;

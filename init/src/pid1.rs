@@ -182,7 +182,10 @@ fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, starte
     let now = clock::boottime();
     let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
     match &outcome {
-        Outcome::Ready => info!(pid1_start_s = %clock::format_seconds(started), pid1_to_ready_ms, "ready"),
+        Outcome::Ready => {
+            crate::power_cut::mark_ready();
+            info!(pid1_start_s = %clock::format_seconds(started), pid1_to_ready_ms, "ready")
+        }
         Outcome::Maintenance { stage, error } => error!(
             stage = *stage,
             error = error.as_str(),

@@ -452,7 +452,10 @@ fn a_node_configured_from_a_url_boots_with_its_saved_seed_when_the_server_is_dow
     first.expect("cloud-init seed saved for later boots", BOOT).unwrap();
     first.expect("kelson: ready", BOOT).unwrap();
     assert_eq!(sh(&mut first, "cat /proc/sys/kernel/hostname"), "url-saved-node");
-    assert_eq!(sh(&mut first, "cat /var/lib/kelson/config/cloud-init.instance-id"), "url-keep-1");
+    assert_eq!(
+        sh(&mut first, "head -n 1 /var/lib/kelson/config/cloud-init.yaml"),
+        "# cloud-init instance-id: \"url-keep-1\""
+    );
     first.system_powerdown().unwrap();
     assert!(first.wait_exit(SHORT).unwrap().success());
 

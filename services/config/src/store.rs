@@ -61,10 +61,18 @@ impl Store {
     }
 
     pub fn save(&self, layer: &Layer) -> Result<PathBuf, StoreError> {
+        self.save_with_header(layer, "")
+    }
+
+    /// Saves `layer` with `header` (YAML comment lines, each starting with
+    /// `#` and ending with a newline) before it, in the same atomic write,
+    /// so what the header says about the layer is replaced with it.
+    pub fn save_with_header(&self, layer: &Layer, header: &str) -> Result<PathBuf, StoreError> {
         let path =
             self.path_for(layer.source).ok_or(StoreError::NotPersisted { source_label: layer.source.label() })?;
         std::fs::create_dir_all(&self.dir).map_err(|source| StoreError::CreateDir { dir: self.dir.clone(), source })?;
-        write_atomic(&path, layer.to_document().as_bytes(), 0o600)
+        let text = format!("{header}{}", layer.to_document());
+        write_atomic(&path, text.as_bytes(), 0o600)
             .map_err(|source| StoreError::Save { path: path.clone(), source })?;
         Ok(path)
     }
@@ -110,6 +118,16 @@ mod tests {
         let loaded = store.load(Source::CloudInit).unwrap().unwrap();
         assert_eq!(loaded.to_document(), seed().to_document());
         assert!(loaded.document.starts_with("saved cloud-init config ("), "{}", loaded.document);
+    }
+
+    #[test]
+    fn a_header_is_saved_before_the_layer_and_the_layer_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let path = store.save_with_header(&seed(), "# instance-id: \"i-1\"\n").unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.starts_with("# instance-id: \"i-1\"\napiVersion:"), "{text}");
+        assert_eq!(store.load(Source::CloudInit).unwrap().unwrap().to_document(), seed().to_document());
     }
 
     #[test]
