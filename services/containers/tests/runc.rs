@@ -68,6 +68,15 @@ fn probe_script() -> String {
     script
 }
 
+/// Differences the test accepts, each exactly (field, shim value, runc
+/// value) and why; printed, not failed. Any other value of the field fails.
+const KNOWN_DIFFERENCES: &[(&str, &str, &str, &str)] = &[(
+    "stdout field env.HOME",
+    "(not printed)",
+    "\"/\"",
+    "for a uid without an /etc/passwd entry in the rootfs, libcontainer 0.7 leaves HOME unset where runc sets HOME=/",
+)];
+
 /// What one runtime's run of the bundle showed.
 #[derive(Debug)]
 struct Run {
@@ -87,9 +96,10 @@ fn run_with_runc(cgroup: &Cgroup2, state: &Path, bundle: &Path, config: &Contain
         ["--root".into(), state.into(), "run".into(), "--bundle".into(), bundle.into(), config.id.clone().into()]
             .to_vec();
     let (program, args) = cgroup.wrap(&runc, &args);
-    let output = Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| {
-        panic!("running {} (apt-get install runc, or set KELSON_RUNC_BIN): {e}", runc.display())
-    });
+    let output =
+        Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| {
+            panic!("running {} (apt-get install runc, or set KELSON_RUNC_BIN): {e}", runc.display())
+        });
     use std::os::unix::process::ExitStatusExt;
     Run {
         exit_code: output.status.code(),
@@ -119,8 +129,7 @@ async fn run_with_shim(cgroup: &Cgroup2, dir: &Path, bundle: &Path, config: &Con
     let socket = options.socket.clone();
     let command = ShimCommand { program, prefix_args, with_subcommand: false, options };
     let _shim = ShimProcess(command.command().stdout(Stdio::null()).spawn().expect("spawning the shim"));
-    let (mut client, _) =
-        ShimClient::connect(&socket, Duration::from_secs(10)).await.expect("connecting to the shim");
+    let (mut client, _) = ShimClient::connect(&socket, Duration::from_secs(10)).await.expect("connecting to the shim");
     let (out, err) = (dir.join("stdout"), dir.join("stderr"));
     let id = &config.id;
     let state = client.create(id, bundle, Some(&out), Some(&err)).await.unwrap();
@@ -169,8 +178,12 @@ fn fields(stdout: &str) -> BTreeMap<String, Vec<String>> {
 fn differences(shim: &Run, runc: &Run) -> Vec<String> {
     let mut differences = Vec::new();
     let mut compare = |field: &str, shim: String, runc: String| {
-        if shim != runc {
-            differences.push(format!("{field}: shim {shim}, runc {runc}"));
+        if shim == runc {
+            return;
+        }
+        match KNOWN_DIFFERENCES.iter().find(|known| (known.0, known.1, known.2) == (field, &shim, &runc)) {
+            Some((.., why)) => eprintln!("known difference, accepted: {field}: shim {shim}, runc {runc}: {why}"),
+            None => differences.push(format!("{field}: shim {shim}, runc {runc}")),
         }
     };
     compare("exit code", format!("{:?}", shim.exit_code), format!("{:?}", runc.exit_code));
@@ -231,6 +244,9 @@ async fn the_shim_and_runc_run_one_bundle_alike() {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
+    // Both runtimes take HOME from here when the bundle's env has none.
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
+        .unwrap();
     let host_dir = dir.path().join("shared");
     std::fs::create_dir(&host_dir).unwrap();
     std::fs::write(host_dir.join("in"), "from the host\n").unwrap();
@@ -277,6 +293,7 @@ async fn the_shim_and_runc_load_kelsons_runtime_default_filter_alike() {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
+    // No /etc/passwd: see KNOWN_DIFFERENCES.
     let id = "kelson-runc-seccomp";
     let mut config = container(id, &rootfs, &["sh", "-c", &probe_script()], cgroup.path_for(id));
     config.mounts = vec![Mount::Tmpfs { destination: "/tmp".into(), size_bytes: None }];
