@@ -77,6 +77,15 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str, &str)] = &[(
     "for a uid without an /etc/passwd entry in the rootfs, libcontainer 0.7 leaves HOME unset where runc sets HOME=/",
 )];
 
+/// Whether this process's root is an initramfs (the node guest's), where
+/// pivot_root fails: both runtimes then run without it, as the node's
+/// containerd does (`NoPivotRoot`).
+fn root_is_initramfs() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = mountinfo.lines().filter(|l| l.split_whitespace().nth(4) == Some("/")).last().unwrap();
+    root.split_once(" - ").and_then(|(_, rest)| rest.split_whitespace().next()) == Some("rootfs")
+}
+
 /// What one runtime's run of the bundle showed.
 #[derive(Debug)]
 struct Run {
@@ -92,9 +101,11 @@ struct Run {
 /// Runs `bundle` (container `id`) with `runc run`, in its own state directory.
 fn run_with_runc(cgroup: &Cgroup2, state: &Path, bundle: &Path, config: &ContainerConfig) -> Run {
     let runc = std::env::var_os("KELSON_RUNC_BIN").map_or_else(|| PathBuf::from("runc"), PathBuf::from);
-    let args: Vec<OsString> =
-        ["--root".into(), state.into(), "run".into(), "--bundle".into(), bundle.into(), config.id.clone().into()]
-            .to_vec();
+    let mut args: Vec<OsString> = vec!["--root".into(), state.into(), "run".into()];
+    if root_is_initramfs() {
+        args.push("--no-pivot".into());
+    }
+    args.extend(["--bundle".into(), bundle.into(), config.id.clone().into()]);
     let (program, args) = cgroup.wrap(&runc, &args);
     let output =
         Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| {
@@ -122,7 +133,8 @@ impl Drop for ShimProcess {
 
 /// Runs `bundle` (container `id`) with a kelson-shim of its own, then deletes it.
 async fn run_with_shim(cgroup: &Cgroup2, dir: &Path, bundle: &Path, config: &ContainerConfig) -> Run {
-    let options = ShimOptions { socket: dir.join("shim.sock"), state_dir: dir.join("state"), no_pivot: false };
+    let options =
+        ShimOptions { socket: dir.join("shim.sock"), state_dir: dir.join("state"), no_pivot: root_is_initramfs() };
     let binary = std::env::var_os("KELSON_SHIM_BIN")
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kelson-shim")), PathBuf::from);
     let (program, prefix_args) = cgroup.wrap(&binary, &[]);
