@@ -93,7 +93,7 @@ fn run_one(vm: &mut Vm, target: &str, test: &str) -> Result<()> {
         "rm -f {GUEST_SKIP_LOG}; cd /tmp && \
          KELSON_REQUIRE_CGROUP2_MEMORY=1 KELSON_REQUIRE_CGROUP2=1 KELSON_TEST_BUSYBOX={GUEST_BUSYBOX} \
          KELSON_SHIM_BIN={GUEST_SHIM} KELSON_RUNC_BIN={GUEST_RUNC} KELSON_TEST_SKIP_LOG={GUEST_SKIP_LOG} RUST_BACKTRACE=1 \
-         {GUEST_TEST_DIR}/{target} --exact {test} --test-threads=1 2>&1"
+         {GUEST_TEST_DIR}/{target} --exact {test} --test-threads=1 --color never 2>&1"
     );
     let out = vm.agent_exec(&cmd, PER_TEST)?;
     let skips = vm.agent_exec(&format!("cat {GUEST_SKIP_LOG} 2>/dev/null; true"), Duration::from_secs(60))?.output;
