@@ -95,7 +95,7 @@ fn known_difference(field: &str, shim: &str, runc: &str) -> Option<&'static str>
 /// containerd does (`NoPivotRoot`).
 fn root_is_initramfs() -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = mountinfo.lines().filter(|l| l.split_whitespace().nth(4) == Some("/")).last().unwrap();
+    let root = mountinfo.lines().rfind(|l| l.split_whitespace().nth(4) == Some("/")).unwrap();
     root.split_once(" - ").and_then(|(_, rest)| rest.split_whitespace().next()) == Some("rootfs")
 }
 
