@@ -17,7 +17,7 @@ use std::process::Command;
 /// The host is a cgroup v1 hybrid without the memory and cpu controllers, and
 /// has no image until the image step.
 pub const ALLOWED_HOST_SKIPS: &[(&str, &str)] = &[
-    ("runc::runc_applies_the_memory_and_cpu_limits", "runs in a node guest (guest cgroup tests step)"),
+    ("runc::the_shim_and_runc_run_one_bundle_alike", "runs in a node guest (guest cgroup tests step)"),
     (
         "shim::a_container_over_its_memory_limit_is_reported_oom_killed",
         "runs in a node guest (guest cgroup tests step)",
@@ -240,12 +240,12 @@ mod tests {
 
     #[test]
     fn skip_lines_are_parsed_and_only_listed_host_skips_are_allowed() {
-        let log = "kelson-test-skip: runc::runc_applies_the_memory_and_cpu_limits: no memory controller\n\
+        let log = "kelson-test-skip: runc::the_shim_and_runc_run_one_bundle_alike: no memory controller\n\
                    noise\n\
                    kelson-test-skip: store::something: needs root\n";
         let skips = parse_skips("host", log);
         assert_eq!(skips.len(), 2);
-        assert_eq!(skips[0].test, "runc::runc_applies_the_memory_and_cpu_limits");
+        assert_eq!(skips[0].test, "runc::the_shim_and_runc_run_one_bundle_alike");
         assert_eq!(skips[0].reason, "no memory controller");
         assert!(allowed(&skips[0]).is_some());
         assert!(allowed(&skips[1]).is_none());

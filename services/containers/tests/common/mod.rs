@@ -138,11 +138,10 @@ pub fn write_layout(
 /// initramfs (rootfs), as in a node guest, pivot_root fails with EINVAL,
 /// which is why the node's own shim runs with --no-pivot.
 pub fn root_is_initramfs() -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1).zip(l.split_whitespace().nth(2)))
-        .any(|(mnt, fs)| mnt == "/" && fs == "rootfs")
+    // The last mount on "/" is the one processes see.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = mountinfo.lines().rfind(|l| l.split_whitespace().nth(4) == Some("/")).unwrap();
+    root.split_once(" - ").and_then(|(_, rest)| rest.split_whitespace().next()) == Some("rootfs")
 }
 
 pub fn busybox() -> Vec<u8> {
