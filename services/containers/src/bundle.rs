@@ -123,7 +123,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
         .terminal(false)
         .user(user.build().map_err(spec_err)?)
         .args(config.args.clone())
-        .env(config.env.clone())
+        .env(env_with_home(config))
         .cwd(&config.cwd)
         .capabilities(capabilities)
         // None: the container inherits the shim's limits. Raising a limit past
@@ -209,6 +209,27 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
 
 /// Writes `config`'s spec as `<bundle>/config.json` (temp file, fsync,
 /// rename) and returns the file's path.
+/// The container's environment with HOME set when it does not set one: the
+/// user's home from the rootfs's /etc/passwd, or `/` without an entry. runc
+/// does this itself; libcontainer leaves HOME unset without an entry, so a
+/// pod would see a different environment under Kelson than under
+/// containerd with runc (found by the side-by-side test in tests/runc.rs).
+fn env_with_home(config: &ContainerConfig) -> Vec<String> {
+    let mut env = config.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let passwd = fs::read_to_string(config.rootfs.join("etc/passwd")).unwrap_or_default();
+        let home = passwd
+            .lines()
+            .map(|line| line.split(':').collect::<Vec<_>>())
+            .find(|fields| fields.len() >= 7 && fields[2].parse() == Ok(config.user.uid))
+            .map(|fields| fields[5].to_owned())
+            .filter(|home| !home.is_empty())
+            .unwrap_or_else(|| "/".to_owned());
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
 pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<PathBuf, BundleError> {
     let spec = spec(config)?;
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| BundleError::Io {

@@ -70,12 +70,7 @@ fn probe_script() -> String {
 
 /// Differences the test accepts, each exactly (field, shim value, runc
 /// value) and why; printed, not failed. Any other value of the field fails.
-const KNOWN_DIFFERENCES: &[(&str, &str, &str, &str)] = &[(
-    "stdout field env.HOME",
-    "(not printed)",
-    "\"/\"",
-    "for a uid without an /etc/passwd entry in the rootfs, libcontainer 0.7 leaves HOME unset where runc sets HOME=/",
-)];
+const KNOWN_DIFFERENCES: &[(&str, &str, &str, &str)] = &[];
 
 /// Why a difference is accepted, if it is: one of [`KNOWN_DIFFERENCES`], or
 /// a read-only bind mount (the root or a volume) whose source is on a
@@ -325,7 +320,7 @@ async fn the_shim_and_runc_load_kelsons_runtime_default_filter_alike() {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
-    // No /etc/passwd: see KNOWN_DIFFERENCES.
+    // No /etc/passwd: HOME falls back to / (Kelson sets it as runc does).
     let id = "kelson-runc-seccomp";
     let mut config = container(id, &rootfs, &["sh", "-c", &probe_script()], cgroup.path_for(id));
     config.mounts = vec![Mount::Tmpfs { destination: "/tmp".into(), size_bytes: None }];
