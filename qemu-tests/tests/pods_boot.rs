@@ -480,6 +480,29 @@ spec:
     )
 }
 
+/// A pod that reports its seccomp mode and whether it may make a user
+/// namespace (containerd's default profile refuses unshare(CLONE_NEWUSER)
+/// without CAP_SYS_ADMIN), under the given seccompProfile type.
+fn seccomp_probe_manifest(name: &str, profile: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  restartPolicy: Never
+  securityContext:
+    seccompProfile:
+      type: {profile}
+  containers:
+  - name: probe
+    image: busybox
+    command: [sh, -c, \"grep '^Seccomp:' /proc/self/status; unshare -U true && echo userns-allowed || echo userns-refused\"]
+"
+    )
+}
+
 #[test]
 fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_cleanly_while_bad_manifests_are_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,6 +525,29 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_clea
     let client_uid = client["uid"].as_str().unwrap();
     let log = sh(&mut vm, &format!("cat /var/log/pods/default_client-t-cp-1_{client_uid}/fetch/0.log"));
     assert!(log.lines().any(|l| l.contains(" stdout F hello-from-web")), "{log}");
+
+    // RuntimeDefault has containerd's default-profile semantics: a pod asking
+    // for it cannot make a user namespace; the same pod Unconfined can.
+    for (name, profile) in [("confined", "RuntimeDefault"), ("unconfined", "Unconfined")] {
+        sh(
+            &mut vm,
+            &format!(
+                "cat > /etc/kubernetes/manifests/{name}.yaml <<'EOF'\n{}EOF",
+                seccomp_probe_manifest(name, profile)
+            ),
+        );
+    }
+    let mut seen = Vec::new();
+    for name in ["confined", "unconfined"] {
+        let file = format!("default_{name}-t-cp-1.json");
+        let pod = wait_status(&mut vm, &file, SHORT, &format!("{name} done"), |s| s["phase"] == "Succeeded");
+        let pod_uid = pod["uid"].as_str().unwrap();
+        let log = sh(&mut vm, &format!("cat /var/log/pods/default_{name}-t-cp-1_{pod_uid}/probe/0.log"));
+        let words: Vec<&str> =
+            log.lines().filter_map(|l| l.split(" stdout F ").nth(1)).flat_map(str::split_whitespace).collect();
+        seen.push(words.join(" "));
+    }
+    assert_eq!(seen, ["Seccomp: 2 userns-refused", "Seccomp: 0 userns-allowed"], "RuntimeDefault against Unconfined");
 
     // Over its memory limit: OOM-killed, said so, restarted.
     let hog = wait_status(&mut vm, "default_hog-t-cp-1.json", SHORT, "hog OOM-killed and restarted", |s| {
