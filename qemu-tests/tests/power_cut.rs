@@ -195,7 +195,14 @@ impl Chain {
 
     /// Cuts `vm` at its cut point: waits for the marker, and quits.
     fn cut(&self, vm: &mut Vm, cut: &Cut) {
-        let line = vm.expect(MARKER, BOOT).unwrap_or_else(|e| panic!("{}: {}: {e:#}", self.name, cut.describe()));
+        // The hold can come before the test looks for it (a service's own
+        // state write right after ready, read past by an earlier expect):
+        // the console so far is searched first.
+        let earlier = vm.console_text().ok().and_then(|t| t.lines().find(|l| l.contains(MARKER)).map(str::to_owned));
+        let line = match earlier {
+            Some(line) => line,
+            None => vm.expect(MARKER, BOOT).unwrap_or_else(|e| panic!("{}: {}: {e:#}", self.name, cut.describe())),
+        };
         assert!(line.contains(cut.area.file()), "{line}");
         if cut.linger {
             std::thread::sleep(LINGER);
