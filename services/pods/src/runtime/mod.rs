@@ -16,21 +16,29 @@
 //! - [`Prober`]: one probe attempt ([`probe_exec::NetProber`]).
 
 mod build;
+pub mod files;
+mod logs;
 mod manager;
 pub mod netns;
 pub mod probe_exec;
 pub mod shim;
+mod start;
+mod state;
+mod status_files;
 #[cfg(test)]
 mod tests;
 
 pub use build::{container_config, ConfigError, ContainerPaths};
 pub use manager::{ManagerCommand, ManagerConfig, PodManager};
 
+use crate::crilog::{ContainerLog, LogLimits};
 use crate::spec::{PodSpec, ProbeAction};
+use crate::status::{PodStatus, StatusError};
 use kelson_containers::store::ImageDefaults;
-use kelson_containers::Namespace;
+use kelson_containers::{ContainerConfig, Namespace};
 use kelson_supervise::Exit;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,7 +134,8 @@ pub struct HostError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// The mounts a pod needs on the host.
+/// The mounts a pod needs on the host, and every file the manager
+/// touches (directories, FIFOs, bundles, logs, cgroups, status files).
 pub trait PodHost: Send + Sync + 'static {
     /// Mounts a fresh overlay of `lower` under `container_dir` and returns
     /// the root for the container.
@@ -138,6 +147,40 @@ pub trait PodHost: Send + Sync + 'static {
     fn mount_tmpfs(&self, target: &Path, size_bytes: Option<u64>) -> Result<(), HostError>;
     /// Lazily unmounts `target`; not mounted is fine.
     fn unmount(&self, target: &Path) -> Result<(), HostError>;
+
+    // The manager's files; [`files`] has the real ones.
+
+    /// Creates `dir` and its missing parents.
+    fn create_dir(&self, dir: &Path) -> Result<(), HostError>;
+    /// Removes a directory tree; absent is fine.
+    fn remove_tree(&self, dir: &Path) -> Result<(), HostError>;
+    /// Removes a file; absent is fine.
+    fn remove_file(&self, path: &Path) -> Result<(), HostError>;
+    /// Makes a FIFO at `path` and opens its read end without waiting for
+    /// a writer.
+    fn open_fifo(&self, path: &Path) -> Result<OwnedFd, HostError>;
+    /// Writes a container's bundle (`config.json`) into `dir`.
+    fn write_bundle(&self, dir: &Path, config: &ContainerConfig) -> Result<(), HostError>;
+    /// Opens (creates) a container's CRI log file.
+    fn open_log(&self, path: &Path, limits: LogLimits) -> Result<ContainerLog, HostError>;
+    /// The controllers cgroup v2 offers at `cgroup_root`.
+    fn cgroup_controllers(&self, cgroup_root: &Path) -> Result<Vec<String>, HostError>;
+    /// Removes a pod's cgroup directory and what is left of its
+    /// containers' directories in it; absent is fine, busy is an error.
+    fn remove_cgroup(&self, dir: &Path) -> Result<(), HostError>;
+    /// The directories in `dir`.
+    fn list_dirs(&self, dir: &Path) -> Result<Vec<PathBuf>, HostError>;
+    /// Writes a pod's status file into `dir`.
+    fn write_status(&self, dir: &Path, status: &PodStatus) -> Result<(), StatusError>;
+    /// Removes a pod's status file from `dir`; absent is fine.
+    fn remove_status(&self, dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError>;
+}
+
+/// Every pod the manager runs, in start order, as it publishes them on its
+/// `watch` channel ([`PodManager::subscribe`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodsStatus {
+    pub pods: Vec<PodStatus>,
 }
 
 /// A pod's namespaces as its containers join them, and its address.

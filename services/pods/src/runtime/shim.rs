@@ -1,12 +1,16 @@
 //! The real seams: the container shim, kelson-containers' image store and
 //! the host's mounts.
 
-use super::{ContainerRuntime, ExitInfo, HostError, ImageError, Images, PodHost, PreparedImage, RuntimeError};
+use super::{files, ContainerRuntime, ExitInfo, HostError, ImageError, Images, PodHost, PreparedImage, RuntimeError};
+use crate::crilog::{ContainerLog, LogLimits};
+use crate::status::{PodStatus, StatusError};
 use kelson_containers::rootfs::{self, Mounter, SystemMounter};
 use kelson_containers::store::ImageStore;
+use kelson_containers::ContainerConfig;
 use kelson_containers::{ExitEvent, ShimClient};
 use kelson_supervise::Exit;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -141,6 +145,50 @@ impl PodHost for SystemHost {
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         SystemMounter.unmount(target).map_err(host_error("unmounting", target))
+    }
+
+    fn create_dir(&self, dir: &Path) -> Result<(), HostError> {
+        files::create_dir(dir)
+    }
+
+    fn remove_tree(&self, dir: &Path) -> Result<(), HostError> {
+        files::remove_tree(dir)
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), HostError> {
+        files::remove_file(path)
+    }
+
+    fn open_fifo(&self, path: &Path) -> Result<OwnedFd, HostError> {
+        files::open_fifo(path)
+    }
+
+    fn write_bundle(&self, dir: &Path, config: &ContainerConfig) -> Result<(), HostError> {
+        files::write_bundle(dir, config)
+    }
+
+    fn open_log(&self, path: &Path, limits: LogLimits) -> Result<ContainerLog, HostError> {
+        files::open_log(path, limits)
+    }
+
+    fn cgroup_controllers(&self, cgroup_root: &Path) -> Result<Vec<String>, HostError> {
+        files::cgroup_controllers(cgroup_root)
+    }
+
+    fn remove_cgroup(&self, dir: &Path) -> Result<(), HostError> {
+        files::remove_cgroup(dir)
+    }
+
+    fn list_dirs(&self, dir: &Path) -> Result<Vec<PathBuf>, HostError> {
+        files::list_dirs(dir)
+    }
+
+    fn write_status(&self, dir: &Path, status: &PodStatus) -> Result<(), StatusError> {
+        files::write_status(dir, status)
+    }
+
+    fn remove_status(&self, dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError> {
+        files::remove_status_file(dir, namespace, name)
     }
 }
 

@@ -123,6 +123,8 @@ impl Images for FakeImages {
 #[derive(Default)]
 struct FakeHost {
     calls: Mutex<Vec<String>>,
+    /// Making a container's output FIFOs fails.
+    fifos_fail: AtomicBool,
 }
 
 impl PodHost for FakeHost {
@@ -143,6 +145,51 @@ impl PodHost for FakeHost {
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         self.calls.lock().unwrap().push(format!("unmount {}", target.display()));
         Ok(())
+    }
+
+    // Files are real, inside the test's temporary directory: the tests
+    // look at what is left there.
+
+    fn create_dir(&self, dir: &Path) -> Result<(), HostError> {
+        files::create_dir(dir)
+    }
+    fn remove_tree(&self, dir: &Path) -> Result<(), HostError> {
+        files::remove_tree(dir)
+    }
+    fn remove_file(&self, path: &Path) -> Result<(), HostError> {
+        files::remove_file(path)
+    }
+    fn open_fifo(&self, path: &Path) -> Result<OwnedFd, HostError> {
+        if self.fifos_fail.load(Ordering::SeqCst) {
+            return Err(HostError {
+                action: "creating FIFO",
+                path: path.to_owned(),
+                source: "injected by the test".into(),
+            });
+        }
+        files::open_fifo(path)
+    }
+    fn write_bundle(&self, dir: &Path, config: &ContainerConfig) -> Result<(), HostError> {
+        files::write_bundle(dir, config)
+    }
+    fn open_log(&self, path: &Path, limits: LogLimits) -> Result<ContainerLog, HostError> {
+        files::open_log(path, limits)
+    }
+    fn cgroup_controllers(&self, cgroup_root: &Path) -> Result<Vec<String>, HostError> {
+        files::cgroup_controllers(cgroup_root)
+    }
+    fn remove_cgroup(&self, dir: &Path) -> Result<(), HostError> {
+        self.calls.lock().unwrap().push(format!("rmdir {}", dir.display()));
+        files::remove_cgroup(dir)
+    }
+    fn list_dirs(&self, dir: &Path) -> Result<Vec<PathBuf>, HostError> {
+        files::list_dirs(dir)
+    }
+    fn write_status(&self, dir: &Path, status: &PodStatus) -> Result<(), StatusError> {
+        files::write_status(dir, status)
+    }
+    fn remove_status(&self, dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError> {
+        files::remove_status_file(dir, namespace, name)
     }
 }
 
