@@ -227,6 +227,8 @@ struct Rig {
     prober: Arc<FakeProber>,
     commands: mpsc::Sender<ManagerCommand>,
     manager: tokio::task::JoinHandle<()>,
+    /// The manager's published status.
+    published: tokio::sync::watch::Receiver<PodsStatus>,
 }
 
 impl Rig {
@@ -260,9 +262,10 @@ impl Rig {
             host.clone(),
             Arc::new(clock.clone()),
         );
+        let published = manager.subscribe();
         let (commands, rx) = mpsc::channel(8);
         let manager = tokio::spawn(manager.run(rx));
-        Rig { dir, clock, runtime: handle, host, prober, commands, manager }
+        Rig { dir, clock, runtime: handle, host, prober, commands, manager, published }
     }
 
     async fn send(&self, events: Vec<ManifestEvent>) {
@@ -574,4 +577,33 @@ async fn a_lost_runtime_is_replaced_and_its_containers_restart_as_their_policy_s
     rig.runtime.exit(&id(&always), Exit::Code(1), false);
     rig.advance(Duration::from_millis(100)).await;
     eventually("restarted again", || rig.runtime.count("create") == 4).await;
+}
+
+#[tokio::test]
+async fn a_host_failure_before_create_is_retried_after_the_back_off_and_published_as_it_is_written() {
+    let rig = Rig::new(Some(Duration::from_millis(100)));
+    rig.host.fifos_fail.store(true, Ordering::SeqCst);
+    let p = simple("fifo", "busybox", "");
+    rig.send(vec![ManifestEvent::Added(p.clone())]).await;
+    eventually("the failure is in the status file", || {
+        rig.status("fifo").is_some_and(|s| s["containers"][0]["state"]["waiting"]["reason"] == "CreateContainerError")
+    })
+    .await;
+    let message = rig.status("fifo").unwrap()["containers"][0]["state"]["waiting"]["message"].clone();
+    let message = message.as_str().unwrap().to_owned();
+    assert!(message.starts_with("creating FIFO ") && message.ends_with(": injected by the test"), "{message}");
+    assert_eq!(rig.runtime.count("create"), 0, "nothing is created without its output FIFOs");
+    let published = rig.published.borrow().clone();
+    assert_eq!(published.pods.len(), 1);
+    assert_eq!(
+        serde_json::to_value(&published.pods[0]).unwrap(),
+        rig.status("fifo").unwrap(),
+        "the channel and the file say the same"
+    );
+
+    rig.host.fifos_fail.store(false, Ordering::SeqCst);
+    rig.advance(Duration::from_millis(100)).await;
+    eventually("created once the host works", || rig.runtime.count("create") == 1).await;
+    eventually("running", || rig.status("fifo").is_some_and(|s| s["phase"] == "Running")).await;
+    assert_eq!(rig.published.borrow().pods[0].phase, crate::status::PodPhase::Running);
 }
