@@ -86,11 +86,11 @@ pub enum BundleError {
     /// container {id:?}: field {field}: {reason}
     #[error("container {id:?}: field {field}: {reason}")]
     Invalid { id: String, field: &'static str, reason: String },
-    /// container {id:?}: building the OCI spec: {source}
-    #[error("container {id:?}: building the OCI spec: {source}")]
+    /// container {id:?}: building the OCI spec
+    #[error("container {id:?}: building the OCI spec")]
     Spec { id: String, source: oci_spec::OciSpecError },
-    /// {action} {path}: {source}
-    #[error("{action} {path}: {source}")]
+    /// {action} {path}
+    #[error("{action} {path}")]
     Io { action: &'static str, path: PathBuf, source: io::Error },
 }
 

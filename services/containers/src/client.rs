@@ -17,17 +17,17 @@ use tokio::net::UnixStream;
 /// Why talking to the shim failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// connecting to the shim at {socket}: {source}
-    #[error("connecting to the shim at {socket}: {source}")]
+    /// connecting to the shim at {socket}
+    #[error("connecting to the shim at {socket}")]
     Connect { socket: PathBuf, source: io::Error },
-    /// talking to the shim at {socket}: {source}
-    #[error("talking to the shim at {socket}: {source}")]
+    /// talking to the shim at {socket}
+    #[error("talking to the shim at {socket}")]
     Io { socket: PathBuf, source: io::Error },
     /// the shim at {socket} closed the connection
     #[error("the shim at {socket} closed the connection")]
     Closed { socket: PathBuf },
-    /// the shim at {socket} sent something unreadable ({line:?}): {source}
-    #[error("the shim at {socket} sent something unreadable ({line:?}): {source}")]
+    /// the shim at {socket} sent something unreadable ({line:?})
+    #[error("the shim at {socket} sent something unreadable ({line:?})")]
     Protocol { socket: PathBuf, line: String, source: serde_json::Error },
     /// the shim refused {request}: {reason}
     #[error("the shim refused {request}: {reason}")]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 /// Why a container's root filesystem could not be set up or taken down.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    /// {action} {path}: {source}
-    #[error("{action} {path}: {source}")]
+    /// {action} {path}
+    #[error("{action} {path}")]
     Io { action: &'static str, path: PathBuf, source: io::Error },
     /// overlay layer path {path} contains ',' or ':', which overlayfs options cannot hold
     #[error("overlay layer path {path} contains ',' or ':', which overlayfs options cannot hold")]

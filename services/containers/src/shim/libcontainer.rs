@@ -254,8 +254,8 @@ fn output(path: Option<&Path>) -> Result<File, OutputError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::error_chain;
     use super::*;
+    use crate::error_chain;
     use std::io::Write;
 
     #[test]

@@ -28,6 +28,8 @@ mod server_tests;
 pub use args::ShimOptions;
 pub use oom::parse_oom_kills;
 
+use crate::error_chain;
+
 use nix::errno::Errno;
 use std::ffi::OsString;
 use std::io;
@@ -131,17 +133,4 @@ fn listen(options: &ShimOptions) -> Result<UnixListener, ShimError> {
         .map_err(io_err("restricting", &options.socket))?;
     listener.set_nonblocking(true).map_err(io_err("setting non-blocking", &options.socket))?;
     Ok(listener)
-}
-
-/// An error and its causes, `: `-separated, each said once (what a reply
-/// or a log line carries).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

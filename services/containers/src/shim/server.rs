@@ -4,7 +4,7 @@
 //! containers is a [`Backend`] ([`super::libcontainer::Libcontainer`] for
 //! real), so this is tested without root against a fake one.
 
-use super::error_chain;
+use crate::error_chain;
 use crate::protocol::{ContainerState, Envelope, ExitEvent, Request, ShimMessage};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

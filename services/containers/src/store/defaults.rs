@@ -20,8 +20,8 @@ pub struct ImageDefaults {
 /// Why an image's `User` could not be turned into ids.
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    /// image user {user:?}: reading {path}: {source}
-    #[error("image user {user:?}: reading {path}: {source}")]
+    /// image user {user:?}: reading {path}
+    #[error("image user {user:?}: reading {path}")]
     Read { user: String, path: PathBuf, source: io::Error },
     /// image user {user:?}: no {what} {name:?} in {path}
     #[error("image user {user:?}: no {what} {name:?} in {path}")]

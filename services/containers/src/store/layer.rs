@@ -17,14 +17,14 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    /// reading the tar stream: {0}
-    #[error("reading the tar stream: {0}")]
-    Tar(io::Error),
+    /// reading the tar stream
+    #[error("reading the tar stream")]
+    Tar(#[source] io::Error),
     /// entry {entry:?} would land outside the root: {reason}
     #[error("entry {entry:?} would land outside the root: {reason}")]
     Traversal { entry: PathBuf, reason: &'static str },
-    /// entry {entry:?}: {action} {path}: {source}
-    #[error("entry {entry:?}: {action} {path}: {source}")]
+    /// entry {entry:?}: {action} {path}
+    #[error("entry {entry:?}: {action} {path}")]
     Io { entry: PathBuf, action: &'static str, path: PathBuf, source: io::Error },
 }
 

@@ -47,11 +47,11 @@ pub enum ResolveError {
         /// have held the image.
         unreadable: Vec<String>,
     },
-    /// reading {path}: {source}
-    #[error("reading {path}: {source}")]
+    /// reading {path}
+    #[error("reading {path}")]
     Read { path: PathBuf, source: io::Error },
-    /// parsing {path}: {source}
-    #[error("parsing {path}: {source}")]
+    /// parsing {path}
+    #[error("parsing {path}")]
     Parse { path: PathBuf, source: oci_spec::OciSpecError },
     /// blob {path} does not match its digest {expected} (found {actual})
     #[error("blob {path} does not match its digest {expected} (found {actual})")]
@@ -64,8 +64,8 @@ pub enum ResolveError {
 /// Why an image's layers could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    /// {action} {path}: {source}
-    #[error("{action} {path}: {source}")]
+    /// {action} {path}
+    #[error("{action} {path}")]
     Io { action: &'static str, path: PathBuf, source: io::Error },
     /// blob {path} does not match its digest {expected} (found {actual})
     #[error("blob {path} does not match its digest {expected} (found {actual})")]
@@ -73,9 +73,12 @@ pub enum UnpackError {
     /// layer {digest} of {image}: media type {media_type} is not a tar, tar+gzip or tar+zstd layer
     #[error("layer {digest} of {image}: media type {media_type} is not a tar, tar+gzip or tar+zstd layer")]
     MediaType { image: String, digest: String, media_type: String },
-    /// layer {digest} of {image}: {source}
-    #[error("layer {digest} of {image}: {source}")]
-    Layer { image: String, digest: String, source: LayerError },
+    /// layer {digest} of {image}: {error}
+    ///
+    /// The layer's error is part of this message rather than its source:
+    /// callers show this one line (the store's tests read it whole).
+    #[error("layer {digest} of {image}: {error}")]
+    Layer { image: String, digest: String, error: LayerError },
 }
 
 /// An image found in the store, with its manifest and config read and their
@@ -149,6 +152,7 @@ impl ImageStore {
             let index = match ImageIndex::from_file(&index_path) {
                 Ok(index) => index,
                 Err(error) => {
+                    let error = crate::error_chain(&error);
                     tracing::warn!(path = %index_path.display(), %error, "skipping an unreadable image layout");
                     unreadable.push(format!("{}: {error}", index_path.display()));
                     continue;
@@ -287,7 +291,7 @@ impl ImageStore {
                 source,
             })?;
             let reader = BufReader::new(file);
-            let layer_err = |source| UnpackError::Layer { image: image_name.clone(), digest: digest.clone(), source };
+            let layer_err = |error| UnpackError::Layer { image: image_name.clone(), digest: digest.clone(), error };
             match Compression::of(layer.media_type()) {
                 Some(Compression::None) => apply_layer(reader, root).map_err(layer_err)?,
                 Some(Compression::Gzip) => {

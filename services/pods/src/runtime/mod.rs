@@ -61,6 +61,11 @@ pub struct RuntimeError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
+/// The runtime has no way to start another in its place.
+#[derive(Debug, thiserror::Error)]
+#[error("this runtime cannot be restarted")]
+pub struct NotRestartable;
+
 /// Creates, signals and deletes containers, and reports their exits.
 pub trait ContainerRuntime: Send + 'static {
     /// Creates and starts a container from the bundle; its output goes to
@@ -87,7 +92,7 @@ pub trait ContainerRuntime: Send + 'static {
             Err(RuntimeError {
                 action: "restarting the runtime of",
                 id: "every".into(),
-                source: "this runtime cannot be restarted".into(),
+                source: Box::new(NotRestartable),
             })
         }
     }

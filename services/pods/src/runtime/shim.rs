@@ -1,7 +1,10 @@
 //! The real seams: the container shim, kelson-containers' image store and
 //! the host's mounts.
 
-use super::{files, ContainerRuntime, ExitInfo, HostError, ImageError, Images, PodHost, PreparedImage, RuntimeError};
+use super::{
+    files, ContainerRuntime, ExitInfo, HostError, ImageError, Images, NotRestartable, PodHost, PreparedImage,
+    RuntimeError,
+};
 use crate::crilog::{ContainerLog, LogLimits};
 use crate::status::{PodStatus, StatusError};
 use kelson_containers::rootfs::{self, Mounter, SystemMounter};
@@ -16,6 +19,12 @@ use std::pin::Pin;
 
 /// Starts a new shim (after the last one died) and connects to it.
 pub type StartShim = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ShimClient, String>> + Send>> + Send>;
+
+/// Why [`StartShim`] could not give a new shim (its reason as the caller
+/// wrote it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartShimError(pub String);
 
 /// Containers through the shim over its socket.
 pub struct ShimRuntime {
@@ -80,10 +89,8 @@ impl ContainerRuntime for ShimRuntime {
             id: "every".into(),
             source,
         };
-        let Some(start) = self.start.as_mut() else {
-            return Err(failed("this shim runtime was made without a way to start another".into()));
-        };
-        self.client = start().await.map_err(|e| failed(e.into()))?;
+        let Some(start) = self.start.as_mut() else { return Err(failed(Box::new(NotRestartable))) };
+        self.client = start().await.map_err(|reason| failed(Box::new(StartShimError(reason))))?;
         Ok(())
     }
 }
