@@ -32,6 +32,7 @@ pub use build::{container_config, ConfigError, ContainerPaths};
 pub use manager::{ManagerCommand, ManagerConfig, PodManager};
 
 use crate::crilog::{ContainerLog, LogLimits};
+use crate::hostpath::HostFs;
 use crate::spec::{PodSpec, ProbeAction};
 use crate::status::{PodStatus, StatusError};
 use kelson_containers::store::ImageDefaults;
@@ -179,6 +180,9 @@ pub trait PodHost: Send + Sync + 'static {
     fn write_status(&self, dir: &Path, status: &PodStatus) -> Result<(), StatusError>;
     /// Removes a pod's status file from `dir`; absent is fine.
     fn remove_status(&self, dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError>;
+    /// Where hostPath volumes are checked (and made, for the `…OrCreate`
+    /// types).
+    fn host_paths(&self) -> &dyn HostFs;
 }
 
 /// Every pod the manager runs, in start order, as it publishes them on its

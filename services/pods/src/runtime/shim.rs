@@ -6,6 +6,7 @@ use super::{
     RuntimeError,
 };
 use crate::crilog::{ContainerLog, LogLimits};
+use crate::hostpath::{HostFs, RealFs};
 use crate::status::{PodStatus, StatusError};
 use kelson_containers::rootfs::{self, Mounter, SystemMounter};
 use kelson_containers::store::ImageStore;
@@ -196,6 +197,10 @@ impl PodHost for SystemHost {
 
     fn remove_status(&self, dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError> {
         files::remove_status_file(dir, namespace, name)
+    }
+
+    fn host_paths(&self) -> &dyn HostFs {
+        &RealFs
     }
 }
 

@@ -9,7 +9,6 @@ use super::manager::ManagerConfig;
 use super::state::{StartFailure, StartRequest};
 use super::{ContainerRuntime, ImageError, Images, PodHost};
 use crate::crilog::container_log_path;
-use crate::hostpath::RealFs;
 use crate::status::WaitingReason;
 use crate::Clock;
 use kelson_config::error_chain;
@@ -86,8 +85,9 @@ impl Starter<'_> {
             cgroups_path: pod_cgroup(&self.config.cgroup_parent, spec).join(&spec_c.name),
         };
         let host_ip = self.config.host_ip.as_deref();
-        let mut config = container_config(spec, spec_c, &image, &request.sandbox, host_ip, &paths, &RealFs)
-            .map_err(|error| blocked(WaitingReason::CreateContainerConfigError, error_chain(&error)))?;
+        let mut config =
+            container_config(spec, spec_c, &image, &request.sandbox, host_ip, &paths, self.host.host_paths())
+                .map_err(|error| blocked(WaitingReason::CreateContainerConfigError, error_chain(&error)))?;
         self.drop_missing_controllers(&full, &spec_c.name, &mut config.resources);
         self.host
             .write_bundle(&container_dir, &config)

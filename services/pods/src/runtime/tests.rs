@@ -191,6 +191,9 @@ impl PodHost for FakeHost {
     fn remove_status(&self, dir: &Path, namespace: &str, name: &str) -> Result<(), StatusError> {
         files::remove_status_file(dir, namespace, name)
     }
+    fn host_paths(&self) -> &dyn crate::hostpath::HostFs {
+        &crate::hostpath::RealFs
+    }
 }
 
 #[derive(Default)]
