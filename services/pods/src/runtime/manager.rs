@@ -14,7 +14,7 @@ use super::build::{memory_volume, pod_cgroup};
 use super::start::Starter;
 use super::state::{Action, Pods, ProbeResult, StoppedPod};
 use super::status_files::StatusFiles;
-use super::{ContainerRuntime, Images, PodHost, PodsStatus, Prober, SandboxNetwork};
+use super::{ContainerRuntime, Images, PodHost, PodsStatus, Prober, SandboxNetwork, VolumeError};
 use crate::crilog::LogLimits;
 use crate::probe::ProbeKind;
 use crate::spec::{PodSpec, ProbeAction, ProbeSpec, VolumeSource};
@@ -269,14 +269,12 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         for warning in &spec.warnings {
             warn!("pod {}/{}: {}: {}", spec.namespace, spec.name, warning.path, warning.reason);
         }
-        let sandbox = self.network.create(&spec).await.map_err(|error| {
-            let message = error_chain(&error);
-            warn!("pod {}/{}: sandbox not created: {message}", spec.namespace, spec.name);
-            message
+        let sandbox = self.network.create(&spec).await.inspect_err(|error| {
+            warn!("pod {}/{}: sandbox not created: {}", spec.namespace, spec.name, error_chain(error));
         });
         let volumes = match &sandbox {
-            Ok(_) => self.prepare_volumes(&spec).inspect_err(|message| {
-                warn!("pod {}/{}: {message}", spec.namespace, spec.name);
+            Ok(_) => self.prepare_volumes(&spec).inspect_err(|error| {
+                warn!("pod {}/{}: {}", spec.namespace, spec.name, error_chain(error));
             }),
             Err(_) => Ok(()),
         };
@@ -284,16 +282,17 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
     }
 
     /// The pod's emptyDirs: directories, tmpfs for medium Memory.
-    fn prepare_volumes(&self, spec: &PodSpec) -> Result<(), String> {
+    fn prepare_volumes(&self, spec: &PodSpec) -> Result<(), VolumeError> {
         let dir = self.config.volumes_dir(spec);
         for volume in &spec.volumes {
             if !matches!(volume.source, VolumeSource::EmptyDir { .. }) {
                 continue;
             }
+            let failed = |source| VolumeError { volume: volume.name.clone(), source };
             let path = dir.join(&volume.name);
-            self.host.create_dir(&path).map_err(|e| error_chain(&e))?;
+            self.host.create_dir(&path).map_err(failed)?;
             if let Some(size) = memory_volume(&volume.source) {
-                self.host.mount_tmpfs(&path, size).map_err(|e| error_chain(&e))?;
+                self.host.mount_tmpfs(&path, size).map_err(failed)?;
             }
         }
         Ok(())

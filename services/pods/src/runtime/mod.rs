@@ -140,6 +140,15 @@ pub struct HostError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
+/// A pod's emptyDir that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("preparing emptyDir {volume}")]
+pub(crate) struct VolumeError {
+    pub volume: String,
+    #[source]
+    pub source: HostError,
+}
+
 /// The mounts a pod needs on the host, and every file the manager
 /// touches (directories, FIFOs, bundles, logs, cgroups, status files).
 pub trait PodHost: Send + Sync + 'static {

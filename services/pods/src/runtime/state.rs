@@ -7,7 +7,7 @@
 //! runtime are tested here without tasks, fakes or time passing.
 
 use super::build::container_id;
-use super::{ExitInfo, PodsStatus, Sandbox};
+use super::{ExitInfo, PodsStatus, Sandbox, SandboxError, VolumeError};
 use crate::probe::{ContainerProbes, ProbeKind, ProbeVerdict};
 use crate::restart::{NextStep, RestartTracker};
 use crate::spec::PodSpec;
@@ -264,8 +264,8 @@ impl Pods {
     pub fn add_pod(
         &mut self,
         spec: PodSpec,
-        sandbox: Result<Sandbox, String>,
-        volumes: Result<(), String>,
+        sandbox: Result<Sandbox, SandboxError>,
+        volumes: Result<(), VolumeError>,
         clock: &dyn Clock,
     ) -> Vec<Action> {
         let uid = spec.uid.0.clone();
@@ -286,8 +286,8 @@ impl Pods {
             })
             .collect();
         let problem = match (&sandbox, volumes) {
-            (Err(message), _) => Some((WaitingReason::CreateContainerError, message.clone())),
-            (Ok(_), Err(message)) => Some((WaitingReason::CreateContainerConfigError, message)),
+            (Err(error), _) => Some((WaitingReason::CreateContainerError, error_chain(error))),
+            (Ok(_), Err(error)) => Some((WaitingReason::CreateContainerConfigError, error_chain(&error))),
             (Ok(_), Ok(())) => None,
         };
         if let Some(ip) = sandbox.as_ref().ok().and_then(|s| s.pod_ip.clone()) {
@@ -801,16 +801,21 @@ mod tests {
         let clock = FakeClock::new();
         let mut pods = Pods::new(None, None);
         let p = pod("nonet", "busybox", "", "");
-        let actions = pods.add_pod(p.clone(), Err("no pod network".into()), Ok(()), &clock);
+        let no_network = SandboxError { action: "creating", pod: p.full_name(), source: "no pod network".into() };
+        let actions = pods.add_pod(p.clone(), Err(no_network), Ok(()), &clock);
         assert_eq!(lines(&pods, &actions), ["publish"]);
         let status = container_status(&pods, "nonet");
         assert_eq!(status["state"]["waiting"]["reason"], "CreateContainerError");
-        assert_eq!(status["state"]["waiting"]["message"], "no pod network");
+        assert_eq!(status["state"]["waiting"]["message"], "creating the sandbox of pod default_nonet: no pod network");
 
         let q = pod("novol", "busybox", "", "");
-        let actions = pods.add_pod(q.clone(), Ok(host_sandbox(&q, None)), Err("creating emptyDir".into()), &clock);
+        let full = super::super::HostError { action: "creating", path: "/v/shm".into(), source: "disk full".into() };
+        let volume = VolumeError { volume: "shm".into(), source: full };
+        let actions = pods.add_pod(q.clone(), Ok(host_sandbox(&q, None)), Err(volume), &clock);
         assert_eq!(lines(&pods, &actions), ["publish"]);
-        assert_eq!(container_status(&pods, "novol")["state"]["waiting"]["reason"], "CreateContainerConfigError");
+        let status = container_status(&pods, "novol");
+        assert_eq!(status["state"]["waiting"]["reason"], "CreateContainerConfigError");
+        assert_eq!(status["state"]["waiting"]["message"], "preparing emptyDir shm: creating /v/shm: disk full");
     }
 
     #[test]
