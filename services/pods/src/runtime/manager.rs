@@ -11,13 +11,13 @@
 //! files ([`super::status_files`]).
 
 use super::build::{memory_volume, pod_cgroup};
+use super::probe_tasks::{spawn_probes, ProbeTarget};
 use super::start::Starter;
 use super::state::{Action, Pods, ProbeResult, StoppedPod};
 use super::status_files::StatusFiles;
 use super::{ContainerRuntime, Images, PodHost, PodsStatus, Prober, SandboxNetwork, VolumeError};
 use crate::crilog::LogLimits;
-use crate::probe::ProbeKind;
-use crate::spec::{PodSpec, ProbeAction, ProbeSpec, VolumeSource};
+use crate::spec::{PodSpec, VolumeSource};
 use crate::watch::ManifestEvent;
 use crate::Clock;
 use kelson_config::error_chain;
@@ -311,64 +311,20 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
         let Some(request) = self.pods.start_request(uid, index) else { return };
         let spec = &request.spec;
         let Some(spec_c) = spec.containers.get(index) else { return };
-        let host = match &request.sandbox.pod_ip {
-            Some(ip) if !spec.host_network => ip.clone(),
-            _ => "127.0.0.1".to_owned(),
+        let target = ProbeTarget {
+            uid: uid.to_owned(),
+            container: index,
+            generation,
+            host: match &request.sandbox.pod_ip {
+                Some(ip) if !spec.host_network => ip.clone(),
+                _ => "127.0.0.1".to_owned(),
+            },
+            cgroup: self.config.pod_cgroup_dir(spec).join(&spec_c.name),
         };
-        let cgroup = self.config.pod_cgroup_dir(spec).join(&spec_c.name);
-        let mut tasks = Vec::new();
-        for (kind, probe) in [
-            (ProbeKind::Startup, &spec_c.startup),
-            (ProbeKind::Liveness, &spec_c.liveness),
-            (ProbeKind::Readiness, &spec_c.readiness),
-        ] {
-            if let Some(probe) = probe {
-                let target = ProbeTarget {
-                    uid: uid.to_owned(),
-                    container: index,
-                    generation,
-                    host: host.clone(),
-                    cgroup: cgroup.clone(),
-                };
-                tasks.push(self.spawn_probe(target, kind, probe.clone()));
-            }
-        }
+        let tasks = spawn_probes(spec_c, &target, &self.prober, &self.clock, &self.probe_tx);
         for task in self.probe_tasks.insert((uid.to_owned(), index), tasks).into_iter().flatten() {
             task.abort();
         }
-    }
-
-    fn spawn_probe(&self, target: ProbeTarget, kind: ProbeKind, probe: ProbeSpec) -> JoinHandle<()> {
-        let prober = self.prober.clone();
-        let clock = self.clock.clone();
-        let tx = self.probe_tx.clone();
-        tokio::spawn(async move {
-            clock.sleep(probe.initial_delay).await;
-            loop {
-                let limit = probe.timeout.max(Duration::from_millis(1));
-                let attempt = async {
-                    match &probe.action {
-                        ProbeAction::Exec { command } => prober.exec(command, &target.cgroup, probe.timeout).await,
-                        action => prober.probe(action, &target.host, probe.timeout).await,
-                    }
-                };
-                let result = match tokio::time::timeout(limit, attempt).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("timed out after {:?}", probe.timeout)),
-                };
-                let sent = tx.send(ProbeResult {
-                    uid: target.uid.clone(),
-                    container: target.container,
-                    generation: target.generation,
-                    kind,
-                    result,
-                });
-                if sent.is_err() {
-                    return;
-                }
-                clock.sleep(probe.period).await;
-            }
-        })
     }
 
     /// Everything a stopped pod leaves: overlays, volumes, cgroups, FIFOs
@@ -422,15 +378,4 @@ impl<R: ContainerRuntime, N: SandboxNetwork, P: Prober> PodManager<R, N, P> {
             }
         }
     }
-}
-
-/// Where one container's probes aim, and which run they belong to.
-struct ProbeTarget {
-    uid: String,
-    container: usize,
-    generation: u64,
-    /// The pod's IP, or 127.0.0.1 for host-network pods.
-    host: String,
-    /// The container's cgroup, for exec probes.
-    cgroup: PathBuf,
 }

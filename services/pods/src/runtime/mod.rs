@@ -21,6 +21,7 @@ mod logs;
 mod manager;
 pub mod netns;
 pub mod probe_exec;
+mod probe_tasks;
 pub mod shim;
 mod start;
 mod state;
