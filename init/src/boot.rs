@@ -42,7 +42,7 @@ pub enum Outcome {
 }
 
 /// Renders an error and its sources as one line: `a: b: c`.
-pub use kelson_config::error_chain as chain;
+pub use kelson_base::error_chain as chain;
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload

@@ -25,8 +25,7 @@ pub const IMAGE_DEFAULTS: &str = "/etc/kelson/machine-config.yaml";
 pub const EFFECTIVE_CONFIG: &str = "/run/kelson/config/effective.yaml";
 pub const CONFIG_SOURCES: &str = "/run/kelson/config/sources.txt";
 pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
-pub const MANIFEST_DIR: &str = "/etc/kubernetes/manifests";
-pub const PKI_DIR: &str = "/etc/kelson/pki";
+use kelson_base::paths::{MANIFEST_DIR, PKI_DIR};
 
 /// How long to look for a seed volume: block devices show up a little
 /// after their drivers load; longer when the command line says a seed is

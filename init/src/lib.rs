@@ -4,7 +4,7 @@
 //! Kernel access goes through [`kernel::Kernel`] so the stage logic can be
 //! tested without root against [`kernel::fake::FakeKernel`].
 
-pub use kelson_config::atomic;
+pub use kelson_base::atomic;
 pub mod boot;
 pub mod clock;
 pub mod cmdline;

@@ -37,7 +37,7 @@ use tracing::{info, warn};
 pub const SHIM_SOCKET: &str = "/run/kelson/shim.sock";
 pub const SHIM_STATE_DIR: &str = "/run/kelson/containers";
 /// OCI image layouts shipped in the image (read-only /usr).
-pub const IMAGE_LAYOUTS: &str = "/usr/lib/kelson/images";
+use kelson_base::paths::IMAGE_LAYOUTS;
 /// Unpacked image trees, on the state disk when there is one.
 pub const IMAGE_UNPACKED: &str = "/var/lib/kelson/images";
 /// Test knob: a fixed restart delay instead of the 10 s..5 min back-off.
@@ -90,7 +90,7 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
         );
         let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
         let mut watcher = ManifestWatcher::new(PathBuf::from(MANIFEST_DIR), options, DEBOUNCE)
-            .map_err(|e| format!("watching {MANIFEST_DIR}: {}", kelson_config::error_chain(&e)))?;
+            .map_err(|e| format!("watching {MANIFEST_DIR}: {}", kelson_base::error_chain(&e)))?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(manager.run(rx));
         let feed = tx.clone();
@@ -105,7 +105,7 @@ pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
                     }
                     Err(e) => {
                         // Running pods stay; only new changes go unseen.
-                        warn!("pods: no longer watching {MANIFEST_DIR}: {}", kelson_config::error_chain(&e));
+                        warn!("pods: no longer watching {MANIFEST_DIR}: {}", kelson_base::error_chain(&e));
                         return;
                     }
                 }
@@ -200,7 +200,7 @@ async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, Strin
     });
     let (client, _) = ShimClient::connect(socket, Duration::from_secs(10))
         .await
-        .map_err(|e| format!("connecting to the container shim (pid {pid}): {}", kelson_config::error_chain(&e)))?;
+        .map_err(|e| format!("connecting to the container shim (pid {pid}): {}", kelson_base::error_chain(&e)))?;
     info!("pods: container shim started (pid {pid})");
     Ok(client)
 }
@@ -218,7 +218,7 @@ async fn clear_containers(
             client
                 .kill(&container.id, nix::sys::signal::Signal::SIGKILL as i32)
                 .await
-                .map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+                .map_err(|e| format!("killing container {}: {}", container.id, kelson_base::error_chain(&e)))?;
             running.push(container.id.clone());
         }
     }
@@ -227,7 +227,7 @@ async fn clear_containers(
             let exit = client
                 .next_event()
                 .await
-                .map_err(|e| format!("waiting for killed containers: {}", kelson_config::error_chain(&e)))?;
+                .map_err(|e| format!("waiting for killed containers: {}", kelson_base::error_chain(&e)))?;
             running.retain(|id| *id != exit.id);
         }
         Ok::<_, String>(())
@@ -243,7 +243,7 @@ async fn clear_containers(
         client
             .delete(&container.id)
             .await
-            .map_err(|e| format!("deleting container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+            .map_err(|e| format!("deleting container {}: {}", container.id, kelson_base::error_chain(&e)))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! it every atomic write pays one load of an unset cell.
 
 use crate::cmdline::Cmdline;
-use kelson_config::atomic::{set_test_hook, WritePhase};
+use kelson_base::atomic::{set_test_hook, WritePhase};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;

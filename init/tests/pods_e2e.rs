@@ -4,8 +4,7 @@
 //! for a sandboxed pod, namespace files and kelson-net's veth on a cbr0.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../services/containers/tests/common/mod.rs"]
-mod common;
+use kelson_test_support as common;
 
 use common::{tar, write_layout, Entry, TAR_GZIP};
 use kelson_containers::shim::ShimOptions;

@@ -27,9 +27,9 @@ pub use build::{container_config, ConfigError, ContainerPaths};
 pub use manager::{ManagerCommand, ManagerConfig, PodManager};
 
 use crate::spec::{PodSpec, ProbeAction};
+use kelson_base::Exit;
 use kelson_containers::store::ImageDefaults;
 use kelson_containers::Namespace;
-use kelson_supervise::Exit;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

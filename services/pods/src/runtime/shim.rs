@@ -2,10 +2,10 @@
 //! the host's mounts.
 
 use super::{ContainerRuntime, ExitInfo, HostError, ImageError, Images, PodHost, PreparedImage, RuntimeError};
+use kelson_base::Exit;
 use kelson_containers::rootfs::{self, Mounter, SystemMounter};
 use kelson_containers::store::ImageStore;
 use kelson_containers::{ExitEvent, ShimClient};
-use kelson_supervise::Exit;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
