@@ -5,10 +5,11 @@
 //! ordered shutdown those events lead to. Nothing here returns or exits:
 //! if even the runtime fails, PID 1 falls back to a bare reaping loop.
 
-use crate::boot::{self, BootContext, Outcome};
+use crate::boot::{self, BootContext, Outcome, RunningStages};
 use crate::kernel::LinuxKernel;
 use crate::reaper::Reaper;
 use crate::shutdown::{self, Action, ShutdownOps};
+use crate::status::StatusPublisher;
 use crate::{clock, cmdline::Cmdline, hooks, power};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -78,6 +79,10 @@ fn attach_console() {
 
 async fn main_loop(started: Duration) {
     let reaper = Arc::new(Reaper::new());
+    // What the boot stages leave running, stopped in reverse at shutdown;
+    // and the node status, which the management API will serve.
+    let running = RunningStages::default();
+    let status = StatusPublisher::default();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<Action>(4);
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sigint = signal(SignalKind::interrupt()).ok();
@@ -85,9 +90,9 @@ async fn main_loop(started: Duration) {
     let mut sigchld = signal(SignalKind::child()).ok();
 
     let boot = {
-        let reaper = reaper.clone();
+        let (reaper, running, status) = (reaper.clone(), running.clone(), status.clone());
         let tx = shutdown_tx.clone();
-        tokio::task::spawn_blocking(move || boot_and_start(reaper, tx, started))
+        tokio::task::spawn_blocking(move || boot_and_start(reaper, running, status, tx, started))
     };
     tokio::spawn(async move {
         if let Err(e) = boot.await {
@@ -131,11 +136,10 @@ async fn main_loop(started: Duration) {
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(shutdown::DEFAULT_GRACE);
-    crate::services_stage::shutdown().await;
-    // After the services (the kubelet uses the static apiserver), before
-    // the network (the pods' veths and addresses are released through it).
-    crate::pods_stage::shutdown().await;
-    crate::network_stage::shutdown().await;
+    // Last started first: the services (the kubelet uses the static
+    // apiserver), then the pods, then the network (the pods' veths and
+    // addresses are released through it).
+    running.shutdown().await;
     let result = tokio::task::spawn_blocking(move || {
         let mut ops = LinuxShutdown { reaper };
         shutdown::run(&mut ops, action, grace)
@@ -160,25 +164,26 @@ async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 
 /// Runs the boot stages, announces the outcome, then starts what runs in
 /// either outcome: the power button watchers and any test hooks.
-fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, started: Duration) {
+fn boot_and_start(
+    reaper: Arc<Reaper>,
+    running: RunningStages,
+    status: StatusPublisher,
+    shutdown_tx: mpsc::Sender<Action>,
+    started: Duration,
+) {
     let kernel = LinuxKernel;
-    let mut ctx = BootContext {
-        kernel: &kernel,
-        cmdline: Cmdline::default(),
-        reaper: reaper.clone(),
-        module_dir: module_dir(),
-        config: None,
-    };
+    let mut ctx = BootContext::new(&kernel, reaper.clone(), module_dir(), status);
     // The power button works from the moment its driver is loaded, so a
     // press during the rest of boot (or right as ready or maintenance is
     // announced) powers the node off.
     let (early, late) = boot::STAGES.split_at(boot::stages_through(boot::STAGES, "modules"));
-    let mut outcome = boot::run_stages(&mut ctx, early);
+    let mut outcome = boot::run_stages(&mut ctx, early, &running);
     attach_console();
     watch_power_buttons(shutdown_tx);
     if outcome == Outcome::Ready {
-        outcome = boot::run_stages(&mut ctx, late);
+        outcome = boot::run_stages(&mut ctx, late, &running);
     }
+    boot::publish_outcome(&ctx.status, &outcome);
     let now = clock::boottime();
     let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
     match &outcome {

@@ -10,7 +10,7 @@ use common::{tar, write_layout, Entry, TAR_GZIP};
 use kelson_containers::shim::ShimOptions;
 use kelson_containers::store::ImageStore;
 use kelson_containers::{ShimClient, ShimCommand};
-use kelson_init::pods_stage::NodeSandboxes;
+use kelson_init::pod_runtime::NodeSandboxes;
 use kelson_net::plan::{AddressRange, BridgePlan};
 use kelson_pods::manifest::{parse, LoadOptions};
 use kelson_pods::runtime::probe_exec::NetProber;
