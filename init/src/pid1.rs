@@ -188,7 +188,6 @@ fn boot_and_start(
     let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
     match &outcome {
         Outcome::Ready => {
-            crate::power_cut::mark_ready();
             info!(pid1_start_s = %clock::format_seconds(started), pid1_to_ready_ms, "ready")
         }
         Outcome::Maintenance { stage, error } => error!(

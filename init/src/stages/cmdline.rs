@@ -11,7 +11,7 @@ use tracing::warn;
 pub struct MisspelledKeys(Vec<String>);
 
 pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
-    crate::power_cut::install(&ctx.cmdline);
+    crate::power_cut::install(&ctx.cmdline, ctx.status.subscribe());
     let unknown = ctx.cmdline.unknown_kelson_keys();
     for key in unknown.iter().filter(|k| !k.stops_boot) {
         warn!("{key}");
