@@ -9,11 +9,12 @@
 //! lease's as it arrives). The DHCP clients outlive the stage, renewing
 //! leases: its handle releases them at shutdown.
 
-use crate::boot::{chain, BootContext, Done, Running, ShutdownFuture, StageError};
+use crate::boot::{BootContext, Done, Running, ShutdownFuture, StageError};
 use crate::clock;
+use crate::kernel::Kernel;
 use crate::runner::ReaperRunner;
 use crate::status::{Condition, StatusPublisher};
-use kelson_net::plan::UplinkMode;
+use kelson_net::plan::{BridgePlan, UplinkMode};
 use kelson_net::{cni, Host, NetPlan, Networking, Outcome, Paths, RtNetlink};
 use kelson_supervise::NETWORK_READY;
 use std::path::Path;
@@ -54,9 +55,9 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         publish_addresses(plan, &networking, &ctx.status);
     }
     if let Some(bridge) = &plan.bridge {
-        match cni::write_conflist(Path::new(cni::DEFAULT_CONFLIST), bridge) {
+        match write_conflist(ctx.kernel, bridge) {
             Ok(changed) => info!(path = cni::DEFAULT_CONFLIST, changed, "CNI config written"),
-            Err(e) => warn!(error = chain(&e).as_str(), "CNI config not written"),
+            Err(e) => warn!(path = cni::DEFAULT_CONFLIST, error = %e, "CNI config not written"),
         }
     }
     // Steps that failed are logged; the network is as up as it will get.
@@ -66,6 +67,18 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         return Ok(Done::Degraded { running, error: NetworkError::StepsFailed { failed }.into() });
     }
     Ok(Done::Running(running))
+}
+
+/// Writes containerd's CNI config for `bridge` if it differs from what is
+/// there; true when it wrote.
+fn write_conflist(kernel: &dyn Kernel, bridge: &BridgePlan) -> std::io::Result<bool> {
+    let path = Path::new(cni::DEFAULT_CONFLIST);
+    let text = format!("{:#}\n", cni::conflist(bridge));
+    if kernel.read_file(path).is_ok_and(|have| have == text.as_bytes()) {
+        return Ok(false);
+    }
+    kernel.install_file(path, text.as_bytes(), 0o644)?;
+    Ok(true)
 }
 
 /// The node's addresses: each static uplink's, in plan order, and each DHCP
@@ -126,5 +139,21 @@ mod tests {
         assert!(matches!(run(&mut ctx), Ok(Done::Finished)));
         assert_eq!(ctx.status.current().condition(NETWORK_READY), &Condition::Pending);
         assert!(k.calls().is_empty());
+    }
+
+    #[test]
+    fn the_cni_config_is_written_through_the_kernel_only_when_it_changes() {
+        let network = kelson_config::Network {
+            pod_cidr: Some("10.244.1.0/24".into()),
+            cluster_cidr: Some("10.244.0.0/16".into()),
+            ..Default::default()
+        };
+        let bridge = NetPlan::from_config(&network).unwrap().bridge.unwrap();
+        let k = FakeKernel::default();
+        assert!(write_conflist(&k, &bridge).unwrap());
+        let written = k.file(cni::DEFAULT_CONFLIST).unwrap();
+        assert!(written.contains("\"bridge\": \"cbr0\""), "{written}");
+        assert!(!write_conflist(&k, &bridge).unwrap(), "the same config is not written again");
+        assert_eq!(k.calls().iter().filter(|c| c.starts_with("install")).count(), 1);
     }
 }

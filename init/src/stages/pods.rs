@@ -52,7 +52,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     if let Some(backoff) = fixed_backoff {
         warn!("test knob: pods restart after a fixed {} ms", backoff.as_millis());
     }
-    if !Path::new(IMAGE_LAYOUTS).is_dir() {
+    if !ctx.kernel.exists(Path::new(IMAGE_LAYOUTS)) {
         warn!("pods: no image store at {IMAGE_LAYOUTS}: every container will wait with ErrImageNeverPull");
     }
     // The address the network stage published, for `status.hostIP`.
