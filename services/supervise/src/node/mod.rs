@@ -1,8 +1,8 @@
 //! The node's supervised services — containerd, the one-shot that imports
 //! the pod sandbox image into it, the kubelet and kube-proxy — rendered
 //! from the machine config: their files (path, contents, mode) and their
-//! [`ServiceSpec`]s. Pure: nothing is written
-//! until the caller passes the files to [`write_files`].
+//! [`ServiceSpec`]s. Pure: the caller writes the files (PID 1 through its
+//! `Kernel` trait; tests and tools with [`write_files`] under a root).
 
 mod containerd;
 mod kube_proxy;
