@@ -17,6 +17,7 @@
 
 use crate::cmdline::Cmdline;
 use crate::kernel::Kernel;
+use crate::log::LogOutputs;
 use crate::reaper::Reaper;
 use crate::stages;
 use crate::status::{Condition, Phase, StageState, StageStatus, StatusPublisher};
@@ -50,6 +51,8 @@ pub struct BootContext<'a> {
     /// Where the kernel's modules live (`/usr/lib/modules/$(uname -r)`).
     pub module_dir: PathBuf,
     pub status: StatusPublisher,
+    /// PID 1's log outputs, opened by the stages that make them usable.
+    pub log: LogOutputs,
     /// The accepted machine config, once the config stage has run.
     pub config: Option<kelson_config::Effective>,
     /// The config's network section as kelson-net plans it; set with the
@@ -60,13 +63,20 @@ pub struct BootContext<'a> {
 }
 
 impl<'a> BootContext<'a> {
-    pub fn new(kernel: &'a dyn Kernel, reaper: Arc<Reaper>, module_dir: PathBuf, status: StatusPublisher) -> Self {
+    pub fn new(
+        kernel: &'a dyn Kernel,
+        reaper: Arc<Reaper>,
+        module_dir: PathBuf,
+        status: StatusPublisher,
+        log: LogOutputs,
+    ) -> Self {
         BootContext {
             kernel,
             cmdline: Cmdline::default(),
             reaper,
             module_dir,
             status,
+            log,
             config: None,
             net_plan: None,
             identity: None,
@@ -287,8 +297,9 @@ pub(crate) mod tests {
     use crate::kernel::fake::FakeKernel;
 
     pub(crate) fn ctx<'a>(kernel: &'a FakeKernel, cmdline: &str) -> BootContext<'a> {
+        let log = LogOutputs::default();
         let mut ctx =
-            BootContext::new(kernel, Arc::new(Reaper::new()), PathBuf::from("/m"), StatusPublisher::default());
+            BootContext::new(kernel, Arc::new(Reaper::new()), PathBuf::from("/m"), StatusPublisher::default(), log);
         ctx.cmdline = Cmdline::parse(cmdline);
         ctx
     }

@@ -7,6 +7,7 @@
 
 use crate::boot::{self, BootContext, Outcome, RunningStages};
 use crate::kernel::LinuxKernel;
+use crate::log::LogOutputs;
 use crate::reaper::Reaper;
 use crate::shutdown::{self, Action, ShutdownOps};
 use crate::status::StatusPublisher;
@@ -25,7 +26,7 @@ pub fn run() -> ExitCode {
     // The kernel starts init with no PATH; helpers such as mkfs.ext4 are
     // found through it. Set while PID 1 still has a single thread.
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    crate::log::init();
+    let log = crate::log::init();
     std::panic::set_hook(Box::new(|info| {
         error!(panic = %info, "panic caught; PID 1 carries on");
     }));
@@ -38,7 +39,7 @@ pub fn run() -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => {
             if let Err(payload) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started))))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started, log.clone()))))
             {
                 error!(panic = ?payload.downcast_ref::<&str>(), "the main loop panicked");
             }
@@ -77,7 +78,7 @@ fn attach_console() {
     }
 }
 
-async fn main_loop(started: Duration) {
+async fn main_loop(started: Duration, log: LogOutputs) {
     let reaper = Arc::new(Reaper::new());
     // What the boot stages leave running, stopped in reverse at shutdown;
     // and the node status, which the management API will serve.
@@ -92,7 +93,7 @@ async fn main_loop(started: Duration) {
     let boot = {
         let (reaper, running, status) = (reaper.clone(), running.clone(), status.clone());
         let tx = shutdown_tx.clone();
-        tokio::task::spawn_blocking(move || boot_and_start(reaper, running, status, tx, started))
+        tokio::task::spawn_blocking(move || boot_and_start(reaper, running, status, log, tx, started))
     };
     tokio::spawn(async move {
         if let Err(e) = boot.await {
@@ -168,11 +169,12 @@ fn boot_and_start(
     reaper: Arc<Reaper>,
     running: RunningStages,
     status: StatusPublisher,
+    log: LogOutputs,
     shutdown_tx: mpsc::Sender<Action>,
     started: Duration,
 ) {
     let kernel = LinuxKernel;
-    let mut ctx = BootContext::new(&kernel, reaper.clone(), module_dir(), status);
+    let mut ctx = BootContext::new(&kernel, reaper.clone(), module_dir(), status, log);
     // The power button works from the moment its driver is loaded, so a
     // press during the rest of boot (or right as ready or maintenance is
     // announced) powers the node off.

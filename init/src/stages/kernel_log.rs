@@ -18,7 +18,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     }
     // Only now, with the console level set, do Kelson's lines also go to
     // the kernel log; earlier they would have shown twice on the console.
-    crate::log::open_kmsg();
+    ctx.log.open_kmsg();
     Ok(Done::Finished)
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     mounts::mount_all(ctx.kernel, mounts::EARLY_MOUNTS)?;
-    crate::log::open_console();
+    ctx.log.open_console();
     // Unreadable, it is empty: every key takes its default.
     let text = ctx.kernel.read_file(Path::new("/proc/cmdline")).unwrap_or_default();
     ctx.cmdline = Cmdline::parse(&String::from_utf8_lossy(&text));
