@@ -17,7 +17,7 @@ use kelson_supervise::{Launched, Launcher, Settings, SuperviseError, Supervisor,
 use std::io;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -72,7 +72,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     {
         let _entered = runtime.enter();
         supervisor.start();
-        tokio::spawn(follow_network(ctx.status.subscribe(), supervisor.clone()));
+        tokio::spawn(follow_network(ctx.status.subscribe(), Arc::downgrade(&supervisor)));
     }
     info!(services = names.join(",").as_str(), "supervisor started");
     Ok(Done::Running(Box::new(ServicesHandle(supervisor))))
@@ -106,12 +106,15 @@ fn render_and_install(
 }
 
 /// Passes `network-ready` from the node status on to the supervisor, as it
-/// is set or declared unreachable.
-async fn follow_network(mut status: watch::Receiver<NodeStatus>, supervisor: Arc<Supervisor>) {
+/// is set or declared unreachable. Holds the supervisor weakly: once the
+/// services are shut down it is dropped, closing its log files on /var.
+async fn follow_network(mut status: watch::Receiver<NodeStatus>, supervisor: Weak<Supervisor>) {
     let mut told = Condition::Pending;
     loop {
         let now = status.borrow_and_update().condition(NETWORK_READY).clone();
         if now != told {
+            // Upgraded only while telling it, never across the wait below.
+            let Some(supervisor) = supervisor.upgrade() else { return };
             match &now {
                 Condition::Pending => {}
                 Condition::True => supervisor.set_condition(NETWORK_READY),
@@ -187,7 +190,7 @@ mod tests {
             )
             .unwrap(),
         );
-        tokio::spawn(follow_network(status.subscribe(), supervisor.clone()));
+        tokio::spawn(follow_network(status.subscribe(), Arc::downgrade(&supervisor)));
         let mut snapshot = supervisor.watch();
         status.set_condition(NETWORK_READY, Condition::Unreachable("no uplink".into()));
         let seen = snapshot.wait_for(|s| s.unreachable.contains_key(NETWORK_READY)).await.unwrap().clone();
