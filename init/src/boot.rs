@@ -1,38 +1,129 @@
-//! The boot sequence as a list of stages. Each runs in turn with its
-//! CLOCK_BOOTTIME start and duration logged; a panic inside a stage is
-//! caught and treated as that stage failing. A failed *critical* stage
-//! stops the sequence and leaves the node in maintenance (PID 1 keeps
-//! reaping and answering the power button); a failed non-critical stage is
-//! logged and boot goes on.
+//! The boot sequence: the table of stages, and the runner that walks it.
+//!
+//! Each stage is one file under [`crate::stages`] and one row in
+//! [`STAGES`]. A stage reads what earlier stages decided from the
+//! [`BootContext`] (the resolved config, the network plan, the node's
+//! identity) and adds what it decides. Each runs in turn with its
+//! CLOCK_BOOTTIME start and duration logged and published in the node
+//! status; a panic inside a stage is caught and treated as that stage
+//! failing. A failed *critical* stage stops the sequence and leaves the node
+//! in maintenance (PID 1 keeps reaping and answering the power button); a
+//! failed non-critical stage is logged and boot goes on.
+//!
+//! A stage that leaves something running (the network's DHCP clients, the
+//! pod manager, the supervisor) returns a [`Running`] handle. The runner
+//! keeps the handles in start order in [`RunningStages`]; at shutdown PID 1
+//! stops them last-started first, so the order follows the table.
 
 use crate::cmdline::Cmdline;
 use crate::kernel::Kernel;
+use crate::log::LogOutputs;
 use crate::reaper::Reaper;
-use crate::{clock, identity, modules, mounts, state_disk, sysctl};
+use crate::stages;
+use crate::status::{Condition, Phase, StageState, StageStatus, StatusPublisher};
+use crate::{clock, identity};
 use std::error::Error;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 pub type StageError = Box<dyn Error + Send + Sync>;
 
-/// What a stage needs. The kernel is a trait object so stages can be run
-/// against a fake; the reaper starts helper programs (mkfs).
+/// Renders an error and its sources as one line: `a: b: c`.
+pub use kelson_base::error_chain as chain;
+
+/// The node's identity, as the identity stage set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub machine_id: identity::MachineId,
+    pub hostname: String,
+}
+
+/// What stages share: the kernel (a trait object, so stages run against a
+/// fake), the reaper that starts every child, and the typed results of the
+/// stages so far.
 pub struct BootContext<'a> {
     pub kernel: &'a dyn Kernel,
     pub cmdline: Cmdline,
     pub reaper: Arc<Reaper>,
     /// Where the kernel's modules live (`/usr/lib/modules/$(uname -r)`).
     pub module_dir: PathBuf,
+    pub status: StatusPublisher,
+    /// PID 1's log outputs, opened by the stages that make them usable.
+    pub log: LogOutputs,
     /// The accepted machine config, once the config stage has run.
     pub config: Option<kelson_config::Effective>,
+    /// The config's network section as kelson-net plans it; set with the
+    /// config (a network section that does not plan is a config error).
+    pub net_plan: Option<kelson_net::NetPlan>,
+    /// Set by the identity stage.
+    pub identity: Option<Identity>,
+}
+
+impl<'a> BootContext<'a> {
+    pub fn new(
+        kernel: &'a dyn Kernel,
+        reaper: Arc<Reaper>,
+        module_dir: PathBuf,
+        status: StatusPublisher,
+        log: LogOutputs,
+    ) -> Self {
+        BootContext {
+            kernel,
+            cmdline: Cmdline::default(),
+            reaper,
+            module_dir,
+            status,
+            log,
+            config: None,
+            net_plan: None,
+            identity: None,
+        }
+    }
+
+    /// The node's name: the identity stage's hostname, else the configured
+    /// one, else empty (the identity stage did not run or failed).
+    pub fn node_name(&self) -> String {
+        self.identity
+            .as_ref()
+            .map(|i| i.hostname.clone())
+            .or_else(|| self.config.as_ref().and_then(|c| c.config.node.hostname.clone()))
+            .unwrap_or_default()
+    }
+}
+
+pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Something a stage left running, stopped at shutdown.
+pub trait Running: Send {
+    /// Stops it, bounded by its own limit.
+    fn shutdown(self: Box<Self>) -> ShutdownFuture;
+}
+
+/// How a stage that did not fail outright ended.
+pub enum Done {
+    Finished,
+    /// It left this running.
+    Running(Box<dyn Running>),
+    /// It left this running, but part of its work failed: for the runner
+    /// that is the stage failing, and the handle is still kept.
+    Degraded {
+        running: Box<dyn Running>,
+        error: StageError,
+    },
 }
 
 pub struct Stage {
     pub name: &'static str,
     pub critical: bool,
-    pub run: fn(&mut BootContext<'_>) -> Result<(), StageError>,
+    /// Conditions this stage is to set. One it leaves pending when it ends
+    /// (it failed, panicked or had nothing to do) is declared unreachable,
+    /// so whatever waits for it is blocked, saying why, instead of waiting
+    /// for ever.
+    pub provides: &'static [&'static str],
+    pub run: fn(&mut BootContext<'_>) -> Result<Done, StageError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +132,36 @@ pub enum Outcome {
     Maintenance { stage: &'static str, error: String },
 }
 
-/// Renders an error and its sources as one line: `a: b: c`.
-pub use kelson_config::error_chain as chain;
+/// The handles of the stages that left something running, in start order.
+/// Shared between the boot thread, which adds to it, and PID 1's main loop,
+/// which shuts them down.
+#[derive(Clone, Default)]
+pub struct RunningStages(Arc<Mutex<Vec<StageHandle>>>);
+
+/// A stage's name and what it left running.
+type StageHandle = (&'static str, Box<dyn Running>);
+
+impl RunningStages {
+    fn push(&self, stage: &'static str, handle: Box<dyn Running>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((stage, handle));
+    }
+
+    /// Stops every handle, last started first. A stage still booting when
+    /// this runs adds nothing more: its handle is taken by the next call.
+    pub async fn shutdown(&self) {
+        loop {
+            let next = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some((stage, handle)) = next else { return };
+            info!(stage, "stopping what the stage started");
+            handle.shutdown().await;
+        }
+    }
+
+    /// The stages holding a handle, in start order.
+    pub fn stages(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(name, _)| *name).collect()
+    }
+}
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -52,8 +171,9 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".into())
 }
 
-/// Runs `stages` in order and says how boot ended.
-pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
+/// Runs `stages` in order, keeping what they leave running in `running`,
+/// and says how boot ended.
+pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage], running: &RunningStages) -> Outcome {
     for stage in stages {
         // Test knob: make one stage panic, to prove a panic never takes
         // PID 1 down. Looked up per stage: the command line is only read
@@ -61,6 +181,15 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
         let panic_stage = ctx.cmdline.get("kelson.test.panic_stage").map(str::to_owned);
         let started = clock::boottime();
         info!(stage = stage.name, "stage start");
+        ctx.status.update(|s| {
+            s.stages.push(StageStatus {
+                name: stage.name,
+                state: StageState::Running,
+                started_ms: started.as_millis() as u64,
+                elapsed_ms: None,
+                error: None,
+            })
+        });
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if panic_stage.as_deref() == Some(stage.name) {
                 panic!("induced by kelson.test.panic_stage={}", stage.name);
@@ -69,13 +198,26 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
         }));
         let elapsed_ms = (clock::boottime().saturating_sub(started)).as_millis() as u64;
         let error = match result {
-            Ok(Ok(())) => {
+            Ok(Ok(Done::Finished)) => {
                 info!(stage = stage.name, elapsed_ms, "stage done");
+                finish(ctx, stage, elapsed_ms, StageState::Done, None, "it ended without setting it".into());
                 continue;
+            }
+            Ok(Ok(Done::Running(handle))) => {
+                info!(stage = stage.name, elapsed_ms, "stage done");
+                running.push(stage.name, handle);
+                finish(ctx, stage, elapsed_ms, StageState::Done, None, "it ended without setting it".into());
+                continue;
+            }
+            Ok(Ok(Done::Degraded { running: handle, error })) => {
+                running.push(stage.name, handle);
+                chain(error.as_ref())
             }
             Ok(Err(e)) => chain(e.as_ref()),
             Err(payload) => format!("panicked: {}", panic_text(payload.as_ref())),
         };
+        let state = if stage.critical { StageState::Failed } else { StageState::Degraded };
+        finish(ctx, stage, elapsed_ms, state, Some(error.clone()), error.clone());
         if stage.critical {
             warn!(stage = stage.name, elapsed_ms, error = error.as_str(), "stage failed");
             return Outcome::Maintenance { stage: stage.name, error };
@@ -83,6 +225,40 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage]) -> Outcome {
         warn!(stage = stage.name, elapsed_ms, error = error.as_str(), "stage degraded, boot continues");
     }
     Outcome::Ready
+}
+
+/// Records how a stage ended, and declares the conditions it was to set
+/// but left pending unreachable, with `why`.
+fn finish(
+    ctx: &BootContext<'_>,
+    stage: &Stage,
+    elapsed_ms: u64,
+    state: StageState,
+    error: Option<String>,
+    why: String,
+) {
+    ctx.status.update(|s| {
+        if let Some(entry) = s.stages.iter_mut().rev().find(|e| e.name == stage.name) {
+            entry.state = state;
+            entry.elapsed_ms = Some(elapsed_ms);
+            entry.error = error;
+        }
+        for condition in stage.provides {
+            if matches!(s.condition(condition), Condition::Pending) {
+                let reason = format!("the {} stage did not set it: {why}", stage.name);
+                s.conditions.insert(condition, Condition::Unreachable(reason));
+            }
+        }
+    });
+}
+
+/// Announces how boot ended in the node status.
+pub fn publish_outcome(status: &StatusPublisher, outcome: &Outcome) {
+    let phase = match outcome {
+        Outcome::Ready => Phase::Ready,
+        Outcome::Maintenance { stage, error } => Phase::Maintenance { stage, reason: error.clone() },
+    };
+    status.update(|s| s.phase = phase);
 }
 
 /// How many of `stages` there are up to and including the one named `name`
@@ -93,231 +269,53 @@ pub fn stages_through(stages: &[Stage], name: &str) -> usize {
 
 /// The node's boot sequence, in order.
 pub const STAGES: &[Stage] = &[
-    Stage { name: "mounts", critical: true, run: stage_mounts },
-    Stage { name: "kernel-log", critical: false, run: stage_kernel_log },
-    Stage { name: "cmdline", critical: true, run: stage_cmdline },
-    Stage { name: "usr", critical: true, run: stage_usr },
-    Stage { name: "cgroups", critical: true, run: stage_cgroups },
-    Stage { name: "modules", critical: false, run: stage_modules },
-    Stage { name: "sysctls", critical: false, run: stage_sysctls },
-    Stage { name: "state", critical: true, run: stage_state },
-    Stage { name: "config", critical: true, run: crate::config_stage::stage_config },
-    Stage { name: "identity", critical: false, run: stage_identity },
-    Stage { name: "apply-config", critical: false, run: crate::config_stage::stage_apply },
+    Stage { name: "mounts", critical: true, provides: &[], run: stages::mounts::run },
+    Stage { name: "kernel-log", critical: false, provides: &[], run: stages::kernel_log::run },
+    Stage { name: "cmdline", critical: true, provides: &[], run: stages::cmdline::run },
+    Stage { name: "usr", critical: true, provides: &[], run: stages::usr::run },
+    Stage { name: "cgroups", critical: true, provides: &[], run: stages::cgroups::run },
+    Stage { name: "modules", critical: false, provides: &[], run: stages::modules::run },
+    Stage { name: "sysctls", critical: false, provides: &[], run: stages::sysctls::run },
+    Stage { name: "state", critical: true, provides: &[], run: stages::state::run },
+    Stage { name: "config", critical: true, provides: &[], run: stages::config::run },
+    Stage { name: "identity", critical: false, provides: &[], run: stages::identity::run },
+    Stage { name: "apply-config", critical: false, provides: &[], run: stages::apply_config::run },
     // The network before the services, as the design's boot order has it:
     // the kubelet waits for the network anyway, containerd finds the CNI
     // config already written, and the network stage does not share the CPU
     // with containerd's start-up.
-    Stage { name: "network", critical: false, run: crate::network_stage::stage_network },
+    Stage { name: "network", critical: false, provides: &[kelson_supervise::NETWORK_READY], run: stages::network::run },
     // Static pods after the network (sandboxed pods attach to cbr0) and
     // before the services (the kubelet talks to the static apiserver).
-    Stage { name: "pods", critical: false, run: crate::pods_stage::stage_pods },
-    Stage { name: "services", critical: false, run: crate::services_stage::stage_services },
+    Stage { name: "pods", critical: false, provides: &[], run: stages::pods::run },
+    Stage { name: "services", critical: false, provides: &[], run: stages::services::run },
 ];
 
-fn stage_mounts(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    mounts::mount_all(ctx.kernel, mounts::EARLY_MOUNTS)?;
-    crate::log::open_console();
-    // Only now can the command line be read.
-    ctx.cmdline = Cmdline::from_proc();
-    Ok(())
-}
-
-/// Reports every unknown `kelson.*` key, and stops boot on a misspelling of
-/// a key that changes what the node does (`kelson.stat=/dev/vdb`), before
-/// the state disk or the config is looked at.
-fn stage_cmdline(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    crate::power_cut::install(&ctx.cmdline);
-    let unknown = ctx.cmdline.unknown_kelson_keys();
-    for key in unknown.iter().filter(|k| !k.stops_boot) {
-        warn!("{key}");
-    }
-    let stopping: Vec<String> = unknown.iter().filter(|k| k.stops_boot).map(ToString::to_string).collect();
-    for line in &stopping {
-        tracing::error!("{line}");
-    }
-    if stopping.is_empty() {
-        Ok(())
-    } else {
-        Err(stopping.join("; ").into())
-    }
-}
-
-fn stage_kernel_log(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    // Userspace kmsg writes are rate limited to a handful per burst by
-    // default, which would drop most of the boot log.
-    // The sysctl wants the trailing newline: it rejects "on" without one.
-    ctx.kernel.write_file(Path::new("/proc/sys/kernel/printk_devkmsg"), b"on\n")?;
-    // Kelson's own lines already go to the console; keep the kernel's
-    // informational chatter off it (it stays in dmesg) unless the command
-    // line asks for a log level.
-    let c = &ctx.cmdline;
-    if !(c.has("loglevel") || c.has("debug") || c.has("quiet") || c.has("ignore_loglevel")) {
-        ctx.kernel.write_file(Path::new("/proc/sys/kernel/printk"), b"4")?;
-    }
-    // Only now, with the console level set, do Kelson's lines also go to
-    // the kernel log; earlier they would have shown twice on the console.
-    crate::log::open_kmsg();
-    Ok(())
-}
-
-fn stage_usr(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    match crate::usr::mount_usr(ctx.kernel, Path::new(crate::usr::USR_IMAGE), &ctx.module_dir)? {
-        crate::usr::UsrOutcome::InPlace => info!("no /usr image: /usr is part of the initramfs"),
-        crate::usr::UsrOutcome::Mounted { device } => {
-            info!(image = crate::usr::USR_IMAGE, device = %device.display(), "read-only /usr mounted")
-        }
-    }
-    Ok(())
-}
-
-fn stage_cgroups(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    mounts::enable_cgroup_controllers(ctx.kernel, Path::new("/sys/fs/cgroup"))?;
-    Ok(())
-}
-
-fn stage_modules(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let list_path = Path::new(modules::MODULE_LIST);
-    let list = ctx
-        .kernel
-        .read_file(list_path)
-        .map_err(|source| modules::ModuleError::ReadList { path: list_path.to_owned(), source })?;
-    let names = modules::parse_list(&String::from_utf8_lossy(&list));
-    let report = modules::load_listed(ctx.kernel, &ctx.module_dir, &names)?;
-    info!(
-        listed = names.len(),
-        loaded = report.loaded.len(),
-        already_loaded = report.already_loaded.len(),
-        no_such_hardware = report.no_device.join(",").as_str(),
-        failed = report.failed.len(),
-        "modules loaded"
-    );
-    if report.failed.is_empty() {
-        return Ok(());
-    }
-    for e in &report.failed {
-        warn!(error = chain(e).as_str(), "module not loaded");
-    }
-    Err(format!("{} of the listed modules (or their dependencies) did not load", report.failed.len()).into())
-}
-
-fn stage_sysctls(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let errors = sysctl::apply(ctx.kernel, sysctl::NODE_SYSCTLS);
-    if errors.is_empty() {
-        return Ok(());
-    }
-    for e in &errors {
-        warn!(error = chain(e).as_str(), "sysctl not set");
-    }
-    Err(format!("{} sysctls not set", errors.len()).into())
-}
-
-/// How long a disk named by `kelson.state` may take to appear after its
-/// driver loaded.
-const STATE_DISK_WAIT: Duration = Duration::from_secs(5);
-
-fn stage_state(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    use state_disk::{StateDiskError, StatePlan};
-    let named = ctx.cmdline.get("kelson.state").map(PathBuf::from);
-    if let Some(device) = &named {
-        let started = std::time::Instant::now();
-        while !ctx.kernel.exists(device) && started.elapsed() < STATE_DISK_WAIT {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !ctx.kernel.exists(device) {
-            return Err(StateDiskError::Missing {
-                device: device.clone(),
-                waited_ms: STATE_DISK_WAIT.as_millis() as u64,
-            }
-            .into());
-        }
-    }
-    let devices = state_disk::block_devices(Path::new("/sys/class/block"), Path::new("/dev"));
-    let plan = state_disk::plan(named.as_deref(), &devices)?;
-    let var = Path::new("/var");
-    ctx.kernel.create_dir_all(var)?;
-    let flags = crate::kernel::MountFlags { readonly: false, nosuid: true, nodev: true, noexec: false, relatime: true };
-    match &plan {
-        StatePlan::Tmpfs => {
-            info!("no state disk: /var is tmpfs and nothing survives a reboot");
-            ctx.kernel
-                .mount("var", var, "tmpfs", flags, Some("mode=0755"))
-                .map_err(|source| StateDiskError::Mount { what: "tmpfs".into(), source })?;
-        }
-        StatePlan::FormatThenMount(device) | StatePlan::Mount(device) => {
-            if matches!(plan, StatePlan::FormatThenMount(_)) {
-                info!(device = %device.display(), "state disk is blank: formatting it as ext4 KELSON_STATE");
-                let mut cmd = state_disk::mkfs_command(device);
-                let command = format!("{cmd:?}");
-                let exit = ctx.reaper.run_blocking(&mut cmd).map_err(|source| StateDiskError::Format {
-                    device: device.clone(),
-                    command: command.clone(),
-                    source,
-                })?;
-                if !exit.success() {
-                    return Err(StateDiskError::Format {
-                        device: device.clone(),
-                        command,
-                        source: std::io::Error::other(format!("mkfs.ext4 ended with {exit}")),
-                    }
-                    .into());
-                }
-            }
-            ctx.kernel
-                .mount(&device.to_string_lossy(), var, "ext4", flags, None)
-                .map_err(|source| StateDiskError::Mount { what: device.display().to_string(), source })?;
-            info!(device = %device.display(), "state disk mounted on /var");
-        }
-    }
-    for dir in ["/var/lib/kelson", "/var/log", "/var/tmp", "/var/cache"] {
-        ctx.kernel.create_dir_all(Path::new(dir))?;
-    }
-    Ok(())
-}
-
-fn stage_identity(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let persisted = identity::read_trimmed(Path::new(identity::PERSISTED_MACHINE_ID));
-    let smbios = identity::read_trimmed(Path::new(identity::SMBIOS_UUID));
-    let (id, source) = identity::choose_machine_id(persisted.as_deref(), smbios.as_deref(), identity::random_bytes());
-    let line = format!("{}\n", id.as_str());
-    if persisted.as_deref() != Some(id.as_str()) {
-        crate::atomic::write_atomic(Path::new(identity::PERSISTED_MACHINE_ID), line.as_bytes(), 0o444)?;
-    }
-    crate::atomic::write_atomic(Path::new("/etc/machine-id"), line.as_bytes(), 0o444)?;
-    // The config was validated, hostname included (kelson.hostname on the
-    // command line is one of its layers).
-    let configured = ctx.config.as_ref().and_then(|c| c.config.node.hostname.clone());
-    let hostname = configured.unwrap_or_else(|| id.default_hostname());
-    ctx.kernel.set_hostname(&hostname)?;
-    crate::atomic::write_atomic(Path::new("/etc/hostname"), format!("{hostname}\n").as_bytes(), 0o644)?;
-    info!(machine_id = id.as_str(), source, hostname = hostname.as_str(), "identity set");
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernel::fake::FakeKernel;
 
-    fn ctx<'a>(kernel: &'a FakeKernel, cmdline: &str) -> BootContext<'a> {
-        BootContext {
-            kernel,
-            cmdline: Cmdline::parse(cmdline),
-            reaper: Arc::new(Reaper::new()),
-            module_dir: PathBuf::from("/m"),
-            config: None,
-        }
+    pub(crate) fn ctx<'a>(kernel: &'a FakeKernel, cmdline: &str) -> BootContext<'a> {
+        let log = LogOutputs::default();
+        let mut ctx =
+            BootContext::new(kernel, Arc::new(Reaper::new()), PathBuf::from("/m"), StatusPublisher::default(), log);
+        ctx.cmdline = Cmdline::parse(cmdline);
+        ctx
     }
 
-    fn ok(_: &mut BootContext<'_>) -> Result<(), StageError> {
-        Ok(())
+    fn ok(_: &mut BootContext<'_>) -> Result<Done, StageError> {
+        Ok(Done::Finished)
     }
-    fn fails(_: &mut BootContext<'_>) -> Result<(), StageError> {
+    fn fails(_: &mut BootContext<'_>) -> Result<Done, StageError> {
         Err("disk on fire".into())
     }
-    fn marks(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
+    fn marks(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         ctx.kernel.set_hostname("reached")?;
-        Ok(())
+        Ok(Done::Finished)
+    }
+    fn stage(name: &'static str, critical: bool, run: fn(&mut BootContext<'_>) -> Result<Done, StageError>) -> Stage {
+        Stage { name, critical, provides: &[], run }
     }
 
     #[test]
@@ -329,17 +327,16 @@ mod tests {
     #[test]
     fn all_stages_passing_means_ready() {
         let k = FakeKernel::default();
-        let stages = [Stage { name: "a", critical: true, run: ok }, Stage { name: "b", critical: false, run: marks }];
-        assert_eq!(run_stages(&mut ctx(&k, ""), &stages), Outcome::Ready);
+        let stages = [stage("a", true, ok), stage("b", false, marks)];
+        assert_eq!(run_stages(&mut ctx(&k, ""), &stages, &RunningStages::default()), Outcome::Ready);
         assert_eq!(k.calls(), vec!["hostname reached"]);
     }
 
     #[test]
     fn a_failed_critical_stage_stops_boot_in_maintenance() {
         let k = FakeKernel::default();
-        let stages =
-            [Stage { name: "state", critical: true, run: fails }, Stage { name: "later", critical: true, run: marks }];
-        let outcome = run_stages(&mut ctx(&k, ""), &stages);
+        let stages = [stage("state", true, fails), stage("later", true, marks)];
+        let outcome = run_stages(&mut ctx(&k, ""), &stages, &RunningStages::default());
         assert_eq!(outcome, Outcome::Maintenance { stage: "state", error: "disk on fire".into() });
         assert!(k.calls().is_empty(), "stages after the failure must not run");
     }
@@ -347,19 +344,16 @@ mod tests {
     #[test]
     fn a_failed_optional_stage_lets_boot_continue() {
         let k = FakeKernel::default();
-        let stages = [
-            Stage { name: "sysctls", critical: false, run: fails },
-            Stage { name: "later", critical: true, run: marks },
-        ];
-        assert_eq!(run_stages(&mut ctx(&k, ""), &stages), Outcome::Ready);
+        let stages = [stage("sysctls", false, fails), stage("later", true, marks)];
+        assert_eq!(run_stages(&mut ctx(&k, ""), &stages, &RunningStages::default()), Outcome::Ready);
         assert_eq!(k.calls(), vec!["hostname reached"]);
     }
 
     #[test]
     fn a_panicking_stage_is_caught_and_means_maintenance() {
         let k = FakeKernel::default();
-        let stages = [Stage { name: "a", critical: true, run: ok }, Stage { name: "b", critical: true, run: marks }];
-        let outcome = run_stages(&mut ctx(&k, "kelson.test.panic_stage=b"), &stages);
+        let stages = [stage("a", true, ok), stage("b", true, marks)];
+        let outcome = run_stages(&mut ctx(&k, "kelson.test.panic_stage=b"), &stages, &RunningStages::default());
         match outcome {
             Outcome::Maintenance { stage: "b", error } => assert!(error.contains("panicked: induced"), "{error}"),
             other => panic!("{other:?}"),
@@ -367,34 +361,122 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_log_stage_quiets_the_console_unless_a_level_was_asked_for() {
+    fn stage_states_and_times_are_published() {
         let k = FakeKernel::default();
-        stage_kernel_log(&mut ctx(&k, "console=ttyS0")).unwrap();
-        assert_eq!(k.file("/proc/sys/kernel/printk").as_deref(), Some("4"));
-        assert_eq!(k.file("/proc/sys/kernel/printk_devkmsg").as_deref(), Some("on\n"));
-        let k = FakeKernel::default();
-        stage_kernel_log(&mut ctx(&k, "console=ttyS0 loglevel=7")).unwrap();
-        assert_eq!(k.file("/proc/sys/kernel/printk"), None);
+        let mut ctx = ctx(&k, "");
+        let stages = [stage("a", true, ok), stage("b", false, fails), stage("c", true, fails)];
+        let outcome = run_stages(&mut ctx, &stages, &RunningStages::default());
+        publish_outcome(&ctx.status, &outcome);
+        let status = ctx.status.current();
+        let states: Vec<_> = status.stages.iter().map(|s| (s.name, s.state)).collect();
+        assert_eq!(states, vec![("a", StageState::Done), ("b", StageState::Degraded), ("c", StageState::Failed)]);
+        assert!(status.stages.iter().all(|s| s.elapsed_ms.is_some()));
+        assert_eq!(status.stage("b").and_then(|s| s.error.as_deref()), Some("disk on fire"));
+        assert_eq!(status.phase, Phase::Maintenance { stage: "c", reason: "disk on fire".into() });
+    }
+
+    fn sets_it(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
+        ctx.status.set_condition("it", Condition::True);
+        Ok(Done::Finished)
     }
 
     #[test]
-    fn the_modules_stage_reports_how_many_failed() {
-        let k = FakeKernel::default()
-            .with_file("/etc/kelson/modules", "bridge\nnot_a_module\n")
-            .with_file("/m/modules.dep", "kernel/net/bridge/bridge.ko.xz:\n");
-        let err = stage_modules(&mut ctx(&k, "")).unwrap_err();
-        assert_eq!(err.to_string(), "1 of the listed modules (or their dependencies) did not load");
-        assert!(k.calls().contains(&"load /m/kernel/net/bridge/bridge.ko.xz".to_string()));
-    }
-
-    #[test]
-    fn stage_errors_render_their_whole_chain() {
-        let err = crate::sysctl::SysctlError {
-            key: "a.b".into(),
-            value: "1".into(),
-            path: "/proc/sys/a/b".into(),
-            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+    fn a_condition_left_pending_by_its_stage_is_unreachable_saying_why() {
+        let k = FakeKernel::default();
+        let mut ctx = ctx(&k, "kelson.test.panic_stage=panics");
+        let stages = [
+            Stage { name: "sets", critical: false, provides: &["it"], run: sets_it },
+            Stage { name: "fails", critical: false, provides: &["failed-one"], run: fails },
+            Stage { name: "panics", critical: false, provides: &["panicked-one"], run: ok },
+            Stage { name: "idle", critical: false, provides: &["idle-one"], run: ok },
+        ];
+        run_stages(&mut ctx, &stages, &RunningStages::default());
+        let status = ctx.status.current();
+        assert_eq!(status.condition("it"), &Condition::True);
+        let reason = |name| match status.condition(name) {
+            Condition::Unreachable(why) => why.clone(),
+            other => panic!("{name}: {other:?}"),
         };
-        assert_eq!(chain(&err), "setting sysctl a.b=1 (/proc/sys/a/b): No such file or directory (os error 2)");
+        assert_eq!(reason("failed-one"), "the fails stage did not set it: disk on fire");
+        assert!(reason("panicked-one").starts_with("the panics stage did not set it: panicked: induced"));
+        assert_eq!(reason("idle-one"), "the idle stage did not set it: it ended without setting it");
+    }
+
+    struct Recorded(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+    impl Running for Recorded {
+        fn shutdown(self: Box<Self>) -> ShutdownFuture {
+            Box::pin(async move { self.1.lock().unwrap().push(self.0) })
+        }
+    }
+
+    #[test]
+    fn what_stages_leave_running_stops_last_started_first() {
+        let stopped = Arc::new(Mutex::new(Vec::new()));
+        let k = FakeKernel::default();
+        let mut ctx = ctx(&k, "");
+        let running = RunningStages::default();
+        // A row's run is a plain fn: each handle is made by name from a thread local.
+        thread_local! { static STOPPED: std::cell::RefCell<Option<Arc<Mutex<Vec<&'static str>>>>> = const { std::cell::RefCell::new(None) }; }
+        STOPPED.with(|s| *s.borrow_mut() = Some(stopped.clone()));
+        fn leaves(name: &'static str) -> Result<Done, StageError> {
+            let log = STOPPED.with(|s| s.borrow().clone()).unwrap();
+            Ok(Done::Running(Box::new(Recorded(name, log))))
+        }
+        fn net(_: &mut BootContext<'_>) -> Result<Done, StageError> {
+            leaves("net")
+        }
+        fn pods(_: &mut BootContext<'_>) -> Result<Done, StageError> {
+            leaves("pods")
+        }
+        fn services(_: &mut BootContext<'_>) -> Result<Done, StageError> {
+            leaves("services")
+        }
+        let stages = [
+            stage("net", false, net),
+            stage("between", false, ok),
+            stage("pods", false, pods),
+            stage("services", false, services),
+        ];
+        run_stages(&mut ctx, &stages, &running);
+        assert_eq!(running.stages(), vec!["net", "pods", "services"]);
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(running.shutdown());
+        assert_eq!(*stopped.lock().unwrap(), vec!["services", "pods", "net"]);
+        assert!(running.stages().is_empty());
+    }
+
+    struct Nothing;
+
+    impl Running for Nothing {
+        fn shutdown(self: Box<Self>) -> ShutdownFuture {
+            Box::pin(async {})
+        }
+    }
+
+    fn degraded(_: &mut BootContext<'_>) -> Result<Done, StageError> {
+        Ok(Done::Degraded { running: Box::new(Nothing), error: "2 steps failed".into() })
+    }
+
+    #[test]
+    fn a_degraded_stage_keeps_its_handle_and_counts_as_failing() {
+        let k = FakeKernel::default();
+        let running = RunningStages::default();
+        let mut ctx = ctx(&k, "");
+        let optional = [stage("net", false, degraded), stage("later", false, marks)];
+        assert_eq!(run_stages(&mut ctx, &optional, &running), Outcome::Ready);
+        assert_eq!(ctx.status.current().stage("net").map(|s| s.state), Some(StageState::Degraded));
+        assert_eq!(k.calls(), vec!["hostname reached"]);
+        let critical = [stage("net2", true, degraded)];
+        let outcome = run_stages(&mut ctx, &critical, &running);
+        assert_eq!(outcome, Outcome::Maintenance { stage: "net2", error: "2 steps failed".into() });
+        assert_eq!(running.stages(), vec!["net", "net2"]);
+    }
+
+    #[test]
+    fn the_table_stops_the_network_last_of_what_it_leaves_running() {
+        let order: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+        let position = |name| order.iter().position(|n| *n == name).unwrap();
+        // Reverse start order at shutdown: services, then pods, then the network.
+        assert!(position("network") < position("pods") && position("pods") < position("services"));
     }
 }

@@ -11,8 +11,8 @@ const OWN_KEYS: &[(&str, bool)] = &[
     // Test knobs.
     (crate::hooks::ENABLE_KEY, false),
     ("kelson.test.panic_stage", false),
-    ("kelson.test.restart_backoff_ms", false),
-    (crate::pods_stage::BACKOFF_KNOB, false),
+    (crate::stages::services::BACKOFF_KNOB, false),
+    (crate::stages::pods::BACKOFF_KNOB, false),
     (crate::power_cut::KNOB, false),
 ];
 
@@ -185,9 +185,20 @@ mod tests {
     /// a key added later is not reported as unknown on the nodes using it.
     #[test]
     fn every_key_the_sources_read_is_known() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut files = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.iter().any(|f| f.ends_with("stages/state.rs")), "the stages are searched too");
+        for path in files {
             let text = std::fs::read_to_string(&path).unwrap();
             for (i, _) in text.match_indices("get(\"kelson.") {
                 let key: String = text[i + 5..].chars().take_while(|c| *c != '"').collect();

@@ -3,6 +3,7 @@
 //! (stable for a VM or a board), or is random. The hostname defaults to
 //! `kelson-` and the id's first eight hex digits until configuration names it.
 
+use crate::kernel::Kernel;
 use std::path::Path;
 
 pub const PERSISTED_MACHINE_ID: &str = "/var/lib/kelson/machine-id";
@@ -49,17 +50,9 @@ pub fn choose_machine_id(persisted: Option<&str>, smbios: Option<&str>, random: 
 /// The one hostname rule, shared with the machine config's validation.
 pub use kelson_config::valid_hostname;
 
-pub fn random_bytes() -> [u8; 16] {
-    let mut buf = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut buf);
-    }
-    buf
-}
-
-pub fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+/// A file's text without surrounding whitespace; `None` if it cannot be read.
+pub fn read_trimmed(kernel: &dyn Kernel, path: &Path) -> Option<String> {
+    kernel.read_file(path).ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned())
 }
 
 #[cfg(test)]

@@ -31,7 +31,15 @@ pub trait Kernel: Send + Sync {
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Up to `len` bytes from the start of `path` (a block device, say).
-    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        self.read_at(path, 0, len)
+    }
+    /// Up to `len` bytes of `path` from byte `offset` on.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The size in bytes of a file or block device.
+    fn size(&self, path: &Path) -> io::Result<u64>;
+    /// Random bytes from the kernel, for ids.
+    fn random_bytes(&self) -> io::Result<[u8; 16]>;
     /// Names of the entries in a directory, sorted.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Creates or replaces a regular file with `mode` atomically, making
@@ -100,10 +108,25 @@ impl Kernel for LinuxKernel {
         std::fs::read(path)
     }
 
-    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
-        use std::io::Read;
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
         let mut buf = Vec::with_capacity(len);
-        std::fs::File::open(path)?.take(len as u64).read_to_end(&mut buf)?;
+        file.take(len as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn size(&self, path: &Path) -> io::Result<u64> {
+        use std::io::{Seek, SeekFrom};
+        // Seeking to the end works for block devices, whose metadata says 0.
+        std::fs::File::open(path)?.seek(SeekFrom::End(0))
+    }
+
+    fn random_bytes(&self) -> io::Result<[u8; 16]> {
+        use std::io::Read;
+        let mut buf = [0u8; 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
         Ok(buf)
     }
 
@@ -119,7 +142,7 @@ impl Kernel for LinuxKernel {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        crate::atomic::write_atomic(path, data, mode).map_err(io::Error::other)?;
+        kelson_base::atomic::write_atomic(path, data, mode).map_err(io::Error::other)?;
         // The temporary file was created under the umask; say the mode again.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -205,6 +228,10 @@ pub mod fake {
             self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(PathBuf::from(path), data.as_bytes().to_vec());
             self
         }
+        pub fn with_bytes(self, path: &str, data: Vec<u8>) -> Self {
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(PathBuf::from(path), data);
+            self
+        }
         pub fn failing(self, path: &str, errno: i32) -> Self {
             self.failures.lock().unwrap_or_else(|e| e.into_inner()).insert(PathBuf::from(path), errno);
             self
@@ -266,10 +293,17 @@ pub mod fake {
                 .cloned()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
         }
-        fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
-            let mut data = self.read_file(path)?;
-            data.truncate(len);
-            Ok(data)
+        fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+            let data = self.read_file(path)?;
+            let start = (offset as usize).min(data.len());
+            let end = start.saturating_add(len).min(data.len());
+            Ok(data[start..end].to_vec())
+        }
+        fn size(&self, path: &Path) -> io::Result<u64> {
+            Ok(self.read_file(path)?.len() as u64)
+        }
+        fn random_bytes(&self) -> io::Result<[u8; 16]> {
+            Ok([0x5a; 16])
         }
         fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
             self.check(path)?;

@@ -1,24 +1,23 @@
-//! Kelson's PID 1 as a library: each module is one concern of the boot
-//! sequence, and [`pid1::run`] reads top to bottom as that sequence.
+//! Kelson's PID 1 as a library. [`pid1::run`] reads top to bottom as PID
+//! 1's life; [`boot`] is the runner and the table of boot stages, each one
+//! file under [`stages`]; the other modules are the concerns stages draw on
+//! (mounts, modules, the state disk, the seed, the reaper…).
 //!
-//! Kernel access goes through [`kernel::Kernel`] so the stage logic can be
-//! tested without root against [`kernel::fake::FakeKernel`].
+//! Kernel access goes through [`kernel::Kernel`] so every stage is tested
+//! without root against [`kernel::fake::FakeKernel`].
 
-pub use kelson_config::atomic;
 pub mod boot;
 pub mod clock;
 pub mod cmdline;
-pub mod config_stage;
 pub mod hooks;
 pub mod identity;
 pub mod kernel;
 pub mod log;
 pub mod modules;
 pub mod mounts;
-pub mod network_stage;
 pub mod nsexec;
 pub mod pid1;
-pub mod pods_stage;
+pub mod pod_runtime;
 pub mod power;
 pub mod power_cut;
 pub mod procs;
@@ -26,9 +25,10 @@ pub mod reaper;
 pub mod runner;
 pub mod seed;
 pub mod seed_url;
-pub mod services_stage;
 pub mod shutdown;
+pub mod stages;
 pub mod state_disk;
+pub mod status;
 pub mod sysctl;
 pub mod usr;
 

@@ -10,7 +10,7 @@ use crate::clock;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -25,23 +25,32 @@ struct Sinks {
     console_loglevel: u8,
 }
 
-static SINKS: Mutex<Sinks> = Mutex::new(Sinks { console: None, kmsg: None, console_loglevel: 0 });
+/// The outputs of PID 1's log, shared by the layer that writes to them and
+/// the boot stages that open them as /dev and /proc appear. Until then
+/// lines go to stderr.
+#[derive(Clone, Default)]
+pub struct LogOutputs(Arc<Mutex<Sinks>>);
 
-/// Opens /dev/console; call once /dev is mounted.
-pub fn open_console() {
-    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
-    sinks.console = OpenOptions::new().write(true).open("/dev/console").ok();
-}
+impl LogOutputs {
+    fn sinks(&self) -> std::sync::MutexGuard<'_, Sinks> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-/// Opens /dev/kmsg; call once the console log level keeps kernel-log
-/// records of Kelson's level off the console.
-pub fn open_kmsg() {
-    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
-    sinks.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
-    sinks.console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|w| w.parse().ok()))
-        .unwrap_or(0);
+    /// Opens /dev/console; call once /dev is mounted.
+    pub fn open_console(&self) {
+        self.sinks().console = OpenOptions::new().write(true).open("/dev/console").ok();
+    }
+
+    /// Opens /dev/kmsg; call once the console log level keeps kernel-log
+    /// records of Kelson's level off the console.
+    pub fn open_kmsg(&self) {
+        let mut sinks = self.sinks();
+        sinks.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+        sinks.console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().and_then(|w| w.parse().ok()))
+            .unwrap_or(0);
+    }
 }
 
 /// Whether the kernel will print a kmsg record of `priority` on the console.
@@ -100,8 +109,8 @@ impl Visit for Collect {
     }
 }
 
-/// The tracing layer that writes lines to the sinks.
-pub struct ConsoleKmsgLayer;
+/// The tracing layer that writes lines to the outputs.
+pub struct ConsoleKmsgLayer(LogOutputs);
 
 impl<S: Subscriber> Layer<S> for ConsoleKmsgLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
@@ -109,7 +118,7 @@ impl<S: Subscriber> Layer<S> for ConsoleKmsgLayer {
         let mut c = Collect::default();
         event.record(&mut c);
         let line = format_line(clock::boottime(), level, &c.message, &c.fields);
-        let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sinks = self.0.sinks();
         let echoed = sinks.kmsg.is_some() && kernel_echoes(kmsg_priority(level), sinks.console_loglevel);
         match sinks.console.as_mut() {
             _ if echoed => {}
@@ -128,11 +137,14 @@ impl<S: Subscriber> Layer<S> for ConsoleKmsgLayer {
     }
 }
 
-/// Installs the layer as the global subscriber (info and above).
-pub fn init() {
+/// Installs the layer as the global subscriber (info and above) and
+/// returns its outputs, still to be opened.
+pub fn init() -> LogOutputs {
     use tracing_subscriber::prelude::*;
+    let outputs = LogOutputs::default();
     let filter = tracing_subscriber::filter::LevelFilter::INFO;
-    let _ = tracing_subscriber::registry().with(ConsoleKmsgLayer.with_filter(filter)).try_init();
+    let _ = tracing_subscriber::registry().with(ConsoleKmsgLayer(outputs.clone()).with_filter(filter)).try_init();
+    outputs
 }
 
 #[cfg(test)]

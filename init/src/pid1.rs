@@ -5,10 +5,12 @@
 //! ordered shutdown those events lead to. Nothing here returns or exits:
 //! if even the runtime fails, PID 1 falls back to a bare reaping loop.
 
-use crate::boot::{self, BootContext, Outcome};
+use crate::boot::{self, BootContext, Outcome, RunningStages};
 use crate::kernel::LinuxKernel;
+use crate::log::LogOutputs;
 use crate::reaper::Reaper;
 use crate::shutdown::{self, Action, ShutdownOps};
+use crate::status::StatusPublisher;
 use crate::{clock, cmdline::Cmdline, hooks, power};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -24,7 +26,7 @@ pub fn run() -> ExitCode {
     // The kernel starts init with no PATH; helpers such as mkfs.ext4 are
     // found through it. Set while PID 1 still has a single thread.
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    crate::log::init();
+    let log = crate::log::init();
     std::panic::set_hook(Box::new(|info| {
         error!(panic = %info, "panic caught; PID 1 carries on");
     }));
@@ -37,7 +39,7 @@ pub fn run() -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => {
             if let Err(payload) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started))))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(main_loop(started, log.clone()))))
             {
                 error!(panic = ?payload.downcast_ref::<&str>(), "the main loop panicked");
             }
@@ -76,8 +78,12 @@ fn attach_console() {
     }
 }
 
-async fn main_loop(started: Duration) {
+async fn main_loop(started: Duration, log: LogOutputs) {
     let reaper = Arc::new(Reaper::new());
+    // What the boot stages leave running, stopped in reverse at shutdown;
+    // and the node status, which the management API will serve.
+    let running = RunningStages::default();
+    let status = StatusPublisher::default();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<Action>(4);
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sigint = signal(SignalKind::interrupt()).ok();
@@ -85,9 +91,9 @@ async fn main_loop(started: Duration) {
     let mut sigchld = signal(SignalKind::child()).ok();
 
     let boot = {
-        let reaper = reaper.clone();
+        let (reaper, running, status) = (reaper.clone(), running.clone(), status.clone());
         let tx = shutdown_tx.clone();
-        tokio::task::spawn_blocking(move || boot_and_start(reaper, tx, started))
+        tokio::task::spawn_blocking(move || boot_and_start(reaper, running, status, log, tx, started))
     };
     tokio::spawn(async move {
         if let Err(e) = boot.await {
@@ -131,11 +137,10 @@ async fn main_loop(started: Duration) {
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(shutdown::DEFAULT_GRACE);
-    crate::services_stage::shutdown().await;
-    // After the services (the kubelet uses the static apiserver), before
-    // the network (the pods' veths and addresses are released through it).
-    crate::pods_stage::shutdown().await;
-    crate::network_stage::shutdown().await;
+    // Last started first: the services (the kubelet uses the static
+    // apiserver), then the pods, then the network (the pods' veths and
+    // addresses are released through it).
+    running.shutdown().await;
     let result = tokio::task::spawn_blocking(move || {
         let mut ops = LinuxShutdown { reaper };
         shutdown::run(&mut ops, action, grace)
@@ -160,30 +165,31 @@ async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 
 /// Runs the boot stages, announces the outcome, then starts what runs in
 /// either outcome: the power button watchers and any test hooks.
-fn boot_and_start(reaper: Arc<Reaper>, shutdown_tx: mpsc::Sender<Action>, started: Duration) {
+fn boot_and_start(
+    reaper: Arc<Reaper>,
+    running: RunningStages,
+    status: StatusPublisher,
+    log: LogOutputs,
+    shutdown_tx: mpsc::Sender<Action>,
+    started: Duration,
+) {
     let kernel = LinuxKernel;
-    let mut ctx = BootContext {
-        kernel: &kernel,
-        cmdline: Cmdline::default(),
-        reaper: reaper.clone(),
-        module_dir: module_dir(),
-        config: None,
-    };
+    let mut ctx = BootContext::new(&kernel, reaper.clone(), module_dir(), status, log);
     // The power button works from the moment its driver is loaded, so a
     // press during the rest of boot (or right as ready or maintenance is
     // announced) powers the node off.
     let (early, late) = boot::STAGES.split_at(boot::stages_through(boot::STAGES, "modules"));
-    let mut outcome = boot::run_stages(&mut ctx, early);
+    let mut outcome = boot::run_stages(&mut ctx, early, &running);
     attach_console();
     watch_power_buttons(shutdown_tx);
     if outcome == Outcome::Ready {
-        outcome = boot::run_stages(&mut ctx, late);
+        outcome = boot::run_stages(&mut ctx, late, &running);
     }
+    boot::publish_outcome(&ctx.status, &outcome);
     let now = clock::boottime();
     let pid1_to_ready_ms = now.saturating_sub(started).as_millis() as u64;
     match &outcome {
         Outcome::Ready => {
-            crate::power_cut::mark_ready();
             info!(pid1_start_s = %clock::format_seconds(started), pid1_to_ready_ms, "ready")
         }
         Outcome::Maintenance { stage, error } => error!(

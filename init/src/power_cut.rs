@@ -10,10 +10,11 @@
 //! it every atomic write pays one load of an unset cell.
 
 use crate::cmdline::Cmdline;
-use kelson_config::atomic::{set_test_hook, WritePhase};
+use crate::status::{NodeStatus, Phase};
+use kelson_base::atomic::{set_test_hook, WritePhase};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
+use tokio::sync::watch;
 use tracing::{error, warn};
 
 pub const KNOB: &str = "kelson.test.cut";
@@ -54,11 +55,9 @@ impl CutPoint {
     }
 }
 
-static POINT: OnceLock<CutPoint> = OnceLock::new();
-static READY: AtomicBool = AtomicBool::new(false);
-
-/// Reads the knob and installs the hook if it is set.
-pub fn install(cmdline: &Cmdline) {
+/// Reads the knob and installs the hook if it is set; `status` says when
+/// the node is ready, for `after-ready` cut points.
+pub fn install(cmdline: &Cmdline, status: watch::Receiver<NodeStatus>) {
     let Some(value) = cmdline.get(KNOB) else { return };
     match CutPoint::parse(value) {
         Ok(point) => {
@@ -68,24 +67,21 @@ pub fn install(cmdline: &Cmdline) {
                 after_ready = point.after_ready,
                 "test knob: the first matching atomic write will be held for ever for a power cut"
             );
-            if POINT.set(point).is_ok() {
-                set_test_hook(hold_at_cut_point);
-            }
+            // The hook runs on whatever thread writes; the receiver is not
+            // shared between threads by itself.
+            let status = Mutex::new(status);
+            set_test_hook(Box::new(move |path, phase| {
+                let ready = matches!(status.lock().unwrap_or_else(|e| e.into_inner()).borrow().phase, Phase::Ready);
+                if point.matches(path, phase, ready) {
+                    hold(path, phase);
+                }
+            }));
         }
         Err(e) => error!("test knob ignored: {e}"),
     }
 }
 
-/// Called when the node is ready, for `after-ready` cut points.
-pub fn mark_ready() {
-    READY.store(true, Ordering::SeqCst);
-}
-
-fn hold_at_cut_point(path: &Path, phase: WritePhase) {
-    let Some(point) = POINT.get() else { return };
-    if !point.matches(path, phase, READY.load(Ordering::SeqCst)) {
-        return;
-    }
+fn hold(path: &Path, phase: WritePhase) -> ! {
     warn!(path = %path.display(), phase = phase.name(), "{MARKER}; holding this write for ever");
     loop {
         std::thread::park();

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 /// How a process ended.
 /// How a child ended; the supervisor's type, so exits pass through unchanged.
-pub use kelson_supervise::Exit;
+pub use kelson_base::Exit;
 
 /// A child started through the reaper.
 #[derive(Debug)]

@@ -3,8 +3,8 @@
 //! only when it is blank; otherwise tmpfs. A disk with any signature on it
 //! is never written to.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use crate::kernel::Kernel;
+use std::io;
 use std::path::{Path, PathBuf};
 
 pub const STATE_LABEL: &str = "KELSON_STATE";
@@ -66,34 +66,38 @@ pub fn classify(head: &[u8], tail: &[u8], tail_offset: u64) -> DiskContent {
 }
 
 /// Reads the ends of a disk (or a file standing in for one) and classifies it.
-pub fn probe(path: &Path) -> io::Result<DiskContent> {
-    let mut f = File::open(path)?;
-    let size = f.seek(SeekFrom::End(0))?;
+pub fn probe(kernel: &dyn Kernel, path: &Path) -> io::Result<DiskContent> {
+    let size = kernel.size(path)?;
     let head_len = size.min(BLANK_WINDOW);
-    let mut head = vec![0u8; head_len as usize];
-    f.seek(SeekFrom::Start(0))?;
-    f.read_exact(&mut head)?;
+    let head = read_exactly(kernel, path, 0, head_len)?;
     let tail_offset = size.saturating_sub(BLANK_WINDOW).max(head_len);
-    let mut tail = vec![0u8; (size - tail_offset) as usize];
-    f.seek(SeekFrom::Start(tail_offset))?;
-    f.read_exact(&mut tail)?;
+    let tail = read_exactly(kernel, path, tail_offset, size - tail_offset)?;
     Ok(classify(&head, &tail, tail_offset))
+}
+
+fn read_exactly(kernel: &dyn Kernel, path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let data = kernel.read_at(path, offset, len as usize)?;
+    if (data.len() as u64) < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{len} bytes at byte {offset}")));
+    }
+    Ok(data)
 }
 
 /// Block devices the kernel knows, as /dev paths (whole disks and
 /// partitions; loop, ram and zram devices left out).
-pub fn block_devices(sys_class_block: &Path, dev: &Path) -> Vec<PathBuf> {
-    let mut names: Vec<String> = std::fs::read_dir(sys_class_block)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+pub fn block_devices(kernel: &dyn Kernel, sys_class_block: &Path, dev: &Path) -> Vec<PathBuf> {
+    let mut names = kernel.list_dir(sys_class_block).unwrap_or_default();
     names.retain(|n| !(n.starts_with("loop") || n.starts_with("ram") || n.starts_with("zram")));
     names.sort();
     names.into_iter().map(|n| dev.join(n)).collect()
 }
 
 /// The first device carrying an ext4 filesystem labelled [`STATE_LABEL`].
-pub fn find_labelled(devices: &[PathBuf]) -> Option<PathBuf> {
-    devices.iter().find(|d| matches!(probe(d), Ok(DiskContent::Ext4 { label }) if label == STATE_LABEL)).cloned()
+pub fn find_labelled(kernel: &dyn Kernel, devices: &[PathBuf]) -> Option<PathBuf> {
+    devices
+        .iter()
+        .find(|d| matches!(probe(kernel, d), Ok(DiskContent::Ext4 { label }) if label == STATE_LABEL))
+        .cloned()
 }
 
 /// What to do about /var.
@@ -136,9 +140,10 @@ pub enum StateDiskError {
 
 /// Decides what /var gets. `named` is the `kelson.state` device, which must
 /// already exist (the caller waits for it).
-pub fn plan(named: Option<&Path>, devices: &[PathBuf]) -> Result<StatePlan, StateDiskError> {
+pub fn plan(kernel: &dyn Kernel, named: Option<&Path>, devices: &[PathBuf]) -> Result<StatePlan, StateDiskError> {
     if let Some(device) = named {
-        let content = probe(device).map_err(|source| StateDiskError::Probe { device: device.to_owned(), source })?;
+        let content =
+            probe(kernel, device).map_err(|source| StateDiskError::Probe { device: device.to_owned(), source })?;
         return match content {
             DiskContent::Ext4 { label } if label == STATE_LABEL => Ok(StatePlan::Mount(device.to_owned())),
             DiskContent::Blank => Ok(StatePlan::FormatThenMount(device.to_owned())),
@@ -152,7 +157,7 @@ pub fn plan(named: Option<&Path>, devices: &[PathBuf]) -> Result<StatePlan, Stat
             }
         };
     }
-    Ok(find_labelled(devices).map_or(StatePlan::Tmpfs, StatePlan::Mount))
+    Ok(find_labelled(kernel, devices).map_or(StatePlan::Tmpfs, StatePlan::Mount))
 }
 
 /// The mkfs command for a blank state disk.
@@ -165,6 +170,7 @@ pub fn mkfs_command(device: &Path) -> std::process::Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::LinuxKernel;
     use std::io::Write;
 
     fn disk(size: usize, writes: &[(usize, &[u8])]) -> tempfile::NamedTempFile {
@@ -180,13 +186,13 @@ mod tests {
     #[test]
     fn an_all_zero_disk_is_blank() {
         let d = disk(4 << 20, &[]);
-        assert_eq!(probe(d.path()).unwrap(), DiskContent::Blank);
+        assert_eq!(probe(&LinuxKernel, d.path()).unwrap(), DiskContent::Blank);
     }
 
     #[test]
     fn a_disk_smaller_than_the_window_is_read_whole() {
         let d = disk(4096, &[]);
-        assert_eq!(probe(d.path()).unwrap(), DiskContent::Blank);
+        assert_eq!(probe(&LinuxKernel, d.path()).unwrap(), DiskContent::Blank);
     }
 
     #[test]
@@ -200,7 +206,7 @@ mod tests {
         ];
         for (off, magic, what) in cases {
             let d = disk(4 << 20, &[(*off, magic)]);
-            match probe(d.path()).unwrap() {
+            match probe(&LinuxKernel, d.path()).unwrap() {
                 DiskContent::Signature { what: w, offset } => {
                     assert_eq!(&w, what);
                     assert_eq!(offset, *off as u64);
@@ -215,7 +221,7 @@ mod tests {
         let size = 4 << 20;
         let d = disk(size, &[(size - 100, b"x")]);
         assert_eq!(
-            probe(d.path()).unwrap(),
+            probe(&LinuxKernel, d.path()).unwrap(),
             DiskContent::Signature { what: "non-zero data".into(), offset: (size - 100) as u64 }
         );
     }
@@ -223,19 +229,22 @@ mod tests {
     #[test]
     fn an_ext4_label_is_read_from_the_superblock() {
         let d = disk(4 << 20, &[(1080, &[0x53, 0xEF]), (1144, b"KELSON_STATE")]);
-        assert_eq!(probe(d.path()).unwrap(), DiskContent::Ext4 { label: "KELSON_STATE".into() });
+        assert_eq!(probe(&LinuxKernel, d.path()).unwrap(), DiskContent::Ext4 { label: "KELSON_STATE".into() });
     }
 
     #[test]
     fn a_named_blank_disk_is_formatted_and_a_named_used_disk_refused() {
         let blank = disk(4 << 20, &[]);
-        assert_eq!(plan(Some(blank.path()), &[]).unwrap(), StatePlan::FormatThenMount(blank.path().to_owned()));
+        assert_eq!(
+            plan(&LinuxKernel, Some(blank.path()), &[]).unwrap(),
+            StatePlan::FormatThenMount(blank.path().to_owned())
+        );
         let used = disk(4 << 20, &[(510, &[0x55, 0xAA])]);
-        let err = plan(Some(used.path()), &[]).unwrap_err();
+        let err = plan(&LinuxKernel, Some(used.path()), &[]).unwrap_err();
         assert!(err.to_string().contains("refusing to format"), "{err}");
         assert!(err.to_string().contains("MBR partition table at byte 510"), "{err}");
         let other_ext4 = disk(4 << 20, &[(1080, &[0x53, 0xEF]), (1144, b"data")]);
-        assert!(matches!(plan(Some(other_ext4.path()), &[]), Err(StateDiskError::NotBlank { .. })));
+        assert!(matches!(plan(&LinuxKernel, Some(other_ext4.path()), &[]), Err(StateDiskError::NotBlank { .. })));
     }
 
     #[test]
@@ -243,8 +252,8 @@ mod tests {
         let blank = disk(2 << 20, &[]);
         let state = disk(2 << 20, &[(1080, &[0x53, 0xEF]), (1144, b"KELSON_STATE")]);
         let devices = vec![blank.path().to_owned(), state.path().to_owned()];
-        assert_eq!(plan(None, &devices).unwrap(), StatePlan::Mount(state.path().to_owned()));
-        assert_eq!(plan(None, &devices[..1]).unwrap(), StatePlan::Tmpfs);
+        assert_eq!(plan(&LinuxKernel, None, &devices).unwrap(), StatePlan::Mount(state.path().to_owned()));
+        assert_eq!(plan(&LinuxKernel, None, &devices[..1]).unwrap(), StatePlan::Tmpfs);
     }
 
     #[test]
@@ -255,6 +264,6 @@ mod tests {
             panic!("mkfs.ext4 must be installed for this test (e2fsprogs)");
         };
         assert!(status.success());
-        assert_eq!(probe(d.path()).unwrap(), DiskContent::Ext4 { label: STATE_LABEL.into() });
+        assert_eq!(probe(&LinuxKernel, d.path()).unwrap(), DiskContent::Ext4 { label: STATE_LABEL.into() });
     }
 }

@@ -4,14 +4,13 @@
 //! for a sandboxed pod, namespace files and kelson-net's veth on a cbr0.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../services/containers/tests/common/mod.rs"]
-mod common;
+use kelson_test_support as common;
 
 use common::{tar, write_layout, Entry, TAR_GZIP};
 use kelson_containers::shim::ShimOptions;
 use kelson_containers::store::ImageStore;
 use kelson_containers::{ShimClient, ShimCommand};
-use kelson_init::pods_stage::NodeSandboxes;
+use kelson_init::pod_runtime::NodeSandboxes;
 use kelson_net::plan::{AddressRange, BridgePlan};
 use kelson_pods::manifest::{parse, LoadOptions};
 use kelson_pods::runtime::probe_exec::NetProber;

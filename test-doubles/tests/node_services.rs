@@ -8,6 +8,7 @@
 //! under a temporary root and the specs' paths pointed there; health ports
 //! are moved off 10248/10256 so tests never collide with a real service.
 
+use kelson_base::Exit;
 use kelson_config::MachineConfig;
 use kelson_supervise::node::{self, paths};
 use kelson_supervise::*;

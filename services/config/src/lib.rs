@@ -12,7 +12,6 @@
 //! seed's files into layers; [`Store`] keeps the cloud-init and API layers
 //! across reboots.
 
-pub mod atomic;
 mod error;
 mod layers;
 pub mod nocloud;
@@ -22,7 +21,7 @@ mod store;
 mod structure;
 mod validate;
 
-pub use error::{chain as error_chain, did_you_mean, ConfigError, ConfigErrors};
+pub use error::{did_you_mean, ConfigError, ConfigErrors};
 pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
 pub use schema::*;
 pub use secret::{Secret, REDACTED};

@@ -3,13 +3,13 @@
 //! the config applied over the API. Image defaults and the command line are
 //! read afresh at every boot and never stored.
 //!
-//! Files are written through [`crate::atomic::write_atomic`], mode 0600
+//! Files are written through [`kelson_base::atomic::write_atomic`], mode 0600
 //! because layers carry keys and tokens, so a power cut leaves the old
 //! layer or the new one and never a torn file.
 
-use crate::atomic::{write_atomic, AtomicWriteError};
 use crate::layers::{Layer, Source};
 use crate::ConfigErrors;
+use kelson_base::atomic::{write_atomic, AtomicWriteError};
 use std::io;
 use std::path::{Path, PathBuf};
 

@@ -17,15 +17,5 @@ pub use client::{ClientError, ShimClient, ShimCommand};
 pub use config::{ContainerConfig, CpuMax, Mount, Namespace, Namespaces, Resources, Security, User};
 pub use protocol::{ContainerState, ExitEvent};
 
-/// An error and its causes, `: `-separated, each said once (what a reply
-/// or a log line carries).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// Shim replies and store warnings carry a whole error chain, each cause once.
+pub(crate) use kelson_base::error_chain;

@@ -8,9 +8,6 @@
 //! the image's /usr/lib/kelson/images, e.g. from `unsquashfs`).
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/skip.rs"]
-mod skip;
-
 use kelson_containers::store::{ImageStore, ResolvedImage};
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
@@ -226,7 +223,7 @@ fn a_missing_package_fails_the_build_naming_it() {
 #[test]
 fn the_layouts_of_a_real_image_build_when_given() {
     let Some(layouts) = std::env::var_os("KELSON_NODE_IMAGES") else {
-        skip::report_skip("KELSON_NODE_IMAGES not set: not checking a real image build's layouts");
+        kelson_test_support::report_skip("KELSON_NODE_IMAGES not set: not checking a real image build's layouts");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

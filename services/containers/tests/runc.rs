@@ -10,7 +10,7 @@
 //! this), `KELSON_SHIM_BIN=PATH` another build of the shim.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use kelson_test_support as common;
 
 use common::{busybox_rootfs, container, Cgroup2};
 use kelson_containers::bundle;

@@ -4,7 +4,7 @@
 //! another build of it instead.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use kelson_test_support as common;
 
 use common::{busybox_rootfs, container, tar, write_layout, Cgroup2, Entry, TAR_GZIP};
 use kelson_containers::config::ContainerConfig;

@@ -3,7 +3,7 @@
 //! blobs and hostile layers refused.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use kelson_test_support as common;
 
 use common::{gzip, tar, write_layout, zstd, Entry, TAR, TAR_GZIP, TAR_ZSTD};
 use kelson_containers::store::{ImageStore, LayerError, ResolveError, UnpackError};

@@ -10,7 +10,7 @@ use crate::netlink::{by_name, Address, Link, Netlink, NlError, Route, KELSON_PRO
 use crate::plan::{BridgePlan, LinkSelector, NetPlan, UplinkMode, UplinkPlan};
 use crate::runner::CommandRunner;
 use ipnet::Ipv4Net;
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
+use kelson_base::atomic::{write_atomic, AtomicWriteError};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -227,7 +227,7 @@ pub enum StepError {
     MasqueradeTask(String),
 }
 
-pub(crate) use kelson_config::error_chain as chain;
+pub(crate) use kelson_base::error_chain as chain;
 
 #[derive(Default)]
 struct Step {

@@ -16,13 +16,13 @@
 //! version in Debian bookworm and trixie.
 
 use crate::plan::BridgePlan;
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
+use kelson_base::atomic::{write_atomic, AtomicWriteError};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
 pub const CNI_VERSION: &str = "1.0.0";
 pub const NETWORK_NAME: &str = "kelson";
-pub const DEFAULT_CONFLIST: &str = "/etc/cni/net.d/10-kelson.conflist";
+pub use kelson_base::paths::CNI_CONFLIST as DEFAULT_CONFLIST;
 
 /// The conflist as JSON.
 pub fn conflist(bridge: &BridgePlan) -> serde_json::Value {

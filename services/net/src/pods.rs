@@ -12,7 +12,7 @@ use crate::apply::chain;
 use crate::netlink::{by_name, Netlink, NlError, Route, KELSON_PROTO};
 use crate::plan::BridgePlan;
 use ipnet::Ipv4Net;
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
+use kelson_base::atomic::{write_atomic, AtomicWriteError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

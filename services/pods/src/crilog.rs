@@ -266,7 +266,7 @@ pub async fn pump(
         for (tag, message) in entries {
             if let Err(e) = log.write(at, stream, tag, &message) {
                 if first_error.is_none() {
-                    tracing::warn!(error = %kelson_config::error_chain(&e), "container output is being dropped");
+                    tracing::warn!(error = %kelson_base::error_chain(&e), "container output is being dropped");
                     first_error = Some(e);
                 }
             }

@@ -35,5 +35,5 @@ mod validate;
 pub mod watch;
 
 pub use error::{FieldError, ManifestError};
-pub use kelson_supervise::clock::{Clock, FakeClock, SystemClock};
+pub use kelson_base::clock::{Clock, FakeClock, SystemClock};
 pub use spec::*;

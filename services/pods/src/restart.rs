@@ -3,7 +3,8 @@
 //! when. Pure code over a [`Clock`], so the schedule is tested by moving a
 //! [`crate::FakeClock`].
 
-use kelson_supervise::{after_exit, AfterExit, Backoff, BackoffState, Exit, RestartMode};
+use kelson_base::restart::{after_exit, AfterExit, Backoff, BackoffState, RestartMode};
+use kelson_base::Exit;
 use std::time::{Duration, Instant};
 
 use crate::spec::RestartPolicy;
@@ -37,7 +38,7 @@ pub fn should_restart(policy: RestartPolicy, exit: Option<Exit>) -> bool {
         RestartPolicy::OnFailure => RestartMode::OnFailure,
         RestartPolicy::Never => RestartMode::Never,
     };
-    let policy = kelson_supervise::RestartPolicy { mode, backoff: CRASH_LOOP_BACKOFF };
+    let policy = kelson_base::restart::RestartPolicy { mode, backoff: CRASH_LOOP_BACKOFF };
     after_exit(&policy, exit) == AfterExit::Restart
 }
 

@@ -4,8 +4,8 @@
 //! (`/run/kelson/pods` on the node), atomically, so a reader never sees
 //! half a file.
 
-use kelson_config::atomic::{write_atomic, AtomicWriteError};
-use kelson_supervise::Exit;
+use kelson_base::atomic::{write_atomic, AtomicWriteError};
+use kelson_base::Exit;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -22,7 +22,7 @@ use crate::manifest::{is_manifest_name, load, LoadOptions};
 use crate::spec::PodSpec;
 
 /// Where the node's static pod manifests are.
-pub const MANIFEST_DIR: &str = "/etc/kubernetes/manifests";
+pub use kelson_base::paths::MANIFEST_DIR;
 /// Quiet time after the last change before the directory is read again.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 

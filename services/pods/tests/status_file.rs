@@ -2,11 +2,11 @@
 //! A pod's status written to its file and read back the way the API
 //! will read it.
 
+use kelson_base::Exit;
 use kelson_pods::manifest::{load, LoadOptions};
 use kelson_pods::status::*;
 use kelson_pods::Clock;
 use kelson_pods::FakeClock;
-use kelson_supervise::Exit;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;

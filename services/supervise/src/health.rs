@@ -1,9 +1,9 @@
 //! One health check: HTTP GET, TCP connect, unix socket connect, or a
 //! program's exit. Each returns a sentence saying what it saw.
 
-use crate::clock::Clock;
 use crate::launcher::Launcher;
 use crate::spec::{Probe, DEFAULT_PATH};
+use kelson_base::Clock;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,8 +120,8 @@ async fn exec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
     use crate::launcher::ThreadLauncher;
+    use kelson_base::SystemClock;
     use tokio::net::TcpListener;
 
     #[test]

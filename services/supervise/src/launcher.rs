@@ -5,7 +5,7 @@
 //! the exit. PID 1's launcher registers the pid with its reaper;
 //! [`ThreadLauncher`] is for tests and for use outside PID 1.
 
-use crate::status::Exit;
+use kelson_base::Exit;
 use std::future::Future;
 use std::io;
 use std::os::unix::process::ExitStatusExt;

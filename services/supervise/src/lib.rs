@@ -14,9 +14,7 @@
 //! specs, and the one-shot that imports the pod sandbox image, from the
 //! machine config, as pure functions.
 
-mod backoff;
 mod cgroup;
-pub mod clock;
 mod command;
 mod health;
 mod launcher;
@@ -27,12 +25,11 @@ mod spec;
 mod status;
 mod supervisor;
 
-pub use backoff::{after_exit, AfterExit, BackoffState};
 pub use cgroup::{CgroupError, CgroupRoot};
-pub use clock::{Clock, FakeClock, SystemClock};
 pub use health::parse_http_url;
+pub use kelson_base::{Clock, FakeClock, SystemClock};
 pub use launcher::{ExitFuture, Launched, Launcher, ThreadLauncher};
 pub use logs::{LogFileError, LogLine, LogSettings, LogSubscription};
 pub use spec::*;
-pub use status::{write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, StateFileError, Transition};
+pub use status::{write_state_file, ServiceState, ServiceStatus, Snapshot, StateFileError, Transition};
 pub use supervisor::{Settings, SuperviseError, Supervisor, DEFAULT_STATE_DIR};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 
-use crate::clock::Clock;
 use crate::status::unix_ms;
+use kelson_base::Clock;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
@@ -275,7 +275,7 @@ impl RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
+    use kelson_base::FakeClock;
 
     fn settings(dir: &Path, max: u64, keep: usize, ring: usize) -> LogSettings {
         LogSettings { dir: dir.to_owned(), max_file_bytes: max, keep_files: keep, ring_lines: ring }

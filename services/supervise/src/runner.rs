@@ -1,14 +1,15 @@
 //! One service's life, as a task: wait for requirements, start, watch the
 //! process and its health, back off and restart, stop when told.
 
-use crate::backoff::{after_exit, AfterExit, BackoffState};
 use crate::command;
 use crate::health;
 use crate::launcher::ExitFuture;
 use crate::logs::LogSink;
 use crate::spec::{HealthCheck, Requirement, ServiceSpec};
-use crate::status::{unix_ms, write_state_file, Exit, ServiceState, ServiceStatus, Snapshot, Transition};
+use crate::status::{unix_ms, write_state_file, ServiceState, ServiceStatus, Snapshot, Transition};
 use crate::supervisor::Shared;
+use kelson_base::restart::{after_exit, AfterExit, BackoffState};
+use kelson_base::Exit;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::sync::Arc;
@@ -423,7 +424,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-pub(crate) use kelson_config::error_chain;
+pub(crate) use kelson_base::error_chain;
 
 /// `1.5s`, `250ms`, `2m0s`: short and exact enough for reasons.
 fn human(d: Duration) -> String {

@@ -2,36 +2,11 @@
 //! `watch` snapshot and a stream of transitions) and as one JSON file per
 //! service under the state directory.
 
+use kelson_base::Exit;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    pub fn success(self) -> bool {
-        self == Exit::Code(0)
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exited with code {c}"),
-            Exit::Signal(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown signal");
-                write!(f, "killed by signal {s} ({name})")
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -155,7 +130,7 @@ pub enum StateFileError {
     Write {
         service: String,
         #[source]
-        source: kelson_config::atomic::AtomicWriteError,
+        source: kelson_base::atomic::AtomicWriteError,
     },
 }
 
@@ -164,7 +139,7 @@ pub fn write_state_file(dir: &Path, status: &ServiceStatus) -> Result<(), StateF
     std::fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir { dir: dir.to_owned(), source })?;
     let mut json = serde_json::to_vec_pretty(status).unwrap_or_default();
     json.push(b'\n');
-    kelson_config::atomic::write_atomic(&dir.join(format!("{}.json", status.name)), &json, 0o644)
+    kelson_base::atomic::write_atomic(&dir.join(format!("{}.json", status.name)), &json, 0o644)
         .map_err(|source| StateFileError::Write { service: status.name.clone(), source })
 }
 
@@ -198,11 +173,5 @@ mod tests {
         assert_eq!(serde_json::to_value(ServiceState::Completed).unwrap(), "completed");
         let back: ServiceState = serde_json::from_str("\"completed\"").unwrap();
         assert_eq!(back, ServiceState::Completed);
-    }
-
-    #[test]
-    fn exits_read_as_sentences() {
-        assert_eq!(Exit::Code(3).to_string(), "exited with code 3");
-        assert_eq!(Exit::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
     }
 }

@@ -3,12 +3,12 @@
 //! dependency order.
 
 use crate::cgroup::CgroupRoot;
-use crate::clock::Clock;
 use crate::launcher::Launcher;
 use crate::logs::{LogSettings, LogSink, LogSubscription};
 use crate::runner::{Control, Runner};
 use crate::spec::{Requirement, RestartMode, ServiceSpec};
 use crate::status::{ServiceStatus, Snapshot, Transition};
+use kelson_base::Clock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

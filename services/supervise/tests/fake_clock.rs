@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use kelson_base::Exit;
 use kelson_supervise::*;
 use std::sync::Arc;
 use std::time::Duration;

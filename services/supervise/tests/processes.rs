@@ -3,10 +3,9 @@
 //! ThreadLauncher, on the real clock with short delays.
 
 mod common;
-#[path = "../../containers/tests/common/skip.rs"]
-mod skip;
 
 use common::*;
+use kelson_base::Exit;
 use kelson_supervise::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -420,7 +419,10 @@ async fn the_child_runs_in_its_own_cgroup_on_a_real_cgroup2_mount() {
         if std::env::var_os("KELSON_REQUIRE_CGROUP2").is_some() {
             panic!("KELSON_REQUIRE_CGROUP2 is set but {} {why}", mount.display());
         }
-        skip::report_skip(&format!("{} {why} (set KELSON_REQUIRE_CGROUP2=1 to fail instead)", mount.display()));
+        kelson_test_support::report_skip(&format!(
+            "{} {why} (set KELSON_REQUIRE_CGROUP2=1 to fail instead)",
+            mount.display()
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

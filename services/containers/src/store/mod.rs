@@ -20,7 +20,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Where the node image ships its OCI layouts.
-pub const DEFAULT_LAYOUTS_DIR: &str = "/usr/lib/kelson/images";
+pub use kelson_base::paths::IMAGE_LAYOUTS as DEFAULT_LAYOUTS_DIR;
 /// Where unpacked images live, one directory per manifest digest.
 pub const DEFAULT_UNPACK_DIR: &str = "/var/lib/kelson/images/unpacked";
 

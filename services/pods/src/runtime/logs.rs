@@ -6,7 +6,7 @@
 use super::{HostError, PodHost};
 use crate::crilog::{pump, ContainerLog, Stream};
 use crate::Clock;
-use kelson_config::error_chain;
+use kelson_base::error_chain;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

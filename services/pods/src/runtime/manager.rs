@@ -20,7 +20,7 @@ use crate::crilog::LogLimits;
 use crate::spec::{PodSpec, VolumeSource};
 use crate::watch::ManifestEvent;
 use crate::Clock;
-use kelson_config::error_chain;
+use kelson_base::error_chain;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;

@@ -150,17 +150,13 @@ pub fn remove(files: &NamespaceFiles) -> Result<(), NetnsError> {
 }
 
 #[cfg(test)]
-#[path = "../../../containers/tests/common/skip.rs"]
-mod skip;
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn namespace_files_hold_new_namespaces_and_are_removed_again() {
         if !nix::unistd::Uid::effective().is_root() {
-            skip::report_skip("needs root to unshare and bind-mount namespaces");
+            kelson_test_support::report_skip("needs root to unshare and bind-mount namespaces");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -180,7 +176,7 @@ mod tests {
     #[test]
     fn an_ipc_only_sandbox_makes_just_the_ipc_namespace() {
         if !nix::unistd::Uid::effective().is_root() {
-            skip::report_skip("needs root to unshare and bind-mount namespaces");
+            kelson_test_support::report_skip("needs root to unshare and bind-mount namespaces");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -8,11 +8,11 @@ use super::{
 use crate::crilog::{ContainerLog, LogLimits};
 use crate::hostpath::{HostFs, RealFs};
 use crate::status::{PodStatus, StatusError};
+use kelson_base::Exit;
 use kelson_containers::rootfs::{self, Mounter, SystemMounter};
 use kelson_containers::store::ImageStore;
 use kelson_containers::ContainerConfig;
 use kelson_containers::{ExitEvent, ShimClient};
-use kelson_supervise::Exit;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use super::{ContainerRuntime, ImageError, Images, PodHost};
 use crate::crilog::container_log_path;
 use crate::status::WaitingReason;
 use crate::Clock;
-use kelson_config::error_chain;
+use kelson_base::error_chain;
 use std::sync::Arc;
 use tracing::{info, warn};
 

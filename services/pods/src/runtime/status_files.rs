@@ -4,7 +4,7 @@
 
 use super::{PodHost, PodsStatus};
 use crate::status::PodStatus;
-use kelson_config::error_chain;
+use kelson_base::error_chain;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -180,8 +180,8 @@ mod tests {
     fn the_static_pod_path_is_never_the_directory_pid1_runs() {
         let v = yaml(&render(&worker_config(), "n").files[0].text());
         let path = v["staticPodPath"].as_str().unwrap();
-        assert_ne!(path.trim_end_matches('/'), PID1_MANIFEST_DIR);
-        assert!(!path.starts_with(&format!("{PID1_MANIFEST_DIR}/")));
+        assert_ne!(path.trim_end_matches('/'), MANIFEST_DIR);
+        assert!(!path.starts_with(&format!("{MANIFEST_DIR}/")));
     }
 
     #[test]

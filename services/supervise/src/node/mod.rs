@@ -1,8 +1,8 @@
 //! The node's supervised services — containerd, the one-shot that imports
 //! the pod sandbox image into it, the kubelet and kube-proxy — rendered
 //! from the machine config: their files (path, contents, mode) and their
-//! [`ServiceSpec`]s. Pure: nothing is written
-//! until the caller passes the files to [`write_files`].
+//! [`ServiceSpec`]s. Pure: the caller writes the files (PID 1 through its
+//! `Kernel` trait; tests and tools with [`write_files`] under a root).
 
 mod containerd;
 mod kube_proxy;
@@ -21,8 +21,10 @@ pub use sandbox_image::spec as sandbox_image_spec;
 
 /// Where things are on the node.
 pub mod paths {
-    /// Written by PID 1's apply-config stage from `pki.ca`.
-    pub const CA_FILE: &str = "/etc/kelson/pki/ca.crt";
+    /// `CA_FILE` is written by PID 1's apply-config stage from `pki.ca`;
+    /// `MANIFEST_DIR` holds the static pods PID 1 runs, named here so the
+    /// kubelet's staticPodPath can be checked against it.
+    pub use kelson_base::paths::{CA_FILE, CNI_CONFLIST, MANIFEST_DIR};
 
     pub const CONTAINERD_BINARY: &str = "/usr/bin/containerd";
     pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
@@ -32,7 +34,6 @@ pub mod paths {
     /// Debian's containernetworking-plugins install here.
     pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
     pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
-    pub const CNI_CONFIG: &str = "/etc/cni/net.d/10-kelson.conflist";
     /// The pod sandbox image. No registry is reachable from the node: the
     /// `sandbox-image` service imports it into containerd's store at boot,
     /// from [`PAUSE_LAYOUT`], before the kubelet starts.
@@ -63,10 +64,6 @@ pub mod paths {
     pub const KUBE_PROXY_CONFIG: &str = "/etc/kubernetes/kube-proxy/config.yaml";
     pub const KUBE_PROXY_KUBECONFIG: &str = "/var/lib/kube-proxy/kubeconfig";
     pub const KUBE_PROXY_HEALTHZ_URL: &str = "http://127.0.0.1:10256/healthz";
-
-    /// The static pods PID 1 runs (`init`'s MANIFEST_DIR); named here only
-    /// so the kubelet's staticPodPath can be checked against it.
-    pub const PID1_MANIFEST_DIR: &str = "/etc/kubernetes/manifests";
 }
 
 /// One file to write.
@@ -152,7 +149,7 @@ pub enum WriteFilesError {
     Write {
         path: PathBuf,
         #[source]
-        source: kelson_config::atomic::AtomicWriteError,
+        source: kelson_base::atomic::AtomicWriteError,
     },
 }
 
@@ -167,7 +164,7 @@ pub fn write_files(root: &Path, files: &[RenderedFile]) -> Result<(), WriteFiles
                 source,
             })?;
         }
-        kelson_config::atomic::write_atomic(&path, &file.contents, file.mode)
+        kelson_base::atomic::write_atomic(&path, &file.contents, file.mode)
             .map_err(|source| WriteFilesError::Write { path: file.path.clone(), source })?;
     }
     Ok(())

@@ -1,129 +1,41 @@
-//! The `pods` boot stage: static pods from `/etc/kubernetes/manifests`,
-//! run by kelson-pods' manager through the container shim.
-//!
-//! The shim is this binary re-executed (`/proc/self/exe shim …`), started
-//! through the reaper like every other child, unless one already answers
-//! on its socket. The manager then runs as a task on PID 1's runtime; a
-//! second task feeds it the manifest watcher's events. Non-critical: a
-//! failure here is logged and boot goes on to the services.
-//!
-//! Shutdown stops the pods after the supervised services (the kubelet and
-//! kube-proxy talk to the static apiserver; they go first, the reverse of
-//! boot) and before the network, whose veths the pods use.
+//! What the pod manager runs on, on this node: the container shim (this
+//! binary re-executed as `/proc/self/exe shim …`, started through the
+//! reaper like every other child, unless one already answers on its
+//! socket), sandboxes with kelson-net's veths on cbr0, and a prober whose
+//! `exec` probes run through the reaper. The `pods` stage
+//! ([`crate::stages::pods`]) puts them together.
 
-use crate::boot::{BootContext, StageError};
 use crate::reaper::Reaper;
 use kelson_containers::shim::ShimOptions;
-use kelson_containers::store::ImageStore;
 use kelson_containers::{ShimClient, ShimCommand};
 use kelson_net::plan::BridgePlan;
-use kelson_net::{NetPlan, PodNetwork, RtNetlink};
-use kelson_pods::manifest::LoadOptions;
-use kelson_pods::runtime::netns::{self, NamespaceFiles, Unshare, NETNS_DIR};
+use kelson_net::{PodNetwork, RtNetlink};
+use kelson_pods::runtime::netns::{self, NamespaceFiles, Unshare};
 use kelson_pods::runtime::probe_exec::NetProber;
-use kelson_pods::runtime::shim::{ShimRuntime, StartShim, StoreImages, SystemHost};
-use kelson_pods::runtime::{
-    host_sandbox, ManagerCommand, ManagerConfig, PodManager, Prober, Sandbox, SandboxError, SandboxNetwork,
-};
-use kelson_pods::watch::{ManifestWatcher, DEBOUNCE, MANIFEST_DIR};
+use kelson_pods::runtime::{host_sandbox, Prober, Sandbox, SandboxError, SandboxNetwork};
+use kelson_pods::PodSpec;
 use kelson_pods::ProbeAction;
-use kelson_pods::{PodSpec, SystemClock};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 pub const SHIM_SOCKET: &str = "/run/kelson/shim.sock";
 pub const SHIM_STATE_DIR: &str = "/run/kelson/containers";
-/// OCI image layouts shipped in the image (read-only /usr).
-pub const IMAGE_LAYOUTS: &str = "/usr/lib/kelson/images";
-/// Unpacked image trees, on the state disk when there is one.
-pub const IMAGE_UNPACKED: &str = "/var/lib/kelson/images";
-/// Test knob: a fixed restart delay instead of the 10 s..5 min back-off.
-pub const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms";
-/// The longest shutdown waits for the pods (each has its own grace period
-/// inside this).
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
-
-static RUNNING: Mutex<Option<mpsc::Sender<ManagerCommand>>> = Mutex::new(None);
-
-pub fn stage_pods(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no async runtime for the pods: {e}"))?;
-    let node_name = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let bridge = ctx
-        .config
-        .as_ref()
-        .and_then(|effective| NetPlan::from_config(&effective.config.network).ok())
-        .and_then(|plan| plan.bridge);
-    let fixed_backoff = ctx.cmdline.get(BACKOFF_KNOB).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
-    if let Some(backoff) = fixed_backoff {
-        warn!("test knob: pods restart after a fixed {} ms", backoff.as_millis());
-    }
-    if !Path::new(IMAGE_LAYOUTS).is_dir() {
-        warn!("pods: no image store at {IMAGE_LAYOUTS}: every container will wait with ErrImageNeverPull");
-    }
-    let host_ip = host_ipv4();
-    let reaper = ctx.reaper.clone();
-    let commands = runtime.block_on(async move {
-        let client = connect_or_start_shim(&reaper).await?;
-        let restart_reaper = reaper.clone();
-        let start_shim: StartShim = Box::new(move || {
-            let reaper = restart_reaper.clone();
-            Box::pin(async move { connect_or_start_shim(&reaper).await })
-        });
-        let network = NodeSandboxes::new(
-            bridge,
-            host_ip.clone(),
-            Path::new(NETNS_DIR),
-            Path::new(kelson_net::pods::DEFAULT_STATE_DIR),
-        );
-        let config = ManagerConfig { host_ip, fixed_backoff, ..ManagerConfig::default() };
-        let manager = PodManager::new(
-            config,
-            ShimRuntime::restartable(client, start_shim),
-            Arc::new(network),
-            Arc::new(NodeProber { net: NetProber::new(), reaper: reaper.clone() }),
-            Arc::new(StoreImages(ImageStore::new(IMAGE_LAYOUTS, IMAGE_UNPACKED))),
-            Arc::new(SystemHost),
-            Arc::new(SystemClock),
-        );
-        let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
-        let mut watcher = ManifestWatcher::new(PathBuf::from(MANIFEST_DIR), options, DEBOUNCE)
-            .map_err(|e| format!("watching {MANIFEST_DIR}: {}", kelson_config::error_chain(&e)))?;
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(manager.run(rx));
-        let feed = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match watcher.next().await {
-                    Ok(events) if events.is_empty() => {}
-                    Ok(events) => {
-                        if feed.send(ManagerCommand::Manifests(events)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // Running pods stay; only new changes go unseen.
-                        warn!("pods: no longer watching {MANIFEST_DIR}: {}", kelson_config::error_chain(&e));
-                        return;
-                    }
-                }
-            }
-        });
-        Ok::<_, String>(tx)
-    })?;
-    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands);
-    info!("pods: manager started, watching {MANIFEST_DIR}");
-    Ok(())
-}
 
 /// The node's prober: network probes by [`NetProber`], `exec` probes as a
 /// re-exec of this program (`nsexec`, see [`crate::nsexec`]) started
 /// through the reaper, which reaps every process on the node.
-struct NodeProber {
+pub struct NodeProber {
     net: NetProber,
     reaper: Arc<Reaper>,
+}
+
+impl NodeProber {
+    pub fn new(reaper: Arc<Reaper>) -> Self {
+        NodeProber { net: NetProber::new(), reaper }
+    }
 }
 
 impl Prober for NodeProber {
@@ -166,7 +78,9 @@ fn open_shim_log() -> std::io::Result<std::fs::File> {
 /// the pod manager that asks starts with no containers (at boot, or after
 /// it lost its shim and counted every container killed), so whatever a
 /// running shim still has is killed and deleted first.
-async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, String> {
+/// `stopping` says PID 1 is shutting the pods down, when the shim's exit
+/// is expected.
+pub async fn connect_or_start_shim(reaper: &Arc<Reaper>, stopping: &Arc<AtomicBool>) -> Result<ShimClient, String> {
     let socket = Path::new(SHIM_SOCKET);
     if let Ok((mut client, containers)) = ShimClient::connect(socket, Duration::ZERO).await {
         info!("pods: using the running container shim ({} containers)", containers.len());
@@ -187,20 +101,21 @@ async fn connect_or_start_shim(reaper: &Arc<Reaper>) -> Result<ShimClient, Strin
     }
     let spawned = reaper.spawn(&mut command).map_err(|e| format!("starting the container shim: {e}"))?;
     let pid = spawned.pid;
+    let stopping = stopping.clone();
     tokio::spawn(async move {
         if let Ok(exit) = spawned.exit.await {
-            // At shutdown the pods are stopped first (and the manager's
-            // sender taken); then the shim ends with everything else.
-            if RUNNING.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-                warn!("pods: the container shim (pid {pid}) exited: {exit}");
-            } else {
+            // At shutdown the pods are stopped first; then the shim ends
+            // with everything else, as expected.
+            if stopping.load(Ordering::SeqCst) {
                 info!("pods: the container shim (pid {pid}) exited: {exit}");
+            } else {
+                warn!("pods: the container shim (pid {pid}) exited: {exit}");
             }
         }
     });
     let (client, _) = ShimClient::connect(socket, Duration::from_secs(10))
         .await
-        .map_err(|e| format!("connecting to the container shim (pid {pid}): {}", kelson_config::error_chain(&e)))?;
+        .map_err(|e| format!("connecting to the container shim (pid {pid}): {}", kelson_base::error_chain(&e)))?;
     info!("pods: container shim started (pid {pid})");
     Ok(client)
 }
@@ -218,7 +133,7 @@ async fn clear_containers(
             client
                 .kill(&container.id, nix::sys::signal::Signal::SIGKILL as i32)
                 .await
-                .map_err(|e| format!("killing container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+                .map_err(|e| format!("killing container {}: {}", container.id, kelson_base::error_chain(&e)))?;
             running.push(container.id.clone());
         }
     }
@@ -227,7 +142,7 @@ async fn clear_containers(
             let exit = client
                 .next_event()
                 .await
-                .map_err(|e| format!("waiting for killed containers: {}", kelson_config::error_chain(&e)))?;
+                .map_err(|e| format!("waiting for killed containers: {}", kelson_base::error_chain(&e)))?;
             running.retain(|id| *id != exit.id);
         }
         Ok::<_, String>(())
@@ -243,25 +158,9 @@ async fn clear_containers(
         client
             .delete(&container.id)
             .await
-            .map_err(|e| format!("deleting container {}: {}", container.id, kelson_config::error_chain(&e)))?;
+            .map_err(|e| format!("deleting container {}: {}", container.id, kelson_base::error_chain(&e)))?;
     }
     Ok(())
-}
-
-/// Stops every pod, each within its grace period, last started first.
-pub async fn shutdown() {
-    let commands = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let Some(commands) = commands else { return };
-    let (done, finished) = oneshot::channel();
-    if commands.send(ManagerCommand::Shutdown(done)).await.is_err() {
-        warn!("pods: the manager is gone; pods are left to the final kill");
-        return;
-    }
-    match tokio::time::timeout(SHUTDOWN_LIMIT, finished).await {
-        Ok(Ok(())) => info!("pods: stopped"),
-        Ok(Err(_)) => warn!("pods: the manager ended before stopping every pod"),
-        Err(_) => warn!("pods: not all stopped within {} s", SHUTDOWN_LIMIT.as_secs()),
-    }
 }
 
 /// Sandboxes on this node: host-network pods use the host's network and
@@ -357,18 +256,4 @@ impl SandboxNetwork for NodeSandboxes {
         let files = NamespaceFiles::for_pod(&self.netns_dir, &pod.uid.0);
         netns::remove(&files).map_err(|e| sandbox_error("removing namespaces of", pod, e))
     }
-}
-
-/// The node's address for `status.hostIP`: the first IPv4 address on an
-/// interface that is neither loopback nor a pod bridge or veth.
-fn host_ipv4() -> Option<String> {
-    let addresses = nix::ifaddrs::getifaddrs().ok()?;
-    addresses
-        .filter(|a| {
-            a.interface_name != "lo"
-                && a.interface_name != "cbr0"
-                && !a.interface_name.starts_with("kv")
-                && !a.interface_name.starts_with("veth")
-        })
-        .find_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip().to_string())))
 }

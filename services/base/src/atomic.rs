@@ -76,7 +76,7 @@ impl WritePhase {
 /// at each [`WritePhase`]. PID 1 sets it once, and only under a test knob on
 /// the kernel command line; a node without the knob pays one load of an
 /// unset cell per phase.
-pub type WriteHook = fn(&Path, WritePhase);
+pub type WriteHook = Box<dyn Fn(&Path, WritePhase) + Send + Sync>;
 
 static TEST_HOOK: OnceLock<WriteHook> = OnceLock::new();
 
@@ -198,7 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hooked-state");
         fs::write(&path, "old").unwrap();
-        assert!(set_test_hook(record));
+        assert!(set_test_hook(Box::new(record)));
         write_atomic(&path, b"new", 0o600).unwrap();
         use WritePhase::*;
         assert_eq!(*SEEN.lock().unwrap(), [(Written, false), (Synced, false), (Renamed, true), (Done, true)]);

@@ -1,20 +1,19 @@
-//! The boot stages that read and apply the machine config.
-//!
-//! `config` gathers the layers (image defaults, the `kelson.*` command line
+//! `config`: gathers the layers (image defaults, the `kelson.*` command line
 //! keys, the cloud-init seed or the one saved from an earlier boot, the
 //! config saved by the API), resolves them and keeps the result in the boot
 //! context. It changes nothing on the node: if any layer is rejected, every
 //! error is printed and the node stays in maintenance with nothing applied.
 //! Only an accepted seed is saved, so a bad seed never replaces a good one.
-//!
-//! `apply-config` then writes what the config asks for: files, the PKI,
-//! static pod manifests, sysctls and extra kernel modules.
+//! The config's network section is planned here, once: a network kelson-net
+//! could not apply is a config error like any other, and the plan is what
+//! the network and pods stages read.
 
-use crate::boot::{chain, BootContext, StageError};
+use crate::boot::{chain, BootContext, Done, StageError};
 use crate::kernel::Kernel;
-use crate::{modules, seed, seed_url, sysctl};
+use crate::{seed, seed_url};
 use kelson_config::nocloud::read_seed;
-use kelson_config::{resolve, ConfigError, Effective, Layer, MachineConfig, Source, Store};
+use kelson_config::{resolve, ConfigError, Effective, Layer, Source, Store};
+use kelson_net::NetPlan;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -25,8 +24,6 @@ pub const IMAGE_DEFAULTS: &str = "/etc/kelson/machine-config.yaml";
 pub const EFFECTIVE_CONFIG: &str = "/run/kelson/config/effective.yaml";
 pub const CONFIG_SOURCES: &str = "/run/kelson/config/sources.txt";
 pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
-pub const MANIFEST_DIR: &str = "/etc/kubernetes/manifests";
-pub const PKI_DIR: &str = "/etc/kelson/pki";
 
 /// How long to look for a seed volume: block devices show up a little
 /// after their drivers load; longer when the command line says a seed is
@@ -36,13 +33,19 @@ const SEED_WAIT_EXPECTED: Duration = Duration::from_secs(10);
 
 struct Rejected(Vec<ConfigError>);
 
+/// The stage's error once every config error is logged.
+#[derive(Debug, thiserror::Error)]
+#[error("the machine config was rejected with {count} error(s), listed above; nothing was applied")]
+pub struct ConfigRejected {
+    pub count: usize,
+}
+
 impl Rejected {
     fn into_stage_error(self) -> StageError {
         for e in &self.0 {
             error!("config error: {e}");
         }
-        format!("the machine config was rejected with {} error(s), listed above; nothing was applied", self.0.len())
-            .into()
+        ConfigRejected { count: self.0.len() }.into()
     }
 }
 
@@ -50,11 +53,15 @@ fn read_text(kernel: &dyn Kernel, path: &Path) -> Option<String> {
     kernel.read_file(path).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let store = Store::new(kelson_config::STATE_DIR);
-    let (effective, seed_to_save) = gather(ctx, &store).map_err(Rejected::into_stage_error)?;
+pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
+    read_config(ctx, &Store::new(kelson_config::STATE_DIR))
+}
+
+/// The stage with the store of saved layers given.
+fn read_config(ctx: &mut BootContext<'_>, store: &Store) -> Result<Done, StageError> {
+    let (effective, net_plan, seed_to_save) = gather(ctx, store).map_err(Rejected::into_stage_error)?;
     if let Some(seed) = seed_to_save {
-        let path = save_seed(&store, &seed)?;
+        let path = save_seed(store, &seed)?;
         info!(path = %path.display(), "cloud-init seed saved for later boots");
     }
     for line in effective.explain().lines() {
@@ -69,7 +76,8 @@ pub fn stage_config(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
     ctx.kernel.install_file(Path::new(CONFIG_SOURCES), effective.explain().as_bytes(), 0o600)?;
     info!(role = ?effective.config.node.role, "machine config accepted");
     ctx.config = Some(effective);
-    Ok(())
+    ctx.net_plan = Some(net_plan);
+    Ok(Done::Finished)
 }
 
 /// The saved seed's instance-id (the layer, a MachineConfig document, has
@@ -128,7 +136,7 @@ fn fetch_url_seed(url: &str) -> Result<kelson_config::nocloud::SeedFiles, String
 }
 
 /// Every layer, then the resolved config and the seed to save.
-fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<SeedToSave>), Rejected> {
+fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, NetPlan, Option<SeedToSave>), Rejected> {
     let kernel = ctx.kernel;
     let mut layers = Vec::new();
     let mut errors = Vec::new();
@@ -244,8 +252,8 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<See
     let effective = resolve(&layers).map_err(|e| Rejected(e.0))?;
     // What the network stage could not apply is refused here, before
     // anything is touched, like any other config error.
-    if let Err(problems) = kelson_net::NetPlan::from_config(&effective.config.network) {
-        return Err(Rejected(
+    let net_plan = NetPlan::from_config(&effective.config.network).map_err(|problems| {
+        Rejected(
             problems
                 .into_iter()
                 .map(|p| {
@@ -253,121 +261,15 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, Option<See
                     ConfigError { document, path: p.field, reason: p.reason }
                 })
                 .collect(),
-        ));
-    }
-    Ok((effective, seed_to_save))
-}
-
-/// What applying one part of the config did wrong.
-#[derive(Debug)]
-struct ApplyError {
-    what: String,
-    error: String,
-}
-
-pub fn stage_apply(ctx: &mut BootContext<'_>) -> Result<(), StageError> {
-    let Some(effective) = &ctx.config else { return Ok(()) };
-    let failures = apply(ctx.kernel, &ctx.module_dir, &effective.config);
-    if failures.is_empty() {
-        return Ok(());
-    }
-    for f in &failures {
-        warn!(what = f.what.as_str(), error = f.error.as_str(), "config not applied");
-    }
-    Err(format!("{} part(s) of the machine config were not applied", failures.len()).into())
-}
-
-fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<ApplyError> {
-    let mut failures = Vec::new();
-    let mut install = |path: PathBuf, data: &[u8], mode: u32, what: String| {
-        if let Err(e) = kernel.install_file(&path, data, mode) {
-            failures.push(ApplyError { what, error: format!("writing {}: {e}", path.display()) });
-        }
-    };
-    for (i, file) in config.files.iter().enumerate() {
-        let mode = file.mode.as_deref().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o644);
-        install(PathBuf::from(&file.path), file.content.expose().as_bytes(), mode, format!("files[{i}]"));
-    }
-    if let Some(ca) = &config.pki.ca {
-        install(Path::new(PKI_DIR).join("ca.crt"), ca.as_bytes(), 0o644, "pki.ca".into());
-    }
-    for (name, pair) in &config.pki.certificates {
-        install(
-            Path::new(PKI_DIR).join(format!("{name}.crt")),
-            pair.cert.as_bytes(),
-            0o644,
-            format!("pki.certificates.{name}.cert"),
-        );
-        install(
-            Path::new(PKI_DIR).join(format!("{name}.key")),
-            pair.key.expose().as_bytes(),
-            0o600,
-            format!("pki.certificates.{name}.key"),
-        );
-    }
-    for (i, pod) in config.static_pods.iter().enumerate() {
-        install(Path::new(MANIFEST_DIR).join(&pod.name), pod.manifest.as_bytes(), 0o644, format!("staticPods[{i}]"));
-    }
-    let sysctls: Vec<(&str, &str)> = config.sysctls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    for e in sysctl::apply(kernel, &sysctls) {
-        failures.push(ApplyError { what: "sysctls".into(), error: chain(&e) });
-    }
-    if !config.kernel_modules.is_empty() {
-        match modules::load_listed(kernel, module_dir, &config.kernel_modules) {
-            Ok(report) => {
-                for e in &report.failed {
-                    failures.push(ApplyError { what: "kernelModules".into(), error: chain(e) });
-                }
-            }
-            Err(e) => failures.push(ApplyError { what: "kernelModules".into(), error: chain(&e) }),
-        }
-    }
-    if !config.time.servers.is_empty() {
-        warn!(
-            servers = config.time.servers.join(",").as_str(),
-            "time.servers is accepted but the node has no NTP client yet"
-        );
-    }
-    info!(
-        files = config.files.len(),
-        certificates = config.pki.certificates.len(),
-        static_pods = config.static_pods.len(),
-        sysctls = config.sysctls.len(),
-        kernel_modules = config.kernel_modules.len(),
-        "machine config applied"
-    );
-    failures
+        )
+    })?;
+    Ok((effective, net_plan, seed_to_save))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::fake::FakeKernel;
-
-    #[test]
-    fn files_keys_and_manifests_are_written_with_their_modes() {
-        let config = kelson_config::parse(
-            "t",
-            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nfiles:\n  - path: /etc/a\n    content: x\n    mode: \"0600\"\n  - path: /etc/b\n    content: y\npki:\n  ca: CA\n  certificates:\n    api:\n      cert: C\n      key: K\nstaticPods:\n  - name: etcd.yaml\n    manifest: 'kind: Pod'\nsysctls:\n  vm.max_map_count: \"262144\"\n",
-        )
-        .unwrap();
-        let kernel = FakeKernel::default().with_file("/proc/sys/vm/max_map_count", "65530");
-        let failures = apply(&kernel, Path::new("/m"), &config);
-        assert!(failures.is_empty(), "{failures:?}");
-        let calls = kernel.calls();
-        for expected in [
-            "install /etc/a 600",
-            "install /etc/b 644",
-            "install /etc/kelson/pki/ca.crt 644",
-            "install /etc/kelson/pki/api.crt 644",
-            "install /etc/kelson/pki/api.key 600",
-            "install /etc/kubernetes/manifests/etcd.yaml 644",
-            "write /proc/sys/vm/max_map_count 262144",
-        ] {
-            assert!(calls.iter().any(|c| c == expected), "missing {expected:?} in {calls:?}");
-        }
-        assert_eq!(kernel.file("/etc/kelson/pki/api.key").as_deref(), Some("K"));
-    }
 
     const SAVED_SEED_DOCUMENT: &str = "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: a\n";
 
@@ -401,17 +303,36 @@ mod tests {
         assert_eq!(saved_instance_id(&store), Some(Some("old-1".into())));
     }
 
+    const DEFAULTS: &str = "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: from-image\nnetwork:\n  podCIDR: 10.244.3.0/24\n  clusterCIDR: 10.244.0.0/16\n";
+
     #[test]
-    fn one_failed_file_does_not_stop_the_rest() {
-        let config = kelson_config::parse(
-            "t",
-            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nfiles:\n  - path: /ro/a\n    content: x\n  - path: /etc/b\n    content: y\n",
-        )
-        .unwrap();
-        let kernel = FakeKernel::default().failing("/ro/a", libc::EROFS);
-        let failures = apply(&kernel, Path::new("/m"), &config);
-        assert_eq!(failures.len(), 1);
-        assert_eq!(failures[0].what, "files[0]");
-        assert_eq!(kernel.file("/etc/b").as_deref(), Some("y"));
+    fn the_resolved_config_and_its_network_plan_reach_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // A seed saved earlier: the stage then waits for no seed volume.
+        store.save(&Layer::from_document(Source::CloudInit, "user-data", SAVED_SEED_DOCUMENT).unwrap()).unwrap();
+        let k = FakeKernel::default().with_file(IMAGE_DEFAULTS, DEFAULTS);
+        let mut ctx = crate::boot::tests::ctx(&k, "");
+        read_config(&mut ctx, &store).unwrap();
+        let effective = ctx.config.as_ref().expect("the config is in the context");
+        // The saved seed is a later layer than the image defaults.
+        assert_eq!(effective.config.node.hostname.as_deref(), Some("a"));
+        let bridge = ctx.net_plan.as_ref().and_then(|p| p.bridge.as_ref()).expect("the plan has cbr0");
+        assert_eq!(bridge.address.to_string(), "10.244.3.1/24");
+        assert!(k.calls().contains(&format!("install {EFFECTIVE_CONFIG} 600")), "{:?}", k.calls());
+        assert!(k.calls().contains(&format!("install {CONFIG_SOURCES} 600")), "{:?}", k.calls());
+    }
+
+    #[test]
+    fn a_rejected_config_writes_nothing_and_leaves_the_context_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.save(&Layer::from_document(Source::CloudInit, "user-data", SAVED_SEED_DOCUMENT).unwrap()).unwrap();
+        let k = FakeKernel::default().with_file(IMAGE_DEFAULTS, &DEFAULTS.replace("10.244.3.0/24", "10.244.3.0/33"));
+        let mut ctx = crate::boot::tests::ctx(&k, "");
+        let err = read_config(&mut ctx, &store).err().expect("rejected");
+        assert!(err.to_string().starts_with("the machine config was rejected with 1 error(s)"), "{err}");
+        assert!(ctx.config.is_none() && ctx.net_plan.is_none());
+        assert!(!k.calls().iter().any(|c| c.starts_with("install")), "{:?}", k.calls());
     }
 }

@@ -1,9 +1,52 @@
-//! What happens after a service's process ends: restart or not, and after
-//! how long. Pure functions, so the schedule is tested without processes.
+//! What happens after a process ends: restart or not, and after how long.
+//! The supervisor's services and the static pods' containers share this
+//! schedule. Pure functions, so it is tested without processes.
 
-use crate::spec::{Backoff, RestartMode, RestartPolicy};
-use crate::status::Exit;
+use crate::exit::Exit;
 use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartMode {
+    #[default]
+    Always,
+    /// Restart after a non-zero exit or a signal; an exit 0 is `completed`
+    /// (a one-shot retried until it succeeds).
+    OnFailure,
+    /// Never restart: an exit 0 is `completed`, anything else `failed`.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    pub backoff: Backoff,
+}
+
+/// Exponential back-off between restarts: `initial`, then multiplied by
+/// `factor` after each restart up to `cap`; a run that lasted
+/// `reset_after` or longer starts the sequence again from `initial`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub factor: u32,
+    pub cap: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    /// 1 s, doubling, at most 60 s, reset after 60 s of running. A node
+    /// daemon should come back quickly from a one-off crash (the kubelet's
+    /// own CrashLoopBackOff starts at 10 s, which is long for containerd),
+    /// while a crash loop settles at one attempt a minute.
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            factor: 2,
+            cap: Duration::from_secs(60),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Counts consecutive short runs to pick the next delay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,9 @@
-//! Helpers for the crate's tests: OCI layouts and tar layers built in the
-//! test, a busybox root filesystem, and a cgroup v2 hierarchy to run
-//! containers under.
-#![allow(dead_code, clippy::unwrap_used)]
+//! What Kelson's tests share, so no test borrows another crate's files:
+//! OCI layouts and tar layers built in the test, a busybox root filesystem,
+//! a minimal container config, a cgroup v2 hierarchy to run containers
+//! under, and [`report_skip`], the one way a test says it skipped a check.
+//! A dev-dependency only: a failed set-up here panics, failing the test.
+#![allow(clippy::unwrap_used)]
 
 use kelson_containers::config::{ContainerConfig, Namespaces, Resources, Security, User};
 use serde_json::json;
@@ -10,8 +12,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub mod skip;
-pub use skip::report_skip;
+mod skip;
+pub use skip::{report_skip, SKIP_LOG};
 
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))

@@ -1,0 +1,157 @@
+//! The node's status as PID 1 knows it: each boot stage's state and times,
+//! the conditions stages declare (`network-ready`), the node's addresses,
+//! and whether boot ended ready or in maintenance, and why. Published on a
+//! `watch` channel: later stages and the management API read it from there
+//! instead of asking the kernel what an earlier stage decided.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Where a condition stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state", content = "reason")]
+pub enum Condition {
+    /// Its stage has not said yet.
+    Pending,
+    True,
+    /// Its stage ended without setting it; whatever waits for it is
+    /// blocked, with this reason.
+    Unreachable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageState {
+    Running,
+    Done,
+    /// A non-critical stage failed; boot went on.
+    Degraded,
+    /// A critical stage failed; boot stopped in maintenance.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    pub name: &'static str,
+    pub state: StageState,
+    /// CLOCK_BOOTTIME at its start, in milliseconds.
+    pub started_ms: u64,
+    pub elapsed_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub enum Phase {
+    Booting,
+    Ready,
+    Maintenance { stage: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub phase: Phase,
+    pub stages: Vec<StageStatus>,
+    pub conditions: BTreeMap<&'static str, Condition>,
+    /// The node's own IPv4 addresses on its uplinks (static, or leased by
+    /// DHCP), first the one the node is known by.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl Default for NodeStatus {
+    fn default() -> Self {
+        NodeStatus { phase: Phase::Booting, stages: Vec::new(), conditions: BTreeMap::new(), addresses: Vec::new() }
+    }
+}
+
+impl NodeStatus {
+    pub fn condition(&self, name: &str) -> &Condition {
+        self.conditions.get(name).unwrap_or(&Condition::Pending)
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageStatus> {
+        self.stages.iter().rev().find(|s| s.name == name)
+    }
+}
+
+/// The writing end of the node status; cheap to clone, so a stage can hand
+/// it to the tasks it leaves running.
+#[derive(Debug, Clone)]
+pub struct StatusPublisher(Arc<watch::Sender<NodeStatus>>);
+
+impl Default for StatusPublisher {
+    fn default() -> Self {
+        StatusPublisher(Arc::new(watch::Sender::new(NodeStatus::default())))
+    }
+}
+
+impl StatusPublisher {
+    pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
+        self.0.subscribe()
+    }
+
+    /// The status now.
+    pub fn current(&self) -> NodeStatus {
+        self.0.borrow().clone()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut NodeStatus)) {
+        self.0.send_modify(change);
+    }
+
+    pub fn set_condition(&self, name: &'static str, condition: Condition) {
+        self.update(|s| {
+            s.conditions.insert(name, condition);
+        });
+    }
+
+    /// Adds `address` to the node's addresses unless it is there already.
+    pub fn add_address(&self, address: Ipv4Addr) {
+        self.0.send_if_modified(|s| {
+            if s.addresses.contains(&address) {
+                return false;
+            }
+            s.addresses.push(address);
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_see_conditions_and_addresses_as_they_change() {
+        let status = StatusPublisher::default();
+        let mut seen = status.subscribe();
+        assert_eq!(seen.borrow().condition("network-ready"), &Condition::Pending);
+        status.set_condition("network-ready", Condition::True);
+        assert!(seen.has_changed().unwrap());
+        assert_eq!(seen.borrow_and_update().condition("network-ready"), &Condition::True);
+        status.add_address(Ipv4Addr::new(192, 0, 2, 1));
+        status.add_address(Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(seen.borrow_and_update().addresses, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        status.add_address(Ipv4Addr::new(192, 0, 2, 1));
+        assert!(!seen.has_changed().unwrap(), "an address already known is no change");
+    }
+
+    #[test]
+    fn the_status_serializes_for_the_api() {
+        let status = NodeStatus {
+            phase: Phase::Maintenance { stage: "config", reason: "rejected".into() },
+            conditions: [("network-ready", Condition::Unreachable("no network".into()))].into(),
+            ..NodeStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["phase"]["phase"], "maintenance");
+        assert_eq!(json["phase"]["stage"], "config");
+        assert_eq!(json["conditions"]["network-ready"]["state"], "unreachable");
+        assert_eq!(json["conditions"]["network-ready"]["reason"], "no network");
+    }
+}
