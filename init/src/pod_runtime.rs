@@ -7,7 +7,7 @@
 
 use crate::reaper::Reaper;
 use kelson_containers::shim::ShimOptions;
-use kelson_containers::{ShimClient, ShimCommand};
+use kelson_containers::{ClientError, ShimClient, ShimCommand};
 use kelson_net::plan::BridgePlan;
 use kelson_net::{PodNetwork, RtNetlink};
 use kelson_pods::runtime::netns::{self, NamespaceFiles, Unshare};
@@ -20,6 +20,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// Why the pods have no container shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("starting the container shim")]
+    Start(#[source] std::io::Error),
+    #[error("connecting to the container shim (pid {pid})")]
+    Connect {
+        pid: i32,
+        #[source]
+        source: ClientError,
+    },
+    #[error("clearing the running container shim: {what}")]
+    Clear {
+        what: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("containers left in the shim did not exit within {seconds} s after SIGKILL")]
+    ClearTimedOut { seconds: u64 },
+}
 
 pub const SHIM_SOCKET: &str = "/run/kelson/shim.sock";
 pub const SHIM_STATE_DIR: &str = "/run/kelson/containers";
@@ -80,7 +101,7 @@ fn open_shim_log() -> std::io::Result<std::fs::File> {
 /// running shim still has is killed and deleted first.
 /// `stopping` says PID 1 is shutting the pods down, when the shim's exit
 /// is expected.
-pub async fn connect_or_start_shim(reaper: &Arc<Reaper>, stopping: &Arc<AtomicBool>) -> Result<ShimClient, String> {
+pub async fn connect_or_start_shim(reaper: &Arc<Reaper>, stopping: &Arc<AtomicBool>) -> Result<ShimClient, ShimError> {
     let socket = Path::new(SHIM_SOCKET);
     if let Ok((mut client, containers)) = ShimClient::connect(socket, Duration::ZERO).await {
         info!("pods: using the running container shim ({} containers)", containers.len());
@@ -99,7 +120,7 @@ pub async fn connect_or_start_shim(reaper: &Arc<Reaper>, stopping: &Arc<AtomicBo
         }
         Err(e) => warn!("pods: the container shim logs to the console: opening {SHIM_LOG}: {e}"),
     }
-    let spawned = reaper.spawn(&mut command).map_err(|e| format!("starting the container shim: {e}"))?;
+    let spawned = reaper.spawn(&mut command).map_err(ShimError::Start)?;
     let pid = spawned.pid;
     let stopping = stopping.clone();
     tokio::spawn(async move {
@@ -115,7 +136,7 @@ pub async fn connect_or_start_shim(reaper: &Arc<Reaper>, stopping: &Arc<AtomicBo
     });
     let (client, _) = ShimClient::connect(socket, Duration::from_secs(10))
         .await
-        .map_err(|e| format!("connecting to the container shim (pid {pid}): {}", kelson_base::error_chain(&e)))?;
+        .map_err(|source| ShimError::Connect { pid, source })?;
     info!("pods: container shim started (pid {pid})");
     Ok(client)
 }
@@ -124,7 +145,7 @@ pub async fn connect_or_start_shim(reaper: &Arc<Reaper>, stopping: &Arc<AtomicBo
 async fn clear_containers(
     client: &mut ShimClient,
     containers: Vec<kelson_containers::ContainerState>,
-) -> Result<(), String> {
+) -> Result<(), ShimError> {
     const LIMIT: Duration = Duration::from_secs(10);
     let mut running: Vec<String> = Vec::new();
     for container in &containers {
@@ -133,7 +154,7 @@ async fn clear_containers(
             client
                 .kill(&container.id, nix::sys::signal::Signal::SIGKILL as i32)
                 .await
-                .map_err(|e| format!("killing container {}: {}", container.id, kelson_base::error_chain(&e)))?;
+                .map_err(|source| ShimError::Clear { what: format!("killing container {}", container.id), source })?;
             running.push(container.id.clone());
         }
     }
@@ -142,23 +163,21 @@ async fn clear_containers(
             let exit = client
                 .next_event()
                 .await
-                .map_err(|e| format!("waiting for killed containers: {}", kelson_base::error_chain(&e)))?;
+                .map_err(|source| ShimError::Clear { what: "waiting for killed containers".into(), source })?;
             running.retain(|id| *id != exit.id);
         }
-        Ok::<_, String>(())
+        Ok::<_, ShimError>(())
     })
     .await;
     match waited {
         Ok(result) => result?,
-        Err(_) => {
-            return Err(format!("containers left in the shim did not exit within {} s after SIGKILL", LIMIT.as_secs()))
-        }
+        Err(_) => return Err(ShimError::ClearTimedOut { seconds: LIMIT.as_secs() }),
     }
     for container in &containers {
         client
             .delete(&container.id)
             .await
-            .map_err(|e| format!("deleting container {}: {}", container.id, kelson_base::error_chain(&e)))?;
+            .map_err(|source| ShimError::Clear { what: format!("deleting container {}", container.id), source })?;
     }
     Ok(())
 }

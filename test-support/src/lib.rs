@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 mod skip;
-pub use skip::{report_skip, SKIP_LOG};
+pub use skip::{report_skip, test_target, SKIP_LOG};
 
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))

@@ -37,9 +37,8 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
 pub enum PodsError {
     #[error("no async runtime for the pods")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
-    /// What went wrong connecting to or starting the shim, in full.
-    #[error("{0}")]
-    Shim(String),
+    #[error("no container shim for the pods")]
+    Shim(#[source] crate::pod_runtime::ShimError),
     #[error("watching {MANIFEST_DIR}")]
     Watch(#[source] kelson_pods::watch::WatchError),
 }
@@ -64,7 +63,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         let (restart_reaper, restart_stopping) = (reaper.clone(), stopping.clone());
         let start_shim: StartShim = Box::new(move || {
             let (reaper, stopping) = (restart_reaper.clone(), restart_stopping.clone());
-            Box::pin(async move { connect_or_start_shim(&reaper, &stopping).await })
+            Box::pin(async move { Ok(connect_or_start_shim(&reaper, &stopping).await?) })
         });
         let network = NodeSandboxes::new(
             bridge,

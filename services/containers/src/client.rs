@@ -34,6 +34,22 @@ pub enum ClientError {
     Refused { request: String, reason: String },
 }
 
+impl ClientError {
+    /// Whether connecting again may succeed: no shim listening yet, or a
+    /// connection lost before the shim said hello.
+    fn is_transient(&self) -> bool {
+        use io::ErrorKind::{ConnectionRefused, ConnectionReset, NotFound};
+        match self {
+            ClientError::Connect { source, .. } => {
+                matches!(source.kind(), NotFound | ConnectionRefused | ConnectionReset)
+            }
+            ClientError::Io { source, .. } => source.kind() == ConnectionReset,
+            ClientError::Closed { .. } => true,
+            ClientError::Protocol { .. } | ClientError::Refused { .. } => false,
+        }
+    }
+}
+
 /// How to start a shim: `program [prefix_args…] shim --socket … --state-dir …`.
 /// In production `program` is `/sbin/init` (PID 1's own binary) and
 /// `prefix_args` is empty.
@@ -89,18 +105,25 @@ impl ShimClient {
     /// (including any that exited while no client was connected).
     pub async fn connect(socket: &Path, timeout: Duration) -> Result<(Self, Vec<ContainerState>), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(socket).await {
-                Ok(stream) => break stream,
-                Err(e)
-                    if tokio::time::Instant::now() < deadline
-                        && matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
-                {
+        loop {
+            match Self::connect_once(socket).await {
+                Ok(connected) => return Ok(connected),
+                // No shim yet, or the socket of one that just died: a
+                // connection it accepted can be reset before the hello (a
+                // container process not yet exec'd may still hold the
+                // listening socket). A new shim may be coming up.
+                Err(e) if tokio::time::Instant::now() < deadline && e.is_transient() => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(source) => return Err(ClientError::Connect { socket: socket.to_owned(), source }),
+                Err(e) => return Err(e),
             }
-        };
+        }
+    }
+
+    async fn connect_once(socket: &Path) -> Result<(Self, Vec<ContainerState>), ClientError> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: socket.to_owned(), source })?;
         let (read, write) = stream.into_split();
         let mut client = Self {
             socket: socket.to_owned(),

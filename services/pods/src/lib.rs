@@ -1,6 +1,7 @@
-//! Kelson's static pods, the part that runs on any host: what a pod is and
-//! what happens to it, without namespaces, cgroups or images (the container
-//! shim and image store live in `kelson-containers`).
+//! Kelson's static pods: what a pod is (the model, on any host) and the
+//! pod manager that runs them ([`runtime`]: sandboxes with their own
+//! namespaces, containers through the shim and image store of
+//! `kelson-containers`, everything that touches the kernel behind traits).
 //!
 //! - [`manifest`]: a file under `/etc/kubernetes/manifests` read as a
 //!   k8s-openapi Pod, validated, and mapped to a [`PodSpec`] (errors name

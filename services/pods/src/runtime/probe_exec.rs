@@ -3,7 +3,7 @@
 //! kubelet counts). HTTPS is TLS without certificate checks, as the
 //! kubelet's prober does (control-plane pods probe their own self-signed
 //! serving certificates). `exec` probes need a process in the container,
-//! which only the node can start: PID 1's prober (`init/src/pods_stage.rs`)
+//! which only the node can start: PID 1's prober (`init/src/pod_runtime.rs`)
 //! runs them and hands the rest to this one.
 
 use super::Prober;

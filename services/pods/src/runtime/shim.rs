@@ -18,14 +18,12 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-/// Starts a new shim (after the last one died) and connects to it.
-pub type StartShim = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ShimClient, String>> + Send>> + Send>;
+/// Why [`StartShim`] could not give a new shim: the caller's own error.
+pub type StartShimError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why [`StartShim`] could not give a new shim (its reason as the caller
-/// wrote it).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartShimError(pub String);
+/// Starts a new shim (after the last one died) and connects to it.
+pub type StartShim =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ShimClient, StartShimError>> + Send>> + Send>;
 
 /// Containers through the shim over its socket.
 pub struct ShimRuntime {
@@ -91,7 +89,7 @@ impl ContainerRuntime for ShimRuntime {
             source,
         };
         let Some(start) = self.start.as_mut() else { return Err(failed(Box::new(NotRestartable))) };
-        self.client = start().await.map_err(|reason| failed(Box::new(StartShimError(reason))))?;
+        self.client = start().await.map_err(failed)?;
         Ok(())
     }
 }
