@@ -53,6 +53,9 @@ pub trait Kernel: Send + Sync {
     /// Attaches `file` read-only to a free loop device and returns the
     /// device's path.
     fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf>;
+    /// Creates the read-only device-mapper device `name` of `sectors` 512-byte
+    /// sectors with one `verity` target of `params`, and returns its path.
+    fn create_verity(&self, name: &str, sectors: u64, params: &str) -> io::Result<std::path::PathBuf>;
 }
 
 /// The real kernel.
@@ -180,6 +183,10 @@ impl Kernel for LinuxKernel {
         }
     }
 
+    fn create_verity(&self, name: &str, sectors: u64, params: &str) -> io::Result<std::path::PathBuf> {
+        Self::dm_create_verity(name, sectors, params).map_err(io::Error::other)
+    }
+
     fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf> {
         use std::os::fd::AsRawFd;
         // From linux/loop.h.
@@ -202,6 +209,23 @@ impl Kernel for LinuxKernel {
             return Err(io::Error::last_os_error());
         }
         Ok(device)
+    }
+}
+
+impl LinuxKernel {
+    fn dm_create_verity(name: &str, sectors: u64, params: &str) -> devicemapper::DmResult<std::path::PathBuf> {
+        use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
+        let dm = DM::new()?;
+        let dm_name = DmName::new(name)?;
+        let readonly = DmOptions::default().set_flags(DmFlags::DM_READONLY);
+        dm.device_create(dm_name, None, readonly)?;
+        let id = DevId::Name(dm_name);
+        let targets = [(0, sectors, "verity".to_owned(), params.to_owned())];
+        dm.table_load(&id, &targets, readonly)?;
+        // Resuming a device with a loaded table makes the table live.
+        let info = dm.device_suspend(&id, DmOptions::default())?;
+        // No udev: devtmpfs names the device after its minor number.
+        Ok(std::path::PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
     }
 }
 
@@ -344,6 +368,10 @@ pub mod fake {
             self.record(format!("loop {}", file.display()));
             self.check(file)?;
             Ok(PathBuf::from("/dev/loop0"))
+        }
+        fn create_verity(&self, name: &str, sectors: u64, params: &str) -> io::Result<PathBuf> {
+            self.record(format!("verity {name} {sectors} {params}"));
+            Ok(PathBuf::from("/dev/dm-0"))
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod state_disk;
 pub mod status;
 pub mod sysctl;
 pub mod usr;
+pub mod verity;
 
 /// Whether a process with this pid should act as init. Pure so the decision
 /// is testable; `main` passes `std::process::id()`.

@@ -1,14 +1,21 @@
-//! The read-only /usr. The image keeps /usr as a squashfs file inside the
-//! initramfs (`/usr.squashfs`): the kernel unpacks only that compressed file
-//! into RAM, and pages of /usr are read from it as they are used, instead of
-//! the whole of /usr being unpacked into tmpfs. The initramfs's own /usr
-//! holds just kelson-init (static) and the loop and squashfs modules needed
-//! to mount the rest over it.
+//! The read-only /usr, from one of two places:
+//!
+//! - the disk image: a partition verified by dm-verity against the root hash
+//!   on the UKI's command line (`usrhash=`, see [`crate::verity`]); the small
+//!   initrd holds only kelson-init and the modules to reach it;
+//! - the direct boot's initramfs: a squashfs file (`/usr.squashfs`) that the
+//!   kernel unpacks into RAM as one compressed file, its pages read as they
+//!   are used, loop-mounted.
+//!
+//! Either way the initramfs's own /usr holds just kelson-init (static) and
+//! the modules needed to mount the rest over it.
 
 use crate::kernel::{Kernel, MountFlags};
 use crate::modules;
+use crate::verity::{self, RootHash, UsrPartitions, VerityError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub const USR_IMAGE: &str = "/usr.squashfs";
 
@@ -43,6 +50,76 @@ pub enum UsrOutcome {
     Mounted {
         device: PathBuf,
     },
+    /// From the disk, verified.
+    Verified {
+        device: PathBuf,
+        partitions: UsrPartitions,
+    },
+}
+
+/// The modules that reach a verified /usr: the disk controllers a node may
+/// boot from (absent hardware is skipped), device-mapper's verity target,
+/// and the filesystem.
+pub const VERITY_MODULES: &[&str] = &["virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "dm_verity", "squashfs"];
+
+/// How long the boot disk may take to appear after its driver loaded.
+const DISK_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifiedUsrError {
+    #[error("loading the modules for a verified /usr")]
+    Modules(#[source] modules::ModuleError),
+    #[error(transparent)]
+    Verity(#[from] VerityError),
+    #[error("mounting the verified /usr ({device}) read-only")]
+    Mount {
+        device: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Finds, verifies and mounts /usr from the disk that holds the partitions
+/// of `root_hash` (the `usrhash=` value).
+pub fn mount_verified_usr(
+    kernel: &dyn Kernel,
+    root_hash: &str,
+    module_dir: &Path,
+) -> Result<UsrOutcome, VerifiedUsrError> {
+    let root = RootHash::parse(root_hash)?;
+    let names: Vec<String> = VERITY_MODULES.iter().map(|m| (*m).to_owned()).collect();
+    let report = modules::load_listed(kernel, module_dir, &names).map_err(VerifiedUsrError::Modules)?;
+    if let Some(error) = report.failed.into_iter().next() {
+        return Err(VerifiedUsrError::Modules(error));
+    }
+    // Disks appear a little after their driver binds.
+    let started = Instant::now();
+    let partitions = loop {
+        let disks = whole_disks(kernel, Path::new("/sys/class/block"), Path::new("/dev"));
+        match verity::find_partitions(kernel, &disks, &root) {
+            Ok(found) => break found,
+            Err(e) if started.elapsed() >= DISK_WAIT => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let device = verity::open_usr(kernel, &partitions, &root)?;
+    let flags = MountFlags { readonly: true, nodev: true, ..MountFlags::default() };
+    kernel
+        .mount(&device.to_string_lossy(), Path::new("/usr"), "squashfs", flags, None)
+        .map_err(|source| VerifiedUsrError::Mount { device: device.clone(), source })?;
+    Ok(UsrOutcome::Verified { device, partitions })
+}
+
+/// Whole disks the kernel knows, as /dev paths: not partitions, and not
+/// loop, ram, zram, device-mapper or optical devices.
+pub fn whole_disks(kernel: &dyn Kernel, sys_class_block: &Path, dev: &Path) -> Vec<PathBuf> {
+    let names = kernel.list_dir(sys_class_block).unwrap_or_default();
+    names
+        .into_iter()
+        .filter(|n| !["loop", "ram", "zram", "dm-", "sr"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| !kernel.exists(&sys_class_block.join(n).join("partition")))
+        .map(|n| dev.join(n))
+        .collect()
 }
 
 /// Mounts `image` over /usr if it exists.
@@ -92,6 +169,50 @@ mod tests {
                 "mount /dev/loop0 /usr squashfs - ro"
             ]
         );
+    }
+
+    #[test]
+    fn whole_disks_leave_out_partitions_and_virtual_devices() {
+        let k = FakeKernel::default()
+            .with_file("/sys/class/block/vda/dev", "254:0")
+            .with_file("/sys/class/block/vda1/partition", "1")
+            .with_file("/sys/class/block/nvme0n1/dev", "259:0")
+            .with_file("/sys/class/block/loop0/dev", "7:0")
+            .with_file("/sys/class/block/dm-0/dev", "253:0")
+            .with_file("/sys/class/block/sr0/dev", "11:0");
+        let disks = whole_disks(&k, Path::new("/sys/class/block"), Path::new("/dev"));
+        assert_eq!(disks, vec![PathBuf::from("/dev/nvme0n1"), PathBuf::from("/dev/vda")]);
+    }
+
+    #[test]
+    fn a_verified_usr_is_found_set_up_read_through_and_mounted() {
+        use crate::verity::tests::{disk, superblock, ROOT};
+        let root = RootHash::parse(ROOT).unwrap();
+        let dep: String = VERITY_MODULES.iter().map(|m| format!("kernel/{m}.ko:\n")).collect();
+        let k = FakeKernel::default()
+            .with_file("/m/modules.dep", &dep)
+            .with_file("/sys/class/block/vda/dev", "254:0")
+            .with_bytes(
+                "/dev/vda",
+                disk(&[(verity::USR_TYPE, root.data_uuid()), (verity::USR_VERITY_TYPE, root.hash_uuid())]),
+            )
+            .with_bytes("/dev/vda2", superblock(&[]))
+            .with_bytes("/dev/dm-0", vec![0u8; 1000 * 4096]);
+        let outcome = mount_verified_usr(&k, ROOT, Path::new("/m")).unwrap();
+        let partitions = UsrPartitions { data: "/dev/vda1".into(), hash: "/dev/vda2".into() };
+        assert_eq!(outcome, UsrOutcome::Verified { device: "/dev/dm-0".into(), partitions });
+        let calls = k.calls();
+        assert_eq!(calls.iter().filter(|c| c.starts_with("load ")).count(), VERITY_MODULES.len());
+        assert!(calls.contains(&format!("verity usr 8000 1 /dev/vda1 /dev/vda2 4096 4096 1000 1 sha256 {ROOT} -")));
+        assert_eq!(calls.last().map(String::as_str), Some("mount /dev/dm-0 /usr squashfs - ro"));
+    }
+
+    #[test]
+    fn a_bad_root_hash_is_named_before_anything_is_loaded() {
+        let k = FakeKernel::default();
+        let err = mount_verified_usr(&k, "abc", Path::new("/m")).unwrap_err();
+        assert_eq!(err.to_string(), "usrhash=\"abc\" is not a SHA-256 root hash (64 hexadecimal digits)");
+        assert!(k.calls().is_empty());
     }
 
     #[test]

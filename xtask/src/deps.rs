@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ovmf", "UEFI firmware for booting the UKI"),
     ("busybox-static", "the shell in the QEMU tests' test-only image layer, and the kelson-containers tests' container root"),
     ("libseccomp-dev", "building kelson-containers: libcontainer's seccomp support links libseccomp (libseccomp.a for a static binary)"),
+    ("libclang-dev", "building kelson-init: the devicemapper crate generates its ioctl bindings from the kernel's dm-ioctl.h with bindgen, which needs libclang"),
     ("protobuf-compiler", "building the QEMU tests: the etcd-client crate compiles etcd's gRPC definitions with protoc"),
     ("runc", "kelson-containers host tests: Debian's runc runs the config.json Kelson writes, as a cross-check of libcontainer"),
     ("cpio", "inspecting the initramfs"),
@@ -42,6 +43,14 @@ const QEMU_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-common", "QEMU's shared files, from the same suite as qemu-system-x86"),
     ("qemu-system-data", "QEMU's firmware blobs and keymaps, from the same suite as qemu-system-x86"),
     ("qemu-utils", "qemu-img: qcow2 images and state disks"),
+];
+
+/// Installed after QEMU, from bookworm-backports on bookworm: libdevmapper-dev
+/// needs libudev-dev at exactly the version of libudev1, which backports'
+/// QEMU brings in.
+const DEVMAPPER_PACKAGES: &[(&str, &str)] = &[
+    ("libdevmapper-dev", "building kelson-init: the devicemapper crate's build finds the device-mapper headers through libdevmapper's pkg-config file (nothing of libdevmapper is linked)"),
+    ("libudev-dev", "libdevmapper-dev's dependency, at the version of libudev1"),
 ];
 
 /// The QEMU major version every QEMU package must have on bookworm: the one
@@ -153,18 +162,19 @@ pub fn ensure() -> Result<()> {
     let on_bookworm = code == "bookworm";
     let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
     let qemu = qemu_to_install(on_bookworm);
+    let devmapper: Vec<&(&str, &str)> = DEVMAPPER_PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
     let mkosi_ok = mkosi_major().is_some_and(|m| m >= MKOSI_MIN_MAJOR);
-    if missing.is_empty() && qemu.is_empty() && mkosi_ok {
+    if missing.is_empty() && qemu.is_empty() && devmapper.is_empty() && mkosi_ok {
         return Ok(());
     }
     eprintln!("xtask: installing host packages Kelson's build and tests need:");
-    for (p, why) in missing.iter().chain(qemu.iter()) {
+    for (p, why) in missing.iter().chain(qemu.iter()).chain(devmapper.iter()) {
         eprintln!("  {p:<24} {why}");
     }
     if !mkosi_ok {
         eprintln!("  {:<24} builds the node image (version {MKOSI_MIN_MAJOR} or newer)", "mkosi");
     }
-    if on_bookworm && (!mkosi_ok || !qemu.is_empty()) {
+    if on_bookworm && (!mkosi_ok || !qemu.is_empty() || !devmapper.is_empty()) {
         ensure_backports()?;
         if !qemu.is_empty() {
             eprintln!(
@@ -187,6 +197,14 @@ pub fn ensure() -> Result<()> {
             args.extend(["-t", "bookworm-backports"]);
         }
         args.extend(QEMU_PACKAGES.iter().map(|(p, _)| *p));
+        apt(&args)?;
+    }
+    if !devmapper.is_empty() {
+        let mut args = vec!["install", "--no-install-recommends"];
+        if on_bookworm {
+            args.extend(["-t", "bookworm-backports"]);
+        }
+        args.extend(DEVMAPPER_PACKAGES.iter().map(|(p, _)| *p));
         apt(&args)?;
     }
     if !mkosi_ok {

@@ -1,13 +1,27 @@
-//! `usr`: a read-only /usr from its squashfs image when the initramfs
-//! carries one; otherwise /usr is part of the initramfs.
+//! `usr`: a read-only /usr, verified from the disk when the command line
+//! carries its root hash (`usrhash=`, the disk image's UKI), else from the
+//! squashfs image the initramfs carries (the direct boot), else /usr is
+//! part of the initramfs. Critical: a /usr that fails verification never
+//! runs.
 
 use crate::boot::{BootContext, Done, StageError};
-use crate::usr::{mount_usr, UsrOutcome, USR_IMAGE};
+use crate::usr::{mount_usr, mount_verified_usr, UsrOutcome, USR_IMAGE};
+use crate::verity::USR_HASH_KEY;
 use std::path::Path;
 use tracing::info;
 
 pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
-    match mount_usr(ctx.kernel, Path::new(USR_IMAGE), &ctx.module_dir)? {
+    let outcome = match ctx.cmdline.get(USR_HASH_KEY) {
+        Some(root_hash) => mount_verified_usr(ctx.kernel, root_hash, &ctx.module_dir)?,
+        None => mount_usr(ctx.kernel, Path::new(USR_IMAGE), &ctx.module_dir)?,
+    };
+    match outcome {
+        UsrOutcome::Verified { device, partitions } => info!(
+            device = %device.display(),
+            data = %partitions.data.display(),
+            hashes = %partitions.hash.display(),
+            "verified /usr mounted read-only"
+        ),
         UsrOutcome::InPlace => info!("no /usr image: /usr is part of the initramfs"),
         UsrOutcome::Mounted { device } => {
             info!(image = USR_IMAGE, device = %device.display(), "read-only /usr mounted")
