@@ -226,8 +226,28 @@ pub fn open_usr(kernel: &dyn Kernel, partitions: &UsrPartitions, root: &RootHash
     let device = kernel.create_verity(DM_NAME, superblock.data_sectors(), &params).map_err(|source| {
         VerityError::Setup { data: partitions.data.clone(), hash: partitions.hash.clone(), source }
     })?;
-    read_through(kernel, &device, superblock.data_sectors() * 512)?;
+    let len = verified_length(kernel, &device, &superblock)?;
+    read_through(kernel, &device, len)?;
     Ok(device)
+}
+
+/// How much of the device to read through: a squashfs's used bytes (its
+/// superblock says; the rest of the fixed-size slot is padding, hashed but
+/// never read), else all of it.
+fn verified_length(kernel: &dyn Kernel, device: &Path, superblock: &Superblock) -> Result<u64, VerityError> {
+    let all = superblock.data_sectors() * 512;
+    let head = kernel.read_at(device, 0, 48).map_err(|source| VerityError::Corrupt {
+        device: device.to_owned(),
+        offset: 0,
+        source,
+    })?;
+    if head.len() < 48 || &head[..4] != b"hsqs" {
+        return Ok(all);
+    }
+    let mut used = [0u8; 8];
+    used.copy_from_slice(&head[40..48]);
+    let block = u64::from(superblock.data_block_size);
+    Ok(u64::from_le_bytes(used).div_ceil(block).saturating_mul(block).min(all))
 }
 
 /// Reads `len` bytes of `device` in large chunks; dm-verity fails the read
@@ -402,6 +422,18 @@ pub(crate) mod tests {
         assert!(k
             .calls()
             .contains(&format!("verity usr 8000 1 /dev/vda2 /dev/vda3 4096 4096 1000 1 sha256 {ROOT} 01")));
+
+        // A squashfs is read through only as far as its superblock's bytes_used.
+        let mut squashfs = vec![0u8; 3 * 4096];
+        squashfs[..4].copy_from_slice(b"hsqs");
+        squashfs[40..48].copy_from_slice(&(2 * 4096u64 + 10).to_le_bytes());
+        let k =
+            FakeKernel::default().with_bytes("/dev/vda3", superblock(&[1])).with_bytes("/dev/dm-0", squashfs.clone());
+        assert_eq!(open_usr(&k, &partitions, &root).unwrap(), PathBuf::from("/dev/dm-0"));
+        squashfs.truncate(3 * 4096 - 1);
+        let k = FakeKernel::default().with_bytes("/dev/vda3", superblock(&[1])).with_bytes("/dev/dm-0", squashfs);
+        let err = open_usr(&k, &partitions, &root).unwrap_err();
+        assert!(err.to_string().contains("at byte 0 failed"), "{err}");
 
         let short = FakeKernel::default()
             .with_bytes("/dev/vda3", superblock(&[1]))

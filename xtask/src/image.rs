@@ -23,6 +23,14 @@ pub struct ImagePaths {
     pub kernel_config: PathBuf,
     /// A copy of the image store's OCI layouts (/usr/lib/kelson/images).
     pub images: PathBuf,
+    /// The GPT disk image (raw, sparse) and the same as qcow2.
+    pub disk_raw: PathBuf,
+    pub disk_qcow2: PathBuf,
+    /// The root hash of the disk image's /usr, as its UKI's `usrhash=`.
+    pub usr_hash: PathBuf,
+    /// The disk image's /usr (squashfs) and its small initrd, for sizes.
+    pub usr_image: PathBuf,
+    pub disk_initrd: PathBuf,
 }
 
 impl ImagePaths {
@@ -34,6 +42,11 @@ impl ImagePaths {
             uki: dir.join("kelson.efi"),
             kernel_config: dir.join("kernel.config"),
             images: dir.join("images"),
+            disk_raw: dir.join("kelson.raw"),
+            disk_qcow2: dir.join("kelson.qcow2"),
+            usr_hash: dir.join("kelson.usrhash"),
+            usr_image: dir.join("usr.squashfs"),
+            disk_initrd: dir.join("kelson-disk.initrd"),
         }
     }
 }
@@ -250,15 +263,41 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         ("kelson.initrd", &paths.initrd),
         ("kelson.efi", &paths.uki),
         ("kernel.config", &paths.kernel_config),
+        ("kelson.usrhash", &paths.usr_hash),
+        ("usr.squashfs", &paths.usr_image),
+        ("kelson-disk.initrd", &paths.disk_initrd),
     ] {
         let src = out.join(from);
         std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
     }
     copy_tree(&out.join("images"), &paths.images)?;
+    // Moved, not copied: the raw image is sparse and gigabytes long.
+    let raw = out.join("kelson.raw");
+    std::fs::rename(&raw, &paths.disk_raw)
+        .with_context(|| format!("moving {} to {}", raw.display(), paths.disk_raw.display()))?;
+    let _ = std::fs::remove_file(&paths.disk_qcow2);
+    progress::run(
+        Command::new("qemu-img")
+            .arg("convert")
+            .args(["-f", "raw", "-O", "qcow2"])
+            .arg(&paths.disk_raw)
+            .arg(&paths.disk_qcow2),
+        "qemu-img convert kelson.raw to kelson.qcow2",
+    )?;
     eprintln!("xtask: image built in {}:", image_dir.display());
-    eprintln!("  vmlinuz        {}  (kernel)", size_mib(&paths.kernel));
-    eprintln!("  kelson.initrd  {}  (the whole root, zstd cpio)", size_mib(&paths.initrd));
-    eprintln!("  kelson.efi     {}  (UKI: kernel + initramfs + command line)", size_mib(&paths.uki));
+    eprintln!("  vmlinuz             {}  (kernel)", size_mib(&paths.kernel));
+    eprintln!("  kelson.initrd       {}  (the whole root, zstd cpio: the direct boot)", size_mib(&paths.initrd));
+    eprintln!("  kelson.efi          {}  (UKI: kernel + initramfs + command line)", size_mib(&paths.uki));
+    eprintln!(
+        "  kelson.raw          {}  (GPT disk image: ESP, /usr A + verity, empty slot B)",
+        size_mib(&paths.disk_raw)
+    );
+    eprintln!("  kelson.qcow2        {}  (the same disk as qcow2)", size_mib(&paths.disk_qcow2));
+    eprintln!(
+        "  kelson-disk.initrd  {}  (the disk image's initrd: the root without /usr)",
+        size_mib(&paths.disk_initrd)
+    );
+    eprintln!("  usr.squashfs        {}  (the disk image's /usr)", size_mib(&paths.usr_image));
     Ok(paths)
 }
 
