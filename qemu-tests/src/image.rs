@@ -18,13 +18,24 @@ pub struct ImagePaths {
     pub initrd: PathBuf,
     /// The unified kernel image, `kelson.efi`.
     pub uki: PathBuf,
+    /// The GPT disk image, `kelson.raw` (booted by firmware).
+    pub disk: PathBuf,
+    /// The root hash of the disk image's /usr, `kelson.usrhash`.
+    pub usr_hash: PathBuf,
 }
 
 impl ImagePaths {
     /// The paths inside `dir`, without checking that they exist.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
-        Self { kernel: dir.join("vmlinuz"), initrd: dir.join("kelson.initrd"), uki: dir.join("kelson.efi"), dir }
+        Self {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("kelson.initrd"),
+            uki: dir.join("kelson.efi"),
+            disk: dir.join("kelson.raw"),
+            usr_hash: dir.join("kelson.usrhash"),
+            dir,
+        }
     }
 
     /// The directory named by `KELSON_IMAGE_DIR`, or else
@@ -41,6 +52,14 @@ impl ImagePaths {
     pub fn from_env() -> Result<Self> {
         let paths = Self::locate();
         paths.check(&[&paths.kernel, &paths.initrd, &paths.uki])?;
+        Ok(paths)
+    }
+
+    /// Like [`ImagePaths::from_env`], but requires the disk image and its
+    /// root hash instead.
+    pub fn disk_from_env() -> Result<Self> {
+        let paths = Self::locate();
+        paths.check(&[&paths.disk, &paths.usr_hash])?;
         Ok(paths)
     }
 

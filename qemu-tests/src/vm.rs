@@ -78,7 +78,8 @@ struct Nic {
 pub struct VmBuilder {
     qemu: PathBuf,
     name: String,
-    kernel: PathBuf,
+    /// `None`: the firmware boots from the disks (see [`VmBuilder::firmware`]).
+    kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
     layers: Vec<Layer>,
     cmdline: Vec<String>,
@@ -99,7 +100,7 @@ impl VmBuilder {
         Self {
             qemu: PathBuf::from("qemu-system-x86_64"),
             name: "vm".to_owned(),
-            kernel: kernel.into(),
+            kernel: Some(kernel.into()),
             initrd: None,
             layers: Vec::new(),
             cmdline: Vec::new(),
@@ -112,6 +113,13 @@ impl VmBuilder {
             extra_args: Vec::new(),
             hooks_key: true,
         }
+    }
+
+    /// A VM whose firmware boots from its disks (a disk image's own boot
+    /// loader and UKI): no kernel, initrd, layers or command line of the
+    /// harness's. Give it the firmware with [`VmBuilder::qemu_args`].
+    pub fn firmware() -> Self {
+        Self { kernel: None, ..Self::new("") }
     }
 
     /// A VM booting the image's kernel and initrd.
@@ -305,12 +313,14 @@ impl VmBuilder {
             "-mon".as_ref(),
             "chardev=qmp,mode=control".as_ref(),
         ]);
-        push(&["-kernel".as_ref(), self.kernel.as_os_str()]);
-        if let Some(initrd) = initrd {
-            push(&["-initrd".as_ref(), initrd.as_os_str()]);
+        if let Some(kernel) = &self.kernel {
+            push(&["-kernel".as_ref(), kernel.as_os_str()]);
+            if let Some(initrd) = initrd {
+                push(&["-initrd".as_ref(), initrd.as_os_str()]);
+            }
+            let cmdline = self.kernel_cmdline();
+            push(&["-append".as_ref(), cmdline.as_ref()]);
         }
-        let cmdline = self.kernel_cmdline();
-        push(&["-append".as_ref(), cmdline.as_ref()]);
         for (i, disk) in self.disks.iter().enumerate() {
             let drive =
                 keyval_suffix("file=", &disk.path, &format!(",if=virtio,format={},index={i}", disk.format.as_str()));
@@ -340,13 +350,21 @@ impl VmBuilder {
     /// that called `boot` exits. Boot a VM in the thread that uses it (a
     /// test's own thread), not in a short-lived helper thread.
     pub fn boot(&self) -> Result<Vm> {
-        let what = format!("VM {:?} (kernel {})", self.name, self.kernel.display());
+        let what = match &self.kernel {
+            Some(kernel) => format!("VM {:?} (kernel {})", self.name, kernel.display()),
+            None => format!("VM {:?} (booted by its firmware)", self.name),
+        };
         self.boot_inner().with_context(|| format!("booting {what}"))
     }
 
     fn boot_inner(&self) -> Result<Vm> {
-        if !self.kernel.is_file() {
-            bail!("kernel {} does not exist", self.kernel.display());
+        match &self.kernel {
+            Some(kernel) if !kernel.is_file() => bail!("kernel {} does not exist", kernel.display()),
+            Some(_) => {}
+            None if self.initrd.is_some() || !self.layers.is_empty() || !self.cmdline.is_empty() => {
+                bail!("a VM booted by its firmware takes no initrd, layers or kernel command line from the harness")
+            }
+            None => {}
         }
         let prefix = format!("kelson-vm-{}-", sanitize(&self.name));
         let dir =

@@ -28,6 +28,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bubblewrap", "mkosi's build sandbox"),
     ("debian-archive-keyring", "verifying the Debian trixie packages the image is built from"),
     ("dosfstools", "FAT images for tests"),
+    ("fdisk", "sfdisk: the disk image's partition table read back in the disk image tests"),
     ("mtools", "FAT images without mounting"),
     ("xorriso", "ISO images without mounting"),
     ("cloud-image-utils", "cloud-localds, to test that the node reads the seeds it makes"),

@@ -1,0 +1,101 @@
+//! The disk image (`kelson.raw`) booted by real UEFI firmware (Debian's
+//! OVMF) from a virtio disk, with no NVRAM boot entry: the firmware finds
+//! systemd-boot as `\EFI\BOOT\BOOTX64.EFI`, which starts the UKI, whose
+//! small initrd holds PID 1; PID 1 finds /usr's partitions by the root hash
+//! on the UKI's command line and mounts them through dm-verity.
+//!
+//! Each VM boots a copy-on-write overlay of the image, so the image itself
+//! is never written; the corruption test changes one byte of /usr in its
+//! overlay only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use qemu_tests::{ImagePaths, Vm, VmBuilder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const BOOT: Duration = Duration::from_secs(300);
+
+/// A qcow2 overlay of the disk image in `dir`.
+fn overlay(image: &ImagePaths, dir: &Path) -> PathBuf {
+    let path = dir.join("disk.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&image.disk)
+        .arg(&path)
+        .status()
+        .expect("qemu-img (package qemu-utils)");
+    assert!(status.success(), "qemu-img create failed: {status}");
+    path
+}
+
+fn boot(name: &str, disk: &Path, dir: &Path) -> Vm {
+    let vars = dir.join("vars.fd");
+    std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
+    VmBuilder::firmware()
+        .name(name)
+        .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+        .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
+        .disk_qcow2(disk)
+        .boot()
+        .unwrap()
+}
+
+/// Where a partition starts, in bytes, by its GPT label (sfdisk's JSON).
+fn partition_offset(disk: &Path, label: &str) -> u64 {
+    let out = Command::new("sfdisk").arg("--json").arg(disk).output().expect("sfdisk (util-linux)");
+    assert!(out.status.success(), "sfdisk --json {}: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sector = table["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    let partition = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == label)
+        .unwrap_or_else(|| panic!("no partition labelled {label} in {}", disk.display()));
+    partition["start"].as_u64().unwrap() * sector
+}
+
+#[test]
+fn the_disk_image_boots_under_uefi_with_usr_verified_against_the_ukis_root_hash() {
+    let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
+    let usr_hash = std::fs::read_to_string(&image.usr_hash).unwrap().trim().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = overlay(&image, dir.path());
+    let mut vm = boot("disk", &disk, dir.path());
+    let cmdline = vm.expect("Command line:", BOOT).unwrap();
+    assert!(cmdline.contains(&format!("usrhash={usr_hash}")), "the UKI's command line: {cmdline}");
+    let usr = vm.expect("verified /usr mounted read-only", BOOT).unwrap();
+    // Slot A's partitions: the second and third of the disk.
+    assert!(usr.contains("data=/dev/vda2") && usr.contains("hashes=/dev/vda3"), "{usr}");
+    assert!(usr.contains("device=/dev/dm-"), "{usr}");
+    vm.expect("kelson: ready", BOOT).unwrap();
+    vm.system_powerdown().unwrap();
+    vm.expect("shutdown: power-off", Duration::from_secs(60)).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
+
+#[test]
+fn one_changed_byte_of_usr_stops_boot_in_maintenance_naming_the_verification_failure() {
+    let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = overlay(&image, dir.path());
+    // A byte in the squashfs's 40th block (well inside what /usr uses),
+    // in the overlay only.
+    let offset = partition_offset(&image.disk, "kelson-usr-a") + 40 * 4096 + 123;
+    let status = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", &format!("write -P 0x5a {offset} 1")])
+        .arg(&disk)
+        .status()
+        .expect("qemu-io (package qemu-utils)");
+    assert!(status.success(), "qemu-io write failed: {status}");
+    let mut vm = boot("corrupt", &disk, dir.path());
+    let line = vm.expect("maintenance: boot stopped", BOOT).unwrap();
+    assert!(line.contains("stage=usr"), "{line}");
+    assert!(line.contains("/usr failed verification"), "{line}");
+    let console = vm.console_text().unwrap();
+    assert!(!console.contains("verified /usr mounted"), "an unverified /usr was mounted:\n{console}");
+    assert!(!console.contains("kelson: ready"), "{console}");
+}
