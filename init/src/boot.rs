@@ -60,6 +60,9 @@ pub struct BootContext<'a> {
     pub net_plan: Option<kelson_net::NetPlan>,
     /// Set by the identity stage.
     pub identity: Option<Identity>,
+    /// The disk the node booted from, when /usr came from a disk image
+    /// (set by the usr stage); the state partition lives on it.
+    pub boot_disk: Option<PathBuf>,
 }
 
 impl<'a> BootContext<'a> {
@@ -80,6 +83,7 @@ impl<'a> BootContext<'a> {
             config: None,
             net_plan: None,
             identity: None,
+            boot_disk: None,
         }
     }
 

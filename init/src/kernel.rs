@@ -38,6 +38,9 @@ pub trait Kernel: Send + Sync {
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// The size in bytes of a file or block device.
     fn size(&self, path: &Path) -> io::Result<u64>;
+    /// Writes `data` into the existing file or block device `path` at byte
+    /// `offset`, and flushes it to the device before returning.
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Random bytes from the kernel, for ids.
     fn random_bytes(&self) -> io::Result<[u8; 16]>;
     /// Names of the entries in a directory, sorted.
@@ -124,6 +127,14 @@ impl Kernel for LinuxKernel {
         use std::io::{Seek, SeekFrom};
         // Seeking to the end works for block devices, whose metadata says 0.
         std::fs::File::open(path)?.seek(SeekFrom::End(0))
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(data)?;
+        file.sync_data()
     }
 
     fn random_bytes(&self) -> io::Result<[u8; 16]> {
@@ -229,6 +240,61 @@ impl LinuxKernel {
     }
 }
 
+/// A disk (or a file standing in for one) read and written through the
+/// kernel trait, as `Read + Write + Seek` for the GPT library.
+pub struct KernelDisk<'a> {
+    kernel: &'a dyn Kernel,
+    path: std::path::PathBuf,
+    position: u64,
+}
+
+impl<'a> KernelDisk<'a> {
+    pub fn new(kernel: &'a dyn Kernel, path: &Path) -> Self {
+        KernelDisk { kernel, path: path.to_owned(), position: 0 }
+    }
+}
+
+impl std::fmt::Debug for KernelDisk<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "disk {}", self.path.display())
+    }
+}
+
+impl io::Read for KernelDisk<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let data = self.kernel.read_at(&self.path, self.position, buf.len())?;
+        buf[..data.len()].copy_from_slice(&data);
+        self.position += data.len() as u64;
+        Ok(data.len())
+    }
+}
+
+impl io::Seek for KernelDisk<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let (base, delta) = match to {
+            io::SeekFrom::Start(at) => {
+                self.position = at;
+                return Ok(at);
+            }
+            io::SeekFrom::End(delta) => (self.kernel.size(&self.path)?, delta),
+            io::SeekFrom::Current(delta) => (self.position, delta),
+        };
+        self.position = base.checked_add_signed(delta).ok_or_else(|| io::Error::other("seek before the start"))?;
+        Ok(self.position)
+    }
+}
+
+impl io::Write for KernelDisk<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.kernel.write_at(&self.path, self.position, buf)?;
+        self.position += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub mod fake {
     //! A recording kernel for tests: files live in a map, every call is
     //! logged, and chosen paths can be made to fail.
@@ -318,13 +384,28 @@ pub mod fake {
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
         }
         fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-            let data = self.read_file(path)?;
+            self.check(path)?;
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let data = files.get(path).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
             let start = (offset as usize).min(data.len());
             let end = start.saturating_add(len).min(data.len());
             Ok(data[start..end].to_vec())
         }
         fn size(&self, path: &Path) -> io::Result<u64> {
-            Ok(self.read_file(path)?.len() as u64)
+            self.check(path)?;
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            files.get(path).map(|d| d.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.check(path)?;
+            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let file = files.get_mut(path).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            let (start, end) = (offset as usize, offset as usize + data.len());
+            if end > file.len() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            file[start..end].copy_from_slice(data);
+            Ok(())
         }
         fn random_bytes(&self) -> io::Result<[u8; 16]> {
             Ok([0x5a; 16])

@@ -28,6 +28,7 @@ pub mod seed_url;
 pub mod shutdown;
 pub mod stages;
 pub mod state_disk;
+pub mod state_part;
 pub mod status;
 pub mod sysctl;
 pub mod usr;

@@ -130,6 +130,16 @@ pub enum StateDiskError {
         #[source]
         source: io::Error,
     },
+    #[error("running {command}")]
+    Tool {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Partition(#[from] crate::state_part::StatePartitionError),
+    #[error("the new state partition {device} did not appear within {waited_ms} ms")]
+    PartitionMissing { device: PathBuf, waited_ms: u64 },
     #[error("mounting {what} on /var")]
     Mount {
         what: String,
@@ -158,6 +168,21 @@ pub fn plan(kernel: &dyn Kernel, named: Option<&Path>, devices: &[PathBuf]) -> R
         };
     }
     Ok(find_labelled(kernel, devices).map_or(StatePlan::Tmpfs, StatePlan::Mount))
+}
+
+/// `partx` telling the kernel about partition `number` of `disk`: `add`
+/// for a new one, `update` for one whose size changed.
+pub fn partx_command(action: &str, disk: &Path, number: u32) -> std::process::Command {
+    let mut cmd = std::process::Command::new("partx");
+    cmd.arg(format!("--{action}")).arg(format!("--nr={number}")).arg(disk);
+    cmd
+}
+
+/// Grows a mounted ext4 filesystem to its partition's size.
+pub fn resize_command(device: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("resize2fs");
+    cmd.arg(device);
+    cmd
 }
 
 /// The mkfs command for a blank state disk.

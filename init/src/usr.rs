@@ -199,7 +199,7 @@ mod tests {
             .with_bytes("/dev/vda2", superblock(&[]))
             .with_bytes("/dev/dm-0", vec![0u8; 1000 * 4096]);
         let outcome = mount_verified_usr(&k, ROOT, Path::new("/m")).unwrap();
-        let partitions = UsrPartitions { data: "/dev/vda1".into(), hash: "/dev/vda2".into() };
+        let partitions = UsrPartitions { disk: "/dev/vda".into(), data: "/dev/vda1".into(), hash: "/dev/vda2".into() };
         assert_eq!(outcome, UsrOutcome::Verified { device: "/dev/dm-0".into(), partitions });
         let calls = k.calls();
         assert_eq!(calls.iter().filter(|c| c.starts_with("load ")).count(), VERITY_MODULES.len());

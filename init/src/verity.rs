@@ -12,8 +12,8 @@
 //! from those and the root hash from the command line, never from the disk
 //! alone.
 
-use crate::kernel::Kernel;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use crate::kernel::{Kernel, KernelDisk};
+use std::io;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -94,9 +94,11 @@ impl RootHash {
     }
 }
 
-/// The two partitions backing /usr.
+/// The two partitions backing /usr, and the disk that holds them (the boot
+/// disk).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsrPartitions {
+    pub disk: PathBuf,
     pub data: PathBuf,
     pub hash: PathBuf,
 }
@@ -119,7 +121,7 @@ pub fn find_partitions(kernel: &dyn Kernel, disks: &[PathBuf], root: &RootHash) 
             }
         }
         if let (Some(data), Some(hash)) = (data, hash) {
-            return Ok(UsrPartitions { data, hash });
+            return Ok(UsrPartitions { disk: disk.clone(), data, hash });
         }
     }
     Err(VerityError::NotFound {
@@ -271,59 +273,6 @@ fn read_through(kernel: &dyn Kernel, device: &Path, len: u64) -> Result<(), Veri
     Ok(())
 }
 
-/// A disk read through the kernel trait, for the GPT reader.
-struct KernelDisk<'a> {
-    kernel: &'a dyn Kernel,
-    path: PathBuf,
-    position: u64,
-}
-
-impl<'a> KernelDisk<'a> {
-    fn new(kernel: &'a dyn Kernel, path: &Path) -> Self {
-        KernelDisk { kernel, path: path.to_owned(), position: 0 }
-    }
-}
-
-impl std::fmt::Debug for KernelDisk<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "disk {}", self.path.display())
-    }
-}
-
-impl Read for KernelDisk<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let data = self.kernel.read_at(&self.path, self.position, buf.len())?;
-        buf[..data.len()].copy_from_slice(&data);
-        self.position += data.len() as u64;
-        Ok(data.len())
-    }
-}
-
-impl Seek for KernelDisk<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let base = match to {
-            SeekFrom::Start(at) => {
-                self.position = at;
-                return Ok(at);
-            }
-            SeekFrom::End(delta) => (self.kernel.size(&self.path)?, delta),
-            SeekFrom::Current(delta) => (self.position, delta),
-        };
-        self.position = base.0.checked_add_signed(base.1).ok_or_else(|| io::Error::other("seek before the start"))?;
-        Ok(self.position)
-    }
-}
-
-/// Never written: the disk is opened read-only.
-impl Write for KernelDisk<'_> {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::other("the boot disk is read, never written, while looking for /usr"))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -361,7 +310,7 @@ pub(crate) mod tests {
     fn the_superblock_gives_the_table() {
         let sb = Superblock::parse(&superblock(&[0xab, 0xcd])).unwrap();
         assert_eq!(sb.data_sectors(), 8000);
-        let partitions = UsrPartitions { data: "/dev/vda2".into(), hash: "/dev/vda3".into() };
+        let partitions = UsrPartitions { disk: "/dev/vda".into(), data: "/dev/vda2".into(), hash: "/dev/vda3".into() };
         assert_eq!(
             sb.table_params(&partitions, &RootHash::parse(ROOT).unwrap()),
             format!("1 /dev/vda2 /dev/vda3 4096 4096 1000 1 sha256 {ROOT} abcd")
@@ -405,7 +354,10 @@ pub(crate) mod tests {
             );
         let disks: Vec<PathBuf> = ["/dev/vda", "/dev/vdb", "/dev/nvme0n1"].iter().map(PathBuf::from).collect();
         let found = find_partitions(&k, &disks, &root).unwrap();
-        assert_eq!(found, UsrPartitions { data: "/dev/nvme0n1p2".into(), hash: "/dev/nvme0n1p3".into() });
+        assert_eq!(
+            found,
+            UsrPartitions { disk: "/dev/nvme0n1".into(), data: "/dev/nvme0n1p2".into(), hash: "/dev/nvme0n1p3".into() }
+        );
 
         let err = find_partitions(&k, &disks[..2], &root).unwrap_err().to_string();
         assert!(err.contains("01234567-89ab-cdef-0123-456789abcdef") && err.contains("/dev/vda, /dev/vdb"), "{err}");
@@ -414,7 +366,7 @@ pub(crate) mod tests {
     #[test]
     fn usr_is_set_up_from_the_superblock_and_read_through() {
         let root = RootHash::parse(ROOT).unwrap();
-        let partitions = UsrPartitions { data: "/dev/vda2".into(), hash: "/dev/vda3".into() };
+        let partitions = UsrPartitions { disk: "/dev/vda".into(), data: "/dev/vda2".into(), hash: "/dev/vda3".into() };
         let k = FakeKernel::default()
             .with_bytes("/dev/vda3", superblock(&[1]))
             .with_bytes("/dev/dm-0", vec![7u8; 1000 * 4096]);

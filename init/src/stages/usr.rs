@@ -16,12 +16,15 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         None => mount_usr(ctx.kernel, Path::new(USR_IMAGE), &ctx.module_dir)?,
     };
     match outcome {
-        UsrOutcome::Verified { device, partitions } => info!(
-            device = %device.display(),
-            data = %partitions.data.display(),
-            hashes = %partitions.hash.display(),
-            "verified /usr mounted read-only"
-        ),
+        UsrOutcome::Verified { device, partitions } => {
+            info!(
+                device = %device.display(),
+                data = %partitions.data.display(),
+                hashes = %partitions.hash.display(),
+                "verified /usr mounted read-only"
+            );
+            ctx.boot_disk = Some(partitions.disk);
+        }
         UsrOutcome::InPlace => info!("no /usr image: /usr is part of the initramfs"),
         UsrOutcome::Mounted { device } => {
             info!(image = USR_IMAGE, device = %device.display(), "read-only /usr mounted")
