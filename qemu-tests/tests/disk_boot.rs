@@ -18,13 +18,15 @@ const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const BOOT: Duration = Duration::from_secs(300);
 
-/// A qcow2 overlay of the disk image in `dir`.
-fn overlay(image: &ImagePaths, dir: &Path) -> PathBuf {
+/// A qcow2 overlay of the disk image in `dir`, as large as the image or
+/// `size` (`3G`).
+fn overlay(image: &ImagePaths, dir: &Path, size: Option<&str>) -> PathBuf {
     let path = dir.join("disk.qcow2");
     let status = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&image.disk)
         .arg(&path)
+        .args(size)
         .status()
         .expect("qemu-img (package qemu-utils)");
     assert!(status.success(), "qemu-img create failed: {status}");
@@ -32,6 +34,10 @@ fn overlay(image: &ImagePaths, dir: &Path) -> PathBuf {
 }
 
 fn boot(name: &str, disk: &Path, dir: &Path) -> Vm {
+    boot_with(name, disk, dir, false)
+}
+
+fn boot_with(name: &str, disk: &Path, dir: &Path, reboot_allowed: bool) -> Vm {
     let vars = dir.join("vars.fd");
     std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
     VmBuilder::firmware()
@@ -39,8 +45,22 @@ fn boot(name: &str, disk: &Path, dir: &Path) -> Vm {
         .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
         .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
         .disk_qcow2(disk)
+        .reboot_allowed(reboot_allowed)
         .boot()
         .unwrap()
+}
+
+/// The machine id from the identity stage's line, and where it came from.
+fn identity(line: &str) -> (String, String) {
+    let field = |name: &str| {
+        let rest = line.split(&format!("{name}=")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
+        let value = rest.strip_prefix('"').map_or_else(
+            || rest.split_whitespace().next().unwrap_or("").to_owned(),
+            |quoted| quoted.split('"').next().unwrap_or("").to_owned(),
+        );
+        value
+    };
+    (field("machine_id"), field("source"))
 }
 
 /// Where a partition starts, in bytes, by its GPT label (sfdisk's JSON).
@@ -63,7 +83,7 @@ fn the_disk_image_boots_under_uefi_with_usr_verified_against_the_ukis_root_hash(
     let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
     let usr_hash = std::fs::read_to_string(&image.usr_hash).unwrap().trim().to_owned();
     let dir = tempfile::tempdir().unwrap();
-    let disk = overlay(&image, dir.path());
+    let disk = overlay(&image, dir.path(), None);
     let mut vm = boot("disk", &disk, dir.path());
     let cmdline = vm.expect("Command line:", BOOT).unwrap();
     assert!(cmdline.contains(&format!("usrhash={usr_hash}")), "the UKI's command line: {cmdline}");
@@ -81,7 +101,7 @@ fn the_disk_image_boots_under_uefi_with_usr_verified_against_the_ukis_root_hash(
 fn one_changed_byte_of_usr_stops_boot_in_maintenance_naming_the_verification_failure() {
     let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
     let dir = tempfile::tempdir().unwrap();
-    let disk = overlay(&image, dir.path());
+    let disk = overlay(&image, dir.path(), None);
     // A byte in the squashfs's 40th block (well inside what /usr uses),
     // in the overlay only.
     let offset = partition_offset(&image.disk, "kelson-usr-a") + 40 * 4096 + 123;
@@ -98,4 +118,47 @@ fn one_changed_byte_of_usr_stops_boot_in_maintenance_naming_the_verification_fai
     let console = vm.console_text().unwrap();
     assert!(!console.contains("verified /usr mounted"), "an unverified /usr was mounted:\n{console}");
     assert!(!console.contains("kelson: ready"), "{console}");
+}
+
+#[test]
+fn the_state_partition_is_made_from_the_free_space_kept_across_a_reboot_and_grown_with_the_disk() {
+    let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
+    let dir = tempfile::tempdir().unwrap();
+    // The image ends with its last partition: 3 GiB leaves about 600 MiB free.
+    let disk = overlay(&image, dir.path(), Some("3G"));
+
+    let mut vm = boot_with("state", &disk, dir.path(), true);
+    let added = vm.expect("state partition added over the boot disk's free space", BOOT).unwrap();
+    assert!(added.contains("device=/dev/vda6"), "{added}");
+    vm.expect("state disk is blank: formatting it", BOOT).unwrap();
+    vm.expect("state disk mounted on /var", BOOT).unwrap();
+    let (id, source) = identity(&vm.expect("identity set", BOOT).unwrap());
+    assert_ne!(source, "state disk", "a first boot has no kept machine id");
+    vm.expect("kelson: ready", BOOT).unwrap();
+
+    // A reboot: the same partition, not formatted again, and the id kept on it.
+    vm.send_ctrl_alt_delete().unwrap();
+    vm.expect("kelson-init starting as PID 1", BOOT).unwrap();
+    vm.expect("state disk mounted on /var", BOOT).unwrap();
+    let (again, source) = identity(&vm.expect("identity set", BOOT).unwrap());
+    assert_eq!((again.as_str(), source.as_str()), (id.as_str(), "state disk"));
+    vm.expect("kelson: ready", BOOT).unwrap();
+    vm.system_powerdown().unwrap();
+    vm.expect("shutdown: power-off", Duration::from_secs(60)).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    let console = vm.console_text().unwrap();
+    assert_eq!(console.matches("formatting it").count(), 1, "formatted twice:\n{console}");
+    assert_eq!(console.matches("added over").count(), 1, "added twice:\n{console}");
+
+    // The disk grows to 4 GiB: the partition and its filesystem follow.
+    let status = Command::new("qemu-img").args(["resize", "-q"]).arg(&disk).arg("4G").status().unwrap();
+    assert!(status.success(), "qemu-img resize failed: {status}");
+    let mut vm = boot("grown", &disk, dir.path());
+    let grown = vm.expect("state partition grown over the space the disk gained", BOOT).unwrap();
+    let bytes: u64 = grown.split("bytes=").nth(1).and_then(|b| b.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(bytes > 1500 << 20, "{grown}");
+    vm.expect("state filesystem grown with its partition", BOOT).unwrap();
+    let (kept, _) = identity(&vm.expect("identity set", BOOT).unwrap());
+    assert_eq!(kept, id, "the machine id survives the growth");
+    vm.expect("kelson: ready", BOOT).unwrap();
 }
