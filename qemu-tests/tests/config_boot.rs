@@ -172,22 +172,27 @@ fn kelson_config_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A NoCloud seed ISO made by Debian's `cloud-localds` (cloud-image-utils;
+/// iso9660 by default) from these three files, in `dir`.
+fn cloud_localds_iso(dir: &Path, user_data: &str, network_config: &str, meta_data: &str) -> PathBuf {
+    let (user, net, meta) = (dir.join("user-data"), dir.join("network-config"), dir.join("meta-data"));
+    std::fs::write(&user, user_data).unwrap();
+    std::fs::write(&net, network_config).unwrap();
+    std::fs::write(&meta, meta_data).unwrap();
+    let iso = dir.join("seed.iso");
+    run(Command::new("cloud-localds").arg("--network-config").arg(&net).arg(&iso).arg(&user).arg(&meta));
+    iso
+}
+
 #[test]
 fn a_cloud_localds_iso_on_a_cdrom_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let user = dir.path().join("user-data");
-    let net = dir.path().join("network-config");
-    let meta = dir.path().join("meta-data");
-    std::fs::write(
-        &user,
+    let iso = cloud_localds_iso(
+        dir.path(),
         "#cloud-config\nhostname: iso-node\nruncmd: [reboot]\nkelson:\n  network:\n    podCIDR: 10.244.8.0/24\n    clusterCIDR: 10.244.0.0/16\n",
-    )
-    .unwrap();
-    std::fs::write(&net, "version: 2\nethernets:\n  eth0:\n    addresses: [192.168.100.22/24]\n    nameservers:\n      addresses: [192.168.100.1]\n").unwrap();
-    std::fs::write(&meta, "instance-id: iso-1\n").unwrap();
-    let iso = dir.path().join("seed.iso");
-    // Debian's cloud-localds (cloud-image-utils) makes an iso9660 seed by default.
-    run(Command::new("cloud-localds").arg("--network-config").arg(&net).arg(&iso).arg(&user).arg(&meta));
+        "version: 2\nethernets:\n  eth0:\n    addresses: [192.168.100.22/24]\n    nameservers:\n      addresses: [192.168.100.1]\n",
+        "instance-id: iso-1\n",
+    );
     let mut vm = node().qemu_arg("-cdrom").qemu_arg(&iso).boot().unwrap();
     vm.expect("cloud-init seed found device=/dev/sr0 fs=iso9660", BOOT).unwrap();
     vm.expect("cloud-init: ignored user-data: runcmd (not supported on an appliance)", BOOT).unwrap();
@@ -209,16 +214,9 @@ fn a_cloud_localds_iso_on_a_cdrom_is_read() {
 #[test]
 fn a_cloud_localds_netplan_seed_renames_the_nic_matched_by_mac_and_configures_it() {
     let dir = tempfile::tempdir().unwrap();
-    let user = dir.path().join("user-data");
-    let net = dir.path().join("network-config");
-    let meta = dir.path().join("meta-data");
-    std::fs::write(
-        &user,
+    let iso = cloud_localds_iso(
+        dir.path(),
         "#cloud-config\nhostname: netplan-node\nkelson:\n  network:\n    podCIDR: 10.244.4.0/24\n    clusterCIDR: 10.244.0.0/16\n",
-    )
-    .unwrap();
-    std::fs::write(
-        &net,
         r#"version: 2
 ethernets:
   uplink:
@@ -235,11 +233,8 @@ ethernets:
       addresses: [192.168.50.53, 192.168.50.54]
       search: [corp.example, lab.example]
 "#,
-    )
-    .unwrap();
-    std::fs::write(&meta, "instance-id: netplan-1\n").unwrap();
-    let iso = dir.path().join("seed.iso");
-    run(Command::new("cloud-localds").arg("--network-config").arg(&net).arg(&iso).arg(&user).arg(&meta));
+        "instance-id: netplan-1\n",
+    );
     // Two NICs on networks that reach nothing: the kernel names them eth0
     // and eth1; the seed's MAC is eth1's.
     let mut vm = node()
