@@ -68,10 +68,7 @@ async fn a_run_as_long_as_the_stable_period_resets_the_back_off() {
     let kill_and_read_delay = |restarts: u32| {
         let sup = &sup;
         async move {
-            let s = wait_until(sup, 10, "healthy", |s| {
-                s.services["svc"].state == ServiceState::Healthy && s.services["svc"].restarts == restarts
-            })
-            .await;
+            let s = healthy_after_restarts(sup, restarts).await;
             let pid = s.services["svc"].pid.unwrap();
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
             let s = wait_until(sup, 10, "backing off", |s| s.services["svc"].state == ServiceState::BackingOff).await;
@@ -86,24 +83,26 @@ async fn a_run_as_long_as_the_stable_period_resets_the_back_off() {
     advance_through(&clock, second).await;
 
     // This run lasts 59 s of fake time: short of stable, the delay grows.
-    wait_until(&sup, 10, "healthy", |s| {
-        s.services["svc"].restarts == 2 && s.services["svc"].state == ServiceState::Healthy
-    })
-    .await;
+    healthy_after_restarts(&sup, 2).await;
     clock.advance(secs(59));
     let third = kill_and_read_delay(2).await;
     assert_eq!(third, secs(40));
     advance_through(&clock, third).await;
 
     // This one lasts the full 60 s stable period: back to the start.
-    wait_until(&sup, 10, "healthy", |s| {
-        s.services["svc"].restarts == 3 && s.services["svc"].state == ServiceState::Healthy
-    })
-    .await;
+    healthy_after_restarts(&sup, 3).await;
     clock.advance(secs(60));
     let fourth = kill_and_read_delay(3).await;
     assert_eq!(fourth, secs(10));
     sup.shutdown().await;
+}
+
+/// Waits until `svc` is healthy again after `restarts` restarts.
+async fn healthy_after_restarts(sup: &Supervisor, restarts: u32) -> Snapshot {
+    wait_until(sup, 10, "healthy", |s| {
+        s.services["svc"].state == ServiceState::Healthy && s.services["svc"].restarts == restarts
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
