@@ -202,26 +202,30 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage], running: &Running
         }));
         let elapsed_ms = (clock::boottime().saturating_sub(started)).as_millis() as u64;
         let error = match result {
-            Ok(Ok(Done::Finished)) => {
-                info!(stage = stage.name, elapsed_ms, "stage done");
-                finish(ctx, stage, elapsed_ms, StageState::Done, None, "it ended without setting it".into());
-                continue;
-            }
-            Ok(Ok(Done::Running(handle))) => {
-                info!(stage = stage.name, elapsed_ms, "stage done");
-                running.push(stage.name, handle);
-                finish(ctx, stage, elapsed_ms, StageState::Done, None, "it ended without setting it".into());
-                continue;
-            }
-            Ok(Ok(Done::Degraded { running: handle, error })) => {
-                running.push(stage.name, handle);
-                chain(error.as_ref())
+            Ok(Ok(done)) => {
+                let failed = match done {
+                    Done::Finished => None,
+                    Done::Running(handle) => {
+                        running.push(stage.name, handle);
+                        None
+                    }
+                    Done::Degraded { running: handle, error } => {
+                        running.push(stage.name, handle);
+                        Some(chain(error.as_ref()))
+                    }
+                };
+                let Some(error) = failed else {
+                    info!(stage = stage.name, elapsed_ms, "stage done");
+                    finish(ctx, stage, elapsed_ms, StageState::Done, None);
+                    continue;
+                };
+                error
             }
             Ok(Err(e)) => chain(e.as_ref()),
             Err(payload) => format!("panicked: {}", panic_text(payload.as_ref())),
         };
         let state = if stage.critical { StageState::Failed } else { StageState::Degraded };
-        finish(ctx, stage, elapsed_ms, state, Some(error.clone()), error.clone());
+        finish(ctx, stage, elapsed_ms, state, Some(error.clone()));
         if stage.critical {
             warn!(stage = stage.name, elapsed_ms, error = error.as_str(), "stage failed");
             return Outcome::Maintenance { stage: stage.name, error };
@@ -232,15 +236,9 @@ pub fn run_stages(ctx: &mut BootContext<'_>, stages: &[Stage], running: &Running
 }
 
 /// Records how a stage ended, and declares the conditions it was to set
-/// but left pending unreachable, with `why`.
-fn finish(
-    ctx: &BootContext<'_>,
-    stage: &Stage,
-    elapsed_ms: u64,
-    state: StageState,
-    error: Option<String>,
-    why: String,
-) {
+/// but left pending unreachable, saying why: its error, if it had one.
+fn finish(ctx: &BootContext<'_>, stage: &Stage, elapsed_ms: u64, state: StageState, error: Option<String>) {
+    let why = error.clone().unwrap_or_else(|| "it ended without setting it".to_owned());
     ctx.status.update(|s| {
         if let Some(entry) = s.stages.iter_mut().rev().find(|e| e.name == stage.name) {
             entry.state = state;

@@ -20,11 +20,7 @@ const STATE_DISK_WAIT: Duration = Duration::from_secs(5);
 pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     let named = ctx.cmdline.get("kelson.state").map(PathBuf::from);
     if let Some(device) = &named {
-        let started = std::time::Instant::now();
-        while !ctx.kernel.exists(device) && started.elapsed() < STATE_DISK_WAIT {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !ctx.kernel.exists(device) {
+        if !appears(ctx, device) {
             return Err(StateDiskError::Missing {
                 device: device.clone(),
                 waited_ms: STATE_DISK_WAIT.as_millis() as u64,
@@ -105,7 +101,10 @@ fn boot_disk_partition(ctx: &BootContext<'_>, disk: &Path) -> Result<Option<(Sta
         StatePartition::Created { device, number, bytes } => {
             info!(device = %device.display(), bytes, "state partition added over the boot disk's free space");
             run_tool(ctx, state_disk::partx_command("add", disk, number))?;
-            wait_for(ctx, &device)?;
+            if !appears(ctx, &device) {
+                let waited_ms = STATE_DISK_WAIT.as_millis() as u64;
+                return Err(StateDiskError::PartitionMissing { device, waited_ms });
+            }
             Ok(Some((StatePlan::FormatThenMount(device), None)))
         }
         StatePartition::Grown { device, number, bytes } => {
@@ -125,17 +124,16 @@ fn boot_disk_partition(ctx: &BootContext<'_>, disk: &Path) -> Result<Option<(Sta
     }
 }
 
-/// Waits for a device node the kernel is creating.
-fn wait_for(ctx: &BootContext<'_>, device: &Path) -> Result<(), StateDiskError> {
+/// Whether `device` exists, or appears within [`STATE_DISK_WAIT`].
+fn appears(ctx: &BootContext<'_>, device: &Path) -> bool {
     let started = std::time::Instant::now();
     while !ctx.kernel.exists(device) {
         if started.elapsed() >= STATE_DISK_WAIT {
-            let waited_ms = STATE_DISK_WAIT.as_millis() as u64;
-            return Err(StateDiskError::PartitionMissing { device: device.to_owned(), waited_ms });
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+    true
 }
 
 /// Runs a helper program through the reaper; its failure is an error.
