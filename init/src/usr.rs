@@ -88,10 +88,7 @@ pub fn mount_verified_usr(
 ) -> Result<UsrOutcome, VerifiedUsrError> {
     let root = RootHash::parse(root_hash)?;
     let names: Vec<String> = VERITY_MODULES.iter().map(|m| (*m).to_owned()).collect();
-    let report = modules::load_listed(kernel, module_dir, &names).map_err(VerifiedUsrError::Modules)?;
-    if let Some(error) = report.failed.into_iter().next() {
-        return Err(VerifiedUsrError::Modules(error));
-    }
+    load_all(kernel, module_dir, &names).map_err(VerifiedUsrError::Modules)?;
     // Disks appear a little after their driver binds.
     let started = Instant::now();
     let partitions = loop {
@@ -108,6 +105,13 @@ pub fn mount_verified_usr(
         .mount(&device.to_string_lossy(), Path::new("/usr"), "squashfs", flags, None)
         .map_err(|source| VerifiedUsrError::Mount { device: device.clone(), source })?;
     Ok(UsrOutcome::Verified { device, partitions })
+}
+
+/// Loads `names` with their dependencies; the first that fails is the error
+/// (absent hardware is not a failure).
+fn load_all(kernel: &dyn Kernel, module_dir: &Path, names: &[String]) -> Result<(), modules::ModuleError> {
+    let report = modules::load_listed(kernel, module_dir, names)?;
+    report.failed.into_iter().next().map_or(Ok(()), Err)
 }
 
 /// Whole disks the kernel knows, as /dev paths: not partitions, and not
@@ -128,11 +132,7 @@ pub fn mount_usr(kernel: &dyn Kernel, image: &Path, module_dir: &Path) -> Result
         return Ok(UsrOutcome::InPlace);
     }
     let names = ["loop".to_owned(), "squashfs".to_owned()];
-    let report = modules::load_listed(kernel, module_dir, &names)
-        .map_err(|source| UsrError::Modules { image: image.to_owned(), source })?;
-    if let Some(source) = report.failed.into_iter().next() {
-        return Err(UsrError::Modules { image: image.to_owned(), source });
-    }
+    load_all(kernel, module_dir, &names).map_err(|source| UsrError::Modules { image: image.to_owned(), source })?;
     let device = kernel.attach_loop(image).map_err(|source| UsrError::Loop { image: image.to_owned(), source })?;
     let flags = MountFlags { readonly: true, nodev: true, ..MountFlags::default() };
     kernel
