@@ -63,6 +63,9 @@ pub struct BootContext<'a> {
     /// The disk the node booted from, when /usr came from a disk image
     /// (set by the usr stage); the state partition lives on it.
     pub boot_disk: Option<PathBuf>,
+    /// The boot entry this boot came from (set by the boot-entry stage on a
+    /// disk image booted through systemd-boot).
+    pub boot_entry: Option<crate::boot_entry::RunningEntry>,
 }
 
 impl<'a> BootContext<'a> {
@@ -84,6 +87,7 @@ impl<'a> BootContext<'a> {
             net_plan: None,
             identity: None,
             boot_disk: None,
+            boot_entry: None,
         }
     }
 
@@ -279,6 +283,7 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "modules", critical: false, provides: &[], run: stages::modules::run },
     Stage { name: "sysctls", critical: false, provides: &[], run: stages::sysctls::run },
     Stage { name: "state", critical: true, provides: &[], run: stages::state::run },
+    Stage { name: "boot-entry", critical: false, provides: &[], run: stages::boot_entry::run },
     Stage { name: "config", critical: true, provides: &[], run: stages::config::run },
     Stage { name: "identity", critical: false, provides: &[], run: stages::identity::run },
     Stage { name: "apply-config", critical: false, provides: &[], run: stages::apply_config::run },

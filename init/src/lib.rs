@@ -7,8 +7,10 @@
 //! without root against [`kernel::fake::FakeKernel`].
 
 pub mod boot;
+pub mod boot_entry;
 pub mod clock;
 pub mod cmdline;
+pub mod esp;
 pub mod hooks;
 pub mod identity;
 pub mod kernel;
