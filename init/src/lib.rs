@@ -33,6 +33,7 @@ pub mod state_disk;
 pub mod state_part;
 pub mod status;
 pub mod sysctl;
+pub mod update;
 pub mod usr;
 pub mod verity;
 
