@@ -286,6 +286,13 @@ fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
 }
 
 fn start_hooks(reaper: &Arc<Reaper>, cmdline: &Cmdline) {
+    if hooks::enabled(cmdline) && !Path::new(hooks::HOOK_DIR).exists() {
+        match hooks::unpack_layer_disk(Path::new("/sys/class/block"), Path::new("/dev"), Path::new("/")) {
+            Ok(Some(disk)) => info!(disk = %disk.display(), "test layer unpacked from its disk"),
+            Ok(None) => {}
+            Err(e) => warn!(error = e.as_str(), "test layer not unpacked"),
+        }
+    }
     let hooks = match hooks::plan(cmdline, Path::new(hooks::HOOK_DIR)) {
         hooks::Plan::Absent => return,
         hooks::Plan::Ignored => {

@@ -31,6 +31,11 @@ pub struct ImagePaths {
     /// The disk image's /usr (squashfs) and its small initrd, for sizes.
     pub usr_image: PathBuf,
     pub disk_initrd: PathBuf,
+    /// This version as an update bundle (init/src/update.rs).
+    pub update_bundle: PathBuf,
+    /// Bundles for the A/B tests: a newer version, and a newer one that
+    /// cannot boot.
+    pub test_bundles: PathBuf,
 }
 
 impl ImagePaths {
@@ -47,6 +52,8 @@ impl ImagePaths {
             usr_hash: dir.join("kelson.usrhash"),
             usr_image: dir.join("usr.squashfs"),
             disk_initrd: dir.join("kelson-disk.initrd"),
+            update_bundle: dir.join("kelson-update.tar"),
+            test_bundles: dir.join("test-bundles"),
         }
     }
 }
@@ -250,6 +257,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let args = vec![
         format!("--tools-tree={}", tools.display()),
         format!("--extra-tree={}", extra.display()),
+        format!("--image-version={}", init_version(root)?),
         format!("--output-dir={}", out.display()),
         format!("--cache-dir={CACHE_ROOT}/mkosi-cache"),
         "--force".into(),
@@ -266,11 +274,13 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         ("kelson.usrhash", &paths.usr_hash),
         ("usr.squashfs", &paths.usr_image),
         ("kelson-disk.initrd", &paths.disk_initrd),
+        ("kelson-update.tar", &paths.update_bundle),
     ] {
         let src = out.join(from);
         std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
     }
     copy_tree(&out.join("images"), &paths.images)?;
+    copy_tree(&out.join("test-bundles"), &paths.test_bundles)?;
     // Moved, not copied: the raw image is sparse and gigabytes long.
     let raw = out.join("kelson.raw");
     std::fs::rename(&raw, &paths.disk_raw)
@@ -298,7 +308,17 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         size_mib(&paths.disk_initrd)
     );
     eprintln!("  usr.squashfs        {}  (the disk image's /usr)", size_mib(&paths.usr_image));
+    eprintln!("  kelson-update.tar   {}  (this version as an update bundle)", size_mib(&paths.update_bundle));
     Ok(paths)
+}
+
+/// The image's version: kelson-init's, from init/Cargo.toml.
+fn init_version(root: &Path) -> Result<String> {
+    let manifest = root.join("init/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("version = \"")?.strip_suffix('"').map(str::to_owned))
+        .with_context(|| format!("{} has no version line", manifest.display()))
 }
 
 /// Replaces `to` with a copy of the directory `from` (`cp -a`: symlinks and modes kept).

@@ -61,7 +61,11 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             tries_left = entry.counter.map_or(0, |c| c.left),
             "this version is on trial: it is marked good when the node is ready"
         ),
-        None => info!(version = version.as_str(), entry = vars.entry_selected.as_deref().unwrap_or("-"), "booted"),
+        None => info!(
+            version = version.as_str(),
+            entry = vars.entry_selected.as_deref().unwrap_or("-"),
+            "this version is not on trial"
+        ),
     }
     let entry = trial.as_ref().map(|e| e.file.clone()).or(vars.entry_selected);
     ctx.status.update(|s| {
