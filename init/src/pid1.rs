@@ -239,9 +239,7 @@ fn watch_trial_deadline(ctx: &BootContext<'_>, shutdown_tx: mpsc::Sender<Action>
     let status = ctx.status.clone();
     let spawned = std::thread::Builder::new().name("trial-deadline".into()).spawn(move || {
         std::thread::sleep(deadline.saturating_sub(clock::boottime()));
-        let now = status.current();
-        let on_trial = now.boot.as_ref().is_some_and(|b| b.on_trial);
-        if on_trial && now.phase == crate::status::Phase::Booting {
+        if crate::stages::boot_entry::overdue(&status.current()) {
             error!(
                 deadline_s = deadline.as_secs(),
                 "this version is on trial and has not reached ready by its deadline: rebooting so the boot loader \

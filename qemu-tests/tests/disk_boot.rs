@@ -18,13 +18,18 @@ const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const BOOT: Duration = Duration::from_secs(300);
 
-/// A qcow2 overlay of the disk image in `dir`, as large as the image or
-/// `size` (`3G`).
+/// A qcow2 overlay of the raw disk image in `dir`, as large as the image
+/// or `size` (`3G`).
 fn overlay(image: &ImagePaths, dir: &Path, size: Option<&str>) -> PathBuf {
+    overlay_of(&image.disk, "raw", dir, size)
+}
+
+/// A qcow2 overlay of `backing` (of `format`) in `dir`.
+fn overlay_of(backing: &Path, format: &str, dir: &Path, size: Option<&str>) -> PathBuf {
     let path = dir.join("disk.qcow2");
     let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&image.disk)
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(backing)
         .arg(&path)
         .args(size)
         .status()
@@ -148,8 +153,9 @@ fn one_changed_byte_of_usr_stops_boot_in_maintenance_naming_the_verification_fai
 fn the_state_partition_is_made_from_the_free_space_kept_across_a_reboot_and_grown_with_the_disk() {
     let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
     let dir = tempfile::tempdir().unwrap();
-    // The image ends with its last partition: 3 GiB leaves about 600 MiB free.
-    let disk = overlay(&image, dir.path(), Some("3G"));
+    // The qcow2 form of the image this time. It ends with its last
+    // partition: 3 GiB leaves about 600 MiB free.
+    let disk = overlay_of(&image.dir.join("kelson.qcow2"), "qcow2", dir.path(), Some("3G"));
 
     let mut vm = boot_with("state", &disk, dir.path(), true);
     let added = vm.expect("state partition added over the boot disk's free space", BOOT).unwrap();

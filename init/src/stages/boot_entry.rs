@@ -131,6 +131,13 @@ pub fn after_boot(ctx: &BootContext<'_>, ready: bool) -> AfterBoot {
     result
 }
 
+/// Whether a node at its trial deadline, in `status`, is to be rebooted:
+/// on trial and still booting (hung, rather than ready or in maintenance,
+/// which [`after_boot`] handles).
+pub fn overdue(status: &crate::status::NodeStatus) -> bool {
+    status.phase == crate::status::Phase::Booting && status.boot.as_ref().is_some_and(|b| b.on_trial)
+}
+
 /// How long a trial boot may take to reach ready.
 pub fn trial_timeout(cmdline: &crate::cmdline::Cmdline) -> Duration {
     cmdline.get(TRIAL_TIMEOUT_KEY).and_then(|s| s.parse().ok()).map(Duration::from_secs).unwrap_or(TRIAL_TIMEOUT)
@@ -213,6 +220,21 @@ mod tests {
         assert_eq!(boot.failed_updates, vec![boot_entry::FailedUpdate { version: "3".into(), tries: 3 }]);
         assert_eq!(after_boot(&c, true), AfterBoot::Nothing);
         assert_eq!(after_boot(&c, false), AfterBoot::Nothing);
+    }
+
+    #[test]
+    fn only_a_trial_boot_still_booting_at_its_deadline_is_overdue() {
+        use crate::status::{NodeStatus, Phase};
+        let boot = |on_trial| BootStatus { version: "2".into(), entry: None, on_trial, failed_updates: vec![] };
+        let status = |phase, boot| NodeStatus { phase, boot, ..NodeStatus::default() };
+        assert!(overdue(&status(Phase::Booting, Some(boot(true)))));
+        assert!(!overdue(&status(Phase::Booting, Some(boot(false)))));
+        assert!(!overdue(&status(Phase::Booting, None)));
+        assert!(!overdue(&status(Phase::Ready, Some(boot(true)))));
+        let maintenance = Phase::Maintenance { stage: "usr", reason: "x".into() };
+        assert!(!overdue(&status(maintenance, Some(boot(true)))));
+        assert_eq!(trial_timeout(&crate::cmdline::Cmdline::parse("kelson.trial_timeout=90")), Duration::from_secs(90));
+        assert_eq!(trial_timeout(&crate::cmdline::Cmdline::default()), TRIAL_TIMEOUT);
     }
 
     #[test]
