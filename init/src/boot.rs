@@ -63,6 +63,9 @@ pub struct BootContext<'a> {
     /// The disk the node booted from, when /usr came from a disk image
     /// (set by the usr stage); the state partition lives on it.
     pub boot_disk: Option<PathBuf>,
+    /// The Kelson ISO's device, when /usr came from it (a live node; set by
+    /// the usr stage); only such a node installs.
+    pub live_media: Option<PathBuf>,
 }
 
 impl<'a> BootContext<'a> {
@@ -84,6 +87,7 @@ impl<'a> BootContext<'a> {
             net_plan: None,
             identity: None,
             boot_disk: None,
+            live_media: None,
         }
     }
 
@@ -280,6 +284,8 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "sysctls", critical: false, provides: &[], run: stages::sysctls::run },
     Stage { name: "state", critical: true, provides: &[], run: stages::state::run },
     Stage { name: "config", critical: true, provides: &[], run: stages::config::run },
+    // Only a live node (booted from the ISO) with install.disk set acts.
+    Stage { name: "install", critical: true, provides: &[], run: stages::install::run },
     Stage { name: "identity", critical: false, provides: &[], run: stages::identity::run },
     Stage { name: "apply-config", critical: false, provides: &[], run: stages::apply_config::run },
     // The network before the services, as the design's boot order has it:

@@ -31,6 +31,9 @@ pub struct ImagePaths {
     /// The disk image's /usr (squashfs) and its small initrd, for sizes.
     pub usr_image: PathBuf,
     pub disk_initrd: PathBuf,
+    /// The hybrid live/installer ISO and the root hash of its /usr.
+    pub iso: PathBuf,
+    pub iso_usr_hash: PathBuf,
 }
 
 impl ImagePaths {
@@ -47,6 +50,8 @@ impl ImagePaths {
             usr_hash: dir.join("kelson.usrhash"),
             usr_image: dir.join("usr.squashfs"),
             disk_initrd: dir.join("kelson-disk.initrd"),
+            iso: dir.join("kelson.iso"),
+            iso_usr_hash: dir.join("kelson-iso.usrhash"),
         }
     }
 }
@@ -266,6 +271,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         ("kelson.usrhash", &paths.usr_hash),
         ("usr.squashfs", &paths.usr_image),
         ("kelson-disk.initrd", &paths.disk_initrd),
+        ("kelson-iso.usrhash", &paths.iso_usr_hash),
     ] {
         let src = out.join(from);
         std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
@@ -275,6 +281,8 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let raw = out.join("kelson.raw");
     std::fs::rename(&raw, &paths.disk_raw)
         .with_context(|| format!("moving {} to {}", raw.display(), paths.disk_raw.display()))?;
+    let iso = out.join("kelson.iso");
+    std::fs::rename(&iso, &paths.iso).with_context(|| format!("moving {} to {}", iso.display(), paths.iso.display()))?;
     let _ = std::fs::remove_file(&paths.disk_qcow2);
     progress::run(
         Command::new("qemu-img")
@@ -298,6 +306,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         size_mib(&paths.disk_initrd)
     );
     eprintln!("  usr.squashfs        {}  (the disk image's /usr)", size_mib(&paths.usr_image));
+    eprintln!("  kelson.iso          {}  (hybrid live/installer ISO, UEFI and BIOS)", size_mib(&paths.iso));
     Ok(paths)
 }
 

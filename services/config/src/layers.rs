@@ -66,6 +66,7 @@ pub const CMDLINE_KEYS: &[(&str, &str)] = &[
     ("kelson.clusterCIDR", "network.clusterCIDR"),
     ("kelson.serviceCIDR", "network.serviceCIDR"),
     ("kelson.mtu", "network.mtu"),
+    ("kelson.install", "install.disk"),
 ];
 
 impl Layer {
