@@ -143,8 +143,11 @@ pub fn install(kernel: &dyn Kernel, plan: &Plan) -> Result<Installed, InstallErr
     let mut buffer = vec![0u8; CHUNK];
     let mut offset = 0u64;
     loop {
-        let filled = fill(&mut decoder, &mut buffer)
-            .map_err(|source| InstallError::Decompress { path: image.clone(), offset, source })?;
+        let filled = fill(&mut decoder, &mut buffer).map_err(|source| InstallError::Decompress {
+            path: image.clone(),
+            offset,
+            source,
+        })?;
         if filled == 0 {
             break;
         }
@@ -155,9 +158,11 @@ pub fn install(kernel: &dyn Kernel, plan: &Plan) -> Result<Installed, InstallErr
             offset += filled as u64;
             break;
         }
-        kernel
-            .write_at(disk, offset, chunk)
-            .map_err(|source| InstallError::Write { disk: disk.clone(), offset, source })?;
+        kernel.write_at(disk, offset, chunk).map_err(|source| InstallError::Write {
+            disk: disk.clone(),
+            offset,
+            source,
+        })?;
         offset += filled as u64;
     }
     let sha256 = hex(&hasher.finalize());

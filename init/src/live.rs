@@ -157,7 +157,10 @@ pub(crate) mod tests {
             .with_bytes("/dev/dm-0", vec![0u8; 1000 * 4096]);
         let (device, backing) = open_live_usr(&k, Path::new("/dev/sr0"), &root).unwrap();
         assert_eq!(device, PathBuf::from("/dev/dm-0"));
-        assert_eq!(backing, UsrPartitions { disk: "/dev/sr0".into(), data: "/dev/loop0".into(), hash: "/dev/loop1".into() });
+        assert_eq!(
+            backing,
+            UsrPartitions { disk: "/dev/sr0".into(), data: "/dev/loop0".into(), hash: "/dev/loop1".into() }
+        );
         let calls = k.calls();
         assert_eq!(
             calls[..5],

@@ -216,7 +216,8 @@ mod tests {
     fn a_verified_usr_is_found_set_up_read_through_and_mounted() {
         use crate::verity::tests::{disk, superblock, ROOT};
         let root = RootHash::parse(ROOT).unwrap();
-        let dep: String = VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| format!("kernel/{m}.ko:\n")).collect();
+        let dep: String =
+            VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| format!("kernel/{m}.ko:\n")).collect();
         let k = FakeKernel::default()
             .with_file("/m/modules.dep", &dep)
             .with_file("/sys/class/block/vda/dev", "254:0")
@@ -230,7 +231,10 @@ mod tests {
         let partitions = UsrPartitions { disk: "/dev/vda".into(), data: "/dev/vda1".into(), hash: "/dev/vda2".into() };
         assert_eq!(outcome, UsrOutcome::Verified { device: "/dev/dm-0".into(), partitions });
         let calls = k.calls();
-        assert_eq!(calls.iter().filter(|c| c.starts_with("load ")).count(), VERITY_MODULES.len() + live::LIVE_MODULES.len());
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("load ")).count(),
+            VERITY_MODULES.len() + live::LIVE_MODULES.len()
+        );
         assert!(calls.contains(&format!("verity usr 8000 1 /dev/vda1 /dev/vda2 4096 4096 1000 1 sha256 {ROOT} -")));
         assert_eq!(calls.last().map(String::as_str), Some("mount /dev/dm-0 /usr squashfs - ro"));
     }
@@ -239,7 +243,8 @@ mod tests {
     fn with_no_partition_of_the_root_hash_usr_comes_verified_from_the_iso() {
         use crate::live::tests::iso;
         use crate::verity::tests::{disk, superblock, ROOT};
-        let dep: String = VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| format!("kernel/{m}.ko:\n")).collect();
+        let dep: String =
+            VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| format!("kernel/{m}.ko:\n")).collect();
         let other = uuid::Uuid::from_u128(9);
         let k = FakeKernel::default()
             .with_file("/m/modules.dep", &dep)

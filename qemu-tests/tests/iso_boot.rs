@@ -186,7 +186,9 @@ fn the_iso_refuses_to_install_onto_a_disk_holding_a_filesystem_and_changes_no_by
     let line = vm.expect("maintenance: boot stopped", BOOT).unwrap();
     assert!(line.contains("stage=install"), "{line}");
     assert!(
-        line.contains("refusing to install Kelson on /dev/vda: it holds an ext2/ext3/ext4 filesystem; no byte was written"),
+        line.contains(
+            "refusing to install Kelson on /dev/vda: it holds an ext2/ext3/ext4 filesystem; no byte was written"
+        ),
         "{line}"
     );
     assert!(line.contains("install.wipe: true"), "the message says how to override: {line}");

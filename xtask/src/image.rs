@@ -282,7 +282,8 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     std::fs::rename(&raw, &paths.disk_raw)
         .with_context(|| format!("moving {} to {}", raw.display(), paths.disk_raw.display()))?;
     let iso = out.join("kelson.iso");
-    std::fs::rename(&iso, &paths.iso).with_context(|| format!("moving {} to {}", iso.display(), paths.iso.display()))?;
+    std::fs::rename(&iso, &paths.iso)
+        .with_context(|| format!("moving {} to {}", iso.display(), paths.iso.display()))?;
     let _ = std::fs::remove_file(&paths.disk_qcow2);
     progress::run(
         Command::new("qemu-img")

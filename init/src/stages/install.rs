@@ -65,7 +65,8 @@ mod tests {
 
     fn with_install(ctx: &mut BootContext<'_>, yaml: &str) {
         let text = format!("apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\n{yaml}");
-        let layer = kelson_config::Layer::from_document(kelson_config::Source::ImageDefaults, "test.yaml", &text).unwrap();
+        let layer =
+            kelson_config::Layer::from_document(kelson_config::Source::ImageDefaults, "test.yaml", &text).unwrap();
         ctx.config = Some(kelson_config::resolve(&[layer]).unwrap());
     }
 
@@ -90,7 +91,10 @@ mod tests {
         ctx.live_media = Some("/dev/sr0".into());
         with_install(&mut ctx, "install:\n  disk: /dev/vda\n");
         let Err(err) = run(&mut ctx) else { panic!("the install went ahead") };
-        assert!(err.to_string().starts_with("refusing to install Kelson on /dev/vda: it holds an ext2/ext3/ext4"), "{err}");
+        assert!(
+            err.to_string().starts_with("refusing to install Kelson on /dev/vda: it holds an ext2/ext3/ext4"),
+            "{err}"
+        );
         assert!(!k.calls().contains(&"reboot".to_owned()));
         assert_eq!(k.files.lock().unwrap()[std::path::Path::new("/dev/vda")], ext4);
     }
