@@ -124,15 +124,15 @@ pub fn install(kernel: &dyn Kernel, plan: &Plan) -> Result<Installed, InstallErr
     }
     let (expected_sha256, expected_size) = carried_digest(kernel, &plan.iso_root)?;
     let read_disk = |source| InstallError::ReadDisk { disk: disk.clone(), source };
-    let size = kernel.size(disk).map_err(read_disk)?;
-    if size < expected_size {
-        return Err(InstallError::TooSmall { disk: disk.clone(), size, needed: expected_size });
-    }
     if !plan.wipe {
         let head = kernel.read_at(disk, 0, 68 << 10).map_err(read_disk)?;
         if let Some(what) = signature(&head) {
             return Err(InstallError::NotBlank { disk: disk.clone(), what });
         }
+    }
+    let size = kernel.size(disk).map_err(read_disk)?;
+    if size < expected_size {
+        return Err(InstallError::TooSmall { disk: disk.clone(), size, needed: expected_size });
     }
 
     let image = plan.iso_root.join(IMAGE_FILE);
@@ -296,6 +296,10 @@ mod tests {
              (set install.wipe: true in the machine config to overwrite it)"
         );
         assert_eq!(disk_bytes(&k), ext4);
+        // What the disk holds is said before whether it is large enough.
+        let k_small = iso_with(&image, &sha, image.len() as u64).with_bytes("/dev/vda", ext4[..1 << 20].to_vec());
+        let err = install(&k_small, &plan(false)).unwrap_err().to_string();
+        assert!(err.contains("it holds an ext2/ext3/ext4 filesystem"), "{err}");
 
         let mut gpt = vec![0u8; 4096];
         gpt[510..512].copy_from_slice(&[0x55, 0xaa]);
