@@ -41,18 +41,22 @@ fn cd_args(iso: &Path, bootindex: u32) -> Vec<String> {
     ]
 }
 
-/// A VM with `firmware` (UEFI gets a private copy of the variable store in
-/// `dir`; BIOS is QEMU's default SeaBIOS) and the ISO as a CD.
-fn builder(name: &str, firmware: Firmware, iso: &Path, dir: &Path) -> VmBuilder {
-    let mut vm = VmBuilder::firmware().name(name);
-    if firmware == Firmware::Uefi {
-        let vars = dir.join("vars.fd");
-        std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
-        vm = vm
-            .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
-            .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())]);
+/// A VM booted by `firmware` (UEFI gets a private copy of the variable
+/// store in `dir`; BIOS is QEMU's default SeaBIOS).
+fn firmware_vm(name: &str, firmware: Firmware, dir: &Path) -> VmBuilder {
+    let vm = VmBuilder::firmware().name(name);
+    if firmware == Firmware::Bios {
+        return vm;
     }
-    vm.qemu_args(cd_args(iso, 1))
+    let vars = dir.join("vars.fd");
+    std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
+    vm.qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+        .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
+}
+
+/// A VM with `firmware` and the ISO as a CD.
+fn builder(name: &str, firmware: Firmware, iso: &Path, dir: &Path) -> VmBuilder {
+    firmware_vm(name, firmware, dir).qemu_args(cd_args(iso, 1))
 }
 
 /// Boots to ready and checks /usr came verified from the ISO on the CD.
@@ -83,6 +87,38 @@ fn the_iso_boots_as_a_cd_under_seabios_to_a_live_node_with_usr_verified_from_the
     let dir = tempfile::tempdir().unwrap();
     let mut vm = builder("iso-bios", Firmware::Bios, &iso, dir.path()).boot().unwrap();
     boots_live(&mut vm, &usr_hash);
+}
+
+/// The ISO written to a disk (a USB stick, here a read-only virtio disk):
+/// the firmware boots it through the hybrid MBR (BIOS) or GPT (UEFI), and
+/// PID 1 finds the ISO on `/dev/vda`.
+fn boots_live_from_a_disk(firmware: Firmware, name: &str) {
+    let (iso, usr_hash) = iso();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = firmware_vm(name, firmware, dir.path())
+        .qemu_args([
+            "-drive".to_owned(),
+            format!("file={},format=raw,readonly=on,if=none,id=stick", iso.display()),
+            "-device".to_owned(),
+            "virtio-blk-pci,drive=stick,bootindex=0".to_owned(),
+        ])
+        .boot()
+        .unwrap();
+    let cmdline = vm.expect("Command line:", BOOT).unwrap();
+    assert!(cmdline.contains(&format!("usrhash={usr_hash}")), "the ISO's command line: {cmdline}");
+    let usr = vm.expect("live: verified /usr mounted read-only from the Kelson ISO", BOOT).unwrap();
+    assert!(usr.contains("iso=/dev/vda"), "{usr}");
+    vm.expect("kelson: ready", BOOT).unwrap();
+}
+
+#[test]
+fn the_iso_as_a_disk_boots_a_live_node_under_uefi() {
+    boots_live_from_a_disk(Firmware::Uefi, "iso-disk-uefi");
+}
+
+#[test]
+fn the_iso_as_a_disk_boots_a_live_node_under_seabios() {
+    boots_live_from_a_disk(Firmware::Bios, "iso-disk-bios");
 }
 
 /// Install timeouts: the ISO writes a 2.4 GiB disk image and reads it back,
