@@ -205,10 +205,10 @@ fn the_iso_refuses_to_install_onto_a_disk_holding_a_filesystem_and_changes_no_by
     let (iso, _) = iso();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("ext4.raw");
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
     let status = std::process::Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4"])
         .arg(&disk)
-        .arg("64M")
         .status()
         .expect("mke2fs (package e2fsprogs)");
     assert!(status.success(), "mke2fs failed: {status}");
