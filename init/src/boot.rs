@@ -66,6 +66,9 @@ pub struct BootContext<'a> {
     /// The Kelson ISO's device, when /usr came from it (a live node; set by
     /// the usr stage); only such a node installs.
     pub live_media: Option<PathBuf>,
+    /// The boot entry this boot came from (set by the boot-entry stage on a
+    /// disk image booted through systemd-boot).
+    pub boot_entry: Option<crate::boot_entry::RunningEntry>,
 }
 
 impl<'a> BootContext<'a> {
@@ -88,6 +91,7 @@ impl<'a> BootContext<'a> {
             identity: None,
             boot_disk: None,
             live_media: None,
+            boot_entry: None,
         }
     }
 
@@ -283,6 +287,7 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "modules", critical: false, provides: &[], run: stages::modules::run },
     Stage { name: "sysctls", critical: false, provides: &[], run: stages::sysctls::run },
     Stage { name: "state", critical: true, provides: &[], run: stages::state::run },
+    Stage { name: "boot-entry", critical: false, provides: &[], run: stages::boot_entry::run },
     Stage { name: "config", critical: true, provides: &[], run: stages::config::run },
     // Only a live node (booted from the ISO) with install.disk set acts.
     Stage { name: "install", critical: true, provides: &[], run: stages::install::run },

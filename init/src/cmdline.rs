@@ -8,6 +8,7 @@
 const OWN_KEYS: &[(&str, bool)] = &[
     ("kelson.state", true),
     ("kelson.shutdown_grace", false),
+    (crate::stages::boot_entry::TRIAL_TIMEOUT_KEY, false),
     // Test knobs.
     (crate::hooks::ENABLE_KEY, false),
     ("kelson.test.panic_stage", false),

@@ -44,6 +44,32 @@ pub fn plan(cmdline: &Cmdline, dir: &Path) -> Plan {
     }
 }
 
+/// The serial number of the virtual disk that carries a test layer to a
+/// boot the harness cannot add an initrd to (the disk image, whose UKI
+/// holds its own): a tar archive of the layer's files, unpacked over `/`.
+pub const LAYER_DISK_SERIAL: &str = "kelson-test-layer";
+
+/// Finds the disk whose serial is [`LAYER_DISK_SERIAL`] among the block
+/// devices in `sys_class_block` and unpacks its tar archive into `root`;
+/// returns the disk, or `None` when there is none. Only called when the
+/// command line enables test hooks.
+pub fn unpack_layer_disk(sys_class_block: &Path, dev: &Path, root: &Path) -> Result<Option<PathBuf>, String> {
+    let Ok(entries) = std::fs::read_dir(sys_class_block) else { return Ok(None) };
+    let disk = entries.filter_map(|e| e.ok()).find_map(|entry| {
+        let serial = std::fs::read_to_string(entry.path().join("serial")).ok()?;
+        (serial.trim() == LAYER_DISK_SERIAL).then(|| dev.join(entry.file_name()))
+    });
+    let Some(disk) = disk else { return Ok(None) };
+    let file =
+        std::fs::File::open(&disk).map_err(|e| format!("opening the test layer disk {}: {e}", disk.display()))?;
+    let mut archive = tar::Archive::new(file);
+    archive.set_preserve_permissions(true);
+    archive
+        .unpack(root)
+        .map_err(|e| format!("unpacking the test layer from {} into {}: {e}", disk.display(), root.display()))?;
+    Ok(Some(disk))
+}
+
 /// Executable regular files in `dir`, sorted by name.
 pub fn find(dir: &Path) -> Vec<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -71,6 +97,33 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("40-dir")).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_layer_disk_is_found_by_its_serial_and_unpacked() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(sys.path().join("vda")).unwrap();
+        std::fs::write(sys.path().join("vda/serial"), "other\n").unwrap();
+        assert_eq!(unpack_layer_disk(sys.path(), dev.path(), root.path()), Ok(None));
+
+        std::fs::create_dir_all(sys.path().join("vdb")).unwrap();
+        std::fs::write(sys.path().join("vdb/serial"), LAYER_DISK_SERIAL).unwrap();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o750);
+        header.set_cksum();
+        archive.append_data(&mut header, "kelson-test/hooks/10-x", &b"hi\n"[..]).unwrap();
+        let mut bytes = archive.into_inner().unwrap();
+        // A disk is whole sectors: zeros after the archive's end.
+        bytes.resize(bytes.len() + 4096, 0);
+        std::fs::write(dev.path().join("vdb"), bytes).unwrap();
+        assert_eq!(unpack_layer_disk(sys.path(), dev.path(), root.path()), Ok(Some(dev.path().join("vdb"))));
+        let hook = root.path().join("kelson-test/hooks/10-x");
+        assert_eq!(std::fs::read(&hook).unwrap(), b"hi\n");
+        assert_eq!(std::fs::metadata(&hook).unwrap().permissions().mode() & 0o777, 0o750);
     }
 
     #[test]

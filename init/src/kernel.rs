@@ -62,6 +62,17 @@ pub trait Kernel: Send + Sync {
     /// Flushes every filesystem and restarts the machine at once (no
     /// ordered shutdown: for a node that has started nothing yet).
     fn reboot_now(&self) -> io::Result<()>;
+    /// Removes the device-mapper device `name`.
+    fn remove_device_mapper(&self, name: &str) -> io::Result<()>;
+    /// Copies all of `from` into the existing file or block device `path`
+    /// from byte `offset` on, flushes it to the device, and returns the
+    /// number of bytes copied.
+    fn copy_into(&self, path: &Path, offset: u64, from: &mut dyn io::Read) -> io::Result<u64>;
+    /// Creates (or truncates) the file `path` with `data` and flushes it;
+    /// no mode is set (for filesystems such as FAT that have none).
+    fn create_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
 }
 
 /// The real kernel.
@@ -207,6 +218,40 @@ impl Kernel for LinuxKernel {
             Err(e) => Err(io::Error::from(e)),
             Ok(never) => match never {},
         }
+    }
+
+    fn remove_device_mapper(&self, name: &str) -> io::Result<()> {
+        use devicemapper::{DevId, DmName, DmOptions, DM};
+        let remove = || -> devicemapper::DmResult<()> {
+            let dm = DM::new()?;
+            dm.device_remove(&DevId::Name(DmName::new(name)?), DmOptions::default())?;
+            Ok(())
+        };
+        remove().map_err(io::Error::other)
+    }
+
+    fn copy_into(&self, path: &Path, offset: u64, from: &mut dyn io::Read) -> io::Result<u64> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let copied = io::copy(from, &mut file)?;
+        file.sync_all()?;
+        Ok(copied)
+    }
+
+    fn create_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(path)?;
+        file.write_all(data)?;
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
     }
 
     fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf> {
@@ -470,6 +515,37 @@ pub mod fake {
         fn reboot_now(&self) -> io::Result<()> {
             self.record("reboot".to_owned());
             Ok(())
+        }
+        fn remove_device_mapper(&self, name: &str) -> io::Result<()> {
+            self.record(format!("dm remove {name}"));
+            Ok(())
+        }
+        fn copy_into(&self, path: &Path, offset: u64, from: &mut dyn io::Read) -> io::Result<u64> {
+            let mut data = Vec::new();
+            from.read_to_end(&mut data)?;
+            self.record(format!("copy {} bytes into {} at {offset}", data.len(), path.display()));
+            self.write_at(path, offset, &data)?;
+            Ok(data.len() as u64)
+        }
+        fn create_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            self.record(format!("create {}", path.display()));
+            self.check(path)?;
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned(), data.to_vec());
+            Ok(())
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.record(format!("rename {} {}", from.display(), to.display()));
+            self.check(from)?;
+            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let data = files.remove(from).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            files.insert(to.to_owned(), data);
+            Ok(())
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            self.record(format!("rm {}", path.display()));
+            self.check(path)?;
+            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            files.remove(path).map(|_| ()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
         }
     }
 }

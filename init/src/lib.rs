@@ -7,8 +7,10 @@
 //! without root against [`kernel::fake::FakeKernel`].
 
 pub mod boot;
+pub mod boot_entry;
 pub mod clock;
 pub mod cmdline;
+pub mod esp;
 pub mod hooks;
 pub mod identity;
 pub mod install;
@@ -33,6 +35,7 @@ pub mod state_disk;
 pub mod state_part;
 pub mod status;
 pub mod sysctl;
+pub mod update;
 pub mod usr;
 pub mod verity;
 

@@ -6,6 +6,8 @@
 //! `clone`, so the shim must start before any thread or runtime exists.
 //! `kelson-init nsexec …` (exec probes, [`kelson_init::nsexec`]) must join
 //! a mount namespace, which also needs a single-threaded process.
+//! `kelson-init update BUNDLE` installs an update into the inactive /usr
+//! slot ([`kelson_init::update`]).
 //! Otherwise it answers `--version`, refuses to run as
 //! anything but PID 1 (of the machine or of a PID namespace), and otherwise
 //! hands over to [`kelson_init::pid1::run`], which never returns.
@@ -20,6 +22,9 @@ fn main() -> ExitCode {
         }
         if first == kelson_init::nsexec::SUBCOMMAND {
             return kelson_init::nsexec::main(raw.collect());
+        }
+        if first == kelson_init::update::SUBCOMMAND {
+            return kelson_init::update::main(raw.map(|a| a.to_string_lossy().into_owned()).collect());
         }
     }
     let args: Vec<String> = std::env::args().skip(1).collect();

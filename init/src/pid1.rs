@@ -181,7 +181,8 @@ fn boot_and_start(
     let (early, late) = boot::STAGES.split_at(boot::stages_through(boot::STAGES, "modules"));
     let mut outcome = boot::run_stages(&mut ctx, early, &running);
     attach_console();
-    watch_power_buttons(shutdown_tx);
+    watch_power_buttons(shutdown_tx.clone());
+    watch_trial_deadline(&ctx, shutdown_tx.clone());
     if outcome == Outcome::Ready {
         outcome = boot::run_stages(&mut ctx, late, &running);
     }
@@ -198,7 +199,60 @@ fn boot_and_start(
             "maintenance: boot stopped; PID 1 stays up, reaping and answering the power button"
         ),
     }
+    follow_up_boot_entry(&ctx, outcome == Outcome::Ready, &shutdown_tx);
     start_hooks(&reaper, &ctx.cmdline);
+}
+
+/// Marks a version on trial good once ready; reboots one that stopped in
+/// maintenance, or that has not reached ready by its deadline, so the boot
+/// loader counts the failed try (and falls back when none are left).
+fn follow_up_boot_entry(ctx: &BootContext<'_>, ready: bool, shutdown_tx: &mpsc::Sender<Action>) {
+    use crate::stages::boot_entry::{after_boot, AfterBoot};
+    const NOTICE: Duration = Duration::from_secs(10);
+    match after_boot(ctx, ready) {
+        AfterBoot::Nothing => {}
+        AfterBoot::MarkedGood(entry) => info!(entry = entry.as_str(), "this version reached ready: marked good"),
+        AfterBoot::MarkFailed(error) => {
+            error!(error = error.as_str(), "could not mark this version good: the boot loader will go on counting it")
+        }
+        AfterBoot::RebootToCount { entry, tries_left } => {
+            error!(
+                entry = entry.as_str(),
+                tries_left,
+                "this version is on trial and did not reach ready: rebooting in {} s so the boot loader counts the \
+                 failed try",
+                NOTICE.as_secs()
+            );
+            let tx = shutdown_tx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(NOTICE);
+                let _ = tx.blocking_send(Action::Reboot);
+            });
+        }
+    }
+}
+
+/// A version on trial that is still booting `trial_timeout` after the
+/// kernel started (hung rather than in maintenance) is rebooted as failed.
+fn watch_trial_deadline(ctx: &BootContext<'_>, shutdown_tx: mpsc::Sender<Action>) {
+    let deadline = crate::stages::boot_entry::trial_timeout(&ctx.cmdline);
+    let status = ctx.status.clone();
+    let spawned = std::thread::Builder::new().name("trial-deadline".into()).spawn(move || {
+        std::thread::sleep(deadline.saturating_sub(clock::boottime()));
+        let now = status.current();
+        let on_trial = now.boot.as_ref().is_some_and(|b| b.on_trial);
+        if on_trial && now.phase == crate::status::Phase::Booting {
+            error!(
+                deadline_s = deadline.as_secs(),
+                "this version is on trial and has not reached ready by its deadline: rebooting so the boot loader \
+                 counts the failed try"
+            );
+            let _ = shutdown_tx.blocking_send(Action::Reboot);
+        }
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "could not start the trial deadline watcher");
+    }
 }
 
 fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
@@ -232,6 +286,13 @@ fn watch_power_buttons(shutdown_tx: mpsc::Sender<Action>) {
 }
 
 fn start_hooks(reaper: &Arc<Reaper>, cmdline: &Cmdline) {
+    if hooks::enabled(cmdline) && !Path::new(hooks::HOOK_DIR).exists() {
+        match hooks::unpack_layer_disk(Path::new("/sys/class/block"), Path::new("/dev"), Path::new("/")) {
+            Ok(Some(disk)) => info!(disk = %disk.display(), "test layer unpacked from its disk"),
+            Ok(None) => {}
+            Err(e) => warn!(error = e.as_str(), "test layer not unpacked"),
+        }
+    }
     let hooks = match hooks::plan(cmdline, Path::new(hooks::HOOK_DIR)) {
         hooks::Plan::Absent => return,
         hooks::Plan::Ignored => {

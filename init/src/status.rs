@@ -61,11 +61,34 @@ pub struct NodeStatus {
     /// The node's own IPv4 addresses on its uplinks (static, or leased by
     /// DHCP), first the one the node is known by.
     pub addresses: Vec<Ipv4Addr>,
+    /// The version running and how it was booted; `None` until the
+    /// boot-entry stage has run, and on boots without a boot loader.
+    pub boot: Option<BootStatus>,
+}
+
+/// The version a node runs, whether it is still on trial, and the newer
+/// versions it fell back from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootStatus {
+    pub version: String,
+    /// The boot entry's file in the ESP, as booted.
+    pub entry: Option<String>,
+    /// Booted from a counted entry not yet marked good.
+    pub on_trial: bool,
+    /// Newer versions whose tries ran out without reaching ready.
+    pub failed_updates: Vec<crate::boot_entry::FailedUpdate>,
 }
 
 impl Default for NodeStatus {
     fn default() -> Self {
-        NodeStatus { phase: Phase::Booting, stages: Vec::new(), conditions: BTreeMap::new(), addresses: Vec::new() }
+        NodeStatus {
+            phase: Phase::Booting,
+            stages: Vec::new(),
+            conditions: BTreeMap::new(),
+            addresses: Vec::new(),
+            boot: None,
+        }
     }
 }
 

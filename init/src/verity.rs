@@ -219,13 +219,24 @@ impl Superblock {
 /// that does not match its hash stops boot here rather than when a program
 /// happens to read it. Returns the device to mount.
 pub fn open_usr(kernel: &dyn Kernel, partitions: &UsrPartitions, root: &RootHash) -> Result<PathBuf, VerityError> {
+    open_verified(kernel, partitions, root, DM_NAME)
+}
+
+/// Sets up the dm-verity device `dm_name` over `partitions` and reads it
+/// through once; returns the device.
+pub fn open_verified(
+    kernel: &dyn Kernel,
+    partitions: &UsrPartitions,
+    root: &RootHash,
+    dm_name: &str,
+) -> Result<PathBuf, VerityError> {
     let head = kernel
         .read_at(&partitions.hash, 0, SUPERBLOCK_SIZE)
         .map_err(|source| VerityError::ReadSuperblock { device: partitions.hash.clone(), source })?;
     let superblock = Superblock::parse(&head)
         .map_err(|reason| VerityError::BadSuperblock { device: partitions.hash.clone(), reason })?;
     let params = superblock.table_params(partitions, root);
-    let device = kernel.create_verity(DM_NAME, superblock.data_sectors(), &params).map_err(|source| {
+    let device = kernel.create_verity(dm_name, superblock.data_sectors(), &params).map_err(|source| {
         VerityError::Setup { data: partitions.data.clone(), hash: partitions.hash.clone(), source }
     })?;
     let len = verified_length(kernel, &device, &superblock)?;

@@ -166,6 +166,47 @@ impl Layer {
         Ok(out)
     }
 
+    /// Encodes the layer as a tar archive instead (for a disk image's boot,
+    /// where PID 1 unpacks it from a disk: see `kelson_init::hooks`), padded
+    /// with zeros to whole 512-byte sectors.
+    pub fn to_tar(&self) -> Result<Vec<u8>> {
+        if !self.problems.is_empty() {
+            bail!("invalid test layer: {}", self.problems.join("; "));
+        }
+        let mut archive = tar::Builder::new(Vec::new());
+        for entry in &self.entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(entry.perm & 0o7777);
+            header.set_mtime(0);
+            let data: Vec<u8> = match &entry.content {
+                Content::Dir => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    Vec::new()
+                }
+                Content::Bytes(b) => b.clone(),
+                Content::HostFile(host) => std::fs::read(host).with_context(|| {
+                    format!("reading host file {} for test layer entry /{}", host.display(), entry.path)
+                })?,
+                Content::Symlink(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_link_name(target).with_context(|| format!("symlink /{} -> {target}", entry.path))?;
+                    Vec::new()
+                }
+                Content::CharDev { .. } | Content::BlockDev { .. } => {
+                    bail!("test layer entry /{}: device nodes cannot go on a layer disk", entry.path)
+                }
+            };
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            archive
+                .append_data(&mut header, &entry.path, data.as_slice())
+                .with_context(|| format!("adding /{} to the test layer archive", entry.path))?;
+        }
+        let mut bytes = archive.into_inner().context("finishing the test layer archive")?;
+        bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+        Ok(bytes)
+    }
+
     /// Writes the encoded archive to `path` (see [`Layer::to_bytes`]).
     pub fn write_to(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes().with_context(|| format!("encoding initramfs layer for {}", path.display()))?;
@@ -333,6 +374,31 @@ mod tests {
         }
         // Explicit mode for an implicitly created parent wins, in place.
         assert_eq!(paths[0], "etc");
+    }
+
+    #[test]
+    fn a_layer_becomes_a_sector_padded_tar_with_its_modes_and_links() {
+        let layer = Layer::new().file("/kelson-test/hooks/10-x", "run", 0o750).symlink("/kelson-test/sh", "busybox");
+        let bytes = layer.to_tar().unwrap();
+        assert_eq!(bytes.len() % 512, 0);
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            let link = entry.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
+            seen.push((entry.path().unwrap().to_string_lossy().into_owned(), header.mode().unwrap(), link));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("kelson-test".to_owned(), 0o755, None),
+                ("kelson-test/hooks".to_owned(), 0o755, None),
+                ("kelson-test/hooks/10-x".to_owned(), 0o750, None),
+                ("kelson-test/sh".to_owned(), 0o777, Some("busybox".to_owned())),
+            ]
+        );
+        assert!(Layer::new().char_dev("/dev/x", 0o600, 1, 3).to_tar().unwrap_err().to_string().contains("device"));
     }
 
     #[test]

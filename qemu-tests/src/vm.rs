@@ -326,6 +326,19 @@ impl VmBuilder {
                 keyval_suffix("file=", &disk.path, &format!(",if=virtio,format={},index={i}", disk.format.as_str()));
             push(&["-drive".as_ref(), &drive]);
         }
+        // A disk image's UKI carries its own initrd and command line: test
+        // layers reach it as a disk PID 1 unpacks (kelson_init::hooks), and
+        // the hooks key through the SMBIOS string systemd-stub appends to
+        // the command line.
+        if self.kernel.is_none() && !self.layers.is_empty() {
+            let drive = keyval_suffix("file=", &files.layer_disk, ",if=none,format=raw,readonly=on,id=layer");
+            let device = "virtio-blk-pci,drive=layer,serial=kelson-test-layer";
+            push(&["-drive".as_ref(), &drive, "-device".as_ref(), device.as_ref()]);
+            if self.hooks_key && self.layers_carry_hooks() {
+                let smbios = format!("type=11,value=io.systemd.stub.kernel-cmdline-extra={TEST_HOOKS_KEY}");
+                push(&["-smbios".as_ref(), smbios.as_ref()]);
+            }
+        }
         for (i, nic) in self.nics.iter().enumerate() {
             check_mac(&nic.mac)?;
             let netdev = match nic.mode {
@@ -361,8 +374,8 @@ impl VmBuilder {
         match &self.kernel {
             Some(kernel) if !kernel.is_file() => bail!("kernel {} does not exist", kernel.display()),
             Some(_) => {}
-            None if self.initrd.is_some() || !self.layers.is_empty() || !self.cmdline.is_empty() => {
-                bail!("a VM booted by its firmware takes no initrd, layers or kernel command line from the harness")
+            None if self.initrd.is_some() || !self.cmdline.is_empty() => {
+                bail!("a VM booted by its firmware takes no initrd or kernel command line from the harness")
             }
             None => {}
         }
@@ -379,12 +392,15 @@ impl VmBuilder {
             }
         }
 
-        let initrd = if self.initrd.is_some() || !self.layers.is_empty() {
+        let initrd = if self.kernel.is_some() && (self.initrd.is_some() || !self.layers.is_empty()) {
             self.write_initrd(&files.initrd)?;
             Some(files.initrd.as_path())
         } else {
             None
         };
+        if self.kernel.is_none() && !self.layers.is_empty() {
+            self.write_layer_disk(&files.layer_disk)?;
+        }
 
         let args = self.qemu_command_args(dir.path(), initrd)?;
         let mut cmdline_file =
@@ -438,6 +454,14 @@ impl VmBuilder {
         Ok(vm)
     }
 
+    /// The layers of a firmware-booted VM, merged into one tar archive for
+    /// its layer disk.
+    fn write_layer_disk(&self, path: &Path) -> Result<()> {
+        let merged = self.layers.iter().cloned().fold(Layer::new(), Layer::merge);
+        let bytes = merged.to_tar().context("encoding the test layer disk")?;
+        std::fs::write(path, bytes).with_context(|| format!("writing the test layer disk {}", path.display()))
+    }
+
     fn write_initrd(&self, path: &Path) -> Result<()> {
         let mut out = File::create(path).with_context(|| format!("creating initrd {}", path.display()))?;
         let mut len: u64 = 0;
@@ -467,6 +491,8 @@ struct VmFiles {
     agent: PathBuf,
     qmp: PathBuf,
     initrd: PathBuf,
+    /// A firmware-booted VM's test layer, as a disk.
+    layer_disk: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
     cmdline: PathBuf,
@@ -479,6 +505,7 @@ impl VmFiles {
             agent: dir.join("agent.sock"),
             qmp: dir.join("qmp.sock"),
             initrd: dir.join("initrd.img"),
+            layer_disk: dir.join("layer.tar"),
             stdout: dir.join("qemu.stdout"),
             stderr: dir.join("qemu.stderr"),
             cmdline: dir.join("qemu.cmdline"),

@@ -9,7 +9,7 @@
 //! overlay only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use qemu_tests::{ImagePaths, Vm, VmBuilder};
+use qemu_tests::{guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -38,6 +38,11 @@ fn boot(name: &str, disk: &Path, dir: &Path) -> Vm {
 }
 
 fn boot_with(name: &str, disk: &Path, dir: &Path, reboot_allowed: bool) -> Vm {
+    firmware_vm(name, disk, dir).reboot_allowed(reboot_allowed).boot().unwrap()
+}
+
+/// A VM whose OVMF (with its own copy of the variable store) boots `disk`.
+fn firmware_vm(name: &str, disk: &Path, dir: &Path) -> VmBuilder {
     let vars = dir.join("vars.fd");
     std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
     VmBuilder::firmware()
@@ -45,9 +50,28 @@ fn boot_with(name: &str, disk: &Path, dir: &Path, reboot_allowed: bool) -> Vm {
         .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
         .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
         .disk_qcow2(disk)
-        .reboot_allowed(reboot_allowed)
-        .boot()
-        .unwrap()
+}
+
+/// QEMU arguments for a read-only disk holding `file`, with serial number
+/// `serial` (how the guest finds it).
+fn serial_disk(serial: &str, file: &Path) -> [String; 4] {
+    [
+        "-drive".to_owned(),
+        format!("file={},if=none,format=raw,readonly=on,id={serial}", file.display()),
+        "-device".to_owned(),
+        format!("virtio-blk-pci,drive={serial},serial={serial}"),
+    ]
+}
+
+/// A guest shell command printing the device of the disk with `serial`.
+fn find_disk(serial: &str) -> String {
+    format!("for d in /sys/block/*; do [ \"$(cat $d/serial 2>/dev/null)\" = {serial} ] && echo /dev/${{d##*/}}; done")
+}
+
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> String {
+    let rest = line.split(&format!(" {key}=")).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
+    rest.trim_start_matches('"').split(['"', ' ']).next().unwrap_or("").to_owned()
 }
 
 /// The machine id from the identity stage's line, and where it came from.
@@ -161,4 +185,84 @@ fn the_state_partition_is_made_from_the_free_space_kept_across_a_reboot_and_grow
     let (kept, _) = identity(&vm.expect("identity set", BOOT).unwrap());
     assert_eq!(kept, id, "the machine id survives the growth");
     vm.expect("kelson: ready", BOOT).unwrap();
+}
+
+/// A/B updates end to end, in one VM that reboots as a node would: the
+/// factory version installs a newer one into slot B, which boots on trial
+/// and is marked good when ready; that one installs a broken newer version
+/// into slot A (its command line stops boot in maintenance), which the
+/// boot loader tries three times before falling back, and the node says so.
+#[test]
+fn a_newer_version_boots_on_trial_and_is_kept_and_a_broken_one_falls_back_after_its_tries() {
+    let image = ImagePaths::disk_from_env().expect("the disk image (run `cargo xtask image`)");
+    let bundles = image.dir.join("test-bundles");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = overlay(&image, dir.path(), Some("3G"));
+    let mut vm = firmware_vm("ab", &disk, dir.path())
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .qemu_args(serial_disk("update-good", &bundles.join("good.tar")))
+        .qemu_args(serial_disk("update-broken", &bundles.join("broken.tar")))
+        .reboot_allowed(true)
+        .boot()
+        .unwrap();
+    let agent = Duration::from_secs(120);
+    let install = |vm: &mut Vm, serial: &str| -> String {
+        let out = vm
+            .agent_exec(&format!("d=$({}); /usr/sbin/init update \"$d\"", find_disk(serial)), agent)
+            .unwrap()
+            .ok()
+            .unwrap();
+        out.output
+    };
+
+    // The factory version: slot A, no counter, nothing on trial.
+    let booted = vm.expect("this version is not on trial", BOOT).unwrap();
+    let factory = field(&booted, "version");
+    let (good, broken) = (format!("{factory}.1"), format!("{factory}.2"));
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let out = install(&mut vm, "update-good");
+    assert!(
+        out.contains(&format!("installed version {good} into kelson-usr-b; boot entry kelson-{good}+3.efi boots next")),
+        "{out}"
+    );
+
+    // The new version boots from slot B on trial and is marked good.
+    vm.send_ctrl_alt_delete().unwrap();
+    vm.reset_agent();
+    // Slot B: the disk's fourth and fifth partitions (the disk's name
+    // depends on the order the firmware found the VM's disks in).
+    let usr = vm.expect("verified /usr mounted read-only", BOOT).unwrap();
+    assert!(field(&usr, "data").ends_with('4') && field(&usr, "hashes").ends_with('5'), "slot B: {usr}");
+    let trial = vm.expect("this version is on trial", BOOT).unwrap();
+    assert_eq!(field(&trial, "version"), good, "{trial}");
+    assert_eq!(field(&trial, "entry"), format!("kelson-{good}+2-1.efi"), "{trial}");
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let marked = vm.expect("marked good", BOOT).unwrap();
+    assert_eq!(field(&marked, "entry"), format!("kelson-{good}.efi"), "{marked}");
+    let release = vm.agent_exec("cat /usr/lib/os-release", agent).unwrap().ok().unwrap().output;
+    assert!(release.contains(&format!("IMAGE_VERSION=\"{good}\"")), "{release}");
+
+    // A broken newer version goes into slot A, replacing the factory one.
+    let out = install(&mut vm, "update-broken");
+    assert!(out.contains(&format!("removed boot entry kelson-{factory}.efi")), "{out}");
+    assert!(out.contains(&format!("installed version {broken} into kelson-usr-a")), "{out}");
+    vm.send_ctrl_alt_delete().unwrap();
+    vm.reset_agent();
+    for tries_left in [2, 1, 0] {
+        let stopped = vm.expect("maintenance: boot stopped", BOOT).unwrap();
+        assert!(stopped.contains("kelson.stat"), "{stopped}");
+        let counted = vm.expect("did not reach ready: rebooting", BOOT).unwrap();
+        assert_eq!(field(&counted, "tries_left"), tries_left.to_string(), "{counted}");
+    }
+
+    // Its tries ran out: the boot loader falls back to the good version,
+    // which names the version that failed.
+    let fallback = vm.expect("never reached ready in 3 tries", BOOT).unwrap();
+    assert_eq!(field(&fallback, "failed_version"), broken, "{fallback}");
+    assert_eq!(field(&fallback, "running"), good, "{fallback}");
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let release = vm.agent_exec("cat /usr/lib/os-release", agent).unwrap().ok().unwrap().output;
+    assert!(release.contains(&format!("IMAGE_VERSION=\"{good}\"")), "{release}");
+    vm.system_powerdown().unwrap();
+    vm.expect("shutdown: power-off", Duration::from_secs(60)).unwrap();
 }

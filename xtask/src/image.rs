@@ -34,6 +34,11 @@ pub struct ImagePaths {
     /// The hybrid live/installer ISO and the root hash of its /usr.
     pub iso: PathBuf,
     pub iso_usr_hash: PathBuf,
+    /// This version as an update bundle (init/src/update.rs).
+    pub update_bundle: PathBuf,
+    /// Bundles for the A/B tests: a newer version, and a newer one that
+    /// cannot boot.
+    pub test_bundles: PathBuf,
 }
 
 impl ImagePaths {
@@ -52,6 +57,8 @@ impl ImagePaths {
             disk_initrd: dir.join("kelson-disk.initrd"),
             iso: dir.join("kelson.iso"),
             iso_usr_hash: dir.join("kelson-iso.usrhash"),
+            update_bundle: dir.join("kelson-update.tar"),
+            test_bundles: dir.join("test-bundles"),
         }
     }
 }
@@ -255,6 +262,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let args = vec![
         format!("--tools-tree={}", tools.display()),
         format!("--extra-tree={}", extra.display()),
+        format!("--image-version={}", init_version(root)?),
         format!("--output-dir={}", out.display()),
         format!("--cache-dir={CACHE_ROOT}/mkosi-cache"),
         "--force".into(),
@@ -272,11 +280,13 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         ("usr.squashfs", &paths.usr_image),
         ("kelson-disk.initrd", &paths.disk_initrd),
         ("kelson-iso.usrhash", &paths.iso_usr_hash),
+        ("kelson-update.tar", &paths.update_bundle),
     ] {
         let src = out.join(from);
         std::fs::copy(&src, to).with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
     }
     copy_tree(&out.join("images"), &paths.images)?;
+    copy_tree(&out.join("test-bundles"), &paths.test_bundles)?;
     // Moved, not copied: the raw image is sparse and gigabytes long.
     let raw = out.join("kelson.raw");
     std::fs::rename(&raw, &paths.disk_raw)
@@ -308,7 +318,17 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     );
     eprintln!("  usr.squashfs        {}  (the disk image's /usr)", size_mib(&paths.usr_image));
     eprintln!("  kelson.iso          {}  (hybrid live/installer ISO, UEFI and BIOS)", size_mib(&paths.iso));
+    eprintln!("  kelson-update.tar   {}  (this version as an update bundle)", size_mib(&paths.update_bundle));
     Ok(paths)
+}
+
+/// The image's version: kelson-init's, from init/Cargo.toml.
+fn init_version(root: &Path) -> Result<String> {
+    let manifest = root.join("init/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("version = \"")?.strip_suffix('"').map(str::to_owned))
+        .with_context(|| format!("{} has no version line", manifest.display()))
 }
 
 /// Replaces `to` with a copy of the directory `from` (`cp -a`: symlinks and modes kept).

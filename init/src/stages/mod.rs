@@ -5,6 +5,7 @@
 //! or with a handle to what it left running.
 
 pub mod apply_config;
+pub mod boot_entry;
 pub mod cgroups;
 pub mod cmdline;
 pub mod config;
