@@ -63,6 +63,9 @@ pub struct BootContext<'a> {
     /// The disk the node booted from, when /usr came from a disk image
     /// (set by the usr stage); the state partition lives on it.
     pub boot_disk: Option<PathBuf>,
+    /// The Kelson ISO's device, when /usr came from it (a live node; set by
+    /// the usr stage); only such a node installs.
+    pub live_media: Option<PathBuf>,
     /// The boot entry this boot came from (set by the boot-entry stage on a
     /// disk image booted through systemd-boot).
     pub boot_entry: Option<crate::boot_entry::RunningEntry>,
@@ -87,6 +90,7 @@ impl<'a> BootContext<'a> {
             net_plan: None,
             identity: None,
             boot_disk: None,
+            live_media: None,
             boot_entry: None,
         }
     }
@@ -285,6 +289,8 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "state", critical: true, provides: &[], run: stages::state::run },
     Stage { name: "boot-entry", critical: false, provides: &[], run: stages::boot_entry::run },
     Stage { name: "config", critical: true, provides: &[], run: stages::config::run },
+    // Only a live node (booted from the ISO) with install.disk set acts.
+    Stage { name: "install", critical: true, provides: &[], run: stages::install::run },
     Stage { name: "identity", critical: false, provides: &[], run: stages::identity::run },
     Stage { name: "apply-config", critical: false, provides: &[], run: stages::apply_config::run },
     // The network before the services, as the design's boot order has it:

@@ -59,6 +59,9 @@ pub trait Kernel: Send + Sync {
     /// Creates the read-only device-mapper device `name` of `sectors` 512-byte
     /// sectors with one `verity` target of `params`, and returns its path.
     fn create_verity(&self, name: &str, sectors: u64, params: &str) -> io::Result<std::path::PathBuf>;
+    /// Flushes every filesystem and restarts the machine at once (no
+    /// ordered shutdown: for a node that has started nothing yet).
+    fn reboot_now(&self) -> io::Result<()>;
     /// Removes the device-mapper device `name`.
     fn remove_device_mapper(&self, name: &str) -> io::Result<()>;
     /// Copies all of `from` into the existing file or block device `path`
@@ -207,6 +210,14 @@ impl Kernel for LinuxKernel {
 
     fn create_verity(&self, name: &str, sectors: u64, params: &str) -> io::Result<std::path::PathBuf> {
         Self::dm_create_verity(name, sectors, params).map_err(io::Error::other)
+    }
+
+    fn reboot_now(&self) -> io::Result<()> {
+        nix::unistd::sync();
+        match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+            Err(e) => Err(io::Error::from(e)),
+            Ok(never) => match never {},
+        }
     }
 
     fn remove_device_mapper(&self, name: &str) -> io::Result<()> {
@@ -491,13 +502,19 @@ pub mod fake {
             }
         }
         fn attach_loop(&self, file: &Path) -> io::Result<PathBuf> {
+            // Each attach takes the next free device, as the kernel's would.
+            let index = self.calls().iter().filter(|c| c.starts_with("loop ")).count();
             self.record(format!("loop {}", file.display()));
             self.check(file)?;
-            Ok(PathBuf::from("/dev/loop0"))
+            Ok(PathBuf::from(format!("/dev/loop{index}")))
         }
         fn create_verity(&self, name: &str, sectors: u64, params: &str) -> io::Result<PathBuf> {
             self.record(format!("verity {name} {sectors} {params}"));
             Ok(PathBuf::from("/dev/dm-0"))
+        }
+        fn reboot_now(&self) -> io::Result<()> {
+            self.record("reboot".to_owned());
+            Ok(())
         }
         fn remove_device_mapper(&self, name: &str) -> io::Result<()> {
             self.record(format!("dm remove {name}"));

@@ -3,6 +3,8 @@
 //! - the disk image: a partition verified by dm-verity against the root hash
 //!   on the UKI's command line (`usrhash=`, see [`crate::verity`]); the small
 //!   initrd holds only kelson-init and the modules to reach it;
+//! - the ISO, when no partition matches that root hash: a squashfs file and
+//!   its hash tree on the ISO, verified the same way (see [`crate::live`]);
 //! - the direct boot's initramfs: a squashfs file (`/usr.squashfs`) that the
 //!   kernel unpacks into RAM as one compressed file, its pages read as they
 //!   are used, loop-mounted.
@@ -11,6 +13,7 @@
 //! the modules needed to mount the rest over it.
 
 use crate::kernel::{Kernel, MountFlags};
+use crate::live::{self, LiveError, LIVE_LABEL};
 use crate::modules;
 use crate::verity::{self, RootHash, UsrPartitions, VerityError};
 use std::io;
@@ -55,6 +58,11 @@ pub enum UsrOutcome {
         device: PathBuf,
         partitions: UsrPartitions,
     },
+    /// From the ISO, verified: `backing.disk` is the ISO's device.
+    Live {
+        device: PathBuf,
+        backing: UsrPartitions,
+    },
 }
 
 /// The modules that reach a verified /usr: the disk controllers a node may
@@ -71,6 +79,14 @@ pub enum VerifiedUsrError {
     Modules(#[source] modules::ModuleError),
     #[error(transparent)]
     Verity(#[from] VerityError),
+    #[error("{source}; nor does any of {devices} hold the Kelson ISO (an iso9660 filesystem labelled {LIVE_LABEL})")]
+    NotFound {
+        #[source]
+        source: VerityError,
+        devices: String,
+    },
+    #[error(transparent)]
+    Live(#[from] LiveError),
     #[error("mounting the verified /usr ({device}) read-only")]
     Mount {
         device: PathBuf,
@@ -80,31 +96,43 @@ pub enum VerifiedUsrError {
 }
 
 /// Finds, verifies and mounts /usr from the disk that holds the partitions
-/// of `root_hash` (the `usrhash=` value).
+/// of `root_hash` (the `usrhash=` value), else from the Kelson ISO.
 pub fn mount_verified_usr(
     kernel: &dyn Kernel,
     root_hash: &str,
     module_dir: &Path,
 ) -> Result<UsrOutcome, VerifiedUsrError> {
     let root = RootHash::parse(root_hash)?;
-    let names: Vec<String> = VERITY_MODULES.iter().map(|m| (*m).to_owned()).collect();
+    let names: Vec<String> = VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| (*m).to_owned()).collect();
     load_all(kernel, module_dir, &names).map_err(VerifiedUsrError::Modules)?;
     // Disks appear a little after their driver binds.
     let started = Instant::now();
-    let partitions = loop {
-        let disks = whole_disks(kernel, Path::new("/sys/class/block"), Path::new("/dev"));
-        match verity::find_partitions(kernel, &disks, &root) {
-            Ok(found) => break found,
-            Err(e) if started.elapsed() >= DISK_WAIT => return Err(e.into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+    let (sys, dev) = (Path::new("/sys/class/block"), Path::new("/dev"));
+    let (device, outcome) = loop {
+        let disks = whole_disks(kernel, sys, dev);
+        let error = match verity::find_partitions(kernel, &disks, &root) {
+            Ok(partitions) => {
+                let device = verity::open_usr(kernel, &partitions, &root)?;
+                break (device.clone(), UsrOutcome::Verified { device, partitions });
+            }
+            Err(e) => e,
+        };
+        let candidates = live::candidate_devices(kernel, sys, dev);
+        if let Some(iso) = live::find_iso(kernel, &candidates) {
+            let (device, backing) = live::open_live_usr(kernel, &iso, &root)?;
+            break (device.clone(), UsrOutcome::Live { device, backing });
         }
+        if started.elapsed() >= DISK_WAIT {
+            let devices = candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+            return Err(VerifiedUsrError::NotFound { source: error, devices });
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
-    let device = verity::open_usr(kernel, &partitions, &root)?;
     let flags = MountFlags { readonly: true, nodev: true, ..MountFlags::default() };
     kernel
         .mount(&device.to_string_lossy(), Path::new("/usr"), "squashfs", flags, None)
         .map_err(|source| VerifiedUsrError::Mount { device: device.clone(), source })?;
-    Ok(UsrOutcome::Verified { device, partitions })
+    Ok(outcome)
 }
 
 /// Loads `names` with their dependencies; the first that fails is the error
@@ -188,7 +216,8 @@ mod tests {
     fn a_verified_usr_is_found_set_up_read_through_and_mounted() {
         use crate::verity::tests::{disk, superblock, ROOT};
         let root = RootHash::parse(ROOT).unwrap();
-        let dep: String = VERITY_MODULES.iter().map(|m| format!("kernel/{m}.ko:\n")).collect();
+        let dep: String =
+            VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| format!("kernel/{m}.ko:\n")).collect();
         let k = FakeKernel::default()
             .with_file("/m/modules.dep", &dep)
             .with_file("/sys/class/block/vda/dev", "254:0")
@@ -202,8 +231,40 @@ mod tests {
         let partitions = UsrPartitions { disk: "/dev/vda".into(), data: "/dev/vda1".into(), hash: "/dev/vda2".into() };
         assert_eq!(outcome, UsrOutcome::Verified { device: "/dev/dm-0".into(), partitions });
         let calls = k.calls();
-        assert_eq!(calls.iter().filter(|c| c.starts_with("load ")).count(), VERITY_MODULES.len());
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("load ")).count(),
+            VERITY_MODULES.len() + live::LIVE_MODULES.len()
+        );
         assert!(calls.contains(&format!("verity usr 8000 1 /dev/vda1 /dev/vda2 4096 4096 1000 1 sha256 {ROOT} -")));
+        assert_eq!(calls.last().map(String::as_str), Some("mount /dev/dm-0 /usr squashfs - ro"));
+    }
+
+    #[test]
+    fn with_no_partition_of_the_root_hash_usr_comes_verified_from_the_iso() {
+        use crate::live::tests::iso;
+        use crate::verity::tests::{disk, superblock, ROOT};
+        let dep: String =
+            VERITY_MODULES.iter().chain(live::LIVE_MODULES).map(|m| format!("kernel/{m}.ko:\n")).collect();
+        let other = uuid::Uuid::from_u128(9);
+        let k = FakeKernel::default()
+            .with_file("/m/modules.dep", &dep)
+            // An installed disk of another version: its partitions are not this root hash's.
+            .with_file("/sys/class/block/vda/dev", "254:0")
+            .with_bytes("/dev/vda", disk(&[(verity::USR_TYPE, other), (verity::USR_VERITY_TYPE, other)]))
+            .with_file("/sys/class/block/sr0/dev", "11:0")
+            .with_bytes("/dev/sr0", iso(LIVE_LABEL))
+            .with_file("/run/kelson/live/kelson/usr.squashfs", "hsqs")
+            .with_file("/run/kelson/live/kelson/usr.verity", "")
+            .with_bytes("/dev/loop1", superblock(&[]))
+            .with_bytes("/dev/dm-0", vec![0u8; 1000 * 4096]);
+        let outcome = mount_verified_usr(&k, ROOT, Path::new("/m")).unwrap();
+        let backing = UsrPartitions { disk: "/dev/sr0".into(), data: "/dev/loop0".into(), hash: "/dev/loop1".into() };
+        assert_eq!(outcome, UsrOutcome::Live { device: "/dev/dm-0".into(), backing });
+        let calls = k.calls();
+        for module in ["isofs", "sr_mod", "loop"] {
+            assert!(calls.contains(&format!("load /m/kernel/{module}.ko")), "{module} not loaded: {calls:?}");
+        }
+        assert!(calls.contains(&"mount /dev/sr0 /run/kelson/live iso9660 - ro".to_owned()), "{calls:?}");
         assert_eq!(calls.last().map(String::as_str), Some("mount /dev/dm-0 /usr squashfs - ro"));
     }
 

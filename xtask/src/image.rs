@@ -31,6 +31,9 @@ pub struct ImagePaths {
     /// The disk image's /usr (squashfs) and its small initrd, for sizes.
     pub usr_image: PathBuf,
     pub disk_initrd: PathBuf,
+    /// The hybrid live/installer ISO and the root hash of its /usr.
+    pub iso: PathBuf,
+    pub iso_usr_hash: PathBuf,
     /// This version as an update bundle (init/src/update.rs).
     pub update_bundle: PathBuf,
     /// Bundles for the A/B tests: a newer version, and a newer one that
@@ -52,6 +55,8 @@ impl ImagePaths {
             usr_hash: dir.join("kelson.usrhash"),
             usr_image: dir.join("usr.squashfs"),
             disk_initrd: dir.join("kelson-disk.initrd"),
+            iso: dir.join("kelson.iso"),
+            iso_usr_hash: dir.join("kelson-iso.usrhash"),
             update_bundle: dir.join("kelson-update.tar"),
             test_bundles: dir.join("test-bundles"),
         }
@@ -274,6 +279,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         ("kelson.usrhash", &paths.usr_hash),
         ("usr.squashfs", &paths.usr_image),
         ("kelson-disk.initrd", &paths.disk_initrd),
+        ("kelson-iso.usrhash", &paths.iso_usr_hash),
         ("kelson-update.tar", &paths.update_bundle),
     ] {
         let src = out.join(from);
@@ -285,6 +291,9 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let raw = out.join("kelson.raw");
     std::fs::rename(&raw, &paths.disk_raw)
         .with_context(|| format!("moving {} to {}", raw.display(), paths.disk_raw.display()))?;
+    let iso = out.join("kelson.iso");
+    std::fs::rename(&iso, &paths.iso)
+        .with_context(|| format!("moving {} to {}", iso.display(), paths.iso.display()))?;
     let _ = std::fs::remove_file(&paths.disk_qcow2);
     progress::run(
         Command::new("qemu-img")
@@ -308,6 +317,7 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         size_mib(&paths.disk_initrd)
     );
     eprintln!("  usr.squashfs        {}  (the disk image's /usr)", size_mib(&paths.usr_image));
+    eprintln!("  kelson.iso          {}  (hybrid live/installer ISO, UEFI and BIOS)", size_mib(&paths.iso));
     eprintln!("  kelson-update.tar   {}  (this version as an update bundle)", size_mib(&paths.update_bundle));
     Ok(paths)
 }

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod cmdline;
 pub mod config;
 pub mod identity;
+pub mod install;
 pub mod kernel_log;
 pub mod modules;
 pub mod mounts;

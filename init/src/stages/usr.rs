@@ -1,6 +1,6 @@
 //! `usr`: a read-only /usr, verified from the disk when the command line
-//! carries its root hash (`usrhash=`, the disk image's UKI), else from the
-//! squashfs image the initramfs carries (the direct boot), else /usr is
+//! carries its root hash (`usrhash=`, the disk image's UKI; or the ISO's,
+//! whose files then hold /usr: a live node), else from the squashfs image the initramfs carries (the direct boot), else /usr is
 //! part of the initramfs. Critical: a /usr that fails verification never
 //! runs.
 
@@ -24,6 +24,14 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
                 "verified /usr mounted read-only"
             );
             ctx.boot_disk = Some(partitions.disk);
+        }
+        UsrOutcome::Live { device, backing } => {
+            info!(
+                device = %device.display(),
+                iso = %backing.disk.display(),
+                "live: verified /usr mounted read-only from the Kelson ISO"
+            );
+            ctx.live_media = Some(backing.disk);
         }
         UsrOutcome::InPlace => info!("no /usr image: /usr is part of the initramfs"),
         UsrOutcome::Mounted { device } => {

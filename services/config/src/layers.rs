@@ -66,6 +66,7 @@ pub const CMDLINE_KEYS: &[(&str, &str)] = &[
     ("kelson.clusterCIDR", "network.clusterCIDR"),
     ("kelson.serviceCIDR", "network.serviceCIDR"),
     ("kelson.mtu", "network.mtu"),
+    ("kelson.install", "install.disk"),
 ];
 
 impl Layer {
@@ -313,6 +314,19 @@ mod tests {
         assert_eq!(e.source_of("network.mtu"), Some((Source::KernelCmdline, "kernel command line")));
         assert_eq!(e.source_of("network.clusterCIDR"), Some((Source::ImageDefaults, "image")));
         assert_eq!(e.source_of("cluster.name"), None);
+    }
+
+    #[test]
+    fn kelson_install_on_the_command_line_is_install_disk_and_a_seed_may_add_wipe() {
+        let cmdline = Layer::from_cmdline([("kelson.install", "/dev/vda")]).unwrap();
+        let e = resolve(std::slice::from_ref(&cmdline)).unwrap();
+        assert_eq!((e.config.install.disk.as_deref(), e.config.install.wipe), (Some("/dev/vda"), false));
+        assert_eq!(e.source_of("install.disk"), Some((Source::KernelCmdline, "kernel command line")));
+        let seed = doc(Source::CloudInit, "seed", "install:\n  wipe: true\n");
+        let e = resolve(&[cmdline, seed]).unwrap();
+        assert_eq!((e.config.install.disk.as_deref(), e.config.install.wipe), (Some("/dev/vda"), true));
+        let err = resolve(&[Layer::from_cmdline([("kelson.install", "vda")]).unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("install.disk: \"vda\" is not a whole disk's device like /dev/vda"), "{err}");
     }
 
     #[test]

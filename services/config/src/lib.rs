@@ -62,6 +62,7 @@ impl MachineConfig {
             files: Vec::new(),
             sysctls: Default::default(),
             kernel_modules: Vec::new(),
+            install: Install::default(),
         }
     }
 

@@ -37,6 +37,9 @@ pub struct MachineConfig {
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernel_modules: Vec<String>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Install::is_unset")]
+    pub install: Install,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -207,6 +210,25 @@ pub struct Time {
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
+}
+
+/// Installing Kelson from the ISO: only a node booted live from the ISO acts
+/// on it; an installed node ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Install {
+    /// The whole disk to write the disk image to (`/dev/vda`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// Overwrite the disk even if it holds a partition table or filesystem.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wipe: bool,
+}
+
+impl Install {
+    fn is_unset(&self) -> bool {
+        self.disk.is_none() && !self.wipe
+    }
 }
 
 fn is_false(b: &bool) -> bool {

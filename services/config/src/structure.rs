@@ -270,7 +270,7 @@ mod tests {
             [
                 "network.mtu: expected an integer from 0 to 4294967295",
                 "banana: unknown field (known: `apiVersion`, `kind`, `node`, `network`, `cluster`, `pki`, `time`, \
-                 `kubelet`, `kubeProxy`, `staticPods`, `files`, `sysctls`, `kernelModules`)",
+                 `kubelet`, `kubeProxy`, `staticPods`, `files`, `sysctls`, `kernelModules`, `install`)",
             ]
         );
         assert_eq!(problems_of("node: {}\n"), ["apiVersion: missing (required)", "kind: missing (required)"]);

@@ -69,6 +69,15 @@ pub(crate) fn validate(c: &MachineConfig) -> Problems {
             ));
         }
     }
+    if let Some(disk) = &c.install.disk {
+        let name = disk.strip_prefix("/dev/").unwrap_or("");
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            p.push(("install.disk".into(), format!("{disk:?} is not a whole disk's device like /dev/vda")));
+        }
+    }
+    if c.install.wipe && c.install.disk.is_none() {
+        p.push(("install.wipe".into(), "set without install.disk (which disk to wipe?)".into()));
+    }
     for (i, server) in c.time.servers.iter().enumerate() {
         if server.parse::<IpAddr>().is_err() && !crate::valid_hostname(&server.to_ascii_lowercase()) {
             p.push((format!("time.servers[{i}]"), format!("{server:?} is neither an IP address nor a host name")));

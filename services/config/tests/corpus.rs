@@ -44,6 +44,9 @@ files:
 sysctls:
   vm.max_map_count: "262144"
 kernelModules: [ip_vs]
+install:
+  disk: /dev/vda
+  wipe: true
 "#;
 
 #[test]
@@ -57,6 +60,7 @@ fn a_complete_config_parses_with_every_section() {
     assert_eq!(c.cluster.dns_domain.as_deref(), Some("cluster.local"));
     assert_eq!(c.files[0].path, "/etc/motd");
     assert_eq!(c.kernel_modules, vec!["ip_vs"]);
+    assert_eq!((c.install.disk.as_deref(), c.install.wipe), (Some("/dev/vda"), true));
 }
 
 #[test]
@@ -99,6 +103,18 @@ const BROKEN: &[(&str, &str)] = &[
          broken.yaml: cluster.bootstrapToken: not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}\n\
          broken.yaml: files[0].path: \"etc/x\" is not an absolute path\n\
          broken.yaml: files[0].mode: \"0999\" is not an octal file mode like \"0644\"",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\ninstall:\n  disk: vda\n  wipe: yes-please\n",
+        "broken.yaml: install.wipe: expected true or false, found a string",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\ninstall:\n  disk: /dev/../etc/passwd\n",
+        "broken.yaml: install.disk: \"/dev/../etc/passwd\" is not a whole disk's device like /dev/vda",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\ninstall:\n  wipe: true\n",
+        "broken.yaml: install.wipe: set without install.disk (which disk to wipe?)",
     ),
     (
         "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  mtu: lots\n",
