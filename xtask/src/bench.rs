@@ -10,7 +10,9 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         "net" => "bench-net",
         "supervise" => "bench-supervise",
         "pods" => "bench-pods",
-        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods)"),
+        "usr" => "bench-usr",
+        "memory" => "bench-memory",
+        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")
