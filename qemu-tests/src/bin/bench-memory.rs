@@ -91,12 +91,12 @@ fn try_boot(image: &ImagePaths, way: Way, mib: u32) -> Result<Outcome> {
         if let Some(line) = first_line_with(&console, &["Kernel panic", "maintenance: boot stopped"]) {
             break Outcome::Failed(line);
         }
+        let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
         if let Some(status) = vm.exit_status()? {
-            let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
             break Outcome::Failed(format!("QEMU exited ({status}); last console line: {last}"));
         }
         if started.elapsed() >= READY_TIMEOUT {
-            break Outcome::Failed(format!("not ready after {} s", READY_TIMEOUT.as_secs()));
+            break Outcome::Failed(format!("not ready after {} s; last console line: {last}", READY_TIMEOUT.as_secs()));
         }
     };
     // Already exited when it failed that way; either way the VM goes.
