@@ -104,9 +104,15 @@ fn try_boot(image: &ImagePaths, way: Way, mib: u32) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// The least size (MiB) in which `way` reaches ready, if any up to
-/// [`HIGHEST_MIB`] does, and the sizes tried with their outcomes.
-fn least_memory(image: &ImagePaths, way: Way) -> Result<(Option<u32>, Vec<(u32, Outcome)>)> {
+/// What a search found for one way of booting.
+struct Search {
+    /// The least size (MiB) that reaches ready, if any up to [`HIGHEST_MIB`] does.
+    least: Option<u32>,
+    /// The sizes tried, in order, with their outcomes.
+    tried: Vec<(u32, Outcome)>,
+}
+
+fn least_memory(image: &ImagePaths, way: Way) -> Result<Search> {
     let sizes: Vec<u32> = (LOWEST_MIB..=HIGHEST_MIB).step_by(STEP_MIB as usize).collect();
     let mut tried = Vec::new();
     // Invariant: every size below sizes[low] fails; sizes[high] (if in
@@ -128,13 +134,13 @@ fn least_memory(image: &ImagePaths, way: Way) -> Result<(Option<u32>, Vec<(u32, 
         }
         tried.push((mib, outcome));
     }
-    Ok((sizes.get(low).copied(), tried))
+    Ok(Search { least: sizes.get(low).copied(), tried })
 }
 
 fn main() -> Result<()> {
     let image = ImagePaths::disk_from_env()?;
-    let (direct, direct_tried) = least_memory(&image, Way::Direct)?;
-    let (disk, disk_tried) = least_memory(&image, Way::Disk)?;
+    let direct = least_memory(&image, Way::Direct)?;
+    let disk = least_memory(&image, Way::Disk)?;
     println!(
         "memory benchmark: least guest memory reaching `kelson: ready` within {} s (TCG, 1 vCPU), \
          bisected over {LOWEST_MIB}..={HIGHEST_MIB} MiB in steps of {STEP_MIB} MiB",
@@ -142,8 +148,8 @@ fn main() -> Result<()> {
     );
     let least = |m: Option<u32>| m.map_or(format!("> {HIGHEST_MIB}"), |m| m.to_string());
     println!("{:<28} {:>10} {:>10}", "", "direct", "disk");
-    println!("{:<28} {:>10} {:>10}", "least memory (MiB)", least(direct), least(disk));
-    for (way, tried) in [(Way::Direct, &direct_tried), (Way::Disk, &disk_tried)] {
+    println!("{:<28} {:>10} {:>10}", "least memory (MiB)", least(direct.least), least(disk.least));
+    for (way, tried) in [(Way::Direct, &direct.tried), (Way::Disk, &disk.tried)] {
         let list: Vec<String> = tried
             .iter()
             .map(|(mib, o)| match o {
@@ -153,7 +159,7 @@ fn main() -> Result<()> {
             .collect();
         println!("  {} boots tried: {}", way.name(), list.join(", "));
     }
-    for (way, tried) in [(Way::Direct, &direct_tried), (Way::Disk, &disk_tried)] {
+    for (way, tried) in [(Way::Direct, &direct.tried), (Way::Disk, &disk.tried)] {
         for (mib, o) in tried {
             if let Outcome::Failed(why) = o {
                 println!("  {} {mib} MiB failed: {why}", way.name());

@@ -239,7 +239,10 @@ fn main() -> Result<()> {
         );
     }
     for variant in variants.iter().filter(|v| v.tar_bytes != variants[0].tar_bytes) {
-        println!("  warning: {} gave a {} byte tar stream, squashfs {}", variant.label, variant.tar_bytes, variants[0].tar_bytes);
+        println!(
+            "  warning: {} gave a {} byte tar stream, squashfs {}",
+            variant.label, variant.tar_bytes, variants[0].tar_bytes
+        );
     }
     for reason in &not_compared {
         println!("  not compared: {reason}");
