@@ -49,28 +49,75 @@ fn squashfs_settings(file: &Path) -> Result<String> {
     Ok(format!("{}, {block} blocks", value("Compression")))
 }
 
-/// The compressors the host's mkfs.erofs writes (its `--help` lists them).
-fn host_erofs_compressors() -> Result<Vec<String>> {
-    let out = Command::new("mkfs.erofs").arg("--help").output().context("running mkfs.erofs (package erofs-utils)")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let Some(list) = text.lines().find_map(|l| l.trim().strip_prefix("Available compressors are:")) else {
-        bail!("mkfs.erofs --help lists no compressors:\n{text}");
-    };
-    Ok(list.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
+/// Where mkfs.erofs comes from: the image's tools tree (Debian trixie,
+/// whose erofs-utils writes every compressor the node kernel reads) run
+/// through bubblewrap with the tree as its root, when `KELSON_TOOLS_TREE`
+/// names it (`cargo xtask bench usr` does); else the host's.
+struct Mkfs {
+    tools_tree: Option<PathBuf>,
+    /// The directory holding the tree and the images.
+    work: PathBuf,
+}
+
+impl Mkfs {
+    /// Where `work` is seen by mkfs.erofs.
+    fn work_seen(&self) -> PathBuf {
+        match self.tools_tree {
+            Some(_) => PathBuf::from("/tmp/bench-usr"),
+            None => self.work.clone(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        match &self.tools_tree {
+            Some(tree) => {
+                let mut command = Command::new("bwrap");
+                command
+                    .arg("--ro-bind")
+                    .arg(tree)
+                    .arg("/")
+                    .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind"])
+                    .arg(&self.work)
+                    .arg(self.work_seen())
+                    .args(["--", "mkfs.erofs"]);
+                command
+            }
+            None => Command::new("mkfs.erofs"),
+        }
+    }
+
+    fn source(&self) -> String {
+        match &self.tools_tree {
+            Some(tree) => format!("the tools tree's mkfs.erofs ({})", tree.display()),
+            None => "the host's mkfs.erofs".to_owned(),
+        }
+    }
+
+    /// Packs `work/usr` into `work/name` with `options`; its first line of
+    /// output (`mkfs.erofs <version>`) on success, its error otherwise.
+    fn make(&self, options: &[&str], name: &str) -> Result<std::result::Result<String, String>> {
+        let seen = self.work_seen();
+        let out = self
+            .command()
+            .args(options)
+            .arg(seen.join(name))
+            .arg(seen.join("usr"))
+            .output()
+            .with_context(|| format!("running {}", self.source()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(Ok(stdout.lines().next().unwrap_or("").trim().to_owned()))
+        } else {
+            let why = stderr.lines().chain(stdout.lines()).find(|l| !l.trim().is_empty()).unwrap_or("");
+            Ok(Err(format!("{} ({})", why.trim(), out.status)))
+        }
+    }
 }
 
 /// Whether the guest kernel's configuration has `option=y`.
 fn kernel_has(config: &str, option: &str) -> bool {
     config.lines().any(|l| l == format!("{option}=y"))
-}
-
-fn package_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", package])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or("unknown version".into(), |o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -144,7 +191,9 @@ fn main() -> Result<()> {
         reads: Vec::new(),
         tar_bytes: 0,
     }];
-    let host = host_erofs_compressors()?;
+    let mkfs =
+        Mkfs { tools_tree: std::env::var_os("KELSON_TOOLS_TREE").map(PathBuf::from), work: work.path().to_owned() };
+    let mut mkfs_version = String::new();
     // (compressor, mkfs.erofs options, the kernel option that reads it)
     let candidates: &[(&str, &[&str], &str)] = &[
         ("lz4hc", &["-zlz4hc,12"], "CONFIG_EROFS_FS_ZIP"),
@@ -159,25 +208,23 @@ fn main() -> Result<()> {
             not_compared.push(format!("erofs {compressor}: the guest kernel lacks {kernel_option}"));
             continue;
         }
-        if !host.iter().any(|c| c == compressor) {
-            not_compared.push(format!(
-                "erofs {compressor}: the guest kernel reads it ({kernel_option}=y), the host's mkfs.erofs \
-                 (erofs-utils {}) cannot write it (it writes {})",
-                package_version("erofs-utils"),
-                host.join(", ")
-            ));
-            continue;
-        }
-        let file = work.path().join(format!("usr-{}.erofs", variants.len()));
+        let name = format!("usr-{}.erofs", variants.len());
         eprintln!("bench-usr: mkfs.erofs {} ...", options.join(" "));
-        run(
-            Command::new("mkfs.erofs").arg("--quiet").args(*options).arg(&file).arg(&tree),
-            &format!("mkfs.erofs {}", options.join(" ")),
-        )?;
+        match mkfs.make(options, &name)? {
+            Ok(version) => mkfs_version = version,
+            Err(why) => {
+                not_compared.push(format!(
+                    "erofs {compressor}: the guest kernel reads it ({kernel_option}=y), but {} {} failed: {why}",
+                    mkfs.source(),
+                    options.join(" ")
+                ));
+                continue;
+            }
+        }
         variants.push(Variant {
             label: format!("erofs, mkfs.erofs {}", options.join(" ")),
             fs_type: "erofs",
-            file,
+            file: work.path().join(name),
             reads: Vec::new(),
             tar_bytes: 0,
         });
@@ -244,6 +291,7 @@ fn main() -> Result<()> {
             variant.label, variant.tar_bytes, variants[0].tar_bytes
         );
     }
+    println!("  erofs images made by {} ({mkfs_version})", mkfs.source());
     for reason in &not_compared {
         println!("  not compared: {reason}");
     }
