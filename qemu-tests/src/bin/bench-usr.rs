@@ -199,8 +199,9 @@ fn main() -> Result<()> {
         ("lz4hc", &["-zlz4hc,12"], "CONFIG_EROFS_FS_ZIP"),
         ("lz4hc", &["-zlz4hc,12", "-C65536"], "CONFIG_EROFS_FS_ZIP"),
         ("lzma", &["-zlzma", "-C65536"], "CONFIG_EROFS_FS_ZIP_LZMA"),
-        ("deflate", &["-zdeflate", "-C65536"], "CONFIG_EROFS_FS_ZIP_DEFLATE"),
-        ("zstd", &["-zzstd", "-C65536"], "CONFIG_EROFS_FS_ZIP_ZSTD"),
+        ("deflate", &["-zdeflate,9", "-C65536"], "CONFIG_EROFS_FS_ZIP_DEFLATE"),
+        // Level 15 is mksquashfs's zstd default, so as usr.squashfs.
+        ("zstd", &["-zzstd,15", "-C65536"], "CONFIG_EROFS_FS_ZIP_ZSTD"),
     ];
     let mut not_compared = Vec::new();
     for (compressor, options, kernel_option) in candidates {
