@@ -9,7 +9,8 @@
 //! bisection (a boot under TCG takes half a minute or more), assuming that
 //! a node which is ready in some memory is ready in any more. A boot counts
 //! only when `kelson: ready` appears within [`READY_TIMEOUT`]; a kernel panic,
-//! a boot stopped in maintenance or QEMU exiting fails it at once.
+//! a boot stopped in maintenance, an EFI stub error, a firmware exception or
+//! QEMU exiting fails it at once.
 
 use anyhow::{bail, Context, Result};
 use qemu_tests::{ImagePaths, Vm, VmBuilder};
@@ -88,7 +89,11 @@ fn try_boot(image: &ImagePaths, way: Way, mib: u32) -> Result<Outcome> {
             break Outcome::Ready(started.elapsed().as_secs_f64());
         }
         let console = vm.console_text()?;
-        if let Some(line) = first_line_with(&console, &["Kernel panic", "maintenance: boot stopped"]) {
+        // The kernel's EFI stub and OVMF report their own failures (at
+        // 144 MiB the stub cannot decompress the kernel, then OVMF shows a
+        // CPU exception and hangs).
+        let failures = ["Kernel panic", "maintenance: boot stopped", "EFI stub: ERROR", "X64 Exception Type"];
+        if let Some(line) = first_line_with(&console, &failures) {
             break Outcome::Failed(line);
         }
         let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
