@@ -10,7 +10,9 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         "net" => "bench-net",
         "supervise" => "bench-supervise",
         "pods" => "bench-pods",
-        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods)"),
+        "usr" => "bench-usr",
+        "memory" => "bench-memory",
+        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")
@@ -21,9 +23,14 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
     if !built.success() {
         bail!("building the benchmark programs failed ({built})");
     }
-    let status = std::process::Command::new("cargo")
-        .current_dir(root)
-        .env("KELSON_IMAGE_DIR", &paths.dir)
+    let mut command = std::process::Command::new("cargo");
+    command.current_dir(root).env("KELSON_IMAGE_DIR", &paths.dir);
+    if which == "usr" {
+        // The image's tools tree (Debian trixie) has the mkfs.erofs that
+        // writes every compressor the node kernel reads.
+        command.env("KELSON_TOOLS_TREE", crate::image::tools_tree(root, &paths.dir)?);
+    }
+    let status = command
         .args(["run", "--release", "--quiet", "-p", "qemu-tests", "--bin", bin])
         .status()
         .with_context(|| format!("starting the {which} benchmark"))?;

@@ -135,7 +135,7 @@ fn lock_cache() -> Result<std::fs::File> {
 
 /// The tools tree mkosi builds the node image in, built once per
 /// configuration and kept in the cache.
-fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
+pub fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
     let conf_dir = root.join("image/tools");
     let conf = std::fs::read(conf_dir.join("mkosi.conf")).context("reading image/tools/mkosi.conf")?;
     let sources = std::fs::read(conf_dir.join("mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources"))
