@@ -24,7 +24,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "inspecting the initramfs"),
     ("zstd", "inspecting the initramfs"),
     ("squashfs-tools", "reading the image's /usr (usr.squashfs) in tests"),
-    ("erofs-utils", "mkfs.erofs: `cargo xtask bench usr` compares erofs with squashfs for /usr"),
     ("e2fsprogs", "mkfs.ext4 for the state disk tests"),
     ("bubblewrap", "mkosi's build sandbox"),
     ("debian-archive-keyring", "verifying the Debian trixie packages the image is built from"),
