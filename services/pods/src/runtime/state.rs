@@ -443,8 +443,14 @@ impl Pods {
                 }
             }
         }
-        actions.push(Action::Publish);
-        actions.extend(self.finish_stop_if_done(uid, clock));
+        // A pod that has now stopped leaves the published status only once
+        // it is cleaned up (its clean-up publishes): a status file gone
+        // means nothing of the pod is left.
+        let finished = self.finish_stop_if_done(uid, clock);
+        if finished.is_empty() {
+            actions.push(Action::Publish);
+        }
+        actions.extend(finished);
         actions
     }
 
@@ -777,7 +783,8 @@ mod tests {
                 format!("delete {}", id(&p)),
                 // The pod has left: named by its UID.
                 format!("stop probes {}/0", p.uid.0),
-                "publish".into(),
+                // Published only after the clean-up: until then the pod's
+                // status file stays, so its absence means nothing is left.
                 "clean up slow".into(),
                 "publish".into()
             ]
