@@ -64,4 +64,4 @@ pub mod seed;
 pub use image::{ImagePaths, IMAGE_DIR_ENV};
 /// Re-exported for [`Vm::qmp`] arguments and results.
 pub use serde_json;
-pub use vm::{free_loopback_port, DiskFormat, Vm, VmBuilder};
+pub use vm::{free_loopback_port, DiskFormat, Vm, VmBuilder, OVMF_CODE, OVMF_VARS};

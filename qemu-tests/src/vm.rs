@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 const TEST_HOOKS_PREFIX: &str = "kelson-test/hooks/";
 /// What PID 1 needs on its command line to run test hooks.
 pub const TEST_HOOKS_KEY: &str = "kelson.test.hooks=1";
+/// Debian's OVMF (package ovmf): the firmware code and the variable store
+/// each VM gets a copy of.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 use crate::agent::{Agent, AgentOutput};
 use crate::cpio::Layer;
@@ -120,6 +124,19 @@ impl VmBuilder {
     /// harness's. Give it the firmware with [`VmBuilder::qemu_args`].
     pub fn firmware() -> Self {
         Self { kernel: None, ..Self::new("") }
+    }
+
+    /// Debian's OVMF as the firmware: its code read-only, and a fresh copy
+    /// of its variable store in `dir` (the VM's own, so boot entries and
+    /// counters do not leak between VMs).
+    pub fn ovmf(self, dir: &Path) -> Result<Self> {
+        let vars = dir.join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("copying the OVMF variable store {OVMF_VARS} (package ovmf)"))?;
+        Ok(self
+            .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+            .qemu_arg("-drive")
+            .qemu_arg(keyval("if=pflash,format=raw,file=", &vars)))
     }
 
     /// A VM booting the image's kernel and initrd.

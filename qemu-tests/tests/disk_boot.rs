@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const BOOT: Duration = Duration::from_secs(300);
 
 /// A qcow2 overlay of the raw disk image in `dir`, as large as the image
@@ -48,13 +46,7 @@ fn boot_with(name: &str, disk: &Path, dir: &Path, reboot_allowed: bool) -> Vm {
 
 /// A VM whose OVMF (with its own copy of the variable store) boots `disk`.
 fn firmware_vm(name: &str, disk: &Path, dir: &Path) -> VmBuilder {
-    let vars = dir.join("vars.fd");
-    std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
-    VmBuilder::firmware()
-        .name(name)
-        .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
-        .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
-        .disk_qcow2(disk)
+    VmBuilder::firmware().name(name).ovmf(dir).unwrap().disk_qcow2(disk)
 }
 
 /// QEMU arguments for a read-only disk holding `file`, with serial number

@@ -11,8 +11,6 @@ use qemu_tests::{ImagePaths, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const BOOT: Duration = Duration::from_secs(300);
 
 /// The ISO and the root hash of its /usr, from the image directory.
@@ -48,10 +46,7 @@ fn firmware_vm(name: &str, firmware: Firmware, dir: &Path) -> VmBuilder {
     if firmware == Firmware::Bios {
         return vm;
     }
-    let vars = dir.join("vars.fd");
-    std::fs::copy(OVMF_VARS, &vars).expect("OVMF variable store (package ovmf)");
-    vm.qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
-        .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
+    vm.ovmf(dir).unwrap()
 }
 
 /// A VM with `firmware` and the ISO as a CD.

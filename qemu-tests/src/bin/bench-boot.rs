@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
 const MEMORY_MIB: u32 = 1024;
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
@@ -72,15 +70,7 @@ fn boot(image: &ImagePaths, way: Way, dir: &Path) -> Result<Vm> {
             if !status.success() {
                 bail!("qemu-img create of an overlay of {} failed ({status})", image.disk.display());
             }
-            let vars = dir.join("vars.fd");
-            std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
-            VmBuilder::firmware()
-                .name("bench-disk")
-                .memory_mib(MEMORY_MIB)
-                .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
-                .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
-                .disk_qcow2(&disk)
-                .boot()
+            VmBuilder::firmware().name("bench-disk").memory_mib(MEMORY_MIB).ovmf(dir)?.disk_qcow2(&disk).boot()
         }
     }
 }

@@ -22,8 +22,6 @@ const HIGHEST_MIB: u32 = 320;
 const LOWEST_MIB: u32 = 64;
 const STEP_MIB: u32 = 16;
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 #[derive(Clone, Copy)]
 enum Way {
@@ -54,15 +52,7 @@ fn boot(image: &ImagePaths, way: Way, mib: u32, dir: &Path) -> Result<Vm> {
             if !status.success() {
                 bail!("qemu-img create of an overlay of {} failed ({status})", image.disk.display());
             }
-            let vars = dir.join("vars.fd");
-            std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
-            VmBuilder::firmware()
-                .name("memory-disk")
-                .memory_mib(mib)
-                .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
-                .qemu_args(["-drive".to_owned(), format!("if=pflash,format=raw,file={}", vars.display())])
-                .disk_qcow2(&disk)
-                .boot()
+            VmBuilder::firmware().name("memory-disk").memory_mib(mib).ovmf(dir)?.disk_qcow2(&disk).boot()
         }
     }
 }
