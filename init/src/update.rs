@@ -357,10 +357,7 @@ fn running_system(kernel: &dyn Kernel) -> Result<Running, String> {
     let root_hash = RootHash::parse(hash).map_err(|e| e.to_string())?;
     let disks = crate::usr::whole_disks(kernel, Path::new("/sys/class/block"), Path::new("/dev"));
     let partitions = verity::find_partitions(kernel, &disks, &root_hash).map_err(|e| e.to_string())?;
-    let os_release = crate::stages::boot_entry::OS_RELEASE;
-    let text = kernel.read_file(Path::new(os_release)).map_err(|e| format!("reading {os_release}: {e}"))?;
-    let version = boot_entry::os_release_field(&String::from_utf8_lossy(&text), VERSION_FIELD)
-        .ok_or_else(|| format!("{os_release} has no {VERSION_FIELD}"))?;
+    let version = crate::stages::boot_entry::running_version(kernel).map_err(|e| e.to_string())?;
     Ok(Running { disk: partitions.disk, root_hash, version, esp_mount: PathBuf::from("/run/kelson/esp-update") })
 }
 

@@ -76,7 +76,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
 }
 
 /// The running version: `IMAGE_VERSION` in /usr's os-release.
-fn running_version(kernel: &dyn Kernel) -> Result<String, StageError> {
+pub fn running_version(kernel: &dyn Kernel) -> Result<String, StageError> {
     let text = kernel.read_file(Path::new(OS_RELEASE)).map_err(|e| format!("reading {OS_RELEASE}: {e}"))?;
     let version = boot_entry::os_release_field(&String::from_utf8_lossy(&text), VERSION_FIELD)
         .ok_or_else(|| format!("{OS_RELEASE} has no {VERSION_FIELD}"))?;
