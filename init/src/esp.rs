@@ -176,11 +176,12 @@ pub fn loader_vars(kernel: &dyn Kernel, module_dir: &Path) -> Option<LoaderVars>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernel::fake::FakeKernel;
 
-    fn efi_string(text: &str) -> Vec<u8> {
+    /// An EFI string variable's bytes as efivarfs shows them.
+    pub(crate) fn efi_string(text: &str) -> Vec<u8> {
         let mut bytes = vec![6, 0, 0, 0];
         for unit in text.encode_utf16().chain([0]) {
             bytes.extend(unit.to_le_bytes());

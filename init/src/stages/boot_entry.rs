@@ -150,15 +150,9 @@ mod tests {
     use crate::kernel::fake::FakeKernel;
     use crate::verity::tests::disk;
 
-    const VENDOR: &str = boot_entry::LOADER_VENDOR;
+    use crate::esp::tests::efi_string;
 
-    fn efi_string(text: &str) -> Vec<u8> {
-        let mut bytes = vec![6, 0, 0, 0];
-        for unit in text.encode_utf16().chain([0]) {
-            bytes.extend(unit.to_le_bytes());
-        }
-        bytes
-    }
+    const VENDOR: &str = boot_entry::LOADER_VENDOR;
 
     /// A disk whose GPT has an ESP, booted from `counted` (if any), with
     /// version 2 running.
