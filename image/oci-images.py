@@ -4,9 +4,11 @@ Debian packages installed in the image root.
 
     oci-images.py ROOT OUT
 
-ROOT is the image's build root (mkosi's $BUILDROOT) with etcd-server and
-busybox-static installed (and etcd-client, if etcdctl is wanted); OUT
-receives one OCI image layout per image (OUT/etcd, OUT/busybox, OUT/pause),
+ROOT is the image's build root (mkosi's $BUILDROOT) with etcd-server,
+busybox-static and catatonit installed (and etcd-client, if etcdctl is
+wanted), and the Kubernetes multi-call binary at /usr/bin/kubernetes; OUT
+receives one OCI image layout per image (OUT/etcd, OUT/busybox, OUT/pause,
+OUT/kubernetes),
 each in the form kelson-containers' ImageStore reads: `oci-layout`,
 `index.json` whose manifest descriptors carry the references as
 annotations, and `blobs/sha256/`. mkosi.finalize runs it before it deletes
@@ -335,7 +337,11 @@ BUSYBOX_REFS = [
 ]
 # containerd's sandbox_image (the CRI config Kelson writes).
 PAUSE_REFS = ["registry.k8s.io/pause:3.9"]
-PAUSE_ENTRYPOINT = ["/bin/sh", "-c", 'sleep infinity & trap "kill $!; exit 0" TERM INT; wait']
+# Where `cargo xtask image` puts the pinned Kubernetes build's multi-call
+# binary in the root, and the programs the control-plane image answers for.
+KUBERNETES_BINARY = "/usr/bin/kubernetes"
+CONTROL_PLANE_PROGRAMS = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+IMAGES = ("etcd", "busybox", "pause", "kubernetes")
 
 
 def build_etcd(root, out, work):
@@ -378,8 +384,7 @@ def build_etcd(root, out, work):
 
 
 def busybox_layer(root, work):
-    """The busybox root, shared by the busybox and pause images (one blob,
-    which squashfs stores once): the static binary in /bin and a symlink per
+    """The busybox root: the static binary in /bin and a symlink per
     applet, as `busybox --install -s` would make them."""
     binary = package_file(root, "busybox-static", "/bin/busybox")
     _interpreter, needed = elf_dependencies(os.path.join(root, binary.lstrip("/")))
@@ -403,7 +408,7 @@ def busybox_layer(root, work):
     return layer_tar(stage)
 
 
-def build_busybox_and_pause(root, out, work):
+def build_busybox(root, out, work):
     version = package_version(root, "busybox-static")
     tar = busybox_layer(root, work)
     busybox = Layout(os.path.join(out, "busybox"))
@@ -417,19 +422,73 @@ def build_busybox_and_pause(root, out, work):
             f"busybox from Debian busybox-static {version}",
         )
     )
-    # A pause stand-in: the shell as PID 1 waits on a sleep and, like the
-    # real pause, exits at once on SIGTERM/SIGINT (a bare `sleep` as PID 1
-    # would ignore them and have to be killed), taking the sleep with it.
-    # `$!` is expanded when the trap is set: the sleep's pid.
-    pause = Layout(os.path.join(out, "pause"))
-    layer = pause.add_blob(tar, LAYER_TYPE)
-    pause.finish(
+
+
+def build_pause(root, out, work):
+    """The pause image: Debian's catatonit in pause mode (`-P`), which
+    sleeps as the sandbox's PID 1 and exits on SIGTERM/SIGINT as upstream's
+    pause does."""
+    version = package_version(root, "catatonit")
+    stage = os.path.join(work, "pause")
+    base_root(stage)
+    binary = package_file(root, "catatonit", "/catatonit")
+    copy_with_libraries(root, binary, stage)
+    layout = Layout(os.path.join(out, "pause"))
+    layer = layout.add_blob(layer_tar(stage), LAYER_TYPE)
+    layout.finish(
         image_descriptors(
-            pause,
+            layout,
             layer,
-            {"Entrypoint": PAUSE_ENTRYPOINT, "Env": [PATH_ENV]},
-            PAUSE_REFS,
-            f"a pause stand-in on Debian busybox-static {version}",
+            {"Entrypoint": [binary, "-P"], "Env": [PATH_ENV]},
+            PAUSE_REFS + [f"kelson.dev/pause:{tag_of(version)}"],
+            f"catatonit -P from Debian catatonit {version}",
+        )
+    )
+
+
+def kubernetes_version(binary, work):
+    """`Kubernetes v1.36.3` → `v1.36.3`, asked of the multi-call binary
+    itself (run through a link named kube-apiserver: it picks the program by
+    its name). The binary is static, so it runs on the build machine."""
+    link = os.path.join(work, "kube-apiserver")
+    os.symlink(binary, link)
+    result = subprocess.run([link, "--version"], capture_output=True, text=True)
+    words = result.stdout.split()
+    if result.returncode != 0 or len(words) != 2 or words[0] != "Kubernetes" or not words[1].startswith("v1."):
+        raise BuildError(f"{binary}: kube-apiserver --version said {result.stdout.strip()!r} {result.stderr.strip()!r}")
+    return words[1]
+
+
+def build_control_plane(root, out, work):
+    """One image, answering to registry.k8s.io/kube-apiserver,
+    …/kube-controller-manager and …/kube-scheduler at the pinned version:
+    the multi-call binary in /usr/local/bin (where upstream's images keep
+    their program) with a link per program. One manifest rather than three
+    over a shared layer, because the node's store unpacks per manifest:
+    three would put the ~139 MB binary on /var three times. With no
+    entrypoint, a manifest names its program in `command`, as kubeadm's
+    do."""
+    binary = os.path.join(root, KUBERNETES_BINARY.lstrip("/"))
+    if not os.path.isfile(binary):
+        raise BuildError(f"{KUBERNETES_BINARY} is not in {root} (cargo xtask image puts the pinned build there)")
+    version = kubernetes_version(binary, work)
+    stage = os.path.join(work, "control-plane")
+    base_root(stage)
+    make_dir(stage, "usr/local", 0o755)
+    make_dir(stage, "usr/local/bin", 0o755)
+    shutil.copyfile(binary, os.path.join(stage, "usr/local/bin/kubernetes"))
+    os.chmod(os.path.join(stage, "usr/local/bin/kubernetes"), 0o755)
+    for program in CONTROL_PLANE_PROGRAMS:
+        os.symlink("kubernetes", os.path.join(stage, "usr/local/bin", program))
+    layout = Layout(os.path.join(out, "kubernetes"))
+    layer = layout.add_blob(layer_tar(stage), LAYER_TYPE)
+    layout.finish(
+        image_descriptors(
+            layout,
+            layer,
+            {"Env": [PATH_ENV]},
+            [f"registry.k8s.io/{program}:{version}" for program in CONTROL_PLANE_PROGRAMS],
+            f"Kubernetes {version} control plane ({', '.join(CONTROL_PLANE_PROGRAMS)}), one multi-call binary",
         )
     )
 
@@ -440,7 +499,7 @@ def main(argv):
         return 2
     root, out = argv[1], argv[2]
     os.makedirs(out, exist_ok=True)
-    for name in ("etcd", "busybox", "pause"):
+    for name in IMAGES:
         if os.path.exists(os.path.join(out, name)):
             shutil.rmtree(os.path.join(out, name))
     # The staging trees are thrown away; only the layouts stay. They sit
@@ -449,11 +508,13 @@ def main(argv):
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=out) as work:
         try:
             build_etcd(root, out, work)
-            build_busybox_and_pause(root, out, work)
+            build_busybox(root, out, work)
+            build_pause(root, out, work)
+            build_control_plane(root, out, work)
         except (BuildError, OSError) as e:
             print(f"oci-images.py: {e}", file=sys.stderr)
             return 1
-    for name in ("etcd", "busybox", "pause"):
+    for name in IMAGES:
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(out, name)) for f in files)
         print(f"oci-images.py: {out}/{name}: {size / 1048576:.1f} MiB")
     return 0

@@ -159,47 +159,57 @@ pub fn tools_tree(root: &Path, log_dir: &Path) -> Result<PathBuf> {
     Ok(tree)
 }
 
-/// Programs the image takes from the builder because no package has them:
-/// the kubelet and kube-proxy (`--kubelet PATH`, `--kube-proxy PATH`, or
-/// `KELSON_KUBELET` / `KELSON_KUBE_PROXY`). Without them the node's
-/// supervisor shows those services as absent.
+/// The node programs in /usr/bin that come from the pinned Kubernetes
+/// build (`cargo xtask kubernetes build`) rather than a Debian package.
+pub const NODE_PROGRAMS: &[&str] = &["kubelet", "kube-proxy", "kubectl"];
+
+/// What the image takes from the builder because no package has it: the
+/// pinned Kubernetes build (built, or reused from its cache, by
+/// [`build`]) and any program given in its place (`--kubelet PATH`,
+/// `--kube-proxy PATH`, `--kubectl PATH`, or `KELSON_KUBELET`,
+/// `KELSON_KUBE_PROXY`, `KELSON_KUBECTL`).
 #[derive(Debug, Default, Clone)]
 pub struct Inputs {
-    pub kubelet: Option<PathBuf>,
-    pub kube_proxy: Option<PathBuf>,
+    /// Program name → the file to ship in its place.
+    pub overrides: Vec<(&'static str, PathBuf)>,
 }
 
 impl Inputs {
     pub fn parse(args: &[String]) -> Result<Inputs> {
-        let mut inputs = Inputs {
-            kubelet: std::env::var_os("KELSON_KUBELET").map(PathBuf::from),
-            kube_proxy: std::env::var_os("KELSON_KUBE_PROXY").map(PathBuf::from),
-        };
+        let env_name = |program: &str| format!("KELSON_{}", program.replace('-', "_").to_uppercase());
+        let mut overrides: Vec<(&'static str, PathBuf)> = NODE_PROGRAMS
+            .iter()
+            .filter_map(|&program| std::env::var_os(env_name(program)).map(|path| (program, PathBuf::from(path))))
+            .collect();
+        let known = NODE_PROGRAMS.iter().map(|p| format!("--{p} PATH")).collect::<Vec<_>>().join(", ");
         let mut args = args.iter();
         while let Some(arg) = args.next() {
-            let slot = match arg.as_str() {
-                "--kubelet" => &mut inputs.kubelet,
-                "--kube-proxy" => &mut inputs.kube_proxy,
-                other => anyhow::bail!("image: unknown option {other:?} (known: --kubelet PATH, --kube-proxy PATH)"),
+            let Some(&program) = NODE_PROGRAMS.iter().find(|p| arg.strip_prefix("--") == Some(**p)) else {
+                anyhow::bail!("image: unknown option {arg:?} (known: {known})");
             };
             let Some(path) = args.next() else { anyhow::bail!("image: {arg} needs a path") };
-            *slot = Some(PathBuf::from(path));
+            overrides.retain(|(name, _)| *name != program);
+            overrides.push((program, PathBuf::from(path)));
         }
-        for (name, path) in [("kubelet", &inputs.kubelet), ("kube-proxy", &inputs.kube_proxy)] {
-            if let Some(path) = path {
-                if !path.is_file() {
-                    anyhow::bail!("image: the {name} binary {} does not exist", path.display());
-                }
+        for (name, path) in &overrides {
+            if !path.is_file() {
+                anyhow::bail!("image: the {name} binary {} does not exist", path.display());
             }
         }
-        Ok(inputs)
+        Ok(Inputs { overrides })
+    }
+
+    fn override_for(&self, program: &str) -> Option<&Path> {
+        self.overrides.iter().find(|(name, _)| *name == program).map(|(_, path)| path.as_path())
     }
 }
 
 /// Lays out what the image gets on top of the Debian packages: kelson-init
 /// as /sbin/init and /init (the kernel runs /init from an initramfs), and
-/// the kubelet and kube-proxy if given.
-fn extra_tree(root: &Path, init_binary: &Path, inputs: &Inputs) -> Result<PathBuf> {
+/// the Kubernetes multi-call binary as /usr/bin/kubernetes with a link per
+/// node program (mkosi.finalize builds the control-plane image from the
+/// same file), or the program given in a link's place.
+fn extra_tree(root: &Path, init_binary: &Path, kubernetes: &Path, inputs: &Inputs) -> Result<PathBuf> {
     let extra = root.join("target/image-extra");
     if extra.exists() {
         std::fs::remove_dir_all(&extra).with_context(|| format!("clearing {}", extra.display()))?;
@@ -210,15 +220,19 @@ fn extra_tree(root: &Path, init_binary: &Path, inputs: &Inputs) -> Result<PathBu
         .with_context(|| format!("copying {} into the image", init_binary.display()))?;
     std::os::unix::fs::symlink("usr/sbin/init", extra.join("init")).context("linking /init to /usr/sbin/init")?;
     let bin = extra.join("usr/bin");
-    for (name, path) in [("kubelet", &inputs.kubelet), ("kube-proxy", &inputs.kube_proxy)] {
-        match path {
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    let multicall = kubernetes.join(crate::kubernetes::MULTICALL_BINARY);
+    std::fs::copy(&multicall, bin.join(crate::kubernetes::MULTICALL_BINARY))
+        .with_context(|| format!("copying {} into the image", multicall.display()))?;
+    for &program in NODE_PROGRAMS {
+        match inputs.override_for(program) {
             Some(path) => {
-                std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-                std::fs::copy(path, bin.join(name))
+                std::fs::copy(path, bin.join(program))
                     .with_context(|| format!("copying {} into the image", path.display()))?;
-                eprintln!("xtask: /usr/bin/{name} from {}", path.display());
+                eprintln!("xtask: /usr/bin/{program} from {}", path.display());
             }
-            None => eprintln!("xtask: no {name} binary given (--{name} PATH): the node will show {name} as absent"),
+            None => std::os::unix::fs::symlink(crate::kubernetes::MULTICALL_BINARY, bin.join(program))
+                .with_context(|| format!("linking /usr/bin/{program} to the multi-call binary"))?,
         }
     }
     Ok(extra)
@@ -252,7 +266,8 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
         "cargo build --release -p kelson-init (static)",
     )?;
     let init_binary = root.join("target").join(INIT_TARGET).join("release/kelson-init");
-    let extra = extra_tree(root, &init_binary, inputs)?;
+    let kubernetes = crate::kubernetes::build(root, crate::kubernetes::Layout::Multicall)?;
+    let extra = extra_tree(root, &init_binary, &kubernetes, inputs)?;
 
     let _cache_lock = lock_cache()?;
     let tools = tools_tree(root, &image_dir)?;
@@ -366,21 +381,31 @@ mod input_tests {
     use super::*;
 
     #[test]
-    fn the_kubelet_and_kube_proxy_given_land_in_usr_bin_and_bad_options_are_refused() {
+    fn node_programs_link_to_the_multicall_binary_unless_given_and_bad_options_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (init, kubelet) = (dir.path().join("init"), dir.path().join("my-kubelet"));
+        let (init, kubelet, build) = (dir.path().join("init"), dir.path().join("my-kubelet"), dir.path().join("k8s"));
+        std::fs::create_dir(&build).unwrap();
+        std::fs::write(build.join("kubernetes"), "multicall").unwrap();
         std::fs::write(&init, "init").unwrap();
         std::fs::write(&kubelet, "kubelet").unwrap();
         let args: Vec<String> = vec!["--kubelet".into(), kubelet.display().to_string()];
         let inputs = Inputs::parse(&args).unwrap();
-        let extra = extra_tree(dir.path(), &init, &inputs).unwrap();
-        assert_eq!(std::fs::read_to_string(extra.join("usr/bin/kubelet")).unwrap(), "kubelet");
-        assert!(!extra.join("usr/bin/kube-proxy").exists());
+        let extra = extra_tree(dir.path(), &init, &build, &inputs).unwrap();
+        let bin = extra.join("usr/bin");
+        assert_eq!(std::fs::read_to_string(bin.join("kubelet")).unwrap(), "kubelet");
+        assert!(!bin.join("kubelet").is_symlink());
+        for program in ["kube-proxy", "kubectl"] {
+            assert_eq!(std::fs::read_link(bin.join(program)).unwrap(), Path::new("kubernetes"));
+        }
+        assert_eq!(std::fs::read_to_string(bin.join("kubectl")).unwrap(), "multicall");
         assert_eq!(std::fs::read_to_string(extra.join("usr/sbin/init")).unwrap(), "init");
         let err = Inputs::parse(&["--kube-proxy".into(), "/nonexistent/kube-proxy".into()]).unwrap_err().to_string();
         assert_eq!(err, "image: the kube-proxy binary /nonexistent/kube-proxy does not exist");
-        let err = Inputs::parse(&["--kubectl".into()]).unwrap_err().to_string();
-        assert_eq!(err, "image: unknown option \"--kubectl\" (known: --kubelet PATH, --kube-proxy PATH)");
+        let err = Inputs::parse(&["--kube-apiserver".into()]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "image: unknown option \"--kube-apiserver\" (known: --kubelet PATH, --kube-proxy PATH, --kubectl PATH)"
+        );
     }
 }
 

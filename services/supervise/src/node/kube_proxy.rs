@@ -51,22 +51,38 @@ pub fn configuration(config: &MachineConfig, hostname: &str) -> KubeProxyConfigu
     }
 }
 
-/// The kubeconfig uses the kubelet's rotated client certificate (the node's
-/// identity, `system:node:<name>`): the node has no credential of kube-proxy's
-/// own. The cluster must grant that identity what kube-proxy reads (e.g.
-/// bind `system:node-proxier` to the group `system:nodes`).
+/// The name, in the machine config's `pki.certificates`, of kube-proxy's
+/// own client certificate (`CN=system:kube-proxy`, which Kubernetes' default
+/// RBAC binds to `system:node-proxier`).
+pub const KUBE_PROXY_CERT: &str = "kube-proxy";
+
+/// The kubeconfig uses kube-proxy's own certificate from the machine config
+/// when there is one. Without it, the kubelet's rotated client certificate
+/// (the node's identity, `system:node:<name>`): then the cluster must grant
+/// that identity what kube-proxy reads (e.g. bind `system:node-proxier` to
+/// the group `system:nodes`).
 pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
     let mut files = vec![RenderedFile::new(KUBE_PROXY_CONFIG, to_yaml(&configuration(config, hostname)), 0o644)];
     let mut notes = Vec::new();
     match &config.cluster.api_server_endpoint {
         Some(server) => {
             let name = config.cluster.name.as_deref().unwrap_or("kubernetes");
-            let user = User {
-                client_certificate: Some(KUBELET_CLIENT_CERT.to_owned()),
-                client_key: Some(KUBELET_CLIENT_CERT.to_owned()),
-                ..User::default()
+            let (user_name, user) = if config.pki.certificates.contains_key(KUBE_PROXY_CERT) {
+                let user = User {
+                    client_certificate: Some(format!("{PKI_DIR}/{KUBE_PROXY_CERT}.crt")),
+                    client_key: Some(format!("{PKI_DIR}/{KUBE_PROXY_CERT}.key")),
+                    ..User::default()
+                };
+                ("system:kube-proxy", user)
+            } else {
+                let user = User {
+                    client_certificate: Some(KUBELET_CLIENT_CERT.to_owned()),
+                    client_key: Some(KUBELET_CLIENT_CERT.to_owned()),
+                    ..User::default()
+                };
+                ("kube-proxy", user)
             };
-            let kubeconfig = kubeconfig::single(name, server, CA_FILE, "kube-proxy", user);
+            let kubeconfig = kubeconfig::single(name, server, CA_FILE, user_name, user);
             // Paths only, no secret in it.
             files.push(RenderedFile::new(KUBE_PROXY_KUBECONFIG, to_yaml(&kubeconfig), 0o644));
         }
@@ -128,6 +144,20 @@ mod tests {
         assert_eq!(user["client-certificate"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
         assert_eq!(user["client-key"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
         assert!(user.get("token").is_none());
+    }
+
+    #[test]
+    fn kube_proxys_own_certificate_from_the_config_is_used_when_there_is_one() {
+        let mut config = worker_config();
+        config.pki.certificates.insert(
+            KUBE_PROXY_CERT.to_owned(),
+            kelson_config::CertKey { cert: "CERT".into(), key: kelson_config::Secret::new("KEY") },
+        );
+        let rendered = render(&config, "lab-worker-1");
+        let v = yaml(&rendered.files[1].text());
+        assert_eq!(v["users"][0]["name"], "system:kube-proxy");
+        assert_eq!(v["users"][0]["user"]["client-certificate"], "/etc/kelson/pki/kube-proxy.crt");
+        assert_eq!(v["users"][0]["user"]["client-key"], "/etc/kelson/pki/kube-proxy.key");
     }
 
     #[test]

@@ -1,12 +1,43 @@
 //! The kubelet: a `KubeletConfiguration` (kubelet.config.k8s.io/v1beta1),
-//! a TLS-bootstrap kubeconfig, and its flags.
+//! its kubeconfig (the node's own certificate, or a TLS-bootstrap token),
+//! and its flags.
 
 use super::kubeconfig::{self, User};
 use super::paths::*;
 use super::{node_ip, to_yaml, Rendered, RenderedFile};
 use crate::spec::{HealthCheck, Probe, Requirement, ServiceSpec, NETWORK_READY};
-use kelson_config::MachineConfig;
+use kelson_config::{MachineConfig, Role};
 use serde::Serialize;
+
+/// The name, in the machine config's `pki.certificates`, of the node's
+/// client certificate (`CN=system:node:<node>`, `O=system:nodes`), which
+/// `kelsonctl gen cluster` issues. PID 1 installs it as
+/// `<PKI_DIR>/kubelet.{crt,key}`.
+pub const NODE_CERT: &str = "kubelet";
+
+/// How the kubelet authenticates to the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The node certificate from the machine config ([`NODE_CERT`]).
+    NodeCertificate,
+    /// A bootstrap token, traded for a certificate the kubelet keeps on /var.
+    BootstrapToken,
+    /// No API server: the kubelet runs standalone.
+    Standalone,
+}
+
+pub fn credential(config: &MachineConfig) -> Credential {
+    let cluster = &config.cluster;
+    if cluster.api_server_endpoint.is_none() || config.pki.ca.is_none() {
+        Credential::Standalone
+    } else if config.pki.certificates.contains_key(NODE_CERT) {
+        Credential::NodeCertificate
+    } else if cluster.bootstrap_token.is_some() {
+        Credential::BootstrapToken
+    } else {
+        Credential::Standalone
+    }
+}
 
 /// The fields Kelson sets, spelled as in the upstream v1beta1 Go type.
 #[derive(Debug, Serialize)]
@@ -75,50 +106,64 @@ pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
         authorization: Authorization { mode: "Webhook" },
         healthz_bind_address: "127.0.0.1",
         healthz_port: 10248,
-        rotate_certificates: true,
+        // A certificate given in the machine config is renewed by
+        // regenerating the config; one from TLS bootstrap is the kubelet's
+        // to rotate.
+        rotate_certificates: credential(config) == Credential::BootstrapToken,
         resolv_conf: "/etc/resolv.conf",
     }
 }
 
-/// The config file, the bootstrap kubeconfig (when the cluster section
-/// and CA allow one) and the spec.
+/// The config file, the kubeconfig (from the node certificate, else a
+/// bootstrap one when the cluster section and CA allow it) and the spec.
 pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
     let mut files = vec![RenderedFile::new(KUBELET_CONFIG, to_yaml(&configuration(config)), 0o644)];
     let mut notes = Vec::new();
     let cluster = &config.cluster;
-    let bootstrap = match (&cluster.api_server_endpoint, &cluster.bootstrap_token, &config.pki.ca) {
-        (Some(server), Some(token), Some(_)) => {
-            let name = cluster.name.as_deref().unwrap_or("kubernetes");
-            let user = User { token: Some(token.expose().to_owned()), ..User::default() };
+    let name = cluster.name.as_deref().unwrap_or("kubernetes");
+    let server = cluster.api_server_endpoint.as_deref().unwrap_or_default();
+    let credential = credential(config);
+    match credential {
+        Credential::NodeCertificate => {
+            let user = User {
+                client_certificate: Some(format!("{PKI_DIR}/{NODE_CERT}.crt")),
+                client_key: Some(format!("{PKI_DIR}/{NODE_CERT}.key")),
+                ..User::default()
+            };
+            let kubeconfig = kubeconfig::single(name, server, CA_FILE, &format!("system:node:{hostname}"), user);
+            files.push(RenderedFile::new(KUBELET_NODE_KUBECONFIG, to_yaml(&kubeconfig), 0o600));
+        }
+        Credential::BootstrapToken => {
+            let token = cluster.bootstrap_token.as_ref().map(|t| t.expose().to_owned());
+            let user = User { token, ..User::default() };
             let kubeconfig = kubeconfig::single(name, server, CA_FILE, "kubelet-bootstrap", user);
             // The token is a secret: owner-only.
             files.push(RenderedFile::new(KUBELET_BOOTSTRAP_KUBECONFIG, to_yaml(&kubeconfig), 0o600));
-            true
         }
-        _ => {
-            notes.push(
-                "the kubelet runs standalone (no API server): TLS bootstrap needs cluster.apiServerEndpoint, \
-                 cluster.bootstrapToken and pki.ca"
-                    .to_owned(),
-            );
-            false
-        }
-    };
+        Credential::Standalone => notes.push(format!(
+            "the kubelet runs standalone (no API server): it needs cluster.apiServerEndpoint, pki.ca and either \
+             pki.certificates.{NODE_CERT} or cluster.bootstrapToken"
+        )),
+    }
     if config.pki.ca.is_none() {
         notes.push("the kubelet authenticates no client certificates: pki.ca is not set".to_owned());
     }
-    Rendered { files, spec: spec(config, hostname, bootstrap), notes }
+    Rendered { files, spec: spec(config, hostname, credential), notes }
 }
 
 /// Waits for containerd to be healthy, the pause image to be imported
 /// (`sandbox-image` completed) and the network to be ready; healthy when
 /// its healthz answers 200.
-pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceSpec {
+pub fn spec(config: &MachineConfig, hostname: &str, credential: Credential) -> ServiceSpec {
     let binary = config.kubelet.binary.clone().unwrap_or_else(|| KUBELET_BINARY.to_owned());
     let mut argv = vec![binary, format!("--config={KUBELET_CONFIG}")];
-    if bootstrap {
-        argv.push(format!("--bootstrap-kubeconfig={KUBELET_BOOTSTRAP_KUBECONFIG}"));
-        argv.push(format!("--kubeconfig={KUBELET_KUBECONFIG}"));
+    match credential {
+        Credential::NodeCertificate => argv.push(format!("--kubeconfig={KUBELET_NODE_KUBECONFIG}")),
+        Credential::BootstrapToken => {
+            argv.push(format!("--bootstrap-kubeconfig={KUBELET_BOOTSTRAP_KUBECONFIG}"));
+            argv.push(format!("--kubeconfig={KUBELET_KUBECONFIG}"));
+        }
+        Credential::Standalone => {}
     }
     argv.push(format!("--root-dir={KUBELET_ROOT_DIR}"));
     argv.push(format!("--cert-dir={KUBELET_CERT_DIR}"));
@@ -126,6 +171,12 @@ pub fn spec(config: &MachineConfig, hostname: &str, bootstrap: bool) -> ServiceS
         argv.push(format!("--node-ip={ip}"));
     }
     argv.push(format!("--hostname-override={hostname}"));
+    if config.node.role == Role::ControlPlane {
+        // kubeadm taints its control-plane nodes (through the API; a
+        // kubelet may set taints only when it registers). A Pod must
+        // tolerate this to run beside the control plane.
+        argv.push(format!("--register-with-taints={CONTROL_PLANE_TAINT}"));
+    }
     argv.extend(config.kubelet.extra_args.iter().cloned());
 
     let mut spec = ServiceSpec::new("kubelet", argv);
@@ -229,6 +280,34 @@ mod tests {
             ]
         );
         assert_eq!(spec.health.unwrap().probe, Probe::HttpGet { url: "http://127.0.0.1:10248/healthz".into() });
+    }
+
+    #[test]
+    fn a_node_certificate_in_the_config_is_the_kubelets_credential_and_a_control_plane_registers_tainted() {
+        let mut config = worker_config();
+        config.node.role = Role::ControlPlane;
+        config.pki.certificates.insert(
+            NODE_CERT.to_owned(),
+            kelson_config::CertKey { cert: "CERT".into(), key: kelson_config::Secret::new("KEY") },
+        );
+        let rendered = render(&config, "lab-cp-1");
+        let file = rendered.files.iter().find(|f| f.path.to_str() == Some("/etc/kubernetes/kubelet.conf")).unwrap();
+        assert_eq!(file.mode, 0o600);
+        let v = yaml(&file.text());
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://192.168.100.10:6443");
+        assert_eq!(v["users"][0]["name"], "system:node:lab-cp-1");
+        assert_eq!(v["users"][0]["user"]["client-certificate"], "/etc/kelson/pki/kubelet.crt");
+        assert_eq!(v["users"][0]["user"]["client-key"], "/etc/kelson/pki/kubelet.key");
+        assert!(v["users"][0]["user"].get("token").is_none());
+        assert!(!rendered.files.iter().any(|f| f.path.to_str() == Some(KUBELET_BOOTSTRAP_KUBECONFIG)));
+        let argv = &rendered.spec.argv;
+        assert!(argv.contains(&"--kubeconfig=/etc/kubernetes/kubelet.conf".to_owned()), "{argv:?}");
+        assert!(!argv.iter().any(|a| a.starts_with("--bootstrap-kubeconfig")), "{argv:?}");
+        assert!(argv.contains(&"--register-with-taints=node-role.kubernetes.io/control-plane:NoSchedule".to_owned()));
+        // The certificate is renewed with the config, not rotated by the kubelet.
+        assert_eq!(yaml(&rendered.files[0].text())["rotateCertificates"], false);
+        // A worker registers untainted.
+        assert!(!render(&worker_config(), "w").spec.argv.iter().any(|a| a.starts_with("--register-with-taints")));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod paths {
     /// `CA_FILE` is written by PID 1's apply-config stage from `pki.ca`;
     /// `MANIFEST_DIR` holds the static pods PID 1 runs, named here so the
     /// kubelet's staticPodPath can be checked against it.
-    pub use kelson_base::paths::{CA_FILE, CNI_CONFLIST, MANIFEST_DIR};
+    pub use kelson_base::paths::{CA_FILE, CNI_CONFLIST, MANIFEST_DIR, PKI_DIR};
 
     pub const CONTAINERD_BINARY: &str = "/usr/bin/containerd";
     pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
@@ -48,6 +48,10 @@ pub mod paths {
     pub const KUBELET_CONFIG: &str = "/etc/kubernetes/kubelet/config.yaml";
     /// Holds the bootstrap token: mode 0600.
     pub const KUBELET_BOOTSTRAP_KUBECONFIG: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+    /// Names the node certificate from the machine config (kubeadm's path).
+    pub const KUBELET_NODE_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
+    /// The taint a control-plane node registers with, as kubeadm sets it.
+    pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule";
     /// Written by the kubelet itself once TLS bootstrap succeeds; on /var so
     /// a reboot does not need the (expiring) token again.
     pub const KUBELET_KUBECONFIG: &str = "/var/lib/kubelet/kubeconfig";
