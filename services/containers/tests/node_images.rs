@@ -26,6 +26,10 @@ const BUSYBOX_REFS: [&str; 6] = [
     "kelson/busybox:test",
 ];
 const PAUSE_REFS: [&str; 1] = ["registry.k8s.io/pause:3.9"];
+/// The control-plane image answers to each program's upstream name.
+const CONTROL_PLANE_PROGRAMS: [&str; 3] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+/// The version the fake root's stand-in Kubernetes binary says it is.
+const FAKE_KUBERNETES_VERSION: &str = "v1.36.3";
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image/oci-images.py")
@@ -48,8 +52,11 @@ fn copy_host(from: &str, root: &Path, to: &str) {
 /// A root shaped like the image's Debian trixie one (merged /usr, the loader
 /// reached through `/lib64` and an absolute symlink, which must resolve in
 /// this root and not on the host), with the host's dynamically linked
-/// `true` and `echo` standing in for etcd and etcdctl and its static busybox
-/// for busybox-static's.
+/// `true` and `echo` standing in for etcd and etcdctl, its static busybox
+/// for busybox-static's and its catatonit (`cargo xtask deps` installs
+/// it) for catatonit's. The Kubernetes multi-call binary is a script that
+/// only says its version: the script asks it, and the layout is checked for
+/// where it put it.
 fn debian_root(root: &Path, with_busybox: bool) {
     copy_host("/usr/bin/true", root, "usr/bin/etcd");
     copy_host("/usr/bin/echo", root, "usr/bin/etcdctl");
@@ -73,6 +80,12 @@ fn debian_root(root: &Path, with_busybox: bool) {
         status.push_str("Package: busybox-static\nStatus: install ok installed\nVersion: 1:1.37.0-6+b9\n");
         fs::write(info.join("busybox-static.list"), "/usr/bin/busybox\n").unwrap();
     }
+    copy_host("/usr/bin/catatonit", root, "usr/bin/catatonit");
+    status.push_str("\nPackage: catatonit\nStatus: install ok installed\nVersion: 0.2.1-2\n");
+    fs::write(info.join("catatonit.list"), "/usr/bin/catatonit\n").unwrap();
+    let kubernetes = root.join("usr/bin/kubernetes");
+    fs::write(&kubernetes, format!("#!/bin/sh\necho Kubernetes {FAKE_KUBERNETES_VERSION}\n")).unwrap();
+    fs::set_permissions(&kubernetes, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
 }
 
@@ -93,21 +106,35 @@ fn resolve_all(store: &ImageStore, refs: &[&str]) -> ResolvedImage {
     first
 }
 
-/// Sends SIGTERM to `pid` once its shell has set the TERM trap (SigCgt in
-/// /proc), so the signal cannot arrive before it.
-fn terminate_when_trapped(pid: u32) {
+/// Kills its child (by handle) when dropped, so a failed assertion leaves
+/// no process behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends SIGTERM to `pid` once it handles the signal (in SigCgt: a
+/// handler; in SigBlk: blocked to be read from a signalfd, as catatonit
+/// does), so the signal cannot arrive before the program is ready for it.
+fn terminate_when_handled(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let caught = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
-            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
-            .unwrap_or(0);
-        if caught & (1 << (libc::SIGTERM - 1)) != 0 {
+        let mask = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+                .unwrap_or(0)
+        };
+        if (mask("SigCgt:") | mask("SigBlk:")) & (1 << (libc::SIGTERM - 1)) != 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the pause shell never trapped SIGTERM");
+        assert!(Instant::now() < deadline, "pause never handled SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill only sends a signal to the child this test started.
@@ -147,24 +174,55 @@ fn check_layouts(layouts: &Path, unpacked: &Path) {
     let shell = chroot(&root, &["/bin/sh", "-c", "echo $((6 * 7)) > /tmp/answer && cat /tmp/answer"]);
     assert_eq!(String::from_utf8_lossy(&shell.stdout), "42\n", "{shell:?}");
 
-    // The pause stand-in shares busybox's layer (squashfs stores it once).
+    // catatonit in pause mode: it runs as PID 1 of the sandbox and exits
+    // on SIGTERM.
     let pause = resolve_all(&store, &PAUSE_REFS);
-    assert_eq!(pause.manifest.layers()[0].digest(), busybox.manifest.layers()[0].digest());
     let root = store.unpack(&pause).unwrap();
     let entrypoint = pause.defaults().entrypoint;
-    // (stderr: without /dev in a chroot, the shell complains it cannot give the sleep /dev/null.)
-    let mut child =
-        Command::new("chroot").arg(&root).args(&entrypoint).stderr(std::process::Stdio::null()).spawn().unwrap();
-    terminate_when_trapped(child.id());
+    assert_eq!(entrypoint.last().map(String::as_str), Some("-P"), "{entrypoint:?}");
+    let mut child = KillOnDrop(Command::new("chroot").arg(&root).args(&entrypoint).spawn().unwrap());
+    terminate_when_handled(child.0.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "pause did not exit on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "pause exits 0 on SIGTERM: {status:?}");
+    // catatonit passes the signal on and ends as if killed by it, or exits 0.
+    assert!(
+        status.success() || std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM),
+        "pause ends on SIGTERM: {status:?}"
+    );
+
+    // One image for the three control-plane programs: one unpack on a node.
+    let refs: Vec<String> =
+        CONTROL_PLANE_PROGRAMS.iter().map(|p| format!("registry.k8s.io/{p}:{}", kubernetes_tag(layouts))).collect();
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let control_plane = resolve_all(&store, &refs);
+    assert_eq!(control_plane.layout, layouts.join("kubernetes"));
+    assert!(control_plane.defaults().entrypoint.is_empty(), "manifests name their program in `command`");
+    let root = store.unpack(&control_plane).unwrap();
+    for program in CONTROL_PLANE_PROGRAMS {
+        assert_eq!(fs::read_link(root.join("usr/local/bin").join(program)).unwrap(), Path::new("kubernetes"));
+    }
+    // A real build's binary is static: it runs in its image alone and
+    // says the version its references carry.
+    let binary = fs::read(root.join("usr/local/bin/kubernetes")).unwrap();
+    if binary.starts_with(b"\x7fELF") {
+        let version = chroot(&root, &["/usr/local/bin/kube-apiserver", "--version"]);
+        let said = String::from_utf8_lossy(&version.stdout);
+        assert_eq!(said.trim(), format!("Kubernetes {}", kubernetes_tag(layouts)), "{version:?}");
+    }
+}
+
+/// The tag the control-plane layout's references carry.
+fn kubernetes_tag(layouts: &Path) -> String {
+    let index = fs::read_to_string(layouts.join("kubernetes/index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    let name = index["manifests"][0]["annotations"]["io.containerd.image.name"].as_str().unwrap().to_owned();
+    name.rsplit_once(':').unwrap().1.to_owned()
 }
 
 #[test]
@@ -178,8 +236,9 @@ fn the_layouts_the_image_build_writes_resolve_unpack_and_run() {
     let mut names: Vec<String> =
         fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["busybox", "etcd", "pause"], "one layout per image, and no staging left behind");
+    assert_eq!(names, ["busybox", "etcd", "kubernetes", "pause"], "one layout per image, and no staging left behind");
     check_layouts(&out, &dir.path().join("unpacked"));
+    assert_eq!(kubernetes_tag(&out), FAKE_KUBERNETES_VERSION, "the version the binary says");
 
     // The Debian versions are names too (epoch dropped, '+' made '_'),
     // and a bare repository name does not reach an image under another registry.
@@ -200,7 +259,7 @@ fn the_layouts_the_image_build_writes_resolve_unpack_and_run() {
     // Reproducible: the same root gives the same bytes, so the same digests.
     let again = dir.path().join("again");
     assert!(run_script(&root, &again).status.success());
-    for name in ["etcd", "busybox", "pause"] {
+    for name in ["etcd", "busybox", "pause", "kubernetes"] {
         assert_eq!(
             fs::read(out.join(name).join("index.json")).unwrap(),
             fs::read(again.join(name).join("index.json")).unwrap(),
