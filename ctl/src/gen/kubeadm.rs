@@ -233,7 +233,10 @@ pub fn kubeconfig(
             "user": { "client-certificate-data": b64(&client.cert_pem), "client-key-data": b64(&client.key_pem) },
         }],
     });
-    serde_saphyr::to_string(&document)
+    // The base64 data on one plain line each, as kubeadm writes it, rather
+    // than as folded block scalars.
+    let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+    serde_saphyr::to_string_with_options(&document, options)
 }
 
 #[cfg(test)]
