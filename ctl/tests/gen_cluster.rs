@@ -242,9 +242,11 @@ fn node_files(config: &MachineConfig) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-/// kubeadm's certificates: (file stem under pki/, issuing CA's stem, CN, O,
-/// (serverAuth, clientAuth)).
-const KUBEADM_CERTS: [(&str, &str, &str, &str, (bool, bool)); 8] = [
+/// A kubeadm certificate: file stem under pki/, issuing CA's stem, CN, O,
+/// (serverAuth, clientAuth).
+type KubeadmCert = (&'static str, &'static str, &'static str, &'static str, (bool, bool));
+
+const KUBEADM_CERTS: [KubeadmCert; 8] = [
     ("apiserver", "ca", "kube-apiserver", "", (true, false)),
     ("apiserver-kubelet-client", "ca", "kube-apiserver-kubelet-client", "system:masters", (false, true)),
     ("apiserver-etcd-client", "etcd/ca", "kube-apiserver-etcd-client", "", (false, true)),
