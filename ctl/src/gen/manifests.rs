@@ -99,8 +99,12 @@ const K8S_CERTS: HostPath = HostPath { name: "k8s-certs", path: PKI_DIR, kind: "
 /// kubeadm's `ComponentPod`: one container in kube-system on the host's
 /// network, at system-node-critical priority, with RuntimeDefault seccomp.
 fn component_pod(name: &str, container: Value, host_paths: &[HostPath], annotations: Option<Value>) -> Value {
-    let mut container = container;
-    container["name"] = json!(name);
+    // The name first, then the component's own fields, as a reader expects.
+    let mut named = json!({ "name": name });
+    if let (Some(fields), Value::Object(own)) = (named.as_object_mut(), container) {
+        fields.extend(own);
+    }
+    let mut container = named;
     container["imagePullPolicy"] = json!("IfNotPresent");
     container["volumeMounts"] = host_paths.iter().map(HostPath::mount).collect();
     let mut metadata = json!({
