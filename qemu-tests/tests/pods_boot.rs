@@ -38,122 +38,27 @@ fn seed(dir: &Path, config: &str) -> PathBuf {
     .unwrap()
 }
 
-/// `text` indented by `n` spaces, for a YAML block scalar.
-fn indent(text: &str, n: usize) -> String {
-    text.lines().map(|l| format!("{}{l}\n", " ".repeat(n))).collect()
-}
-
-/// A one-node cluster from `kelsonctl gen`, its uplink moved onto QEMU's
+/// A one-node cluster from `kelsonctl gen`, its address moved onto QEMU's
 /// user network (10.0.2.15) so the host can reach the node through a
-/// `hostfwd`, with `manifests` (file name, text) as its static pods.
-fn cluster_config(dir: &Path, manifests: &[(&str, &str)]) -> String {
+/// `hostfwd`, with the generated control-plane manifests named in `keep`
+/// (`etcd.yaml`) and `manifests` (file name, text) as its static pods.
+fn cluster_config(dir: &Path, keep: &[&str], manifests: &[(&str, &str)]) -> String {
     let spec = kelsonctl::gen::ClusterSpec::with_defaults("t", 1, 0);
     kelsonctl::gen::generate_cluster(&spec, &dir.join("cluster"), false).unwrap();
     let generated = std::fs::read_to_string(dir.join(format!("cluster/nodes/{NODE}/machine-config.yaml"))).unwrap();
     assert!(generated.contains("- 192.168.100.10/24"), "{generated}");
-    let mut config = generated.replace("- 192.168.100.10/24", "- 10.0.2.15/24");
-    config.push_str("staticPods:\n");
+    // The address is in the uplink, the endpoints and the manifests' flags
+    // and probes; certificates are base64 and cannot hold it as text.
+    let moved = generated.replace("192.168.100.10", "10.0.2.15");
+    let mut config = kelson_config::parse("generated machine config", &moved).unwrap_or_else(|e| panic!("{e}"));
+    config.static_pods.retain(|pod| keep.contains(&pod.name.as_str()));
+    assert_eq!(config.static_pods.len(), keep.len(), "kelsonctl gen made no {keep:?}");
     for (name, manifest) in manifests {
-        config.push_str(&format!("  - name: {name}\n    manifest: |\n{}", indent(manifest, 6)));
+        config
+            .static_pods
+            .push(kelson_config::StaticPod { name: (*name).to_owned(), manifest: (*manifest).to_owned() });
     }
-    config
-}
-
-/// kubeadm's etcd manifest, as kubeadm writes it for a single member, with
-/// the certificate paths Kelson installs the machine config's PKI under.
-fn etcd_manifest() -> String {
-    let pki = "/etc/kelson/pki";
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: etcd
-  namespace: kube-system
-  labels:
-    component: etcd
-    tier: control-plane
-  annotations:
-    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://10.0.2.15:2379
-spec:
-  hostNetwork: true
-  priorityClassName: system-node-critical
-  securityContext:
-    seccompProfile:
-      type: RuntimeDefault
-  containers:
-  - name: etcd
-    image: registry.k8s.io/etcd:3.5.16-0
-    imagePullPolicy: IfNotPresent
-    command:
-    - etcd
-    - --advertise-client-urls=https://10.0.2.15:2379
-    - --cert-file={pki}/etcd-server.crt
-    - --client-cert-auth=true
-    - --data-dir=/var/lib/etcd
-    - --experimental-initial-corrupt-check=true
-    - --initial-advertise-peer-urls=https://10.0.2.15:2380
-    - --initial-cluster={NODE}=https://10.0.2.15:2380
-    - --key-file={pki}/etcd-server.key
-    - --listen-client-urls=https://127.0.0.1:2379,https://10.0.2.15:2379
-    - --listen-metrics-urls=http://127.0.0.1:2381
-    - --listen-peer-urls=https://10.0.2.15:2380
-    - --name={NODE}
-    - --peer-cert-file={pki}/etcd-peer.crt
-    - --peer-client-cert-auth=true
-    - --peer-key-file={pki}/etcd-peer.key
-    - --peer-trusted-ca-file={pki}/ca.crt
-    - --snapshot-count=10000
-    - --trusted-ca-file={pki}/ca.crt
-    livenessProbe:
-      failureThreshold: 8
-      httpGet:
-        host: 127.0.0.1
-        path: /livez
-        port: 2381
-        scheme: HTTP
-      initialDelaySeconds: 10
-      periodSeconds: 10
-      timeoutSeconds: 15
-    readinessProbe:
-      failureThreshold: 3
-      httpGet:
-        host: 127.0.0.1
-        path: /readyz
-        port: 2381
-        scheme: HTTP
-      periodSeconds: 1
-      timeoutSeconds: 15
-    startupProbe:
-      failureThreshold: 24
-      httpGet:
-        host: 127.0.0.1
-        path: /readyz
-        port: 2381
-        scheme: HTTP
-      initialDelaySeconds: 1
-      periodSeconds: 1
-      timeoutSeconds: 15
-    resources:
-      requests:
-        cpu: 100m
-        memory: 100Mi
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-    - mountPath: {pki}
-      name: etcd-certs
-  priority: 2000001000
-  volumes:
-  - hostPath:
-      path: {pki}
-      type: DirectoryOrCreate
-    name: etcd-certs
-  - hostPath:
-      path: /var/lib/etcd
-      type: DirectoryOrCreate
-    name: etcd-data
-"
-    )
+    config.to_yaml_with_secrets()
 }
 
 /// The node, with QEMU's user network as eth0: `restrict=on` keeps the
@@ -200,16 +105,16 @@ fn wait_status(vm: &mut Vm, file: &str, limit: Duration, what: &str, check: impl
     }
 }
 
-/// An etcd client on the host, through the hostfwd, with the cluster's CA
-/// and the etcd-client certificate `kelsonctl gen` made.
+/// An etcd client on the host, through the hostfwd, with the etcd CA and
+/// the API server's etcd client certificate `kelsonctl gen` made.
 async fn etcd_client(dir: &Path, port: u16) -> Result<etcd_client::Client, etcd_client::Error> {
     use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
     let pki = dir.join("cluster/pki");
     let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
     let tls = TlsOptions::new()
         .domain_name("localhost")
-        .ca_certificate(Certificate::from_pem(read("ca.crt")))
-        .identity(Identity::from_pem(read("etcd-client.crt"), read("etcd-client.key")));
+        .ca_certificate(Certificate::from_pem(read("etcd/ca.crt")))
+        .identity(Identity::from_pem(read("apiserver-etcd-client.crt"), read("apiserver-etcd-client.key")));
     let options = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(Duration::from_secs(10))
@@ -283,8 +188,8 @@ const SHIM_PID: &str = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/d
 #[test]
 fn an_etcd_static_pod_from_a_kubeadm_manifest_answers_and_comes_back_after_kill_9_and_after_its_shim_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = etcd_manifest();
-    let config = cluster_config(dir.path(), &[("etcd.yaml", &etcd), ("pair.yaml", PAIR)]);
+    // etcd's manifest is the one `kelsonctl gen` writes, as kubeadm would.
+    let config = cluster_config(dir.path(), &["etcd.yaml"], &[("pair.yaml", PAIR)]);
     let port = free_loopback_port().unwrap();
     let mut vm = node(dir.path(), &config, port).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
@@ -506,8 +411,11 @@ spec:
 #[test]
 fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_cleanly_while_bad_manifests_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        cluster_config(dir.path(), &[("web.yaml", WEB), ("hog.yaml", HOG), ("sick.yaml", SICK), ("ghost.yaml", GHOST)]);
+    let config = cluster_config(
+        dir.path(),
+        &[],
+        &[("web.yaml", WEB), ("hog.yaml", HOG), ("sick.yaml", SICK), ("ghost.yaml", GHOST)],
+    );
     let mut vm = node(dir.path(), &config, free_loopback_port().unwrap()).boot().unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
 

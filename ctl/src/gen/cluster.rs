@@ -1,14 +1,17 @@
 //! `gen cluster`: a [`ClusterSpec`] (the flags) becomes a [`ClusterPlan`]
 //! (names, addresses, subnets; pure and deterministic), which becomes the
 //! cluster folder's files (certificates, machine configs, seed images,
-//! summary; random keys and tokens).
+//! summary; random keys and tokens). The Kubernetes files follow kubeadm's
+//! layout (`kubeadm.rs`, `manifests.rs`).
 
 use super::cidr::{self, CidrError};
+use super::kubeadm::{self, ClusterPki, ControlPlaneCerts, PkiFile};
+use super::manifests;
 use super::output::OutputFile;
-use super::pki::{self, Authority, Issued, LeafSpec, PkiError, Usage};
+use super::pki::{self, Issued, LeafSpec, PkiError, Usage};
 use super::seed::{self, MetaData, SeedError};
 use ipnet::Ipv4Net;
-use kelson_config::{CertKey, ConfigErrors, MachineConfig, PeerRoute, Role, Uplink};
+use kelson_config::{CertKey, ConfigErrors, MachineConfig, PeerRoute, Role, StaticPod, Uplink};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -19,12 +22,18 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const API_SERVER_PORT: u16 = 6443;
 
 /// Names of a node's certificates in its machine config's `pki.certificates`
-/// (and of their files under `pki/<node>/`).
-pub const ETCD_SERVER_CERT: &str = "etcd-server";
-pub const ETCD_PEER_CERT: &str = "etcd-peer";
-pub const ETCD_CLIENT_CERT: &str = "etcd-client";
-/// The Kelson management API's serving certificate (not kube-apiserver's).
+/// (PID 1 installs them as /etc/kelson/pki/<name>.{crt,key}), every node.
+/// The Kelson management API's serving certificate (not kube-apiserver's),
+/// under `DIR/pki/<node>/`.
 pub const MANAGEMENT_API_CERT: &str = "management-api";
+/// The kubelet's client certificate, `CN=system:node:<node>,
+/// O=system:nodes`, signed by the cluster CA; under `DIR/pki/<node>/`.
+pub const KUBELET_CERT: &str = "kubelet";
+/// kube-proxy's client certificate, `CN=system:kube-proxy`, the same on
+/// every node; `DIR/pki/kube-proxy.{crt,key}`.
+pub const KUBE_PROXY_CERT: &str = "kube-proxy";
+/// The user's kubeconfig in the output directory.
+pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
 
 /// What the operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +116,12 @@ pub enum GenClusterError {
     },
     #[error("rendering cluster.yaml")]
     Summary(#[source] serde_saphyr::SerializeError),
+    #[error("rendering {what}")]
+    Render {
+        what: String,
+        #[source]
+        source: serde_saphyr::SerializeError,
+    },
 }
 
 /// One node of the plan.
@@ -259,6 +274,10 @@ impl GeneratedCluster {
             out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
         }
         out += &format!("seed images: {dir}/nodes/<node>/seed.img (they hold the node's private keys)\n");
+        out += &format!(
+            "kubectl: kubectl --kubeconfig {dir}/{ADMIN_KUBECONFIG} get nodes (Kubernetes {})\n",
+            kubeadm::KUBERNETES_VERSION
+        );
         for (name, organisation) in CLIENTS {
             out += &format!("client {name}: {dir}/pki/{name}.crt, {dir}/pki/{name}.key (O={organisation})\n");
         }
@@ -267,12 +286,9 @@ impl GeneratedCluster {
     }
 }
 
-/// The client certificates handed to people and tools, not to nodes.
-const CLIENTS: [(&str, &str); 3] = [
-    ("admin", pki::ADMIN_ORGANISATION),
-    ("read-only", pki::READ_ONLY_ORGANISATION),
-    (ETCD_CLIENT_CERT, pki::ETCD_CLIENT_ORGANISATION),
-];
+/// The management API's client certificates, handed to people and tools,
+/// not to nodes.
+const CLIENTS: [(&str, &str); 2] = [("admin", pki::ADMIN_ORGANISATION), ("read-only", pki::READ_ONLY_ORGANISATION)];
 
 fn push_pair(files: &mut Vec<OutputFile>, stem: &str, issued: &Issued) {
     files.push(OutputFile::public(format!("{stem}.crt"), issued.cert_pem.clone()));
@@ -283,44 +299,115 @@ fn cert_key(issued: &Issued) -> CertKey {
     CertKey { cert: issued.cert_pem.clone(), key: issued.key_pem.clone().into() }
 }
 
+fn push_pki_files(files: &mut Vec<OutputFile>, dir: &str, pki_files: &[PkiFile]) {
+    for file in pki_files {
+        let path = format!("{dir}/{}", file.path);
+        files.push(if file.secret {
+            OutputFile::secret(path, file.contents.clone())
+        } else {
+            OutputFile::public(path, file.contents.clone())
+        });
+    }
+}
+
+fn render_error(what: String) -> impl FnOnce(serde_saphyr::SerializeError) -> GenClusterError {
+    move |source| GenClusterError::Render { what, source }
+}
+
+/// What a control-plane node carries beyond every node's certificates:
+/// kubeadm's certificate directory and kubeconfigs as `files:`, and the
+/// control plane's manifests as `staticPods:`.
+struct ControlPlaneFiles {
+    files: Vec<kelson_config::File>,
+    static_pods: Vec<StaticPod>,
+}
+
+fn control_plane_files(
+    plan: &ClusterPlan,
+    node: &NodePlan,
+    cluster_pki: &ClusterPki,
+    own: &ControlPlaneCerts,
+) -> Result<ControlPlaneFiles, GenClusterError> {
+    let mode = |secret: bool| Some(if secret { "0600" } else { "0644" }.to_owned());
+    let mut files: Vec<kelson_config::File> = cluster_pki
+        .shared_files()
+        .into_iter()
+        .chain(own.files())
+        .map(|f| kelson_config::File {
+            path: format!("{}/{}", kubeadm::PKI_DIR, f.path),
+            content: f.contents.into(),
+            mode: mode(f.secret),
+        })
+        .collect();
+    let server = kubeadm::api_server_url(node.address);
+    let ca = cluster_pki.ca.cert_pem();
+    for (path, user, client) in [
+        (kubeadm::CONTROLLER_MANAGER_CONF, "system:kube-controller-manager", &cluster_pki.controller_manager),
+        (kubeadm::SCHEDULER_CONF, "system:kube-scheduler", &cluster_pki.scheduler),
+    ] {
+        let text = kubeadm::kubeconfig(&plan.spec.name, &server, &ca, user, client)
+            .map_err(render_error(format!("{path} for {}", node.name)))?;
+        files.push(kelson_config::File { path: path.to_owned(), content: text.into(), mode: mode(true) });
+    }
+    let static_pods = manifests::control_plane(plan, node)
+        .map_err(render_error(format!("{}'s static pod manifests", node.name)))?
+        .into_iter()
+        .map(|(name, manifest)| StaticPod { name, manifest })
+        .collect();
+    Ok(ControlPlaneFiles { files, static_pods })
+}
+
 /// Issues every certificate, renders each node's machine config and seed,
-/// and the summary. Nothing is written to disk here.
+/// the user's kubeconfig and the summary. Nothing is written to disk here.
 pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster, GenClusterError> {
     let spec = &plan.spec;
     let generation = hex(&random_bytes::<8>()?);
     let token = bootstrap_token()?;
-    let ca = Authority::new(&spec.name, now)?;
+    let cluster_pki = ClusterPki::new(now)?;
+    let ca = &cluster_pki.ca;
     let mut files = Vec::new();
-    push_pair(&mut files, "pki/ca", &ca.issued());
-    let mut client_certs = BTreeMap::new();
+    // DIR/pki holds what kubeadm's /etc/kubernetes/pki would, so an
+    // operator can issue more; the per-node ones under pki/<node>/.
+    push_pki_files(&mut files, "pki", &cluster_pki.shared_files());
+    push_pair(&mut files, &format!("pki/{KUBE_PROXY_CERT}"), &cluster_pki.kube_proxy);
     for (name, organisation) in CLIENTS {
         let issued = ca.issue(&LeafSpec::client(name, organisation))?;
         push_pair(&mut files, &format!("pki/{name}"), &issued);
-        client_certs.insert(name, issued);
     }
+    let admin = kubeadm::kubeconfig(
+        &spec.name,
+        &plan.api_server_endpoint(),
+        &ca.cert_pem(),
+        kubeadm::ADMIN_COMMON_NAME,
+        &cluster_pki.admin,
+    )
+    .map_err(render_error(ADMIN_KUBECONFIG.to_owned()))?;
+    files.push(OutputFile::secret(ADMIN_KUBECONFIG.to_owned(), admin));
 
     let mut summary_nodes = Vec::new();
     for node in &plan.nodes {
         let mut certs = BTreeMap::new();
-        let management = ca.issue(&LeafSpec::node(&node.name, node.address, Usage::Server, false))?;
-        certs.insert(MANAGEMENT_API_CERT, management);
-        if node.role == Role::ControlPlane {
-            let server = ca.issue(&LeafSpec::node(&node.name, node.address, Usage::ServerAndClient, true))?;
-            let peer = ca.issue(&LeafSpec::node(&node.name, node.address, Usage::ServerAndClient, true))?;
-            certs.insert(ETCD_SERVER_CERT, server);
-            certs.insert(ETCD_PEER_CERT, peer);
-            // kube-apiserver runs on control-plane nodes and is etcd's client.
-            if let Some(client) = client_certs.get(ETCD_CLIENT_CERT) {
-                certs.insert(ETCD_CLIENT_CERT, client.clone());
-            }
-        }
+        certs.insert(MANAGEMENT_API_CERT, ca.issue(&LeafSpec::node(&node.name, node.address, Usage::Server, false))?);
+        certs.insert(KUBELET_CERT, cluster_pki.kubelet(node)?);
+        certs.insert(KUBE_PROXY_CERT, cluster_pki.kube_proxy.clone());
         for (name, issued) in &certs {
-            if *name != ETCD_CLIENT_CERT {
+            if *name != KUBE_PROXY_CERT {
                 push_pair(&mut files, &format!("pki/{}/{name}", node.name), issued);
             }
         }
+        let control_plane = if node.role == Role::ControlPlane {
+            let own = cluster_pki.control_plane(&plan, node)?;
+            push_pki_files(&mut files, &format!("pki/{}", node.name), &own.files());
+            Some(control_plane_files(&plan, node, &cluster_pki, &own)?)
+        } else {
+            None
+        };
 
-        let config = machine_config(&plan, node, &token, &ca.cert_pem(), &certs);
+        let mut config = machine_config(&plan, node, &token, &ca.cert_pem(), &certs);
+        if let Some(control_plane) = control_plane {
+            config.files = control_plane.files;
+            config.static_pods = control_plane.static_pods;
+        }
         let yaml = config.to_yaml_with_secrets();
         let document = format!("nodes/{}/machine-config.yaml", node.name);
         kelson_config::parse(&document, &yaml)
@@ -347,7 +434,7 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
             certificates: certs
                 .keys()
                 .map(|name| {
-                    if *name == ETCD_CLIENT_CERT {
+                    if *name == KUBE_PROXY_CERT {
                         format!("pki/{name}.crt")
                     } else {
                         format!("pki/{}/{name}.crt", node.name)
@@ -361,7 +448,7 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     let body = serde_saphyr::to_string(&summary).map_err(GenClusterError::Summary)?;
     files.push(OutputFile::public(
         "cluster.yaml".to_owned(),
-        format!("# Written by `kelsonctl gen cluster`. No secrets here: keys are in pki/*.key and in the nodes' files.\n{body}"),
+        format!("# Written by `kelsonctl gen cluster`. No secrets here: keys are in pki/, admin.kubeconfig and the nodes' files.\n{body}"),
     ));
     Ok(GeneratedCluster { plan, generation, files })
 }
@@ -420,9 +507,20 @@ struct Summary {
     dns_domain: String,
     api_server_endpoint: String,
     etcd_endpoints: Vec<String>,
+    kubernetes_version: &'static str,
+    admin_kubeconfig: &'static str,
     nodes: Vec<SummaryNode>,
-    ca: String,
+    certificate_authorities: SummaryAuthorities,
     clients: Vec<SummaryClient>,
+}
+
+/// The three CAs' certificates, as kubeadm names them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryAuthorities {
+    cluster: &'static str,
+    etcd: &'static str,
+    front_proxy: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -464,8 +562,14 @@ impl Summary {
             dns_domain: DNS_DOMAIN.to_owned(),
             api_server_endpoint: plan.api_server_endpoint(),
             etcd_endpoints: plan.etcd_endpoints(),
+            kubernetes_version: kubeadm::KUBERNETES_VERSION,
+            admin_kubeconfig: ADMIN_KUBECONFIG,
             nodes,
-            ca: "pki/ca.crt".to_owned(),
+            certificate_authorities: SummaryAuthorities {
+                cluster: "pki/ca.crt",
+                etcd: "pki/etcd/ca.crt",
+                front_proxy: "pki/front-proxy-ca.crt",
+            },
             clients: CLIENTS
                 .iter()
                 .map(|(name, organisation)| SummaryClient {

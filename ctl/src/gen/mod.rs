@@ -3,6 +3,8 @@
 
 pub mod cidr;
 pub mod cluster;
+pub mod kubeadm;
+pub mod manifests;
 pub mod output;
 pub mod pki;
 pub mod seed;

@@ -1,10 +1,13 @@
-//! The cluster's certificates: one CA signs everything (the machine
-//! config's `pki.ca` has room for one). Keys are ECDSA P-256.
+//! Certificate authorities and the certificates they issue. Keys are ECDSA
+//! P-256. The cluster has three CAs as kubeadm lays them out (cluster,
+//! etcd, front-proxy; see `kubeadm.rs`); the machine config's `pki.ca` is
+//! the cluster CA.
 //!
-//! Who is who is in the subject: node certificates carry the node name as
-//! CN; client certificates carry their role in O (`kelson:admin`,
-//! `kelson:read-only`, `kelson:etcd-client`), which the management API
-//! is meant to authorize on.
+//! Who is who is in the subject: Kelson's node certificates carry the node
+//! name as CN; the management API's client certificates carry their role in
+//! O (`kelson:admin`, `kelson:read-only`), which the management API is
+//! meant to authorize on; Kubernetes' own certificates use Kubernetes'
+//! names (`CN=system:node:<node>, O=system:nodes`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -17,7 +20,6 @@ use time::{Duration, OffsetDateTime};
 pub const ORGANISATION: &str = "kelson";
 pub const ADMIN_ORGANISATION: &str = "kelson:admin";
 pub const READ_ONLY_ORGANISATION: &str = "kelson:read-only";
-pub const ETCD_CLIENT_ORGANISATION: &str = "kelson:etcd-client";
 
 const CA_LIFETIME: Duration = Duration::days(10 * 365);
 const LEAF_LIFETIME: Duration = Duration::days(365);
@@ -73,7 +75,8 @@ pub enum Usage {
 #[derive(Debug, Clone)]
 pub struct LeafSpec {
     pub common_name: String,
-    pub organisation: String,
+    /// Absent where Kubernetes names none (`CN=system:kube-scheduler`).
+    pub organisation: Option<String>,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub usage: Usage,
@@ -89,26 +92,56 @@ impl LeafSpec {
             dns_names.push("localhost".to_owned());
             ip_addresses.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
-        LeafSpec { common_name: node.to_owned(), organisation: ORGANISATION.to_owned(), dns_names, ip_addresses, usage }
+        LeafSpec {
+            common_name: node.to_owned(),
+            organisation: Some(ORGANISATION.to_owned()),
+            dns_names,
+            ip_addresses,
+            usage,
+        }
     }
 
     /// A client certificate whose role is its organisation.
     pub fn client(common_name: &str, organisation: &str) -> Self {
+        LeafSpec { organisation: Some(organisation.to_owned()), ..LeafSpec::client_without_organisation(common_name) }
+    }
+
+    /// A client certificate known by its CN alone.
+    pub fn client_without_organisation(common_name: &str) -> Self {
         LeafSpec {
             common_name: common_name.to_owned(),
-            organisation: organisation.to_owned(),
+            organisation: None,
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
             usage: Usage::Client,
         }
     }
 
+    /// A certificate with `usage` for these names and addresses.
+    pub fn with_names(
+        common_name: &str,
+        usage: Usage,
+        dns_names: impl IntoIterator<Item = String>,
+        ip_addresses: impl IntoIterator<Item = IpAddr>,
+    ) -> Self {
+        LeafSpec {
+            common_name: common_name.to_owned(),
+            organisation: None,
+            dns_names: dns_names.into_iter().collect(),
+            ip_addresses: ip_addresses.into_iter().collect(),
+            usage,
+        }
+    }
+
     fn subject(&self) -> String {
-        format!("CN={}, O={}", self.common_name, self.organisation)
+        match &self.organisation {
+            Some(organisation) => format!("CN={}, O={organisation}", self.common_name),
+            None => format!("CN={}", self.common_name),
+        }
     }
 }
 
-/// The cluster CA, able to issue leaf certificates.
+/// A certificate authority, able to issue leaf certificates.
 pub struct Authority {
     issuer: CertifiedIssuer<'static, KeyPair>,
     key_pem: String,
@@ -121,21 +154,23 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-fn distinguished_name(common_name: &str, organisation: &str) -> DistinguishedName {
+fn distinguished_name(common_name: &str, organisation: Option<&str>) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
-    dn.push(DnType::OrganizationName, organisation);
+    if let Some(organisation) = organisation {
+        dn.push(DnType::OrganizationName, organisation);
+    }
     dn
 }
 
 impl Authority {
-    /// A new self-signed CA for `cluster`, valid from (about) `now`.
-    pub fn new(cluster: &str, now: OffsetDateTime) -> Result<Self, PkiError> {
-        let subject = format!("the {cluster} cluster CA");
+    /// A new self-signed CA named `common_name`, valid from (about) `now`.
+    pub fn new(common_name: &str, now: OffsetDateTime) -> Result<Self, PkiError> {
+        let subject = format!("the CA {common_name}");
         let key = KeyPair::generate().map_err(|source| PkiError::Key { subject: subject.clone(), source })?;
         let key_pem = key.serialize_pem();
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&format!("{cluster} cluster CA"), ORGANISATION);
+        params.distinguished_name = distinguished_name(common_name, Some(ORGANISATION));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -159,7 +194,7 @@ impl Authority {
         let subject = spec.subject();
         let key = KeyPair::generate().map_err(|source| PkiError::Key { subject: subject.clone(), source })?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&spec.common_name, &spec.organisation);
+        params.distinguished_name = distinguished_name(&spec.common_name, spec.organisation.as_deref());
         let mut sans = Vec::new();
         for name in &spec.dns_names {
             let dns =
@@ -180,6 +215,28 @@ impl Authority {
         params.not_after = self.now + LEAF_LIFETIME;
         let cert = params.signed_by(&key, &self.issuer).map_err(|source| PkiError::Sign { subject, source })?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// The key pair the API server signs service-account tokens with
+/// (`sa.key`, PKCS#8 `PRIVATE KEY`) and checks them with (`sa.pub`,
+/// `PUBLIC KEY`). ECDSA P-256: the API server accepts it (ES256).
+pub fn service_account_key() -> Result<KeyPairPem, PkiError> {
+    let subject = "the service-account signing key".to_owned();
+    let key = KeyPair::generate().map_err(|source| PkiError::Key { subject, source })?;
+    Ok(KeyPairPem { public_pem: key.public_key_pem(), private_pem: key.serialize_pem() })
+}
+
+/// A bare key pair, PEM; like [`Issued`], its `Debug` omits the private key.
+#[derive(Clone)]
+pub struct KeyPairPem {
+    pub public_pem: String,
+    pub private_pem: String,
+}
+
+impl std::fmt::Debug for KeyPairPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPairPem").field("public_pem", &self.public_pem).field("private_pem", &"<secret>").finish()
     }
 }
 
