@@ -138,3 +138,126 @@ pub(crate) fn whole_seconds(t: SystemTime) -> Time {
     let secs = i64::try_from(secs).unwrap_or(i64::MAX);
     Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or(k8s_openapi::jiff::Timestamp::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::{at, killed, pod, pods, rerun, running, unready};
+
+    fn find<'a>(list: &'a [NodeCondition], type_: &str) -> &'a NodeCondition {
+        list.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} in {list:?}"))
+    }
+
+    fn control_plane() -> Vec<PodStatus> {
+        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+            .iter()
+            .map(|name| running(pod(name, &[name]), 1))
+            .collect()
+    }
+
+    #[test]
+    fn all_pods_running_and_ready_are_healthy_and_named_with_restart_counts() {
+        let list = conditions(&pods(control_plane()), &[], at(10));
+        let c = find(&list, STATIC_PODS_HEALTHY);
+        assert_eq!(c.status, "True");
+        assert_eq!(c.reason.as_deref(), Some("StaticPodsHealthy"));
+        assert_eq!(
+            c.message.as_deref(),
+            Some(
+                "etcd-n1 running ready (restarts 0); kube-apiserver-n1 running ready (restarts 0); \
+                 kube-controller-manager-n1 running ready (restarts 0); kube-scheduler-n1 running ready (restarts 0)"
+            )
+        );
+        assert_eq!(c.last_heartbeat_time, Some(whole_seconds(at(10))));
+        assert_eq!(c.last_transition_time, Some(whole_seconds(at(10))));
+        let etcd = find(&list, ETCD_HEALTHY);
+        assert_eq!((etcd.status.as_str(), etcd.reason.as_deref()), ("True", Some("EtcdReady")));
+        assert_eq!(etcd.message.as_deref(), Some("etcd-n1 running ready (restarts 0)"));
+    }
+
+    #[test]
+    fn a_restarted_apiserver_not_yet_ready_makes_the_pods_unhealthy_and_shows_its_restarts() {
+        let mut all = control_plane();
+        killed(&mut all[1], "kube-apiserver", 9, 5);
+        rerun(&mut all[1], "kube-apiserver", 6);
+        killed(&mut all[1], "kube-apiserver", 9, 7);
+        rerun(&mut all[1], "kube-apiserver", 8);
+        unready(&mut all[1], "kube-apiserver");
+        let list = conditions(&pods(all), &[], at(10));
+        let c = find(&list, STATIC_PODS_HEALTHY);
+        assert_eq!((c.status.as_str(), c.reason.as_deref()), ("False", Some("StaticPodsUnhealthy")));
+        let message = c.message.as_deref().unwrap_or_default();
+        assert!(message.contains("kube-apiserver-n1 running not ready (restarts 2)"), "{message}");
+        assert!(message.starts_with("etcd-n1 running ready (restarts 0); "), "{message}");
+        // etcd itself is fine.
+        assert_eq!(find(&list, ETCD_HEALTHY).status, "True");
+    }
+
+    #[test]
+    fn a_terminated_container_is_named_with_its_reason_and_exit_code() {
+        let mut etcd = running(pod("etcd", &["etcd"]), 1);
+        killed(&mut etcd, "etcd", 9, 5);
+        let list = conditions(&pods(vec![etcd]), &[], at(10));
+        let e = find(&list, ETCD_HEALTHY);
+        assert_eq!((e.status.as_str(), e.reason.as_deref()), ("False", Some("EtcdNotReady")));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("etcd-n1 running not ready (restarts 0; etcd terminated Error (exit code 137))")
+        );
+    }
+
+    #[test]
+    fn several_containers_each_show_their_restart_count() {
+        let mut two = running(pod("web", &["app", "sidecar"]), 1);
+        killed(&mut two, "sidecar", 15, 2);
+        rerun(&mut two, "sidecar", 3);
+        let list = conditions(&pods(vec![two]), &[], at(10));
+        assert_eq!(
+            find(&list, STATIC_PODS_HEALTHY).message.as_deref(),
+            Some("web-n1 running ready (restarts app 0, sidecar 1)")
+        );
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_stays_and_moves_when_it_changes() {
+        let healthy = pods(control_plane());
+        let first = conditions(&healthy, &[], at(10));
+        let second = conditions(&healthy, &first, at(70));
+        let c = find(&second, STATIC_PODS_HEALTHY);
+        assert_eq!(c.last_transition_time, Some(whole_seconds(at(10))));
+        assert_eq!(c.last_heartbeat_time, Some(whole_seconds(at(70))));
+
+        let mut sick = control_plane();
+        unready(&mut sick[0], "etcd");
+        let third = conditions(&pods(sick), &second, at(130));
+        for type_ in [STATIC_PODS_HEALTHY, ETCD_HEALTHY] {
+            let c = find(&third, type_);
+            assert_eq!(c.status, "False");
+            assert_eq!(c.last_transition_time, Some(whole_seconds(at(130))), "{type_}");
+        }
+    }
+
+    #[test]
+    fn a_worker_without_etcd_gets_no_etcd_condition_and_an_empty_node_is_healthy() {
+        let list = conditions(&pods(vec![]), &[], at(10));
+        assert_eq!(list.len(), 1, "{list:?}");
+        let c = find(&list, STATIC_PODS_HEALTHY);
+        assert_eq!(c.status, "True");
+        assert_eq!(c.message.as_deref(), Some("no static pods run on this node"));
+    }
+
+    #[test]
+    fn an_etcd_condition_already_on_the_node_becomes_unknown_when_etcd_is_gone() {
+        let before = conditions(&pods(control_plane()), &[], at(10));
+        let after = conditions(&pods(vec![]), &before, at(20));
+        let e = find(&after, ETCD_HEALTHY);
+        assert_eq!((e.status.as_str(), e.reason.as_deref()), ("Unknown", Some("NoEtcdPod")));
+        assert_eq!(e.last_transition_time, Some(whole_seconds(at(20))));
+    }
+
+    #[test]
+    fn times_are_whole_seconds() {
+        let t = at(5) + std::time::Duration::from_millis(750);
+        assert_eq!(whole_seconds(t), whole_seconds(at(5)));
+    }
+}

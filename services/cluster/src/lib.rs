@@ -19,3 +19,5 @@ mod reporter;
 pub use conditions::{conditions, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
 pub use events::{events, EventSpec, EventType};
 pub use reporter::{Reporter, ReporterConfig, ReporterError, Timing, COMPONENT};
+#[cfg(test)]
+mod fixture;
