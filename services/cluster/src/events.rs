@@ -111,3 +111,92 @@ fn last_termination(last: Option<&ContainerState>) -> String {
         _ => "last run's end not recorded".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::{killed, pod, pods, rerun, running, unready};
+
+    fn one(list: Vec<EventSpec>) -> EventSpec {
+        assert_eq!(list.len(), 1, "{list:?}");
+        list.into_iter().next().unwrap_or_else(|| unreachable!())
+    }
+
+    #[test]
+    fn a_container_that_starts_running_gives_one_normal_started_event() {
+        let pending = pods(vec![pod("etcd", &["etcd"])]);
+        assert_eq!(events(&pods(vec![]), &pending), vec![], "a pending pod has started nothing");
+        let started = pods(vec![running(pod("etcd", &["etcd"]), 1)]);
+        let e = one(events(&pending, &started));
+        assert_eq!((e.type_, e.reason), (EventType::Normal, "Started"));
+        assert_eq!(e.message, "Started container etcd of static pod kube-system/etcd-n1");
+        // Nothing changed, nothing to say.
+        assert_eq!(events(&started, &started), vec![]);
+    }
+
+    #[test]
+    fn pods_already_running_at_the_first_snapshot_are_reported_started() {
+        let list = events(&pods(vec![]), &pods(vec![running(pod("web", &["app", "sidecar"]), 1)]));
+        let messages: Vec<&str> = list.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "Started container app of static pod kube-system/web-n1",
+                "Started container sidecar of static pod kube-system/web-n1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restart_is_a_warning_with_the_last_termination_and_not_also_started() {
+        let before = running(pod("kube-apiserver", &["kube-apiserver"]), 1);
+        let mut after = before.clone();
+        killed(&mut after, "kube-apiserver", 9, 5);
+        // The termination alone is not an event; the restart that follows is.
+        assert_eq!(events(&pods(vec![before.clone()]), &pods(vec![after.clone()])), vec![]);
+        let terminated = after.clone();
+        rerun(&mut after, "kube-apiserver", 6);
+        for previous in [before, terminated] {
+            let e = one(events(&pods(vec![previous]), &pods(vec![after.clone()])));
+            assert_eq!((e.type_, e.reason), (EventType::Warning, "Restarted"));
+            assert_eq!(
+                e.message,
+                "Restarted container kube-apiserver of static pod kube-system/kube-apiserver-n1 (restart count 1); \
+                 last run ended: Error, exit code 137 (signal 9)"
+            );
+        }
+    }
+
+    #[test]
+    fn readiness_lost_in_the_same_run_is_an_unhealthy_warning() {
+        let ready = running(pod("etcd", &["etcd"]), 1);
+        let mut failing = ready.clone();
+        unready(&mut failing, "etcd");
+        let e = one(events(&pods(vec![ready]), &pods(vec![failing.clone()])));
+        assert_eq!((e.type_, e.reason), (EventType::Warning, "Unhealthy"));
+        assert_eq!(e.message, "Readiness probe failing for container etcd of static pod kube-system/etcd-n1");
+        // Still failing: said once.
+        assert_eq!(events(&pods(vec![failing.clone()]), &pods(vec![failing])), vec![]);
+    }
+
+    #[test]
+    fn a_pod_gone_is_reported_stopped_naming_its_containers() {
+        let web = running(pod("web", &["app", "sidecar"]), 1);
+        let e = one(events(&pods(vec![web]), &pods(vec![])));
+        assert_eq!((e.type_, e.reason), (EventType::Normal, "Killing"));
+        assert_eq!(
+            e.message,
+            "Stopped static pod kube-system/web-n1 (containers app, sidecar): its manifest was removed or changed"
+        );
+    }
+
+    #[test]
+    fn a_pod_with_a_new_uid_is_the_old_one_stopped_and_the_new_one_started() {
+        let old = running(pod("etcd", &["etcd"]), 1);
+        let mut new = running(pod("etcd", &["etcd"]), 1);
+        new.uid = kelson_pods::PodUid(format!("{}-changed", old.uid));
+        let list = events(&pods(vec![old]), &pods(vec![new]));
+        let reasons: Vec<&str> = list.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, ["Started", "Killing"], "{list:?}");
+    }
+}
