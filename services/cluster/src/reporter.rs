@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Event, EventSource, Node, NodeCondition, Object
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kelson_pods::runtime::PodsStatus;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::client::ConfigExt;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::{HashMap, VecDeque};
@@ -136,13 +137,12 @@ impl Reporter {
         let b64 = base64::engine::general_purpose::STANDARD;
         kube_config.auth_info.client_certificate_data = Some(b64.encode(&config.cert_pem));
         kube_config.auth_info.client_key_data = Some(b64.encode(&config.key_pem).into());
-        kube_config.connect_timeout = Some(config.timing.request_timeout);
-        kube_config.read_timeout = Some(config.timing.request_timeout);
-        kube_config.write_timeout = Some(config.timing.request_timeout);
-        kube_config.reset_reader_on_write = true;
-        // Retries are the reporter's own, with its back-off and logging.
-        kube_config.default_retry = false;
-        let client = kube::Client::try_from(kube_config).map_err(|source| ReporterError::Client { url, source })?;
+        let https = kube_config.rustls_https_connector().map_err(|source| ReporterError::Client { url, source })?;
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        // The client certificate authenticates in the TLS handshake: no
+        // auth layer. No retry layer either: retries are the reporter's.
+        let service = tower::ServiceBuilder::new().layer(kube_config.base_uri_layer()).service(http);
+        let client = kube::Client::new(service, EVENT_NAMESPACE);
         Ok(Reporter { client, node_name: config.node_name, timing: config.timing })
     }
 
@@ -297,10 +297,9 @@ impl State {
         if self.dirty || Instant::now() >= self.next_heartbeat {
             let next = conditions(&self.pods, &self.conditions, SystemTime::now());
             let patch = serde_json::json!({ "status": { "conditions": &next } });
-            nodes
-                .patch_status(&node_name, &PatchParams::default(), &Patch::Strategic(&patch))
-                .await
-                .map_err(|e| Problem::new(&format!("patching the conditions of Node {node_name}"), e))?;
+            let action = format!("patching the conditions of Node {node_name}");
+            self.call(&action, nodes.patch_status(&node_name, &PatchParams::default(), &Patch::Strategic(&patch)))
+                .await?;
             self.conditions = next;
             self.dirty = false;
             self.next_heartbeat = Instant::now() + self.reporter.timing.heartbeat;
@@ -324,25 +323,36 @@ impl State {
         if let Some(earlier) = self.posted.get_mut(spec) {
             let count = earlier.count.saturating_add(1);
             let patch = serde_json::json!({ "count": count, "lastTimestamp": whole_seconds(at) });
-            match events.patch(&earlier.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
-                Ok(_) => {
+            let action = format!("updating Event {}", earlier.name);
+            let (params, patch) = (PatchParams::default(), Patch::Strategic(&patch));
+            let bump = events.patch(&earlier.name, &params, &patch);
+            match tokio::time::timeout(self.reporter.timing.request_timeout, bump).await {
+                Ok(Ok(_)) => {
                     earlier.count = count;
                     earlier.last = at;
                     return Ok(());
                 }
                 // Gone (expired, or etcd was reset): post it anew.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => return Err(Problem::new(&format!("updating Event {}", earlier.name), e)),
+                Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
+                Ok(Err(e)) => return Err(Problem::new(&action, e)),
+                Err(_) => return Err(Problem::timed_out(&action, self.reporter.timing.request_timeout)),
             }
         }
         let event = self.event(spec, at);
         let name = event.metadata.name.clone().unwrap_or_default();
-        events
-            .create(&PostParams::default(), &event)
-            .await
-            .map_err(|e| Problem::new(&format!("posting Event {name} ({})", spec.reason), e))?;
+        self.call(&format!("posting Event {name} ({})", spec.reason), events.create(&PostParams::default(), &event))
+            .await?;
         self.posted.insert(spec.clone(), Posted { name, count: 1, last: at });
         Ok(())
+    }
+
+    /// One request, within the request timeout.
+    async fn call<T>(&self, action: &str, request: impl Future<Output = Result<T, kube::Error>>) -> Result<T, Problem> {
+        let limit = self.reporter.timing.request_timeout;
+        match tokio::time::timeout(limit, request).await {
+            Ok(answer) => answer.map_err(|e| Problem::new(action, e)),
+            Err(_) => Err(Problem::timed_out(action, limit)),
+        }
     }
 
     fn event(&self, spec: &EventSpec, at: SystemTime) -> Event {
@@ -404,6 +414,15 @@ impl Problem {
                 summary: format!("{action}: API server unreachable"),
                 detail: format!("{action}: API server unreachable: {}", error_chain(other)),
             },
+        }
+    }
+}
+
+impl Problem {
+    fn timed_out(action: &str, limit: Duration) -> Self {
+        Problem {
+            summary: format!("{action}: API server unreachable"),
+            detail: format!("{action}: API server unreachable: no answer within {} s", limit.as_secs()),
         }
     }
 }
