@@ -186,3 +186,30 @@ fn a_pem_without_a_certificate_is_refused_naming_which() {
     let error = Reporter::new(config).err().expect("refused");
     assert_eq!(error.to_string(), "reading the cluster CA: no CERTIFICATE block in the PEM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pod_changes_the_conditions_are_patched_again_as_a_heartbeat() {
+    let pki = pki();
+    let server = FakeApiServer::start(&pki, 0).await;
+    let (_pods_tx, pods_rx) = watch::channel(PodsStatus { pods: vec![running_pod("etcd")] });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut config = config(&pki, &server.url);
+    config.timing.heartbeat = std::time::Duration::from_millis(100);
+    let task = tokio::spawn(Reporter::new(config).expect("reporter").run(pods_rx, async {
+        let _ = stopped.await;
+    }));
+    let seen =
+        server.wait_for("three status patches", |seen| seen.iter().filter(|s| is_status_patch(s)).count() >= 3).await;
+    let patches: Vec<&Seen> = seen.iter().filter(|s| is_status_patch(s)).collect();
+    for patch in &patches {
+        let c = condition(patch, "KelsonStaticPodsHealthy");
+        assert_eq!(c["status"], "True");
+        // Unchanged status: the Node's transition time stays.
+        assert_eq!(c["lastTransitionTime"], "2025-06-01T12:00:00Z");
+        assert!(c["lastHeartbeatTime"].is_string());
+    }
+    // One Started event, not one per heartbeat.
+    assert_eq!(seen.iter().filter(|s| is_event_post(s)).count(), 1, "{seen:#?}");
+    stop.send(()).expect("reporter still running");
+    tokio::time::timeout(PATIENCE, task).await.expect("reporter stops on shutdown").expect("reporter task");
+}
