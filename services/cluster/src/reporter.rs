@@ -209,6 +209,9 @@ struct State {
     posted: HashMap<EventSpec, Posted>,
     /// The last problem logged, so each is logged once.
     problem: Option<String>,
+    /// The time part of the last event name, kept rising so that events
+    /// posted within one clock tick still get distinct names.
+    last_event_nanos: u128,
 }
 
 struct Posted {
@@ -233,6 +236,7 @@ impl State {
             dropped_events: 0,
             posted: HashMap::new(),
             problem: None,
+            last_event_nanos: 0,
         }
     }
 
@@ -298,8 +302,15 @@ impl State {
             let next = conditions(&self.pods, &self.conditions, SystemTime::now());
             let patch = serde_json::json!({ "status": { "conditions": &next } });
             let action = format!("patching the conditions of Node {node_name}");
-            self.call(&action, nodes.patch_status(&node_name, &PatchParams::default(), &Patch::Strategic(&patch)))
-                .await?;
+            let patched = self
+                .call(&action, nodes.patch_status(&node_name, &PatchParams::default(), &Patch::Strategic(&patch)))
+                .await;
+            if patched.as_ref().is_err_and(|p| p.not_found) {
+                // The Node was deleted: wait for it again (a new one has a
+                // new uid for the events).
+                self.node_uid = None;
+            }
+            patched?;
             self.conditions = next;
             self.dirty = false;
             self.next_heartbeat = Instant::now() + self.reporter.timing.heartbeat;
@@ -338,7 +349,9 @@ impl State {
                 Err(_) => return Err(Problem::timed_out(&action, self.reporter.timing.request_timeout)),
             }
         }
-        let event = self.event(spec, at);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        self.last_event_nanos = nanos.max(self.last_event_nanos + 1);
+        let event = self.event(spec, at, self.last_event_nanos);
         let name = event.metadata.name.clone().unwrap_or_default();
         self.call(&format!("posting Event {name} ({})", spec.reason), events.create(&PostParams::default(), &event))
             .await?;
@@ -355,13 +368,13 @@ impl State {
         }
     }
 
-    fn event(&self, spec: &EventSpec, at: SystemTime) -> Event {
+    fn event(&self, spec: &EventSpec, at: SystemTime, nanos: u128) -> Event {
         let node = &self.reporter.node_name;
-        let nanos = at.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         let time: Time = whole_seconds(at);
         Event {
             metadata: ObjectMeta {
-                // client-go's naming: the object, then the time in hex.
+                // client-go's naming: the object, then the time of posting
+                // in hex (unique: see `last_event_nanos`).
                 name: Some(format!("{node}.{nanos:x}")),
                 namespace: Some(EVENT_NAMESPACE.to_owned()),
                 ..ObjectMeta::default()
@@ -392,6 +405,8 @@ impl State {
 struct Problem {
     summary: String,
     detail: String,
+    /// The API server answered 404.
+    not_found: bool,
 }
 
 impl Problem {
@@ -400,6 +415,7 @@ impl Problem {
             kube::Error::Api(status) if status.code == 404 => Problem {
                 summary: format!("{action}: not found"),
                 detail: format!("{action}: not found yet (the kubelet registers it)"),
+                not_found: true,
             },
             kube::Error::Api(status) => Problem {
                 summary: format!("{action}: HTTP {} {}", status.code, status.reason),
@@ -407,22 +423,23 @@ impl Problem {
                     "{action}: the API server answered {} {}: {}",
                     status.code, status.reason, status.message
                 ),
+                not_found: false,
             },
             // Connection refused, TLS, timeouts: the API server is not
             // (yet) serving.
             other => Problem {
                 summary: format!("{action}: API server unreachable"),
                 detail: format!("{action}: API server unreachable: {}", error_chain(other)),
+                not_found: false,
             },
         }
     }
-}
 
-impl Problem {
     fn timed_out(action: &str, limit: Duration) -> Self {
         Problem {
             summary: format!("{action}: API server unreachable"),
             detail: format!("{action}: API server unreachable: no answer within {} s", limit.as_secs()),
+            not_found: false,
         }
     }
 }

@@ -178,6 +178,12 @@ pub async fn answer(
         ("GET", p) if p == node_path && refused_gets < node_after => (404, not_found()),
         ("GET", p) if p == node_path => (200, node()),
         ("PATCH", p) if p == format!("{node_path}/status") => (200, node()),
+        // Names are unique within a namespace, as the real server keeps them.
+        ("POST", "/api/v1/namespaces/default/events")
+            if seen.iter().any(|s| s.status == 201 && s.body["metadata"]["name"] == body["metadata"]["name"]) =>
+        {
+            (409, already_exists())
+        }
         ("POST", "/api/v1/namespaces/default/events") => (201, body.clone()),
         ("PATCH", p) if p.starts_with("/api/v1/namespaces/default/events/") => (200, body.clone()),
         _ => (404, not_found()),
@@ -189,6 +195,11 @@ pub async fn answer(
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
+}
+
+pub fn already_exists() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
+           "message": "events already exists"})
 }
 
 pub fn not_found() -> Value {
