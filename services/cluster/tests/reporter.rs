@@ -213,3 +213,39 @@ async fn without_pod_changes_the_conditions_are_patched_again_as_a_heartbeat() {
     stop.send(()).expect("reporter still running");
     tokio::time::timeout(PATIENCE, task).await.expect("reporter stops on shutdown").expect("reporter task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_under_the_reporter_is_waited_for_again() {
+    let pki = pki();
+    let server = FakeApiServer::start(&pki, 0).await;
+    let (pods_tx, pods_rx) = watch::channel(PodsStatus { pods: vec![running_pod("etcd")] });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(Reporter::new(config(&pki, &server.url)).expect("reporter").run(pods_rx, async {
+        let _ = stopped.await;
+    }));
+    server.wait_for("the first status patch", |seen| seen.iter().any(is_status_patch)).await;
+
+    server.node_deleted.store(true, std::sync::atomic::Ordering::SeqCst);
+    pods_tx.send_modify(|status| {
+        status.pods[0].container_mut("etcd").expect("container").set_probed(true, false);
+        status.pods[0].update_phase(RestartPolicy::Always);
+    });
+    let refused_patch = |s: &Seen| is_status_patch(s) && s.status == 404;
+    server
+        .wait_for("a GET of the Node after its status patch was refused", |seen| {
+            seen.iter().position(refused_patch).is_some_and(|at| seen[at..].iter().any(|s| s.method == "GET"))
+        })
+        .await;
+    server.node_deleted.store(false, std::sync::atomic::Ordering::SeqCst);
+    let seen = server
+        .wait_for("a status patch after the Node came back", |seen| {
+            seen.iter()
+                .position(refused_patch)
+                .is_some_and(|at| seen[at..].iter().any(|s| is_status_patch(s) && s.status == 200))
+        })
+        .await;
+    let patch = seen.iter().rev().find(|s| is_status_patch(s) && s.status == 200).expect("patch");
+    assert_eq!(condition(patch, "KelsonEtcdHealthy")["status"], "False");
+    stop.send(()).expect("reporter still running");
+    tokio::time::timeout(PATIENCE, task).await.expect("reporter stops on shutdown").expect("reporter task");
+}

@@ -91,6 +91,8 @@ pub fn dn(common_name: &str, organisation: &str) -> DistinguishedName {
 /// condition; it accepts status patches and events, and records every
 /// request.
 pub struct FakeApiServer {
+    /// While set, the Node is gone: GET and PATCH of it answer 404.
+    pub node_deleted: Arc<std::sync::atomic::AtomicBool>,
     pub url: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -120,23 +122,26 @@ impl FakeApiServer {
         let url = format!("https://{}", listener.local_addr().expect("address"));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
+        let node_deleted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleted_flag = node_deleted.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, seen) = (acceptor.clone(), record.clone());
+                let (acceptor, seen, deleted) = (acceptor.clone(), record.clone(), deleted_flag.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let client_cert =
                         tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|c| c.to_vec());
                     let service = hyper::service::service_fn(move |request| {
                         let (seen, client_cert) = (seen.clone(), client_cert.clone());
-                        async move { Ok::<_, hyper::Error>(answer(request, client_cert, &seen, node_after).await) }
+                        let deleted = deleted.load(std::sync::atomic::Ordering::SeqCst);
+                        async move { Ok::<_, hyper::Error>(answer(request, client_cert, &seen, node_after, deleted).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(tls);
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
                 });
             }
         });
-        FakeApiServer { url, seen }
+        FakeApiServer { node_deleted, url, seen }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -164,6 +169,7 @@ pub async fn answer(
     client_cert: Option<Vec<u8>>,
     seen: &Mutex<Vec<Seen>>,
     node_after: usize,
+    node_deleted: bool,
 ) -> Response<Full<Bytes>> {
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
@@ -175,6 +181,7 @@ pub async fn answer(
     let mut seen = seen.lock().expect("lock");
     let refused_gets = seen.iter().filter(|s| s.method == "GET" && s.status == 404).count();
     let (status, reply) = match (method.as_str(), path.as_str()) {
+        ("GET" | "PATCH", p) if p.starts_with(&node_path) && node_deleted => (404, not_found()),
         ("GET", p) if p == node_path && refused_gets < node_after => (404, not_found()),
         ("GET", p) if p == node_path => (200, node()),
         ("PATCH", p) if p == format!("{node_path}/status") => (200, node()),
