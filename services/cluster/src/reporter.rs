@@ -192,8 +192,8 @@ impl Reporter {
 /// What the reporter knows between wake-ups.
 struct State {
     reporter: Reporter,
-    /// The Node's uid once it was seen.
-    node_uid: Option<String>,
+    /// The Node was found (and not since answered 404).
+    node_seen: bool,
     /// Kelson's conditions as last computed (their transition times carry
     /// over); from the Node itself once it was read.
     conditions: Vec<NodeCondition>,
@@ -225,7 +225,7 @@ impl State {
         let retry = reporter.timing.retry_min;
         State {
             reporter,
-            node_uid: None,
+            node_seen: false,
             conditions: Vec::new(),
             pods: PodsStatus::default(),
             dirty: true,
@@ -285,10 +285,10 @@ impl State {
     async fn round(&mut self) -> Result<(), Problem> {
         let node_name = self.reporter.node_name.clone();
         let nodes: Api<Node> = Api::all(self.reporter.client.clone());
-        if self.node_uid.is_none() {
+        if !self.node_seen {
             let node =
                 nodes.get(&node_name).await.map_err(|e| Problem::new(&format!("reading Node {node_name}"), e))?;
-            self.node_uid = node.metadata.uid.clone();
+            self.node_seen = true;
             self.conditions = node
                 .status
                 .and_then(|s| s.conditions)
@@ -306,9 +306,9 @@ impl State {
                 .call(&action, nodes.patch_status(&node_name, &PatchParams::default(), &Patch::Strategic(&patch)))
                 .await;
             if patched.as_ref().is_err_and(|p| p.not_found) {
-                // The Node was deleted: wait for it again (a new one has a
-                // new uid for the events).
-                self.node_uid = None;
+                // The Node was deleted: wait for it again, and take the
+                // new one's conditions as the previous ones.
+                self.node_seen = false;
             }
             patched?;
             self.conditions = next;
@@ -383,7 +383,10 @@ impl State {
                 api_version: Some("v1".to_owned()),
                 kind: Some("Node".to_owned()),
                 name: Some(node.clone()),
-                uid: self.node_uid.clone(),
+                // The node's name, not its uid: `kubectl describe node`
+                // looks for events with uid = name, as the kubelet and
+                // node-problem-detector post them.
+                uid: Some(node.clone()),
                 ..ObjectReference::default()
             },
             type_: Some(spec.type_.as_str().to_owned()),

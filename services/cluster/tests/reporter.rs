@@ -74,7 +74,8 @@ async fn the_reporter_waits_for_the_node_then_patches_only_kelsons_conditions_an
 
     let posts: Vec<&Seen> = seen.iter().filter(|s| is_event_post(s)).collect();
     let event = &posts[0].body;
-    assert_eq!(event["involvedObject"], json!({"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE_UID}));
+    // uid = the node's name, what `kubectl describe node` searches for.
+    assert_eq!(event["involvedObject"], json!({"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE}));
     assert_eq!(event["source"], json!({"component": "kelson-init", "host": NODE}));
     assert_eq!(event["metadata"]["namespace"], "default");
     assert_eq!((&event["type"], &event["reason"]), (&json!("Normal"), &json!("Started")));
