@@ -11,10 +11,9 @@
 use crate::conditions::{conditions, whole_seconds, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
 use crate::events::{events, EventSpec};
 use base64::Engine;
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, NodeCondition, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{Event, Node, NodeCondition};
 use kelson_pods::runtime::PodsStatus;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::client::ConfigExt;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -284,18 +283,13 @@ impl State {
 
     async fn round(&mut self) -> Result<(), Problem> {
         let node_name = self.reporter.node_name.clone();
-        let nodes: Api<Node> = Api::all(self.reporter.client.clone());
+        // Untyped objects: a typed Node's or Event's deserializer would add
+        // about a megabyte of code to PID 1 for fields never read.
+        let nodes: Api<DynamicObject> = Api::all_with(self.reporter.client.clone(), &ApiResource::erase::<Node>(&()));
         if !self.node_seen {
-            let node =
-                nodes.get(&node_name).await.map_err(|e| Problem::new(&format!("reading Node {node_name}"), e))?;
+            let node = self.call(&format!("reading Node {node_name}"), nodes.get(&node_name)).await?;
             self.node_seen = true;
-            self.conditions = node
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.type_ == STATIC_PODS_HEALTHY || c.type_ == ETCD_HEALTHY)
-                .collect();
+            self.conditions = kelson_conditions(&node);
             info!("cluster reporter: Node {node_name} is registered; reporting its static pods");
         }
         if self.dirty || Instant::now() >= self.next_heartbeat {
@@ -329,7 +323,8 @@ impl State {
     }
 
     async fn post(&mut self, spec: &EventSpec, at: SystemTime) -> Result<(), Problem> {
-        let events: Api<Event> = Api::namespaced(self.reporter.client.clone(), EVENT_NAMESPACE);
+        let events: Api<DynamicObject> =
+            Api::namespaced_with(self.reporter.client.clone(), EVENT_NAMESPACE, &ApiResource::erase::<Event>(&()));
         self.posted.retain(|_, p| at.duration_since(p.last).unwrap_or_default() < AGGREGATE_WINDOW);
         if let Some(earlier) = self.posted.get_mut(spec) {
             let count = earlier.count.saturating_add(1);
@@ -351,7 +346,7 @@ impl State {
         }
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         self.last_event_nanos = nanos.max(self.last_event_nanos + 1);
-        let event = self.event(spec, at, self.last_event_nanos);
+        let event = self.event(spec, at, self.last_event_nanos)?;
         let name = event.metadata.name.clone().unwrap_or_default();
         self.call(&format!("posting Event {name} ({})", spec.reason), events.create(&PostParams::default(), &event))
             .await?;
@@ -368,39 +363,51 @@ impl State {
         }
     }
 
-    fn event(&self, spec: &EventSpec, at: SystemTime, nanos: u128) -> Event {
+    fn event(&self, spec: &EventSpec, at: SystemTime, nanos: u128) -> Result<DynamicObject, Problem> {
         let node = &self.reporter.node_name;
-        let time: Time = whole_seconds(at);
-        Event {
-            metadata: ObjectMeta {
+        let time = whole_seconds(at);
+        let event = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
                 // client-go's naming: the object, then the time of posting
                 // in hex (unique: see `last_event_nanos`).
-                name: Some(format!("{node}.{nanos:x}")),
-                namespace: Some(EVENT_NAMESPACE.to_owned()),
-                ..ObjectMeta::default()
+                "name": format!("{node}.{nanos:x}"),
+                "namespace": EVENT_NAMESPACE,
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Node".to_owned()),
-                name: Some(node.clone()),
-                // The node's name, not its uid: `kubectl describe node`
-                // looks for events with uid = name, as the kubelet and
-                // node-problem-detector post them.
-                uid: Some(node.clone()),
-                ..ObjectReference::default()
-            },
-            type_: Some(spec.type_.as_str().to_owned()),
-            reason: Some(spec.reason.to_owned()),
-            message: Some(spec.message.clone()),
-            source: Some(EventSource { component: Some(COMPONENT.to_owned()), host: Some(node.clone()) }),
-            reporting_component: Some(COMPONENT.to_owned()),
-            reporting_instance: Some(node.clone()),
-            count: Some(1),
-            first_timestamp: Some(time.clone()),
-            last_timestamp: Some(time),
-            ..Event::default()
-        }
+            // The node's name as uid, not its uid: `kubectl describe node`
+            // looks for events with uid = name, as the kubelet and
+            // node-problem-detector post them.
+            "involvedObject": { "apiVersion": "v1", "kind": "Node", "name": node, "uid": node },
+            "type": spec.type_.as_str(),
+            "reason": spec.reason,
+            "message": spec.message,
+            "source": { "component": COMPONENT, "host": node },
+            "reportingComponent": COMPONENT,
+            "reportingInstance": node,
+            "count": 1,
+            "firstTimestamp": &time,
+            "lastTimestamp": &time,
+        });
+        serde_json::from_value(event).map_err(|e| Problem {
+            summary: format!("making an Event ({})", spec.reason),
+            detail: format!("making an Event ({}): {e}", spec.reason),
+            not_found: false,
+        })
     }
+}
+
+/// Kelson's conditions among the Node's (the kubelet's are not ours to
+/// carry over). Conditions that do not parse count as absent.
+fn kelson_conditions(node: &DynamicObject) -> Vec<NodeCondition> {
+    let Some(conditions) = node.data.get("status").and_then(|s| s.get("conditions")) else {
+        return Vec::new();
+    };
+    let conditions: Vec<NodeCondition> = serde_json::from_value(conditions.clone()).unwrap_or_else(|e| {
+        debug!("cluster reporter: the Node's conditions do not parse ({e}); starting without them");
+        Vec::new()
+    });
+    conditions.into_iter().filter(|c| c.type_ == STATIC_PODS_HEALTHY || c.type_ == ETCD_HEALTHY).collect()
 }
 
 /// A failed request: `summary` decides whether it is news (logged once
