@@ -283,8 +283,8 @@ impl State {
 
     async fn round(&mut self) -> Result<(), Problem> {
         let node_name = self.reporter.node_name.clone();
-        // Untyped objects: a typed Node's or Event's deserializer would add
-        // about a megabyte of code to PID 1 for fields never read.
+        // Untyped objects: typed Node and Event (de)serializers added 62 KB
+        // to PID 1's release build for fields never read.
         let nodes: Api<DynamicObject> = Api::all_with(self.reporter.client.clone(), &ApiResource::erase::<Node>(&()));
         if !self.node_seen {
             let node = self.call(&format!("reading Node {node_name}"), nodes.get(&node_name)).await?;
