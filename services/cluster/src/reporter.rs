@@ -346,7 +346,14 @@ impl State {
         }
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         self.last_event_nanos = nanos.max(self.last_event_nanos + 1);
-        let event = self.event(spec, at, self.last_event_nanos)?;
+        let event = match self.event(spec, at, self.last_event_nanos) {
+            Ok(event) => event,
+            Err(e) => {
+                // Not worth a retry, nor blocking the events behind it.
+                warn!("cluster reporter: dropping an Event ({}): {e}", spec.reason);
+                return Ok(());
+            }
+        };
         let name = event.metadata.name.clone().unwrap_or_default();
         self.call(&format!("posting Event {name} ({})", spec.reason), events.create(&PostParams::default(), &event))
             .await?;
@@ -363,7 +370,7 @@ impl State {
         }
     }
 
-    fn event(&self, spec: &EventSpec, at: SystemTime, nanos: u128) -> Result<DynamicObject, Problem> {
+    fn event(&self, spec: &EventSpec, at: SystemTime, nanos: u128) -> Result<DynamicObject, serde_json::Error> {
         let node = &self.reporter.node_name;
         let time = whole_seconds(at);
         let event = serde_json::json!({
@@ -389,11 +396,7 @@ impl State {
             "firstTimestamp": &time,
             "lastTimestamp": &time,
         });
-        serde_json::from_value(event).map_err(|e| Problem {
-            summary: format!("making an Event ({})", spec.reason),
-            detail: format!("making an Event ({}): {e}", spec.reason),
-            not_found: false,
-        })
+        serde_json::from_value(event)
     }
 }
 
