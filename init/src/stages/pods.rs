@@ -9,9 +9,10 @@
 //! the Node's `KelsonStaticPodsHealthy`/`KelsonEtcdHealthy` conditions and
 //! posts Events as the pods change (kelson-cluster), as the node itself.
 //!
-//! Its handle stops the reporter, then the pods after the supervised services (the kubelet and
-//! kube-proxy talk to the static apiserver; they go first, the reverse of
-//! boot) and before the network, whose veths the pods use.
+//! Its handle stops the reporter (the API server is one of the pods), then
+//! the pods, after the supervised services (the kubelet and kube-proxy
+//! talk to the static apiserver; they go first, the reverse of boot) and
+//! before the network, whose veths the pods use.
 
 use crate::boot::{chain, BootContext, Done, Running, ShutdownFuture, StageError};
 use crate::pod_runtime::{connect_or_start_shim, NodeProber, NodeSandboxes};
