@@ -78,6 +78,11 @@ async fn the_reporter_waits_for_the_node_then_patches_only_kelsons_conditions_an
     assert_eq!(event["involvedObject"], json!({"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE}));
     assert_eq!(event["source"], json!({"component": "kelson-init", "host": NODE}));
     assert_eq!(event["metadata"]["namespace"], "default");
+    // RFC 3339 in whole seconds, as metav1.Time: `2026-12-07T04:32:30Z`.
+    let first = event["firstTimestamp"].as_str().unwrap_or_default();
+    assert!(first.len() == 20 && first.ends_with('Z') && first.as_bytes()[10] == b'T', "{first:?}");
+    assert_eq!(event["lastTimestamp"], event["firstTimestamp"]);
+    assert_eq!(event["count"], 1);
     assert_eq!((&event["type"], &event["reason"]), (&json!("Normal"), &json!("Started")));
     let messages: Vec<&str> = posts.iter().filter_map(|p| p.body["message"].as_str()).collect();
     assert_eq!(
