@@ -4,13 +4,21 @@
 //! a second task feeds it the manifest watcher's events. Non-critical: a
 //! failure here is logged and boot goes on to the services.
 //!
-//! Its handle stops the pods after the supervised services (the kubelet and
-//! kube-proxy talk to the static apiserver; they go first, the reverse of
-//! boot) and before the network, whose veths the pods use.
+//! With a cluster to report to (`cluster.apiServerEndpoint`, `pki.ca` and
+//! `pki.certificates.kubelet` in the machine config), a third task keeps
+//! the Node's `KelsonStaticPodsHealthy`/`KelsonEtcdHealthy` conditions and
+//! posts Events as the pods change (kelson-cluster), as the node itself.
+//!
+//! Its handle stops the reporter (the API server is one of the pods), then
+//! the pods, after the supervised services (the kubelet and kube-proxy
+//! talk to the static apiserver; they go first, the reverse of boot) and
+//! before the network, whose veths the pods use.
 
 use crate::boot::{chain, BootContext, Done, Running, ShutdownFuture, StageError};
 use crate::pod_runtime::{connect_or_start_shim, NodeProber, NodeSandboxes};
 use kelson_base::paths::IMAGE_LAYOUTS;
+use kelson_cluster::{Reporter, ReporterConfig, Timing};
+use kelson_config::MachineConfig;
 use kelson_containers::store::ImageStore;
 use kelson_pods::manifest::LoadOptions;
 use kelson_pods::runtime::netns::NETNS_DIR;
@@ -29,6 +37,10 @@ use tracing::{info, warn};
 pub const IMAGE_UNPACKED: &str = "/var/lib/kelson/images";
 /// Test knob: a fixed restart delay instead of the 10 s..5 min back-off.
 pub const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms";
+/// The certificate in `pki.certificates` the reporter authenticates with:
+/// the kubelet's, `CN=system:node:<node>`, so NodeRestriction lets it
+/// patch this Node's status and post events.
+pub const REPORTER_CERTIFICATE: &str = "kubelet";
 /// The longest shutdown waits for the pods (each has its own grace period
 /// inside this).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
@@ -58,7 +70,15 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     let host_ip = ctx.status.current().addresses.first().map(ToString::to_string);
     let reaper = ctx.reaper.clone();
     let stopping = Arc::new(AtomicBool::new(false));
-    let commands = runtime.block_on(async {
+    let reporter_config = match ctx.config.as_ref().map(|c| reporter_config(&c.config, &node_name)) {
+        Some(Ok(config)) => Some(config),
+        Some(Err(missing)) => {
+            info!("pods: not reporting to the cluster: the machine config has no {missing}");
+            None
+        }
+        None => None,
+    };
+    let (commands, reporter_stop) = runtime.block_on(async {
         let client = connect_or_start_shim(&reaper, &stopping).await.map_err(PodsError::Shim)?;
         let (restart_reaper, restart_stopping) = (reaper.clone(), stopping.clone());
         let start_shim: StartShim = Box::new(move || {
@@ -81,6 +101,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             Arc::new(SystemHost),
             Arc::new(SystemClock),
         );
+        let reporter_stop = reporter_config.and_then(|config| start_reporter(config, manager.subscribe()));
         let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
         let mut watcher =
             ManifestWatcher::new(PathBuf::from(MANIFEST_DIR), options, DEBOUNCE).map_err(PodsError::Watch)?;
@@ -104,10 +125,52 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
                 }
             }
         });
-        Ok::<_, PodsError>(tx)
+        Ok::<_, PodsError>((tx, reporter_stop))
     })?;
     info!("pods: manager started, watching {MANIFEST_DIR}");
-    Ok(Done::Running(Box::new(PodsHandle { commands, stopping })))
+    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, reporter_stop })))
+}
+
+/// What the reporter needs from the machine config, or the first field
+/// missing (a node outside a cluster has none of them).
+fn reporter_config(config: &MachineConfig, node_name: &str) -> Result<ReporterConfig, &'static str> {
+    let api_server = config.cluster.api_server_endpoint.as_ref().ok_or("cluster.apiServerEndpoint")?;
+    let ca = config.pki.ca.as_ref().ok_or("pki.ca")?;
+    let credential = config.pki.certificates.get(REPORTER_CERTIFICATE).ok_or("pki.certificates.kubelet")?;
+    if node_name.is_empty() {
+        return Err("node.hostname (and the identity stage found none)");
+    }
+    Ok(ReporterConfig {
+        api_server: api_server.clone(),
+        ca_pem: ca.clone().into_bytes(),
+        cert_pem: credential.cert.clone().into_bytes(),
+        key_pem: credential.key.expose().as_bytes().to_vec(),
+        node_name: node_name.to_owned(),
+        timing: Timing::default(),
+    })
+}
+
+/// Spawns the reporter on this runtime; the sender stops it. A config it
+/// refuses (a malformed PEM) is logged and leaves the pods running.
+fn start_reporter(
+    config: ReporterConfig,
+    pods: tokio::sync::watch::Receiver<kelson_pods::runtime::PodsStatus>,
+) -> Option<oneshot::Sender<()>> {
+    let target = format!("{} as Node {}", config.api_server, config.node_name);
+    match Reporter::new(config) {
+        Ok(reporter) => {
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(reporter.run(pods, async {
+                let _ = stopped.await;
+            }));
+            info!("pods: reporting static pods to {target}");
+            Some(stop)
+        }
+        Err(e) => {
+            warn!("pods: not reporting to the cluster: {}", chain(&e));
+            None
+        }
+    }
 }
 
 /// Stops every pod, each within its grace period, last started first.
@@ -115,11 +178,17 @@ struct PodsHandle {
     commands: mpsc::Sender<ManagerCommand>,
     /// Set once the pods are being stopped: the shim's exit is expected.
     stopping: Arc<AtomicBool>,
+    /// Stops the cluster reporter, first: the API server is one of the pods.
+    reporter_stop: Option<oneshot::Sender<()>>,
 }
 
 impl Running for PodsHandle {
     fn shutdown(self: Box<Self>) -> ShutdownFuture {
         Box::pin(async move {
+            if let Some(stop) = self.reporter_stop {
+                // Gone already is fine: it only ends on this signal.
+                let _ = stop.send(());
+            }
             self.stopping.store(true, Ordering::SeqCst);
             let (done, finished) = oneshot::channel();
             if self.commands.send(ManagerCommand::Shutdown(done)).await.is_err() {
@@ -132,5 +201,38 @@ impl Running for PodsHandle {
                 Err(_) => warn!("pods: not all stopped within {} s", SHUTDOWN_LIMIT.as_secs()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: cp-1\n";
+    const CLUSTER: &str = "cluster:\n  apiServerEndpoint: https://10.0.0.1:6443\n";
+    const CA: &str = "pki:\n  ca: CA-PEM\n";
+    const KUBELET: &str = "  certificates:\n    kubelet:\n      cert: CERT-PEM\n      key: KEY-PEM\n";
+
+    fn config(text: &str) -> MachineConfig {
+        kelson_config::parse("test", text).expect("test config parses")
+    }
+
+    #[test]
+    fn the_reporter_uses_the_endpoint_the_ca_and_the_kubelets_certificate_from_the_config() {
+        let reporter = reporter_config(&config(&format!("{CONFIG}{CLUSTER}{CA}{KUBELET}")), "cp-1").expect("complete");
+        assert_eq!(reporter.api_server, "https://10.0.0.1:6443");
+        assert_eq!(reporter.ca_pem, b"CA-PEM");
+        assert_eq!(reporter.cert_pem, b"CERT-PEM");
+        assert_eq!(reporter.key_pem, b"KEY-PEM");
+        assert_eq!(reporter.node_name, "cp-1");
+        assert!(!format!("{reporter:?}").contains("KEY-PEM"));
+    }
+
+    #[test]
+    fn without_any_of_them_the_reporter_stays_off_naming_the_first_missing_field() {
+        assert_eq!(reporter_config(&config(CONFIG), "cp-1").err(), Some("cluster.apiServerEndpoint"));
+        assert_eq!(reporter_config(&config(&format!("{CONFIG}{CLUSTER}")), "cp-1").err(), Some("pki.ca"));
+        let no_kubelet = format!("{CONFIG}{CLUSTER}{CA}");
+        assert_eq!(reporter_config(&config(&no_kubelet), "cp-1").err(), Some("pki.certificates.kubelet"));
     }
 }

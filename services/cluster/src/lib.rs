@@ -1,0 +1,23 @@
+//! PID 1's static pods as the cluster sees them. The kubelet does not know
+//! the control plane Kelson runs itself (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler), and mirror pods are not an
+//! option (the kubelet deletes those it does not own). So, as
+//! node-problem-detector does, PID 1 uses the node's own credentials to
+//! keep Node conditions about its static pods and to post Events when they
+//! start, restart or fail their readiness probe.
+//!
+//! - [`conditions()`]: `KelsonStaticPodsHealthy` and `KelsonEtcdHealthy`
+//!   from the pod manager's status (pure).
+//! - [`events()`]: what changed between two statuses, as events (pure).
+//! - [`Reporter`]: the task that patches `nodes/<node>/status` and posts
+//!   the events, retrying quietly while the API server is down.
+
+mod conditions;
+mod events;
+mod reporter;
+
+pub use conditions::{conditions, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
+pub use events::{events, EventSpec, EventType};
+pub use reporter::{Reporter, ReporterConfig, ReporterError, Timing, COMPONENT};
+#[cfg(test)]
+mod fixture;
