@@ -268,6 +268,12 @@ pub fn build(root: &Path, inputs: &Inputs) -> Result<ImagePaths> {
     let init_binary = root.join("target").join(INIT_TARGET).join("release/kelson-init");
     let kubernetes = crate::kubernetes::build(root, crate::kubernetes::Layout::Multicall)?;
     let extra = extra_tree(root, &init_binary, &kubernetes, inputs)?;
+    // The same kubectl as the node's, for the host side of the cluster
+    // tests and for `cargo xtask run`'s user.
+    let kubectl = image_dir.join("kubectl");
+    let _ = std::fs::remove_file(&kubectl);
+    std::os::unix::fs::symlink(kubernetes.join("kubectl"), &kubectl)
+        .with_context(|| format!("linking {} to the pinned build's kubectl", kubectl.display()))?;
 
     let _cache_lock = lock_cache()?;
     let tools = tools_tree(root, &image_dir)?;

@@ -97,7 +97,8 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let spec = kelsonctl::gen::ClusterSpec::with_defaults("bench", 1, 0);
     kelsonctl::gen::generate_cluster(&spec, &dir.path().join("cluster"), false)?;
-    let seed = dir.path().join(format!("cluster/nodes/{NODE}/seed.img"));
+    // The benchmark's own pods only, not a control plane.
+    let seed = qemu_tests::seed::without_control_plane(&dir.path().join(format!("cluster/nodes/{NODE}")))?;
     let mut vm = VmBuilder::from_image(&image)
         .layer(guest_layer_with_agent("/bin/busybox"))
         .memory_mib(1024)
