@@ -165,7 +165,8 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert_eq!(node, "True v1.36.3");
     let nodes = kubectl.run(&["get", "nodes"]).unwrap();
     println!("{nodes}");
-    assert_eq!(kubectl.run(&["get", "--raw", "/readyz"]).unwrap(), "ok");
+    // Some post-start hooks may still be finishing when the node is Ready.
+    kubectl.until(&vm, "/readyz ok", &["get", "--raw", "/readyz"], CLUSTER_UP, |o| o == "ok");
     for component in ["kube-controller-manager", "kube-scheduler"] {
         let holder = kubectl.until(
             &vm,
@@ -176,4 +177,96 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         );
         assert!(holder.starts_with(NODE), "{component} lease held by {holder}");
     }
+
+    // Kelson's condition names each static pod PID 1 runs.
+    let condition = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].status}"#;
+    kubectl.until(
+        &vm,
+        "KelsonStaticPodsHealthy True",
+        &["get", "node", NODE, "-o", &format!("jsonpath={condition}")],
+        CLUSTER_UP,
+        |o| o == "True",
+    );
+    let described = kubectl.run(&["describe", "node", NODE]).unwrap();
+    println!("{described}");
+    let line = described.lines().find(|l| l.trim_start().starts_with("KelsonStaticPodsHealthy")).unwrap();
+    assert!(line.contains("True"), "{line}");
+    for pod in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        assert!(line.contains(&format!("{pod}-{NODE} running ready (restarts 0)")), "{pod}: {line}");
+    }
+
+    // A Pod from the node's own store, started by the real kubelet through
+    // containerd and the CNI bridge.
+    sh(
+        &mut vm,
+        "tar -C /usr/lib/kelson/images/busybox -c oci-layout index.json blobs \
+         | ctr -n k8s.io images import --snapshotter overlayfs - >/dev/null",
+    );
+    let pod_file = dir.path().join("web.json");
+    std::fs::write(&pod_file, WEB_POD).unwrap();
+    kubectl.run(&["apply", "-f", pod_file.to_str().unwrap()]).unwrap();
+    let running = kubectl.until(
+        &vm,
+        "Pod web running",
+        &["get", "pod", "web", "-o", "jsonpath={.status.phase} {.status.podIP} {.spec.nodeName}"],
+        CLUSTER_UP,
+        |o| o.starts_with("Running "),
+    );
+    let fields: Vec<&str> = running.split(' ').collect();
+    let pod_ip = fields[1];
+    assert_eq!(fields[2], NODE);
+    // The node's pod CIDR: kelsonctl gives the first node 10.244.0.0/24.
+    assert!(pod_ip.starts_with("10.244.0."), "pod IP {pod_ip} outside the node's pod CIDR");
+    assert_eq!(sh(&mut vm, &format!("wget -q -O - http://{pod_ip}:8080/")), "hello from web");
+
+    // kill -9 of the API server: PID 1 restarts it and kubectl works again.
+    sh(&mut vm, "kill -9 $(pidof kube-apiserver)");
+    kubectl.until(&vm, "/readyz ok after the kill", &["get", "--raw", "/readyz"], CLUSTER_UP, |o| o == "ok");
+    let events = kubectl.until(
+        &vm,
+        "a Restarted event",
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("involvedObject.kind=Node,involvedObject.name={NODE}"),
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ],
+        CLUSTER_UP,
+        |o| o.lines().any(|l| l.starts_with("Restarted") && l.contains("kube-apiserver")),
+    );
+    println!("{events}");
+    let message = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].message}"#;
+    kubectl.until(
+        &vm,
+        "the restart in the condition",
+        &["get", "node", NODE, "-o", &format!("jsonpath={message}")],
+        CLUSTER_UP,
+        |o| o.contains(&format!("kube-apiserver-{NODE} running ready (restarts 1)")),
+    );
+
+    // A reboot keeps the cluster: etcd's data is on /var.
+    let uid = kubectl.run(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    vm.send_ctrl_alt_delete().unwrap();
+    vm.reset_agent();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    kubectl.until(
+        &vm,
+        "node Ready after the reboot",
+        &["get", "node", NODE, "-o", &format!("jsonpath={ready}")],
+        CLUSTER_UP,
+        |o| o.starts_with("True "),
+    );
+    let after = kubectl.run(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    assert_eq!(after, uid, "the same Pod object after the reboot");
+    kubectl.until(
+        &vm,
+        "Pod web running after the reboot",
+        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
+        CLUSTER_UP,
+        |o| o == "Running",
+    );
 }

@@ -66,7 +66,7 @@ fn main_exec() -> Result<()> {
         Some("run") => {
             deps::ensure()?;
             let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
-            run::boot_interactive(&paths)
+            run::boot_interactive(&root, &paths)
         }
         Some("test") => suite::run(&root, &args[1..]),
         Some("bench") => {

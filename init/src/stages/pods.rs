@@ -40,7 +40,7 @@ pub const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms";
 /// The certificate in `pki.certificates` the reporter authenticates with:
 /// the kubelet's, `CN=system:node:<node>`, so NodeRestriction lets it
 /// patch this Node's status and post events.
-pub const REPORTER_CERTIFICATE: &str = "kubelet";
+pub const REPORTER_CERTIFICATE: &str = kelson_supervise::node::NODE_CERT;
 /// The longest shutdown waits for the pods (each has its own grace period
 /// inside this).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);

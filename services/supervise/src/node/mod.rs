@@ -15,8 +15,8 @@ use kelson_config::MachineConfig;
 use std::path::{Path, PathBuf};
 
 pub use containerd::{render as render_containerd, spec as containerd_spec};
-pub use kube_proxy::{render as render_kube_proxy, spec as kube_proxy_spec};
-pub use kubelet::{render as render_kubelet, spec as kubelet_spec};
+pub use kube_proxy::{render as render_kube_proxy, spec as kube_proxy_spec, KUBE_PROXY_CERT};
+pub use kubelet::{render as render_kubelet, spec as kubelet_spec, NODE_CERT};
 pub use sandbox_image::spec as sandbox_image_spec;
 
 /// Where things are on the node.
