@@ -316,8 +316,13 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
         report.push(format!("uplink {}{name}", uplink.field), step.outcome());
     }
 
-    let resolv = if plan.nameservers.is_empty() {
+    let resolv = if plan.nameservers.is_empty() && host.paths.resolv_conf.exists() {
         Outcome::Skipped { reason: "no network.nameservers (resolv.conf is left to DHCP or as it is)".into() }
+    } else if plan.nameservers.is_empty() {
+        // Programs that read the file by name need it to exist (the
+        // kubelet gives it to every pod sandbox and fails without it); a
+        // DHCP lease fills it in later.
+        write_resolv_conf(&host.paths.resolv_conf, &[], &[], "a machine config without network.nameservers: none known yet").outcome()
     } else {
         write_resolv_conf(&host.paths.resolv_conf, &plan.nameservers, &plan.search, "the machine config").outcome()
     };

@@ -328,3 +328,19 @@ async fn a_failed_rename_stops_that_uplink_and_says_which_link_and_name() {
         .iter()
         .any(|c| c.starts_with("add_address lan0") || c.starts_with("add_address eth0")));
 }
+
+#[tokio::test]
+async fn without_nameservers_a_missing_resolv_conf_is_made_empty_and_an_existing_one_left_alone() {
+    let f = fixture();
+    let mut n = network();
+    n.nameservers.clear();
+    let report = apply(&plan(&n), &f.host).await;
+    assert!(report.ok(), "{report:#?}");
+    let made = std::fs::read_to_string(&f.host.paths.resolv_conf).unwrap();
+    assert!(made.starts_with("# Written by Kelson") && !made.lines().any(|l| l.starts_with("nameserver")), "{made}");
+
+    std::fs::write(&f.host.paths.resolv_conf, "nameserver 10.0.0.53\n").unwrap();
+    let again = apply(&plan(&n), &f.host).await;
+    assert!(matches!(outcome(&again, "resolv.conf"), Outcome::Skipped { .. }), "{again:#?}");
+    assert_eq!(std::fs::read_to_string(&f.host.paths.resolv_conf).unwrap(), "nameserver 10.0.0.53\n");
+}
