@@ -322,7 +322,13 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
         // Programs that read the file by name need it to exist (the
         // kubelet gives it to every pod sandbox and fails without it); a
         // DHCP lease fills it in later.
-        write_resolv_conf(&host.paths.resolv_conf, &[], &[], "a machine config without network.nameservers: none known yet").outcome()
+        write_resolv_conf(
+            &host.paths.resolv_conf,
+            &[],
+            &[],
+            "a machine config without network.nameservers: none known yet",
+        )
+        .outcome()
     } else {
         write_resolv_conf(&host.paths.resolv_conf, &plan.nameservers, &plan.search, "the machine config").outcome()
     };

@@ -89,6 +89,7 @@ pub struct Authorization {
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
+    let standalone = credential(config) == Credential::Standalone;
     KubeletConfiguration {
         api_version: "kubelet.config.k8s.io/v1beta1",
         kind: "KubeletConfiguration",
@@ -100,10 +101,13 @@ pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
         static_pod_path: KUBELET_STATIC_POD_PATH,
         authentication: Authentication {
             x509: config.pki.ca.as_ref().map(|_| X509 { client_ca_file: CA_FILE }),
-            webhook: Enabled { enabled: true },
+            // Webhooks ask the API server; a standalone kubelet refuses to
+            // start with them ("no client provided"). It then admits only
+            // clients with a certificate from the cluster CA, if any.
+            webhook: Enabled { enabled: !standalone },
             anonymous: Enabled { enabled: false },
         },
-        authorization: Authorization { mode: "Webhook" },
+        authorization: Authorization { mode: if standalone { "AlwaysAllow" } else { "Webhook" } },
         healthz_bind_address: "127.0.0.1",
         healthz_port: 10248,
         // A certificate given in the machine config is renewed by
@@ -323,6 +327,8 @@ mod tests {
         let v = yaml(&rendered.files[0].text());
         assert!(v.get("podCIDR").is_none() && v.get("clusterDNS").is_none());
         assert!(v["authentication"].get("x509").is_none());
+        assert_eq!(v["authentication"]["webhook"]["enabled"], false, "webhooks need an API server");
+        assert_eq!(v["authorization"]["mode"], "AlwaysAllow");
         assert_eq!(v["clusterDomain"], "cluster.local");
     }
 }
