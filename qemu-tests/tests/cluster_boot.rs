@@ -99,6 +99,13 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
     out.output.trim().to_owned()
 }
 
+/// kube-apiserver's restart count in the KelsonStaticPodsHealthy message
+/// (`kube-apiserver-<node> running ready (restarts N)`).
+fn apiserver_restarts(message: &str) -> Option<u32> {
+    let rest = message.split(&format!("kube-apiserver-{NODE} ")).nth(1)?;
+    rest.split("(restarts ").nth(1)?.split(')').next()?.parse().ok()
+}
+
 const WEB_POD: &str = r#"{
   "apiVersion": "v1",
   "kind": "Pod",
@@ -229,6 +236,9 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert_eq!(sh(&mut vm, &format!("wget -q -O - http://{pod_ip}:8080/")), "hello from web");
 
     // kill -9 of the API server: PID 1 restarts it and kubectl works again.
+    let message = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].message}"#;
+    let before = kubectl.run(&["get", "node", NODE, "-o", &format!("jsonpath={message}")]).unwrap();
+    let restarts = apiserver_restarts(&before).unwrap_or_else(|| panic!("no kube-apiserver in {before}"));
     sh(&mut vm, "kill -9 $(pidof kube-apiserver)");
     kubectl.until(&vm, "/readyz ok after the kill", &["get", "--raw", "/readyz"], CLUSTER_UP, |o| o == "ok");
     let events = kubectl.until(
@@ -248,13 +258,12 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         |o| o.lines().any(|l| l.starts_with("Restarted") && l.contains("kube-apiserver")),
     );
     println!("{events}");
-    let message = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].message}"#;
     kubectl.until(
         &vm,
         "the restart in the condition",
         &["get", "node", NODE, "-o", &format!("jsonpath={message}")],
         CLUSTER_UP,
-        |o| o.contains(&format!("kube-apiserver-{NODE} running ready (restarts 1)")),
+        |o| o.contains(&format!("kube-apiserver-{NODE} running ready")) && apiserver_restarts(o) == Some(restarts + 1),
     );
 
     // A reboot keeps the cluster: etcd's data is on /var.
