@@ -464,7 +464,7 @@ mod image_store_tests {
             script.split("package_version(root, \"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
         packages.sort_unstable();
         packages.dedup();
-        assert_eq!(packages, ["busybox-static", "etcd-client", "etcd-server"]);
+        assert_eq!(packages, ["busybox-static", "catatonit", "etcd-client", "etcd-server"]);
         let installed: Vec<&str> = conf
             .split("\nPackages=")
             .nth(1)
