@@ -424,6 +424,14 @@ def build_busybox(root, out, work):
     )
 
 
+def single_layer_image(out, name, stage, config, refs, description):
+    """Writes the layout OUT/NAME: one image of the staged tree as its one
+    layer, answering to `refs`."""
+    layout = Layout(os.path.join(out, name))
+    layer = layout.add_blob(layer_tar(stage), LAYER_TYPE)
+    layout.finish(image_descriptors(layout, layer, config, refs, description))
+
+
 def build_pause(root, out, work):
     """The pause image: Debian's catatonit in pause mode (`-P`), which
     sleeps as the sandbox's PID 1 and exits on SIGTERM/SIGINT as upstream's
@@ -433,16 +441,13 @@ def build_pause(root, out, work):
     base_root(stage)
     binary = package_file(root, "catatonit", "/catatonit")
     copy_with_libraries(root, binary, stage)
-    layout = Layout(os.path.join(out, "pause"))
-    layer = layout.add_blob(layer_tar(stage), LAYER_TYPE)
-    layout.finish(
-        image_descriptors(
-            layout,
-            layer,
-            {"Entrypoint": [binary, "-P"], "Env": [PATH_ENV]},
-            PAUSE_REFS + [f"kelson.dev/pause:{tag_of(version)}"],
-            f"catatonit -P from Debian catatonit {version}",
-        )
+    single_layer_image(
+        out,
+        "pause",
+        stage,
+        {"Entrypoint": [binary, "-P"], "Env": [PATH_ENV]},
+        PAUSE_REFS + [f"kelson.dev/pause:{tag_of(version)}"],
+        f"catatonit -P from Debian catatonit {version}",
     )
 
 
@@ -480,16 +485,13 @@ def build_control_plane(root, out, work):
     os.chmod(os.path.join(stage, "usr/local/bin/kubernetes"), 0o755)
     for program in CONTROL_PLANE_PROGRAMS:
         os.symlink("kubernetes", os.path.join(stage, "usr/local/bin", program))
-    layout = Layout(os.path.join(out, "kubernetes"))
-    layer = layout.add_blob(layer_tar(stage), LAYER_TYPE)
-    layout.finish(
-        image_descriptors(
-            layout,
-            layer,
-            {"Env": [PATH_ENV]},
-            [f"registry.k8s.io/{program}:{version}" for program in CONTROL_PLANE_PROGRAMS],
-            f"Kubernetes {version} control plane ({', '.join(CONTROL_PLANE_PROGRAMS)}), one multi-call binary",
-        )
+    single_layer_image(
+        out,
+        "kubernetes",
+        stage,
+        {"Env": [PATH_ENV]},
+        [f"registry.k8s.io/{program}:{version}" for program in CONTROL_PLANE_PROGRAMS],
+        f"Kubernetes {version} control plane ({', '.join(CONTROL_PLANE_PROGRAMS)}), one multi-call binary",
     )
 
 
