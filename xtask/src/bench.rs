@@ -12,7 +12,8 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         "pods" => "bench-pods",
         "usr" => "bench-usr",
         "memory" => "bench-memory",
-        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory)"),
+        "cluster" => "bench-cluster",
+        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory, cluster)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")
@@ -29,6 +30,18 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         // The image's tools tree (Debian trixie) has the mkfs.erofs that
         // writes every compressor the node kernel reads.
         command.env("KELSON_TOOLS_TREE", crate::image::tools_tree(root, &paths.dir)?);
+    }
+    if which == "cluster" {
+        // The Kubernetes builds it sizes and the flags of the Go build it
+        // times: the multi-call one is built (or found cached); the separate
+        // one only named, since building it cold takes tens of minutes.
+        use crate::kubernetes::{self, Layout};
+        let release = kubernetes::pinned(root)?;
+        command
+            .env("KELSON_KUBERNETES_MULTICALL", kubernetes::build(root, Layout::Multicall)?)
+            .env("KELSON_KUBERNETES_SEPARATE", kubernetes::build_dir(root, Layout::Separate)?)
+            .env("KELSON_KUBERNETES_WRAPPER", root.join("image/kubernetes"))
+            .env("KELSON_KUBERNETES_LDFLAGS", kubernetes::version_ldflags(&release));
     }
     let status = command
         .args(["run", "--release", "--quiet", "-p", "qemu-tests", "--bin", bin])

@@ -231,14 +231,21 @@ impl Layout {
 /// The multi-call binary's name in a `Layout::Multicall` build directory.
 pub const MULTICALL_BINARY: &str = "kubernetes";
 
+/// Where [`build`] keeps (or would keep) the programs of the current pin
+/// and `layout`, whether or not they have been built.
+pub fn build_dir(root: &Path, layout: Layout) -> Result<PathBuf> {
+    let release = pinned(root)?;
+    let key = fingerprint_inputs(root, &version_ldflags(&release), layout)?;
+    Ok(Path::new(CACHE_DIR).join(format!("{}-{}-{key}", release.tag(), layout.name())))
+}
+
 /// Builds every program (or reuses the cached build of the same pin and
 /// layout) and returns the directory holding them: for `Multicall`, the
 /// `kubernetes` binary and a symbolic link to it per program.
 pub fn build(root: &Path, layout: Layout) -> Result<PathBuf> {
     let release = pinned(root)?;
     let ldflags = version_ldflags(&release);
-    let key = fingerprint_inputs(root, &ldflags, layout)?;
-    let out = Path::new(CACHE_DIR).join(format!("{}-{}-{key}", release.tag(), layout.name()));
+    let out = build_dir(root, layout)?;
     if PROGRAMS.iter().all(|p| out.join(p).is_file()) {
         eprintln!("xtask: Kubernetes {} programs already built in {}", release.tag(), out.display());
         return Ok(out);

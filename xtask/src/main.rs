@@ -36,7 +36,7 @@ fn usage() -> &'static str {
      \n  kubernetes pin VERSION | build [--separate]\
      \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
-     \n  bench [boot|net|supervise|pods|usr|memory]  benchmarks measured inside the guest\
+     \n  bench [boot|net|supervise|pods|usr|memory|cluster]  benchmarks measured inside the guest\
      \n  fuzz [SECS]    fuzz the config, cloud-init seed and pod manifest parsers (default 60 s per target)"
 }
 

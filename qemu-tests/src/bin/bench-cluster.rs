@@ -1,0 +1,500 @@
+//! `cargo xtask bench cluster`: a one-node Kubernetes cluster, measured.
+//!
+//! 1. Times. The control-plane node boots `KELSON_BENCH_BOOTS` times (default
+//!    2), each from a fresh qcow2 overlay of the disk image (under OVMF) and
+//!    a fresh `kelsonctl gen cluster` seed. Each event is placed on the
+//!    guest's CLOCK_BOOTTIME (seconds since the kernel started; firmware and
+//!    boot loader come before and are not in it):
+//!    - PID 1 ready: `pid1_start_s` + `pid1_to_ready_ms` from PID 1's
+//!      `kelson: ready` console line;
+//!    - kube-apiserver's /readyz ok and the node Ready: the host polls with
+//!      kubectl through the hostfwd, and when the first poll succeeds reads
+//!      the guest's /proc/uptime through the agent. The event happened
+//!      between the previous poll and that read, so the figure is late by at
+//!      most the spacing of the polls plus the agent's round trip; both are
+//!      printed.
+//! 2. Resident memory (VmRSS from /proc/PID/status, through the agent) of
+//!    each control-plane component, the kubelet, kube-proxy, containerd and
+//!    PID 1, `KELSON_BENCH_SETTLE_S` seconds (default 60) after the node is
+//!    Ready.
+//! 3. The image size the Kubernetes programs add, raw and as squashfs with
+//!    the options of image/mkosi.finalize, for the multi-call layout
+//!    (/usr/bin/kubernetes and the control-plane image's layout in the
+//!    node's store) and, when `cargo xtask kubernetes build --separate` has
+//!    been run, for the separate layout (the six binaries; the node's /usr
+//!    would hold kubelet, kube-proxy and kubectl and the control-plane
+//!    image the other three).
+//! 4. The Go build of the multi-call binary with the warm build cache, into
+//!    a temporary directory. The cold build (an empty GOCACHE, tens of
+//!    minutes on two cores) only with `KELSON_BENCH_GO_COLD=1`.
+//!
+//! `cargo xtask bench cluster` sets the `KELSON_KUBERNETES_*` variables
+//! (the builds and the version flags) that 3 and 4 need.
+
+use anyhow::{bail, Context, Result};
+use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CLUSTER: &str = "k";
+const NODE: &str = "k-cp-1";
+const NODE_ADDRESS: &str = "192.168.100.10";
+const MEMORY_MIB: u32 = 3072;
+const CPUS: u32 = 2;
+/// Power-on to PID 1's ready line.
+const BOOT: Duration = Duration::from_secs(600);
+/// PID 1 ready to the node Ready: minutes of Go start-up under TCG.
+const CLUSTER_UP: Duration = Duration::from_secs(1200);
+const AGENT: Duration = Duration::from_secs(120);
+/// The host's polls of the API server start at most this often.
+const POLL: Duration = Duration::from_secs(1);
+/// The processes whose memory is read, by the name `pidof` finds them by.
+const PROCESSES: &[&str] =
+    &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "containerd"];
+/// The squashfs options of image/mkosi.finalize for /usr.
+const SQUASHFS_OPTIONS: &[&str] = &["-comp", "zstd", "-noappend", "-quiet", "-no-progress"];
+const NODE_PROGRAMS: &[&str] = &["kubelet", "kube-proxy", "kubectl"];
+const CONTROL_PLANE_PROGRAMS: &[&str] = &["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn env_path(name: &str) -> Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set (run the benchmark with `cargo xtask bench cluster`)"))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+fn guest(vm: &mut Vm, cmd: &str) -> Result<String> {
+    let out = vm.agent_exec(cmd, AGENT)?;
+    if out.status != 0 {
+        bail!("in the guest, {cmd}: exit {}: {}", out.status, out.output);
+    }
+    Ok(out.output.trim().to_owned())
+}
+
+/// The guest's CLOCK_BOOTTIME in seconds, from /proc/uptime.
+fn guest_uptime(vm: &mut Vm) -> Result<f64> {
+    let text = guest(vm, "cat /proc/uptime")?;
+    text.split_whitespace().next().and_then(|t| t.parse().ok()).with_context(|| format!("reading uptime {text:?}"))
+}
+
+/// kubectl on the host, pointed at the node through the forwarded port.
+struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+}
+
+impl Kubectl {
+    /// kubectl's output when it exits 0.
+    fn run(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new(&self.binary)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--server", &self.server, "--request-timeout", "5s"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// When a polled condition first held.
+struct Event {
+    /// The guest's uptime read right after the first successful poll.
+    guest_s: f64,
+    /// How far apart the polls started (host wall time, median).
+    poll_spacing_s: f64,
+    /// The agent's round trip for that uptime read (host wall time).
+    agent_read_s: f64,
+}
+
+/// Polls kubectl `args` until `done` accepts its output, then reads the
+/// guest's uptime.
+fn first_time(vm: &mut Vm, kubectl: &Kubectl, what: &str, args: &[&str], done: impl Fn(&str) -> bool) -> Result<Event> {
+    let deadline = Instant::now() + CLUSTER_UP;
+    let mut starts: Vec<Instant> = Vec::new();
+    loop {
+        let started = Instant::now();
+        starts.push(started);
+        if kubectl.run(args).is_some_and(|out| done(&out)) {
+            let before = Instant::now();
+            let guest_s = guest_uptime(vm)?;
+            let agent_read_s = before.elapsed().as_secs_f64();
+            let spacing: Vec<f64> = starts.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+            return Ok(Event { guest_s, poll_spacing_s: median(&spacing), agent_read_s });
+        }
+        if Instant::now() > deadline {
+            let console = vm.console_text().unwrap_or_default();
+            let tail: Vec<&str> = console.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{what}: not within {CLUSTER_UP:?}; console tail:\n{}", tail.join("\n"));
+        }
+        if let Some(rest) = POLL.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+}
+
+/// One boot's figures.
+struct Boot {
+    host_to_ready_s: f64,
+    ready_s: f64,
+    apiserver: Event,
+    node: Event,
+    /// (process, how many, KiB) in [`PROCESSES`] order, then PID 1.
+    rss: Vec<(String, usize, u64)>,
+    rss_read_at_s: f64,
+    memory_used_kib: u64,
+}
+
+fn overlay(image: &ImagePaths, dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("disk.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&image.disk)
+        .arg(&path)
+        .arg("8G")
+        .status()
+        .context("running qemu-img create (package qemu-utils)")?;
+    if !status.success() {
+        bail!("qemu-img create of an overlay of {} failed ({status})", image.disk.display());
+    }
+    Ok(path)
+}
+
+/// Resident memory of each process in [`PROCESSES`] and of PID 1 (summed
+/// when a name has several), and the guest's MemTotal - MemAvailable.
+const RSS_SCRIPT: &str = r#"rss() { awk '/^VmRSS:/ {print $2}' /proc/$1/status; }
+for name in $PROCESSES; do
+  count=0; kib=0
+  for pid in $(pidof $name); do count=$((count+1)); kib=$((kib + $(rss $pid))); done
+  echo "$name $count $kib"
+done
+echo "pid1 1 $(rss 1)"
+awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print "used", 1, t-a}' /proc/meminfo"#;
+
+fn boot_once(image: &ImagePaths, kubectl_binary: &Path, settle: Duration, run: usize) -> Result<Boot> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let out = dir.path().join("cluster");
+    let mut spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0);
+    // QEMU's user network is the node network; its host side is the gateway.
+    spec.gateway = Some("192.168.100.1".parse()?);
+    kelsonctl::gen::generate_cluster(&spec, &out, false).context("generating the cluster's seed")?;
+    let port = free_loopback_port()?;
+    let kubectl = Kubectl {
+        binary: kubectl_binary.to_owned(),
+        kubeconfig: out.join("admin.kubeconfig"),
+        server: format!("https://127.0.0.1:{port}"),
+    };
+    let disk = overlay(image, dir.path())?;
+    let seed = out.join(format!("nodes/{NODE}/seed.img"));
+    let netdev = format!(
+        "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
+         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:6443"
+    );
+    let powered_on = Instant::now();
+    let mut vm = VmBuilder::firmware()
+        .name("bench-cluster")
+        .ovmf(dir.path())?
+        .disk_qcow2(&disk)
+        .disk(&seed)
+        .memory_mib(MEMORY_MIB)
+        .smp(CPUS)
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .qemu_args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=up"])
+        .boot()?;
+    let ready = vm.expect("kelson: ready", BOOT)?;
+    let host_to_ready_s = powered_on.elapsed().as_secs_f64();
+    let start = field(&ready, "pid1_start_s").and_then(|v| v.parse::<f64>().ok());
+    let to_ready = field(&ready, "pid1_to_ready_ms").and_then(|v| v.parse::<f64>().ok());
+    let (Some(start), Some(to_ready)) = (start, to_ready) else {
+        bail!("the ready line has no pid1_start_s or pid1_to_ready_ms: {ready}");
+    };
+    let ready_s = start + to_ready / 1000.0;
+    // The agent's first command waits for its hook to start; not while timing.
+    guest(&mut vm, "true")?;
+
+    let apiserver = first_time(&mut vm, &kubectl, "/readyz ok", &["get", "--raw", "/readyz"], |o| o == "ok")?;
+    let condition = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    let node = first_time(&mut vm, &kubectl, "node Ready", &["get", "node", NODE, "-o", condition], |o| o == "True")?;
+    eprintln!(
+        "bench-cluster: boot {run}: PID 1 ready at {ready_s:.1} s, /readyz ok at {:.1} s, node Ready at {:.1} s \
+         (guest uptime); reading memory in {} s",
+        apiserver.guest_s,
+        node.guest_s,
+        settle.as_secs()
+    );
+
+    std::thread::sleep(settle);
+    let rss_read_at_s = guest_uptime(&mut vm)?;
+    let text = guest(&mut vm, &format!("PROCESSES='{}'\n{RSS_SCRIPT}", PROCESSES.join(" ")))?;
+    let mut rss = Vec::new();
+    let mut memory_used_kib = 0;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [name, count, kib] = words[..] else { bail!("the memory script printed {line:?}") };
+        let (count, kib) = (count.parse::<usize>(), kib.parse::<u64>());
+        let (Ok(count), Ok(kib)) = (count, kib) else { bail!("the memory script printed {line:?}") };
+        if name == "used" {
+            memory_used_kib = kib;
+        } else {
+            rss.push((name.to_owned(), count, kib));
+        }
+    }
+    if rss.len() != PROCESSES.len() + 1 {
+        bail!("the memory script printed {} processes, not {}:\n{text}", rss.len(), PROCESSES.len() + 1);
+    }
+    vm.kill()?;
+    Ok(Boot { host_to_ready_s, ready_s, apiserver, node, rss, rss_read_at_s, memory_used_kib })
+}
+
+fn size_of(path: &Path) -> Result<u64> {
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+        total += size_of(&entry.with_context(|| format!("listing {}", path.display()))?.path())?;
+    }
+    Ok(total)
+}
+
+/// The size of a squashfs holding `sources` (files or directories, each
+/// at the root by its name), made as image/mkosi.finalize makes /usr's.
+fn squashfs_size(sources: &[PathBuf]) -> Result<u64> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let out = dir.path().join("out.squashfs");
+    let status = Command::new("mksquashfs")
+        .args(sources)
+        .arg(&out)
+        .args(SQUASHFS_OPTIONS)
+        .status()
+        .context("running mksquashfs (package squashfs-tools)")?;
+    if !status.success() {
+        bail!("mksquashfs of {sources:?} failed ({status})");
+    }
+    size_of(&out)
+}
+
+/// One row of the size table: (label, raw bytes, squashfs bytes).
+type SizeRow = (String, u64, u64);
+
+fn size_row(label: &str, sources: &[PathBuf]) -> Result<SizeRow> {
+    let mut raw = 0;
+    for source in sources {
+        raw += size_of(source)?;
+    }
+    Ok((label.to_owned(), raw, squashfs_size(sources)?))
+}
+
+fn sizes(image: &ImagePaths) -> Result<(Vec<SizeRow>, String)> {
+    let multicall = env_path("KELSON_KUBERNETES_MULTICALL")?;
+    let separate = env_path("KELSON_KUBERNETES_SEPARATE")?;
+    let mut rows = Vec::new();
+    let binary = multicall.join("kubernetes");
+    let layout = image.dir.join("images/kubernetes");
+    eprintln!("bench-cluster: sizing the multi-call layout (mksquashfs)");
+    let node = size_row("multicall: /usr/bin/kubernetes", std::slice::from_ref(&binary))?;
+    let store = size_row("multicall: control-plane image in the store", std::slice::from_ref(&layout))?;
+    rows.push(("multicall: total".to_owned(), node.1 + store.1, node.2 + store.2));
+    rows.push(node);
+    rows.push(store);
+    let programs = |names: &[&str]| -> Vec<PathBuf> { names.iter().map(|p| separate.join(p)).collect() };
+    let all: Vec<&str> = NODE_PROGRAMS.iter().chain(CONTROL_PLANE_PROGRAMS).copied().collect();
+    let note = if programs(&all).iter().all(|p| p.is_file()) {
+        eprintln!("bench-cluster: sizing the separate layout (mksquashfs)");
+        let node = size_row("separate: kubelet, kube-proxy, kubectl in /usr", &programs(NODE_PROGRAMS))?;
+        let store = size_row("separate: three control-plane binaries", &programs(CONTROL_PLANE_PROGRAMS))?;
+        rows.push(("separate: total".to_owned(), node.1 + store.1, node.2 + store.2));
+        rows.push(node);
+        rows.push(store);
+        format!("multi-call build {}; separate build {}", multicall.display(), separate.display())
+    } else {
+        format!(
+            "multi-call build {}; the separate layout is not measured in this run: it is not built \
+             ({} is missing; `cargo xtask kubernetes build --separate` builds it)",
+            multicall.display(),
+            separate.display()
+        )
+    };
+    Ok((rows, note))
+}
+
+/// What one `go build` of the multi-call binary took.
+struct GoBuild {
+    seconds: f64,
+    packages_compiled: usize,
+    same_as_cached: bool,
+}
+
+/// `go build` of the multi-call package as `cargo xtask kubernetes build`
+/// runs it, but into a temporary directory; with `gocache`, an empty
+/// build cache there instead of the shared one.
+fn go_build(gocache: Option<&Path>) -> Result<GoBuild> {
+    let wrapper = env_path("KELSON_KUBERNETES_WRAPPER")?;
+    let ldflags = std::env::var("KELSON_KUBERNETES_LDFLAGS")
+        .context("KELSON_KUBERNETES_LDFLAGS is not set (run the benchmark with `cargo xtask bench cluster`)")?;
+    let cached = env_path("KELSON_KUBERNETES_MULTICALL")?.join("kubernetes");
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let binary = dir.path().join("kubernetes");
+    let mut cmd = Command::new("go");
+    // xtask's environment for Go: only the module proxy is reachable.
+    cmd.current_dir(&wrapper)
+        .env("GOPROXY", "https://proxy.golang.org")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-v", "-trimpath", "-ldflags", &ldflags, "-o"])
+        .arg(&binary)
+        .arg("./multicall");
+    if let Some(gocache) = gocache {
+        cmd.env("GOCACHE", gocache);
+    }
+    let started = Instant::now();
+    let out = cmd.output().with_context(|| format!("running go build in {}", wrapper.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("go build of ./multicall in {} failed ({}): {stderr}", wrapper.display(), out.status);
+    }
+    // -v names each package it compiles (not those it takes from the cache).
+    let packages_compiled = stderr.lines().filter(|l| !l.contains(' ') && !l.starts_with('#')).count();
+    let built = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let same_as_cached = std::fs::read(&cached).with_context(|| format!("reading {}", cached.display()))? == built;
+    Ok(GoBuild { seconds, packages_compiled, same_as_cached })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() -> Result<()> {
+    let image = ImagePaths::disk_from_env()?;
+    let boots = env_number("KELSON_BENCH_BOOTS", 2)?.max(1) as usize;
+    let settle = Duration::from_secs(env_number("KELSON_BENCH_SETTLE_S", 60)?);
+    let measure_cold = std::env::var("KELSON_BENCH_GO_COLD").is_ok_and(|v| v == "1");
+    let kubectl = image.dir.join("kubectl");
+    if !kubectl.exists() {
+        bail!("{} is missing (cargo xtask image links it to the pinned build's kubectl)", kubectl.display());
+    }
+
+    // The CPU-heavy host work first, so the boots have the machine.
+    let (size_rows, size_note) = sizes(&image)?;
+    eprintln!("bench-cluster: go build of the multi-call binary, warm cache");
+    let warm = go_build(None)?;
+    let cold = if measure_cold {
+        eprintln!("bench-cluster: go build of the multi-call binary, empty GOCACHE (tens of minutes)");
+        let gocache = tempfile::tempdir().context("creating a temporary GOCACHE")?;
+        Some(go_build(Some(gocache.path()))?)
+    } else {
+        None
+    };
+
+    let mut runs = Vec::new();
+    for run in 1..=boots {
+        runs.push(boot_once(&image, &kubectl, settle, run).with_context(|| format!("boot {run} of {boots}"))?);
+    }
+
+    println!(
+        "cluster benchmark: one control-plane node ({CLUSTER}/{NODE}), disk image under OVMF, TCG, {CPUS} vCPUs, \
+         {MEMORY_MIB} MiB; {boots} boots, each from a fresh overlay and a fresh `kelsonctl gen cluster` seed"
+    );
+    println!("times: the guest's CLOCK_BOOTTIME, seconds from kernel start (firmware and boot loader are before it)");
+    let mut header = format!("{:<44}", "");
+    for run in 1..=boots {
+        header.push_str(&format!(" {:>8}", format!("boot {run}")));
+    }
+    header.push_str(&format!(" {:>8}", "median"));
+    println!("{header}");
+    let row = |label: &str, values: Vec<f64>, decimals: usize| {
+        let mut line = format!("{label:<44}");
+        for v in &values {
+            line.push_str(&format!(" {v:>8.decimals$}"));
+        }
+        line.push_str(&format!(" {:>8.decimals$}", median(&values)));
+        println!("{line}");
+    };
+    row("PID 1 ready (s)", runs.iter().map(|b| b.ready_s).collect(), 1);
+    row("kube-apiserver /readyz ok (s)", runs.iter().map(|b| b.apiserver.guest_s).collect(), 1);
+    row("node Ready (s)", runs.iter().map(|b| b.node.guest_s).collect(), 1);
+    row("  PID 1 ready -> /readyz ok (s)", runs.iter().map(|b| b.apiserver.guest_s - b.ready_s).collect(), 1);
+    row("  /readyz ok -> node Ready (s)", runs.iter().map(|b| b.node.guest_s - b.apiserver.guest_s).collect(), 1);
+    row("host wall, QEMU start -> PID 1 ready (s)", runs.iter().map(|b| b.host_to_ready_s).collect(), 1);
+    let spacing: Vec<f64> = runs.iter().flat_map(|b| [b.apiserver.poll_spacing_s, b.node.poll_spacing_s]).collect();
+    let agent: Vec<f64> = runs.iter().flat_map(|b| [b.apiserver.agent_read_s, b.node.agent_read_s]).collect();
+    println!(
+        "polling: kubectl from the host every {:.0} s at most; polls started {:.2} s apart (median), the agent's \
+         uptime read took {:.2} s (median, max {:.2} s): the API server and node figures are late by up to their sum",
+        POLL.as_secs_f64(),
+        median(&spacing),
+        median(&agent),
+        agent.iter().copied().fold(0.0, f64::max)
+    );
+
+    println!("resident memory (VmRSS, MiB), read {} s after the node was Ready", settle.as_secs());
+    println!("{header}");
+    for (i, (name, _, _)) in runs[0].rss.iter().enumerate() {
+        let name = if name == "pid1" { "PID 1 (kelson-init)".to_owned() } else { name.clone() };
+        let counts: Vec<usize> = runs.iter().map(|b| b.rss[i].1).collect();
+        let label = match counts.iter().max() {
+            Some(0) => format!("{name} (not running)"),
+            Some(&n) if n > 1 => format!("{name} ({n} processes, summed)"),
+            _ => name,
+        };
+        row(&label, runs.iter().map(|b| mib(b.rss[i].2)).collect(), 1);
+    }
+    row(
+        "guest total in use (MemTotal - MemAvailable)",
+        runs.iter().map(|b| b.memory_used_kib as f64 / 1024.0).collect(),
+        1,
+    );
+    row("  read at guest uptime (s)", runs.iter().map(|b| b.rss_read_at_s).collect(), 0);
+
+    println!("image size added by the Kubernetes programs (MiB; squashfs: {})", SQUASHFS_OPTIONS.join(" "));
+    println!("{:<52} {:>9} {:>9}", "", "raw", "squashfs");
+    for (label, raw, squashed) in &size_rows {
+        println!("{label:<52} {:>9.1} {:>9.1}", mib(*raw), mib(*squashed));
+    }
+    println!("  {size_note}");
+
+    println!("Go build of the multi-call binary (./multicall, CGO_ENABLED=0 -trimpath, the version flags)");
+    let go_line = |label: &str, b: &GoBuild| {
+        println!(
+            "  {label:<6} {:>7.1} s  ({} packages compiled; output {} the cached build)",
+            b.seconds,
+            b.packages_compiled,
+            if b.same_as_cached { "byte-identical to" } else { "differs from" }
+        );
+    };
+    go_line("warm", &warm);
+    match &cold {
+        Some(cold) => go_line("cold", cold),
+        None => println!(
+            "  cold   not measured in this run (an empty GOCACHE takes tens of minutes on two cores; \
+             KELSON_BENCH_GO_COLD=1 measures it, with the modules from the shared module cache)"
+        ),
+    }
+    Ok(())
+}
