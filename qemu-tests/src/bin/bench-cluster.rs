@@ -7,12 +7,12 @@
 //!    boot loader come before and are not in it):
 //!    - PID 1 ready: `pid1_start_s` + `pid1_to_ready_ms` from PID 1's
 //!      `kelson: ready` console line;
-//!    - kube-apiserver's /readyz ok and the node Ready: the host polls with
-//!      kubectl through the hostfwd, and when the first poll succeeds reads
-//!      the guest's /proc/uptime through the agent. The event happened
-//!      between the previous poll and that read, so the figure is late by at
-//!      most the spacing of the polls plus the agent's round trip; both are
-//!      printed.
+//!    - kube-apiserver's /readyz ok and the node Ready: the host polls both
+//!      with kubectl through the hostfwd, in the same rounds, and when the
+//!      first poll of one succeeds reads the guest's /proc/uptime through
+//!      the agent. The event happened between the previous round and that
+//!      read, so the figure is late by at most the spacing of the rounds
+//!      plus the agent's round trip; both are printed.
 //! 2. Resident memory (VmRSS from /proc/PID/status, through the agent) of
 //!    each control-plane component, the kubelet, kube-proxy, containerd and
 //!    PID 1, `KELSON_BENCH_SETTLE_S` seconds (default 60) after the node is
@@ -34,7 +34,7 @@
 use anyhow::{bail, Context, Result};
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CLUSTER: &str = "k";
@@ -49,6 +49,8 @@ const CLUSTER_UP: Duration = Duration::from_secs(1200);
 const AGENT: Duration = Duration::from_secs(120);
 /// The host's polls of the API server start at most this often.
 const POLL: Duration = Duration::from_secs(1);
+/// One kubectl call of the polling, at most.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 /// The processes whose memory is read, by the name `pidof` finds them by.
 const PROCESSES: &[&str] =
     &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "containerd"];
@@ -106,52 +108,112 @@ struct Kubectl {
 }
 
 impl Kubectl {
-    /// kubectl's output when it exits 0.
+    /// kubectl's output when it exits 0 within [`CALL_LIMIT`] (it is
+    /// killed after that: a connection the guest does not answer yet must
+    /// not hold up the polling).
     fn run(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(&self.binary)
+        let mut child = Command::new(&self.binary)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--server", &self.server, "--request-timeout", "5s"])
             .args(args)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let deadline = Instant::now() + CALL_LIMIT;
+        loop {
+            match child.try_wait() {
+                // Its few bytes of output wait in the pipe.
+                Ok(Some(_)) => {
+                    let out = child.wait_with_output().ok()?;
+                    return out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned());
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
     }
 }
 
-/// When a polled condition first held.
-struct Event {
-    /// The guest's uptime read right after the first successful poll.
-    guest_s: f64,
-    /// How far apart the polls started (host wall time, median).
-    poll_spacing_s: f64,
-    /// The agent's round trip for that uptime read (host wall time).
-    agent_read_s: f64,
+/// Something the host polls for with kubectl.
+struct Watch<'a> {
+    what: &'a str,
+    args: &'a [&'a str],
+    done: fn(&str) -> bool,
 }
 
-/// Polls kubectl `args` until `done` accepts its output, then reads the
-/// guest's uptime.
-fn first_time(vm: &mut Vm, kubectl: &Kubectl, what: &str, args: &[&str], done: impl Fn(&str) -> bool) -> Result<Event> {
+/// How the polling went.
+struct Polling {
+    /// When each watch's first successful poll returned (host clock).
+    seen: Vec<Instant>,
+    /// How far apart the rounds started (median, seconds).
+    spacing_s: f64,
+    /// The longest round (seconds).
+    longest_s: f64,
+}
+
+/// Polls every watch in the same rounds, each until `done` accepts its
+/// kubectl output, and notes on the host's clock when each first did.
+fn poll(vm: &Vm, kubectl: &Kubectl, watches: &[Watch]) -> Result<Polling> {
     let deadline = Instant::now() + CLUSTER_UP;
-    let mut starts: Vec<Instant> = Vec::new();
+    let mut rounds: Vec<Instant> = Vec::new();
+    let mut longest_s: f64 = 0.0;
+    let mut seen: Vec<Option<Instant>> = watches.iter().map(|_| None).collect();
     loop {
         let started = Instant::now();
-        starts.push(started);
-        if kubectl.run(args).is_some_and(|out| done(&out)) {
-            let before = Instant::now();
-            let guest_s = guest_uptime(vm)?;
-            let agent_read_s = before.elapsed().as_secs_f64();
-            let spacing: Vec<f64> = starts.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
-            return Ok(Event { guest_s, poll_spacing_s: median(&spacing), agent_read_s });
+        rounds.push(started);
+        for (watch, slot) in watches.iter().zip(seen.iter_mut()) {
+            if slot.is_none() && kubectl.run(watch.args).is_some_and(|out| (watch.done)(&out)) {
+                *slot = Some(Instant::now());
+            }
+        }
+        longest_s = longest_s.max(started.elapsed().as_secs_f64());
+        if seen.iter().all(Option::is_some) {
+            let spacing: Vec<f64> = rounds.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+            return Ok(Polling { seen: seen.into_iter().flatten().collect(), spacing_s: median(&spacing), longest_s });
         }
         if Instant::now() > deadline {
+            let missing: Vec<&str> =
+                watches.iter().zip(&seen).filter(|(_, f)| f.is_none()).map(|(w, _)| w.what).collect();
             let console = vm.console_text().unwrap_or_default();
             let tail: Vec<&str> = console.lines().rev().take(40).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{what}: not within {CLUSTER_UP:?}; console tail:\n{}", tail.join("\n"));
+            bail!("{}: not within {CLUSTER_UP:?}; console tail:\n{}", missing.join(", "), tail.join("\n"));
         }
         if let Some(rest) = POLL.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
+        }
+    }
+}
+
+/// Maps host instants onto the guest's CLOCK_BOOTTIME from one agent read
+/// of /proc/uptime, taken to have happened halfway through its round trip.
+/// Under TCG (no icount) the guest's clocks run at the host's rate, so
+/// host intervals carry over.
+struct GuestClock {
+    guest_s: f64,
+    at: Instant,
+    round_trip_s: f64,
+}
+
+impl GuestClock {
+    fn read(vm: &mut Vm) -> Result<GuestClock> {
+        let before = Instant::now();
+        let guest_s = guest_uptime(vm)?;
+        let round_trip = before.elapsed();
+        Ok(GuestClock { guest_s, at: before + round_trip / 2, round_trip_s: round_trip.as_secs_f64() })
+    }
+
+    fn guest_time_of(&self, host: Instant) -> f64 {
+        if host <= self.at {
+            self.guest_s - (self.at - host).as_secs_f64()
+        } else {
+            self.guest_s + (host - self.at).as_secs_f64()
         }
     }
 }
@@ -160,8 +222,13 @@ fn first_time(vm: &mut Vm, kubectl: &Kubectl, what: &str, args: &[&str], done: i
 struct Boot {
     host_to_ready_s: f64,
     ready_s: f64,
-    apiserver: Event,
-    node: Event,
+    /// PID 1's ready, placed by the host's clock like the two below: a
+    /// check of the mapping against `ready_s`.
+    ready_mapped_s: f64,
+    apiserver_s: f64,
+    node_s: f64,
+    polling: Polling,
+    agent_round_trip_s: f64,
     /// (process, how many, KiB) in [`PROCESSES`] order, then PID 1.
     rss: Vec<(String, usize, u64)>,
     rss_read_at_s: f64,
@@ -225,6 +292,7 @@ fn boot_once(image: &ImagePaths, kubectl_binary: &Path, settle: Duration, run: u
         .qemu_args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=up"])
         .boot()?;
     let ready = vm.expect("kelson: ready", BOOT)?;
+    let ready_seen = Instant::now();
     let host_to_ready_s = powered_on.elapsed().as_secs_f64();
     let start = field(&ready, "pid1_start_s").and_then(|v| v.parse::<f64>().ok());
     let to_ready = field(&ready, "pid1_to_ready_ms").and_then(|v| v.parse::<f64>().ok());
@@ -232,17 +300,21 @@ fn boot_once(image: &ImagePaths, kubectl_binary: &Path, settle: Duration, run: u
         bail!("the ready line has no pid1_start_s or pid1_to_ready_ms: {ready}");
     };
     let ready_s = start + to_ready / 1000.0;
-    // The agent's first command waits for its hook to start; not while timing.
-    guest(&mut vm, "true")?;
 
-    let apiserver = first_time(&mut vm, &kubectl, "/readyz ok", &["get", "--raw", "/readyz"], |o| o == "ok")?;
     let condition = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-    let node = first_time(&mut vm, &kubectl, "node Ready", &["get", "node", NODE, "-o", condition], |o| o == "True")?;
+    let watches = [
+        Watch { what: "/readyz ok", args: &["get", "--raw", "/readyz"], done: |o| o == "ok" },
+        Watch { what: "node Ready", args: &["get", "node", NODE, "-o", condition], done: |o| o == "True" },
+    ];
+    let polling = poll(&vm, &kubectl, &watches)?;
+    let clock = GuestClock::read(&mut vm)?;
+    let [apiserver_seen, node_seen] = polling.seen[..] else {
+        bail!("polling noted {} events, not 2", polling.seen.len());
+    };
+    let (apiserver_s, node_s) = (clock.guest_time_of(apiserver_seen), clock.guest_time_of(node_seen));
     eprintln!(
-        "bench-cluster: boot {run}: PID 1 ready at {ready_s:.1} s, /readyz ok at {:.1} s, node Ready at {:.1} s \
-         (guest uptime); reading memory in {} s",
-        apiserver.guest_s,
-        node.guest_s,
+        "bench-cluster: boot {run}: PID 1 ready at {ready_s:.1} s, /readyz ok at {apiserver_s:.1} s, node Ready at \
+         {node_s:.1} s (guest uptime); reading memory in {} s",
         settle.as_secs()
     );
 
@@ -266,7 +338,18 @@ fn boot_once(image: &ImagePaths, kubectl_binary: &Path, settle: Duration, run: u
         bail!("the memory script printed {} processes, not {}:\n{text}", rss.len(), PROCESSES.len() + 1);
     }
     vm.kill()?;
-    Ok(Boot { host_to_ready_s, ready_s, apiserver, node, rss, rss_read_at_s, memory_used_kib })
+    Ok(Boot {
+        host_to_ready_s,
+        ready_s,
+        ready_mapped_s: clock.guest_time_of(ready_seen),
+        apiserver_s,
+        node_s,
+        polling,
+        agent_round_trip_s: clock.round_trip_s,
+        rss,
+        rss_read_at_s,
+        memory_used_kib,
+    })
 }
 
 fn size_of(path: &Path) -> Result<u64> {
@@ -437,20 +520,23 @@ fn main() -> Result<()> {
         println!("{line}");
     };
     row("PID 1 ready (s)", runs.iter().map(|b| b.ready_s).collect(), 1);
-    row("kube-apiserver /readyz ok (s)", runs.iter().map(|b| b.apiserver.guest_s).collect(), 1);
-    row("node Ready (s)", runs.iter().map(|b| b.node.guest_s).collect(), 1);
-    row("  PID 1 ready -> /readyz ok (s)", runs.iter().map(|b| b.apiserver.guest_s - b.ready_s).collect(), 1);
-    row("  /readyz ok -> node Ready (s)", runs.iter().map(|b| b.node.guest_s - b.apiserver.guest_s).collect(), 1);
+    row("kube-apiserver /readyz ok (s)", runs.iter().map(|b| b.apiserver_s).collect(), 1);
+    row("node Ready (s)", runs.iter().map(|b| b.node_s).collect(), 1);
+    row("  PID 1 ready -> /readyz ok (s)", runs.iter().map(|b| b.apiserver_s - b.ready_s).collect(), 1);
+    row("  PID 1 ready -> node Ready (s)", runs.iter().map(|b| b.node_s - b.ready_s).collect(), 1);
     row("host wall, QEMU start -> PID 1 ready (s)", runs.iter().map(|b| b.host_to_ready_s).collect(), 1);
-    let spacing: Vec<f64> = runs.iter().flat_map(|b| [b.apiserver.poll_spacing_s, b.node.poll_spacing_s]).collect();
-    let agent: Vec<f64> = runs.iter().flat_map(|b| [b.apiserver.agent_read_s, b.node.agent_read_s]).collect();
+    row("check: PID 1 ready placed like the two above", runs.iter().map(|b| b.ready_mapped_s).collect(), 1);
+    row("polling: rounds started apart (median, s)", runs.iter().map(|b| b.polling.spacing_s).collect(), 2);
+    row("polling: longest round (s)", runs.iter().map(|b| b.polling.longest_s).collect(), 2);
+    row("agent's /proc/uptime round trip (s)", runs.iter().map(|b| b.agent_round_trip_s).collect(), 2);
     println!(
-        "polling: kubectl from the host every {:.0} s at most; polls started {:.2} s apart (median), the agent's \
-         uptime read took {:.2} s (median, max {:.2} s): the API server and node figures are late by up to their sum",
+        "  /readyz ok and node Ready: kubectl polls from the host through the hostfwd, both in each round, rounds \
+         started every {:.0} s at most (a call killed after {} s); each event is the host instant its first \
+         successful poll returned, placed on the guest's clock by one /proc/uptime read through the agent after \
+         both (TCG: guest time runs at host rate). An event is late by up to one round's spacing; the check row \
+         places PID 1's console line the same way (it lags the line's own figure by the console and expect delay).",
         POLL.as_secs_f64(),
-        median(&spacing),
-        median(&agent),
-        agent.iter().copied().fold(0.0, f64::max)
+        CALL_LIMIT.as_secs()
     );
 
     println!("resident memory (VmRSS, MiB), read {} s after the node was Ready", settle.as_secs());
@@ -463,7 +549,7 @@ fn main() -> Result<()> {
             Some(&n) if n > 1 => format!("{name} ({n} processes, summed)"),
             _ => name,
         };
-        row(&label, runs.iter().map(|b| mib(b.rss[i].2)).collect(), 1);
+        row(&label, runs.iter().map(|b| b.rss[i].2 as f64 / 1024.0).collect(), 1);
     }
     row(
         "guest total in use (MemTotal - MemAvailable)",
