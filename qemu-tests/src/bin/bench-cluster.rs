@@ -533,7 +533,7 @@ fn main() -> Result<()> {
 
     println!(
         "cluster benchmark: one control-plane node ({CLUSTER}/{NODE}), disk image under OVMF, TCG, {CPUS} vCPUs, \
-         {MEMORY_MIB} MiB; {boots} boots, each from a fresh overlay and a fresh `kelsonctl gen cluster` seed"
+         {MEMORY_MIB} MiB; boots: {boots}, each from a fresh overlay and a fresh `kelsonctl gen cluster` seed"
     );
     println!("times: the guest's CLOCK_BOOTTIME, seconds from kernel start (firmware and boot loader are before it)");
     let mut header = format!("{:<44}", "");
