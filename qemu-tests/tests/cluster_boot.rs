@@ -220,6 +220,15 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         "tar -C /usr/lib/kelson/images/busybox -c oci-layout index.json blobs \
          | ctr -n k8s.io images import --snapshotter overlayfs - >/dev/null",
     );
+    // The controller-manager makes each namespace's default ServiceAccount
+    // shortly after it starts; until then the API server refuses Pods.
+    kubectl.until(
+        &vm,
+        "the default ServiceAccount",
+        &["get", "serviceaccount", "default", "-o", "name"],
+        CLUSTER_UP,
+        |o| o.trim() == "serviceaccount/default",
+    );
     let pod_file = dir.path().join("web.json");
     std::fs::write(&pod_file, WEB_POD).unwrap();
     kubectl.run(&["apply", "-f", pod_file.to_str().unwrap()]).unwrap();
