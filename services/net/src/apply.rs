@@ -738,8 +738,11 @@ pub(crate) fn write_resolv_conf(path: &Path, nameservers: &[IpAddr], search: &[S
     }
     match write_atomic(path, text.as_bytes(), 0o644) {
         Ok(()) => {
-            let mut change =
-                format!("nameservers {}", nameservers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "));
+            let mut change = if nameservers.is_empty() {
+                "no nameservers (written empty)".to_owned()
+            } else {
+                format!("nameservers {}", nameservers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "))
+            };
             if !search.is_empty() {
                 change.push_str(&format!(", search {}", search.join(" ")));
             }
