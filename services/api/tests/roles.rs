@@ -62,7 +62,12 @@ enum Expect {
     Allowed,
 }
 
-async fn check(server: &common::Server, who: &str, client: Option<&ClientCert>, expect: impl Fn(&Method, &str) -> Expect) {
+async fn check(
+    server: &common::Server,
+    who: &str,
+    client: Option<&ClientCert>,
+    expect: impl Fn(&Method, &str) -> Expect,
+) {
     for (method, path, body, call) in requests() {
         // Each case with the kubelet running, so a stop does not find it stopped.
         {
