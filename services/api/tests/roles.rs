@@ -46,7 +46,7 @@ fn requests() -> Vec<(Method, String, &'static str, Option<&'static str>)> {
                 "/v1/openapi.json" => None,
                 other => panic!("no expectation for {other}"),
             };
-            (Method::from_bytes(method.as_bytes()).unwrap(), path, body, call)
+            (Method::from_bytes(method.as_bytes()).expect("a method"), path, body, call)
         })
         .collect()
 }

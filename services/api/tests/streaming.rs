@@ -17,7 +17,11 @@ fn kubelet() -> LogSource {
 }
 
 fn texts(body: &[u8]) -> Vec<String> {
-    std::str::from_utf8(body).unwrap().lines().map(|line| serde_json::from_str::<LogLine>(line).unwrap().text).collect()
+    std::str::from_utf8(body)
+        .expect("UTF-8")
+        .lines()
+        .map(|line| serde_json::from_str::<LogLine>(line).expect("a LogLine").text)
+        .collect()
 }
 
 #[tokio::test]

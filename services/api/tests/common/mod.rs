@@ -1,5 +1,7 @@
 //! A served FakeNode on 127.0.0.1 and a hyper client over tokio-rustls.
 #![allow(dead_code)]
+// Test set-up: a failure here is a failed test, as in the tests themselves.
+#![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
