@@ -34,11 +34,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), allow: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -50,7 +52,11 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
-        json(self.status, &ErrorBody { code: self.code.to_owned(), message: self.message })
+        let mut response = json(self.status, &ErrorBody { code: self.code.to_owned(), message: self.message });
+        if let Some(allow) = self.allow.and_then(|allow| HeaderValue::from_str(&allow).ok()) {
+            response.headers_mut().insert(hyper::header::ALLOW, allow);
+        }
+        response
     }
 }
 

@@ -97,11 +97,14 @@ async fn answer<N: Node>(
     let path = request.uri().path();
     let (endpoint, captures) = resolve(request.method(), path).map_err(|miss| match miss {
         Miss::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no endpoint {path}")),
-        Miss::MethodNotAllowed => ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            format!("{path} does not take {}", request.method()),
-        ),
+        Miss::MethodNotAllowed(allow) => ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{path} does not take {}", request.method()),
+            )
+        },
     })?;
     if endpoint.admin_only() && role != Role::Admin {
         return Err(ApiError::forbidden(format!("{} {path} needs the role {}", request.method(), crate::ROLE_ADMIN)));

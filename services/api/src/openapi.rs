@@ -23,7 +23,7 @@ use utoipa::OpenApi;
         get_config, apply_config, reboot, shutdown, reset, etcd_members, etcd_status, etcd_alarms, etcd_snapshot,
         upgrade, openapi_json
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, ServiceAction)),
     security(("mutualTls" = [])),
     tags(
         (name = "node", description = "The node: version, status, power, reset, upgrade"),
@@ -120,7 +120,7 @@ fn services() {}
 
 #[utoipa::path(post, path = "/v1/services/{name}/{action}", tag = "services",
     params(
-        ("name" = String, Path, description = "The service (`kubelet`, `containerd`)"),
+        ("name" = String, Path, description = "The service (`kubelet`, `containerd`)", example = "kubelet"),
         ("action" = ServiceAction, Path, description = "What to do to it"),
     ),
     responses((status = 200, description = "The service once the action took effect", body = Service)))]
@@ -133,16 +133,16 @@ fn service_action() {}
 fn pods() {}
 
 #[utoipa::path(get, path = "/v1/logs/services/{name}", tag = "logs",
-    params(("name" = String, Path, description = "The service"), LogParams),
+    params(("name" = String, Path, description = "The service", example = "kubelet"), LogParams),
     responses((status = 200, description = "One LogLine per line", body = LogLine, content_type = "application/x-ndjson")))]
 #[allow(dead_code)]
 fn service_logs() {}
 
 #[utoipa::path(get, path = "/v1/logs/pods/{namespace}/{pod}/{container}", tag = "logs",
     params(
-        ("namespace" = String, Path, description = "The pod's namespace"),
-        ("pod" = String, Path, description = "The pod's name"),
-        ("container" = String, Path, description = "The container's name"),
+        ("namespace" = String, Path, description = "The pod's namespace", example = "kube-system"),
+        ("pod" = String, Path, description = "The pod's name", example = "etcd-fake-node"),
+        ("container" = String, Path, description = "The container's name", example = "etcd"),
         LogParams,
     ),
     responses((status = 200, description = "One LogLine per line", body = LogLine, content_type = "application/x-ndjson")))]
@@ -165,6 +165,7 @@ fn init_logs() {}
 #[allow(dead_code)]
 struct LogParams {
     /// At most this many of the lines already there (all that are kept when absent).
+    #[param(value_type = Option<u64>, maximum = 4294967295.0)]
     tail: Option<u32>,
     /// Keep the response open and send new lines as they come.
     follow: Option<bool>,

@@ -84,21 +84,22 @@ pub const ROUTES: &[Route] = &[
 pub enum Miss {
     /// No template matches the path.
     NotFound,
-    /// A template matches, with other methods.
-    MethodNotAllowed,
+    /// A template matches, with other methods: these, as an `Allow` header
+    /// gives them.
+    MethodNotAllowed(String),
 }
 
 /// The endpoint for a request and the path's `{…}` segments, in order.
 pub fn resolve(method: &Method, path: &str) -> Result<(Endpoint, Vec<String>), Miss> {
-    let mut path_matched = false;
+    let mut allowed = Vec::new();
     for route in ROUTES {
         let Some(captures) = match_template(route.template, path) else { continue };
         if route.method == method {
             return Ok((route.endpoint, captures));
         }
-        path_matched = true;
+        allowed.push(route.method.as_str());
     }
-    Err(if path_matched { Miss::MethodNotAllowed } else { Miss::NotFound })
+    Err(if allowed.is_empty() { Miss::NotFound } else { Miss::MethodNotAllowed(allowed.join(", ")) })
 }
 
 fn match_template(template: &str, path: &str) -> Option<Vec<String>> {
@@ -143,7 +144,7 @@ mod tests {
         assert_eq!(resolve(&Method::GET, "/v1/services/"), Err(Miss::NotFound));
         assert_eq!(resolve(&Method::GET, "/v1/version/"), Err(Miss::NotFound));
         assert_eq!(resolve(&Method::GET, "/v1/logs/services//x"), Err(Miss::NotFound));
-        assert_eq!(resolve(&Method::DELETE, "/v1/config"), Err(Miss::MethodNotAllowed));
-        assert_eq!(resolve(&Method::POST, "/v1/version"), Err(Miss::MethodNotAllowed));
+        assert_eq!(resolve(&Method::DELETE, "/v1/config"), Err(Miss::MethodNotAllowed("GET, POST".to_owned())));
+        assert_eq!(resolve(&Method::POST, "/v1/version"), Err(Miss::MethodNotAllowed("GET".to_owned())));
     }
 }
