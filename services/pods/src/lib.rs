@@ -13,7 +13,9 @@
 //! - [`restart`]: restart policy decisions and the kubelet's crash-loop
 //!   back-off over a [`Clock`].
 //! - [`status`]: pod phase and container states, written as JSON files.
-//! - [`crilog`]: container output as CRI-format log files with rotation.
+//! - [`crilog`]: container output as CRI-format log files with rotation;
+//!   [`logread`]: those files read back (the last lines, then following
+//!   them across rotations and restarts) for the management API.
 //! - [`runtime`]: the pod manager that runs pods through the container
 //!   shim, with its seams (runtime, images, mounts, sandbox, probes).
 //! - [`watch`]: the manifest directory as a set, diffed into events, and an
@@ -24,6 +26,7 @@ pub mod crilog;
 pub mod env;
 mod error;
 pub mod hostpath;
+pub mod logread;
 pub mod manifest;
 pub mod probe;
 mod quantity;

@@ -1,6 +1,6 @@
 //! RFC 3339 timestamps in UTC, as Kubernetes writes them: whole seconds in
 //! statuses, nanoseconds (trailing zeros trimmed, like Go's RFC3339Nano)
-//! in CRI log lines.
+//! in CRI log lines; and read back, from CRI log lines.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -56,6 +56,73 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp
+/// (`2024-03-01T12:00:05.123456789Z`, or with an offset such as
+/// `+02:00`, as a runtime on local time writes it); `None` if `text` is
+/// not one or lies before 1970. Fractions beyond milliseconds are dropped.
+pub fn parse_rfc3339_unix_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let separators_fit = b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't' | b' ')
+        && b[13] == b':'
+        && b[16] == b':';
+    if !separators_fit {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        for (place, digit) in fraction[..digits.min(3)].iter().enumerate() {
+            millis += i64::from(digit - b'0') * [100, 10, 1][place];
+        }
+        rest = &fraction[digits..];
+    }
+    let offset_secs = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| -> Option<i64> {
+                (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+            };
+            let secs = two(*h1, *h2)? * 3600 + two(*m1, *m2)? * 60;
+            if *sign == b'+' {
+                secs
+            } else {
+                -secs
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// A Gregorian date to days since 1970-01-01: the inverse of
+/// [`civil_date`], with years counted from March in 400-year eras.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let march_month = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * march_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +150,29 @@ mod tests {
         assert_eq!(rfc3339_nanos(at(1_475_713_029, 500_000_000)), "2016-10-06T00:17:09.5Z");
         assert_eq!(rfc3339_nanos(at(1_475_713_029, 1_000)), "2016-10-06T00:17:09.000001Z");
         assert_eq!(rfc3339_nanos(at(1_475_713_029, 0)), "2016-10-06T00:17:09Z");
+    }
+
+    #[test]
+    fn timestamps_read_back_to_the_millisecond() {
+        for (secs, nanos) in [(0, 0), (951_782_400, 0), (1_475_713_029, 669_794_202), (4_107_542_400, 5_000_000)] {
+            let ms = secs * 1000 + u64::from(nanos / 1_000_000);
+            assert_eq!(parse_rfc3339_unix_ms(&rfc3339_nanos(at(secs, nanos))), Some(ms), "{secs}.{nanos}");
+        }
+        assert_eq!(parse_rfc3339_unix_ms("2016-10-06T02:17:09.5+02:00"), Some(1_475_713_029_500));
+        assert_eq!(parse_rfc3339_unix_ms("2016-10-05T23:17:09-01:00"), Some(1_475_713_029_000));
+    }
+
+    #[test]
+    fn what_is_not_a_timestamp_reads_as_none() {
+        for text in [
+            "",
+            "stdout",
+            "2016-10-06T00:17:09",
+            "2016-13-06T00:17:09Z",
+            "2016-10-06T00:17:09.Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339_unix_ms(text), None, "{text:?}");
+        }
     }
 }

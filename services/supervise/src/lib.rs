@@ -5,7 +5,8 @@
 //! a path existing, a named condition such as [`NETWORK_READY`]), is started through a [`Launcher`]
 //! (PID 1's reaper on the node), gets its own cgroup and OOM score, is
 //! health-checked, restarted with exponential back-off, and stopped in
-//! reverse dependency order. Each service's state is a [`ServiceStatus`],
+//! reverse dependency order; one service at a time can be started, stopped
+//! or restarted on request ([`Supervisor::control`]). Each service's state is a [`ServiceStatus`],
 //! published in a `watch` snapshot, as [`Transition`]s and as
 //! `<state_dir>/<name>.json`; its output goes to a rotated log file and an
 //! in-memory ring ([`Supervisor::logs`]).
@@ -16,6 +17,7 @@
 
 mod cgroup;
 mod command;
+mod control;
 mod health;
 mod launcher;
 mod logs;
@@ -26,6 +28,7 @@ mod status;
 mod supervisor;
 
 pub use cgroup::{CgroupError, CgroupRoot};
+pub use control::{ControlError, ServiceAction};
 pub use health::parse_http_url;
 pub use kelson_base::{Clock, FakeClock, SystemClock};
 pub use launcher::{ExitFuture, Launched, Launcher, ThreadLauncher};

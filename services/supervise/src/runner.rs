@@ -2,6 +2,7 @@
 //! process and its health, back off and restart, stop when told.
 
 use crate::command;
+use crate::control::{allowed, ControlError, ServiceAction};
 use crate::health;
 use crate::launcher::ExitFuture;
 use crate::logs::LogSink;
@@ -23,17 +24,39 @@ const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 const LAST_OUTPUT_CHARS: usize = 300;
 
 pub(crate) enum Control {
-    /// Stop the service (and do not restart it); answer when it is down.
-    Stop(oneshot::Sender<()>),
+    /// Stop the service for good (shutdown); answer when it is down. The
+    /// task ends afterwards.
+    Shutdown(oneshot::Sender<()>),
+    /// An operator's request, answered with the status once it took effect
+    /// (or with why it cannot be done).
+    Request(ServiceAction, Reply),
 }
+
+pub(crate) type Reply = oneshot::Sender<Result<ServiceStatus, ControlError>>;
 
 /// Who to tell that the service has stopped: `None` when the supervisor
 /// was dropped rather than asked to stop.
 type Ack = Option<oneshot::Sender<()>>;
 
+/// A control message that ends what the service is doing.
+enum Interrupt {
+    Shutdown(Ack),
+    Stop(Reply),
+    Restart(Reply),
+}
+
 enum RunEnd {
     Exited { exit: Option<Exit>, ran_for: Duration },
-    Stopped { exit: Option<Exit>, ack: Ack },
+    Stopped { exit: Option<Exit>, interrupt: Interrupt },
+}
+
+/// How a stretch of activity (waiting, running, backing off, restarting)
+/// ended.
+enum Stretch {
+    /// Asked to stop; `how` ends the reason `stopped on request…`.
+    Interrupted { interrupt: Interrupt, how: String },
+    /// Completed, failed or absent: nothing more happens by itself.
+    Settled,
 }
 
 pub(crate) struct Runner {
@@ -45,6 +68,9 @@ pub(crate) struct Runner {
     backoff: BackoffState,
     started_before: bool,
     state_file_error_reported: bool,
+    /// A start request's answer, sent at the first state it leads to
+    /// other than `starting`.
+    start_reply: Option<Reply>,
 }
 
 impl Runner {
@@ -59,19 +85,50 @@ impl Runner {
             backoff: BackoffState::default(),
             started_before: false,
             state_file_error_reported: false,
+            start_reply: None,
         }
     }
 
     pub async fn run(mut self) {
         self.write_status();
         loop {
-            if let Some(ack) = self.wait_for_requirements().await {
-                return self.finish(ack, "stopped before it was started".to_owned());
+            if let Stretch::Interrupted { interrupt, how } = self.run_until_stopped_or_settled().await {
+                self.status.pid = None;
+                self.transition(ServiceState::Stopped, format!("stopped on request{how}"));
+                match interrupt {
+                    Interrupt::Shutdown(ack) => {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(());
+                        }
+                        return;
+                    }
+                    Interrupt::Stop(reply) => {
+                        let _ = reply.send(Ok(self.status.clone()));
+                    }
+                    Interrupt::Restart(reply) => {
+                        self.begin_start(reply);
+                        continue;
+                    }
+                }
+            }
+            match self.idle().await {
+                Some(reply) => self.begin_start(reply),
+                None => return,
+            }
+        }
+    }
+
+    /// Waits for requirements, starts, supervises and restarts by the
+    /// policy until asked to stop or the service settles.
+    async fn run_until_stopped_or_settled(&mut self) -> Stretch {
+        loop {
+            if let Some(interrupt) = self.wait_for_requirements().await {
+                return Stretch::Interrupted { interrupt, how: " before it was started".to_owned() };
             }
             if command::find_program(&self.spec).is_none() {
                 let program = self.spec.argv.first().cloned().unwrap_or_default();
                 self.transition(ServiceState::Absent, format!("program {program} is not on this node"));
-                return self.idle_until_stopped().await;
+                return Stretch::Settled;
             }
             if self.started_before {
                 self.status.restarts += 1;
@@ -84,17 +141,18 @@ impl Runner {
                 Err(reason) => {
                     let delay = self.backoff.next_delay(&self.spec.restart.backoff, Duration::ZERO);
                     match self.back_off(delay, format!("could not start: {reason}")).await {
-                        Some(ack) => return self.finish(ack, "stopped while backing off".to_owned()),
+                        Some(interrupt) => {
+                            return Stretch::Interrupted { interrupt, how: " while backing off".to_owned() }
+                        }
                         None => continue,
                     }
                 }
             };
             match self.supervise(pid, exit).await {
-                RunEnd::Stopped { exit, ack } => {
+                RunEnd::Stopped { exit, interrupt } => {
                     self.status.last_exit = exit;
-                    self.status.pid = None;
                     let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "exit status unknown".to_owned());
-                    return self.finish(ack, format!("stopped on request ({how})"));
+                    return Stretch::Interrupted { interrupt, how: format!(" ({how})") };
                 }
                 RunEnd::Exited { exit, ran_for } => {
                     self.status.last_exit = exit;
@@ -111,8 +169,8 @@ impl Runner {
                     match after_exit(&self.spec.restart, exit) {
                         AfterExit::Restart => {
                             let delay = self.backoff.next_delay(&self.spec.restart.backoff, ran_for);
-                            if let Some(ack) = self.back_off(delay, what).await {
-                                return self.finish(ack, "stopped while backing off".to_owned());
+                            if let Some(interrupt) = self.back_off(delay, what).await {
+                                return Stretch::Interrupted { interrupt, how: " while backing off".to_owned() };
                             }
                         }
                         AfterExit::Completed => {
@@ -120,14 +178,14 @@ impl Runner {
                                 ServiceState::Completed,
                                 format!("{what}; done (its restart policy does not restart a success)"),
                             );
-                            return self.idle_until_stopped().await;
+                            return Stretch::Settled;
                         }
                         AfterExit::Failed => {
                             self.transition(
                                 ServiceState::Failed,
                                 format!("{what}; its restart policy does not restart it"),
                             );
-                            return self.idle_until_stopped().await;
+                            return Stretch::Settled;
                         }
                     }
                 }
@@ -135,8 +193,58 @@ impl Runner {
         }
     }
 
+    /// A start on request begins with a fresh back-off; its answer waits
+    /// for the state the start leads to.
+    fn begin_start(&mut self, reply: Reply) {
+        self.backoff = BackoffState::default();
+        self.start_reply = Some(reply);
+    }
+
+    /// Stopped, completed, failed or absent: waits for a start or restart
+    /// that fits, refusing the rest. `None` when the task should end
+    /// (shutdown, or the supervisor dropped).
+    async fn idle(&mut self) -> Option<Reply> {
+        loop {
+            match self.control.recv().await? {
+                Control::Shutdown(ack) => {
+                    let _ = ack.send(());
+                    return None;
+                }
+                Control::Request(action, reply) => {
+                    if allowed(action, self.status.state) {
+                        return Some(reply);
+                    }
+                    let _ = reply.send(Err(self.conflict(action)));
+                }
+            }
+        }
+    }
+
+    /// A control message received while the service is active: `Some` when
+    /// it ends the activity; a request that does not fit is refused here.
+    fn screen(&mut self, control: Option<Control>) -> Option<Interrupt> {
+        match control {
+            None => Some(Interrupt::Shutdown(None)),
+            Some(Control::Shutdown(ack)) => Some(Interrupt::Shutdown(Some(ack))),
+            Some(Control::Request(action, reply)) if !allowed(action, self.status.state) => {
+                let _ = reply.send(Err(self.conflict(action)));
+                None
+            }
+            Some(Control::Request(ServiceAction::Stop, reply)) => Some(Interrupt::Stop(reply)),
+            Some(Control::Request(ServiceAction::Restart, reply)) => Some(Interrupt::Restart(reply)),
+            Some(Control::Request(ServiceAction::Start, reply)) => {
+                let _ = reply.send(Err(self.conflict(ServiceAction::Start)));
+                None
+            }
+        }
+    }
+
+    fn conflict(&self, action: ServiceAction) -> ControlError {
+        ControlError::Conflict { service: self.spec.name.clone(), action, state: self.status.state }
+    }
+
     /// Waits until every requirement holds. `Some` if asked to stop first.
-    async fn wait_for_requirements(&mut self) -> Option<Ack> {
+    async fn wait_for_requirements(&mut self) -> Option<Interrupt> {
         if self.spec.requires.is_empty() {
             return None;
         }
@@ -158,9 +266,9 @@ impl Runner {
             }
             let poll = self.shared.clock.sleep(self.shared.settings.poll_interval);
             tokio::select! {
-                changed = snapshots.changed() => if changed.is_err() { return Some(None) },
+                changed = snapshots.changed() => if changed.is_err() { return Some(Interrupt::Shutdown(None)) },
                 () = poll, if polls => {}
-                control = self.control.recv() => return Some(ack_of(control)),
+                control = self.control.recv() => if let Some(interrupt) = self.screen(control) { return Some(interrupt) },
             }
         }
     }
@@ -226,9 +334,10 @@ impl Runner {
                 }
                 Some(result) = health_rx.recv() => self.on_health(pid, result, &mut failures, threshold),
                 control = self.control.recv() => {
-                    let ack = ack_of(control);
-                    let exit = self.stop_process(pid, &mut exit).await;
-                    return RunEnd::Stopped { exit, ack };
+                    if let Some(interrupt) = self.screen(control) {
+                        let exit = self.stop_process(pid, &mut exit).await;
+                        return RunEnd::Stopped { exit, interrupt };
+                    }
                 }
             }
         }
@@ -286,32 +395,18 @@ impl Runner {
     }
 
     /// Records the back-off, then waits it out. `Some` if asked to stop.
-    async fn back_off(&mut self, delay: Duration, what: String) -> Option<Ack> {
+    async fn back_off(&mut self, delay: Duration, what: String) -> Option<Interrupt> {
         self.status.backoff_ms = Some(delay.as_millis() as u64);
         self.transition(ServiceState::BackingOff, format!("{what}; restarting in {}", human(delay)));
-        let sleep = self.shared.clock.sleep(delay);
-        let interrupted = tokio::select! {
-            () = sleep => None,
-            control = self.control.recv() => Some(ack_of(control)),
+        let mut sleep = self.shared.clock.sleep(delay);
+        let interrupted = loop {
+            tokio::select! {
+                () = &mut sleep => break None,
+                control = self.control.recv() => if let Some(interrupt) = self.screen(control) { break Some(interrupt) },
+            }
         };
         self.status.backoff_ms = None;
         interrupted
-    }
-
-    /// Terminal states (absent, stopped, failed) wait here for the stop
-    /// request, which only needs an answer.
-    async fn idle_until_stopped(mut self) {
-        if let Some(Control::Stop(ack)) = self.control.recv().await {
-            let _ = ack.send(());
-        }
-    }
-
-    fn finish(mut self, ack: Ack, reason: String) {
-        self.status.pid = None;
-        self.transition(ServiceState::Stopped, reason);
-        if let Some(ack) = ack {
-            let _ = ack.send(());
-        }
     }
 
     fn transition(&mut self, to: ServiceState, reason: String) {
@@ -332,6 +427,14 @@ impl Runner {
             at_unix_ms: unix_ms(at),
         });
         self.publish_without_transition();
+        // Without a health check, `running` is followed at once by `healthy`:
+        // the answer waits for that.
+        let passing = to == ServiceState::Starting || (to == ServiceState::Running && self.spec.health.is_none());
+        if !passing {
+            if let Some(reply) = self.start_reply.take() {
+                let _ = reply.send(Ok(self.status.clone()));
+            }
+        }
     }
 
     /// Writes the state file and updates the snapshot.
@@ -355,10 +458,6 @@ impl Runner {
             Err(_) => {}
         }
     }
-}
-
-fn ack_of(control: Option<Control>) -> Ack {
-    control.map(|Control::Stop(ack)| ack)
 }
 
 /// What keeps a service waiting, in words; empty when it may start.

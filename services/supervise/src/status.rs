@@ -21,7 +21,7 @@ pub enum ServiceState {
     /// Exited (or could not be started); waiting out the back-off delay.
     BackingOff,
     /// Not running and not coming back by itself: stopped on request (at
-    /// shutdown).
+    /// shutdown, or by [`crate::Supervisor::control`] until started again).
     Stopped,
     /// Exited 0 under a policy that does not restart that: a one-shot that
     /// did its job. What [`crate::Requirement::Completed`] waits for.

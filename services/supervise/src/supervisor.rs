@@ -3,6 +3,7 @@
 //! dependency order.
 
 use crate::cgroup::CgroupRoot;
+use crate::control::{ControlError, ServiceAction};
 use crate::launcher::Launcher;
 use crate::logs::{LogSettings, LogSink, LogSubscription};
 use crate::runner::{Control, Runner};
@@ -11,6 +12,7 @@ use crate::status::{ServiceStatus, Snapshot, Transition};
 use kelson_base::Clock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -77,6 +79,8 @@ pub struct Supervisor {
     logs: BTreeMap<String, Arc<LogSink>>,
     /// Prepared by `new`, taken by `start`.
     runners: Mutex<Vec<Runner>>,
+    started: AtomicBool,
+    shutting_down: AtomicBool,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -116,7 +120,15 @@ impl Supervisor {
             logs.insert(spec.name.clone(), log.clone());
             runners.push(Runner::new(spec, shared.clone(), rx, log));
         }
-        Ok(Supervisor { shared, controls, dependents, logs, runners: Mutex::new(runners) })
+        Ok(Supervisor {
+            shared,
+            controls,
+            dependents,
+            logs,
+            runners: Mutex::new(runners),
+            started: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+        })
     }
 
     /// Starts one task per service; each waits for its requirements, so
@@ -128,6 +140,32 @@ impl Supervisor {
         for runner in runners {
             tokio::spawn(runner.run());
         }
+        self.started.store(true, Ordering::SeqCst);
+    }
+
+    /// Carries out `action` on `service`; returns its status once it took
+    /// effect: stopped (after the stop policy's grace, if need be), or, for
+    /// a start, the first state the start leads to (healthy, running,
+    /// waiting for requirements, backing off). Each change is broadcast and
+    /// written to the state file like any other.
+    pub async fn control(&self, service: &str, action: ServiceAction) -> Result<ServiceStatus, ControlError> {
+        let service_name = || service.to_owned();
+        let control = self
+            .controls
+            .get(service)
+            .ok_or_else(|| ControlError::UnknownService { service: service_name(), action })?;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ControlError::ShuttingDown { service: service_name(), action });
+        }
+        if !self.started.load(Ordering::SeqCst) {
+            return Err(ControlError::NotStarted { service: service_name(), action });
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        // The service's task ends only at shutdown (or when the supervisor
+        // is dropped): a request it can no longer take comes too late.
+        let too_late = || ControlError::ShuttingDown { service: service_name(), action };
+        control.send(Control::Request(action, reply_tx)).await.map_err(|_| too_late())?;
+        reply_rx.await.map_err(|_| too_late())?
     }
 
     /// Sets a named condition (e.g. [`crate::NETWORK_READY`]); services
@@ -186,6 +224,7 @@ impl Supervisor {
     pub async fn shutdown(&self) {
         // Runners never started are dropped, so their stop requests fail
         // at once instead of waiting for an answer that cannot come.
+        self.shutting_down.store(true, Ordering::SeqCst);
         drop(std::mem::take(&mut *self.runners.lock().unwrap_or_else(|e| e.into_inner())));
         let (done_tx, done_rx) = watch::channel(BTreeSet::<String>::new());
         let done_tx = Arc::new(done_tx);
@@ -199,7 +238,7 @@ impl Supervisor {
                 let (ack_tx, ack_rx) = oneshot::channel();
                 // A task that already ended (stopped before) has dropped its
                 // receiver: nothing to wait for.
-                if control.send(Control::Stop(ack_tx)).await.is_ok() {
+                if control.send(Control::Shutdown(ack_tx)).await.is_ok() {
                     let _ = ack_rx.await;
                 }
                 done_tx.send_modify(|done| {
