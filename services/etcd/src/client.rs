@@ -51,10 +51,6 @@ impl EtcdClient {
         Ok(Self { client, endpoint: endpoint.clone(), timeout })
     }
 
-    pub fn endpoint(&self) -> &EtcdEndpoint {
-        &self.endpoint
-    }
-
     /// Runs one request with this client's timeout, naming the operation and
     /// endpoints on failure.
     pub(crate) async fn call<T, F>(&self, operation: Operation, request: F) -> Result<T, EtcdError>
@@ -143,47 +139,39 @@ impl EtcdClient {
     /// URLs and is reported unreachable.
     pub async fn member_health(&self) -> Result<Vec<MemberHealth>, EtcdError> {
         let members = self.members().await?;
-        let mut checks = tokio::task::JoinSet::new();
-        for (index, member) in members.iter().enumerate() {
-            let endpoint = self.endpoint.with_endpoints(member.client_urls.clone());
-            let (timeout, id, name) = (self.timeout, member.id, member.name.clone());
-            checks.spawn(async move { (index, health_of(endpoint, timeout, id, name).await) });
+        let checks: Vec<_> = members
+            .iter()
+            .map(|member| {
+                let endpoint = self.endpoint.with_endpoints(member.client_urls.clone());
+                tokio::spawn(health_of(endpoint, self.timeout, member.id, member.name.clone()))
+            })
+            .collect();
+        let mut report = Vec::with_capacity(members.len());
+        for (member, check) in members.into_iter().zip(checks) {
+            report.push(match check.await {
+                Ok(health) => health,
+                Err(err) => unreachable(member.id, member.name, format!("the health check failed: {err}")),
+            });
         }
-        let mut report: Vec<Option<MemberHealth>> = vec![None; members.len()];
-        while let Some(done) = checks.join_next().await {
-            // A check that panicked leaves its member out rather than failing the whole report.
-            if let Ok((index, health)) = done {
-                report[index] = Some(health);
-            }
-        }
-        Ok(report.into_iter().flatten().collect())
+        Ok(report)
     }
 }
 
+fn unreachable(id: MemberId, name: String, reason: String) -> MemberHealth {
+    MemberHealth { id, name, reachable: false, is_leader: false, errors: vec![reason] }
+}
+
 async fn health_of(endpoint: EtcdEndpoint, timeout: Duration, id: MemberId, name: String) -> MemberHealth {
-    let unreachable = |reason: String| MemberHealth {
-        id,
-        name: name.clone(),
-        reachable: false,
-        is_leader: false,
-        errors: vec![reason],
-    };
     if endpoint.endpoints.is_empty() {
-        return unreachable("not started: no client URLs".to_owned());
+        return unreachable(id, name, "not started: no client URLs".to_owned());
     }
     let status = match EtcdClient::connect_with_timeout(&endpoint, timeout).await {
         Ok(client) => client.status().await,
         Err(err) => Err(err),
     };
     match status {
-        Ok(status) => MemberHealth {
-            id,
-            name: name.clone(),
-            reachable: true,
-            is_leader: status.leader == id,
-            errors: status.errors,
-        },
-        Err(err) => unreachable(error_chain(&err)),
+        Ok(status) => MemberHealth { id, name, reachable: true, is_leader: status.leader == id, errors: status.errors },
+        Err(err) => unreachable(id, name, error_chain(&err)),
     }
 }
 

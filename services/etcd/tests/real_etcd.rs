@@ -164,3 +164,19 @@ async fn a_client_trusting_another_ca_fails_naming_the_endpoint() {
     assert!(matches!(err, EtcdError::Request { .. }), "refused at once, not timed out: {message}");
     assert!(message.contains(&member.urls.client_url) && message.contains("certificate"), "{message}");
 }
+
+#[tokio::test]
+async fn a_listener_that_never_answers_times_out_naming_the_endpoint() {
+    let pki = Pki::new();
+    // Accepts connections (the kernel does) and never speaks TLS.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", silent.local_addr().unwrap());
+    let client = EtcdClient::connect_with_timeout(&pki.endpoint(&url), Duration::from_millis(500)).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let err = client.status().await.unwrap_err();
+
+    let message = kelson_base::error_chain(&err);
+    assert!(started.elapsed() < Duration::from_secs(5), "{message}");
+    assert!(message.contains(&url), "{message}");
+}
