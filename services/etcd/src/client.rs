@@ -3,6 +3,7 @@
 
 use crate::endpoint::EtcdEndpoint;
 use crate::error::{EtcdError, Operation};
+use crate::snapshot::{pump, EtcdSnapshot, SNAPSHOT_CHUNKS_BUFFERED};
 use crate::types::{Alarm, Member, MemberHealth, MemberId, MemberStatus};
 use etcd_client::{AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use kelson_base::error_chain;
@@ -14,10 +15,6 @@ use tokio::sync::mpsc;
 /// up. etcd-client waits for a reachable endpoint without limit, so every call
 /// here is bounded.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Snapshot chunks in flight between etcd and the reader: the back-pressure
-/// that keeps the database out of memory.
-const SNAPSHOT_CHUNKS_BUFFERED: usize = 4;
 
 /// A client for one set of etcd endpoints. Cheap to clone.
 #[derive(Clone)]
@@ -106,31 +103,9 @@ impl EtcdClient {
     /// `tokio_stream::wrappers::ReceiverStream` for a hyper `StreamBody`.
     pub async fn snapshot(&self) -> Result<mpsc::Receiver<Result<Vec<u8>, EtcdError>>, EtcdError> {
         let mut client = self.client.clone();
-        let mut stream = self.call(Operation::StartSnapshot, client.snapshot()).await?;
+        let stream = self.call(Operation::StartSnapshot, client.snapshot()).await?;
         let (chunks, receiver) = mpsc::channel(SNAPSHOT_CHUNKS_BUFFERED);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut remaining_bytes = None;
-            loop {
-                let next = match this.call(Operation::ReadSnapshot, stream.message()).await {
-                    Ok(Some(chunk)) => {
-                        remaining_bytes = Some(chunk.remaining_bytes());
-                        Ok(chunk.blob().to_vec())
-                    }
-                    Ok(None) if remaining_bytes == Some(0) => return,
-                    Ok(None) => Err(EtcdError::SnapshotCut {
-                        operation: Operation::ReadSnapshot,
-                        endpoints: this.endpoint.label(),
-                        remaining_bytes: remaining_bytes.unwrap_or(0),
-                    }),
-                    Err(err) => Err(err),
-                };
-                let failed = next.is_err();
-                if chunks.send(next).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(pump(EtcdSnapshot { stream, client: self.clone() }, chunks));
         Ok(receiver)
     }
 

@@ -65,6 +65,6 @@ pub enum EtcdError {
         #[source]
         last: etcd_client::Error,
     },
-    #[error("{operation} at {endpoints}: the stream ended with {remaining_bytes} bytes still to come")]
-    SnapshotCut { operation: Operation, endpoints: String, remaining_bytes: u64 },
+    #[error("{operation} at {endpoints}: the stream ended after {received_bytes} bytes, before etcd's last chunk")]
+    SnapshotCut { operation: Operation, endpoints: String, received_bytes: u64 },
 }

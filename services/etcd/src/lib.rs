@@ -8,6 +8,7 @@ mod client;
 mod endpoint;
 mod error;
 mod membership;
+mod snapshot;
 mod types;
 
 pub use client::{EtcdClient, DEFAULT_REQUEST_TIMEOUT};

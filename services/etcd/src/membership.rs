@@ -176,4 +176,14 @@ mod tests {
         assert!(!is_learner_not_in_sync(&not_learner));
         assert!(!is_learner_not_in_sync(&missing));
     }
+
+    #[test]
+    fn only_the_unhealthy_cluster_refusal_is_retried_on_remove() {
+        let unhealthy = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: unhealthy cluster"));
+        let no_leader = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+
+        assert!(is_unhealthy_cluster(&unhealthy));
+        assert!(!is_unhealthy_cluster(&no_leader));
+        assert!(!is_learner_not_in_sync(&unhealthy));
+    }
 }
