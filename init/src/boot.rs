@@ -69,6 +69,8 @@ pub struct BootContext<'a> {
     /// The boot entry this boot came from (set by the boot-entry stage on a
     /// disk image booted through systemd-boot).
     pub boot_entry: Option<crate::boot_entry::RunningEntry>,
+    /// What the management API reaches; stages add what they start.
+    pub handles: crate::management::Handles,
 }
 
 impl<'a> BootContext<'a> {
@@ -92,6 +94,7 @@ impl<'a> BootContext<'a> {
             boot_disk: None,
             live_media: None,
             boot_entry: None,
+            handles: crate::management::Handles::default(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod install;
 pub mod kernel;
 pub mod live;
 pub mod log;
+pub mod management;
 pub mod modules;
 pub mod mounts;
 pub mod nsexec;

@@ -175,6 +175,16 @@ fn boot_and_start(
 ) {
     let kernel = LinuxKernel;
     let mut ctx = BootContext::new(&kernel, reaper.clone(), module_dir(), status, log);
+    crate::management::start(crate::management::backend::NodeBackend {
+        handles: ctx.handles.clone(),
+        status: ctx.status.clone(),
+        power: shutdown_tx.clone(),
+        kernel: Arc::new(LinuxKernel),
+        module_dir: ctx.module_dir.clone(),
+        store: kelson_config::Store::new(kelson_config::STATE_DIR),
+        kmsg: PathBuf::from("/dev/kmsg"),
+        pod_logs: PathBuf::from(kelson_pods::crilog::LOG_ROOT),
+    });
     // The power button works from the moment its driver is loaded, so a
     // press during the rest of boot (or right as ready or maintenance is
     // announced) powers the node off.
@@ -199,8 +209,31 @@ fn boot_and_start(
             "maintenance: boot stopped; PID 1 stays up, reaping and answering the power button"
         ),
     }
+    if outcome != Outcome::Ready {
+        serve_maintenance(&ctx);
+    }
     follow_up_boot_entry(&ctx, outcome == Outcome::Ready, &shutdown_tx);
     start_hooks(&reaper, &ctx.cmdline);
+}
+
+/// A node in maintenance whose config was rejected (or never read) serves
+/// the management API with the config an earlier boot accepted, so it can
+/// be inspected and sent a good one.
+fn serve_maintenance(ctx: &BootContext<'_>) {
+    if ctx.handles.config().effective.is_some() {
+        return;
+    }
+    let defaults = std::fs::read_to_string(crate::stages::config::IMAGE_DEFAULTS).ok();
+    let store = kelson_config::Store::new(kelson_config::STATE_DIR);
+    match crate::management::fallback_config(defaults.as_deref(), &store) {
+        Some(earlier) if ctx.handles.serve_with_if_unset(&earlier.config) => {
+            warn!("maintenance: the management API serves with the certificate of the config accepted at an earlier boot")
+        }
+        Some(_) => {}
+        None => warn!(
+            "maintenance: no accepted config, now or saved, holds the management API's certificate: the API cannot              be reached"
+        ),
+    }
 }
 
 /// Marks a version on trial good once ready; reboots one that stopped in

@@ -347,6 +347,25 @@ pub fn main(args: Vec<String>) -> std::process::ExitCode {
     }
 }
 
+/// Why an update through the API was not installed, sorted for the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallError {
+    /// The node has no A/B slots to install into (booted directly or from
+    /// the ISO): nothing was changed.
+    NotOnSlots(String),
+    /// The bundle was refused, or installing it failed; the message says
+    /// which and why.
+    Refused(String),
+}
+
+/// Installs `bundle` beside the running system, as `kelson-init update`
+/// does; what the management API calls.
+pub fn install_on_running(kernel: &dyn Kernel, bundle: &Path, tries: u32) -> Result<Installed, InstallError> {
+    let running = running_system(kernel)
+        .map_err(|why| InstallError::NotOnSlots(format!("this node cannot install updates: {why}")))?;
+    install(kernel, &running, bundle, tries).map_err(|e| InstallError::Refused(crate::boot::chain(&e)))
+}
+
 /// The running system: its root hash from the command line, its boot disk
 /// (the one holding that hash's partitions) and its version.
 fn running_system(kernel: &dyn Kernel) -> Result<Running, String> {

@@ -35,6 +35,13 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     Err(NotApplied { failed: failures.len() }.into())
 }
 
+/// Writes the config's files, PKI and static pod manifests and sets its
+/// sysctls (and loads its modules) again, as the stage does; the parts that
+/// failed, each as `what: error`. For a config changed through the API.
+pub fn apply_parts(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<String> {
+    apply(kernel, module_dir, config).into_iter().map(|f| format!("{}: {}", f.what, f.error)).collect()
+}
+
 fn apply(kernel: &dyn Kernel, module_dir: &Path, config: &MachineConfig) -> Vec<ApplyError> {
     let mut failures = Vec::new();
     let mut install = |path: PathBuf, data: &[u8], mode: u32, what: String| {

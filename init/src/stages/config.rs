@@ -10,6 +10,7 @@
 
 use crate::boot::{chain, BootContext, Done, StageError};
 use crate::kernel::Kernel;
+use crate::management::ConfigState;
 use crate::{seed, seed_url};
 use kelson_config::nocloud::read_seed;
 use kelson_config::{resolve, ConfigError, Effective, Layer, Source, Store};
@@ -31,7 +32,16 @@ pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
 const SEED_WAIT: Duration = Duration::from_secs(1);
 const SEED_WAIT_EXPECTED: Duration = Duration::from_secs(10);
 
-struct Rejected(Vec<ConfigError>);
+/// Why the config was rejected, and the layers that were read (for the
+/// management API, which lets a good config be sent to a node stopped by
+/// a bad one).
+struct Rejected {
+    errors: Vec<ConfigError>,
+    /// Every layer that parsed.
+    layers: Vec<Layer>,
+    /// The errors of layers that did not even parse.
+    unreadable: Vec<ConfigError>,
+}
 
 /// The stage's error once every config error is logged.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +51,18 @@ pub struct ConfigRejected {
 }
 
 impl Rejected {
-    fn into_stage_error(self) -> StageError {
-        for e in &self.0 {
+    /// A rejection before any layer was read.
+    fn early(error: ConfigError) -> Self {
+        Rejected { errors: vec![error.clone()], layers: Vec::new(), unreadable: vec![error] }
+    }
+
+    fn into_stage_error(self, handles: &crate::management::Handles) -> StageError {
+        for e in &self.errors {
             error!("config error: {e}");
         }
-        ConfigRejected { count: self.0.len() }.into()
+        let count = self.errors.len();
+        handles.set_config(ConfigState { layers: self.layers, unreadable: self.unreadable, effective: None });
+        ConfigRejected { count }.into()
     }
 }
 
@@ -59,7 +76,8 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
 
 /// The stage with the store of saved layers given.
 fn read_config(ctx: &mut BootContext<'_>, store: &Store) -> Result<Done, StageError> {
-    let (effective, net_plan, seed_to_save) = gather(ctx, store).map_err(Rejected::into_stage_error)?;
+    let (effective, net_plan, seed_to_save, layers) =
+        gather(ctx, store).map_err(|rejected| rejected.into_stage_error(&ctx.handles))?;
     if let Some(seed) = seed_to_save {
         let path = save_seed(store, &seed)?;
         info!(path = %path.display(), "cloud-init seed saved for later boots");
@@ -75,6 +93,7 @@ fn read_config(ctx: &mut BootContext<'_>, store: &Store) -> Result<Done, StageEr
     // leaking into the listing by a future mistake is still not world-readable.
     ctx.kernel.install_file(Path::new(CONFIG_SOURCES), effective.explain().as_bytes(), 0o600)?;
     info!(role = ?effective.config.node.role, "machine config accepted");
+    ctx.handles.set_config(ConfigState { layers, unreadable: Vec::new(), effective: Some(effective.clone()) });
     ctx.config = Some(effective);
     ctx.net_plan = Some(net_plan);
     Ok(Done::Finished)
@@ -136,7 +155,11 @@ fn fetch_url_seed(url: &str) -> Result<kelson_config::nocloud::SeedFiles, String
 }
 
 /// Every layer, then the resolved config and the seed to save.
-fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, NetPlan, Option<SeedToSave>), Rejected> {
+/// What [`gather`] found: the config, its network plan, the seed to save
+/// and the layers it was resolved from.
+type Gathered = (Effective, NetPlan, Option<SeedToSave>, Vec<Layer>);
+
+fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<Gathered, Rejected> {
     let kernel = ctx.kernel;
     let mut layers = Vec::new();
     let mut errors = Vec::new();
@@ -181,7 +204,7 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, NetPlan, O
             (Some((device, fs)), _) => {
                 info!(device = %device.display(), fs = fs.fstype(), "cloud-init seed found");
                 Some(seed::read(kernel, &device, fs, Path::new(seed::SEED_MOUNT)).map_err(|e| {
-                    Rejected(vec![ConfigError::new(&device.display().to_string(), "document", chain(&e))])
+                    Rejected::early(ConfigError::new(&device.display().to_string(), "document", chain(&e)))
                 })?)
             }
             (None, Some(url)) => {
@@ -197,7 +220,7 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, NetPlan, O
                         None
                     }
                     seed_url::UrlSeedDecision::Stop { reason } => {
-                        return Err(Rejected(vec![ConfigError::new(&url, "document", reason)]));
+                        return Err(Rejected::early(ConfigError::new(&url, "document", reason)));
                     }
                 }
             }
@@ -247,23 +270,28 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<(Effective, NetPlan, O
         Err(e) => errors.push(ConfigError::new(kelson_config::STATE_DIR, "api", chain(&e))),
     }
     if !errors.is_empty() {
-        return Err(Rejected(errors));
+        return Err(Rejected { errors: errors.clone(), layers, unreadable: errors });
     }
-    let effective = resolve(&layers).map_err(|e| Rejected(e.0))?;
+    let effective = match resolve(&layers) {
+        Ok(effective) => effective,
+        Err(e) => return Err(Rejected { errors: e.0, layers, unreadable: Vec::new() }),
+    };
     // What the network stage could not apply is refused here, before
     // anything is touched, like any other config error.
-    let net_plan = NetPlan::from_config(&effective.config.network).map_err(|problems| {
-        Rejected(
-            problems
+    let net_plan = match NetPlan::from_config(&effective.config.network) {
+        Ok(plan) => plan,
+        Err(problems) => {
+            let errors = problems
                 .into_iter()
                 .map(|p| {
                     let document = effective.source_of(&p.field).map_or("built-in default", |(_, d)| d).to_owned();
                     ConfigError { document, path: p.field, reason: p.reason }
                 })
-                .collect(),
-        )
-    })?;
-    Ok((effective, net_plan, seed_to_save))
+                .collect();
+            return Err(Rejected { errors, layers, unreadable: Vec::new() });
+        }
+    };
+    Ok((effective, net_plan, seed_to_save, layers))
 }
 
 #[cfg(test)]
@@ -334,5 +362,32 @@ mod tests {
         assert!(err.to_string().starts_with("the machine config was rejected with 1 error(s)"), "{err}");
         assert!(ctx.config.is_none() && ctx.net_plan.is_none());
         assert!(!k.calls().iter().any(|c| c.starts_with("install")), "{:?}", k.calls());
+    }
+
+    #[test]
+    fn a_rejected_config_leaves_its_layers_for_the_api_and_an_accepted_one_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.save(&Layer::from_document(Source::CloudInit, "user-data", SAVED_SEED_DOCUMENT).unwrap()).unwrap();
+        let k = FakeKernel::default().with_file(IMAGE_DEFAULTS, &DEFAULTS.replace("10.244.3.0/24", "10.244.3.0/33"));
+        let mut ctx = crate::boot::tests::ctx(&k, "");
+        read_config(&mut ctx, &store).err().expect("rejected");
+        let state = ctx.handles.config();
+        assert!(state.effective.is_none());
+        assert!(state.unreadable.is_empty(), "every layer parsed: {:?}", state.unreadable);
+        let sources: Vec<Source> = state.layers.iter().map(|l| l.source).collect();
+        assert_eq!(sources, vec![Source::ImageDefaults, Source::CloudInit]);
+
+        let with_cert = format!(
+            "{DEFAULTS}pki:\n  ca: CA PEM\n  certificates:\n    management-api:\n      cert: CERT PEM\n      key: KEY PEM\n"
+        );
+        let k = FakeKernel::default().with_file(IMAGE_DEFAULTS, &with_cert);
+        let mut ctx = crate::boot::tests::ctx(&k, "");
+        let tls = ctx.handles.tls();
+        assert!(tls.borrow().is_none());
+        read_config(&mut ctx, &store).unwrap();
+        let material = tls.borrow().clone().expect("the API serves with the config's certificate");
+        assert_eq!((material.ca_pem.as_str(), material.cert_pem.as_str()), ("CA PEM", "CERT PEM"));
+        assert!(ctx.handles.config().effective.is_some());
     }
 }

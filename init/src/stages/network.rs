@@ -21,7 +21,9 @@ use std::path::Path;
 use std::time::Duration;
 use tracing::{info, warn};
 
-type NodeNetworking = Networking<RtNetlink, ReaperRunner>;
+/// The node's networking as the stage leaves it running; the management
+/// API applies a changed plan through it.
+pub type NodeNetworking = Networking<RtNetlink, ReaperRunner>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -62,6 +64,8 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     }
     // Steps that failed are logged; the network is as up as it will get.
     ctx.status.set_condition(NETWORK_READY, Condition::True);
+    let networking = std::sync::Arc::new(tokio::sync::Mutex::new(networking));
+    ctx.handles.set_network(&networking);
     let running = Box::new(NetworkHandle(networking));
     if failed > 0 {
         return Ok(Done::Degraded { running, error: NetworkError::StepsFailed { failed }.into() });
@@ -112,12 +116,13 @@ fn publish_addresses(plan: &NetPlan, networking: &NodeNetworking, status: &Statu
 
 /// The DHCP clients, released at shutdown; bounded so a dead server cannot
 /// hold shutdown up.
-struct NetworkHandle(NodeNetworking);
+struct NetworkHandle(std::sync::Arc<tokio::sync::Mutex<NodeNetworking>>);
 
 impl Running for NetworkHandle {
-    fn shutdown(mut self: Box<Self>) -> ShutdownFuture {
+    fn shutdown(self: Box<Self>) -> ShutdownFuture {
         Box::pin(async move {
-            if tokio::time::timeout(Duration::from_secs(3), self.0.shutdown()).await.is_err() {
+            let release = async { self.0.lock().await.shutdown().await };
+            if tokio::time::timeout(Duration::from_secs(3), release).await.is_err() {
                 warn!("DHCP release did not finish within 3 s");
             } else {
                 info!("network: DHCP leases released");

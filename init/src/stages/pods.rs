@@ -69,6 +69,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     // The address the network stage published, for `status.hostIP`.
     let host_ip = ctx.status.current().addresses.first().map(ToString::to_string);
     let reaper = ctx.reaper.clone();
+    let handles = ctx.handles.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     let reporter_config = match ctx.config.as_ref().map(|c| reporter_config(&c.config, &node_name)) {
         Some(Ok(config)) => Some(config),
@@ -102,6 +103,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             Arc::new(SystemClock),
         );
         let reporter_stop = reporter_config.and_then(|config| start_reporter(config, manager.subscribe()));
+        handles.set_pods(manager.subscribe());
         let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
         let mut watcher =
             ManifestWatcher::new(PathBuf::from(MANIFEST_DIR), options, DEBOUNCE).map_err(PodsError::Watch)?;

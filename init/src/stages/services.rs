@@ -74,6 +74,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         supervisor.start();
         tokio::spawn(follow_network(ctx.status.subscribe(), Arc::downgrade(&supervisor)));
     }
+    ctx.handles.set_supervisor(&supervisor);
     info!(services = names.join(",").as_str(), "supervisor started");
     Ok(Done::Running(Box::new(ServicesHandle(supervisor))))
 }

@@ -6,6 +6,7 @@
 
 use crate::boot::{BootContext, Done, StageError};
 use crate::kernel::MountFlags;
+use crate::management::backend::RESET_MARKER;
 use crate::state_disk::{self, StateDiskError, StatePlan};
 use crate::state_part::{self, StatePartition};
 use std::path::{Path, PathBuf};
@@ -76,6 +77,9 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
                 .mount(&device.to_string_lossy(), var, "ext4", flags, None)
                 .map_err(|source| StateDiskError::Mount { what: device.display().to_string(), source })?;
             info!(device = %device.display(), "state disk mounted on /var");
+            if ctx.kernel.exists(Path::new(RESET_MARKER)) {
+                wipe(ctx, device, var, flags)?;
+            }
             if let Some(bytes) = grow {
                 run_tool(ctx, state_disk::resize_command(device))?;
                 info!(device = %device.display(), bytes, "state filesystem grown with its partition");
@@ -86,6 +90,22 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         ctx.kernel.create_dir_all(Path::new(dir))?;
     }
     Ok(Done::Finished)
+}
+
+/// A reset asked for through the management API: the state partition,
+/// just mounted, is unmounted, formatted afresh and mounted again, so the
+/// node boots as on its first day (its seed is read again).
+fn wipe(ctx: &BootContext<'_>, device: &Path, var: &Path, flags: MountFlags) -> Result<(), StateDiskError> {
+    warn!(device = %device.display(), "reset requested at the last boot: wiping the state partition");
+    ctx.kernel
+        .unmount(var)
+        .map_err(|source| StateDiskError::Tool { command: format!("umount {} (to wipe it)", var.display()), source })?;
+    run_tool(ctx, state_disk::mkfs_command(device))?;
+    ctx.kernel
+        .mount(&device.to_string_lossy(), var, "ext4", flags, None)
+        .map_err(|source| StateDiskError::Mount { what: device.display().to_string(), source })?;
+    info!(device = %device.display(), "state partition wiped and mounted on /var");
+    Ok(())
 }
 
 fn labelled_or_tmpfs(ctx: &BootContext<'_>) -> Result<StatePlan, StateDiskError> {

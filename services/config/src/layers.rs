@@ -201,6 +201,22 @@ impl Effective {
         best.map(|(_, (source, document))| (*source, document.as_str()))
     }
 
+    /// Every value's path with the layer that set it (`None`: a built-in
+    /// default), in the order [`Effective::explain`] lists them.
+    pub fn leaf_origins(&self) -> Vec<(String, Option<(Source, &str)>)> {
+        let value = serde_json::to_value(&self.config).unwrap_or(Value::Null);
+        let mut leaves = Vec::new();
+        collect_leaves("", &value, &mut leaves);
+        leaves
+            .into_iter()
+            .filter(|(path, _)| path != "apiVersion" && path != "kind")
+            .map(|(path, _)| {
+                let origin = self.source_of(&path);
+                (path, origin)
+            })
+            .collect()
+    }
+
     /// Every value of the effective config, one per line, with the document
     /// it came from; every [`crate::Secret`] is shown as `<secret>` (that is
     /// how it serializes), wherever it sits, lists included.
@@ -292,6 +308,29 @@ pub fn resolve(layers: &[Layer]) -> Result<Effective, ConfigErrors> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_leaf_names_the_layer_that_set_it_or_none_for_a_default() {
+        let a = Layer::from_document(
+            Source::ImageDefaults,
+            "defaults",
+            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: a\n",
+        )
+        .unwrap();
+        let b = Layer::from_document(
+            Source::Api,
+            "API config",
+            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  hostname: b\n",
+        )
+        .unwrap();
+        let effective = resolve(&[a, b]).unwrap();
+        let origins = effective.leaf_origins();
+        let hostname = origins.iter().find(|(p, _)| p == "node.hostname").expect("node.hostname is listed");
+        assert_eq!(hostname.1, Some((Source::Api, "API config")));
+        let role = origins.iter().find(|(p, _)| p == "node.role").expect("node.role is listed");
+        assert_eq!(role.1, None);
+        assert!(origins.iter().all(|(p, _)| p != "apiVersion" && p != "kind"));
+    }
 
     fn doc(source: Source, name: &str, body: &str) -> Layer {
         Layer::from_document(source, name, &format!("apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\n{body}"))
