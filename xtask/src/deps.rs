@@ -36,6 +36,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "kelson-net host tests: the MASQUERADE chain set and read back with iptables-save (nft backend)"),
     ("dnsmasq-base", "kelson-net host tests: the DHCP server the DHCPv4 client leases, renews and releases against"),
     ("containernetworking-plugins", "kelson-net host tests: the real CNI bridge plugin run with Kelson's conflist"),
+    ("python3-venv", "the management API step: a venv for the pinned schemathesis (cargo xtask test)"),
     ("catatonit", "the node-images host test: packed as the pause image from a Debian-shaped root, as the image build does"),
 ];
 

@@ -16,6 +16,7 @@ mod image;
 mod kubernetes;
 mod progress;
 mod run;
+mod schemathesis;
 mod suite;
 
 use anyhow::{bail, Result};
@@ -37,6 +38,7 @@ fn usage() -> &'static str {
      \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
      \n  bench [boot|net|supervise|pods|usr|memory|cluster]  benchmarks measured inside the guest\
+     \n  api-check      schemathesis against the management API's OpenAPI document (a step of test)\
      \n  fuzz [SECS]    fuzz the config, cloud-init seed and pod manifest parsers (default 60 s per target)"
 }
 
@@ -69,6 +71,7 @@ fn main_exec() -> Result<()> {
             run::boot_interactive(&root, &paths)
         }
         Some("test") => suite::run(&root, &args[1..]),
+        Some("api-check") => schemathesis::run(&root),
         Some("bench") => {
             deps::ensure()?;
             let paths = image::build(&root, &image::Inputs::parse(&[])?)?;

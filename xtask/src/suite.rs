@@ -8,7 +8,7 @@
 //! run unless it is on [`ALLOWED_HOST_SKIPS`]: host-step skips of checks a
 //! later step of the same run makes for real.
 
-use crate::{deps, fuzz, image, progress};
+use crate::{deps, fuzz, image, progress, schemathesis};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,7 +79,7 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     std::fs::create_dir_all(&skip_dir).with_context(|| format!("creating {}", skip_dir.display()))?;
     let log = |step: &str| skip_dir.join(format!("{step}.log"));
 
-    let mut steps = progress::Steps::new(9);
+    let mut steps = progress::Steps::new(10);
     steps.start("installing host packages that are missing");
     deps::ensure()?;
 
@@ -111,6 +111,9 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         ]),
         "cargo test (unit and host tests)",
     )?;
+
+    steps.start("the management API against its OpenAPI document (schemathesis on a fake node)");
+    schemathesis::run(root)?;
 
     steps.start("fuzz targets, a fixed number of inputs each from the committed corpus");
     fuzz::smoke(root)?;

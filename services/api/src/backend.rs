@@ -73,11 +73,7 @@ pub trait Node: Send + Sync + 'static {
     fn services(&self) -> NodeResult<Vec<Service>>;
     /// Starts, stops or restarts one service; answers with its state once
     /// the action has taken effect (stopped, or started again).
-    fn service_action(
-        &self,
-        name: &str,
-        action: ServiceAction,
-    ) -> impl Future<Output = NodeResult<Service>> + Send;
+    fn service_action(&self, name: &str, action: ServiceAction) -> impl Future<Output = NodeResult<Service>> + Send;
 
     fn pods(&self) -> NodeResult<Vec<Pod>>;
 

@@ -271,6 +271,10 @@ pub struct ApplyResult {
     pub applied_live: Vec<String>,
     /// The changed sections that take effect only at the next boot.
     pub reboot_required: Vec<String>,
+    /// Live changes that failed (the config is saved all the same and
+    /// applies in full at the next boot): what and why.
+    #[serde(default)]
+    pub live_errors: Vec<String>,
 }
 
 /// `POST /v1/reset`: wipes the state partition and reboots.
