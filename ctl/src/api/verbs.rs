@@ -502,6 +502,9 @@ fn apply_text(node: Option<&String>, result: &ApplyResult) -> String {
     let live = if result.dry_run { "would apply live" } else { "applied live" };
     text += &format!("{live}: {}\n", list(&result.applied_live));
     text += &format!("reboot required for: {}\n", list(&result.reboot_required));
+    for error in &result.live_errors {
+        text += &format!("failed live (saved; applies at the next boot): {error}\n");
+    }
     output::text_block(node, &text)
 }
 
@@ -539,6 +542,7 @@ mod tests {
             diff: "-a: 1\n+a: 2\n".into(),
             applied_live: vec!["sysctls".into()],
             reboot_required: vec![],
+            live_errors: vec![],
         };
         let cp1 = "cp1".to_owned();
         assert_eq!(
