@@ -333,3 +333,28 @@ fn reset_is_refused_unless_it_names_the_node() {
     assert_eq!(stdout(&out), "NODE       ACCEPTED\ndemo-cp-1  reset\n");
     assert_eq!(cluster.fake(0).state().resets, 1);
 }
+
+#[test]
+fn a_client_certificate_from_another_ca_is_reported_as_refused_by_the_node() {
+    let cluster = Cluster::start();
+    let other = cluster.dir.parent().unwrap().join("other");
+    gen_cluster(&other);
+    let mut config: kelsonctl::api::KelsonConfig = {
+        let path = cluster.dir.join("kelsonconfig");
+        kelsonctl::api::KelsonConfig::from_yaml(&path, &std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    config.client.certificate = std::fs::read_to_string(other.join("pki/admin.crt")).unwrap();
+    config.client.key = std::fs::read_to_string(other.join("pki/admin.key")).unwrap();
+    let mixed = cluster.dir.join("kelsonconfig-mixed");
+    std::fs::write(&mixed, config.to_yaml().unwrap()).unwrap();
+    let out = cluster.command("kelsonconfig-mixed", &[0], &["services"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "getting the version: the node refused this config's client certificate (signed by another CA, or expired)"
+        ) || err.contains("listing services: the node refused this config's client certificate"),
+        "{err}"
+    );
+    assert!(cluster.fake(0).calls().is_empty());
+}

@@ -19,7 +19,7 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// TCP connect and TLS handshake together.
@@ -257,6 +257,26 @@ impl NodeClient {
         }
     }
 
+    /// Why the node closed a connection it had accepted, if a TLS alert
+    /// says so. In TLS 1.3 a node checks the client certificate after the
+    /// client's handshake is done, so a refusal arrives as an alert on the
+    /// first read; a request that wrote first sees only a broken pipe. A
+    /// fresh connection that only reads gets the alert itself.
+    async fn probe_for_alert(&self) -> Option<TlsProblem> {
+        let probe = async {
+            let server_name = ServerName::try_from(self.node.name.clone()).ok()?;
+            let connector = tokio_rustls::TlsConnector::from(self.client.tls.clone());
+            let tcp = TcpStream::connect(&self.node.endpoint).await.ok()?;
+            let mut tls = connector.connect(server_name, tcp).await.ok()?;
+            let mut buffer = [0u8; 64];
+            match tls.read(&mut buffer).await {
+                Err(error) => tls_problem(&error, &self.node.name),
+                Ok(_) => None,
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, probe).await.ok().flatten()
+    }
+
     fn transport(&self, error: hyper::Error) -> RequestError {
         match tls_problem(&error, &self.node.name) {
             Some(problem) => RequestError::Tls(problem),
@@ -300,6 +320,9 @@ impl NodeClient {
                     if let Some(problem) = tls_problem(&connection_error, &self.node.name) {
                         return Err(RequestError::Tls(problem));
                     }
+                }
+                if let Some(problem) = self.probe_for_alert().await {
+                    return Err(RequestError::Tls(problem));
                 }
                 return Err(self.transport(error));
             }
