@@ -223,6 +223,18 @@ fn several_nodes_answer_under_their_names_and_a_down_node_fails_the_run_by_name(
     let map: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(map["demo-worker-1"]["node"], "demo-worker-1");
 
+    let kubelet = LogSource::Service("kubelet".into());
+    cluster.fake(0).push_log(&kubelet, "from cp");
+    cluster.fake(1).push_log(&kubelet, "from worker");
+    let out = cluster.command("kelsonconfig", &[0, 1], &["logs", "kubelet"]).output().unwrap();
+    assert_ok(&out);
+    let mut lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["demo-cp-1: 2023-11-14T22:13:20.000Z from cp", "demo-worker-1: 2023-11-14T22:13:20.000Z from worker"]
+    );
+
     cluster.stop(1);
     let out = cluster.command("kelsonconfig", &[0, 1], &["version"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -282,7 +282,7 @@ impl GeneratedCluster {
         for ((name, organisation), file) in CLIENTS.into_iter().zip(KELSONCONFIGS) {
             out += &format!("client {name}: {dir}/pki/{name}.crt, {dir}/pki/{name}.key (O={organisation})\n");
             out += &format!(
-                "kelsonctl as {name}: kelsonctl --kelsonconfig {dir}/{file} status (0600: it holds the key)\n"
+                "kelsonctl as {name}: kelsonctl status --kelsonconfig {dir}/{file} (0600: it holds the key)\n"
             );
         }
         out += &format!("summary: {dir}/cluster.yaml\n");
