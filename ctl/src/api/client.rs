@@ -87,6 +87,12 @@ pub enum RequestError {
     Rejected(Box<kelson_api::types::ApplyResult>),
     #[error("reading the answer")]
     Decode(#[source] serde_json::Error),
+    #[error("encoding the request")]
+    Encode(#[source] serde_json::Error),
+    #[error("building the request")]
+    Build(#[source] hyper::http::Error),
+    #[error("node name {0:?} is not a valid TLS server name")]
+    ServerName(String),
     #[error("{action} {}", .path.display())]
     File {
         action: &'static str,
@@ -221,7 +227,7 @@ fn empty_body() -> RequestBody {
 }
 
 fn json_body<B: Serialize>(body: &B) -> Result<RequestBody, RequestError> {
-    let bytes = serde_json::to_vec(body).map_err(RequestError::Decode)?;
+    let bytes = serde_json::to_vec(body).map_err(RequestError::Encode)?;
     Ok(Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed())
 }
 
@@ -232,7 +238,7 @@ impl NodeClient {
 
     async fn connect(&self) -> Result<(Sender, tokio::task::JoinHandle<Result<(), hyper::Error>>), RequestError> {
         let server_name = ServerName::try_from(self.node.name.clone())
-            .map_err(|_| TlsProblem::Other(format!("{:?} is not a valid server name", self.node.name)))?;
+            .map_err(|_| RequestError::ServerName(self.node.name.clone()))?;
         let connector = tokio_rustls::TlsConnector::from(self.client.tls.clone());
         let handshake = async {
             let tcp = TcpStream::connect(&self.node.endpoint).await.map_err(RequestError::Connect)?;
@@ -305,7 +311,7 @@ impl NodeClient {
                 request = request.header(hyper::header::CONTENT_LENGTH, length);
             }
         }
-        let request = request.body(body).map_err(|e| RequestError::Tls(TlsProblem::Other(e.to_string())))?;
+        let request = request.body(body).map_err(RequestError::Build)?;
         let sent = match sender {
             Sender::Http1(mut sender) => sender.send_request(request).await,
             Sender::Http2(mut sender) => sender.send_request(request).await,
