@@ -1,11 +1,14 @@
 //! The command line, as clap types. Kept apart from `main` so the parsing
 //! (defaults, ranges, CIDR checks) is testable without a process.
 
+use crate::api::output::{Format, FormatError};
+use crate::api::verbs::{parse_log_source, LogSourceError, Verb};
 use crate::gen::cidr::{self, CidrError};
 use crate::gen::cluster::defaults;
 use crate::gen::ClusterSpec;
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
+use kelson_api::types::{LogSource, ServiceAction};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -21,6 +24,8 @@ pub enum Command {
     /// Generate configuration offline.
     #[command(subcommand)]
     Gen(GenCommand),
+    #[command(flatten)]
+    Node(NodeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +80,221 @@ pub struct GenClusterArgs {
     pub force: bool,
 }
 
+fn format_arg(value: &str) -> Result<Format, FormatError> {
+    value.parse()
+}
+
+fn log_source_arg(value: &str) -> Result<LogSource, LogSourceError> {
+    parse_log_source(value)
+}
+
+/// Which config and nodes a node verb uses, and how it prints.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// The kelsonconfig (else $KELSONCONFIG, else ./kelsonconfig).
+    #[arg(long, value_name = "FILE")]
+    pub kelsonconfig: Option<PathBuf>,
+    /// Nodes to act on, concurrently: names from the kelsonconfig,
+    /// NAME=HOST:PORT to reach a node elsewhere (still verified by NAME), or
+    /// `all`. Default: the kelsonconfig's first node.
+    #[arg(long, value_name = "NODE,..", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// table (every row under NODE), json or yaml (the API's objects; for
+    /// several nodes a map from node name to answer).
+    #[arg(long, short = 'o', value_name = "FORMAT", default_value = "table", value_parser = format_arg)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetOnly {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// The supervised service (containerd, kubelet, ...).
+    pub service: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
+    /// Keep printing new lines as they come (until interrupted).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines already there.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// SERVICE, POD/CONTAINER (a static pod in kube-system) or
+    /// NAMESPACE/POD/CONTAINER.
+    #[arg(value_name = "SOURCE", value_parser = log_source_arg)]
+    pub source: LogSource,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// A MachineConfig document (YAML or JSON): it replaces the API layer.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Validate and show the diff; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// The node's name: the node refuses a reset that does not name it.
+    #[arg(long, value_name = "NODE")]
+    pub confirm: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// Where to write the snapshot (via FILE.partial); it holds the
+    /// cluster's Secrets.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    /// The update bundle (tar), streamed to each node.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// Reboot into the new version once installed.
+    #[arg(long)]
+    pub reboot: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// The verbs that talk to nodes over the management API.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeCommand {
+    /// The node's name, image version and API version.
+    Version(TargetOnly),
+    /// Boot phase, stages, conditions, addresses, memory and boot entry.
+    Status(TargetOnly),
+    /// The supervised services and their states.
+    Services(TargetOnly),
+    /// Start a service.
+    Start(ServiceArgs),
+    /// Stop a service.
+    Stop(ServiceArgs),
+    /// Restart a service.
+    Restart(ServiceArgs),
+    /// A service's or a static pod container's log.
+    Logs(LogsArgs),
+    /// The kernel's log.
+    Dmesg(FollowArgs),
+    /// PID 1's own log.
+    InitLog(FollowArgs),
+    /// The static pods PID 1 runs.
+    Pods(TargetOnly),
+    /// The node's config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Reboot the node.
+    Reboot(TargetOnly),
+    /// Power the node off.
+    Shutdown(TargetOnly),
+    /// Wipe the node's state partition and reboot.
+    Reset(ResetArgs),
+    /// The node's etcd member.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+    /// Install an update bundle into the inactive slot.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigCommand {
+    /// The effective config (secrets redacted) as YAML.
+    Get(TargetOnly),
+    /// Replace the API layer of the config: prints the diff and what was
+    /// applied live and what needs a reboot.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EtcdCommand {
+    /// The cluster's members.
+    Members(TargetOnly),
+    /// The local member's status.
+    Status(TargetOnly),
+    /// Active alarms.
+    Alarms(TargetOnly),
+    /// Write a snapshot of etcd's database to FILE (one node).
+    Snapshot(SnapshotArgs),
+}
+
+impl NodeCommand {
+    pub fn target(&self) -> &Target {
+        match self {
+            NodeCommand::Version(a)
+            | NodeCommand::Status(a)
+            | NodeCommand::Services(a)
+            | NodeCommand::Pods(a)
+            | NodeCommand::Reboot(a)
+            | NodeCommand::Shutdown(a)
+            | NodeCommand::Config(ConfigCommand::Get(a))
+            | NodeCommand::Etcd(EtcdCommand::Members(a) | EtcdCommand::Status(a) | EtcdCommand::Alarms(a)) => &a.target,
+            NodeCommand::Start(a) | NodeCommand::Stop(a) | NodeCommand::Restart(a) => &a.target,
+            NodeCommand::Logs(a) => &a.follow.target,
+            NodeCommand::Dmesg(a) | NodeCommand::InitLog(a) => &a.target,
+            NodeCommand::Config(ConfigCommand::Apply(a)) => &a.target,
+            NodeCommand::Reset(a) => &a.target,
+            NodeCommand::Etcd(EtcdCommand::Snapshot(a)) => &a.target,
+            NodeCommand::Upgrade(a) => &a.target,
+        }
+    }
+
+    pub fn verb(&self) -> Verb {
+        let service = |a: &ServiceArgs, action| Verb::Service { name: a.service.clone(), action };
+        let logs = |source: LogSource, a: &FollowArgs| Verb::Logs { source, follow: a.follow, tail: a.tail };
+        match self {
+            NodeCommand::Version(_) => Verb::Version,
+            NodeCommand::Status(_) => Verb::Status,
+            NodeCommand::Services(_) => Verb::Services,
+            NodeCommand::Start(a) => service(a, ServiceAction::Start),
+            NodeCommand::Stop(a) => service(a, ServiceAction::Stop),
+            NodeCommand::Restart(a) => service(a, ServiceAction::Restart),
+            NodeCommand::Logs(a) => logs(a.source.clone(), &a.follow),
+            NodeCommand::Dmesg(a) => logs(LogSource::Kernel, a),
+            NodeCommand::InitLog(a) => logs(LogSource::Init, a),
+            NodeCommand::Pods(_) => Verb::Pods,
+            NodeCommand::Config(ConfigCommand::Get(_)) => Verb::ConfigGet,
+            NodeCommand::Config(ConfigCommand::Apply(a)) => {
+                Verb::ConfigApply { file: a.file.clone(), dry_run: a.dry_run }
+            }
+            NodeCommand::Reboot(_) => Verb::Reboot,
+            NodeCommand::Shutdown(_) => Verb::Shutdown,
+            NodeCommand::Reset(a) => Verb::Reset { confirm: a.confirm.clone() },
+            NodeCommand::Etcd(EtcdCommand::Members(_)) => Verb::EtcdMembers,
+            NodeCommand::Etcd(EtcdCommand::Status(_)) => Verb::EtcdStatus,
+            NodeCommand::Etcd(EtcdCommand::Alarms(_)) => Verb::EtcdAlarms,
+            NodeCommand::Etcd(EtcdCommand::Snapshot(a)) => Verb::EtcdSnapshot { file: a.file.clone() },
+            NodeCommand::Upgrade(a) => Verb::Upgrade { image: a.image.clone(), reboot: a.reboot },
+        }
+    }
+}
+
 impl GenClusterArgs {
     pub fn spec(&self) -> ClusterSpec {
         ClusterSpec {
@@ -98,8 +318,10 @@ mod tests {
 
     fn gen_cluster(args: &[&str]) -> Result<GenClusterArgs, clap::Error> {
         let full = ["kelsonctl", "gen", "cluster"].iter().chain(args);
-        let Cli { command: Command::Gen(GenCommand::Cluster(parsed)) } = Cli::try_parse_from(full)?;
-        Ok(parsed)
+        match Cli::try_parse_from(full)?.command {
+            Command::Gen(GenCommand::Cluster(parsed)) => Ok(parsed),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]
@@ -130,5 +352,54 @@ mod tests {
         assert!(gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--mtu", "100"]).is_err());
         assert!(gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--control-plane", "0"]).is_err());
         assert!(gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--pod-prefix", "33"]).is_err());
+    }
+
+    fn node_command(args: &[&str]) -> Result<NodeCommand, clap::Error> {
+        match Cli::try_parse_from(["kelsonctl"].iter().chain(args))?.command {
+            Command::Node(command) => Ok(command),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_verbs_take_nodes_config_and_output_after_the_verb() {
+        let command =
+            node_command(&["restart", "kubelet", "--nodes", "cp1,w1=127.0.0.1:1", "-o", "json", "--kelsonconfig", "k"])
+                .unwrap();
+        assert_eq!(command.verb(), Verb::Service { name: "kubelet".into(), action: ServiceAction::Restart });
+        let target = command.target();
+        assert_eq!(target.nodes, ["cp1", "w1=127.0.0.1:1"]);
+        assert_eq!(target.output, Format::Json);
+        assert_eq!(target.kelsonconfig.as_deref(), Some(std::path::Path::new("k")));
+    }
+
+    #[test]
+    fn logs_of_a_pod_without_namespace_read_kube_system() {
+        let command = node_command(&["logs", "-f", "--tail", "5", "etcd-cp1/etcd"]).unwrap();
+        assert_eq!(
+            command.verb(),
+            Verb::Logs {
+                source: LogSource::Container {
+                    namespace: "kube-system".into(),
+                    pod: "etcd-cp1".into(),
+                    container: "etcd".into()
+                },
+                follow: true,
+                tail: Some(5)
+            }
+        );
+        assert_eq!(
+            node_command(&["dmesg"]).unwrap().verb(),
+            Verb::Logs { source: LogSource::Kernel, follow: false, tail: None }
+        );
+        assert_eq!(command.target().output, Format::Table);
+    }
+
+    #[test]
+    fn reset_needs_the_confirming_node_name_and_output_a_known_format() {
+        assert!(node_command(&["reset"]).is_err());
+        assert_eq!(node_command(&["reset", "--confirm", "cp1"]).unwrap().verb(), Verb::Reset { confirm: "cp1".into() });
+        let err = node_command(&["status", "-o", "xml"]).unwrap_err().to_string();
+        assert!(err.contains("output format \"xml\" is not table, json or yaml"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! kelsonctl, Kelson's admin CLI. `gen` writes cluster folders offline;
-//! the management API client verbs will live beside it.
+//! `api` drives nodes over their mutual-TLS management API.
 
+pub mod api;
 pub mod cli;
 pub mod gen;

@@ -8,6 +8,7 @@
 
 use ipnet::Ipv4Net;
 use kelson_config::{MachineConfig, Role};
+use kelsonctl::api::KelsonConfig;
 use kelsonctl::gen::cluster::{KUBELET_CERT, KUBE_PROXY_CERT};
 use kelsonctl::gen::{cidr, generate_cluster, ClusterSpec, GeneratedCluster};
 use std::collections::{BTreeMap, BTreeSet};
@@ -565,6 +566,30 @@ fn admin_and_read_only_clients_differ_by_organisation() {
 }
 
 #[test]
+fn each_kelsonconfig_holds_the_ca_its_client_and_every_node_on_the_api_port() {
+    let (_tmp, dir, _) = generate();
+    let ca_pem = fs::read_to_string(dir.join("pki/ca.crt")).unwrap();
+    for (file, client) in [("kelsonconfig", "admin"), ("kelsonconfig-read-only", "read-only")] {
+        let path = dir.join(file);
+        let config = KelsonConfig::from_yaml(&path, &fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(config.cluster, "demo");
+        assert_eq!(config.ca, ca_pem);
+        assert_eq!(config.client.name, client);
+        assert_eq!(config.client.certificate, fs::read_to_string(dir.join(format!("pki/{client}.crt"))).unwrap());
+        assert_eq!(config.client.key, fs::read_to_string(dir.join(format!("pki/{client}.key"))).unwrap());
+        let nodes: Vec<(&str, &str)> = config.nodes.iter().map(|n| (n.name.as_str(), n.endpoint.as_str())).collect();
+        assert_eq!(
+            nodes,
+            [
+                ("demo-cp-1", "192.168.100.10:50000"),
+                ("demo-worker-1", "192.168.100.11:50000"),
+                ("demo-worker-2", "192.168.100.12:50000")
+            ]
+        );
+    }
+}
+
+#[test]
 fn secrets_are_private_and_certificates_public() {
     let (_tmp, dir, _) = generate();
     let mut keys = 0;
@@ -581,7 +606,7 @@ fn secrets_are_private_and_certificates_public() {
             let expected = match path.extension().and_then(|e| e.to_str()) {
                 Some("key") | Some("img") | Some("kubeconfig") => 0o600,
                 Some("crt") | Some("pub") => 0o644,
-                _ if name == "machine-config.yaml" => 0o600,
+                _ if name == "machine-config.yaml" || name.starts_with("kelsonconfig") => 0o600,
                 _ if name == "cluster.yaml" => 0o644,
                 _ => panic!("unexpected file {}", path.display()),
             };

@@ -10,6 +10,7 @@ use super::manifests;
 use super::output::OutputFile;
 use super::pki::{self, Issued, LeafSpec, PkiError, Usage};
 use super::seed::{self, MetaData, SeedError};
+use crate::api::config::{self as kelsonconfig_file, ClientIdentity, KelsonConfig, NodeEntry};
 use ipnet::Ipv4Net;
 use kelson_config::{CertKey, ConfigErrors, MachineConfig, PeerRoute, Role, StaticPod, Uplink};
 use serde::Serialize;
@@ -278,8 +279,11 @@ impl GeneratedCluster {
             "kubectl: kubectl --kubeconfig {dir}/{ADMIN_KUBECONFIG} get nodes (Kubernetes {})\n",
             kubeadm::KUBERNETES_VERSION
         );
-        for (name, organisation) in CLIENTS {
+        for ((name, organisation), file) in CLIENTS.into_iter().zip(KELSONCONFIGS) {
             out += &format!("client {name}: {dir}/pki/{name}.crt, {dir}/pki/{name}.key (O={organisation})\n");
+            out += &format!(
+                "kelsonctl as {name}: kelsonctl status --kelsonconfig {dir}/{file} (0600: it holds the key)\n"
+            );
         }
         out += &format!("summary: {dir}/cluster.yaml\n");
         out
@@ -289,6 +293,30 @@ impl GeneratedCluster {
 /// The management API's client certificates, handed to people and tools,
 /// not to nodes.
 const CLIENTS: [(&str, &str); 2] = [("admin", pki::ADMIN_ORGANISATION), ("read-only", pki::READ_ONLY_ORGANISATION)];
+/// kelsonctl's config for each client, in [`CLIENTS`]' order.
+pub const KELSONCONFIGS: [&str; 2] = [kelsonconfig_file::DEFAULT_FILE, kelsonconfig_file::READ_ONLY_FILE];
+
+/// kelsonctl's config for one client: the cluster CA, the client's
+/// certificate and key, and every node at its address on the API's port.
+fn kelsonconfig(plan: &ClusterPlan, ca_pem: &str, client: &str, issued: &Issued) -> KelsonConfig {
+    KelsonConfig {
+        cluster: plan.spec.name.clone(),
+        ca: ca_pem.to_owned(),
+        client: ClientIdentity {
+            name: client.to_owned(),
+            certificate: issued.cert_pem.clone(),
+            key: issued.key_pem.clone(),
+        },
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|node| NodeEntry {
+                name: node.name.clone(),
+                endpoint: format!("{}:{}", node.address, kelson_api::PORT),
+            })
+            .collect(),
+    }
+}
 
 fn push_pair(files: &mut Vec<OutputFile>, stem: &str, issued: &Issued) {
     files.push(OutputFile::public(format!("{stem}.crt"), issued.cert_pem.clone()));
@@ -370,9 +398,12 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     // operator can issue more; the per-node ones under pki/<node>/.
     push_pki_files(&mut files, "pki", &cluster_pki.shared_files());
     push_pair(&mut files, &format!("pki/{KUBE_PROXY_CERT}"), &cluster_pki.kube_proxy);
-    for (name, organisation) in CLIENTS {
+    for ((name, organisation), file) in CLIENTS.into_iter().zip(KELSONCONFIGS) {
         let issued = ca.issue(&LeafSpec::client(name, organisation))?;
         push_pair(&mut files, &format!("pki/{name}"), &issued);
+        let text =
+            kelsonconfig(&plan, &ca.cert_pem(), name, &issued).to_yaml().map_err(render_error(file.to_owned()))?;
+        files.push(OutputFile::secret(file.to_owned(), text));
     }
     let admin = kubeadm::kubeconfig(
         &spec.name,
@@ -448,7 +479,7 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     let body = serde_saphyr::to_string(&summary).map_err(GenClusterError::Summary)?;
     files.push(OutputFile::public(
         "cluster.yaml".to_owned(),
-        format!("# Written by `kelsonctl gen cluster`. No secrets here: keys are in pki/, admin.kubeconfig and the nodes' files.\n{body}"),
+        format!("# Written by `kelsonctl gen cluster`. No secrets here: keys are in pki/, admin.kubeconfig, kelsonconfig* and the nodes' files.\n{body}"),
     ));
     Ok(GeneratedCluster { plan, generation, files })
 }
