@@ -59,6 +59,7 @@ mod vm;
 
 pub use agent::{guest_layer_with_agent, AgentOutput, AGENT_HOOK, GUEST_APPLET_DIR, GUEST_BUSYBOX};
 pub use cpio::Layer;
+pub mod kelsonctl;
 pub mod oci;
 pub mod seed;
 pub use image::{ImagePaths, IMAGE_DIR_ENV};

@@ -15,6 +15,7 @@
 //! (etcd's data on /var, the disk's state partition).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use qemu_tests::kelsonctl::Kelsonctl;
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,6 +134,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     spec.gateway = Some("192.168.100.1".parse().unwrap());
     kelsonctl::gen::generate_cluster(&spec, &out, false).unwrap();
     let port = free_loopback_port().unwrap();
+    let api_port = free_loopback_port().unwrap();
     let kubectl = Kubectl {
         binary: kubectl_binary,
         kubeconfig: out.join("admin.kubeconfig"),
@@ -146,7 +148,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     // 127.0.0.1).
     let netdev = format!(
         "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
-         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:6443"
+         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{NODE_ADDRESS}:50000"
     );
     let mut vm = VmBuilder::firmware()
         .name("cluster")
@@ -212,6 +214,26 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
             println!("{pod} restarted; its logs end with:\n{last}");
         }
     }
+
+    // The same node through its management API: the static pods, a
+    // container's log, and etcd (its members, and a snapshot streamed to
+    // the host) through kelson-etcd.
+    let ctl = Kelsonctl::beside_tests(&out.join("kelsonconfig"), NODE, api_port).unwrap();
+    let pods = ctl.json(&["pods"]).unwrap();
+    let names: Vec<&str> = pods.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for pod in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        assert!(names.contains(&format!("{pod}-{NODE}").as_str()), "{pod} missing from {names:?}");
+    }
+    let log = ctl.run(&["logs", "--tail", "5", &format!("kube-system/kube-apiserver-{NODE}/kube-apiserver")]).unwrap();
+    assert!(!log.trim().is_empty(), "kube-apiserver's log through the API is empty");
+    let members = ctl.json(&["etcd", "members"]).unwrap();
+    assert_eq!(members.as_array().map(Vec::len), Some(1), "{members}");
+    assert_eq!(members[0]["name"], NODE, "{members}");
+    let snapshot = dir.path().join("etcd.db");
+    ctl.run(&["etcd", "snapshot", snapshot.to_str().unwrap()]).unwrap();
+    let db = std::fs::read(&snapshot).unwrap();
+    // bbolt's first meta page: a 16-byte page header, then its magic.
+    assert_eq!(db.get(16..20), Some(&0xED0C_DAEDu32.to_le_bytes()[..]), "not a bbolt file ({} bytes)", db.len());
 
     // A Pod from the node's own store, started by the real kubelet through
     // containerd and the CNI bridge.
