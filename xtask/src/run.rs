@@ -1,8 +1,9 @@
 //! `cargo xtask run`: a one-node Kubernetes cluster on the console. The
 //! node is the disk image booted by OVMF, with a seed `kelsonctl gen
 //! cluster` has just written; its only network is QEMU's user network
-//! with `restrict=on` (the guest reaches nothing beyond it) and one port
-//! forwarded from the host's loopback to the API server.
+//! with `restrict=on` (the guest reaches nothing beyond it) and two ports
+//! forwarded from the host's loopback: the Kubernetes API server's and the
+//! node's management API.
 
 use crate::image::ImagePaths;
 use anyhow::{bail, Context, Result};
@@ -46,6 +47,8 @@ pub fn boot_interactive(root: &Path, paths: &ImagePaths) -> Result<()> {
 
     let port = free_port()?;
     let kubeconfig = local_kubeconfig(&cluster, &run_dir, port)?;
+    let api_port = free_port()?;
+    let kelsonconfig = local_kelsonconfig(&cluster, &run_dir, api_port)?;
     let disk = fresh_overlay(&paths.disk_qcow2, &run_dir)?;
     let vars = run_dir.join("OVMF_VARS.fd");
     std::fs::copy(OVMF_VARS, &vars)
@@ -56,9 +59,13 @@ pub fn boot_interactive(root: &Path, paths: &ImagePaths) -> Result<()> {
     eprintln!("xtask: booting {NODE}, a control-plane node (software emulation: the node is Ready after some minutes)");
     eprintln!("xtask: from another terminal, once it is up:");
     eprintln!("    {} --kubeconfig {} get nodes", kubectl.display(), kubeconfig.display());
+    let kelsonctl = root.join("target/debug/kelsonctl");
+    eprintln!("    {} status --kelsonconfig {}", kelsonctl.display(), kelsonconfig.display());
+    eprintln!("    {} logs -f kubelet --kelsonconfig {}", kelsonctl.display(), kelsonconfig.display());
     eprintln!("xtask: quit with ctrl-a x; power the node off with ctrl-a c, then `system_powerdown`");
     let netdev = format!(
-        "user,id=up,restrict=on,net=192.168.100.0/24,host={GATEWAY},hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:6443"
+        "user,id=up,restrict=on,net=192.168.100.0/24,host={GATEWAY},hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:6443,\
+         hostfwd=tcp:127.0.0.1:{api_port}-{NODE_ADDRESS}:50000"
     );
     let status = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "3072", "-smp", "2", "-nographic"])
@@ -100,6 +107,29 @@ fn local_kubeconfig(cluster: &Path, run_dir: &Path, port: u16) -> Result<PathBuf
         .open(&local)
         .with_context(|| format!("creating {}", local.display()))?;
     file.write_all(text.replace(&server, &format!("server: https://127.0.0.1:{port}")).as_bytes())
+        .with_context(|| format!("writing {}", local.display()))?;
+    Ok(local)
+}
+
+/// The admin kelsonconfig with the node's endpoint moved to the forwarded
+/// port; kelsonctl still verifies the node by its name.
+fn local_kelsonconfig(cluster: &Path, run_dir: &Path, port: u16) -> Result<PathBuf> {
+    let admin = cluster.join("kelsonconfig");
+    let text = std::fs::read_to_string(&admin).with_context(|| format!("reading {}", admin.display()))?;
+    let endpoint = format!("{NODE_ADDRESS}:50000");
+    if !text.contains(&endpoint) {
+        bail!("{} does not name the node's endpoint as {endpoint}", admin.display());
+    }
+    let local = run_dir.join("kelsonconfig");
+    let _ = std::fs::remove_file(&local);
+    // It holds the admin client's key: owner-only from the start.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&local)
+        .with_context(|| format!("creating {}", local.display()))?;
+    file.write_all(text.replace(&endpoint, &format!("127.0.0.1:{port}")).as_bytes())
         .with_context(|| format!("writing {}", local.display()))?;
     Ok(local)
 }
