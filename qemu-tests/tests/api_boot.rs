@@ -9,7 +9,8 @@
 //! peer route added and removed live (seen in the guest's routing table);
 //! a load of status calls and open log streams with PID 1's RSS before and
 //! after; a reboot; a node stopped in maintenance by a bad seed, fixed with
-//! `config apply`; an upgrade to a second image; a reset; a shutdown.
+//! `config apply`; an upgrade to a second image, then to a broken one the
+//! node falls back from; the audit log; a reset; a shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::kelsonctl::Kelsonctl;
@@ -295,6 +296,23 @@ fn kelsonctl_drives_a_booted_node_through_the_management_api() {
     vm.expect("kelson: ready", BOOT).unwrap();
     let version = ctl.until(&vm, "the new version", &["version"], BOOT, |_| true).unwrap();
     assert_eq!(version["version"], format!("{factory_version}.1"));
+
+    // A broken one: three boots stop in maintenance, the boot loader falls
+    // back, and the status names the version that failed.
+    let broken = image.dir.join("test-bundles/broken.tar");
+    let installed = ctl.json(&["upgrade", broken.to_str().unwrap(), "--reboot"]).unwrap();
+    assert_eq!(installed["version"], format!("{factory_version}.2"), "{installed}");
+    for _ in 0..3 {
+        vm.expect("maintenance: boot stopped", BOOT).unwrap();
+        vm.expect("did not reach ready: rebooting", BOOT).unwrap();
+    }
+    vm.expect("never reached ready in 3 tries", BOOT).unwrap();
+    vm.reset_agent();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    let status = ctl.until(&vm, "the fallback in the status", &["status"], BOOT, |s| s["phase"] == "ready").unwrap();
+    assert_eq!(status["boot"]["version"], format!("{factory_version}.1"), "{status}");
+    let failed = status["boot"]["failedUpdates"].as_array().unwrap();
+    assert!(failed.contains(&Value::String(format!("{factory_version}.2"))), "{status}");
 
     // The writes since the state partition was made are in the audit log
     // (the read-only client's refused restart too), with no config in them.
