@@ -1,10 +1,13 @@
 //! A [`Node`] for tests of the server and its clients (feature `fake`):
 //! state you can read and change, log sources you push lines into, a
 //! config that rejects any document containing `invalid`, and a record of
-//! every call. Also a throwaway PKI ([`TestPki`]) to serve it with.
+//! every call. Also a throwaway PKI ([`TestPki`]) to serve it with, and a
+//! plain client ([`ClientTls`]) to reach it.
 
+mod client;
 mod pki;
 
+pub use client::{ClientError, ClientTls, Connection};
 pub use pki::{ClientCert, TestPki};
 
 use crate::backend::*;

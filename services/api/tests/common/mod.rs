@@ -1,17 +1,13 @@
-//! A served FakeNode on 127.0.0.1 and a hyper client over tokio-rustls.
+//! A served FakeNode on 127.0.0.1, reached with the fake feature's client.
 #![allow(dead_code)]
 // Test set-up: a failure here is a failed test, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use kelson_api::fake::{ClientCert, FakeNode, TestPki};
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode};
+use kelson_api::fake::{ClientCert, ClientTls, Connection, FakeNode, TestPki};
 use kelson_api::{serve, ServerSettings, TlsMaterial};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,44 +75,6 @@ impl Server {
     }
 }
 
-enum Sender {
-    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-/// A client connection; dropping it closes the connection.
-pub struct Connection {
-    sender: Sender,
-    pub protocol: &'static str,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Connection {
-    pub async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: impl Into<Bytes>,
-    ) -> anyhow::Result<Response<Incoming>> {
-        let mut request = Request::builder().method(method);
-        request = match self.sender {
-            Sender::Http1(_) => request.uri(path).header(hyper::header::HOST, "127.0.0.1"),
-            Sender::Http2(_) => request.uri(format!("https://127.0.0.1{path}")),
-        };
-        let request = request.body(Full::new(body.into()))?;
-        Ok(match &mut self.sender {
-            Sender::Http1(sender) => sender.send_request(request).await?,
-            Sender::Http2(sender) => sender.send_request(request).await?,
-        })
-    }
-}
-
 /// Connects with `client`'s certificate (none when `None`), trusting
 /// `ca_pem`, offering `alpn`.
 pub async fn connect(
@@ -125,40 +83,7 @@ pub async fn connect(
     client: Option<&ClientCert>,
     alpn: &[&str],
 ) -> anyhow::Result<Connection> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots);
-    let mut config = match client {
-        Some(client) => {
-            let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())?)?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.as_bytes().to_vec()).collect();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-        .await?;
-    let io = TokioIo::new(tls);
-    if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
-        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Connection { sender: Sender::Http2(sender), protocol: "h2", task })
-    } else {
-        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Connection { sender: Sender::Http1(sender), protocol: "http/1.1", task })
-    }
+    Ok(ClientTls::new(ca_pem, client, "127.0.0.1", alpn)?.connect(addr).await?)
 }
 
 pub fn json(body: &[u8]) -> serde_json::Value {
