@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: numbers measured inside the guest.
+//! `cargo xtask bench`: numbers measured inside the guest (and, for `api`,
+//! first on the host).
 
 use crate::image::ImagePaths;
 use anyhow::{bail, Context, Result};
@@ -13,7 +14,8 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         "usr" => "bench-usr",
         "memory" => "bench-memory",
         "cluster" => "bench-cluster",
-        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory, cluster)"),
+        "api" => "bench-api",
+        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory, cluster, api)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")

@@ -37,7 +37,7 @@ fn usage() -> &'static str {
      \n  kubernetes pin VERSION | build [--separate]\
      \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
-     \n  bench [boot|net|supervise|pods|usr|memory|cluster]  benchmarks measured inside the guest\
+     \n  bench [boot|net|supervise|pods|usr|memory|cluster|api]  benchmarks measured inside the guest\
      \n  api-check      schemathesis against the management API's OpenAPI document (a step of test)\
      \n  fuzz [SECS]    fuzz the config, cloud-init seed and pod manifest parsers (default 60 s per target)"
 }

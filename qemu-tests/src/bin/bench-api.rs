@@ -1,0 +1,857 @@
+//! `cargo xtask bench api`: the management API, measured.
+//!
+//! Host half (127.0.0.1 only). This program starts itself a second time as
+//! the server process (`bench-api serve DIR`), so the server's memory is
+//! that process's alone and its CPU is not the client's. That process
+//! serves, from one tokio runtime and one throwaway PKI (ECDSA P-256):
+//! - the API: `kelson_api::serve` over a `FakeNode`;
+//! - a baseline on the same stack (rustls TLS 1.3 with the API's client
+//!   verifier and ALPN, hyper-util's auto HTTP/1.1 + HTTP/2 connection)
+//!   answering every request with a constant JSON body as long as the
+//!   API's `GET /v1/status` answer: no routing, roles, node call or
+//!   encoding, so API minus baseline is what the API layer costs;
+//! - the same baseline with server authentication only (no client
+//!   certificate asked for).
+//!
+//! 1. Requests: `GET /v1/status` and the baseline's `GET /`, by
+//!    `KELSON_BENCH_API_CLIENTS` concurrent clients (default 16) over one
+//!    HTTP/2 connection (multiplexed) and over HTTP/1.1 (a keep-alive pool,
+//!    one connection per client); `KELSON_BENCH_API_REQUESTS` requests per
+//!    round (default 4000), `KELSON_BENCH_API_ROUNDS` rounds (default 5),
+//!    the four configurations alternating within each round. A request's
+//!    latency runs from sending it to the last byte of its answer.
+//! 2. Handshakes: a new TCP connection, the TLS 1.3 handshake (ALPN h2, as
+//!    kelsonctl offers it) and one request, one after another from one
+//!    client, `KELSON_BENCH_API_HANDSHAKES` per round (default 200): mutual
+//!    TLS against the API and the baseline, server-auth only against the
+//!    baseline. Both ends' crypto runs on this machine, so a figure is the
+//!    client's and the server's cost together.
+//! 3. Memory: a fresh server process's VmRSS (from /proc/PID/status, PID
+//!    from the child handle) idle, with `KELSON_BENCH_API_STREAMS` (default
+//!    100) open `GET /v1/logs/init?follow=true` streams, each having
+//!    received every one of 10 lines pushed one at a time, and after they
+//!    are closed (the server dropped every follower); the streams once on
+//!    a connection each (how kelsonctl opens them) and once multiplexed on
+//!    one HTTP/2 connection, each way `KELSON_BENCH_API_MEMORY_CYCLES` times
+//!    (default 3), to show whether memory comes back.
+//!
+//! QEMU half (skipped with `KELSON_BENCH_API_QEMU=0`, or when there is no
+//! disk image): the disk image under OVMF with a `kelsonctl gen cluster`
+//! seed minus the control plane and a hostfwd to the node's port 50000;
+//! PID 1's RSS from `GET /v1/status` (`memory.pid1RssBytes`) before, with
+//! 100 follow streams of `/v1/logs/init` open (each on its own connection,
+//! each having received its backlog), and after they close. An image whose
+//! PID 1 does not serve the API (no "management API listening" on the
+//! console) is reported as not measured.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use kelson_api::fake::{ClientCert, ClientTls, Connection, FakeNode, TestPki};
+use kelson_api::types::{LogSource, NodeStatus};
+use kelson_api::{serve, ServerSettings};
+use qemu_tests::{free_loopback_port, ImagePaths, VmBuilder};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+const STATUS: &str = "/v1/status";
+/// Live lines only: a stream opened in a later cycle must not get the
+/// earlier cycles' lines as its backlog.
+const FOLLOW: &str = "/v1/logs/init?follow=true&tail=0";
+/// On a node: some of PID 1's log, so every stream receives lines.
+const GUEST_FOLLOW: &str = "/v1/logs/init?follow=true&tail=10";
+/// Lines pushed to every open stream in the memory part, one at a time.
+const LINES_PER_STREAM: usize = 10;
+const ALPN_BOTH: &[&str] = &["h2", "http/1.1"];
+const SERVER_PROCESS: &str = "serve";
+
+/// Everything a part of the benchmark waits for, at most.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// The QEMU half: power-on to `kelson: ready` under OVMF and TCG.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const NODE_ADDRESS: &str = "192.168.100.10";
+const GUEST_MEMORY_MIB: u32 = 1024;
+/// How long after closing the guest's streams PID 1's RSS is read again.
+const GUEST_SETTLE: Duration = Duration::from_secs(5);
+
+fn env_number(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The `p`-quantile (0 < p <= 1) of sorted values: the smallest value at
+/// least a fraction `p` of them are not above.
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    if let Some(first) = args.next() {
+        let Some(dir) = args.next().filter(|_| first == SERVER_PROCESS) else {
+            bail!("usage: bench-api (or, as its own server process: bench-api serve DIR)");
+        };
+        return server_process(Path::new(&dir));
+    }
+    let settings = Settings {
+        rounds: env_number("KELSON_BENCH_API_ROUNDS", 5)?.max(1),
+        requests: env_number("KELSON_BENCH_API_REQUESTS", 4000)?.max(1),
+        clients: env_number("KELSON_BENCH_API_CLIENTS", 16)?.max(1),
+        handshakes: env_number("KELSON_BENCH_API_HANDSHAKES", 200)?.max(1),
+        streams: env_number("KELSON_BENCH_API_STREAMS", 100)?.max(1),
+        memory_cycles: env_number("KELSON_BENCH_API_MEMORY_CYCLES", 3)?.max(1),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the client's tokio runtime")?;
+    runtime.block_on(host_half(&settings))?;
+    if std::env::var("KELSON_BENCH_API_QEMU").is_ok_and(|v| v == "0") {
+        println!("PID 1 with open streams (QEMU): not measured in this run (KELSON_BENCH_API_QEMU=0)");
+        return Ok(());
+    }
+    match ImagePaths::disk_from_env() {
+        Ok(image) => qemu_half(&runtime, &image, settings.streams),
+        Err(error) => {
+            println!("PID 1 with open streams (QEMU): not measured in this run: no disk image ({error:#})");
+            Ok(())
+        }
+    }
+}
+
+struct Settings {
+    rounds: usize,
+    requests: usize,
+    clients: usize,
+    handshakes: usize,
+    streams: usize,
+    memory_cycles: usize,
+}
+
+// ---------------------------------------------------------------------------
+// The server process.
+
+/// Serves the API and both baselines until stdin closes, answering the
+/// parent's commands on stdout: `push N` (N lines to the init log's
+/// followers; answers `pushed`), `followers N` (answers once N are
+/// subscribed), `gone` (answers once every follower has been dropped).
+fn server_process(dir: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the server's tokio runtime")?;
+    runtime.block_on(async {
+        let pki = TestPki::generate("bench-api CA").context("generating the throwaway PKI")?;
+        pki.write_to(dir).with_context(|| format!("writing the throwaway PKI to {}", dir.display()))?;
+        let node = Arc::new(FakeNode::new());
+        // The body the baselines answer: what the API answers for status.
+        let body = Bytes::from(serde_json::to_vec(&kelson_api::backend::Node::status(&*node))?);
+        let material = pki.tls_material();
+        let mutual = Arc::new(baseline_config(&material.ca_pem, &material.cert_pem, &material.key_pem, true)?);
+        let server_only = Arc::new(baseline_config(&material.ca_pem, &material.cert_pem, &material.key_pem, false)?);
+
+        let bind = || TcpListener::bind("127.0.0.1:0");
+        let (api, baseline, baseline_server_auth) = (bind().await?, bind().await?, bind().await?);
+        let ports = [&api, &baseline, &baseline_server_auth]
+            .map(|listener| listener.local_addr().map(|addr| addr.port().to_string()));
+        let ports = ports.into_iter().collect::<std::io::Result<Vec<_>>>().context("reading the listeners' ports")?;
+
+        let (_keep_tls, tls_changes) = tokio::sync::watch::channel(Some(material));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve(api, node.clone(), tls_changes, ServerSettings { audit_log: None }));
+        tasks.spawn(serve_baseline(baseline, mutual, body.clone()));
+        tasks.spawn(serve_baseline(baseline_server_auth, server_only, body));
+
+        say(&format!("ports {}", ports.join(" ")))?;
+        let mut commands = lines_of(std::io::stdin());
+        let mut pushed = 0u64;
+        while let Some(command) = commands.recv().await {
+            let command = command.context("reading a command on stdin")?;
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let count = || words.get(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(1);
+            match words.first().copied() {
+                Some("push") => {
+                    for _ in 0..count() {
+                        pushed += 1;
+                        node.push_log(&LogSource::Init, &format!("bench-api line {pushed}"));
+                    }
+                    say("pushed")?;
+                }
+                Some("followers") => {
+                    node.wait_for_followers(&LogSource::Init, count()).await;
+                    say("followers")?;
+                }
+                Some("gone") => {
+                    node.wait_for_no_followers(&LogSource::Init).await;
+                    say("gone")?;
+                }
+                _ => bail!("unknown command {command:?}"),
+            }
+        }
+        Ok(())
+    })
+}
+
+fn say(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").and_then(|()| stdout.flush()).context("answering the benchmark on stdout")
+}
+
+/// The lines of a blocking reader (a pipe), read on a thread of their own.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::UnboundedReceiver<std::io::Result<String>> {
+    use std::io::BufRead;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// The API's server config, built the way `kelson_api` builds it, with or
+/// without requiring a client certificate.
+fn baseline_config(ca_pem: &str, cert_pem: &str, key_pem: &str, mutual: bool) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = if mutual {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.context("reading the CA certificate")?)?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the server certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("reading the server key")?;
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Answers every request on every connection with `body`.
+async fn serve_baseline(listener: TcpListener, config: Arc<rustls::ServerConfig>, body: Bytes) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                // As the API's server does.
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, body) = (acceptor.clone(), body.clone());
+                connections.spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let service = service_fn(move |_request| {
+                        let mut response = Response::new(Full::new(body.clone()));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark's side of the server process.
+
+/// The server process, its addresses, its PKI, and its command channel.
+struct ServerProcess {
+    child: Child,
+    commands: ChildStdin,
+    answers: mpsc::UnboundedReceiver<std::io::Result<String>>,
+    api: SocketAddr,
+    baseline: SocketAddr,
+    baseline_server_auth: SocketAddr,
+    ca_pem: String,
+    admin: ClientCert,
+    dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start() -> Result<ServerProcess> {
+        let dir = tempfile::tempdir().context("creating a directory for the server's PKI")?;
+        let program = std::env::current_exe().context("finding this program to start it as the server")?;
+        let mut child = Command::new(&program)
+            .arg(SERVER_PROCESS)
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} as the server process", program.display()))?;
+        let (Some(commands), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the server process has no stdin or stdout pipe");
+        };
+        let mut answers = lines_of(stdout);
+        // From here the process is ended by ServerProcess's Drop.
+        let line = match tokio::time::timeout(STEP_TIMEOUT, answers.recv()).await {
+            Ok(Some(Ok(line))) => line,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server process did not print its ports within {STEP_TIMEOUT:?}");
+            }
+        };
+        let ports: Vec<u16> = line.split_whitespace().skip(1).filter_map(|p| p.parse().ok()).collect();
+        let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports.get(i).copied().unwrap_or(0)));
+        let mut server = ServerProcess {
+            ca_pem: String::new(),
+            admin: ClientCert { cert_pem: String::new(), key_pem: String::new() },
+            child,
+            commands,
+            answers,
+            api: at(0),
+            baseline: at(1),
+            baseline_server_auth: at(2),
+            dir,
+        };
+        if ports.len() != 3 {
+            bail!("the server process printed {line:?}, not three ports");
+        }
+        let pki_dir = server.dir.path().to_owned();
+        let read = |name: &str| {
+            let path = pki_dir.join(name);
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        server.admin = ClientCert { cert_pem: read("admin.pem")?, key_pem: read("admin-key.pem")? };
+        server.ca_pem = read("ca.pem")?;
+        Ok(server)
+    }
+
+    /// Sends a command and waits for its one-line answer.
+    async fn command(&mut self, command: &str) -> Result<String> {
+        use std::io::Write;
+        // A few bytes into a pipe the server reads at once: no need to
+        // leave the runtime for this write.
+        writeln!(self.commands, "{command}")
+            .and_then(|()| self.commands.flush())
+            .with_context(|| format!("sending {command:?} to the server process"))?;
+        match tokio::time::timeout(STEP_TIMEOUT, self.answers.recv()).await {
+            Ok(Some(answer)) => answer.with_context(|| format!("reading the server process's answer to {command:?}")),
+            Ok(None) => bail!("the server process ended on {command:?}"),
+            Err(_) => bail!("the server process did not answer {command:?} within {STEP_TIMEOUT:?}"),
+        }
+    }
+
+    /// The server process's resident set, in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        // Not yet waited for, so the number is still this child's.
+        let pid = self.child.id();
+        let path = format!("/proc/{pid}/status");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmRSS in {path}"))
+    }
+
+    fn client(&self, mutual: bool, alpn: &[&str]) -> Result<ClientTls> {
+        let admin = mutual.then_some(&self.admin);
+        Ok(ClientTls::new(&self.ca_pem, admin, "127.0.0.1", alpn)?)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `GET path` and reads the whole answer, which must be 200.
+async fn get(connection: &mut Connection, path: &str) -> Result<Bytes> {
+    let response = connection.send(Method::GET, path, Bytes::new()).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await.with_context(|| format!("reading the answer to {path}"))?;
+    if status != StatusCode::OK {
+        bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&body.to_bytes()));
+    }
+    Ok(body.to_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Requests.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Every client's requests multiplexed on one HTTP/2 connection.
+    Http2,
+    /// One HTTP/1.1 keep-alive connection per client.
+    Http1,
+}
+
+struct LoadTarget {
+    label: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+    protocol: Protocol,
+}
+
+/// One round's figures.
+struct LoadRound {
+    per_second: f64,
+    /// p50, p90, p99 in ms.
+    quantiles_ms: [f64; 3],
+}
+
+async fn load_round(
+    server: &ServerProcess,
+    target: &LoadTarget,
+    settings: &Settings,
+    size: usize,
+) -> Result<LoadRound> {
+    let alpn: &[&str] = match target.protocol {
+        Protocol::Http2 => &["h2"],
+        Protocol::Http1 => &["http/1.1"],
+    };
+    let tls = server.client(true, alpn)?;
+    let mut connections = Vec::new();
+    let first = tls.connect(target.addr).await?;
+    for _ in 1..settings.clients {
+        connections.push(match first.share() {
+            Some(shared) => shared,
+            None => tls.connect(target.addr).await?,
+        });
+    }
+    connections.push(first);
+    // Each connection's first request (and the server's first of its kind)
+    // is not measured.
+    for connection in &mut connections {
+        get(connection, target.path).await?;
+    }
+    let remaining = Arc::new(AtomicUsize::new(settings.requests));
+    let path = target.path;
+    let started = Instant::now();
+    let mut clients = JoinSet::new();
+    for mut connection in connections {
+        let remaining = remaining.clone();
+        clients.spawn(async move {
+            let mut latencies = Vec::new();
+            while remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                let sent = Instant::now();
+                let body = get(&mut connection, path).await?;
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                if body.len() != size {
+                    bail!("GET {path} answered {} bytes, not {size}", body.len());
+                }
+            }
+            Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(settings.requests);
+    while let Some(joined) = clients.join_next().await {
+        latencies.extend(joined.context("a client task failed")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok(LoadRound {
+        per_second: latencies.len() as f64 / elapsed,
+        quantiles_ms: [quantile(&latencies, 0.50), quantile(&latencies, 0.90), quantile(&latencies, 0.99)],
+    })
+}
+
+// ---------------------------------------------------------------------------
+// 2. Handshakes.
+
+struct HandshakeTarget {
+    label: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+    mutual: bool,
+}
+
+/// (handshakes per second, median ms per handshake) of one round.
+async fn handshake_round(server: &ServerProcess, target: &HandshakeTarget, count: usize) -> Result<(f64, f64)> {
+    let tls = server.client(target.mutual, &["h2"])?;
+    let mut each_ms = Vec::with_capacity(count);
+    let started = Instant::now();
+    for _ in 0..count {
+        let began = Instant::now();
+        let mut connection = tls.connect(target.addr).await?;
+        get(&mut connection, target.path).await?;
+        each_ms.push(began.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok((count as f64 / started.elapsed().as_secs_f64(), median(&each_ms)))
+}
+
+// ---------------------------------------------------------------------------
+// 3. Memory with open follow streams.
+
+/// Open follow streams: a task per stream reads its lines and reports each
+/// on `lines`; dropping this closes them all.
+struct Streams {
+    readers: JoinSet<Result<()>>,
+    /// (stream, lines completed) as they come.
+    lines: mpsc::UnboundedReceiver<(usize, usize)>,
+    /// Lines received so far, per stream.
+    counts: Vec<usize>,
+    _connections: Vec<Connection>,
+}
+
+/// Reads NDJSON from stream `index`'s `body`, reporting each frame's
+/// complete lines.
+async fn read_lines(index: usize, mut body: Incoming, lines: mpsc::UnboundedSender<(usize, usize)>) -> Result<()> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading a follow stream")?;
+        if let Ok(data) = frame.into_data() {
+            let _ = lines.send((index, data.iter().filter(|&&b| b == b'\n').count()));
+        }
+    }
+    Ok(())
+}
+
+async fn open_streams(
+    tls: &ClientTls,
+    addr: SocketAddr,
+    path: &str,
+    count: usize,
+    multiplexed: bool,
+) -> Result<Streams> {
+    let (report, lines) = mpsc::unbounded_channel();
+    let mut readers = JoinSet::new();
+    let mut connections: Vec<Connection> = Vec::new();
+    for _ in 0..count {
+        let mut connection = match connections.first().and_then(|first| first.share().filter(|_| multiplexed)) {
+            Some(shared) => shared,
+            None => tls.connect(addr).await?,
+        };
+        let response = connection.send(Method::GET, path, Bytes::new()).await?;
+        if response.status() != StatusCode::OK {
+            bail!("GET {path} answered {}", response.status());
+        }
+        readers.spawn(read_lines(connections.len(), response.into_body(), report.clone()));
+        connections.push(connection);
+    }
+    Ok(Streams { readers, lines, counts: vec![0; count], _connections: connections })
+}
+
+impl Streams {
+    /// Waits until every stream has received at least `lines` lines.
+    async fn received_each(&mut self, lines: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        while self.counts.iter().any(|&count| count < lines) {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some((index, count))) => self.counts[index] += count,
+                Ok(None) => bail!("every follow stream ended"),
+                Err(_) => {
+                    let behind = self.counts.iter().filter(|&&count| count < lines).count();
+                    bail!("{behind} follow streams had not received {lines} lines within {STEP_TIMEOUT:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(mut self) {
+        self.readers.abort_all();
+    }
+}
+
+/// One cycle: KiB before, with the streams open, after they closed.
+async fn memory_cycle(server: &mut ServerProcess, streams: usize, multiplexed: bool) -> Result<[u64; 3]> {
+    let before = server.rss_kib()?;
+    let tls = server.client(true, &["h2"])?;
+    let mut open = open_streams(&tls, server.api, FOLLOW, streams, multiplexed).await?;
+    server.command(&format!("followers {streams}")).await?;
+    for line in 1..=LINES_PER_STREAM {
+        server.command("push 1").await?;
+        open.received_each(line).await?;
+    }
+    let during = server.rss_kib()?;
+    open.close();
+    server.command("gone").await?;
+    Ok([before, during, server.rss_kib()?])
+}
+
+// ---------------------------------------------------------------------------
+
+async fn host_half(settings: &Settings) -> Result<()> {
+    let server = ServerProcess::start().await?;
+    let tls = server.client(true, ALPN_BOTH)?;
+    let api_body = get(&mut tls.connect(server.api).await?, STATUS).await?;
+    let baseline_body = get(&mut tls.connect(server.baseline).await?, "/").await?;
+    if api_body != baseline_body {
+        bail!(
+            "the baseline's body is not the API's status answer ({} and {} bytes)",
+            baseline_body.len(),
+            api_body.len()
+        );
+    }
+    let size = api_body.len();
+
+    let targets = [
+        LoadTarget { label: "API GET /v1/status, HTTP/2", addr: server.api, path: STATUS, protocol: Protocol::Http2 },
+        LoadTarget { label: "baseline GET /, HTTP/2", addr: server.baseline, path: "/", protocol: Protocol::Http2 },
+        LoadTarget { label: "API GET /v1/status, HTTP/1.1", addr: server.api, path: STATUS, protocol: Protocol::Http1 },
+        LoadTarget { label: "baseline GET /, HTTP/1.1", addr: server.baseline, path: "/", protocol: Protocol::Http1 },
+    ];
+    let mut load: Vec<Vec<LoadRound>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..settings.rounds {
+        // Each round starts with the next configuration, so none is always
+        // first (or always after the same one).
+        for i in (0..targets.len()).map(|i| (i + round) % targets.len()) {
+            let result = load_round(&server, &targets[i], settings, size)
+                .await
+                .with_context(|| format!("{}, round {}", targets[i].label, round + 1))?;
+            eprintln!(
+                "bench-api: round {}/{}: {}: {:.0} requests/s, p50 {:.2} ms",
+                round + 1,
+                settings.rounds,
+                targets[i].label,
+                result.per_second,
+                result.quantiles_ms[0]
+            );
+            load[i].push(result);
+        }
+    }
+
+    let handshake_targets = [
+        HandshakeTarget { label: "mutual TLS, API (GET /v1/status)", addr: server.api, path: STATUS, mutual: true },
+        HandshakeTarget { label: "mutual TLS, baseline (GET /)", addr: server.baseline, path: "/", mutual: true },
+        HandshakeTarget {
+            label: "server auth only, baseline (GET /)",
+            addr: server.baseline_server_auth,
+            path: "/",
+            mutual: false,
+        },
+    ];
+    let mut handshakes: Vec<Vec<(f64, f64)>> = handshake_targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..settings.rounds {
+        for i in (0..handshake_targets.len()).map(|i| (i + round) % handshake_targets.len()) {
+            let target = &handshake_targets[i];
+            let result = handshake_round(&server, target, settings.handshakes)
+                .await
+                .with_context(|| format!("handshakes, {}, round {}", target.label, round + 1))?;
+            eprintln!(
+                "bench-api: round {}/{}: {}: {:.0} handshakes/s, {:.2} ms each",
+                round + 1,
+                settings.rounds,
+                target.label,
+                result.0,
+                result.1
+            );
+            handshakes[i].push(result);
+        }
+    }
+    drop(server);
+
+    // A fresh server process: the load above must not be in its memory.
+    let mut server = ServerProcess::start().await?;
+    let started_kib = server.rss_kib()?;
+    let tls = server.client(true, ALPN_BOTH)?;
+    get(&mut tls.connect(server.api).await?, STATUS).await?;
+    let mut memory: Vec<(&str, [u64; 3])> = Vec::new();
+    for cycle in 0..settings.memory_cycles {
+        for (label, multiplexed) in [("a connection each", false), ("one HTTP/2 connection", true)] {
+            let figures = memory_cycle(&mut server, settings.streams, multiplexed)
+                .await
+                .with_context(|| format!("memory with {} streams on {label}, cycle {}", settings.streams, cycle + 1))?;
+            eprintln!("bench-api: memory, {label}, cycle {}: {figures:?} KiB", cycle + 1);
+            memory.push((label, figures));
+        }
+    }
+    let final_kib = server.rss_kib()?;
+    drop(server);
+
+    println!(
+        "management API benchmark, host side, 127.0.0.1 ({} CPUs, shared by client and server processes); \
+         TLS 1.3, ECDSA P-256 certificates, ring; release build",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "API: kelson_api::serve over a FakeNode; baseline: the same rustls config and hyper-util auto connection \
+         answering a constant {size}-byte JSON body (the API's status answer) with no routing, roles, node call or \
+         encoding"
+    );
+    println!(
+        "1. requests: {} concurrent clients (HTTP/2: one connection; HTTP/1.1: one keep-alive connection each), \
+         {} requests per round, {} rounds alternating; medians over rounds; latency = send to last byte",
+        settings.clients, settings.requests, settings.rounds
+    );
+    println!("{:<34} {:>11} {:>9} {:>9} {:>9}", "", "requests/s", "p50 ms", "p90 ms", "p99 ms");
+    for (target, rounds) in targets.iter().zip(&load) {
+        let per_second: Vec<f64> = rounds.iter().map(|r| r.per_second).collect();
+        let q = |i: usize| median(&rounds.iter().map(|r| r.quantiles_ms[i]).collect::<Vec<_>>());
+        println!("{:<34} {:>11.0} {:>9.2} {:>9.2} {:>9.2}", target.label, median(&per_second), q(0), q(1), q(2));
+    }
+    for pair in load.chunks(2) {
+        let [api, baseline] = pair else { continue };
+        let rate = |rounds: &Vec<LoadRound>| median(&rounds.iter().map(|r| r.per_second).collect::<Vec<_>>());
+        println!("  API / baseline requests/s: {:.2}", rate(api) / rate(baseline));
+    }
+    println!(
+        "2. handshakes: new TCP connection + TLS 1.3 handshake (ALPN h2) + one request, one at a time from one \
+         client, {} per round, {} rounds alternating; medians over rounds (client and server crypto both counted)",
+        settings.handshakes, settings.rounds
+    );
+    println!("{:<40} {:>13} {:>14}", "", "handshakes/s", "ms/handshake");
+    for (target, rounds) in handshake_targets.iter().zip(&handshakes) {
+        let per_second = median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
+        let each = median(&rounds.iter().map(|r| r.1).collect::<Vec<_>>());
+        println!("{:<40} {:>13.0} {:>14.2}", target.label, per_second, each);
+    }
+    let each = |i: usize| median(&handshakes[i].iter().map(|r| r.1).collect::<Vec<_>>());
+    println!(
+        "  the client certificate's cost (baseline mutual - server auth): {:.2} ms per handshake",
+        each(1) - each(2)
+    );
+    println!(
+        "3. memory: the server process's VmRSS (KiB) with {} GET {FOLLOW} streams open, each having received \
+         {LINES_PER_STREAM} lines pushed one at a time; started at {started_kib} KiB, after one status request \
+         {} KiB at the first cycle",
+        settings.streams,
+        memory.first().map(|(_, f)| f[0]).unwrap_or(0)
+    );
+    println!(
+        "{:<6} {:<24} {:>9} {:>9} {:>9} {:>16}",
+        "cycle", "streams on", "before", "open", "closed", "KiB per stream"
+    );
+    for (i, (label, [before, during, after])) in memory.iter().enumerate() {
+        let per_stream = (*during as f64 - *before as f64) / settings.streams as f64;
+        println!("{:<6} {label:<24} {before:>9} {during:>9} {after:>9} {per_stream:>16.1}", i / 2 + 1);
+    }
+    println!("  after the last cycle: {final_kib} KiB");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// QEMU half.
+
+fn overlay(image: &ImagePaths, dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("disk.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&image.disk)
+        .arg(&path)
+        .arg("8G")
+        .status()
+        .context("running qemu-img create (package qemu-utils)")?;
+    if !status.success() {
+        bail!("qemu-img create of an overlay of {} failed ({status})", image.disk.display());
+    }
+    Ok(path)
+}
+
+async fn pid1_rss(connection: &mut Connection) -> Result<u64> {
+    let body = get(connection, STATUS).await?;
+    let status: NodeStatus = serde_json::from_slice(&body).context("reading the node's status")?;
+    Ok(status.memory.pid1_rss_bytes)
+}
+
+fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usize) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let cluster = dir.path().join("cluster");
+    let mut spec = kelsonctl::gen::ClusterSpec::with_defaults("bench", 1, 0);
+    // QEMU's user network is the node network; its host side is the gateway.
+    spec.gateway = Some("192.168.100.1".parse()?);
+    kelsonctl::gen::generate_cluster(&spec, &cluster, false).context("generating the cluster's seed")?;
+    let node = "bench-cp-1";
+    // PID 1's own memory is measured, not a control plane's.
+    let seed = qemu_tests::seed::without_control_plane(&cluster.join("nodes").join(node))?;
+    let disk = overlay(image, dir.path())?;
+    let port = free_loopback_port()?;
+    let netdev = format!(
+        "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
+         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:{}",
+        kelson_api::PORT
+    );
+    let mut vm = VmBuilder::firmware()
+        .name("bench-api")
+        .ovmf(dir.path())?
+        .disk_qcow2(&disk)
+        .disk(&seed)
+        .memory_mib(GUEST_MEMORY_MIB)
+        .qemu_args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=up"])
+        .boot()?;
+    vm.expect("kelson: ready", BOOT_TIMEOUT)?;
+    if !vm.console_text()?.contains("management API listening") {
+        println!(
+            "PID 1 with open streams (QEMU): not measured in this run: the image's PID 1 does not serve the API \
+             (no \"management API listening\" on its console by ready)"
+        );
+        vm.kill()?;
+        return Ok(());
+    }
+    let read = |name: &str| {
+        let path = cluster.join("pki").join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let admin = ClientCert { cert_pem: read("admin.crt")?, key_pem: read("admin.key")? };
+    let tls = ClientTls::new(&read("ca.crt")?, Some(&admin), node, &["h2"])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let figures = runtime.block_on(async {
+        let mut status = tls.connect(addr).await?;
+        let before = pid1_rss(&mut status).await?;
+        let mut cycles = Vec::new();
+        for _ in 0..2 {
+            let mut open = open_streams(&tls, addr, GUEST_FOLLOW, streams, false).await?;
+            // Each stream has had some of its backlog.
+            open.received_each(1).await?;
+            let during = pid1_rss(&mut status).await?;
+            open.close();
+            tokio::time::sleep(GUEST_SETTLE).await;
+            cycles.push((during, pid1_rss(&mut status).await?));
+        }
+        anyhow::Ok((before, cycles))
+    });
+    vm.kill()?;
+    let (before, cycles) = figures?;
+    let kib = |bytes: u64| bytes / 1024;
+    println!(
+        "4. PID 1 on a node (disk image under OVMF, TCG, {GUEST_MEMORY_MIB} MiB, no control plane): \
+         memory.pid1RssBytes of GET {STATUS} in KiB, {streams} GET {GUEST_FOLLOW} streams each on its own mutual-TLS \
+         connection, each having received its backlog; closed read {} s after closing",
+        GUEST_SETTLE.as_secs()
+    );
+    println!("{:<6} {:>9} {:>9} {:>9} {:>16}", "cycle", "before", "open", "closed", "KiB per stream");
+    let mut previous = before;
+    for (i, (during, after)) in cycles.iter().enumerate() {
+        let per_stream = (kib(*during) as f64 - kib(previous) as f64) / streams as f64;
+        println!("{:<6} {:>9} {:>9} {:>9} {per_stream:>16.1}", i + 1, kib(previous), kib(*during), kib(*after));
+        previous = *after;
+    }
+    Ok(())
+}
