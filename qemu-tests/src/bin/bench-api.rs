@@ -17,15 +17,18 @@
 //!    `KELSON_BENCH_API_CLIENTS` concurrent clients (default 16) over one
 //!    HTTP/2 connection (multiplexed) and over HTTP/1.1 (a keep-alive pool,
 //!    one connection per client); `KELSON_BENCH_API_REQUESTS` requests per
-//!    round (default 4000), `KELSON_BENCH_API_ROUNDS` rounds (default 5),
+//!    round (default 50000), `KELSON_BENCH_API_ROUNDS` rounds (default 5),
 //!    the four configurations alternating within each round. A request's
 //!    latency runs from sending it to the last byte of its answer.
 //! 2. Handshakes: a new TCP connection, the TLS 1.3 handshake (ALPN h2, as
 //!    kelsonctl offers it) and one request, one after another from one
-//!    client, `KELSON_BENCH_API_HANDSHAKES` per round (default 200): mutual
-//!    TLS against the API and the baseline, server-auth only against the
-//!    baseline. Both ends' crypto runs on this machine, so a figure is the
-//!    client's and the server's cost together.
+//!    client, `KELSON_BENCH_API_HANDSHAKES` per round (default 2000): full
+//!    handshakes (no session resumption, as a new kelsonctl process makes)
+//!    with mutual TLS against the API and the baseline, with server auth
+//!    only against the baseline; and resumed ones (a session ticket, no
+//!    certificates) against the API for comparison. Both ends' crypto runs
+//!    on this machine, so a figure is the client's and the server's cost
+//!    together.
 //! 3. Memory: a fresh server process's VmRSS (from /proc/PID/status, PID
 //!    from the child handle) idle, with `KELSON_BENCH_API_STREAMS` (default
 //!    100) open `GET /v1/logs/init?follow=true` streams, each having
@@ -126,9 +129,9 @@ fn main() -> Result<()> {
     }
     let settings = Settings {
         rounds: env_number("KELSON_BENCH_API_ROUNDS", 5)?.max(1),
-        requests: env_number("KELSON_BENCH_API_REQUESTS", 4000)?.max(1),
+        requests: env_number("KELSON_BENCH_API_REQUESTS", 50000)?.max(1),
         clients: env_number("KELSON_BENCH_API_CLIENTS", 16)?.max(1),
-        handshakes: env_number("KELSON_BENCH_API_HANDSHAKES", 200)?.max(1),
+        handshakes: env_number("KELSON_BENCH_API_HANDSHAKES", 2000)?.max(1),
         streams: env_number("KELSON_BENCH_API_STREAMS", 100)?.max(1),
         memory_cycles: env_number("KELSON_BENCH_API_MEMORY_CYCLES", 3)?.max(1),
     };
@@ -500,11 +503,20 @@ struct HandshakeTarget {
     addr: SocketAddr,
     path: &'static str,
     mutual: bool,
+    /// Resume the session of the round's first connection (not measured)
+    /// rather than make full handshakes.
+    resume: bool,
 }
 
 /// (handshakes per second, median ms per handshake) of one round.
 async fn handshake_round(server: &ServerProcess, target: &HandshakeTarget, count: usize) -> Result<(f64, f64)> {
-    let tls = server.client(target.mutual, &["h2"])?;
+    let mut tls = server.client(target.mutual, &["h2"])?;
+    if target.resume {
+        // A ticket to resume with.
+        get(&mut tls.connect(target.addr).await?, target.path).await?;
+    } else {
+        tls = tls.without_resumption();
+    }
     let mut each_ms = Vec::with_capacity(count);
     let started = Instant::now();
     for _ in 0..count {
@@ -512,6 +524,9 @@ async fn handshake_round(server: &ServerProcess, target: &HandshakeTarget, count
         let mut connection = tls.connect(target.addr).await?;
         get(&mut connection, target.path).await?;
         each_ms.push(began.elapsed().as_secs_f64() * 1000.0);
+        if connection.resumed != target.resume {
+            bail!("a handshake was {}", if connection.resumed { "resumed" } else { "not resumed" });
+        }
     }
     Ok((count as f64 / started.elapsed().as_secs_f64(), median(&each_ms)))
 }
@@ -648,13 +663,33 @@ async fn host_half(settings: &Settings) -> Result<()> {
     }
 
     let handshake_targets = [
-        HandshakeTarget { label: "mutual TLS, API (GET /v1/status)", addr: server.api, path: STATUS, mutual: true },
-        HandshakeTarget { label: "mutual TLS, baseline (GET /)", addr: server.baseline, path: "/", mutual: true },
         HandshakeTarget {
-            label: "server auth only, baseline (GET /)",
+            label: "full, mutual TLS, API (GET /v1/status)",
+            addr: server.api,
+            path: STATUS,
+            mutual: true,
+            resume: false,
+        },
+        HandshakeTarget {
+            label: "full, mutual TLS, baseline (GET /)",
+            addr: server.baseline,
+            path: "/",
+            mutual: true,
+            resume: false,
+        },
+        HandshakeTarget {
+            label: "full, server auth only, baseline (GET /)",
             addr: server.baseline_server_auth,
             path: "/",
             mutual: false,
+            resume: false,
+        },
+        HandshakeTarget {
+            label: "resumed, mutual TLS, API (GET /v1/status)",
+            addr: server.api,
+            path: STATUS,
+            mutual: true,
+            resume: true,
         },
     ];
     let mut handshakes: Vec<Vec<(f64, f64)>> = handshake_targets.iter().map(|_| Vec::new()).collect();
@@ -677,23 +712,24 @@ async fn host_half(settings: &Settings) -> Result<()> {
     }
     drop(server);
 
-    // A fresh server process: the load above must not be in its memory.
-    let mut server = ServerProcess::start().await?;
-    let started_kib = server.rss_kib()?;
-    let tls = server.client(true, ALPN_BOTH)?;
-    get(&mut tls.connect(server.api).await?, STATUS).await?;
-    let mut memory: Vec<(&str, [u64; 3])> = Vec::new();
-    for cycle in 0..settings.memory_cycles {
-        for (label, multiplexed) in [("a connection each", false), ("one HTTP/2 connection", true)] {
+    // Each way of opening the streams gets a fresh server process: neither
+    // the load above nor the other way's freed memory may be in it.
+    let mut memory = Vec::new();
+    for (label, multiplexed) in [("a connection each", false), ("one HTTP/2 connection", true)] {
+        let mut server = ServerProcess::start().await?;
+        let started_kib = server.rss_kib()?;
+        let tls = server.client(true, ALPN_BOTH)?;
+        get(&mut tls.connect(server.api).await?, STATUS).await?;
+        let mut cycles = Vec::new();
+        for cycle in 0..settings.memory_cycles {
             let figures = memory_cycle(&mut server, settings.streams, multiplexed)
                 .await
                 .with_context(|| format!("memory with {} streams on {label}, cycle {}", settings.streams, cycle + 1))?;
             eprintln!("bench-api: memory, {label}, cycle {}: {figures:?} KiB", cycle + 1);
-            memory.push((label, figures));
+            cycles.push(figures);
         }
+        memory.push((label, started_kib, cycles));
     }
-    let final_kib = server.rss_kib()?;
-    drop(server);
 
     println!(
         "management API benchmark, host side, 127.0.0.1 ({} CPUs, shared by client and server processes); \
@@ -726,11 +762,11 @@ async fn host_half(settings: &Settings) -> Result<()> {
          client, {} per round, {} rounds alternating; medians over rounds (client and server crypto both counted)",
         settings.handshakes, settings.rounds
     );
-    println!("{:<40} {:>13} {:>14}", "", "handshakes/s", "ms/handshake");
+    println!("{:<42} {:>13} {:>14}", "", "handshakes/s", "ms/handshake");
     for (target, rounds) in handshake_targets.iter().zip(&handshakes) {
         let per_second = median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
         let each = median(&rounds.iter().map(|r| r.1).collect::<Vec<_>>());
-        println!("{:<40} {:>13.0} {:>14.2}", target.label, per_second, each);
+        println!("{:<42} {:>13.0} {:>14.2}", target.label, per_second, each);
     }
     let each = |i: usize| median(&handshakes[i].iter().map(|r| r.1).collect::<Vec<_>>());
     println!(
@@ -738,21 +774,28 @@ async fn host_half(settings: &Settings) -> Result<()> {
         each(1) - each(2)
     );
     println!(
-        "3. memory: the server process's VmRSS (KiB) with {} GET {FOLLOW} streams open, each having received \
-         {LINES_PER_STREAM} lines pushed one at a time; started at {started_kib} KiB, after one status request \
-         {} KiB at the first cycle",
-        settings.streams,
-        memory.first().map(|(_, f)| f[0]).unwrap_or(0)
+        "3. memory: VmRSS (KiB) of a fresh server process per row group: at start, after one status request \
+         (idle), then per cycle before, with {} GET {FOLLOW} streams open (each having received {LINES_PER_STREAM} \
+         lines pushed one at a time) and after the server dropped them; per stream = (open - before) / {}",
+        settings.streams, settings.streams
     );
     println!(
-        "{:<6} {:<24} {:>9} {:>9} {:>9} {:>16}",
-        "cycle", "streams on", "before", "open", "closed", "KiB per stream"
+        "{:<24} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "streams on", "cycle", "start", "idle", "before", "open", "closed", "per stream"
     );
-    for (i, (label, [before, during, after])) in memory.iter().enumerate() {
-        let per_stream = (*during as f64 - *before as f64) / settings.streams as f64;
-        println!("{:<6} {label:<24} {before:>9} {during:>9} {after:>9} {per_stream:>16.1}", i / 2 + 1);
+    for (label, started_kib, cycles) in &memory {
+        for (i, [before, during, after]) in cycles.iter().enumerate() {
+            let per_stream = (*during as f64 - *before as f64) / settings.streams as f64;
+            let (start, idle) = match i {
+                0 => (started_kib.to_string(), before.to_string()),
+                _ => (String::new(), String::new()),
+            };
+            println!(
+                "{label:<24} {:>6} {start:>9} {idle:>9} {before:>9} {during:>9} {after:>9} {per_stream:>11.1}",
+                i + 1
+            );
+        }
     }
-    println!("  after the last cycle: {final_kib} KiB");
     Ok(())
 }
 

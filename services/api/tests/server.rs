@@ -3,9 +3,10 @@
 
 mod common;
 
+use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use kelson_api::backend::{NodeError, Power};
-use kelson_api::fake::TestPki;
+use kelson_api::fake::{ClientTls, TestPki};
 use kelson_api::TlsMaterial;
 use std::collections::BTreeSet;
 
@@ -99,6 +100,28 @@ async fn node_errors_become_their_status_codes() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     let (status, _) = server.request(Some(&admin), Method::POST, "/v1/services/kubelet/explode", "").await.unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_resumed_session_keeps_the_client_certificate_and_its_role() {
+    let server = common::start().await;
+    for (client, status) in [(server.read_only(), StatusCode::FORBIDDEN), (server.admin(), StatusCode::OK)] {
+        let tls = ClientTls::new(&server.pki.ca_pem, Some(&client), "127.0.0.1", &["h2"]).unwrap();
+        // The first connection gets the session ticket the second resumes.
+        let mut first = tls.connect(server.addr).await.unwrap();
+        assert!(!first.resumed);
+        let answer = first.send(Method::GET, "/v1/version", "").await.unwrap();
+        answer.into_body().collect().await.unwrap();
+        let mut second = tls.connect(server.addr).await.unwrap();
+        assert!(second.resumed, "the second handshake was a full one");
+        let response = second.send(Method::POST, "/v1/services/kubelet/restart", "").await.unwrap();
+        assert_eq!(response.status(), status);
+
+        let mut full = tls.clone().without_resumption().connect(server.addr).await.unwrap();
+        assert!(!full.resumed);
+        let response = full.send(Method::POST, "/v1/services/kubelet/restart", "").await.unwrap();
+        assert_eq!(response.status(), status);
+    }
 }
 
 #[tokio::test]

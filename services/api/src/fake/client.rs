@@ -87,6 +87,15 @@ impl ClientTls {
         Ok(ClientTls { config: Arc::new(config), server_name })
     }
 
+    /// The same, never resuming a TLS session: every connection makes a
+    /// full handshake, certificates and all (as a new kelsonctl process
+    /// does). By default a session ticket from an earlier connection is
+    /// used when the server gave one.
+    pub fn without_resumption(mut self) -> ClientTls {
+        Arc::make_mut(&mut self.config).resumption = rustls::client::Resumption::disabled();
+        self
+    }
+
     /// A new connection to `addr`: TCP, the TLS handshake, and HTTP/2 when
     /// the server chose `h2`, else HTTP/1.1.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, ClientError> {
@@ -98,6 +107,7 @@ impl ClientTls {
             .await
             .map_err(|error| ClientError::Handshake(addr, error))?;
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let io = TokioIo::new(tls);
         if is_h2 {
             let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -106,14 +116,14 @@ impl ClientTls {
             let task = Arc::new(Driver(tokio::spawn(async move {
                 let _ = connection.await;
             })));
-            Ok(Connection { sender: Sender::Http2(sender), protocol: "h2", driver: task })
+            Ok(Connection { sender: Sender::Http2(sender), protocol: "h2", resumed, driver: task })
         } else {
             let (sender, connection) =
                 hyper::client::conn::http1::handshake(io).await.map_err(|error| ClientError::Http(addr, error))?;
             let task = Arc::new(Driver(tokio::spawn(async move {
                 let _ = connection.await;
             })));
-            Ok(Connection { sender: Sender::Http1(sender), protocol: "http/1.1", driver: task })
+            Ok(Connection { sender: Sender::Http1(sender), protocol: "http/1.1", resumed, driver: task })
         }
     }
 }
@@ -139,6 +149,8 @@ pub struct Connection {
     sender: Sender,
     /// `h2` or `http/1.1`.
     pub protocol: &'static str,
+    /// The handshake resumed an earlier session (no certificates sent).
+    pub resumed: bool,
     driver: Arc<Driver>,
 }
 
@@ -151,6 +163,7 @@ impl Connection {
             Sender::Http2(sender) => Some(Connection {
                 sender: Sender::Http2(sender.clone()),
                 protocol: self.protocol,
+                resumed: self.resumed,
                 driver: self.driver.clone(),
             }),
             Sender::Http1(_) => None,
