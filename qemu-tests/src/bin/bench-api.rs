@@ -817,12 +817,6 @@ fn overlay(image: &ImagePaths, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn pid1_rss(connection: &mut Connection) -> Result<u64> {
-    let body = get(connection, STATUS).await?;
-    let status: NodeStatus = serde_json::from_slice(&body).context("reading the node's status")?;
-    Ok(status.memory.pid1_rss_bytes)
-}
-
 fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let cluster = dir.path().join("cluster");
@@ -840,6 +834,7 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
          hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:{}",
         kelson_api::PORT
     );
+    eprintln!("bench-api: booting {} under OVMF for PID 1's memory", image.disk.display());
     let mut vm = VmBuilder::firmware()
         .name("bench-api")
         .ovmf(dir.path())?
@@ -857,26 +852,36 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
         vm.kill()?;
         return Ok(());
     }
-    let read = |name: &str| {
-        let path = cluster.join("pki").join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    // kelsonctl's own client, with the kelsonconfig gen wrote, the node
+    // reached through the hostfwd.
+    let config_path = cluster.join("kelsonconfig");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let config = kelsonctl::api::KelsonConfig::from_yaml(&config_path, &text)?;
+    let client = kelsonctl::api::Client::new(&config).context("setting up kelsonctl's client")?;
+    let node = client.node(&kelsonctl::api::NodeEntry { name: node.to_owned(), endpoint: format!("127.0.0.1:{port}") });
+    let pid1_rss = async || -> Result<u64> {
+        let status: NodeStatus = node.get(STATUS).await.context("reading the node's status")?;
+        Ok(status.memory.pid1_rss_bytes)
     };
-    let admin = ClientCert { cert_pem: read("admin.crt")?, key_pem: read("admin.key")? };
-    let tls = ClientTls::new(&read("ca.crt")?, Some(&admin), node, &["h2"])?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
     let figures = runtime.block_on(async {
-        let mut status = tls.connect(addr).await?;
-        let before = pid1_rss(&mut status).await?;
+        let before = pid1_rss().await?;
         let mut cycles = Vec::new();
-        for _ in 0..2 {
-            let mut open = open_streams(&tls, addr, GUEST_FOLLOW, streams, false).await?;
-            // Each stream has had some of its backlog.
-            open.received_each(1).await?;
-            let during = pid1_rss(&mut status).await?;
-            open.close();
+        for cycle in 1..=2 {
+            eprintln!("bench-api: opening {streams} follow streams to the node, cycle {cycle}");
+            let mut open = Vec::with_capacity(streams);
+            for _ in 0..streams {
+                let mut lines = node.log_lines(GUEST_FOLLOW).await.context("opening a follow stream")?;
+                // Each stream has had some of its backlog.
+                if lines.next().await.context("reading a follow stream")?.is_none() {
+                    bail!("a follow stream of {GUEST_FOLLOW} ended at once");
+                }
+                open.push(lines);
+            }
+            let during = pid1_rss().await?;
+            drop(open);
             tokio::time::sleep(GUEST_SETTLE).await;
-            cycles.push((during, pid1_rss(&mut status).await?));
+            cycles.push((during, pid1_rss().await?));
         }
         anyhow::Ok((before, cycles))
     });
@@ -886,7 +891,8 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
     println!(
         "4. PID 1 on a node (disk image under OVMF, TCG, {GUEST_MEMORY_MIB} MiB, no control plane): \
          memory.pid1RssBytes of GET {STATUS} in KiB, {streams} GET {GUEST_FOLLOW} streams each on its own mutual-TLS \
-         connection, each having received its backlog; closed read {} s after closing",
+         connection (kelsonctl's client), each having received a line of its backlog; closed read {} s after \
+         closing",
         GUEST_SETTLE.as_secs()
     );
     println!("{:<6} {:>9} {:>9} {:>9} {:>16}", "cycle", "before", "open", "closed", "KiB per stream");
