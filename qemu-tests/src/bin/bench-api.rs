@@ -42,8 +42,9 @@
 //! disk image): the disk image under OVMF with a `kelsonctl gen cluster`
 //! seed minus the control plane and a hostfwd to the node's port 50000;
 //! PID 1's RSS from `GET /v1/status` (`memory.pid1RssBytes`) before, with
-//! 100 follow streams of `/v1/logs/init` open (each on its own connection,
-//! each having received its backlog), and after they close. An image whose
+//! `KELSON_BENCH_API_STREAMS` follow streams of `/v1/logs/init` open
+//! through kelsonctl's client (a connection each, each having received a
+//! line of its backlog), and 5 s after they closed; twice. An image whose
 //! PID 1 does not serve the API (no "management API listening" on the
 //! console) is reported as not measured.
 
