@@ -157,7 +157,9 @@ pub struct RunningStages(Arc<Mutex<Vec<StageHandle>>>);
 type StageHandle = (&'static str, Box<dyn Running>);
 
 impl RunningStages {
-    fn push(&self, stage: &'static str, handle: Box<dyn Running>) {
+    /// Keeps `handle` to be stopped at shutdown, after everything pushed
+    /// later.
+    pub fn push(&self, stage: &'static str, handle: Box<dyn Running>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push((stage, handle));
     }
 

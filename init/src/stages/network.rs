@@ -38,10 +38,17 @@ pub enum NetworkError {
 pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     // Without a config there is nothing to apply, and no services wait.
     let (Some(plan), Some(effective)) = (&ctx.net_plan, &ctx.config) else { return Ok(Done::Finished) };
+    let (plan, hostname) = (plan.clone(), effective.config.node.hostname.clone());
+    bring_up(ctx, &plan, hostname)
+}
+
+/// Applies `plan` and leaves the networking running: the stage's work, and
+/// what a node in maintenance does with the config an earlier boot
+/// accepted, so that its management API can be reached.
+pub fn bring_up(ctx: &mut BootContext<'_>, plan: &NetPlan, hostname: Option<String>) -> Result<Done, StageError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(NetworkError::NoRuntime)?;
     let started = clock::boottime();
     let runner = ReaperRunner::new(ctx.reaper.clone());
-    let hostname = effective.config.node.hostname.clone();
     let (networking, report) = runtime.block_on(async {
         let netlink = RtNetlink::open().map_err(NetworkError::Netlink)?;
         let mut networking = Networking::new(Host { netlink, runner, paths: Paths::default() }).with_hostname(hostname);
