@@ -91,47 +91,40 @@ fn free_port() -> Result<u16> {
 /// The admin kubeconfig with its server moved to the forwarded port (the
 /// API server's certificate names 127.0.0.1).
 fn local_kubeconfig(cluster: &Path, run_dir: &Path, port: u16) -> Result<PathBuf> {
-    let admin = cluster.join("admin.kubeconfig");
-    let text = std::fs::read_to_string(&admin).with_context(|| format!("reading {}", admin.display()))?;
     let server = format!("server: https://{NODE_ADDRESS}:6443");
-    if !text.contains(&server) {
-        bail!("{} does not name the API server as `{server}`", admin.display());
-    }
-    let local = run_dir.join("kubeconfig");
-    let _ = std::fs::remove_file(&local);
-    // It holds the admin's key: owner-only from the start.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&local)
-        .with_context(|| format!("creating {}", local.display()))?;
-    file.write_all(text.replace(&server, &format!("server: https://127.0.0.1:{port}")).as_bytes())
-        .with_context(|| format!("writing {}", local.display()))?;
-    Ok(local)
+    local_copy(
+        &cluster.join("admin.kubeconfig"),
+        &run_dir.join("kubeconfig"),
+        &server,
+        &format!("server: https://127.0.0.1:{port}"),
+    )
 }
 
 /// The admin kelsonconfig with the node's endpoint moved to the forwarded
 /// port; kelsonctl still verifies the node by its name.
 fn local_kelsonconfig(cluster: &Path, run_dir: &Path, port: u16) -> Result<PathBuf> {
-    let admin = cluster.join("kelsonconfig");
-    let text = std::fs::read_to_string(&admin).with_context(|| format!("reading {}", admin.display()))?;
     let endpoint = format!("{NODE_ADDRESS}:50000");
-    if !text.contains(&endpoint) {
-        bail!("{} does not name the node's endpoint as {endpoint}", admin.display());
+    local_copy(&cluster.join("kelsonconfig"), &run_dir.join("kelsonconfig"), &endpoint, &format!("127.0.0.1:{port}"))
+}
+
+/// A copy of the client config `from` at `to`, with `guest` (the node's
+/// address, which the host cannot reach) replaced by `host` (the forwarded
+/// port on 127.0.0.1).
+fn local_copy(from: &Path, to: &Path, guest: &str, host: &str) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    if !text.contains(guest) {
+        bail!("{} does not name the node as `{guest}`", from.display());
     }
-    let local = run_dir.join("kelsonconfig");
-    let _ = std::fs::remove_file(&local);
-    // It holds the admin client's key: owner-only from the start.
+    let _ = std::fs::remove_file(to);
+    // It holds the admin's private key: owner-only from the start.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&local)
-        .with_context(|| format!("creating {}", local.display()))?;
-    file.write_all(text.replace(&endpoint, &format!("127.0.0.1:{port}")).as_bytes())
-        .with_context(|| format!("writing {}", local.display()))?;
-    Ok(local)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    file.write_all(text.replace(guest, host).as_bytes()).with_context(|| format!("writing {}", to.display()))?;
+    Ok(to.to_owned())
 }
 
 /// A new copy-on-write overlay of the disk image with room for the state
