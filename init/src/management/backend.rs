@@ -257,9 +257,12 @@ impl NodeBackend {
         query: LogQuery,
     ) -> NodeResult<LogStream> {
         let pods = self.handles.pods().ok_or_else(|| unavailable("the static pods", "the pods stage has not run"))?;
+        // The newest instance of the pod by that name: an edited manifest
+        // leaves the old instance in the status while it stops.
         let found = pods
             .pods
             .iter()
+            .rev()
             .find(|p| p.namespace == namespace && p.name == pod_name)
             .ok_or_else(|| NodeError::NotFound(format!("no static pod {namespace}/{pod_name} on this node")))?;
         if !found.containers.iter().any(|c| c.name == container) {
@@ -269,14 +272,17 @@ impl NodeBackend {
         let what = format!("{namespace}/{pod_name}/{container}");
         let read_error = |e: LogReadError| match e {
             LogReadError::NoContainer { .. } | LogReadError::NoLogDir { .. } => {
-                NodeError::NotFound(format!("container {what} has written no log yet"))
+                NodeError::NotFound(format!("container {what} has written no log yet ({})", crate::boot::chain(&e)))
             }
             other => {
                 NodeError::Internal(format!("reading the log of container {what}: {}", crate::boot::chain(&other)))
             }
         };
+        // The instance's own directory; else the instance that wrote last
+        // (the status may name an instance that has not started a container).
         let uid = found.uid.to_string();
         let dir = logread::container_log_dir(&self.pod_logs, namespace, pod_name, Some(&uid), container)
+            .or_else(|_| logread::container_log_dir(&self.pod_logs, namespace, pod_name, None, container))
             .map_err(&read_error)?;
         let (lines, cursor) =
             logread::read_tail_with_cursor(&dir, query.tail.map(|t| t as usize)).map_err(&read_error)?;

@@ -135,6 +135,7 @@ fn main() -> Result<()> {
         handshakes: env_number("KELSON_BENCH_API_HANDSHAKES", 2000)?.max(1),
         streams: env_number("KELSON_BENCH_API_STREAMS", 100)?.max(1),
         memory_cycles: env_number("KELSON_BENCH_API_MEMORY_CYCLES", 3)?.max(1),
+        boot_rounds: env_number("KELSON_BENCH_API_BOOT_ROUNDS", 2)?.max(1),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the client's tokio runtime")?;
     runtime.block_on(host_half(&settings))?;
@@ -143,7 +144,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     match ImagePaths::disk_from_env() {
-        Ok(image) => qemu_half(&runtime, &image, settings.streams),
+        Ok(image) => qemu_half(&runtime, &image, settings.streams, settings.boot_rounds),
         Err(error) => {
             println!("PID 1 with open streams (QEMU): not measured in this run: no disk image ({error:#})");
             Ok(())
@@ -152,6 +153,8 @@ fn main() -> Result<()> {
 }
 
 struct Settings {
+    /// Pairs of boots (one quiet, one under API load) in the QEMU half.
+    boot_rounds: usize,
     rounds: usize,
     requests: usize,
     clients: usize,
@@ -818,7 +821,7 @@ fn overlay(image: &ImagePaths, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usize) -> Result<()> {
+fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usize, boot_rounds: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let cluster = dir.path().join("cluster");
     let mut spec = kelsonctl::gen::ClusterSpec::with_defaults("bench", 1, 0);
@@ -843,6 +846,7 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
         .disk(&seed)
         .memory_mib(GUEST_MEMORY_MIB)
         .qemu_args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=up"])
+        .reboot_allowed(true)
         .boot()?;
     vm.expect("kelson: ready", BOOT_TIMEOUT)?;
     if !vm.console_text()?.contains("management API listening") {
@@ -886,6 +890,10 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
         }
         anyhow::Ok((before, cycles))
     });
+    let boots = match &figures {
+        Ok(_) => boots_under_load(runtime, &mut vm, &node, boot_rounds),
+        Err(_) => Ok(Vec::new()),
+    };
     vm.kill()?;
     let (before, cycles) = figures?;
     let kib = |bytes: u64| bytes / 1024;
@@ -903,5 +911,130 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
         println!("{:<6} {:>9} {:>9} {:>9} {per_stream:>16.1}", i + 1, kib(previous), kib(*during), kib(*after));
         previous = *after;
     }
+    print_boots(&boots?);
     Ok(())
+}
+
+/// One boot's figures from the node's own status: PID 1 to ready (the first
+/// stage's start to the last one's end, CLOCK_BOOTTIME) and each stage's
+/// duration.
+struct BootFigures {
+    loaded: bool,
+    pid1_to_ready_ms: u64,
+    stages: Vec<(String, u64)>,
+}
+
+fn boot_figures(status: &NodeStatus, loaded: bool) -> Option<BootFigures> {
+    let first = status.stages.first()?.started_boot_ms;
+    let end = status.stages.iter().filter_map(|s| Some(s.started_boot_ms + s.elapsed_ms?)).max()?;
+    let stages = status.stages.iter().map(|s| (s.name.clone(), s.elapsed_ms.unwrap_or(0))).collect();
+    Some(BootFigures { loaded, pid1_to_ready_ms: end.saturating_sub(first), stages })
+}
+
+/// API clients that keep at the node through a reboot: status pollers and
+/// follow streams, each trying again at once when refused (the node down,
+/// or not yet serving), until `stop`.
+fn start_load(node: &kelsonctl::api::client::NodeClient, stop: &Arc<std::sync::atomic::AtomicBool>) -> JoinSet<()> {
+    const POLLERS: usize = 8;
+    const STREAMS: usize = 20;
+    let mut load = JoinSet::new();
+    for _ in 0..POLLERS {
+        let (node, stop) = (node.clone(), stop.clone());
+        load.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if node.get::<NodeStatus>(STATUS).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+    }
+    for _ in 0..STREAMS {
+        let (node, stop) = (node.clone(), stop.clone());
+        load.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match node.log_lines(GUEST_FOLLOW).await {
+                    Ok(mut lines) => while let Ok(Some(_)) = lines.next().await {},
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+    load
+}
+
+/// Boots the node again `rounds` times quietly and `rounds` times under API
+/// load from the moment of the reboot, alternating, and reads each boot's
+/// figures from its status.
+fn boots_under_load(
+    runtime: &tokio::runtime::Runtime,
+    vm: &mut qemu_tests::Vm,
+    node: &kelsonctl::api::client::NodeClient,
+    rounds: usize,
+) -> Result<Vec<BootFigures>> {
+    let mut boots = Vec::new();
+    for round in 0..2 * rounds {
+        let loaded = round % 2 == 1;
+        eprintln!(
+            "bench-api: boot {} of {}, {}",
+            round + 1,
+            2 * rounds,
+            if loaded { "under API load" } else { "quiet" }
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let _entered = runtime.enter();
+            loaded.then(|| start_load(node, &stop))
+        };
+        vm.send_ctrl_alt_delete()?;
+        vm.expect("kelson-init starting as PID 1", BOOT_TIMEOUT)?;
+        vm.expect("kelson: ready", BOOT_TIMEOUT)?;
+        let status = runtime.block_on(async {
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            loop {
+                match node.get::<NodeStatus>(STATUS).await {
+                    Ok(status) if status.phase == kelson_api::types::Phase::Ready => return Ok(status),
+                    _ if Instant::now() > deadline => {
+                        bail!("the node's status did not say ready within {STEP_TIMEOUT:?}")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })?;
+        stop.store(true, Ordering::Relaxed);
+        if let Some(mut load) = load {
+            runtime.block_on(async {
+                load.abort_all();
+                while load.join_next().await.is_some() {}
+            });
+        }
+        boots.push(boot_figures(&status, loaded).context("the status lists no finished stages")?);
+    }
+    Ok(boots)
+}
+
+fn print_boots(boots: &[BootFigures]) {
+    if boots.is_empty() {
+        return;
+    }
+    println!(
+        "5. Boot under API load (the same VM rebooted with ctrl-alt-del, quiet and loaded boots alternating): \
+         8 clients polling GET {STATUS} and 20 following {GUEST_FOLLOW} from the reboot on, each trying again at \
+         once when refused; milliseconds of CLOCK_BOOTTIME from the node's own status, medians"
+    );
+    let median_of = |loaded: bool, pick: &dyn Fn(&BootFigures) -> Option<u64>| -> Option<f64> {
+        let values: Vec<f64> = boots.iter().filter(|b| b.loaded == loaded).filter_map(pick).map(|v| v as f64).collect();
+        (!values.is_empty()).then(|| median(&values))
+    };
+    println!("{:<16} {:>10} {:>10} {:>8}", "", "quiet", "loaded", "ratio");
+    let row = |name: &str, pick: &dyn Fn(&BootFigures) -> Option<u64>| {
+        if let (Some(quiet), Some(loaded)) = (median_of(false, pick), median_of(true, pick)) {
+            let ratio = if quiet > 0.0 { loaded / quiet } else { f64::NAN };
+            println!("{name:<16} {quiet:>10.0} {loaded:>10.0} {ratio:>8.2}");
+        }
+    };
+    row("PID 1 -> ready", &|b| Some(b.pid1_to_ready_ms));
+    let names: Vec<String> = boots[0].stages.iter().map(|(n, _)| n.clone()).collect();
+    for name in names {
+        row(&format!("  {name}"), &|b| b.stages.iter().find(|(n, _)| *n == name).map(|(_, ms)| *ms));
+    }
 }
