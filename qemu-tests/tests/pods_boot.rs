@@ -171,7 +171,7 @@ spec:
 fn namespaces_logged(vm: &mut Vm, pod_dir: &str, container: &str, run: u32) -> (String, String) {
     let start = Instant::now();
     loop {
-        let log = sh(vm, &format!("cat /var/log/pods/{pod_dir}/{container}/{run}.log 2>/dev/null || true"));
+        let log = sh(vm, &format!("cat /var/log/kelson/pods/{pod_dir}/{container}/{run}.log 2>/dev/null || true"));
         if let Some(line) = log.lines().find(|l| l.contains(" stdout F ipc=")) {
             let field =
                 |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or_default().to_owned();
@@ -431,7 +431,7 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_clea
         wait_status(&mut vm, "default_client-t-cp-1.json", SHORT, "client done", |s| s["phase"] == "Succeeded");
     assert_eq!(client["containers"][0]["state"]["terminated"]["exitCode"], 0, "{client:#}");
     let client_uid = client["uid"].as_str().unwrap();
-    let log = sh(&mut vm, &format!("cat /var/log/pods/default_client-t-cp-1_{client_uid}/fetch/0.log"));
+    let log = sh(&mut vm, &format!("cat /var/log/kelson/pods/default_client-t-cp-1_{client_uid}/fetch/0.log"));
     assert!(log.lines().any(|l| l.contains(" stdout F hello-from-web")), "{log}");
 
     // RuntimeDefault has containerd's default-profile semantics: a pod asking
@@ -450,7 +450,7 @@ fn busybox_pods_get_pod_ips_serve_each_other_are_probed_oom_killed_and_stop_clea
         let file = format!("default_{name}-t-cp-1.json");
         let pod = wait_status(&mut vm, &file, SHORT, &format!("{name} done"), |s| s["phase"] == "Succeeded");
         let pod_uid = pod["uid"].as_str().unwrap();
-        let log = sh(&mut vm, &format!("cat /var/log/pods/default_{name}-t-cp-1_{pod_uid}/probe/0.log"));
+        let log = sh(&mut vm, &format!("cat /var/log/kelson/pods/default_{name}-t-cp-1_{pod_uid}/probe/0.log"));
         let words: Vec<&str> =
             log.lines().filter_map(|l| l.split(" stdout F ").nth(1)).flat_map(str::split_whitespace).collect();
         seen.push(words.join(" "));

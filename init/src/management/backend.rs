@@ -37,7 +37,7 @@ pub struct NodeBackend {
     pub store: Store,
     /// The kernel's log device (`/dev/kmsg`).
     pub kmsg: PathBuf,
-    /// Container logs (`/var/log/pods`).
+    /// Container logs (`/var/log/kelson/pods`).
     pub pod_logs: PathBuf,
 }
 

@@ -7,7 +7,11 @@
 //! ```
 //!
 //! in `<root>/<namespace>_<name>_<uid>/<container>/<restartCount>.log`
-//! (`/var/log/pods/…` on the node), rotated by size to `.log.1` … `.log.N`.
+//! (`/var/log/kelson/pods/…` on the node), rotated by size to `.log.1` …
+//! `.log.N`. Not the kubelet's `/var/log/pods`: the kubelet deletes the
+//! log directories there of pods it does not know, and PID 1's static pods
+//! are not the kubelet's (a QEMU run found kube-apiserver's directory gone
+//! once the kubelet had started, its file still being written unlinked).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,8 +24,8 @@ use crate::spec::PodSpec;
 use crate::time::rfc3339_nanos;
 use crate::Clock;
 
-/// Where container logs go on the node.
-pub const LOG_ROOT: &str = "/var/log/pods";
+/// Where the static pods' container logs go on the node.
+pub const LOG_ROOT: &str = "/var/log/kelson/pods";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
