@@ -87,13 +87,10 @@ pub fn plan(
             return Err(problems);
         }
     };
-    let net_plan = match NetPlan::from_config(&effective.config.network) {
+    let net_plan = match crate::stages::config::plan_network(&effective) {
         Ok(plan) => plan,
         Err(errors) => {
-            problems.extend(errors.into_iter().map(|p| {
-                let document = effective.source_of(&p.field).map_or("built-in default", |(_, d)| d).to_owned();
-                ConfigProblem { document, path: p.field, reason: p.reason }
-            }));
+            problems.extend(errors.into_iter().map(problem));
             return Err(problems);
         }
     };

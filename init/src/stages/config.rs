@@ -154,11 +154,11 @@ fn fetch_url_seed(url: &str) -> Result<kelson_config::nocloud::SeedFiles, String
         .map_err(|e| chain(&e))
 }
 
-/// Every layer, then the resolved config and the seed to save.
 /// What [`gather`] found: the config, its network plan, the seed to save
 /// and the layers it was resolved from.
 type Gathered = (Effective, NetPlan, Option<SeedToSave>, Vec<Layer>);
 
+/// Every layer, then the resolved config and the seed to save.
 fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<Gathered, Rejected> {
     let kernel = ctx.kernel;
     let mut layers = Vec::new();
@@ -278,20 +278,25 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<Gathered, Rejected> {
     };
     // What the network stage could not apply is refused here, before
     // anything is touched, like any other config error.
-    let net_plan = match NetPlan::from_config(&effective.config.network) {
+    let net_plan = match plan_network(&effective) {
         Ok(plan) => plan,
-        Err(problems) => {
-            let errors = problems
-                .into_iter()
-                .map(|p| {
-                    let document = effective.source_of(&p.field).map_or("built-in default", |(_, d)| d).to_owned();
-                    ConfigError { document, path: p.field, reason: p.reason }
-                })
-                .collect();
-            return Err(Rejected { errors, layers, unreadable: Vec::new() });
-        }
+        Err(errors) => return Err(Rejected { errors, layers, unreadable: Vec::new() }),
     };
     Ok((effective, net_plan, seed_to_save, layers))
+}
+
+/// The config's network as kelson-net would apply it; each problem as a
+/// config error naming the document that set the field.
+pub fn plan_network(effective: &Effective) -> Result<NetPlan, Vec<ConfigError>> {
+    NetPlan::from_config(&effective.config.network).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| {
+                let document = effective.source_of(&p.field).map_or("built-in default", |(_, d)| d).to_owned();
+                ConfigError { document, path: p.field, reason: p.reason }
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
