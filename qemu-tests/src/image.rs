@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Environment variable naming the directory with the image artifacts.
 pub const IMAGE_DIR_ENV: &str = "KELSON_IMAGE_DIR";
@@ -25,6 +25,24 @@ pub struct ImagePaths {
 }
 
 impl ImagePaths {
+    /// `dir/disk.qcow2`: a copy-on-write overlay of the raw disk image,
+    /// `size` large (`8G`; the state partition takes what the image does
+    /// not), so a VM writes its disk without touching the image.
+    pub fn disk_overlay(&self, dir: &Path, size: &str) -> Result<PathBuf> {
+        let path = dir.join("disk.qcow2");
+        let status = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&self.disk)
+            .arg(&path)
+            .arg(size)
+            .status()
+            .context("running qemu-img create (package qemu-utils)")?;
+        if !status.success() {
+            bail!("qemu-img create of an overlay of {} failed ({status})", self.disk.display());
+        }
+        Ok(path)
+    }
+
     /// The paths inside `dir`, without checking that they exist.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();

@@ -88,19 +88,6 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
     out.output.trim().to_owned()
 }
 
-fn overlay(image: &ImagePaths, dir: &Path) -> PathBuf {
-    let path = dir.join("disk.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&image.disk)
-        .arg(&path)
-        .arg("4G")
-        .status()
-        .expect("qemu-img (package qemu-utils)");
-    assert!(status.success(), "qemu-img create failed: {status}");
-    path
-}
-
 /// A seed like `good` (a directory holding `user-data` as JSON) whose
 /// config the boot rejects: a pod CIDR that is not one.
 fn bad_seed(good: &Path, dir: &Path) -> PathBuf {
@@ -137,7 +124,7 @@ fn kelsonctl_drives_a_booted_node_through_the_management_api() {
     let port = free_loopback_port().unwrap();
     let ctl = Kelsonctl::beside_tests(&out.join("kelsonconfig"), NODE, port).unwrap();
 
-    let disk = overlay(&image, dir.path());
+    let disk = image.disk_overlay(dir.path(), "4G").unwrap();
     let netdev = format!(
         "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
          hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:50000"

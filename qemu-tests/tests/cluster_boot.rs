@@ -17,7 +17,7 @@
 
 use qemu_tests::kelsonctl::Kelsonctl;
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -79,21 +79,6 @@ impl Kubectl {
     }
 }
 
-/// A qcow2 overlay of the disk image, grown to `size` (the state partition
-/// takes the free space).
-fn overlay(image: &ImagePaths, dir: &Path, size: &str) -> PathBuf {
-    let path = dir.join("disk.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&image.disk)
-        .arg(&path)
-        .arg(size)
-        .status()
-        .expect("qemu-img (package qemu-utils)");
-    assert!(status.success(), "qemu-img create failed: {status}");
-    path
-}
-
 fn sh(vm: &mut Vm, cmd: &str) -> String {
     let out = vm.agent_exec(cmd, AGENT).unwrap();
     assert!(out.status == 0, "{cmd}: exit {}: {}", out.status, out.output);
@@ -141,7 +126,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         server: format!("https://127.0.0.1:{port}"),
     };
 
-    let disk = overlay(&image, dir.path(), "8G");
+    let disk = image.disk_overlay(dir.path(), "8G").unwrap();
     let seed = out.join(format!("nodes/{NODE}/seed.img"));
     // restrict=on: the guest reaches nothing beyond this network; the one
     // hostfwd lets the host reach the API server (its certificate names

@@ -64,7 +64,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -806,21 +806,6 @@ async fn host_half(settings: &Settings) -> Result<()> {
 // ---------------------------------------------------------------------------
 // QEMU half.
 
-fn overlay(image: &ImagePaths, dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("disk.qcow2");
-    let status = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&image.disk)
-        .arg(&path)
-        .arg("8G")
-        .status()
-        .context("running qemu-img create (package qemu-utils)")?;
-    if !status.success() {
-        bail!("qemu-img create of an overlay of {} failed ({status})", image.disk.display());
-    }
-    Ok(path)
-}
-
 fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usize, boot_rounds: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let cluster = dir.path().join("cluster");
@@ -831,7 +816,7 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
     let node = "bench-cp-1";
     // PID 1's own memory is measured, not a control plane's.
     let seed = qemu_tests::seed::without_control_plane(&cluster.join("nodes").join(node))?;
-    let disk = overlay(image, dir.path())?;
+    let disk = image.disk_overlay(dir.path(), "8G")?;
     let port = free_loopback_port()?;
     let netdev = format!(
         "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\

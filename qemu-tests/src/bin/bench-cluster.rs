@@ -260,21 +260,6 @@ struct Boot {
     memory_used_kib: u64,
 }
 
-fn overlay(image: &ImagePaths, dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("disk.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&image.disk)
-        .arg(&path)
-        .arg("8G")
-        .status()
-        .context("running qemu-img create (package qemu-utils)")?;
-    if !status.success() {
-        bail!("qemu-img create of an overlay of {} failed ({status})", image.disk.display());
-    }
-    Ok(path)
-}
-
 /// Resident memory of each process in [`PROCESSES`] and of PID 1 (summed
 /// when a name has several), and the guest's MemTotal - MemAvailable.
 const RSS_SCRIPT: &str = r#"rss() { awk '/^VmRSS:/ {print $2}' /proc/$1/status; }
@@ -299,7 +284,7 @@ fn boot_once(image: &ImagePaths, kubectl_binary: &Path, settle: Duration, run: u
         kubeconfig: out.join("admin.kubeconfig"),
         server: format!("https://127.0.0.1:{port}"),
     };
-    let disk = overlay(image, dir.path())?;
+    let disk = image.disk_overlay(dir.path(), "8G")?;
     let seed = out.join(format!("nodes/{NODE}/seed.img"));
     let netdev = format!(
         "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
