@@ -6,30 +6,7 @@ mod common;
 
 use common::*;
 use kelson_supervise::*;
-use std::sync::Arc;
 use std::time::Duration;
-
-fn unstarted(specs: Vec<ServiceSpec>, settings: Settings) -> Supervisor {
-    Supervisor::new(specs, settings, Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap()
-}
-
-fn start(specs: Vec<ServiceSpec>, settings: Settings) -> Supervisor {
-    let sup = unstarted(specs, settings);
-    sup.start();
-    sup
-}
-
-fn backoff_from(initial_ms: u64) -> RestartPolicy {
-    RestartPolicy {
-        mode: RestartMode::Always,
-        backoff: Backoff {
-            initial: Duration::from_millis(initial_ms),
-            factor: 2,
-            cap: Duration::from_secs(5),
-            reset_after: Duration::from_secs(60),
-        },
-    }
-}
 
 async fn healthy_pid(sup: &Supervisor, name: &str) -> i32 {
     let s = wait_until(sup, 10, &format!("{name} healthy"), |s| state_of(s, name) == ServiceState::Healthy).await;
@@ -152,7 +129,7 @@ async fn absent_and_blocked_services_cannot_be_restarted() {
 async fn a_service_stopped_while_backing_off_stays_stopped_past_its_back_off() {
     let dir = tempfile::tempdir().unwrap();
     let mut crasher = sh("crasher", "exit 1");
-    crasher.restart = backoff_from(300);
+    crasher.restart = quick_backoff(300);
     let sup = start(vec![crasher], settings(dir.path()));
     wait_until(&sup, 10, "crasher backing off", |s| state_of(s, "crasher") == ServiceState::BackingOff).await;
     let mut transitions = sup.transitions();
@@ -173,7 +150,7 @@ async fn a_service_stopped_while_backing_off_stays_stopped_past_its_back_off() {
 async fn a_start_on_request_begins_the_back_off_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut crasher = sh("crasher", "exit 1");
-    crasher.restart = backoff_from(20);
+    crasher.restart = quick_backoff(20);
     let sup = start(vec![crasher], settings(dir.path()));
     wait_until(&sup, 10, "a grown back-off", |s| s.services["crasher"].backoff_ms.is_some_and(|ms| ms >= 80)).await;
     sup.control("crasher", ServiceAction::Stop).await.unwrap();

@@ -7,30 +7,7 @@ mod common;
 use common::*;
 use kelson_base::Exit;
 use kelson_supervise::*;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn unstarted(specs: Vec<ServiceSpec>, settings: Settings) -> Supervisor {
-    Supervisor::new(specs, settings, Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap()
-}
-
-fn start(specs: Vec<ServiceSpec>, settings: Settings) -> Supervisor {
-    let sup = unstarted(specs, settings);
-    sup.start();
-    sup
-}
-
-fn quick_backoff(initial_ms: u64) -> RestartPolicy {
-    RestartPolicy {
-        mode: RestartMode::Always,
-        backoff: Backoff {
-            initial: Duration::from_millis(initial_ms),
-            factor: 2,
-            cap: Duration::from_secs(5),
-            reset_after: Duration::from_secs(60),
-        },
-    }
-}
 
 fn file_check(path: &std::path::Path) -> HealthCheck {
     let mut check =

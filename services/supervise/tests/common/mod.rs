@@ -1,8 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 //! Helpers for the tests that supervise real processes.
 
-use kelson_supervise::{LogSettings, ServiceState, Settings, Snapshot, Supervisor, Transition};
+use kelson_supervise::{
+    Backoff, LogSettings, RestartMode, RestartPolicy, ServiceSpec, ServiceState, Settings, Snapshot, Supervisor,
+    SystemClock, ThreadLauncher, Transition,
+};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -95,4 +99,30 @@ pub fn processes_in_group(pgid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// A supervisor of `specs` launching real processes on the real clock, not
+/// started yet.
+pub fn unstarted(specs: Vec<ServiceSpec>, settings: Settings) -> Supervisor {
+    Supervisor::new(specs, settings, Arc::new(ThreadLauncher), Arc::new(SystemClock)).unwrap()
+}
+
+/// The same, started.
+pub fn start(specs: Vec<ServiceSpec>, settings: Settings) -> Supervisor {
+    let sup = unstarted(specs, settings);
+    sup.start();
+    sup
+}
+
+/// Always restart, first after `initial_ms`, doubling up to 5 s.
+pub fn quick_backoff(initial_ms: u64) -> RestartPolicy {
+    RestartPolicy {
+        mode: RestartMode::Always,
+        backoff: Backoff {
+            initial: Duration::from_millis(initial_ms),
+            factor: 2,
+            cap: Duration::from_secs(5),
+            reset_after: Duration::from_secs(60),
+        },
+    }
 }
