@@ -278,11 +278,8 @@ impl NodeBackend {
                 NodeError::Internal(format!("reading the log of container {what}: {}", crate::boot::chain(&other)))
             }
         };
-        // The instance's own directory; else the instance that wrote last
-        // (the status may name an instance that has not started a container).
         let uid = found.uid.to_string();
         let dir = logread::container_log_dir(&self.pod_logs, namespace, pod_name, Some(&uid), container)
-            .or_else(|_| logread::container_log_dir(&self.pod_logs, namespace, pod_name, None, container))
             .map_err(&read_error)?;
         let (lines, cursor) =
             logread::read_tail_with_cursor(&dir, query.tail.map(|t| t as usize)).map_err(&read_error)?;
