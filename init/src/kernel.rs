@@ -73,6 +73,9 @@ pub trait Kernel: Send + Sync {
     fn create_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Sets the calling thread's nice value (on Linux a thread's own, and
+    /// inherited by the threads it starts).
+    fn set_this_threads_nice(&self, nice: i32) -> io::Result<()>;
 }
 
 /// The real kernel.
@@ -252,6 +255,17 @@ impl Kernel for LinuxKernel {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn set_this_threads_nice(&self, nice: i32) -> io::Result<()> {
+        // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
+        // and a thread id changes only that thread's nice value.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn attach_loop(&self, file: &Path) -> io::Result<std::path::PathBuf> {
@@ -546,6 +560,10 @@ pub mod fake {
             self.check(path)?;
             let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
             files.remove(path).map(|_| ()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        fn set_this_threads_nice(&self, nice: i32) -> io::Result<()> {
+            self.record(format!("nice {nice}"));
+            Ok(())
         }
     }
 }

@@ -152,25 +152,53 @@ pub fn fallback_config(image_defaults: Option<&str>, store: &kelson_config::Stor
     resolve(&layers).ok()
 }
 
-/// Starts the API server on `0.0.0.0:`[`kelson_api::PORT`] on the current
-/// runtime. It serves once [`Handles`] has serving material.
+/// How much lower than the boot's the API thread's CPU priority is: nice
+/// 10 weighs about a tenth of nice 0, so under load the kernel gives the
+/// boot stages, the services and their children the CPU first, and the API
+/// what is left. Clients see slower answers while the node is busy; the
+/// node does not see slower boots.
+pub const API_NICE: i32 = 10;
+
+/// Starts the API server on `0.0.0.0:`[`kelson_api::PORT`] on a thread of
+/// its own, with its own single-threaded runtime, at [`API_NICE`]. It
+/// serves once [`Handles`] has serving material.
+///
+/// The API's work (TLS handshakes, encoding, log streams) must not take
+/// the CPU from boot-critical work, which runs on the main runtime and in
+/// its blocking pool: a thread of its own is what lets the kernel's
+/// scheduler tell the two apart. Threads the API's runtime starts for
+/// blocking work (saving a config, installing an update) inherit its
+/// priority.
 pub fn start(backend: backend::NodeBackend) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::error!("no async runtime: the management API is not served");
-        return;
-    };
     let tls = backend.handles.tls();
-    runtime.spawn(async move {
-        let address = std::net::SocketAddr::from(([0, 0, 0, 0], kelson_api::PORT));
-        let listener = match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => listener,
+    let spawned = std::thread::Builder::new().name("management-api".into()).spawn(move || {
+        if let Err(e) = backend.kernel.set_this_threads_nice(API_NICE) {
+            // The API then competes with the boot as an equal: slower
+            // boots under load, nothing else.
+            tracing::warn!(nice = API_NICE, error = %e, "could not lower the management API thread's priority");
+        }
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
             Err(e) => {
-                tracing::error!(%address, error = %e, "the management API cannot listen");
+                tracing::error!(error = %e, "could not start the management API's runtime: the API is not served");
                 return;
             }
         };
-        tracing::info!(%address, "management API listening (mutual TLS; it answers once the config gives it a certificate)");
-        let settings = kelson_api::ServerSettings { audit_log: Some(std::path::PathBuf::from(AUDIT_LOG)) };
-        kelson_api::serve(listener, Arc::new(backend), tls, settings).await;
+        runtime.block_on(async move {
+            let address = std::net::SocketAddr::from(([0, 0, 0, 0], kelson_api::PORT));
+            let listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!(%address, error = %e, "the management API cannot listen");
+                    return;
+                }
+            };
+            tracing::info!(%address, "management API listening (mutual TLS; it answers once the config gives it a certificate)");
+            let settings = kelson_api::ServerSettings { audit_log: Some(std::path::PathBuf::from(AUDIT_LOG)) };
+            kelson_api::serve(listener, Arc::new(backend), tls, settings).await;
+        });
     });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the management API's thread: the API is not served");
+    }
 }

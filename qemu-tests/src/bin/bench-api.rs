@@ -44,9 +44,13 @@
 //! PID 1's RSS from `GET /v1/status` (`memory.pid1RssBytes`) before, with
 //! `KELSON_BENCH_API_STREAMS` follow streams of `/v1/logs/init` open
 //! through kelsonctl's client (a connection each, each having received a
-//! line of its backlog), and 5 s after they closed; twice. An image whose
-//! PID 1 does not serve the API (no "management API listening" on the
-//! console) is reported as not measured.
+//! line of its backlog), and 5 s after they closed; twice. Then the same
+//! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times quietly and as many
+//! times under API load (default 3 each), alternating: the load starts
+//! once the API answers (after the config stage, the earliest it can
+//! reach the node) and runs until ready, and the stages after config are
+//! compared. An image whose PID 1 does not serve the API (no "management
+//! API listening" on the console) is reported as not measured.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -135,7 +139,7 @@ fn main() -> Result<()> {
         handshakes: env_number("KELSON_BENCH_API_HANDSHAKES", 2000)?.max(1),
         streams: env_number("KELSON_BENCH_API_STREAMS", 100)?.max(1),
         memory_cycles: env_number("KELSON_BENCH_API_MEMORY_CYCLES", 3)?.max(1),
-        boot_rounds: env_number("KELSON_BENCH_API_BOOT_ROUNDS", 2)?.max(1),
+        boot_rounds: env_number("KELSON_BENCH_API_BOOT_ROUNDS", 3)?.max(1),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the client's tokio runtime")?;
     runtime.block_on(host_half(&settings))?;
@@ -900,56 +904,111 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
     Ok(())
 }
 
-/// One boot's figures from the node's own status: PID 1 to ready (the first
-/// stage's start to the last one's end, CLOCK_BOOTTIME) and each stage's
-/// duration.
+/// One boot's figures from the node's own status (CLOCK_BOOTTIME): each
+/// stage's duration, and the stretch the load can reach, from the end of
+/// the config stage (the API answers from then on) to the last stage's
+/// end; with, for a loaded boot, what the load got done in that stretch.
 struct BootFigures {
     loaded: bool,
-    pid1_to_ready_ms: u64,
-    stages: Vec<(String, u64)>,
+    config_to_ready_ms: u64,
+    stages_after_config: Vec<(String, u64)>,
+    load: Option<LoadDone>,
 }
 
-fn boot_figures(status: &NodeStatus, loaded: bool) -> Option<BootFigures> {
-    let first = status.stages.first()?.started_boot_ms;
+fn boot_figures(status: &NodeStatus, load: Option<LoadDone>) -> Option<BootFigures> {
+    let config = status.stages.iter().find(|s| s.name == "config")?;
+    let config_end = config.started_boot_ms + config.elapsed_ms?;
     let end = status.stages.iter().filter_map(|s| Some(s.started_boot_ms + s.elapsed_ms?)).max()?;
-    let stages = status.stages.iter().map(|s| (s.name.clone(), s.elapsed_ms.unwrap_or(0))).collect();
-    Some(BootFigures { loaded, pid1_to_ready_ms: end.saturating_sub(first), stages })
+    let stages_after_config = status
+        .stages
+        .iter()
+        .filter(|s| s.started_boot_ms >= config_end)
+        .map(|s| (s.name.clone(), s.elapsed_ms.unwrap_or(0)))
+        .collect();
+    Some(BootFigures {
+        loaded: load.is_some(),
+        config_to_ready_ms: end.saturating_sub(config_end),
+        stages_after_config,
+        load,
+    })
 }
 
-/// API clients that keep at the node through a reboot: status pollers and
-/// follow streams, each trying again at once when refused (the node down,
-/// or not yet serving), until `stop`.
-fn start_load(node: &kelsonctl::api::client::NodeClient, stop: &Arc<std::sync::atomic::AtomicBool>) -> JoinSet<()> {
-    const POLLERS: usize = 8;
-    const STREAMS: usize = 20;
+/// What the load got done while a boot ran on, and what it cost the host.
+#[derive(Clone, Copy)]
+struct LoadDone {
+    statuses: usize,
+    stream_lines: usize,
+    /// This process's CPU time over the loaded stretch (its load clients,
+    /// TLS included): host CPU the emulator could not have.
+    host_cpu: Option<Duration>,
+}
+
+#[derive(Default)]
+struct LoadCounters {
+    statuses: AtomicUsize,
+    stream_lines: AtomicUsize,
+}
+
+/// API clients at a node that already answers: status pollers and follow
+/// streams, each backing off half a second when refused or cut, until
+/// `stop`. Backing off matters: each refused attempt is a connection
+/// QEMU's user network handles under its global lock, which stalls the
+/// emulated CPU as surely as load inside the guest.
+fn start_load(
+    node: &kelsonctl::api::client::NodeClient,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    counters: &Arc<LoadCounters>,
+) -> JoinSet<()> {
     let mut load = JoinSet::new();
-    for _ in 0..POLLERS {
-        let (node, stop) = (node.clone(), stop.clone());
+    for _ in 0..LOAD_POLLERS {
+        let (node, stop, counters) = (node.clone(), stop.clone(), counters.clone());
         load.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if node.get::<NodeStatus>(STATUS).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                match node.get::<NodeStatus>(STATUS).await {
+                    Ok(_) => {
+                        counters.statuses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => tokio::time::sleep(LOAD_BACK_OFF).await,
                 }
             }
         });
     }
-    for _ in 0..STREAMS {
-        let (node, stop) = (node.clone(), stop.clone());
+    for _ in 0..LOAD_STREAMS {
+        let (node, stop, counters) = (node.clone(), stop.clone(), counters.clone());
         load.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match node.log_lines(GUEST_FOLLOW).await {
-                    Ok(mut lines) => while let Ok(Some(_)) = lines.next().await {},
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                if let Ok(mut lines) = node.log_lines(GUEST_FOLLOW).await {
+                    while let Ok(Some(_)) = lines.next().await {
+                        counters.stream_lines.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                tokio::time::sleep(LOAD_BACK_OFF).await;
             }
         });
     }
     load
 }
 
+const LOAD_POLLERS: usize = 8;
+const LOAD_STREAMS: usize = 20;
+const LOAD_BACK_OFF: Duration = Duration::from_millis(500);
+/// How often every boot, quiet or loaded, asks whether the API answers
+/// yet: the same probe in both, so the two differ only by the load.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// This process's user and system CPU time so far.
+fn own_cpu_time() -> Option<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let of = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, (t.tv_usec() as u32) * 1000);
+    Some(of(usage.user_time()) + of(usage.system_time()))
+}
+
 /// Boots the node again `rounds` times quietly and `rounds` times under API
-/// load from the moment of the reboot, alternating, and reads each boot's
-/// figures from its status.
+/// load, alternating, and reads each boot's figures from its status. Every
+/// boot is probed the same way until the API first answers (the config
+/// stage is done); a loaded boot then starts the load, which runs until
+/// the status says ready.
 fn boots_under_load(
     runtime: &tokio::runtime::Runtime,
     vm: &mut qemu_tests::Vm,
@@ -965,34 +1024,41 @@ fn boots_under_load(
             2 * rounds,
             if loaded { "under API load" } else { "quiet" }
         );
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let load = {
-            let _entered = runtime.enter();
-            loaded.then(|| start_load(node, &stop))
-        };
         vm.send_ctrl_alt_delete()?;
         vm.expect("kelson-init starting as PID 1", BOOT_TIMEOUT)?;
-        vm.expect("kelson: ready", BOOT_TIMEOUT)?;
-        let status = runtime.block_on(async {
-            let deadline = Instant::now() + STEP_TIMEOUT;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counters = Arc::new(LoadCounters::default());
+        let (status, load) = runtime.block_on(async {
+            let deadline = Instant::now() + BOOT_TIMEOUT;
+            let mut load: Option<(JoinSet<()>, Option<Duration>)> = None;
             loop {
                 match node.get::<NodeStatus>(STATUS).await {
-                    Ok(status) if status.phase == kelson_api::types::Phase::Ready => return Ok(status),
-                    _ if Instant::now() > deadline => {
-                        bail!("the node's status did not say ready within {STEP_TIMEOUT:?}")
+                    Ok(status) if status.phase == kelson_api::types::Phase::Ready => return Ok((status, load)),
+                    Ok(_) if loaded && load.is_none() => {
+                        load = Some((start_load(node, &stop, &counters), own_cpu_time()));
                     }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    _ if Instant::now() > deadline => {
+                        bail!("the node's status did not say ready within {BOOT_TIMEOUT:?}")
+                    }
+                    _ => {}
                 }
+                tokio::time::sleep(PROBE_EVERY).await;
             }
         })?;
         stop.store(true, Ordering::Relaxed);
-        if let Some(mut load) = load {
+        let done = load.map(|(mut load, cpu_at_start)| {
+            let host_cpu = own_cpu_time().zip(cpu_at_start).map(|(now, then)| now.saturating_sub(then));
             runtime.block_on(async {
                 load.abort_all();
                 while load.join_next().await.is_some() {}
             });
-        }
-        boots.push(boot_figures(&status, loaded).context("the status lists no finished stages")?);
+            LoadDone {
+                statuses: counters.statuses.load(Ordering::Relaxed),
+                stream_lines: counters.stream_lines.load(Ordering::Relaxed),
+                host_cpu,
+            }
+        });
+        boots.push(boot_figures(&status, done).context("the status lists no finished config stage")?);
     }
     Ok(boots)
 }
@@ -1002,24 +1068,43 @@ fn print_boots(boots: &[BootFigures]) {
         return;
     }
     println!(
-        "5. Boot under API load (the same VM rebooted with ctrl-alt-del, quiet and loaded boots alternating): \
-         8 clients polling GET {STATUS} and 20 following {GUEST_FOLLOW} from the reboot on, each trying again at \
-         once when refused; milliseconds of CLOCK_BOOTTIME from the node's own status, medians"
+        "5. Boot under API load (the same VM rebooted with ctrl-alt-del, quiet and loaded boots alternating, \
+         {} of each): every boot probed with GET {STATUS} every {} ms until it answers (the config stage done); \
+         a loaded boot then has {LOAD_POLLERS} clients polling GET {STATUS} back to back and {LOAD_STREAMS} \
+         following {GUEST_FOLLOW} until ready, backing off {} ms when refused; milliseconds of CLOCK_BOOTTIME \
+         from the node's own status, medians, for the stages that start after config",
+        boots.iter().filter(|b| !b.loaded).count(),
+        PROBE_EVERY.as_millis(),
+        LOAD_BACK_OFF.as_millis(),
     );
     let median_of = |loaded: bool, pick: &dyn Fn(&BootFigures) -> Option<u64>| -> Option<f64> {
         let values: Vec<f64> = boots.iter().filter(|b| b.loaded == loaded).filter_map(pick).map(|v| v as f64).collect();
         (!values.is_empty()).then(|| median(&values))
     };
-    println!("{:<16} {:>10} {:>10} {:>8}", "", "quiet", "loaded", "ratio");
+    println!("{:<20} {:>10} {:>10} {:>8}", "", "quiet", "loaded", "ratio");
     let row = |name: &str, pick: &dyn Fn(&BootFigures) -> Option<u64>| {
         if let (Some(quiet), Some(loaded)) = (median_of(false, pick), median_of(true, pick)) {
             let ratio = if quiet > 0.0 { loaded / quiet } else { f64::NAN };
-            println!("{name:<16} {quiet:>10.0} {loaded:>10.0} {ratio:>8.2}");
+            println!("{name:<20} {quiet:>10.0} {loaded:>10.0} {ratio:>8.2}");
         }
     };
-    row("PID 1 -> ready", &|b| Some(b.pid1_to_ready_ms));
-    let names: Vec<String> = boots[0].stages.iter().map(|(n, _)| n.clone()).collect();
+    row("config -> ready", &|b| Some(b.config_to_ready_ms));
+    let names: Vec<String> = boots[0].stages_after_config.iter().map(|(n, _)| n.clone()).collect();
     for name in names {
-        row(&format!("  {name}"), &|b| b.stages.iter().find(|(n, _)| *n == name).map(|(_, ms)| *ms));
+        row(&format!("  {name}"), &|b| b.stages_after_config.iter().find(|(n, _)| *n == name).map(|(_, ms)| *ms));
+    }
+    println!("each boot, config -> ready in ms (what the load got done in that stretch):");
+    for (i, boot) in boots.iter().enumerate() {
+        match &boot.load {
+            None => println!("  {:>2} quiet   {:>7}", i + 1, boot.config_to_ready_ms),
+            Some(done) => println!(
+                "  {:>2} loaded  {:>7}  ({} status answers, {} streamed lines, {} of this host process's CPU)",
+                i + 1,
+                boot.config_to_ready_ms,
+                done.statuses,
+                done.stream_lines,
+                done.host_cpu.map_or("unknown ms".to_owned(), |cpu| format!("{} ms", cpu.as_millis()))
+            ),
+        }
     }
 }
