@@ -47,9 +47,9 @@
 //! line of its backlog), and 5 s after they closed; twice. Then the same
 //! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times quietly and as many
 //! times under API load (default 3 each), alternating: the load starts
-//! once the API answers (after the config stage, the earliest it can
-//! reach the node) and runs until ready, and the stages after config are
-//! compared. An image whose PID 1 does not serve the API (no "management
+//! when the console shows the config stage done (the earliest the API can
+//! answer) and runs until the services are healthy; the stages after
+//! config and the time to each service turning healthy are compared. An image whose PID 1 does not serve the API (no "management
 //! API listening" on the console) is reported as not measured.
 
 use anyhow::{bail, Context, Result};
@@ -904,18 +904,25 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
     Ok(())
 }
 
-/// One boot's figures from the node's own status (CLOCK_BOOTTIME): each
-/// stage's duration, and the stretch the load can reach, from the end of
-/// the config stage (the API answers from then on) to the last stage's
-/// end; with, for a loaded boot, what the load got done in that stretch.
+/// One boot's figures: from the node's own status (CLOCK_BOOTTIME) each
+/// stage's duration and the stretch from the end of the config stage (the
+/// earliest the API can answer) to the last stage's end; from the
+/// console's kernel timestamps, the end of the config stage to each
+/// service turning healthy (what boot-critical work comes to); and, for a
+/// loaded boot, what the load got done.
 struct BootFigures {
     loaded: bool,
     config_to_ready_ms: u64,
     stages_after_config: Vec<(String, u64)>,
+    config_to_healthy_ms: Vec<(&'static str, u64)>,
     load: Option<LoadDone>,
 }
 
-fn boot_figures(status: &NodeStatus, load: Option<LoadDone>) -> Option<BootFigures> {
+fn boot_figures(
+    status: &NodeStatus,
+    config_to_healthy_ms: Vec<(&'static str, u64)>,
+    load: Option<LoadDone>,
+) -> Option<BootFigures> {
     let config = status.stages.iter().find(|s| s.name == "config")?;
     let config_end = config.started_boot_ms + config.elapsed_ms?;
     let end = status.stages.iter().filter_map(|s| Some(s.started_boot_ms + s.elapsed_ms?)).max()?;
@@ -929,6 +936,7 @@ fn boot_figures(status: &NodeStatus, load: Option<LoadDone>) -> Option<BootFigur
         loaded: load.is_some(),
         config_to_ready_ms: end.saturating_sub(config_end),
         stages_after_config,
+        config_to_healthy_ms,
         load,
     })
 }
@@ -992,9 +1000,6 @@ fn start_load(
 const LOAD_POLLERS: usize = 8;
 const LOAD_STREAMS: usize = 20;
 const LOAD_BACK_OFF: Duration = Duration::from_millis(500);
-/// How often every boot, quiet or loaded, asks whether the API answers
-/// yet: the same probe in both, so the two differ only by the load.
-const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// This process's user and system CPU time so far.
 fn own_cpu_time() -> Option<Duration> {
@@ -1004,11 +1009,26 @@ fn own_cpu_time() -> Option<Duration> {
     Some(of(usage.user_time()) + of(usage.system_time()))
 }
 
+/// The services whose turning healthy a boot is timed to.
+const SERVICES: [&str; 3] = ["containerd", "kubelet", "kube-proxy"];
+/// How long a service may take to turn healthy after ready.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
+const CONFIG_DONE: &str = "stage done stage=config";
+
+/// The kernel timestamp (seconds) of the first console line at or after
+/// byte `from` that contains `needle`.
+fn console_stamp(console: &str, from: usize, needle: &str) -> Option<f64> {
+    let at = from + console.get(from..)?.find(needle)?;
+    let line_start = console[..at].rfind('\n').map_or(0, |i| i + 1);
+    let inside = console[line_start..].strip_prefix('[')?.split(']').next()?.trim();
+    inside.parse().ok()
+}
+
 /// Boots the node again `rounds` times quietly and `rounds` times under API
-/// load, alternating, and reads each boot's figures from its status. Every
-/// boot is probed the same way until the API first answers (the config
-/// stage is done); a loaded boot then starts the load, which runs until
-/// the status says ready.
+/// load, alternating. A loaded boot starts the load when the console shows
+/// the config stage done (before that the API has no certificate to serve
+/// with) and keeps it up until every service is healthy; each boot's
+/// figures come from the console and, once the load is gone, the status.
 fn boots_under_load(
     runtime: &tokio::runtime::Runtime,
     vm: &mut qemu_tests::Vm,
@@ -1024,27 +1044,28 @@ fn boots_under_load(
             2 * rounds,
             if loaded { "under API load" } else { "quiet" }
         );
+        let from = vm.console_text()?.len();
         vm.send_ctrl_alt_delete()?;
         vm.expect("kelson-init starting as PID 1", BOOT_TIMEOUT)?;
+        vm.expect(CONFIG_DONE, BOOT_TIMEOUT)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let counters = Arc::new(LoadCounters::default());
-        let (status, load) = runtime.block_on(async {
-            let deadline = Instant::now() + BOOT_TIMEOUT;
-            let mut load: Option<(JoinSet<()>, Option<Duration>)> = None;
-            loop {
-                match node.get::<NodeStatus>(STATUS).await {
-                    Ok(status) if status.phase == kelson_api::types::Phase::Ready => return Ok((status, load)),
-                    Ok(_) if loaded && load.is_none() => {
-                        load = Some((start_load(node, &stop, &counters), own_cpu_time()));
-                    }
-                    _ if Instant::now() > deadline => {
-                        bail!("the node's status did not say ready within {BOOT_TIMEOUT:?}")
-                    }
-                    _ => {}
-                }
-                tokio::time::sleep(PROBE_EVERY).await;
+        let load = loaded.then(|| {
+            let _entered = runtime.enter();
+            (start_load(node, &stop, &counters), own_cpu_time())
+        });
+        vm.expect("kelson: ready", BOOT_TIMEOUT)?;
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        let console = loop {
+            let console = vm.console_text()?;
+            let all_healthy = SERVICES.iter().all(|service| {
+                console_stamp(&console, from, &format!("service={service} from=running to=healthy")).is_some()
+            });
+            if all_healthy || Instant::now() > deadline {
+                break console;
             }
-        })?;
+            std::thread::sleep(Duration::from_millis(200));
+        };
         stop.store(true, Ordering::Relaxed);
         let done = load.map(|(mut load, cpu_at_start)| {
             let host_cpu = own_cpu_time().zip(cpu_at_start).map(|(now, then)| now.saturating_sub(then));
@@ -1058,7 +1079,30 @@ fn boots_under_load(
                 host_cpu,
             }
         });
-        boots.push(boot_figures(&status, done).context("the status lists no finished config stage")?);
+        let config_done =
+            console_stamp(&console, from, CONFIG_DONE).context("no config stage line with a timestamp")?;
+        let config_to_healthy_ms = SERVICES
+            .iter()
+            .filter_map(|service| {
+                let healthy = console_stamp(&console, from, &format!("service={service} from=running to=healthy"))?;
+                Some((*service, ((healthy - config_done).max(0.0) * 1000.0) as u64))
+            })
+            .collect();
+        let status = runtime.block_on(async {
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            loop {
+                match node.get::<NodeStatus>(STATUS).await {
+                    Ok(status) if status.phase == kelson_api::types::Phase::Ready => return Ok(status),
+                    _ if Instant::now() > deadline => {
+                        bail!("the node's status did not say ready within {STEP_TIMEOUT:?}")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })?;
+        boots.push(
+            boot_figures(&status, config_to_healthy_ms, done).context("the status lists no finished config stage")?,
+        );
     }
     Ok(boots)
 }
@@ -1069,23 +1113,23 @@ fn print_boots(boots: &[BootFigures]) {
     }
     println!(
         "5. Boot under API load (the same VM rebooted with ctrl-alt-del, quiet and loaded boots alternating, \
-         {} of each): every boot probed with GET {STATUS} every {} ms until it answers (the config stage done); \
-         a loaded boot then has {LOAD_POLLERS} clients polling GET {STATUS} back to back and {LOAD_STREAMS} \
-         following {GUEST_FOLLOW} until ready, backing off {} ms when refused; milliseconds of CLOCK_BOOTTIME \
-         from the node's own status, medians, for the stages that start after config",
+         {} of each): a loaded boot has, from the console's \"{CONFIG_DONE}\" on (the API has no certificate \
+         before), {LOAD_POLLERS} clients polling GET {STATUS} back to back and {LOAD_STREAMS} following \
+         {GUEST_FOLLOW}, backing off {} ms when refused or cut, until containerd, the kubelet and kube-proxy are \
+         healthy; milliseconds, medians: stages from the node's status (CLOCK_BOOTTIME), \"healthy\" rows from \
+         the console's kernel timestamps, counted from the end of the config stage",
         boots.iter().filter(|b| !b.loaded).count(),
-        PROBE_EVERY.as_millis(),
         LOAD_BACK_OFF.as_millis(),
     );
     let median_of = |loaded: bool, pick: &dyn Fn(&BootFigures) -> Option<u64>| -> Option<f64> {
         let values: Vec<f64> = boots.iter().filter(|b| b.loaded == loaded).filter_map(pick).map(|v| v as f64).collect();
         (!values.is_empty()).then(|| median(&values))
     };
-    println!("{:<20} {:>10} {:>10} {:>8}", "", "quiet", "loaded", "ratio");
+    println!("{:<30} {:>10} {:>10} {:>8}", "", "quiet", "loaded", "ratio");
     let row = |name: &str, pick: &dyn Fn(&BootFigures) -> Option<u64>| {
         if let (Some(quiet), Some(loaded)) = (median_of(false, pick), median_of(true, pick)) {
             let ratio = if quiet > 0.0 { loaded / quiet } else { f64::NAN };
-            println!("{name:<20} {quiet:>10.0} {loaded:>10.0} {ratio:>8.2}");
+            println!("{name:<30} {quiet:>10.0} {loaded:>10.0} {ratio:>8.2}");
         }
     };
     row("config -> ready", &|b| Some(b.config_to_ready_ms));
@@ -1093,7 +1137,12 @@ fn print_boots(boots: &[BootFigures]) {
     for name in names {
         row(&format!("  {name}"), &|b| b.stages_after_config.iter().find(|(n, _)| *n == name).map(|(_, ms)| *ms));
     }
-    println!("each boot, config -> ready in ms (what the load got done in that stretch):");
+    for service in SERVICES {
+        row(&format!("config -> {service} healthy"), &|b| {
+            b.config_to_healthy_ms.iter().find(|(name, _)| *name == service).map(|(_, ms)| *ms)
+        });
+    }
+    println!("each boot, config -> ready in ms (what the load got done):");
     for (i, boot) in boots.iter().enumerate() {
         match &boot.load {
             None => println!("  {:>2} quiet   {:>7}", i + 1, boot.config_to_ready_ms),
