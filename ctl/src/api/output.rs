@@ -450,7 +450,14 @@ mod tests {
             conditions: BTreeMap::new(),
             addresses: vec![],
             uptime_ms: 3_723_000,
-            memory: Memory { total_bytes: 2 << 30, available_bytes: 3 << 29, pid1_rss_bytes: 12 << 20 },
+            memory: Memory {
+                total_bytes: 2 << 30,
+                available_bytes: 3 << 29,
+                pid1_rss_bytes: 12 << 20,
+                pid1_rss_anon_bytes: 8 << 20,
+                pid1_rss_file_bytes: 4 << 20,
+                pid1_threads: 4,
+            },
             boot: None,
         };
         let text = statuses(&[("cp1".into(), status)]);

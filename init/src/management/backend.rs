@@ -64,11 +64,21 @@ fn meminfo() -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-fn own_rss_bytes() -> u64 {
+/// PID 1's own memory and threads from /proc/self/status (zeros if it
+/// cannot be read).
+fn own_memory(total_bytes: u64, available_bytes: u64) -> Memory {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    let number =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse::<u64>().ok());
+    let kib = |name: &str| number(name).map_or(0, |kb| kb * 1024);
+    Memory {
+        total_bytes,
+        available_bytes,
+        pid1_rss_bytes: kib("VmRSS:"),
+        pid1_rss_anon_bytes: kib("RssAnon:"),
+        pid1_rss_file_bytes: kib("RssFile:") + kib("RssShmem:"),
+        pid1_threads: number("Threads:").unwrap_or(0),
+    }
 }
 
 /// The node status in the API's terms.
@@ -117,7 +127,7 @@ pub fn node_status(node: String, s: &status::NodeStatus) -> NodeStatus {
         conditions,
         addresses: s.addresses.iter().map(ToString::to_string).collect(),
         uptime_ms: crate::clock::boottime().as_millis() as u64,
-        memory: Memory { total_bytes: total, available_bytes: available, pid1_rss_bytes: own_rss_bytes() },
+        memory: own_memory(total, available),
         boot: s.boot.as_ref().map(|b| Boot {
             version: b.version.clone(),
             entry: b.entry.clone(),

@@ -129,7 +129,14 @@ impl FakeNode {
                 )]),
                 addresses: vec!["10.0.2.15".to_owned()],
                 uptime_ms: 60_000,
-                memory: Memory { total_bytes: 1 << 30, available_bytes: 1 << 29, pid1_rss_bytes: 20 << 20 },
+                memory: Memory {
+                    total_bytes: 1 << 30,
+                    available_bytes: 1 << 29,
+                    pid1_rss_bytes: 20 << 20,
+                    pid1_rss_anon_bytes: 12 << 20,
+                    pid1_rss_file_bytes: 8 << 20,
+                    pid1_threads: 5,
+                },
                 boot: None,
             },
             services: vec![

@@ -88,8 +88,14 @@ pub struct Boot {
 pub struct Memory {
     pub total_bytes: u64,
     pub available_bytes: u64,
-    /// PID 1's resident set.
+    /// PID 1's resident set: the two parts below together.
     pub pid1_rss_bytes: u64,
+    /// Of that, anonymous memory (heap, stacks).
+    pub pid1_rss_anon_bytes: u64,
+    /// Of that, pages of files (its own binary's, mostly).
+    pub pid1_rss_file_bytes: u64,
+    /// PID 1's threads.
+    pub pid1_threads: u64,
 }
 
 /// `GET /v1/status`.
