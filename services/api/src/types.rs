@@ -90,11 +90,15 @@ pub struct Memory {
     pub available_bytes: u64,
     /// PID 1's resident set: the two parts below together.
     pub pid1_rss_bytes: u64,
-    /// Of that, anonymous memory (heap, stacks).
+    /// Of that, anonymous memory (heap, stacks). Absent from nodes older
+    /// than the field (read as 0), as are the two below.
+    #[serde(default)]
     pub pid1_rss_anon_bytes: u64,
     /// Of that, pages of files (its own binary's, mostly).
+    #[serde(default)]
     pub pid1_rss_file_bytes: u64,
     /// PID 1's threads.
+    #[serde(default)]
     pub pid1_threads: u64,
 }
 
