@@ -185,9 +185,19 @@ impl Connection {
         };
         let request =
             request.body(Full::new(body.into())).map_err(|error| ClientError::Request(path.to_owned(), error))?;
+        // An HTTP/1.1 connection takes the next request only once its
+        // driver has seen the last answer's end, which can be a moment after
+        // the caller read it: waiting for ready avoids "connection was not
+        // ready" under load.
         let sent = match &mut self.sender {
-            Sender::Http1(sender) => sender.send_request(request).await,
-            Sender::Http2(sender) => sender.send_request(request).await,
+            Sender::Http1(sender) => match sender.ready().await {
+                Ok(()) => sender.send_request(request).await,
+                Err(error) => Err(error),
+            },
+            Sender::Http2(sender) => match sender.ready().await {
+                Ok(()) => sender.send_request(request).await,
+                Err(error) => Err(error),
+            },
         };
         sent.map_err(|error| ClientError::Send(path.to_owned(), error))
     }
