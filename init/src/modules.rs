@@ -8,6 +8,7 @@ use crate::kernel::{Kernel, ModuleLoad};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Where the image lists the modules to load, one name per line.
 pub const MODULE_LIST: &str = "/etc/kelson/modules";
@@ -204,6 +205,19 @@ pub struct LoadReport {
     /// a generic alternative is listed too.
     pub no_device: Vec<String>,
     pub failed: Vec<ModuleError>,
+    /// How long each module file took in `finit_module`, in load order: what
+    /// the modules stage's time is spent on.
+    pub took: Vec<(String, Duration)>,
+}
+
+impl LoadReport {
+    /// The `n` modules that took longest, slowest first, as
+    /// `name:ms,name:ms`.
+    pub fn slowest(&self, n: usize) -> String {
+        let mut took = self.took.clone();
+        took.sort_by(|a, b| b.1.cmp(&a.1));
+        took.iter().take(n).map(|(name, d)| format!("{name}:{}", d.as_millis())).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// Loads every listed module and what it needs. A module that fails does
@@ -222,7 +236,10 @@ pub fn load_listed(kernel: &dyn Kernel, module_dir: &Path, names: &[String]) -> 
         };
         for file in files {
             let path = module_dir.join(&file);
-            match kernel.load_module(&path) {
+            let started = Instant::now();
+            let result = kernel.load_module(&path);
+            report.took.push((name_from_path(&file), started.elapsed()));
+            match result {
                 Ok(ModuleLoad::Loaded) => report.loaded.push(name_from_path(&file)),
                 Ok(ModuleLoad::AlreadyLoaded) => report.already_loaded.push(name_from_path(&file)),
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => report.no_device.push(name_from_path(&file)),
