@@ -307,7 +307,7 @@ impl LoadReport {
 
 /// How many module files load at once: one per CPU, at most 8. Measured
 /// under TCG (cargo xtask bench boot, 1 vCPU), four workers did not make
-/// the stage faster: a module's load is mostly the CPU's (decompressing and
+/// the stage faster: a module's load is mostly the CPU's (relocating and
 /// linking it, its init), not waiting, so more workers than CPUs only
 /// interleave.
 fn load_threads() -> usize {
