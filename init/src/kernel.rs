@@ -16,6 +16,22 @@ pub struct MountFlags {
     pub relatime: bool,
 }
 
+/// What a watch on block devices saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockEvent {
+    /// The device with this name (under /dev) was added, or its medium
+    /// changed.
+    Device(String),
+    /// Events were lost: every device should be looked at again.
+    Missed,
+}
+
+/// Block devices as they appear, from the moment the watch was opened.
+pub trait BlockDeviceEvents {
+    /// The next event, or None once `timeout` has passed without one.
+    fn next(&mut self, timeout: std::time::Duration) -> io::Result<Option<BlockEvent>>;
+}
+
 /// What happened when a module was handed to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModuleLoad {
@@ -45,6 +61,10 @@ pub trait Kernel: Send + Sync {
     fn random_bytes(&self) -> io::Result<[u8; 16]>;
     /// Names of the entries in a directory, sorted.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Starts watching for block devices being added (or their media
+    /// changing); open it before looking at the devices there are, so that
+    /// none added in between is missed.
+    fn watch_block_devices(&self) -> io::Result<Box<dyn BlockDeviceEvents + '_>>;
     /// Creates or replaces a regular file with `mode` atomically, making
     /// its parent directories.
     fn install_file(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()>;
@@ -167,6 +187,10 @@ impl Kernel for LinuxKernel {
             .collect::<Vec<_>>();
         names.sort();
         Ok(names)
+    }
+
+    fn watch_block_devices(&self) -> io::Result<Box<dyn BlockDeviceEvents + '_>> {
+        Ok(Box::new(crate::uevent::UeventSocket::open()?))
     }
 
     fn install_file(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
@@ -381,6 +405,9 @@ pub mod fake {
         /// the given errno.
         pub failures: Mutex<BTreeMap<PathBuf, i32>>,
         pub loaded: Mutex<BTreeSet<PathBuf>>,
+        /// Block devices that appear one by one once something watches for
+        /// them (name, content), as if their drivers were still probing.
+        pub block_devices_to_come: Mutex<std::collections::VecDeque<(String, Vec<u8>)>>,
     }
 
     impl FakeKernel {
@@ -390,6 +417,11 @@ pub mod fake {
         }
         pub fn with_bytes(self, path: &str, data: Vec<u8>) -> Self {
             self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(PathBuf::from(path), data);
+            self
+        }
+        /// A block device that appears only after a watch has started.
+        pub fn with_block_device_later(self, name: &str, data: Vec<u8>) -> Self {
+            self.block_devices_to_come.lock().unwrap_or_else(|e| e.into_inner()).push_back((name.to_owned(), data));
             self
         }
         pub fn failing(self, path: &str, errno: i32) -> Self {
@@ -414,6 +446,22 @@ pub mod fake {
                 Some(errno) => Err(io::Error::from_raw_os_error(*errno)),
                 None => Ok(()),
             }
+        }
+    }
+
+    /// Delivers [`FakeKernel::block_devices_to_come`] one per call, adding
+    /// each to /sys/class/block and /dev; with none left, the wait is over
+    /// at once (nothing sleeps in tests).
+    struct FakeBlockEvents<'a>(&'a FakeKernel);
+
+    impl BlockDeviceEvents for FakeBlockEvents<'_> {
+        fn next(&mut self, _timeout: std::time::Duration) -> io::Result<Option<BlockEvent>> {
+            let next = self.0.block_devices_to_come.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let Some((name, data)) = next else { return Ok(None) };
+            let mut files = self.0.files.lock().unwrap_or_else(|e| e.into_inner());
+            files.insert(PathBuf::from(format!("/sys/class/block/{name}/dev")), b"0:0".to_vec());
+            files.insert(PathBuf::from(format!("/dev/{name}")), data);
+            Ok(Some(BlockEvent::Device(name)))
         }
     }
 
@@ -492,6 +540,10 @@ pub mod fake {
             names.sort();
             names.dedup();
             Ok(names)
+        }
+        fn watch_block_devices(&self) -> io::Result<Box<dyn BlockDeviceEvents + '_>> {
+            self.record("watch block devices".to_owned());
+            Ok(Box::new(FakeBlockEvents(self)))
         }
         fn install_file(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             self.record(format!("install {} {mode:o}", path.display()));

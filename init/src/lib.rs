@@ -36,6 +36,7 @@ pub mod state_disk;
 pub mod state_part;
 pub mod status;
 pub mod sysctl;
+pub mod uevent;
 pub mod update;
 pub mod usr;
 pub mod verity;

@@ -7,11 +7,12 @@
 //! Seeds fetched from a URL (`ds=nocloud;s=http://...`) are not supported
 //! yet: the node says so on the console instead of ignoring the setting.
 
-use crate::kernel::{Kernel, MountFlags};
+use crate::kernel::{BlockEvent, Kernel, MountFlags};
 use kelson_config::nocloud::SeedFiles;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tracing::warn;
 
 pub const SEED_MOUNT: &str = "/run/kelson/seed";
 pub const SYS_BLOCK: &str = "/sys/class/block";
@@ -66,36 +67,77 @@ fn is_seed_label(label: &str) -> bool {
     label.eq_ignore_ascii_case("cidata")
 }
 
-/// Block devices worth probing: everything but RAM and loop devices
-/// (the /usr image sits on a loop device).
-fn candidates(kernel: &dyn Kernel, sys_block: &Path) -> Vec<String> {
-    kernel
-        .list_dir(sys_block)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| !(n.starts_with("loop") || n.starts_with("ram") || n.starts_with("zram")))
-        .collect()
+/// Whether a block device is worth probing: everything but RAM and loop
+/// devices (the /usr image sits on a loop device).
+fn is_candidate(name: &str) -> bool {
+    !(name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram"))
 }
 
-/// The first device holding a seed volume, looked for until `wait` has
-/// passed (block devices appear a while after their drivers load).
+/// `device` if it holds a seed volume, and its filesystem.
+fn probe(kernel: &dyn Kernel, dev: &Path, name: &str) -> Option<(PathBuf, SeedFs)> {
+    let device = dev.join(name);
+    // No medium in a CD drive, or a device that went away: not a seed.
+    let head = kernel.read_prefix(&device, PROBE_BYTES).ok()?;
+    let (fs, label) = probe_label(&head)?;
+    is_seed_label(&label).then_some((device, fs))
+}
+
+/// The first of the block devices there are now that holds a seed volume.
+fn scan(kernel: &dyn Kernel, sys_block: &Path, dev: &Path) -> Option<(PathBuf, SeedFs)> {
+    let names = kernel.list_dir(sys_block).unwrap_or_default();
+    names.iter().filter(|n| is_candidate(n)).find_map(|name| probe(kernel, dev, name))
+}
+
+/// The first device holding a seed volume: among the block devices there
+/// are, then among those the kernel adds until `wait` has passed (each
+/// probed as it appears). With a zero `wait`, the devices there are now
+/// are the answer.
 pub fn find(kernel: &dyn Kernel, sys_block: &Path, dev: &Path, wait: Duration) -> Option<(PathBuf, SeedFs)> {
-    let started = Instant::now();
+    let deadline = Instant::now() + wait;
+    // Watching starts before the scan, so a device added in between is
+    // still seen.
+    let mut events = match wait.is_zero() {
+        true => None,
+        false => match kernel.watch_block_devices() {
+            Ok(events) => Some(events),
+            Err(e) => {
+                warn!(error = %e, "cannot watch for block devices; looking for the seed every 100 ms instead");
+                None
+            }
+        },
+    };
     loop {
-        for name in candidates(kernel, sys_block) {
-            let device = dev.join(&name);
-            // No medium in a CD drive, or a device that went away: skip it.
-            let Ok(head) = kernel.read_prefix(&device, PROBE_BYTES) else { continue };
-            if let Some((fs, label)) = probe_label(&head) {
-                if is_seed_label(&label) {
-                    return Some((device, fs));
+        if let Some(found) = scan(kernel, sys_block, dev) {
+            return Some(found);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let Some(watch) = events.as_mut() else {
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+            continue;
+        };
+        // Until a device holds the seed or the time is up; a lost event
+        // means looking at every device again.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match watch.next(left) {
+                Ok(Some(BlockEvent::Device(name))) if is_candidate(&name) => {
+                    if let Some(found) = probe(kernel, dev, &name) {
+                        return Some(found);
+                    }
+                }
+                Ok(Some(BlockEvent::Device(_))) => {}
+                Ok(Some(BlockEvent::Missed)) => break,
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(error = %e, "watching for block devices failed; looking for the seed every 100 ms instead");
+                    events = None;
+                    break;
                 }
             }
         }
-        if started.elapsed() >= wait {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -212,6 +254,33 @@ mod tests {
         let found = find(&kernel, Path::new(SYS_BLOCK), Path::new("/dev"), Duration::ZERO);
         assert_eq!(found, Some((PathBuf::from("/dev/vdb"), SeedFs::Vfat)));
         assert!(!kernel.calls().iter().any(|c| c.contains("loop0")));
+    }
+
+    #[test]
+    fn a_seed_device_added_while_waiting_is_found_as_it_appears() {
+        let kernel = FakeKernel::default()
+            .with_file("/sys/class/block/vda/dev", "254:0")
+            .with_file("/dev/vda", "")
+            .with_block_device_later("vdb", vec![0; 512])
+            .with_block_device_later("sr0", iso_head("CIDATA"))
+            .with_block_device_later("sr1", iso_head("cidata"));
+        let found = find(&kernel, Path::new(SYS_BLOCK), Path::new("/dev"), Duration::from_secs(10));
+        assert_eq!(found, Some((PathBuf::from("/dev/sr0"), SeedFs::Iso9660)));
+        assert_eq!(kernel.calls(), vec!["watch block devices"]);
+        assert_eq!(kernel.block_devices_to_come.lock().unwrap().len(), 1, "sr1 is never waited for");
+    }
+
+    #[test]
+    fn without_a_wait_only_the_devices_there_now_are_looked_at() {
+        let kernel = FakeKernel::default().with_block_device_later("vdb", fat16_head("cidata"));
+        assert_eq!(find(&kernel, Path::new(SYS_BLOCK), Path::new("/dev"), Duration::ZERO), None);
+        assert!(kernel.calls().is_empty(), "{:?}", kernel.calls());
+    }
+
+    #[test]
+    fn the_wait_ends_when_no_device_comes_with_none_found() {
+        let kernel = FakeKernel::default().with_block_device_later("vdb", vec![0; 512]);
+        assert_eq!(find(&kernel, Path::new(SYS_BLOCK), Path::new("/dev"), Duration::from_secs(10)), None);
     }
 
     #[test]

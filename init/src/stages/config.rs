@@ -26,10 +26,14 @@ pub const EFFECTIVE_CONFIG: &str = "/run/kelson/config/effective.yaml";
 pub const CONFIG_SOURCES: &str = "/run/kelson/config/sources.txt";
 pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
 
-/// How long to look for a seed volume: block devices show up a little
-/// after their drivers load; longer when the command line says a seed is
-/// expected (`ds=nocloud`).
-const SEED_WAIT: Duration = Duration::from_secs(1);
+/// How long to wait for a seed volume to appear when the command line (or
+/// SMBIOS) says one is expected (`ds=nocloud`) and none is there yet: a
+/// device the kernel adds meanwhile is probed as it appears. Otherwise
+/// there is no wait: the modules stage has loaded every storage driver,
+/// and the kernel finishes a module's init only once the probes it started,
+/// asynchronous ones included, are done, so the block devices of the
+/// machine's storage are all there by now; only a hot-plugged one could
+/// come later.
 const SEED_WAIT_EXPECTED: Duration = Duration::from_secs(10);
 
 /// Why the config was rejected, and the layers that were read (for the
@@ -182,23 +186,13 @@ fn gather(ctx: &BootContext<'_>, store: &Store) -> Result<Gathered, Rejected> {
             .map(|s| s.trim_start_matches("ds=").to_owned())
     });
     let seed_url = ds.as_deref().and_then(seed::url_setting);
-    // A node that already has a saved seed does not wait for block devices
-    // still appearing: its reboots stay fast. One that expects a seed, or
-    // has none yet, gives them a moment.
     let saved = store.path_for(Source::CloudInit).is_some_and(|p| p.exists());
-    let wait = match (ds.is_some(), saved) {
-        (true, _) => SEED_WAIT_EXPECTED,
-        (false, false) => SEED_WAIT,
-        (false, true) => Duration::ZERO,
-    };
+    // Only `ds=nocloud` without a URL says a volume is coming; with a URL
+    // the seed is fetched when no volume is attached.
+    let wait = if ds.is_some() && seed_url.is_none() { SEED_WAIT_EXPECTED } else { Duration::ZERO };
     let mut seed_to_save = None;
     // A seed volume wins over a URL: it is what the operator attached.
-    let volume = seed::find(
-        kernel,
-        Path::new(seed::SYS_BLOCK),
-        Path::new("/dev"),
-        if seed_url.is_some() { SEED_WAIT } else { wait },
-    );
+    let volume = seed::find(kernel, Path::new(seed::SYS_BLOCK), Path::new("/dev"), wait);
     let found =
         match (volume, seed_url) {
             (Some((device, fs)), _) => {

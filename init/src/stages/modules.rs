@@ -27,6 +27,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         already_loaded = report.already_loaded.len(),
         no_such_hardware = report.no_device.join(",").as_str(),
         failed = report.failed.len(),
+        slowest = report.slowest(8).as_str(),
         "modules loaded"
     );
     if report.failed.is_empty() {

@@ -291,8 +291,54 @@ struct Wanted {
     unknown: bool,
 }
 
+/// The kernel's links, addresses and routes, dumped once at the start of a
+/// pass and kept up to date with the pass's own changes, so that no step
+/// lists them again. A dump that failed fails every step that needs it.
+struct Observed {
+    links: Result<Vec<Link>, NlError>,
+    addresses: Result<Vec<Address>, NlError>,
+    routes: Result<Vec<Route>, NlError>,
+}
+
+impl Observed {
+    async fn read<N: Netlink>(nl: &N) -> Observed {
+        Observed { links: nl.links().await, addresses: nl.addresses().await, routes: nl.routes().await }
+    }
+
+    fn links(&mut self) -> Result<&mut Vec<Link>, StepError> {
+        self.links.as_mut().map_err(|e| StepError::ListLinks(e.clone()))
+    }
+
+    fn addresses(&mut self) -> Result<&mut Vec<Address>, StepError> {
+        self.addresses.as_mut().map_err(|e| StepError::ListAddresses(e.clone()))
+    }
+
+    fn routes(&mut self) -> Result<&mut Vec<Route>, StepError> {
+        self.routes.as_mut().map_err(|e| StepError::ListRoutes(e.clone()))
+    }
+
+    fn link_mut(&mut self, index: u32) -> Option<&mut Link> {
+        self.links.as_mut().ok()?.iter_mut().find(|l| l.index == index)
+    }
+
+    /// A link set down loses its routes: Linux deletes the IPv4 routes
+    /// through a link that goes down.
+    fn went_down(&mut self, index: u32) {
+        if let Some(link) = self.link_mut(index) {
+            link.up = false;
+        }
+        if let Ok(routes) = self.routes.as_mut() {
+            routes.retain(|r| r.link != Some(index));
+        }
+    }
+}
+
 /// Applies `plan`. Steps, in order: lo, uplinks, resolv.conf, bridge,
 /// sysctls, MASQUERADE, peer routes, stale addresses, stale routes.
+///
+/// The kernel's links, addresses and routes are dumped once for the whole
+/// pass (see [`Observed`]); the only other read is the bridge's own link
+/// after creating it, for its index.
 pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPlan, host: &Host<N, R>) -> ApplyReport {
     let mut report = ApplyReport::default();
     let mut wanted = Wanted::default();
@@ -305,11 +351,12 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
         let (runner, paths, cluster) = (host.runner.clone(), host.paths.clone(), plan.cluster_cidr);
         tokio::task::spawn_blocking(move || ensure_masquerade(&runner, &paths.iptables, &paths.nat_marker, cluster))
     };
+    let mut observed = Observed::read(nl).await;
 
-    report.push("lo".into(), lo_up(nl).await.outcome());
+    report.push("lo".into(), lo_up(nl, &mut observed).await.outcome());
 
     for uplink in &plan.uplinks {
-        let (name, step, dhcp) = apply_uplink(nl, &host.paths.proc_sys, uplink, &mut wanted).await;
+        let (name, step, dhcp) = apply_uplink(nl, &host.paths.proc_sys, uplink, &mut observed, &mut wanted).await;
         if let Some(dhcp) = dhcp {
             report.dhcp_uplinks.push(dhcp);
         }
@@ -338,7 +385,7 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
         Some(bridge) => {
             report.push(
                 format!("bridge {}", bridge.name),
-                apply_bridge(nl, &host.paths.proc_sys, bridge, &mut wanted).await.outcome(),
+                apply_bridge(nl, &host.paths.proc_sys, bridge, &mut observed, &mut wanted).await.outcome(),
             );
             for (name, hint) in [
                 ("net.ipv4.ip_forward", "is /proc mounted?"),
@@ -358,30 +405,39 @@ pub async fn apply<N: Netlink, R: CommandRunner + Clone + 'static>(plan: &NetPla
     }
     report.push("masquerade".into(), step.outcome());
 
-    report.push("peer routes".into(), apply_peer_routes(nl, plan, &mut wanted).await.outcome());
+    report.push("peer routes".into(), apply_peer_routes(nl, plan, &mut observed, &mut wanted).await.outcome());
 
     if wanted.unknown {
         let reason = "an earlier step could not read the kernel's state; nothing is removed on a guess".to_owned();
         report.push("stale addresses".into(), Outcome::Skipped { reason: reason.clone() });
         report.push("stale routes".into(), Outcome::Skipped { reason });
     } else {
-        report.push("stale addresses".into(), remove_stale_addresses(nl, &wanted).await.outcome());
-        report.push("stale routes".into(), remove_stale_routes(nl, &wanted).await.outcome());
+        report.push("stale addresses".into(), remove_stale_addresses(nl, &observed, &wanted).await.outcome());
+        report.push("stale routes".into(), remove_stale_routes(nl, &observed, &wanted).await.outcome());
     }
     report
 }
 
-async fn lo_up<N: Netlink>(nl: &N) -> Step {
+async fn lo_up<N: Netlink>(nl: &N, observed: &mut Observed) -> Step {
     let mut step = Step::default();
-    match nl.links().await {
-        Err(e) => step.fail(StepError::ListLinks(e)),
-        Ok(links) => match by_name(&links, "lo") {
-            None => step.fail(StepError::MissingLink { link: "lo".into() }),
-            Some(lo) if lo.up => {}
-            Some(lo) => match nl.set_up(lo.index).await {
-                Ok(()) => step.change("up"),
-                Err(source) => step.fail(StepError::SetUp { link: "lo".into(), source }),
-            },
+    let lo = match observed.links() {
+        Err(e) => {
+            step.fail(e);
+            return step;
+        }
+        Ok(links) => by_name(links, "lo").cloned(),
+    };
+    match lo {
+        None => step.fail(StepError::MissingLink { link: "lo".into() }),
+        Some(lo) if lo.up => {}
+        Some(lo) => match nl.set_up(lo.index).await {
+            Ok(()) => {
+                step.change("up");
+                if let Some(link) = observed.link_mut(lo.index) {
+                    link.up = true;
+                }
+            }
+            Err(source) => step.fail(StepError::SetUp { link: "lo".into(), source }),
         },
     }
     step
@@ -403,21 +459,22 @@ async fn prepare_link<N: Netlink>(
     sel: &LinkSelector,
     rename: Option<&str>,
     mtu: Option<u32>,
+    observed: &mut Observed,
     step: &mut Step,
 ) -> Option<Link> {
-    let links = match nl.links().await {
+    let links = match observed.links() {
         Ok(l) => l,
         Err(e) => {
-            step.fail(StepError::ListLinks(e));
+            step.fail(e);
             return None;
         }
     };
     // A link picked by its old name was renamed by an earlier apply.
     let renamed_earlier = || match sel {
-        LinkSelector::Name(_) => rename.and_then(|new| by_name(&links, new)),
+        LinkSelector::Name(_) => rename.and_then(|new| by_name(links, new)),
         LinkSelector::Mac(_) => None,
     };
-    let Some(mut link) = select(&links, sel).or_else(renamed_earlier).cloned() else {
+    let Some(mut link) = select(links, sel).or_else(renamed_earlier).cloned() else {
         let field = match sel {
             LinkSelector::Name(_) => format!("{field}.name"),
             LinkSelector::Mac(_) => format!("{field}.mac"),
@@ -432,6 +489,7 @@ async fn prepare_link<N: Netlink>(
                 return None;
             }
             link.up = false;
+            observed.went_down(link.index);
         }
         match nl.rename(link.index, new).await {
             Ok(()) => {
@@ -446,15 +504,24 @@ async fn prepare_link<N: Netlink>(
     }
     if let Some(mtu) = mtu.filter(|m| *m != link.mtu) {
         match nl.set_mtu(link.index, mtu).await {
-            Ok(()) => step.change(format!("MTU {mtu}")),
+            Ok(()) => {
+                step.change(format!("MTU {mtu}"));
+                link.mtu = mtu;
+            }
             Err(source) => step.fail(StepError::SetMtu { link: link.name.clone(), mtu, source }),
         }
     }
     if !link.up {
         match nl.set_up(link.index).await {
-            Ok(()) => step.change("up"),
+            Ok(()) => {
+                step.change("up");
+                link.up = true;
+            }
             Err(source) => step.fail(StepError::SetUp { link: link.name.clone(), source }),
         }
+    }
+    if let Some(seen) = observed.link_mut(link.index) {
+        *seen = link.clone();
     }
     Some(link)
 }
@@ -478,36 +545,60 @@ fn promote_secondaries(proc_sys: &Path, link: &str, step: &mut Step) {
 
 /// Removes Kelson's addresses on `link` that are not in `want` (after the
 /// wanted ones are in place; see [`promote_secondaries`]).
-async fn remove_unwanted_on_link<N: Netlink>(nl: &N, have: &[Address], link: &Link, want: &[Ipv4Net], step: &mut Step) {
-    for a in have.iter().filter(|a| a.link == link.index && a.protocol == Some(KELSON_PROTO) && !want.contains(&a.addr))
-    {
+async fn remove_unwanted_on_link<N: Netlink>(
+    nl: &N,
+    have: &mut Vec<Address>,
+    link: &Link,
+    want: &[Ipv4Net],
+    step: &mut Step,
+) {
+    let unwanted: Vec<Address> = have
+        .iter()
+        .filter(|a| a.link == link.index && a.protocol == Some(KELSON_PROTO) && !want.contains(&a.addr))
+        .copied()
+        .collect();
+    for a in unwanted {
         match nl.del_address(link.index, a.addr).await {
             Ok(()) => step.change(format!("removed {}", a.addr)),
             Err(e) if e.is_gone() => {}
-            Err(source) => step.fail(StepError::DelAddress { link: link.name.clone(), addr: a.addr, source }),
+            Err(source) => {
+                step.fail(StepError::DelAddress { link: link.name.clone(), addr: a.addr, source });
+                continue;
+            }
         }
+        have.retain(|h| *h != a);
     }
 }
 
 /// Adds `addr` unless present (any protocol: an address someone else set is
 /// accepted as is, and stays theirs).
-async fn ensure_address<N: Netlink>(nl: &N, have: &[Address], link: &Link, addr: Ipv4Net, step: &mut Step) {
+async fn ensure_address<N: Netlink>(nl: &N, have: &mut Vec<Address>, link: &Link, addr: Ipv4Net, step: &mut Step) {
     if have.iter().any(|a| a.link == link.index && a.addr == addr) {
         return;
     }
     match nl.add_address(link.index, addr, KELSON_PROTO).await {
         Ok(()) => step.change(format!("address {addr}")),
         Err(e) if e.is_exists() => {}
-        Err(source) => step.fail(StepError::AddAddress { link: link.name.clone(), addr, source }),
+        Err(source) => {
+            step.fail(StepError::AddAddress { link: link.name.clone(), addr, source });
+            return;
+        }
     }
+    have.push(Address { link: link.index, addr, protocol: Some(KELSON_PROTO) });
 }
 
-async fn ensure_route<N: Netlink>(nl: &N, have: &[Route], links: &[Link], want: Route, step: &mut Step) {
+async fn ensure_route<N: Netlink>(nl: &N, have: &mut Vec<Route>, links: &[Link], want: Route, step: &mut Step) {
     if have.iter().any(|r| same_route(r, &want)) {
         return;
     }
     match nl.replace_route(want).await {
-        Ok(()) => step.change(format!("route {}", route_text(&want, links))),
+        Ok(()) => {
+            step.change(format!("route {}", route_text(&want, links)));
+            // A replace takes the place of the main table's route to the
+            // same destination.
+            have.retain(|r| r.dst != want.dst);
+            have.push(want);
+        }
         Err(source) => step.fail(StepError::AddRoute { route: route_text(&want, links), source }),
     }
 }
@@ -516,11 +607,13 @@ async fn apply_uplink<N: Netlink>(
     nl: &N,
     proc_sys: &Path,
     uplink: &UplinkPlan,
+    observed: &mut Observed,
     wanted: &mut Wanted,
 ) -> (String, Step, Option<DhcpUplink>) {
     let mut step = Step::default();
     let Some(link) =
-        prepare_link(nl, &uplink.field, &uplink.select, uplink.rename.as_deref(), uplink.mtu, &mut step).await
+        prepare_link(nl, &uplink.field, &uplink.select, uplink.rename.as_deref(), uplink.mtu, observed, &mut step)
+            .await
     else {
         if step.errors.iter().any(|e| e.starts_with("listing")) {
             wanted.unknown = true;
@@ -532,20 +625,20 @@ async fn apply_uplink<N: Netlink>(
         let dhcp = DhcpUplink { field: uplink.field.clone(), link };
         return (name, step, Some(dhcp));
     };
-    let mut have_addresses = Vec::new();
-    match nl.addresses().await {
-        Ok(a) => have_addresses = a,
+    promote_secondaries(proc_sys, &link.name, &mut step);
+    match observed.addresses() {
+        Ok(have) => {
+            for addr in addresses {
+                ensure_address(nl, have, &link, *addr, &mut step).await;
+            }
+            remove_unwanted_on_link(nl, have, &link, addresses, &mut step).await;
+        }
         Err(e) => {
             wanted.unknown = true;
-            step.fail(StepError::ListAddresses(e));
+            step.fail(e);
         }
     }
-    promote_secondaries(proc_sys, &link.name, &mut step);
-    for addr in addresses {
-        wanted.addresses.push((link.index, *addr));
-        ensure_address(nl, &have_addresses, &link, *addr, &mut step).await;
-    }
-    remove_unwanted_on_link(nl, &have_addresses, &link, addresses, &mut step).await;
+    wanted.addresses.extend(addresses.iter().map(|addr| (link.index, *addr)));
     let mut want_routes: Vec<Route> = routes
         .iter()
         .map(|r| Route { dst: r.to, gateway: Some(r.via), link: Some(link.index), protocol: KELSON_PROTO })
@@ -562,46 +655,65 @@ async fn apply_uplink<N: Netlink>(
     if want_routes.is_empty() {
         return (name, step, None);
     }
-    match nl.routes().await {
+    match observed.routes() {
         Ok(have) => {
             for want in want_routes {
-                ensure_route(nl, &have, std::slice::from_ref(&link), want, &mut step).await;
+                ensure_route(nl, have, std::slice::from_ref(&link), want, &mut step).await;
             }
         }
         Err(e) => {
             wanted.unknown = true;
-            step.fail(StepError::ListRoutes(e));
+            step.fail(e);
         }
     }
     (name, step, None)
 }
 
-async fn apply_bridge<N: Netlink>(nl: &N, proc_sys: &Path, bridge: &BridgePlan, wanted: &mut Wanted) -> Step {
+async fn apply_bridge<N: Netlink>(
+    nl: &N,
+    proc_sys: &Path,
+    bridge: &BridgePlan,
+    observed: &mut Observed,
+    wanted: &mut Wanted,
+) -> Step {
     let mut step = Step::default();
-    let find =
-        || async { nl.links().await.map(|links| by_name(&links, &bridge.name).cloned()).map_err(StepError::ListLinks) };
-    let mut found = find().await;
-    if let Ok(None) = found {
-        match nl.create_bridge(&bridge.name).await {
-            Ok(()) => step.change(format!("created bridge {}", bridge.name)),
-            Err(e) if e.is_exists() => {}
-            Err(source) => {
-                step.fail(StepError::CreateBridge { name: bridge.name.clone(), source });
-                return step;
-            }
-        }
-        found = find().await;
-    }
-    let link = match found {
-        Ok(Some(link)) => link,
-        Ok(None) => {
-            step.fail(StepError::MissingLink { link: bridge.name.clone() });
-            return step;
-        }
+    let found = match observed.links() {
+        Ok(links) => by_name(links, &bridge.name).cloned(),
         Err(e) => {
             wanted.unknown = true;
             step.fail(e);
             return step;
+        }
+    };
+    let link = match found {
+        Some(link) => link,
+        None => {
+            match nl.create_bridge(&bridge.name).await {
+                Ok(()) => step.change(format!("created bridge {}", bridge.name)),
+                Err(e) if e.is_exists() => {}
+                Err(source) => {
+                    step.fail(StepError::CreateBridge { name: bridge.name.clone(), source });
+                    return step;
+                }
+            }
+            // Its index is the kernel's to choose: one look at this link.
+            match nl.link(&bridge.name).await {
+                Ok(Some(link)) => {
+                    if let Ok(links) = observed.links() {
+                        links.push(link.clone());
+                    }
+                    link
+                }
+                Ok(None) => {
+                    step.fail(StepError::MissingLink { link: bridge.name.clone() });
+                    return step;
+                }
+                Err(e) => {
+                    wanted.unknown = true;
+                    step.fail(StepError::ListLinks(e));
+                    return step;
+                }
+            }
         }
     };
     if link.kind.as_deref() != Some("bridge") {
@@ -615,15 +727,15 @@ async fn apply_bridge<N: Netlink>(nl: &N, proc_sys: &Path, bridge: &BridgePlan, 
         }
     }
     wanted.addresses.push((link.index, bridge.address));
-    match nl.addresses().await {
+    match observed.addresses() {
         Ok(have) => {
             promote_secondaries(proc_sys, &link.name, &mut step);
-            ensure_address(nl, &have, &link, bridge.address, &mut step).await;
-            remove_unwanted_on_link(nl, &have, &link, &[bridge.address], &mut step).await;
+            ensure_address(nl, have, &link, bridge.address, &mut step).await;
+            remove_unwanted_on_link(nl, have, &link, &[bridge.address], &mut step).await;
         }
         Err(e) => {
             wanted.unknown = true;
-            step.fail(StepError::ListAddresses(e));
+            step.fail(e);
         }
     }
     if !link.up {
@@ -635,7 +747,7 @@ async fn apply_bridge<N: Netlink>(nl: &N, proc_sys: &Path, bridge: &BridgePlan, 
     step
 }
 
-async fn apply_peer_routes<N: Netlink>(nl: &N, plan: &NetPlan, wanted: &mut Wanted) -> Step {
+async fn apply_peer_routes<N: Netlink>(nl: &N, plan: &NetPlan, observed: &mut Observed, wanted: &mut Wanted) -> Step {
     let mut step = Step::default();
     let want: Vec<Route> = plan
         .peer_routes
@@ -646,35 +758,38 @@ async fn apply_peer_routes<N: Netlink>(nl: &N, plan: &NetPlan, wanted: &mut Want
     if want.is_empty() {
         return step;
     }
-    let (have, links) = match (nl.routes().await, nl.links().await) {
-        (Ok(r), Ok(l)) => (r, l),
-        (Err(e), _) => {
+    let links = match observed.links() {
+        Ok(links) => links.clone(),
+        Err(e) => {
             wanted.unknown = true;
-            step.fail(StepError::ListRoutes(e));
+            step.fail(e);
             return step;
         }
-        (_, Err(e)) => {
+    };
+    let have = match observed.routes() {
+        Ok(have) => have,
+        Err(e) => {
             wanted.unknown = true;
-            step.fail(StepError::ListLinks(e));
+            step.fail(e);
             return step;
         }
     };
     for route in want {
-        ensure_route(nl, &have, &links, route, &mut step).await;
+        ensure_route(nl, have, &links, route, &mut step).await;
     }
     step
 }
 
-async fn remove_stale_addresses<N: Netlink>(nl: &N, wanted: &Wanted) -> Step {
+async fn remove_stale_addresses<N: Netlink>(nl: &N, observed: &Observed, wanted: &Wanted) -> Step {
     let mut step = Step::default();
-    let (have, links) = match (nl.addresses().await, nl.links().await) {
+    let (have, links) = match (observed.addresses.as_ref(), observed.links.as_ref()) {
         (Ok(a), Ok(l)) => (a, l),
         (Err(e), _) => {
-            step.fail(StepError::ListAddresses(e));
+            step.fail(StepError::ListAddresses(e.clone()));
             return step;
         }
         (_, Err(e)) => {
-            step.fail(StepError::ListLinks(e));
+            step.fail(StepError::ListLinks(e.clone()));
             return step;
         }
     };
@@ -682,7 +797,7 @@ async fn remove_stale_addresses<N: Netlink>(nl: &N, wanted: &Wanted) -> Step {
         if wanted.addresses.contains(&(a.link, a.addr)) {
             continue;
         }
-        let link = link_name(&links, a.link);
+        let link = link_name(links, a.link);
         match nl.del_address(a.link, a.addr).await {
             Ok(()) => step.change(format!("removed {} from {link}", a.addr)),
             Err(e) if e.is_gone() => {}
@@ -692,16 +807,16 @@ async fn remove_stale_addresses<N: Netlink>(nl: &N, wanted: &Wanted) -> Step {
     step
 }
 
-async fn remove_stale_routes<N: Netlink>(nl: &N, wanted: &Wanted) -> Step {
+async fn remove_stale_routes<N: Netlink>(nl: &N, observed: &Observed, wanted: &Wanted) -> Step {
     let mut step = Step::default();
-    let (have, links) = match (nl.routes().await, nl.links().await) {
+    let (have, links) = match (observed.routes.as_ref(), observed.links.as_ref()) {
         (Ok(r), Ok(l)) => (r, l),
         (Err(e), _) => {
-            step.fail(StepError::ListRoutes(e));
+            step.fail(StepError::ListRoutes(e.clone()));
             return step;
         }
         (_, Err(e)) => {
-            step.fail(StepError::ListLinks(e));
+            step.fail(StepError::ListLinks(e.clone()));
             return step;
         }
     };
@@ -710,9 +825,9 @@ async fn remove_stale_routes<N: Netlink>(nl: &N, wanted: &Wanted) -> Step {
             continue;
         }
         match nl.del_route(*r).await {
-            Ok(()) => step.change(format!("removed route {}", route_text(r, &links))),
+            Ok(()) => step.change(format!("removed route {}", route_text(r, links))),
             Err(e) if e.is_gone() => {}
-            Err(source) => step.fail(StepError::DelRoute { route: route_text(r, &links), source }),
+            Err(source) => step.fail(StepError::DelRoute { route: route_text(r, links), source }),
         }
     }
     step

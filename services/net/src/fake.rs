@@ -25,6 +25,8 @@ struct State {
     addresses: Vec<(Option<PathBuf>, Address)>,
     routes: Vec<(Option<PathBuf>, Route)>,
     calls: Vec<String>,
+    /// Reads: `links`, `addresses`, `routes` (dumps) and `link NAME`.
+    reads: Vec<String>,
     failures: HashMap<String, i32>,
 }
 
@@ -92,6 +94,16 @@ impl FakeNetlink {
         self.lock().calls.clear();
     }
 
+    /// The reads made so far, in order: `links`, `addresses` and `routes`
+    /// for dumps, `link NAME` for a single link.
+    pub fn reads(&self) -> Vec<String> {
+        self.lock().reads.clone()
+    }
+
+    pub fn clear_reads(&self) {
+        self.lock().reads.clear();
+    }
+
     /// The state of this handle's namespace, for assertions.
     pub fn snapshot(&self) -> (Vec<Link>, Vec<Address>, Vec<Route>) {
         let s = self.lock();
@@ -120,7 +132,9 @@ impl FakeNetlink {
     }
 
     fn read_failure(&self, op: &str) -> Result<(), NlError> {
-        match self.lock().failures.remove(op) {
+        let mut s = self.lock();
+        s.reads.push(op.to_owned());
+        match s.failures.remove(op.split(' ').next().unwrap_or(op)) {
             Some(errno) => Err(NlError::from_errno(errno)),
             None => Ok(()),
         }
@@ -164,6 +178,11 @@ impl Netlink for FakeNetlink {
     async fn links(&self) -> Result<Vec<Link>, NlError> {
         self.read_failure("links")?;
         Ok(self.snapshot().0)
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<Link>, NlError> {
+        self.read_failure(&format!("link {name}"))?;
+        Ok(self.snapshot().0.into_iter().find(|l| l.name == name))
     }
 
     async fn set_up(&self, link: u32) -> Result<(), NlError> {

@@ -85,6 +85,8 @@ impl NlError {
 /// them in spawned tasks.
 pub trait Netlink: Send + Sync {
     fn links(&self) -> impl Future<Output = Result<Vec<Link>, NlError>> + Send;
+    /// The link named `name`, if there is one: one request, not a dump.
+    fn link(&self, name: &str) -> impl Future<Output = Result<Option<Link>, NlError>> + Send;
     fn set_up(&self, link: u32) -> impl Future<Output = Result<(), NlError>> + Send;
     fn set_down(&self, link: u32) -> impl Future<Output = Result<(), NlError>> + Send;
     fn set_mtu(&self, link: u32, mtu: u32) -> impl Future<Output = Result<(), NlError>> + Send;

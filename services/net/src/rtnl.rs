@@ -131,6 +131,14 @@ impl Netlink for RtNetlink {
         Ok(messages.into_iter().map(parse_link).collect())
     }
 
+    async fn link(&self, name: &str) -> Result<Option<Link>, NlError> {
+        match self.handle.link().get().match_name(name.to_owned()).execute().try_next().await.map_err(nl) {
+            Ok(message) => Ok(message.map(parse_link)),
+            Err(e) if e.errno == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn set_up(&self, link: u32) -> Result<(), NlError> {
         self.set(LinkUnspec::new_with_index(link).up().build()).await
     }

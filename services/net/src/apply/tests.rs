@@ -240,6 +240,44 @@ async fn a_cbr0_that_is_not_a_bridge_is_refused_not_reused() {
 }
 
 #[tokio::test]
+async fn a_pass_dumps_links_addresses_and_routes_once_and_lists_nothing_again() {
+    let f = fixture();
+    let report = apply(&plan(&network()), &f.host).await;
+    assert!(report.ok(), "{report:#?}");
+    // The bridge it created is looked up once, for the index the kernel gave it.
+    assert_eq!(f.host.netlink.reads(), ["links", "addresses", "routes", "link cbr0"]);
+    f.host.netlink.clear_reads();
+    let mut n = network();
+    n.peer_routes.push(PeerRoute { pod_cidr: "10.244.3.0/24".into(), via: "192.168.10.7".into() });
+    n.uplinks[0].addresses = vec!["192.168.10.9/24".into()];
+    let report = apply(&plan(&n), &f.host).await;
+    assert!(report.ok() && !report.changes().is_empty(), "{report:#?}");
+    assert_eq!(f.host.netlink.reads(), ["links", "addresses", "routes"]);
+}
+
+#[tokio::test]
+async fn a_configured_link_renamed_later_gets_its_routes_again() {
+    // Linux deletes a link's IPv4 routes when it goes down, as renaming
+    // needs: the pass must not count on the routes it saw before.
+    let f = fixture();
+    apply(&plan(&network()), &f.host).await;
+    let sys = &f.host.paths.proc_sys;
+    std::fs::create_dir_all(sys.join("net/ipv4/conf/lan0")).unwrap();
+    std::fs::write(sys.join("net/ipv4/conf/lan0/promote_secondaries"), "1\n").unwrap();
+    f.host.netlink.clear_calls();
+    let mut n = network();
+    n.uplinks[0].set_name = Some("lan0".into());
+    let report = apply(&plan(&n), &f.host).await;
+    assert!(report.ok(), "{report:#?}");
+    let calls = f.host.netlink.calls();
+    assert!(calls.contains(&"replace_route 0.0.0.0/0 via 192.168.10.1 dev lan0 proto 75".to_owned()), "{calls:?}");
+    assert!(
+        calls.contains(&"replace_route 172.16.0.0/12 via 192.168.10.254 dev lan0 proto 75".to_owned()),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
 async fn when_the_kernel_cannot_be_read_nothing_is_removed() {
     let f = fixture();
     apply(&plan(&network()), &f.host).await;
