@@ -37,14 +37,23 @@ impl MachineId {
 
 /// Picks the machine id from, in order: the persisted one, the SMBIOS UUID,
 /// fresh random bytes. Returns the id and where it came from.
-pub fn choose_machine_id(persisted: Option<&str>, smbios: Option<&str>, random: [u8; 16]) -> (MachineId, &'static str) {
+///
+/// `random` is called only when neither id will do: reading random bytes
+/// early in boot can wait for the kernel's random generator to be seeded
+/// (about a second in a VM with no hardware source), and most boots have
+/// an id already.
+pub fn choose_machine_id(
+    persisted: Option<&str>,
+    smbios: Option<&str>,
+    random: impl FnOnce() -> [u8; 16],
+) -> (MachineId, &'static str) {
     if let Some(id) = persisted.and_then(MachineId::parse) {
         return (id, "state disk");
     }
     if let Some(id) = smbios.and_then(MachineId::parse) {
         return (id, "SMBIOS system UUID");
     }
-    (MachineId::from_random(random), "random")
+    (MachineId::from_random(random()), "random")
 }
 
 /// The one hostname rule, shared with the machine config's validation.
@@ -77,9 +86,10 @@ mod tests {
     fn a_persisted_id_wins_over_smbios_which_wins_over_random() {
         let persisted = "0123456789abcdef0123456789abcdef";
         let smbios = "6b29fc40-ca47-1067-b31d-00dd010662da";
-        assert_eq!(choose_machine_id(Some(persisted), Some(smbios), [7; 16]).1, "state disk");
-        assert_eq!(choose_machine_id(None, Some(smbios), [7; 16]).1, "SMBIOS system UUID");
-        let (id, source) = choose_machine_id(None, Some("00000000-0000-0000-0000-000000000000"), [0xab; 16]);
+        let no_random = || -> [u8; 16] { panic!("random bytes read although an id was there") };
+        assert_eq!(choose_machine_id(Some(persisted), Some(smbios), no_random).1, "state disk");
+        assert_eq!(choose_machine_id(None, Some(smbios), no_random).1, "SMBIOS system UUID");
+        let (id, source) = choose_machine_id(None, Some("00000000-0000-0000-0000-000000000000"), || [0xab; 16]);
         assert_eq!(source, "random");
         assert_eq!(id.as_str(), "ab".repeat(16));
     }

@@ -12,10 +12,12 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     let kernel = ctx.kernel;
     let persisted = read_trimmed(kernel, Path::new(PERSISTED_MACHINE_ID));
     let smbios = read_trimmed(kernel, Path::new(SMBIOS_UUID));
-    let random = kernel.random_bytes().unwrap_or_else(|e| {
-        warn!(error = %e, "no random bytes from the kernel; a random machine id would be all zeroes");
-        [0; 16]
-    });
+    let random = || {
+        kernel.random_bytes().unwrap_or_else(|e| {
+            warn!(error = %e, "no random bytes from the kernel; a random machine id would be all zeroes");
+            [0; 16]
+        })
+    };
     let (id, source) = choose_machine_id(persisted.as_deref(), smbios.as_deref(), random);
     let line = format!("{}\n", id.as_str());
     if persisted.as_deref() != Some(id.as_str()) {
