@@ -328,7 +328,12 @@ pub fn write_tree(config: &MachineConfig, root: &Path, busybox: &Path) -> Result
         put(root, &format!("/etc/systemd/network/{name}"), text, 0o644)?;
     }
     let sysctls: String = kelson_init::sysctl::NODE_SYSCTLS.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-    put(root, "/etc/sysctl.d/90-kelson-node.conf", format!("# Kelson's node sysctls (kelson_init::sysctl).\n{sysctls}"), 0o644)?;
+    put(
+        root,
+        "/etc/sysctl.d/90-kelson-node.conf",
+        format!("# Kelson's node sysctls (kelson_init::sysctl).\n{sysctls}"),
+        0o644,
+    )?;
     // The bridge sysctls exist only with br_netfilter; containerd's
     // snapshotter needs overlay. Everything else the kernel or udev loads
     // when it is used, as on any systemd node.
@@ -376,16 +381,10 @@ mod tests {
         spec.resources.oom_score_adj = Some(-999);
         let text = unit(&spec).unwrap();
         assert!(text.contains("Type=notify\n"), "{text}");
-        assert!(
-            text.contains(r#"ExecStart="/usr/bin/kubelet" "--config=/etc/k 1.yaml" "50%%" "a\"b$$c""#),
-            "{text}"
-        );
+        assert!(text.contains(r#"ExecStart="/usr/bin/kubelet" "--config=/etc/k 1.yaml" "50%%" "a\"b$$c""#), "{text}");
         assert!(text.contains("Wants=network-online.target\n"), "{text}");
         assert!(text.contains("Requires=containerd.service sandbox-image.service\n"), "{text}");
-        assert!(
-            text.contains("After=containerd.service sandbox-image.service network-online.target\n"),
-            "{text}"
-        );
+        assert!(text.contains("After=containerd.service sandbox-image.service network-online.target\n"), "{text}");
         assert!(text.contains("Restart=always\nRestartSec=1000ms\nRestartSteps=6\nRestartMaxDelaySec=60000ms\n"));
         assert!(text.contains("KillSignal=SIGTERM\nTimeoutStopSec=10000ms\n"), "{text}");
         assert!(text.contains("OOMScoreAdjust=-999\n"), "{text}");
@@ -412,7 +411,8 @@ mod tests {
 
     #[test]
     fn networkd_gets_the_uplink_peer_routes_and_cbr0_of_the_plan() {
-        let yaml = "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  uplinks:\n    - name: eth0\n      \
+        let yaml =
+            "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork:\n  uplinks:\n    - name: eth0\n      \
                     addresses: [192.168.100.11/24]\n      gateway4: 192.168.100.1\n  podCIDR: 10.244.1.0/24\n  \
                     clusterCIDR: 10.244.0.0/16\n  mtu: 1460\n  peerRoutes:\n    - podCIDR: 10.244.0.0/24\n      \
                     via: 192.168.100.10\n";
