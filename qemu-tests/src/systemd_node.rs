@@ -128,6 +128,10 @@ pub fn unit(spec: &ServiceSpec) -> Result<String> {
     if kind == "oneshot" {
         let _ = writeln!(text, "RemainAfterExit=yes");
     }
+    // Kelson's supervisor waits for health as long as it takes; systemd
+    // would kill a unit not ready within 90 s (a Go daemon's start under
+    // emulation can take longer).
+    let _ = writeln!(text, "TimeoutStartSec=infinity");
     let argv: Vec<String> = spec.argv.iter().map(|a| exec_word(a)).collect();
     let _ = writeln!(text, "ExecStart={}", argv.join(" "));
     // Kelson's supervisor starts every service with a cleared environment
@@ -141,10 +145,10 @@ pub fn unit(spec: &ServiceSpec) -> Result<String> {
     if let Some(dir) = &spec.working_dir {
         let _ = writeln!(text, "WorkingDirectory={}", dir.display());
     }
-    let restart = match (spec.restart.mode, kind) {
-        (RestartMode::Always, _) => "always",
-        (RestartMode::OnFailure, _) => "on-failure",
-        (RestartMode::Never, _) => "no",
+    let restart = match spec.restart.mode {
+        RestartMode::Always => "always",
+        RestartMode::OnFailure => "on-failure",
+        RestartMode::Never => "no",
     };
     let backoff = spec.restart.backoff;
     let _ = writeln!(text, "Restart={restart}");
@@ -380,7 +384,7 @@ mod tests {
         ];
         spec.resources.oom_score_adj = Some(-999);
         let text = unit(&spec).unwrap();
-        assert!(text.contains("Type=notify\n"), "{text}");
+        assert!(text.contains("Type=notify\nTimeoutStartSec=infinity\n"), "{text}");
         assert!(text.contains(r#"ExecStart="/usr/bin/kubelet" "--config=/etc/k 1.yaml" "50%%" "a\"b$$c""#), "{text}");
         assert!(text.contains("Wants=network-online.target\n"), "{text}");
         assert!(text.contains("Requires=containerd.service sandbox-image.service\n"), "{text}");
