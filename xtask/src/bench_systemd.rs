@@ -84,7 +84,10 @@ pub fn build(root: &Path, node_image: &ImagePaths) -> Result<PathBuf> {
         "--kernel-modules-exclude=.*".to_owned(),
         format!("--kernel-modules-include={}", modules.join(",")),
         format!("--output-dir={}", out.display()),
-        format!("--cache-dir={}/mkosi-cache", crate::image::CACHE_ROOT),
+        // Its own incremental cache: mkosi names the cache by distribution,
+        // release and architecture only, so sharing the node image's would
+        // replace one package set with the other at every build.
+        format!("--cache-dir={}/mkosi-cache-bench-systemd", crate::image::CACHE_ROOT),
         "--force".into(),
         "build".into(),
     ];
