@@ -277,12 +277,13 @@ pub fn masquerade_unit(plan: &NetPlan) -> Option<String> {
     ))
 }
 
-/// The unit running the agent's hook script.
+/// The unit running the agent's hook script, ordered after nothing of the
+/// node's: the host must reach the guest even when a service never gets
+/// ready, to say why.
 pub fn agent_unit() -> String {
     format!(
         "# The benchmark harness's agent: a shell on /dev/ttyS1 (qemu-tests' agent hook).\n\
-         [Unit]\nDescription=bench-vs-systemd agent shell on ttyS1\n\
-         After=kube-proxy.service\n\n[Service]\nExecStart={}\nRestart=always\n\n\
+         [Unit]\nDescription=bench-vs-systemd agent shell on ttyS1\n\n[Service]\nExecStart={}\nRestart=always\n\n\
          [Install]\nWantedBy=multi-user.target\n",
         crate::AGENT_HOOK
     )

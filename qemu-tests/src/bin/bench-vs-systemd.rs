@@ -356,12 +356,15 @@ fn measure_systemd(raw: &Path, seed: &Path, settle: Duration) -> Result<Boot> {
     let disk = fixture.disk_overlay(dir.path(), DISK_SIZE)?;
     let powered_on = Instant::now();
     let mut vm = boot_vm("vs-systemd", &disk, seed, dir.path())?;
-    // The agent starts after kube-proxy; then wait for the kubelet's READY=1.
+    // The agent starts with the node's services; wait for the kubelet's READY=1.
     let deadline = powered_on + BOOT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let status = vm.agent_exec("systemctl status --no-pager kubelet.service", AGENT)?;
+            let status = vm.agent_exec(
+                "systemctl list-jobs --no-pager; systemctl status --no-pager containerd.service kubelet.service",
+                AGENT,
+            )?;
             bail!("the systemd node's kubelet was not active within {BOOT:?}:\n{}", status.output);
         }
         let out = vm.agent_exec("systemctl is-active kubelet.service", left)?;
