@@ -208,12 +208,20 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// `busybox_host_path` must be a statically linked busybox (Debian's
 /// busybox-static installs one at `/bin/busybox`).
 pub fn guest_layer_with_agent(busybox_host_path: impl AsRef<Path>) -> Layer {
+    Layer::new().file_from_host(GUEST_BUSYBOX, busybox_host_path, 0o755).file(AGENT_HOOK, agent_hook(), 0o755)
+}
+
+/// The agent's hook script (run from [`GUEST_BUSYBOX`]): what
+/// [`guest_layer_with_agent`] installs at [`AGENT_HOOK`]. A guest whose
+/// init is not Kelson's (the systemd node of `bench-vs-systemd`) runs the
+/// same script as a service.
+pub fn agent_hook() -> String {
     // The shell reads its commands from the tty given as a script file, so
     // it is not interactive although stdin and stdout are a tty: an
     // interactive ash prints prompts and, with the tty in raw mode, runs
     // its line editor, which echoes what it reads. (busybox 1.35's ash
     // ignores `+i`.)
-    let hook = format!(
+    format!(
         r#"#!{GUEST_BUSYBOX} sh
 # Kelson test agent: a shell on the second serial port for the host harness.
 bb={GUEST_BUSYBOX}
@@ -230,6 +238,5 @@ while :; do
     $bb sleep 1
 done
 "#
-    );
-    Layer::new().file_from_host(GUEST_BUSYBOX, busybox_host_path, 0o755).file(AGENT_HOOK, hook, 0o755)
+    )
 }

@@ -57,11 +57,12 @@ mod image;
 mod qmp;
 mod vm;
 
-pub use agent::{guest_layer_with_agent, AgentOutput, AGENT_HOOK, GUEST_APPLET_DIR, GUEST_BUSYBOX};
+pub use agent::{agent_hook, guest_layer_with_agent, AgentOutput, AGENT_HOOK, GUEST_APPLET_DIR, GUEST_BUSYBOX};
 pub use cpio::Layer;
 pub mod kelsonctl;
 pub mod oci;
 pub mod seed;
+pub mod systemd_node;
 pub use image::{ImagePaths, IMAGE_DIR_ENV};
 /// Re-exported for [`Vm::qmp`] arguments and results.
 pub use serde_json;

@@ -5,7 +5,7 @@ use crate::image::ImagePaths;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
+pub fn run(root: &Path, paths: &ImagePaths, which: &str, options: &[String]) -> Result<()> {
     let bin = match which {
         "boot" => "bench-boot",
         "net" => "bench-net",
@@ -15,7 +15,15 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
         "memory" => "bench-memory",
         "cluster" => "bench-cluster",
         "api" => "bench-api",
-        other => bail!("unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory, cluster, api)"),
+        "vs-systemd" => "bench-vs-systemd",
+        other => bail!(
+            "unknown benchmark {other:?} (known: boot, net, supervise, pods, usr, memory, cluster, api, vs-systemd)"
+        ),
+    };
+    let build_only = match options {
+        [] => false,
+        [option] if which == "vs-systemd" && option == "--build-only" => true,
+        _ => bail!("bench {which}: unknown options {options:?} (vs-systemd takes --build-only)"),
     };
     // All of qemu-tests' programs: a benchmark copies some into the guest.
     let built = std::process::Command::new("cargo")
@@ -44,6 +52,16 @@ pub fn run(root: &Path, paths: &ImagePaths, which: &str) -> Result<()> {
             .env("KELSON_KUBERNETES_SEPARATE", kubernetes::build_dir(root, Layout::Separate)?)
             .env("KELSON_KUBERNETES_WRAPPER", root.join("image/kubernetes"))
             .env("KELSON_KUBERNETES_LDFLAGS", kubernetes::version_ldflags(&release));
+    }
+    if which == "vs-systemd" {
+        // The systemd node it compares with, built from this tree's
+        // rendering and the node image just built.
+        let fixture = crate::bench_systemd::build(root, paths)?;
+        if build_only {
+            eprintln!("xtask: the systemd node is in {}", fixture.display());
+            return Ok(());
+        }
+        command.env("KELSON_BENCH_SYSTEMD_DIR", fixture);
     }
     let status = command
         .args(["run", "--release", "--quiet", "-p", "qemu-tests", "--bin", bin])

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 /// Where mkosi keeps packages, incremental images and the tools tree
 /// between builds (and between clones on the same machine).
-const CACHE_ROOT: &str = "/var/cache/kelson";
+pub(crate) const CACHE_ROOT: &str = "/var/cache/kelson";
 const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ pub fn fingerprint(parts: &[&[u8]]) -> String {
 }
 
 /// Runs mkosi, keeping its full output in `log` and showing its step lines.
-fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
+pub(crate) fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
     eprintln!("xtask: mkosi {} (full log: {})", args.join(" "), log.display());
     // mkosi reports its steps on stderr and the tools' chatter on stdout;
     // both go to the log, and only the step lines to the terminal.
@@ -117,7 +117,7 @@ fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Result<()> {
 /// several clones (a developer's tree, CI's fresh clone, a helper's worktree)
 /// may build on one machine, and two mkosi runs in one cache directory
 /// corrupt each other. The lock is released when the guard is dropped.
-fn lock_cache() -> Result<std::fs::File> {
+pub(crate) fn lock_cache() -> Result<std::fs::File> {
     std::fs::create_dir_all(CACHE_ROOT).with_context(|| format!("creating {CACHE_ROOT}"))?;
     let path = Path::new(CACHE_ROOT).join("build.lock");
     let file = std::fs::OpenOptions::new()

@@ -10,6 +10,7 @@
 //! ```
 
 mod bench;
+mod bench_systemd;
 mod deps;
 mod fuzz;
 mod image;
@@ -37,7 +38,8 @@ fn usage() -> &'static str {
      \n  kubernetes pin VERSION | build [--separate]\
      \n                 rewrite image/kubernetes/go.mod for a release | build its programs\
      \n  deps           install the host packages the other commands need\
-     \n  bench [boot|net|supervise|pods|usr|memory|cluster|api]  benchmarks measured inside the guest\
+     \n  bench [boot|net|supervise|pods|usr|memory|cluster|api|vs-systemd]  benchmarks measured inside the guest\
+     \n                 (vs-systemd --build-only: build the systemd node it compares with, and stop)\
      \n  api-check      schemathesis against the management API's OpenAPI document (a step of test)\
      \n  fuzz [SECS]    fuzz the config, cloud-init seed and pod manifest parsers (default 60 s per target)"
 }
@@ -75,7 +77,7 @@ fn main_exec() -> Result<()> {
         Some("bench") => {
             deps::ensure()?;
             let paths = image::build(&root, &image::Inputs::parse(&[])?)?;
-            bench::run(&root, &paths, args.get(1).map(String::as_str).unwrap_or("boot"))
+            bench::run(&root, &paths, args.get(1).map(String::as_str).unwrap_or("boot"), &args[2.min(args.len())..])
         }
         Some("fuzz") => {
             let seconds = match args.get(1) {
