@@ -95,6 +95,8 @@ pub struct VmBuilder {
     nics: Vec<Nic>,
     extra_args: Vec<OsString>,
     hooks_key: bool,
+    /// Host CPUs QEMU may run on; `None`: wherever the scheduler puts it.
+    host_cpus: Option<Vec<usize>>,
 }
 
 impl VmBuilder {
@@ -116,6 +118,7 @@ impl VmBuilder {
             nics: Vec::new(),
             extra_args: Vec::new(),
             hooks_key: true,
+            host_cpus: None,
         }
     }
 
@@ -227,6 +230,13 @@ impl VmBuilder {
     /// (false, the default: `-no-reboot`).
     pub fn reboot_allowed(mut self, allowed: bool) -> Self {
         self.reboot_allowed = allowed;
+        self
+    }
+
+    /// Keeps QEMU (every thread of it) on these host CPUs, so a benchmark can
+    /// give the emulator CPUs its own load generator does not use.
+    pub fn host_cpus(mut self, cpus: &[usize]) -> Self {
+        self.host_cpus = Some(cpus.to_vec());
         self
     }
 
@@ -431,13 +441,28 @@ impl VmBuilder {
         let mut cmd = Command::new(&self.qemu);
         cmd.args(&args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         let parent = std::process::id();
+        // Built here: the child may not allocate.
+        let affinity = match &self.host_cpus {
+            Some(cpus) => {
+                let mut set = nix::sched::CpuSet::new();
+                for &cpu in cpus {
+                    set.set(cpu).with_context(|| format!("host CPU {cpu} for QEMU's affinity"))?;
+                }
+                Some(set)
+            }
+            None => None,
+        };
         // SAFETY: the closure runs in the forked child before exec, where
-        // only async-signal-safe calls are allowed. It makes two plain
-        // syscalls (prctl(PR_SET_PDEATHSIG) and getppid) and builds an
-        // io::Error from a raw errno, which does not allocate. Nothing is
-        // locked or allocated.
+        // only async-signal-safe calls are allowed. It makes plain syscalls
+        // (sched_setaffinity, prctl(PR_SET_PDEATHSIG) and getppid) and
+        // builds an io::Error from a raw errno, which does not allocate.
+        // Nothing is locked or allocated.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(set) = &affinity {
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set)
+                        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+                }
                 // Kill QEMU if the thread that started it dies, so a killed
                 // or crashed test runner leaves no VM behind.
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)

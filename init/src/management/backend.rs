@@ -356,7 +356,7 @@ impl NodeBackend {
         if planned.live.contains(&LiveChange::PeerRoutes) {
             match self.handles.network() {
                 Some(network) => {
-                    let report = network.lock().await.apply(&planned.net_plan).await;
+                    let report = network.lock().await.apply_config(&planned.net_plan).await;
                     for step in &report.steps {
                         if let kelson_net::Outcome::Failed { errors: failed, .. } = &step.outcome {
                             errors.extend(failed.iter().map(|e| format!("network step {}: {e}", step.step)));

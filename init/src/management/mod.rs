@@ -17,7 +17,7 @@ pub mod backend;
 pub mod config_apply;
 pub mod kmsg;
 
-use crate::stages::network::NodeNetworking;
+use crate::stages::network::NodeNetwork;
 use kelson_api::TlsMaterial;
 use kelson_config::{ConfigError, Effective, Layer, MachineConfig};
 use kelson_pods::runtime::PodsStatus;
@@ -54,7 +54,7 @@ struct Shared {
     tls: OnceLock<watch::Sender<Option<TlsMaterial>>>,
     supervisor: Mutex<Weak<Supervisor>>,
     pods: OnceLock<watch::Receiver<PodsStatus>>,
-    network: Mutex<Weak<tokio::sync::Mutex<NodeNetworking>>>,
+    network: Mutex<Weak<tokio::sync::Mutex<NodeNetwork>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,11 +114,11 @@ impl Handles {
         self.0.pods.get().map(|rx| rx.borrow().clone())
     }
 
-    pub fn set_network(&self, network: &Arc<tokio::sync::Mutex<NodeNetworking>>) {
+    pub fn set_network(&self, network: &Arc<tokio::sync::Mutex<NodeNetwork>>) {
         *lock(&self.0.network) = Arc::downgrade(network);
     }
 
-    pub fn network(&self) -> Option<Arc<tokio::sync::Mutex<NodeNetworking>>> {
+    pub fn network(&self) -> Option<Arc<tokio::sync::Mutex<NodeNetwork>>> {
         lock(&self.0.network).upgrade()
     }
 }

@@ -8,22 +8,81 @@
 //! in the node status and publishes the node's addresses there (a DHCP
 //! lease's as it arrives). The DHCP clients outlive the stage, renewing
 //! leases: its handle releases them at shutdown.
+//!
+//! On a node with cluster credentials the stage also starts the Node
+//! watcher (`kelson_cluster::NodeWatcher`): from then on the peer routes
+//! follow the cluster's Node objects, each other node's pod CIDR via its
+//! InternalIP; the config's static `network.peerRoutes` keep the pod CIDRs
+//! the Nodes do not cover (all of them while no API server answers).
 
 use crate::boot::{BootContext, Done, Running, ShutdownFuture, StageError};
 use crate::clock;
 use crate::kernel::Kernel;
 use crate::runner::ReaperRunner;
 use crate::status::{Condition, StatusPublisher};
-use kelson_net::plan::{BridgePlan, UplinkMode};
-use kelson_net::{cni, Host, NetPlan, Networking, Outcome, Paths, RtNetlink};
+use kelson_cluster::{ClusterView, NodeWatcher};
+use kelson_net::plan::{BridgePlan, PeerRoutePlan, UplinkMode};
+use kelson_net::{cni, ApplyReport, Host, NetPlan, Networking, Outcome, Paths, RtNetlink};
 use kelson_supervise::NETWORK_READY;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{oneshot, watch, Mutex};
 use tracing::{info, warn};
 
-/// The node's networking as the stage leaves it running; the management
-/// API applies a changed plan through it.
-pub type NodeNetworking = Networking<RtNetlink, ReaperRunner>;
+type NodeNetworking = Networking<RtNetlink, ReaperRunner>;
+
+/// The node's networking as the stage leaves it running, with both sources
+/// of peer routes: the config's plan (the management API applies a changed
+/// one through [`NodeNetwork::apply_config`]) and the cluster's Node
+/// objects (the Node watcher's, through [`NodeNetwork::follow_cluster`]).
+/// Each apply is of the two merged, so neither undoes the other.
+pub struct NodeNetwork {
+    networking: NodeNetworking,
+    config_plan: NetPlan,
+    /// `None` until the Node watcher has seen the cluster.
+    cluster_routes: Option<Vec<PeerRoutePlan>>,
+}
+
+impl NodeNetwork {
+    /// Applies a new config's plan, keeping the cluster's routes.
+    pub async fn apply_config(&mut self, plan: &NetPlan) -> ApplyReport {
+        self.config_plan = plan.clone();
+        self.apply().await
+    }
+
+    /// Applies the cluster's routes, keeping the config's plan.
+    pub async fn follow_cluster(&mut self, routes: Vec<PeerRoutePlan>) -> ApplyReport {
+        self.cluster_routes = Some(routes);
+        self.apply().await
+    }
+
+    async fn apply(&mut self) -> ApplyReport {
+        let plan = merged_plan(&self.config_plan, self.cluster_routes.as_deref());
+        self.networking.apply(&plan).await
+    }
+}
+
+/// `config_plan` with its peer routes joined by the cluster's: a Node's
+/// route wins over a static one for any pod CIDR the two share (the Node
+/// objects are the cluster as it is now; the config's routes are a
+/// fallback for when no API server answers).
+fn merged_plan(config_plan: &NetPlan, cluster_routes: Option<&[PeerRoutePlan]>) -> NetPlan {
+    let mut plan = config_plan.clone();
+    let Some(cluster) = cluster_routes else { return plan };
+    let overlaps = |a: &PeerRoutePlan, b: &PeerRoutePlan| {
+        a.pod_cidr.contains(&b.pod_cidr.network()) || b.pod_cidr.contains(&a.pod_cidr.network())
+    };
+    plan.peer_routes.retain(|fixed| !cluster.iter().any(|route| overlaps(fixed, route)));
+    plan.peer_routes.extend(cluster.iter().copied());
+    plan
+}
+
+/// The cluster's routes for `view`, without any to this node's own pod
+/// CIDR (a peer claiming part of it is left out by the view already).
+fn cluster_routes(view: &ClusterView) -> Vec<PeerRoutePlan> {
+    view.peers.iter().map(|peer| PeerRoutePlan { pod_cidr: peer.pod_cidr, via: peer.address }).collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -71,9 +130,10 @@ pub fn bring_up(ctx: &mut BootContext<'_>, plan: &NetPlan, hostname: Option<Stri
     }
     // Steps that failed are logged; the network is as up as it will get.
     ctx.status.set_condition(NETWORK_READY, Condition::True);
-    let networking = std::sync::Arc::new(tokio::sync::Mutex::new(networking));
-    ctx.handles.set_network(&networking);
-    let running = Box::new(NetworkHandle(networking));
+    let network = Arc::new(Mutex::new(NodeNetwork { networking, config_plan: plan.clone(), cluster_routes: None }));
+    ctx.handles.set_network(&network);
+    let watcher_stop = start_node_watcher(ctx, plan, &network, &runtime);
+    let running = Box::new(NetworkHandle { network, watcher_stop });
     if failed > 0 {
         return Ok(Done::Degraded { running, error: NetworkError::StepsFailed { failed }.into() });
     }
@@ -121,14 +181,85 @@ fn publish_addresses(plan: &NetPlan, networking: &NodeNetworking, status: &Statu
     }
 }
 
+/// Starts the Node watcher and the task that applies what it sees, when
+/// the config carries the node's cluster credentials; the sender stops
+/// both. Without credentials (a node outside a cluster) or with ones it
+/// refuses, the static routes are all there is, and the log says why.
+fn start_node_watcher(
+    ctx: &BootContext<'_>,
+    plan: &NetPlan,
+    network: &Arc<Mutex<NodeNetwork>>,
+    runtime: &tokio::runtime::Handle,
+) -> Option<oneshot::Sender<()>> {
+    let effective = ctx.config.as_ref()?;
+    let node_name = ctx.node_name();
+    let config = match crate::stages::pods::reporter_config(&effective.config, &node_name) {
+        Ok(config) => config,
+        Err(missing) => {
+            info!("network: routes follow the config only: the machine config has no {missing}");
+            return None;
+        }
+    };
+    let pinned = plan.bridge.as_ref().map(|bridge| bridge.pod_cidr);
+    let _entered = runtime.enter();
+    let watcher = match NodeWatcher::new(&config, pinned) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            warn!("network: routes follow the config only: {}", crate::boot::chain(&e));
+            return None;
+        }
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (views, mut seen) = watch::channel::<Option<ClusterView>>(None);
+    tokio::spawn(watcher.run(views, async {
+        let _ = stopped.await;
+    }));
+    let network = network.clone();
+    tokio::spawn(async move {
+        // Ends when the watcher does (its sender dropped).
+        while seen.changed().await.is_ok() {
+            let Some(view) = seen.borrow_and_update().clone() else { continue };
+            for name in &view.overlapping {
+                warn!("network: no route to Node {name}: its pod CIDR overlaps this node's or another Node's");
+            }
+            let routes = cluster_routes(&view);
+            let report = network.lock().await.follow_cluster(routes).await;
+            let failed: Vec<String> = report
+                .steps
+                .iter()
+                .filter_map(|s| match &s.outcome {
+                    Outcome::Failed { errors, .. } => Some(format!("{}: {}", s.step, errors.join("; "))),
+                    _ => None,
+                })
+                .collect();
+            let peers: Vec<String> =
+                view.peers.iter().map(|p| format!("{}={} via {}", p.name, p.pod_cidr, p.address)).collect();
+            if failed.is_empty() {
+                info!(changes = ?report.changes(), peers = ?peers, "network: routes follow the cluster's Nodes");
+            } else {
+                warn!(failed = ?failed, peers = ?peers, "network: applying the cluster's Nodes' routes failed in part");
+            }
+        }
+    });
+    info!("network: following the cluster's Nodes at {} as Node {node_name}", config.api_server);
+    Some(stop)
+}
+
 /// The DHCP clients, released at shutdown; bounded so a dead server cannot
-/// hold shutdown up.
-struct NetworkHandle(std::sync::Arc<tokio::sync::Mutex<NodeNetworking>>);
+/// hold shutdown up. The Node watcher stops first.
+struct NetworkHandle {
+    network: Arc<Mutex<NodeNetwork>>,
+    watcher_stop: Option<oneshot::Sender<()>>,
+}
 
 impl Running for NetworkHandle {
     fn shutdown(self: Box<Self>) -> ShutdownFuture {
         Box::pin(async move {
-            let release = async { self.0.lock().await.shutdown().await };
+            if let Some(stop) = self.watcher_stop {
+                // Gone already is fine: it only ends on this signal.
+                let _ = stop.send(());
+            }
+            let release = async { self.network.lock().await.networking.shutdown().await };
             if tokio::time::timeout(Duration::from_secs(3), release).await.is_err() {
                 warn!("DHCP release did not finish within 3 s");
             } else {
@@ -167,5 +298,48 @@ mod tests {
         assert!(written.contains("\"bridge\": \"cbr0\""), "{written}");
         assert!(!write_conflist(&k, &bridge).unwrap(), "the same config is not written again");
         assert_eq!(k.calls().iter().filter(|c| c.starts_with("install")).count(), 1);
+    }
+
+    fn route(cidr: &str, via: &str) -> PeerRoutePlan {
+        PeerRoutePlan { pod_cidr: cidr.parse().unwrap(), via: via.parse().unwrap() }
+    }
+
+    fn config_plan() -> NetPlan {
+        let network = kelson_config::Network {
+            pod_cidr: Some("10.244.1.0/24".into()),
+            cluster_cidr: Some("10.244.0.0/16".into()),
+            peer_routes: vec![
+                kelson_config::PeerRoute { pod_cidr: "10.244.0.0/24".into(), via: "192.168.100.10".into() },
+                kelson_config::PeerRoute { pod_cidr: "10.244.9.0/24".into(), via: "192.168.100.19".into() },
+            ],
+            ..Default::default()
+        };
+        NetPlan::from_config(&network).unwrap()
+    }
+
+    #[test]
+    fn before_the_cluster_is_seen_the_configs_routes_are_all() {
+        assert_eq!(merged_plan(&config_plan(), None), config_plan());
+    }
+
+    #[test]
+    fn the_nodes_routes_win_where_they_cover_a_static_one_and_the_rest_stay() {
+        let cluster = [route("10.244.0.0/24", "192.168.100.20"), route("10.244.2.0/24", "192.168.100.12")];
+        let merged = merged_plan(&config_plan(), Some(&cluster));
+        assert_eq!(
+            merged.peer_routes,
+            [
+                route("10.244.9.0/24", "192.168.100.19"),
+                route("10.244.0.0/24", "192.168.100.20"),
+                route("10.244.2.0/24", "192.168.100.12")
+            ]
+        );
+        let without_routes = NetPlan { peer_routes: Vec::new(), ..merged };
+        assert_eq!(without_routes, NetPlan { peer_routes: Vec::new(), ..config_plan() }, "nothing else changes");
+    }
+
+    #[test]
+    fn a_cluster_with_no_other_nodes_leaves_the_static_routes() {
+        assert_eq!(merged_plan(&config_plan(), Some(&[])).peer_routes, config_plan().peer_routes);
     }
 }

@@ -135,7 +135,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
 
 /// What the reporter needs from the machine config, or the first field
 /// missing (a node outside a cluster has none of them).
-fn reporter_config(config: &MachineConfig, node_name: &str) -> Result<ReporterConfig, &'static str> {
+pub(crate) fn reporter_config(config: &MachineConfig, node_name: &str) -> Result<ReporterConfig, &'static str> {
     let api_server = config.cluster.api_server_endpoint.as_ref().ok_or("cluster.apiServerEndpoint")?;
     let ca = config.pki.ca.as_ref().ok_or("pki.ca")?;
     let credential = config.pki.certificates.get(REPORTER_CERTIFICATE).ok_or("pki.certificates.kubelet")?;

@@ -48,8 +48,11 @@
 //! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times quietly and as many
 //! times under API load (default 3 each), alternating: the load starts
 //! when the console shows the config stage done (the earliest the API can
-//! answer) and runs until the services are healthy; the stages after
-//! config and the time to each service turning healthy are compared. An image whose PID 1 does not serve the API (no "management
+//! answer) and runs until containerd and the kubelet are healthy; the
+//! stages after config and the time to each service turning healthy are
+//! compared. With two or more host CPUs, QEMU runs on the first and this
+//! process on the last, so the load generator cannot take the emulator's
+//! CPU. `KELSON_BENCH_API_HOST=0` skips parts 1 to 3. An image whose PID 1 does not serve the API (no "management
 //! API listening" on the console) is reported as not measured.
 
 use anyhow::{bail, Context, Result};
@@ -141,14 +144,23 @@ fn main() -> Result<()> {
         memory_cycles: env_number("KELSON_BENCH_API_MEMORY_CYCLES", 3)?.max(1),
         boot_rounds: env_number("KELSON_BENCH_API_BOOT_ROUNDS", 3)?.max(1),
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the client's tokio runtime")?;
-    runtime.block_on(host_half(&settings))?;
+    if std::env::var("KELSON_BENCH_API_HOST").is_ok_and(|v| v == "0") {
+        println!("Requests, handshakes and memory on the host: not measured in this run (KELSON_BENCH_API_HOST=0)");
+    } else {
+        let runtime = tokio::runtime::Runtime::new().context("starting the client's tokio runtime")?;
+        runtime.block_on(host_half(&settings))?;
+    }
     if std::env::var("KELSON_BENCH_API_QEMU").is_ok_and(|v| v == "0") {
         println!("PID 1 with open streams (QEMU): not measured in this run (KELSON_BENCH_API_QEMU=0)");
         return Ok(());
     }
     match ImagePaths::disk_from_env() {
-        Ok(image) => qemu_half(&runtime, &image, settings.streams, settings.boot_rounds),
+        Ok(image) => {
+            // Pinned before the runtime exists, so its threads inherit it.
+            let cpus = split_host_cpus()?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the client's tokio runtime")?;
+            qemu_half(&runtime, &image, cpus, settings.streams, settings.boot_rounds)
+        }
         Err(error) => {
             println!("PID 1 with open streams (QEMU): not measured in this run: no disk image ({error:#})");
             Ok(())
@@ -810,7 +822,40 @@ async fn host_half(settings: &Settings) -> Result<()> {
 // ---------------------------------------------------------------------------
 // QEMU half.
 
-fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usize, boot_rounds: usize) -> Result<()> {
+/// Which host CPU QEMU runs on and which this process does.
+#[derive(Clone, Copy)]
+struct HostCpus {
+    qemu: usize,
+    load: usize,
+}
+
+/// With two or more host CPUs allowed: QEMU gets the first and this
+/// process (the load generator, kelsonctl's client, the console polling)
+/// is pinned to the last, so the load cannot take the emulator's CPU
+/// (a TCG guest's one vCPU is one host thread). `None` on one CPU.
+/// Pins the calling thread; threads it starts afterwards inherit that.
+fn split_host_cpus() -> Result<Option<HostCpus>> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).context("reading this process's CPU affinity")?;
+    let cpus: Vec<usize> = (0..CpuSet::count()).filter(|&cpu| allowed.is_set(cpu).unwrap_or(false)).collect();
+    let (Some(&qemu), Some(&load)) = (cpus.first(), cpus.last()) else { return Ok(None) };
+    if qemu == load {
+        return Ok(None);
+    }
+    let mut own = CpuSet::new();
+    own.set(load).with_context(|| format!("host CPU {load}"))?;
+    sched_setaffinity(Pid::from_raw(0), &own).with_context(|| format!("pinning the benchmark to host CPU {load}"))?;
+    Ok(Some(HostCpus { qemu, load }))
+}
+
+fn qemu_half(
+    runtime: &tokio::runtime::Runtime,
+    image: &ImagePaths,
+    cpus: Option<HostCpus>,
+    streams: usize,
+    boot_rounds: usize,
+) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let cluster = dir.path().join("cluster");
     let mut spec = kelsonctl::gen::ClusterSpec::with_defaults("bench", 1, 0);
@@ -828,7 +873,11 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
         kelson_api::PORT
     );
     eprintln!("bench-api: booting {} under OVMF for PID 1's memory", image.disk.display());
-    let mut vm = VmBuilder::firmware()
+    let mut builder = VmBuilder::firmware();
+    if let Some(cpus) = cpus {
+        builder = builder.host_cpus(&[cpus.qemu]);
+    }
+    let mut vm = builder
         .name("bench-api")
         .ovmf(dir.path())?
         .disk_qcow2(&disk)
@@ -900,7 +949,7 @@ fn qemu_half(runtime: &tokio::runtime::Runtime, image: &ImagePaths, streams: usi
         println!("{:<6} {:>9} {:>9} {:>9} {per_stream:>16.1}", i + 1, kib(previous), kib(*during), kib(*after));
         previous = *after;
     }
-    print_boots(&boots?);
+    print_boots(&boots?, cpus);
     Ok(())
 }
 
@@ -1009,8 +1058,10 @@ fn own_cpu_time() -> Option<Duration> {
     Some(of(usage.user_time()) + of(usage.system_time()))
 }
 
-/// The services whose turning healthy a boot is timed to.
-const SERVICES: [&str; 3] = ["containerd", "kubelet", "kube-proxy"];
+/// The services whose turning healthy a boot is timed to. Not kube-proxy:
+/// it turns healthy only once it has synced with an API server, and this
+/// node has none.
+const SERVICES: [&str; 2] = ["containerd", "kubelet"];
 /// How long a service may take to turn healthy after ready.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONFIG_DONE: &str = "stage done stage=config";
@@ -1107,17 +1158,21 @@ fn boots_under_load(
     Ok(boots)
 }
 
-fn print_boots(boots: &[BootFigures]) {
+fn print_boots(boots: &[BootFigures], cpus: Option<HostCpus>) {
     if boots.is_empty() {
         return;
     }
+    let pinning = match cpus {
+        Some(cpus) => format!("QEMU on host CPU {}, this process (the load) on host CPU {}", cpus.qemu, cpus.load),
+        None => "one host CPU: QEMU and the load share it".to_owned(),
+    };
     println!(
         "5. Boot under API load (the same VM rebooted with ctrl-alt-del, quiet and loaded boots alternating, \
          {} of each): a loaded boot has, from the console's \"{CONFIG_DONE}\" on (the API has no certificate \
          before), {LOAD_POLLERS} clients polling GET {STATUS} back to back and {LOAD_STREAMS} following \
-         {GUEST_FOLLOW}, backing off {} ms when refused or cut, until containerd, the kubelet and kube-proxy are \
-         healthy; milliseconds, medians: stages from the node's status (CLOCK_BOOTTIME), \"healthy\" rows from \
-         the console's kernel timestamps, counted from the end of the config stage",
+         {GUEST_FOLLOW}, backing off {} ms when refused or cut, until containerd and the kubelet are healthy; \
+         {pinning}; milliseconds, medians: stages from the node's status (CLOCK_BOOTTIME), \"healthy\" rows \
+         from the console's kernel timestamps, counted from the end of the config stage",
         boots.iter().filter(|b| !b.loaded).count(),
         LOAD_BACK_OFF.as_millis(),
     );

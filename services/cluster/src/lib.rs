@@ -11,13 +11,23 @@
 //! - [`events()`]: what changed between two statuses, as events (pure).
 //! - [`Reporter`]: the task that patches `nodes/<node>/status` and posts
 //!   the events, retrying quietly while the API server is down.
+//!
+//! And the node network following the cluster:
+//! - [`cluster_view()`]: every other Node's pod CIDR via its InternalIP,
+//!   from the Node objects (pure).
+//! - [`NodeWatcher`]: the task that watches the Nodes and publishes that
+//!   view, writing a pinned pod CIDR into the node's own Node.
 
 mod conditions;
 mod events;
+mod node_watcher;
 mod reporter;
+mod routes;
 
 pub use conditions::{conditions, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
 pub use events::{events, EventSpec, EventType};
+pub use node_watcher::NodeWatcher;
 pub use reporter::{Reporter, ReporterConfig, ReporterError, Timing, COMPONENT};
+pub use routes::{cluster_view, ClusterView, NodeAddressing, PeerNode};
 #[cfg(test)]
 mod fixture;

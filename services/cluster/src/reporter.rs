@@ -124,24 +124,7 @@ impl Reporter {
     /// Checks the PEMs and the URL and makes the API client. Must be called
     /// within a tokio runtime (the client spawns its connection pool).
     pub fn new(config: ReporterConfig) -> Result<Self, ReporterError> {
-        let url = config.api_server.clone();
-        let uri: http::Uri = url.parse().map_err(|source| ReporterError::ApiServerUrl { url: url.clone(), source })?;
-        let ca = certificates(&config.ca_pem).map_err(|reason| ReporterError::Ca { reason })?;
-        certificates(&config.cert_pem).map_err(|reason| ReporterError::ClientCertificate { reason })?;
-        PrivateKeyDer::from_pem_slice(&config.key_pem)
-            .map_err(|e| ReporterError::ClientKey { reason: pem_reason(&e, "PRIVATE KEY") })?;
-
-        let mut kube_config = kube::Config::new(uri);
-        kube_config.root_cert = Some(ca);
-        let b64 = base64::engine::general_purpose::STANDARD;
-        kube_config.auth_info.client_certificate_data = Some(b64.encode(&config.cert_pem));
-        kube_config.auth_info.client_key_data = Some(b64.encode(&config.key_pem).into());
-        let https = kube_config.rustls_https_connector().map_err(|source| ReporterError::Client { url, source })?;
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-        // The client certificate authenticates in the TLS handshake: no
-        // auth layer. No retry layer either: retries are the reporter's.
-        let service = tower::ServiceBuilder::new().layer(kube_config.base_uri_layer()).service(http);
-        let client = kube::Client::new(service, EVENT_NAMESPACE);
+        let client = node_client(&config)?;
         Ok(Reporter { client, node_name: config.node_name, timing: config.timing })
     }
 
@@ -400,6 +383,30 @@ impl State {
     }
 }
 
+/// An API client authenticated as the node: checks the PEMs and the URL.
+/// Must be called within a tokio runtime (the client spawns its
+/// connection pool).
+pub(crate) fn node_client(config: &ReporterConfig) -> Result<kube::Client, ReporterError> {
+    let url = config.api_server.clone();
+    let uri: http::Uri = url.parse().map_err(|source| ReporterError::ApiServerUrl { url: url.clone(), source })?;
+    let ca = certificates(&config.ca_pem).map_err(|reason| ReporterError::Ca { reason })?;
+    certificates(&config.cert_pem).map_err(|reason| ReporterError::ClientCertificate { reason })?;
+    PrivateKeyDer::from_pem_slice(&config.key_pem)
+        .map_err(|e| ReporterError::ClientKey { reason: pem_reason(&e, "PRIVATE KEY") })?;
+
+    let mut kube_config = kube::Config::new(uri);
+    kube_config.root_cert = Some(ca);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    kube_config.auth_info.client_certificate_data = Some(b64.encode(&config.cert_pem));
+    kube_config.auth_info.client_key_data = Some(b64.encode(&config.key_pem).into());
+    let https = kube_config.rustls_https_connector().map_err(|source| ReporterError::Client { url, source })?;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    // The client certificate authenticates in the TLS handshake: no auth
+    // layer. No retry layer either: retries are the caller's.
+    let service = tower::ServiceBuilder::new().layer(kube_config.base_uri_layer()).service(http);
+    Ok(kube::Client::new(service, EVENT_NAMESPACE))
+}
+
 /// Kelson's conditions among the Node's (the kubelet's are not ours to
 /// carry over). Conditions that do not parse count as absent.
 fn kelson_conditions(node: &DynamicObject) -> Vec<NodeCondition> {
@@ -457,7 +464,7 @@ impl Problem {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -103,21 +103,7 @@ impl FakeApiServer {
     }
 
     pub async fn start_on(pki: &Pki, node_after: usize, address: &str) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
-            roots.add(ca.expect("CA PEM")).expect("CA into the root store");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .expect("client verifier");
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
-            .expect("server TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(pki);
         let listener = TcpListener::bind(address).await.expect("bind");
         let url = format!("https://{}", listener.local_addr().expect("address"));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -162,6 +148,26 @@ impl FakeApiServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// TLS as kube-apiserver does it: the server certificate of `pki`, a
+/// client certificate from its CA required.
+pub fn tls_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(ca.expect("CA PEM")).expect("CA into the root store");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .expect("client verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
+        .expect("server TLS config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 pub async fn answer(
