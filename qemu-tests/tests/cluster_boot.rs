@@ -6,13 +6,21 @@
 //! through one `hostfwd` to 127.0.0.1 and drives it with the same kubectl
 //! build the node ships (`target/image/kubectl`).
 //!
-//! One VM serves every check (boots are the cost under TCG): the node
-//! Ready at the pinned version, the API server ready and the controller
-//! manager and scheduler holding their leases, Kelson's node condition,
-//! a Pod run by the real kubelet through containerd and the CNI bridge,
-//! kube-apiserver killed and restarted by PID 1 (with an Event and the
-//! condition's restart count), and a reboot that keeps the Pod object
+//! One cluster serves every check (boots are the cost under TCG): the
+//! node Ready at the pinned version, the API server ready and the
+//! controller manager and scheduler holding their leases, Kelson's node
+//! condition, a Pod run by the real kubelet through containerd and the CNI
+//! bridge, kube-apiserver killed and restarted by PID 1 (with an Event and
+//! the condition's restart count), and a reboot that keeps the Pod object
 //! (etcd's data on /var, the disk's state partition).
+//!
+//! A worker from the same `gen cluster` joins on a loopback socket network
+//! (the node network; the control-plane node's second NIC is QEMU's user
+//! network, for the hostfwds). Neither seed has static peer routes: the
+//! routes between the nodes' pod CIDRs come from PID 1's Node watchers,
+//! each pod CIDR from the node's config written into its Node by PID 1.
+//! A Pod on the worker answers the control-plane node by pod IP, and
+//! `kubectl delete node` of the worker takes its route away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::kelsonctl::Kelsonctl;
@@ -23,7 +31,16 @@ use std::time::{Duration, Instant};
 
 const CLUSTER: &str = "k";
 const NODE: &str = "k-cp-1";
-const NODE_ADDRESS: &str = "192.168.100.10";
+const WORKER: &str = "k-worker-1";
+/// The nodes' MACs on the node network, and the control-plane node's on
+/// QEMU's user network: each uplink is chosen by MAC, whatever the
+/// kernel names the NICs.
+const NODE_MAC: &str = "52:54:00:6b:00:10";
+const WORKER_MAC: &str = "52:54:00:6b:00:11";
+const HOSTFWD_MAC: &str = "52:54:00:6b:01:10";
+/// The control-plane node's address on QEMU's user network (its DHCP
+/// default, configured statically), where the hostfwds land.
+const HOSTFWD_ADDRESS: &str = "10.0.2.15";
 /// Boot to PID 1's "ready" (all stages run; the control plane is starting).
 const BOOT: Duration = Duration::from_secs(600);
 /// From ready to the API server answering and the node Ready: minutes of
@@ -92,6 +109,87 @@ fn apiserver_restarts(message: &str) -> Option<u32> {
     rest.split("(restarts ").nth(1)?.split(')').next()?.parse().ok()
 }
 
+/// The first line of `ip route` on `vm` for `network`, polled until
+/// `present` holds of it (Some) or not (None), within a minute.
+fn route_until(vm: &mut Vm, network: &str, present: bool) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let routes = sh(vm, &format!("ip route show {network}"));
+        let line = routes.lines().next().map(str::to_owned);
+        if line.is_some() == present {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "route to {network} present={present} not within a minute: {routes:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The worker turns Ready, each node's pod CIDR is in its Node, each node
+/// routes to the other's pod CIDR (learnt from the Nodes: no seed has a
+/// static route), pods answer across nodes by pod IP, and deleting the
+/// worker's Node takes its route away on the control-plane node.
+fn the_worker_joins_and_routes_follow_its_node(
+    kubectl: &Kubectl,
+    vm: &mut Vm,
+    worker: &mut Vm,
+    cp_pod_ip: &str,
+    dir: &std::path::Path,
+) {
+    let ready = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
+    kubectl.until(
+        worker,
+        "the worker Ready",
+        &["get", "node", WORKER, "-o", &format!("jsonpath={ready}")],
+        CLUSTER_UP,
+        |o| o == "True",
+    );
+    let cidrs = kubectl.until(
+        vm,
+        "both nodes' pod CIDRs",
+        &["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}"],
+        CLUSTER_UP,
+        |o| o.split_whitespace().count() == 2 && !o.contains("= "),
+    );
+    assert_eq!(cidrs.trim(), format!("{NODE}=10.244.0.0/24 {WORKER}=10.244.1.0/24"));
+    let to_worker = route_until(vm, "10.244.1.0/24", true).unwrap();
+    assert!(to_worker.contains("via 192.168.100.11") && to_worker.contains("proto 75"), "{to_worker}");
+    let to_cp = route_until(worker, "10.244.0.0/24", true).unwrap();
+    assert!(to_cp.contains("via 192.168.100.10") && to_cp.contains("proto 75"), "{to_cp}");
+
+    // A Pod on the worker, reached by pod IP from the control-plane node,
+    // and the control-plane node's Pod from the worker.
+    sh(
+        worker,
+        "tar -C /usr/lib/kelson/images/busybox -c oci-layout index.json blobs \
+         | ctr -n k8s.io images import --snapshotter overlayfs - >/dev/null",
+    );
+    let pod: serde_json::Value = serde_json::from_str(WEB_POD).unwrap();
+    let mut pod = pod;
+    pod["metadata"]["name"] = "web-worker".into();
+    pod["spec"]["nodeName"] = WORKER.into();
+    let pod_file = dir.join("web-worker.json");
+    std::fs::write(&pod_file, pod.to_string()).unwrap();
+    kubectl.run(&["apply", "-f", pod_file.to_str().unwrap()]).unwrap();
+    let running = kubectl.until(
+        worker,
+        "Pod web-worker running",
+        &["get", "pod", "web-worker", "-o", "jsonpath={.status.phase} {.status.podIP}"],
+        CLUSTER_UP,
+        |o| o.starts_with("Running "),
+    );
+    let worker_pod_ip = running.split(' ').nth(1).unwrap().to_owned();
+    assert!(worker_pod_ip.starts_with("10.244.1."), "pod IP {worker_pod_ip} outside the worker's pod CIDR");
+    assert_eq!(sh(vm, &format!("wget -q -T 10 -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
+    assert_eq!(sh(worker, &format!("wget -q -T 10 -O - http://{cp_pod_ip}:8080/")), "hello from web");
+
+    // The worker's Node deleted: its route goes from the control-plane
+    // node; the worker still routes to the control plane's pods.
+    kubectl.run(&["delete", "pod", "web-worker", "--wait=false"]).unwrap();
+    kubectl.run(&["delete", "node", WORKER]).unwrap();
+    assert_eq!(route_until(vm, "10.244.1.0/24", false), None);
+    assert!(route_until(worker, "10.244.0.0/24", true).is_some());
+}
+
 const WEB_POD: &str = r#"{
   "apiVersion": "v1",
   "kind": "Pod",
@@ -114,26 +212,41 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert!(kubectl_binary.exists(), "{} (cargo xtask image links it)", kubectl_binary.display());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cluster");
-    let mut spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0);
-    // QEMU's user network is the node network; its host side is the gateway.
-    spec.gateway = Some("192.168.100.1".parse().unwrap());
+    let spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 1);
     kelsonctl::gen::generate_cluster(&spec, &out, false).unwrap();
     let port = free_loopback_port().unwrap();
     let api_port = free_loopback_port().unwrap();
+    let node_network = free_loopback_port().unwrap();
     let kubectl = Kubectl {
         binary: kubectl_binary,
         kubeconfig: out.join("admin.kubeconfig"),
         server: format!("https://127.0.0.1:{port}"),
     };
 
+    // No static peer routes anywhere: the Node watchers make them. The
+    // control-plane node's uplinks by MAC: the node network, and QEMU's
+    // user network for the hostfwds.
+    let seed = qemu_tests::seed::edited(&out.join(format!("nodes/{NODE}")), "joined", |config| {
+        let network = config["network"].as_object_mut().unwrap();
+        network.remove("peerRoutes");
+        let uplinks = network["uplinks"].as_array_mut().unwrap();
+        let node_uplink = uplinks[0].as_object_mut().unwrap();
+        node_uplink.remove("name");
+        node_uplink.insert("mac".into(), NODE_MAC.into());
+        uplinks.push(serde_json::json!({"mac": HOSTFWD_MAC, "addresses": [format!("{HOSTFWD_ADDRESS}/24")]}));
+    })
+    .unwrap();
+    let worker_seed = qemu_tests::seed::edited(&out.join(format!("nodes/{WORKER}")), "joined", |config| {
+        config["network"].as_object_mut().unwrap().remove("peerRoutes");
+    })
+    .unwrap();
     let disk = image.disk_overlay(dir.path(), "8G").unwrap();
-    let seed = out.join(format!("nodes/{NODE}/seed.img"));
-    // restrict=on: the guest reaches nothing beyond this network; the one
-    // hostfwd lets the host reach the API server (its certificate names
-    // 127.0.0.1).
+    // restrict=on: the guest reaches nothing beyond this network; the
+    // hostfwds let the host reach the API server (its certificate names
+    // 127.0.0.1) and the management API.
     let netdev = format!(
-        "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
-         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{NODE_ADDRESS}:50000"
+        "user,id=up,restrict=on,\
+         hostfwd=tcp:127.0.0.1:{port}-{HOSTFWD_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{HOSTFWD_ADDRESS}:50000"
     );
     let mut vm = VmBuilder::firmware()
         .name("cluster")
@@ -144,11 +257,28 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         .memory_mib(3072)
         .smp(2)
         .layer(guest_layer_with_agent("/bin/busybox"))
-        .qemu_args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=up"])
+        .socket_nic_listen(node_network, NODE_MAC)
+        .qemu_args(["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev=up,mac={HOSTFWD_MAC}")])
         .reboot_allowed(true)
         .boot()
         .unwrap();
     vm.expect("kelson: ready", BOOT).unwrap();
+    // The worker boots while the control plane starts.
+    let worker_dir = dir.path().join("worker");
+    std::fs::create_dir_all(&worker_dir).unwrap();
+    let worker_disk = image.disk_overlay(&worker_dir, "8G").unwrap();
+    let mut worker = VmBuilder::firmware()
+        .name("worker")
+        .ovmf(&worker_dir)
+        .unwrap()
+        .disk_qcow2(&worker_disk)
+        .disk(&worker_seed)
+        .memory_mib(1536)
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .socket_nic_connect(node_network, WORKER_MAC)
+        .boot()
+        .unwrap();
+    worker.expect("kelson: ready", BOOT).unwrap();
 
     // The node registers and turns Ready at the pinned version.
     let ready = r#"{.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.kubeletVersion}"#;
@@ -257,6 +387,10 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     // The node's pod CIDR: kelsonctl gives the first node 10.244.0.0/24.
     assert!(pod_ip.starts_with("10.244.0."), "pod IP {pod_ip} outside the node's pod CIDR");
     assert_eq!(sh(&mut vm, &format!("wget -q -O - http://{pod_ip}:8080/")), "hello from web");
+
+    the_worker_joins_and_routes_follow_its_node(&kubectl, &mut vm, &mut worker, pod_ip, dir.path());
+    // The rest is the control-plane node's alone: the worker's CPU is freed.
+    worker.kill().unwrap();
 
     // kill -9 of the API server: PID 1 restarts it and kubectl works again.
     let message = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].message}"#;

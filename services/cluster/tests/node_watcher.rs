@@ -216,7 +216,10 @@ async fn routes_follow_nodes_joining_moving_and_leaving_and_a_pinned_cidr_is_wri
     let view = view_where(&mut views, "the own pod CIDR", |v| v.own_pod_cidr.is_some()).await;
     assert_eq!(view.own_pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
     let patches = cluster.lock().unwrap().patches.clone();
-    assert_eq!(patches, [(OWN.to_owned(), json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}}))]);
+    assert_eq!(
+        patches,
+        [(OWN.to_owned(), json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}}))]
+    );
 
     // A node joins: its route appears; one without a pod CIDR is not routed.
     cluster.lock().unwrap().put(node("w-2", Some("10.244.2.0/24"), "192.168.100.12"));
