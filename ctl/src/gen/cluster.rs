@@ -275,11 +275,7 @@ impl GeneratedCluster {
         let dir = dir.display();
         let spec = &self.plan.spec;
         let mut out = format!("wrote cluster {} (generation {}) to {dir}\n", spec.name, self.generation);
-        out += &format!("  {:<24} {:<14} {:<16} {}\n", "NODE", "ROLE", "ADDRESS", "POD CIDR");
-        for node in &self.plan.nodes {
-            let role = if node.role == Role::ControlPlane { "control-plane" } else { "worker" };
-            out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
-        }
+        out += &node_table(&self.plan.nodes);
         out += &format!("seed images: {dir}/nodes/<node>/seed.img (they hold the node's private keys)\n");
         out += &format!(
             "kubectl: kubectl --kubeconfig {dir}/{ADMIN_KUBECONFIG} get nodes (Kubernetes {})\n",
@@ -294,6 +290,16 @@ impl GeneratedCluster {
         out += &format!("summary: {dir}/cluster.yaml\n");
         out
     }
+}
+
+/// The nodes as the operator is shown them: name, role, address, pod CIDR.
+pub fn node_table(nodes: &[NodePlan]) -> String {
+    let mut out = format!("  {:<24} {:<14} {:<16} {}\n", "NODE", "ROLE", "ADDRESS", "POD CIDR");
+    for node in nodes {
+        let role = if node.role == Role::ControlPlane { "control-plane" } else { "worker" };
+        out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
+    }
+    out
 }
 
 /// The management API's client certificates, handed to people and tools,

@@ -11,8 +11,8 @@
 
 use super::cidr::{self, CidrError};
 use super::cluster::{
-    kelsonconfig_entry, render_node, ClusterPlan, ClusterSpec, GenClusterError, NodeMaterial, NodePlan, Summary,
-    DNS_DOMAIN, KELSONCONFIGS, KUBE_PROXY_CERT, SUMMARY_FILE,
+    kelsonconfig_entry, node_table, render_node, ClusterPlan, ClusterSpec, GenClusterError, NodeMaterial, NodePlan,
+    Summary, DNS_DOMAIN, KELSONCONFIGS, KUBE_PROXY_CERT, SUMMARY_FILE,
 };
 use super::output::{OutputError, OutputFile, Staging};
 use super::pki::{Authority, Issued, LoadAuthorityError};
@@ -55,8 +55,8 @@ pub enum GenNodeError {
         #[source]
         source: Box<serde_saphyr::Error>,
     },
-    #[error("{}: {field} {value:?} {reason}", path.display())]
-    Field { path: PathBuf, field: String, value: String, reason: String },
+    #[error("{}: {field}: {reason}", path.display())]
+    Field { path: PathBuf, field: String, reason: String },
     #[error("{}: nodes is empty (gen cluster lists every node it wrote)", .0.display())]
     NoNodes(PathBuf),
     #[error("node {name} is already in the cluster: {} has it", place.display())]
@@ -114,10 +114,8 @@ impl GeneratedNode {
     pub fn describe(&self, dir: &Path) -> String {
         let dir = dir.display();
         let node = &self.node;
-        let role = if node.role == Role::ControlPlane { "control-plane" } else { "worker" };
         let mut out = format!("added node {} to cluster {} in {dir}\n", node.name, self.cluster);
-        out += &format!("  {:<24} {:<14} {:<16} {}\n", "NODE", "ROLE", "ADDRESS", "POD CIDR");
-        out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
+        out += &node_table(std::slice::from_ref(node));
         out += &format!("seed image: {dir}/nodes/{}/seed.img (it holds the node's private keys)\n", node.name);
         out += &format!("peer routes: to the {} other nodes' pod CIDRs\n", self.peers);
         let updated: Vec<String> = self.updated.iter().map(|file| format!("{dir}/{file}")).collect();
@@ -304,17 +302,11 @@ impl ClusterFolder {
 /// settings, its nodes and its endpoints as written (an operator who edited
 /// an endpoint gets it in the new node too).
 fn plan_of(path: &Path, summary: &Summary) -> Result<ClusterPlan, GenNodeError> {
-    let field_error = |field: String, value: &str, reason: String| GenNodeError::Field {
-        path: path.to_owned(),
-        field,
-        value: value.to_owned(),
-        reason,
-    };
-    let network = |field: &str, value: &str| {
-        cidr::parse_cidr(value).map_err(|e| field_error(field.to_owned(), value, format!("is not usable: {e}")))
-    };
+    let field_error = |field: String, reason: String| GenNodeError::Field { path: path.to_owned(), field, reason };
+    let network =
+        |field: &str, value: &str| cidr::parse_cidr(value).map_err(|e| field_error(field.to_owned(), e.to_string()));
     let address = |field: String, value: &str| {
-        value.parse::<Ipv4Addr>().map_err(|_| field_error(field, value, "is not an IPv4 address".into()))
+        value.parse::<Ipv4Addr>().map_err(|_| field_error(field, format!("{value:?} is not an IPv4 address")))
     };
     let mut nodes = Vec::new();
     for (index, node) in summary.nodes.iter().enumerate() {
@@ -340,8 +332,8 @@ fn plan_of(path: &Path, summary: &Summary) -> Result<ClusterPlan, GenNodeError> 
     };
     let dns_address = address("dnsAddress".into(), &summary.dns_address)?;
     if summary.dns_domain != DNS_DOMAIN {
-        let reason = format!("is not {DNS_DOMAIN}, the only cluster domain kelsonctl renders");
-        return Err(field_error("dnsDomain".into(), &summary.dns_domain, reason));
+        let reason = format!("{:?} is not {DNS_DOMAIN}, the only cluster domain kelsonctl renders", summary.dns_domain);
+        return Err(field_error("dnsDomain".into(), reason));
     }
     let mut plan = ClusterPlan::new(spec, nodes, dns_address);
     plan.etcd_endpoints = summary.etcd_endpoints.clone();
