@@ -120,9 +120,12 @@ impl GeneratedNode {
         out += &format!("peer routes: to the {} other nodes' pod CIDRs\n", self.peers);
         let updated: Vec<String> = self.updated.iter().map(|file| format!("{dir}/{file}")).collect();
         out += &format!("updated: {}\n", updated.join(", "));
+        // What routes the others to it is the Node watcher, from its Node
+        // object; their seeds' static routes stay as generated.
         out += &format!(
-            "the other nodes' machine configs are unchanged: their peerRoutes lack {} via {}\n",
-            node.pod_cidr, node.address
+            "the other nodes' machine configs are unchanged: their static peerRoutes lack {} via {}, which their \
+             Node watcher adds once {} has registered\n",
+            node.pod_cidr, node.address, node.name
         );
         out
     }
