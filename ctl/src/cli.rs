@@ -5,10 +5,11 @@ use crate::api::output::{Format, FormatError};
 use crate::api::verbs::{parse_log_source, LogSourceError, Verb};
 use crate::gen::cidr::{self, CidrError};
 use crate::gen::cluster::defaults;
-use crate::gen::ClusterSpec;
+use crate::gen::{ClusterSpec, NodeSpec};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 use kelson_api::types::{LogSource, ServiceAction};
+use kelson_config::Role;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -33,6 +34,40 @@ pub enum GenCommand {
     /// Write a cluster folder: CA and certificates, and per node a machine
     /// config and a NoCloud seed image (FAT, label CIDATA).
     Cluster(GenClusterArgs),
+    /// Add a node to a cluster folder written by `gen cluster`: signed by
+    /// its CA, at the next free address and pod CIDR, listed in its
+    /// cluster.yaml and kelsonconfigs.
+    Node(GenNodeArgs),
+}
+
+/// The role of a node added by `gen node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeRoleArg {
+    Worker,
+    /// Refused for now: joining etcd is not built yet.
+    ControlPlane,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenNodeArgs {
+    /// The cluster folder `gen cluster` wrote (it must hold pki/ca.key).
+    #[arg(long, value_name = "DIR")]
+    pub cluster: PathBuf,
+    /// The new node's name (a lowercase hostname).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, value_enum, default_value_t = NodeRoleArg::Worker)]
+    pub role: NodeRoleArg,
+}
+
+impl GenNodeArgs {
+    pub fn spec(&self) -> NodeSpec {
+        let role = match self.role {
+            NodeRoleArg::Worker => Role::Worker,
+            NodeRoleArg::ControlPlane => Role::ControlPlane,
+        };
+        NodeSpec { name: self.name.clone(), role }
+    }
 }
 
 fn cidr_arg(value: &str) -> Result<Ipv4Net, CidrError> {
@@ -352,6 +387,25 @@ mod tests {
         assert!(gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--mtu", "100"]).is_err());
         assert!(gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--control-plane", "0"]).is_err());
         assert!(gen_cluster(&["--name", "d", "--workers", "0", "-o", "x", "--pod-prefix", "33"]).is_err());
+    }
+
+    fn gen_node(args: &[&str]) -> Result<GenNodeArgs, clap::Error> {
+        match Cli::try_parse_from(["kelsonctl", "gen", "node"].iter().chain(args))?.command {
+            Command::Gen(GenCommand::Node(parsed)) => Ok(parsed),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gen_node_adds_a_worker_unless_told_otherwise() {
+        let args = gen_node(&["--cluster", "demo-cluster", "--name", "demo-worker-3"]).unwrap();
+        assert_eq!(args.cluster, PathBuf::from("demo-cluster"));
+        assert_eq!(args.spec(), NodeSpec { name: "demo-worker-3".into(), role: Role::Worker });
+        let args = gen_node(&["--cluster", "c", "--name", "n", "--role", "control-plane"]).unwrap();
+        assert_eq!(args.spec().role, Role::ControlPlane);
+        let err = gen_node(&["--cluster", "c", "--name", "n", "--role", "etcd"]).unwrap_err().to_string();
+        assert!(err.contains("worker") && err.contains("control-plane"), "{err}");
+        assert!(gen_node(&["--name", "n"]).is_err());
     }
 
     fn node_command(args: &[&str]) -> Result<NodeCommand, clap::Error> {

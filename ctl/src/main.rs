@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use kelsonctl::api::{self, Client, KelsonConfig, Run};
-use kelsonctl::cli::{Cli, Command, GenClusterArgs, GenCommand, NodeCommand};
+use kelsonctl::cli::{Cli, Command, GenClusterArgs, GenCommand, GenNodeArgs, NodeCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gen(GenCommand::Cluster(args)) => gen_cluster(&args).map(|()| ExitCode::SUCCESS),
+        Command::Gen(GenCommand::Node(args)) => gen_node(&args).map(|()| ExitCode::SUCCESS),
         Command::Node(command) => node_command(&command),
     }
 }
@@ -28,6 +29,13 @@ fn gen_cluster(args: &GenClusterArgs) -> anyhow::Result<()> {
     let generated = kelsonctl::gen::generate_cluster(&args.spec(), &args.output, args.force)
         .with_context(|| format!("generating cluster {} into {}", args.name, args.output.display()))?;
     print!("{}", generated.describe(&args.output));
+    Ok(())
+}
+
+fn gen_node(args: &GenNodeArgs) -> anyhow::Result<()> {
+    let generated = kelsonctl::gen::generate_node(&args.cluster, &args.spec())
+        .with_context(|| format!("adding node {} to the cluster in {}", args.name, args.cluster.display()))?;
+    print!("{}", generated.describe(&args.cluster));
     Ok(())
 }
 

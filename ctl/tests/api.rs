@@ -6,6 +6,7 @@
 use kelson_api::fake::{FakeNode, SNAPSHOT};
 use kelson_api::types::{LogSource, Service};
 use kelson_api::{serve, ServerSettings, TlsMaterial};
+use kelsonctl::api::KelsonConfig;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,15 +42,35 @@ fn gen_cluster(dir: &Path) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `gen node` of worker `name` into the cluster folder `dir`.
+fn gen_node(dir: &Path, name: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kelsonctl"))
+        .args(["gen", "node", "--name", name, "--cluster"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with_added(&[])
+    }
+
+    /// As [`Cluster::start`], with workers `added` by `gen node` afterwards
+    /// and served too, after the others.
+    fn start_with_added(added: &[&'static str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("demo");
         gen_cluster(&dir);
+        for name in added {
+            gen_node(&dir, name);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let ca_pem = std::fs::read_to_string(dir.join("pki/ca.crt")).unwrap();
         let nodes = NODES
             .iter()
+            .chain(added)
             .map(|&name| {
                 let read = |file: &str| std::fs::read_to_string(dir.join("pki").join(name).join(file)).unwrap();
                 let material = TlsMaterial {
@@ -244,6 +265,36 @@ fn several_nodes_answer_under_their_names_and_a_down_node_fails_the_run_by_name(
         format!("demo-worker-1 (127.0.0.1:{}): getting the version: connecting: ", cluster.nodes[1].address.port());
     assert!(err.contains(&down), "{err}");
     assert!(!err.contains("demo-cp-1"), "{err}");
+}
+
+#[test]
+fn a_node_added_by_gen_node_answers_both_kelsonconfigs_verified_by_its_name() {
+    let cluster = Cluster::start_with_added(&["demo-worker-2"]);
+    for config in ["kelsonconfig", "kelsonconfig-read-only"] {
+        let listed =
+            KelsonConfig::from_yaml(Path::new(config), &std::fs::read_to_string(cluster.dir.join(config)).unwrap())
+                .unwrap();
+        let names: Vec<&str> = listed.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["demo-cp-1", "demo-worker-1", "demo-worker-2"], "{config}");
+        let out = cluster.command(config, &[2], &["version"]).output().unwrap();
+        assert_ok(&out);
+        assert!(stdout(&out).contains("\ndemo-worker-2  0.0.0-fake  v1\n"), "{}", stdout(&out));
+    }
+    // Its certificate names it alone: presented as another node, it is refused.
+    let port = cluster.nodes[2].address.port();
+    let out = Command::new(env!("CARGO_BIN_EXE_kelsonctl"))
+        .args(["version", "--kelsonconfig"])
+        .arg(cluster.dir.join("kelsonconfig"))
+        .args(["--nodes", &format!("demo-worker-1=127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let expected = format!(
+        "demo-worker-1 (127.0.0.1:{port}): getting the version: the node's certificate is not issued to node name \
+         demo-worker-1"
+    );
+    assert!(err.contains(&expected), "{err}");
 }
 
 #[test]

@@ -31,6 +31,31 @@ fn a_cluster_is_generated_and_summarised_without_secrets() {
 }
 
 #[test]
+fn gen_node_adds_a_worker_and_refuses_a_control_plane_node_saying_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    assert!(gen_cluster(&dir, "1", &[]).status.success());
+    let dir_arg = dir.to_str().unwrap();
+    let out = kelsonctl(&["gen", "node", "--cluster", dir_arg, "--name", "demo-worker-2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("demo-worker-2            worker         192.168.100.12   10.244.2.0/24"), "{stdout}");
+    assert!(!stdout.contains("PRIVATE KEY"));
+    assert!(dir.join("nodes/demo-worker-2/seed.img").is_file());
+
+    let out = kelsonctl(&["gen", "node", "--cluster", dir_arg, "--name", "demo-cp-2", "--role", "control-plane"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "kelsonctl: error: adding node demo-cp-2 to the cluster in {dir_arg}: joining control-plane nodes: not yet"
+        )),
+        "{err}"
+    );
+    assert!(!dir.join("nodes/demo-cp-2").exists());
+}
+
+#[test]
 fn a_malformed_cidr_is_a_usage_error_naming_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let out = gen_cluster(&tmp.path().join("c"), "1", &["--cluster-cidr", "10.244.0.0/33"]);

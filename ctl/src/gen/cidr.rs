@@ -27,6 +27,10 @@ pub enum CidrError {
     TooFewPodSubnets { cluster: Ipv4Net, prefix: u8, available: u64, needed: usize },
     #[error("node CIDR {cidr} holds {available} node addresses (from .{FIRST_NODE_OFFSET} on), fewer than the {needed} nodes")]
     TooFewNodeAddresses { cidr: Ipv4Net, available: u64, needed: usize },
+    #[error("node CIDR {cidr} has no free node address: every one from .{FIRST_NODE_OFFSET} to the last before broadcast is a node's or the gateway's")]
+    NoFreeNodeAddress { cidr: Ipv4Net },
+    #[error("cluster CIDR {cluster} has no free /{prefix} pod subnet: every one overlaps a node's pod CIDR")]
+    NoFreePodSubnet { cluster: Ipv4Net, prefix: u8 },
     #[error("service CIDR {cidr} is too small to hold the cluster DNS address (its {DNS_OFFSET}th address)")]
     NoDnsAddress { cidr: Ipv4Net },
 }
@@ -67,6 +71,33 @@ pub fn node_addresses(cidr: Ipv4Net, count: usize) -> Result<Vec<Ipv4Addr>, Cidr
         return Err(CidrError::TooFewNodeAddresses { cidr, available, needed: count });
     }
     Ok((0..count as u32).map(|i| Ipv4Addr::from(network + FIRST_NODE_OFFSET + i)).collect())
+}
+
+/// The lowest address of `cidr` from [`FIRST_NODE_OFFSET`] on, before
+/// broadcast, that is not in `taken` (the nodes' addresses and the
+/// gateway): where a node added later goes.
+pub fn next_free_address(cidr: Ipv4Net, taken: &[Ipv4Addr]) -> Result<Ipv4Addr, CidrError> {
+    let network = u32::from(cidr.network());
+    let broadcast = u32::from(cidr.broadcast());
+    network
+        .checked_add(FIRST_NODE_OFFSET)
+        .into_iter()
+        .flat_map(|first| first..broadcast)
+        .map(Ipv4Addr::from)
+        .find(|address| !taken.contains(address))
+        .ok_or(CidrError::NoFreeNodeAddress { cidr })
+}
+
+/// The first `/prefix` subnet of `cluster`, in [`carve_pod_subnets`]'
+/// order, that overlaps none of `taken`: a later node's pod CIDR.
+pub fn next_free_pod_subnet(cluster: Ipv4Net, prefix: u8, taken: &[Ipv4Net]) -> Result<Ipv4Net, CidrError> {
+    if prefix < cluster.prefix_len() || prefix > LONGEST_POD_PREFIX {
+        return Err(CidrError::PodPrefixOutOfRange { cluster, prefix });
+    }
+    let mut subnets = cluster.subnets(prefix).map_err(|_| CidrError::PodPrefixOutOfRange { cluster, prefix })?;
+    subnets
+        .find(|subnet| !taken.iter().any(|used| overlaps(*subnet, *used)))
+        .ok_or(CidrError::NoFreePodSubnet { cluster, prefix })
 }
 
 /// The cluster DNS service address: the [`DNS_OFFSET`]th address of the service CIDR.
@@ -162,6 +193,46 @@ mod tests {
             "node CIDR 192.168.100.0/29 holds 0 node addresses (from .10 on), fewer than the 1 nodes"
         );
         assert!(node_addresses(net("192.168.100.7/32"), 1).is_err());
+    }
+
+    #[test]
+    fn the_next_free_address_fills_the_lowest_gap_and_skips_the_gateway() {
+        let cidr = net("192.168.100.0/24");
+        let at = |last: u8| Ipv4Addr::new(192, 168, 100, last);
+        assert_eq!(next_free_address(cidr, &[]).unwrap(), at(10));
+        assert_eq!(next_free_address(cidr, &[at(10), at(11), at(12)]).unwrap(), at(13));
+        assert_eq!(next_free_address(cidr, &[at(10), at(12)]).unwrap(), at(11));
+        assert_eq!(next_free_address(cidr, &[at(10), at(11)]).unwrap(), at(12));
+        assert_eq!(next_free_address(cidr, &[at(11), at(10), at(12), at(13)]).unwrap(), at(14));
+    }
+
+    #[test]
+    fn a_full_node_cidr_has_no_free_address() {
+        let cidr = net("192.168.100.0/28");
+        let taken: Vec<Ipv4Addr> = (10..=14).map(|last| Ipv4Addr::new(192, 168, 100, last)).collect();
+        assert_eq!(
+            next_free_address(cidr, &taken).unwrap_err().to_string(),
+            "node CIDR 192.168.100.0/28 has no free node address: every one from .10 to the last before broadcast is a node's or the gateway's"
+        );
+        assert_eq!(next_free_address(cidr, &taken[..4]).unwrap(), Ipv4Addr::new(192, 168, 100, 14));
+        assert!(next_free_address(net("192.168.100.0/29"), &[]).is_err());
+        assert!(next_free_address(net("255.255.255.240/28"), &[]).is_ok());
+    }
+
+    #[test]
+    fn the_next_free_pod_subnet_skips_any_that_overlaps_a_nodes() {
+        let cluster = net("10.244.0.0/16");
+        assert_eq!(next_free_pod_subnet(cluster, 24, &[]).unwrap(), net("10.244.0.0/24"));
+        let taken = [net("10.244.0.0/24"), net("10.244.2.0/24")];
+        assert_eq!(next_free_pod_subnet(cluster, 24, &taken).unwrap(), net("10.244.1.0/24"));
+        // A node's wider CIDR (edited by hand) blocks every subnet inside it.
+        assert_eq!(next_free_pod_subnet(cluster, 24, &[net("10.244.0.0/23")]).unwrap(), net("10.244.2.0/24"));
+        let full = carve_pod_subnets(net("10.244.0.0/22"), 24, 4).unwrap();
+        assert_eq!(
+            next_free_pod_subnet(net("10.244.0.0/22"), 24, &full).unwrap_err().to_string(),
+            "cluster CIDR 10.244.0.0/22 has no free /24 pod subnet: every one overlaps a node's pod CIDR"
+        );
+        assert!(matches!(next_free_pod_subnet(cluster, 31, &[]), Err(CidrError::PodPrefixOutOfRange { .. })));
     }
 
     #[test]

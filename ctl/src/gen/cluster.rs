@@ -8,12 +8,12 @@ use super::cidr::{self, CidrError};
 use super::kubeadm::{self, ClusterPki, ControlPlaneCerts, PkiFile};
 use super::manifests;
 use super::output::OutputFile;
-use super::pki::{self, Issued, LeafSpec, PkiError, Usage};
+use super::pki::{self, Authority, Issued, LeafSpec, PkiError, Usage};
 use super::seed::{self, MetaData, SeedError};
 use crate::api::config::{self as kelsonconfig_file, ClientIdentity, KelsonConfig, NodeEntry};
 use ipnet::Ipv4Net;
 use kelson_config::{CertKey, ConfigErrors, MachineConfig, PeerRoute, Role, StaticPod, Uplink};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use time::OffsetDateTime;
@@ -35,6 +35,8 @@ pub const KUBELET_CERT: &str = "kubelet";
 pub const KUBE_PROXY_CERT: &str = "kube-proxy";
 /// The user's kubeconfig in the output directory.
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+/// The cluster folder's summary; `gen node` reads it back and adds to it.
+pub const SUMMARY_FILE: &str = "cluster.yaml";
 
 /// What the operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,22 +143,26 @@ pub struct ClusterPlan {
     /// Control-plane nodes first, then workers; node k has the k-th pod subnet.
     pub nodes: Vec<NodePlan>,
     pub dns_address: Ipv4Addr,
+    /// etcd's client URLs: every control-plane node's, on 2379.
+    pub etcd_endpoints: Vec<String>,
+    /// The first control-plane node's API server: with no load balancer in
+    /// front, that is the one address every node can be given up front.
+    pub api_server_endpoint: String,
 }
 
 impl ClusterPlan {
+    /// A plan of these nodes, with the endpoints they imply.
+    pub fn new(spec: ClusterSpec, nodes: Vec<NodePlan>, dns_address: Ipv4Addr) -> Self {
+        let control_planes = nodes.iter().filter(|n| n.role == Role::ControlPlane);
+        let etcd_endpoints =
+            control_planes.clone().map(|n| format!("https://{}:{ETCD_CLIENT_PORT}", n.address)).collect();
+        let first = control_planes.map(|n| n.address).next().unwrap_or(spec.node_cidr.network());
+        let api_server_endpoint = format!("https://{first}:{API_SERVER_PORT}");
+        ClusterPlan { spec, nodes, dns_address, etcd_endpoints, api_server_endpoint }
+    }
+
     pub fn control_planes(&self) -> impl Iterator<Item = &NodePlan> {
         self.nodes.iter().filter(|n| n.role == Role::ControlPlane)
-    }
-
-    pub fn etcd_endpoints(&self) -> Vec<String> {
-        self.control_planes().map(|n| format!("https://{}:{ETCD_CLIENT_PORT}", n.address)).collect()
-    }
-
-    /// The first control-plane node's API server: with no load balancer in
-    /// front, that is the one address every node can be given up front.
-    pub fn api_server_endpoint(&self) -> String {
-        let first = self.control_planes().next().map_or(self.spec.node_cidr.network(), |n| n.address);
-        format!("https://{first}:{API_SERVER_PORT}")
     }
 
     /// Routes to every other node's pod subnet through that node.
@@ -220,7 +226,7 @@ pub fn plan(spec: &ClusterSpec) -> Result<ClusterPlan, GenClusterError> {
             return Err(GenClusterError::GatewayIsNode { gateway, node: node.name.clone() });
         }
     }
-    Ok(ClusterPlan { spec: spec.clone(), nodes, dns_address })
+    Ok(ClusterPlan::new(spec.clone(), nodes, dns_address))
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], GenClusterError> {
@@ -269,11 +275,7 @@ impl GeneratedCluster {
         let dir = dir.display();
         let spec = &self.plan.spec;
         let mut out = format!("wrote cluster {} (generation {}) to {dir}\n", spec.name, self.generation);
-        out += &format!("  {:<24} {:<14} {:<16} {}\n", "NODE", "ROLE", "ADDRESS", "POD CIDR");
-        for node in &self.plan.nodes {
-            let role = if node.role == Role::ControlPlane { "control-plane" } else { "worker" };
-            out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
-        }
+        out += &node_table(&self.plan.nodes);
         out += &format!("seed images: {dir}/nodes/<node>/seed.img (they hold the node's private keys)\n");
         out += &format!(
             "kubectl: kubectl --kubeconfig {dir}/{ADMIN_KUBECONFIG} get nodes (Kubernetes {})\n",
@@ -288,6 +290,16 @@ impl GeneratedCluster {
         out += &format!("summary: {dir}/cluster.yaml\n");
         out
     }
+}
+
+/// The nodes as the operator is shown them: name, role, address, pod CIDR.
+pub fn node_table(nodes: &[NodePlan]) -> String {
+    let mut out = format!("  {:<24} {:<14} {:<16} {}\n", "NODE", "ROLE", "ADDRESS", "POD CIDR");
+    for node in nodes {
+        let role = if node.role == Role::ControlPlane { "control-plane" } else { "worker" };
+        out += &format!("  {:<24} {role:<14} {:<16} {}\n", node.name, node.address.to_string(), node.pod_cidr);
+    }
+    out
 }
 
 /// The management API's client certificates, handed to people and tools,
@@ -307,15 +319,13 @@ fn kelsonconfig(plan: &ClusterPlan, ca_pem: &str, client: &str, issued: &Issued)
             certificate: issued.cert_pem.clone(),
             key: issued.key_pem.clone(),
         },
-        nodes: plan
-            .nodes
-            .iter()
-            .map(|node| NodeEntry {
-                name: node.name.clone(),
-                endpoint: format!("{}:{}", node.address, kelson_api::PORT),
-            })
-            .collect(),
+        nodes: plan.nodes.iter().map(kelsonconfig_entry).collect(),
     }
+}
+
+/// A node as a kelsonconfig lists it: its address on the API's port.
+pub fn kelsonconfig_entry(node: &NodePlan) -> NodeEntry {
+    NodeEntry { name: node.name.clone(), endpoint: format!("{}:{}", node.address, kelson_api::PORT) }
 }
 
 fn push_pair(files: &mut Vec<OutputFile>, stem: &str, issued: &Issued) {
@@ -345,7 +355,7 @@ fn render_error(what: String) -> impl FnOnce(serde_saphyr::SerializeError) -> Ge
 /// What a control-plane node carries beyond every node's certificates:
 /// kubeadm's certificate directory and kubeconfigs as `files:`, and the
 /// control plane's manifests as `staticPods:`.
-struct ControlPlaneFiles {
+pub struct ControlPlaneFiles {
     files: Vec<kelson_config::File>,
     static_pods: Vec<StaticPod>,
 }
@@ -407,7 +417,7 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     }
     let admin = kubeadm::kubeconfig(
         &spec.name,
-        &plan.api_server_endpoint(),
+        &plan.api_server_endpoint,
         &ca.cert_pem(),
         kubeadm::ADMIN_COMMON_NAME,
         &cluster_pki.admin,
@@ -415,73 +425,108 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     .map_err(render_error(ADMIN_KUBECONFIG.to_owned()))?;
     files.push(OutputFile::secret(ADMIN_KUBECONFIG.to_owned(), admin));
 
+    let material =
+        NodeMaterial { generation: &generation, bootstrap_token: &token, ca, kube_proxy: &cluster_pki.kube_proxy };
     let mut summary_nodes = Vec::new();
     for node in &plan.nodes {
-        let mut certs = BTreeMap::new();
-        certs.insert(MANAGEMENT_API_CERT, ca.issue(&LeafSpec::node(&node.name, node.address, Usage::Server, false))?);
-        certs.insert(KUBELET_CERT, cluster_pki.kubelet(node)?);
-        certs.insert(KUBE_PROXY_CERT, cluster_pki.kube_proxy.clone());
-        for (name, issued) in &certs {
-            if *name != KUBE_PROXY_CERT {
-                push_pair(&mut files, &format!("pki/{}/{name}", node.name), issued);
-            }
-        }
         let control_plane = if node.role == Role::ControlPlane {
             let own = cluster_pki.control_plane(&plan, node)?;
-            push_pki_files(&mut files, &format!("pki/{}", node.name), &own.files());
-            Some(control_plane_files(&plan, node, &cluster_pki, &own)?)
+            Some((own.files(), control_plane_files(&plan, node, &cluster_pki, &own)?))
         } else {
             None
         };
-
-        let mut config = machine_config(&plan, node, &token, &ca.cert_pem(), &certs);
-        if let Some(control_plane) = control_plane {
-            config.files = control_plane.files;
-            config.static_pods = control_plane.static_pods;
-        }
-        let yaml = config.to_yaml_with_secrets();
-        let document = format!("nodes/{}/machine-config.yaml", node.name);
-        kelson_config::parse(&document, &yaml)
-            .map_err(|errors| GenClusterError::InvalidConfig { node: node.name.clone(), errors })?;
-
-        let instance_id = format!("kelson-{generation}-{}", node.name);
-        let meta = MetaData { instance_id: instance_id.clone(), local_hostname: node.name.clone() };
-        let volume_id = u32::from_be_bytes(random_bytes::<4>()?);
-        let image = seed::build_seed_image(&meta, &yaml, volume_id)
-            .map_err(|source| GenClusterError::Seed { node: node.name.clone(), source })?;
-        // Both carry the node's private keys and the bootstrap token.
-        files.push(OutputFile::secret(document.clone(), yaml));
-        let seed_path = format!("nodes/{}/seed.img", node.name);
-        files.push(OutputFile::secret(seed_path.clone(), image));
-
-        summary_nodes.push(SummaryNode {
-            name: node.name.clone(),
-            role: node.role,
-            address: node.address.to_string(),
-            pod_cidr: node.pod_cidr.to_string(),
-            instance_id,
-            machine_config: document,
-            seed_image: seed_path,
-            certificates: certs
-                .keys()
-                .map(|name| {
-                    if *name == KUBE_PROXY_CERT {
-                        format!("pki/{name}.crt")
-                    } else {
-                        format!("pki/{}/{name}.crt", node.name)
-                    }
-                })
-                .collect(),
-        });
+        let rendered = render_node(&plan, node, &material, control_plane)?;
+        files.extend(rendered.files);
+        summary_nodes.push(rendered.summary);
     }
 
     let summary = Summary::new(&plan, &generation, summary_nodes);
-    let body = serde_saphyr::to_string(&summary).map_err(GenClusterError::Summary)?;
-    files.push(OutputFile::public(
-        "cluster.yaml".to_owned(),
-        format!("# Written by `kelsonctl gen cluster`. No secrets here: keys are in pki/, admin.kubeconfig, kelsonconfig* and the nodes' files.\n{body}"),
-    ));
+    files.push(OutputFile::public(SUMMARY_FILE.to_owned(), summary.to_text()?));
     Ok(GeneratedCluster { plan, generation, files })
+}
+
+/// What every node's files are made from besides its own plan: fresh in
+/// `gen cluster`, read back from the cluster folder in `gen node`.
+pub struct NodeMaterial<'a> {
+    /// The cluster's generation, part of the node's instance-id.
+    pub generation: &'a str,
+    pub bootstrap_token: &'a str,
+    /// The cluster CA, which signs the node's certificates.
+    pub ca: &'a Authority,
+    /// kube-proxy's client certificate, the same on every node.
+    pub kube_proxy: &'a Issued,
+}
+
+/// One node's files (under `pki/<node>/` and `nodes/<node>/`) and its
+/// entry in `cluster.yaml`.
+pub struct RenderedNode {
+    pub files: Vec<OutputFile>,
+    pub summary: SummaryNode,
+}
+
+/// Issues a node's certificates and renders its machine config (validated
+/// as the node will) and seed image. A control-plane node also brings its
+/// own kubeadm certificates (under `pki/<node>/`) and control-plane files.
+pub fn render_node(
+    plan: &ClusterPlan,
+    node: &NodePlan,
+    material: &NodeMaterial<'_>,
+    control_plane: Option<(Vec<PkiFile>, ControlPlaneFiles)>,
+) -> Result<RenderedNode, GenClusterError> {
+    let ca = material.ca;
+    let mut files = Vec::new();
+    let mut certs = BTreeMap::new();
+    certs.insert(MANAGEMENT_API_CERT, ca.issue(&LeafSpec::node(&node.name, node.address, Usage::Server, false))?);
+    certs.insert(KUBELET_CERT, ca.issue(&kubeadm::kubelet_leaf(&node.name))?);
+    certs.insert(KUBE_PROXY_CERT, material.kube_proxy.clone());
+    for (name, issued) in &certs {
+        if *name != KUBE_PROXY_CERT {
+            push_pair(&mut files, &format!("pki/{}/{name}", node.name), issued);
+        }
+    }
+    let mut config = machine_config(plan, node, material.bootstrap_token, &ca.cert_pem(), &certs);
+    if let Some((own_pki, control_plane)) = control_plane {
+        push_pki_files(&mut files, &format!("pki/{}", node.name), &own_pki);
+        config.files = control_plane.files;
+        config.static_pods = control_plane.static_pods;
+    }
+    let yaml = config.to_yaml_with_secrets();
+    let document = format!("nodes/{}/machine-config.yaml", node.name);
+    kelson_config::parse(&document, &yaml)
+        .map_err(|errors| GenClusterError::InvalidConfig { node: node.name.clone(), errors })?;
+
+    let instance_id = format!("kelson-{}-{}", material.generation, node.name);
+    let meta = MetaData { instance_id: instance_id.clone(), local_hostname: node.name.clone() };
+    let volume_id = u32::from_be_bytes(random_bytes::<4>()?);
+    let image = seed::build_seed_image(&meta, &yaml, volume_id)
+        .map_err(|source| GenClusterError::Seed { node: node.name.clone(), source })?;
+    // Both carry the node's private keys and the bootstrap token.
+    files.push(OutputFile::secret(document.clone(), yaml));
+    let seed_path = format!("nodes/{}/seed.img", node.name);
+    files.push(OutputFile::secret(seed_path.clone(), image));
+
+    let certificates =
+        certs
+            .keys()
+            .map(|name| {
+                if *name == KUBE_PROXY_CERT {
+                    format!("pki/{name}.crt")
+                } else {
+                    format!("pki/{}/{name}.crt", node.name)
+                }
+            })
+            .collect();
+    let summary = SummaryNode {
+        name: node.name.clone(),
+        role: node.role,
+        address: node.address.to_string(),
+        pod_cidr: node.pod_cidr.to_string(),
+        instance_id,
+        machine_config: document,
+        seed_image: seed_path,
+        certificates,
+    };
+    Ok(RenderedNode { files, summary })
 }
 
 fn machine_config(
@@ -507,8 +552,8 @@ fn machine_config(
     config.network.mtu = Some(spec.mtu);
     config.network.peer_routes = plan.peer_routes(node);
     config.cluster.name = Some(spec.name.clone());
-    config.cluster.etcd_endpoints = plan.etcd_endpoints();
-    config.cluster.api_server_endpoint = Some(plan.api_server_endpoint());
+    config.cluster.etcd_endpoints = plan.etcd_endpoints.clone();
+    config.cluster.api_server_endpoint = Some(plan.api_server_endpoint.clone());
     config.cluster.dns_address = Some(plan.dns_address.to_string());
     config.cluster.dns_domain = Some(DNS_DOMAIN.to_owned());
     config.cluster.bootstrap_token = Some(token.into());
@@ -518,62 +563,67 @@ fn machine_config(
 }
 
 /// `cluster.yaml`: what an operator needs to find things; no secrets.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Summary {
-    name: String,
-    generation: String,
+/// `gen node` reads it back, so it refuses fields it does not know rather
+/// than drop them when it rewrites the file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Summary {
+    pub name: String,
+    pub generation: String,
     #[serde(rename = "clusterCIDR")]
-    cluster_cidr: String,
+    pub cluster_cidr: String,
     #[serde(rename = "serviceCIDR")]
-    service_cidr: String,
+    pub service_cidr: String,
     #[serde(rename = "nodeCIDR")]
-    node_cidr: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway: Option<String>,
-    pod_prefix: u8,
-    mtu: u32,
-    uplink: String,
-    dns_address: String,
-    dns_domain: String,
-    api_server_endpoint: String,
-    etcd_endpoints: Vec<String>,
-    kubernetes_version: &'static str,
-    admin_kubeconfig: &'static str,
-    nodes: Vec<SummaryNode>,
-    certificate_authorities: SummaryAuthorities,
-    clients: Vec<SummaryClient>,
+    pub node_cidr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub pod_prefix: u8,
+    pub mtu: u32,
+    pub uplink: String,
+    pub dns_address: String,
+    pub dns_domain: String,
+    pub api_server_endpoint: String,
+    pub etcd_endpoints: Vec<String>,
+    pub kubernetes_version: String,
+    pub admin_kubeconfig: String,
+    /// In the order the nodes were generated: `gen cluster`'s, then each
+    /// `gen node`'s.
+    pub nodes: Vec<SummaryNode>,
+    pub certificate_authorities: SummaryAuthorities,
+    pub clients: Vec<SummaryClient>,
 }
 
 /// The three CAs' certificates, as kubeadm names them.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SummaryAuthorities {
-    cluster: &'static str,
-    etcd: &'static str,
-    front_proxy: &'static str,
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SummaryAuthorities {
+    pub cluster: String,
+    pub etcd: String,
+    pub front_proxy: String,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SummaryNode {
-    name: String,
-    role: Role,
-    address: String,
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SummaryNode {
+    pub name: String,
+    pub role: Role,
+    pub address: String,
     #[serde(rename = "podCIDR")]
-    pod_cidr: String,
-    instance_id: String,
-    machine_config: String,
-    seed_image: String,
-    certificates: Vec<String>,
+    pub pod_cidr: String,
+    pub instance_id: String,
+    pub machine_config: String,
+    pub seed_image: String,
+    pub certificates: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct SummaryClient {
-    name: String,
-    subject: String,
-    cert: String,
-    key: String,
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryClient {
+    pub name: String,
+    pub subject: String,
+    pub cert: String,
+    pub key: String,
 }
 
 impl Summary {
@@ -591,15 +641,15 @@ impl Summary {
             uplink: spec.uplink.clone(),
             dns_address: plan.dns_address.to_string(),
             dns_domain: DNS_DOMAIN.to_owned(),
-            api_server_endpoint: plan.api_server_endpoint(),
-            etcd_endpoints: plan.etcd_endpoints(),
-            kubernetes_version: kubeadm::KUBERNETES_VERSION,
-            admin_kubeconfig: ADMIN_KUBECONFIG,
+            api_server_endpoint: plan.api_server_endpoint.clone(),
+            etcd_endpoints: plan.etcd_endpoints.clone(),
+            kubernetes_version: kubeadm::KUBERNETES_VERSION.to_owned(),
+            admin_kubeconfig: ADMIN_KUBECONFIG.to_owned(),
             nodes,
             certificate_authorities: SummaryAuthorities {
-                cluster: "pki/ca.crt",
-                etcd: "pki/etcd/ca.crt",
-                front_proxy: "pki/front-proxy-ca.crt",
+                cluster: "pki/ca.crt".to_owned(),
+                etcd: "pki/etcd/ca.crt".to_owned(),
+                front_proxy: "pki/front-proxy-ca.crt".to_owned(),
             },
             clients: CLIENTS
                 .iter()
@@ -611,6 +661,15 @@ impl Summary {
                 })
                 .collect(),
         }
+    }
+
+    /// The file's text, with a header saying what it is.
+    pub fn to_text(&self) -> Result<String, GenClusterError> {
+        let body = serde_saphyr::to_string(self).map_err(GenClusterError::Summary)?;
+        Ok(format!(
+            "# Written by `kelsonctl gen cluster` (and `gen node`, which adds nodes). No secrets here: keys are in \
+             pki/, admin.kubeconfig, kelsonconfig* and the nodes' files.\n{body}"
+        ))
     }
 }
 
@@ -630,15 +689,15 @@ mod tests {
         assert_eq!(plan.nodes[2].address, Ipv4Addr::new(192, 168, 100, 12));
         assert_eq!(plan.nodes[2].pod_cidr.to_string(), "10.244.2.0/24");
         assert_eq!(plan.dns_address, Ipv4Addr::new(10, 96, 0, 10));
-        assert_eq!(plan.api_server_endpoint(), "https://192.168.100.10:6443");
-        assert_eq!(plan.etcd_endpoints(), ["https://192.168.100.10:2379"]);
+        assert_eq!(plan.api_server_endpoint, "https://192.168.100.10:6443");
+        assert_eq!(plan.etcd_endpoints, ["https://192.168.100.10:2379"]);
     }
 
     #[test]
     fn every_control_plane_node_is_an_etcd_endpoint() {
         let plan = plan(&spec(3, 0)).unwrap();
         assert_eq!(
-            plan.etcd_endpoints(),
+            plan.etcd_endpoints,
             ["https://192.168.100.10:2379", "https://192.168.100.11:2379", "https://192.168.100.12:2379"]
         );
     }

@@ -40,6 +40,12 @@ pub fn kubelet_common_name(node: &str) -> String {
     format!("system:node:{node}")
 }
 
+/// A node's kubelet client certificate (every node), for the cluster CA
+/// to issue.
+pub fn kubelet_leaf(node: &str) -> LeafSpec {
+    LeafSpec::client(&kubelet_common_name(node), NODES_ORGANISATION)
+}
+
 /// The certificates every cluster has once (kubeadm's `certs` phase minus
 /// the per-node ones), and the client certificates of the kubeconfigs.
 pub struct ClusterPki {
@@ -104,11 +110,6 @@ impl ClusterPki {
             etcd_ca,
             front_proxy_ca,
         })
-    }
-
-    /// A node's kubelet client certificate (every node).
-    pub fn kubelet(&self, node: &NodePlan) -> Result<Issued, PkiError> {
-        self.ca.issue(&LeafSpec::client(&kubelet_common_name(&node.name), NODES_ORGANISATION))
     }
 
     /// A control-plane node's API server and etcd certificates.

@@ -5,6 +5,7 @@ pub mod cidr;
 pub mod cluster;
 pub mod kubeadm;
 pub mod manifests;
+pub mod node;
 pub mod output;
 pub mod pki;
 pub mod seed;
@@ -12,6 +13,7 @@ pub mod seed;
 use std::path::Path;
 
 pub use cluster::{ClusterPlan, ClusterSpec, GenClusterError, GeneratedCluster, NodePlan};
+pub use node::{generate_node, GenNodeError, GeneratedNode, NodeSpec};
 pub use output::{OutputError, OutputFile};
 
 #[derive(Debug, thiserror::Error)]

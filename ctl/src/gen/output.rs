@@ -57,6 +57,21 @@ pub enum OutputError {
     NotEmpty(PathBuf),
     #[error("output path {0} exists and is not a directory")]
     NotADirectory(PathBuf),
+    #[error(
+        "{} exists: another `kelsonctl gen node` is changing this folder, or one was interrupted (then remove it)",
+        .0.display()
+    )]
+    Busy(PathBuf),
+    #[error("{} already exists", .0.display())]
+    Exists(PathBuf),
+    #[error("moving {} into place{}", path.display(), undo_note(left_over))]
+    Commit {
+        path: PathBuf,
+        /// Entries an undo could not restore.
+        left_over: Vec<PathBuf>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{action} {path}")]
     Io {
         action: &'static str,
@@ -64,6 +79,15 @@ pub enum OutputError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn undo_note(left_over: &[PathBuf]) -> String {
+    if left_over.is_empty() {
+        " (the moves before it were undone)".to_owned()
+    } else {
+        let paths: Vec<String> = left_over.iter().map(|p| p.display().to_string()).collect();
+        format!(" (undoing the moves before it failed for {}: check them by hand)", paths.join(", "))
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
@@ -126,6 +150,115 @@ pub fn write_files(dir: &Path, files: &[OutputFile]) -> Result<(), OutputError> 
     Ok(())
 }
 
+/// The directory a change to an existing folder is written into first.
+/// Creating it claims the folder: a second change at the same time is refused.
+pub const STAGING_DIR: &str = ".kelsonctl-staging";
+
+/// A change to an existing generated folder, made all or nothing: the
+/// files are written into [`STAGING_DIR`] first, then each entry is moved
+/// into place with rename(2), and a failed move undoes the ones before it.
+/// The staging directory is removed when this is dropped.
+#[derive(Debug)]
+pub struct Staging {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+/// How an entry was moved into place, to undo it.
+enum Moved {
+    Created(PathBuf),
+    /// The previous file, kept in the staging directory.
+    Replaced {
+        target: PathBuf,
+        previous: PathBuf,
+    },
+}
+
+impl Staging {
+    /// Claims `dir` (which must exist) for one change.
+    pub fn begin(dir: &Path) -> Result<Self, OutputError> {
+        let path = dir.join(STAGING_DIR);
+        match fs::create_dir(&path) {
+            Ok(()) => Ok(Staging { root: dir.to_owned(), path }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(OutputError::Busy(path)),
+            Err(e) => Err(io_error("creating", &path)(e)),
+        }
+    }
+
+    /// Writes `files` (paths relative to the folder) into the staging
+    /// directory, then moves each of `entries` into place, in order: every
+    /// file must lie under one of them. An entry that does not exist yet
+    /// (a new node's directory) is created; an existing one must be a file,
+    /// and is replaced whole. Order the entries so that the folder is
+    /// consistent at each step.
+    pub fn commit(self, files: &[OutputFile], entries: &[&str]) -> Result<(), OutputError> {
+        write_files(&self.path, files)?;
+        let previous_dir = self.path.join(".previous");
+        fs::create_dir(&previous_dir).map_err(io_error("creating", &previous_dir))?;
+        let mut moved = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let staged = self.path.join(entry);
+            let target = self.root.join(entry);
+            match self.move_into_place(&staged, &target, &previous_dir.join(index.to_string())) {
+                Ok(done) => moved.push(done),
+                Err(source) => {
+                    let left_over = undo(moved);
+                    return Err(OutputError::Commit { path: target, left_over, source });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn move_into_place(&self, staged: &Path, target: &Path, previous: &Path) -> std::io::Result<Moved> {
+        match fs::symlink_metadata(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::rename(staged, target)?;
+                Ok(Moved::Created(target.to_owned()))
+            }
+            Err(e) => Err(e),
+            Ok(meta) if meta.is_dir() => {
+                Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a directory is in the way"))
+            }
+            Ok(_) => {
+                // A second name for the old file, so the undo can put it back.
+                fs::hard_link(target, previous)?;
+                fs::rename(staged, target)?;
+                Ok(Moved::Replaced { target: target.to_owned(), previous: previous.to_owned() })
+            }
+        }
+    }
+}
+
+/// Undoes `moved`, last first; returns what could not be undone.
+fn undo(moved: Vec<Moved>) -> Vec<PathBuf> {
+    let mut left_over = Vec::new();
+    for step in moved.into_iter().rev() {
+        let (target, result) = match step {
+            Moved::Created(target) => {
+                let result = if target.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
+                (target, result)
+            }
+            Moved::Replaced { target, previous } => {
+                let result = fs::rename(&previous, &target);
+                (target, result)
+            }
+        };
+        if result.is_err() {
+            left_over.push(target);
+        }
+    }
+    left_over
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Best effort: what is left here was never moved into place, and
+        // the next change's `begin` names the directory if it stays.
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +315,52 @@ mod tests {
         assert_eq!(mode("pki/x.key"), 0o600);
         assert_eq!(mode("pki/x.crt"), 0o644);
         assert_eq!(fs::read_to_string(tmp.path().join("pki/x.crt")).unwrap(), "c");
+    }
+
+    fn staged_change() -> Vec<OutputFile> {
+        vec![
+            OutputFile::secret("nodes/new/seed.img".into(), "seed"),
+            OutputFile::public("cluster.yaml".into(), "new summary"),
+        ]
+    }
+
+    #[test]
+    fn a_staged_change_creates_new_entries_and_replaces_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("nodes")).unwrap();
+        fs::write(tmp.path().join("cluster.yaml"), "old summary").unwrap();
+        let staging = Staging::begin(tmp.path()).unwrap();
+        staging.commit(&staged_change(), &["nodes/new", "cluster.yaml"]).unwrap();
+        assert_eq!(fs::read_to_string(tmp.path().join("cluster.yaml")).unwrap(), "new summary");
+        assert_eq!(fs::read_to_string(tmp.path().join("nodes/new/seed.img")).unwrap(), "seed");
+        assert_eq!(fs::metadata(tmp.path().join("nodes/new/seed.img")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!tmp.path().join(STAGING_DIR).exists(), "the staging directory is removed");
+    }
+
+    #[test]
+    fn a_failed_move_undoes_the_ones_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        // No nodes/ directory: moving nodes/new into place fails (ENOENT)
+        // after cluster.yaml has been replaced.
+        fs::write(tmp.path().join("cluster.yaml"), "old summary").unwrap();
+        let staging = Staging::begin(tmp.path()).unwrap();
+        let err = staging.commit(&staged_change(), &["cluster.yaml", "nodes/new"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("moving {} into place (the moves before it were undone)", tmp.path().join("nodes/new").display())
+        );
+        assert_eq!(fs::read_to_string(tmp.path().join("cluster.yaml")).unwrap(), "old summary");
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["cluster.yaml"], "nothing else is left behind");
+    }
+
+    #[test]
+    fn a_second_change_at_once_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = Staging::begin(tmp.path()).unwrap();
+        let err = Staging::begin(tmp.path()).unwrap_err();
+        assert!(matches!(&err, OutputError::Busy(path) if path.ends_with(STAGING_DIR)), "{err}");
+        drop(first);
+        Staging::begin(tmp.path()).unwrap();
     }
 }

@@ -10,8 +10,8 @@
 //! names (`CN=system:node:<node>, O=system:nodes`).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use time::{Duration, OffsetDateTime};
@@ -46,6 +46,21 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
+}
+
+/// Why a CA's certificate and key, read back from PEM, cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadAuthorityError {
+    #[error("the key is not a PEM private key (ECDSA P-256, RSA or Ed25519)")]
+    Key(#[source] rcgen::Error),
+    #[error("the certificate is not one PEM X.509 certificate")]
+    Certificate,
+    #[error("the certificate is not a CA certificate (no basicConstraints CA:TRUE)")]
+    NotACa,
+    #[error("the key is not the certificate's key (their public keys differ)")]
+    KeyMismatch,
+    #[error("reading the certificate's subject and key identifier")]
+    Issuer(#[source] rcgen::Error),
 }
 
 /// A certificate and its private key, both PEM. The key is a secret: this
@@ -143,14 +158,15 @@ impl LeafSpec {
 
 /// A certificate authority, able to issue leaf certificates.
 pub struct Authority {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
     key_pem: String,
     now: OffsetDateTime,
 }
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("cert_pem", &self.issuer.pem()).finish_non_exhaustive()
+        f.debug_struct("Authority").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
@@ -176,12 +192,31 @@ impl Authority {
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after = now + CA_LIFETIME;
-        let issuer = CertifiedIssuer::self_signed(params, key).map_err(|source| PkiError::Sign { subject, source })?;
-        Ok(Authority { issuer, key_pem, now })
+        let cert = params.self_signed(&key).map_err(|source| PkiError::Sign { subject, source })?;
+        Ok(Authority { issuer: Issuer::new(params, key), cert_pem: cert.pem(), key_pem, now })
+    }
+
+    /// A CA an earlier run made, from its certificate and key as that run
+    /// wrote them, issuing from `now`. The key must be the certificate's:
+    /// rcgen would otherwise sign certificates no one can verify.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, now: OffsetDateTime) -> Result<Self, LoadAuthorityError> {
+        let key = KeyPair::from_pem(key_pem).map_err(LoadAuthorityError::Key)?;
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|_| LoadAuthorityError::Certificate)?;
+        let cert = pem.parse_x509().map_err(|_| LoadAuthorityError::Certificate)?;
+        if !cert.is_ca() {
+            return Err(LoadAuthorityError::NotACa);
+        }
+        if key.public_key_raw() != &*cert.public_key().subject_public_key.data {
+            return Err(LoadAuthorityError::KeyMismatch);
+        }
+        let issuer =
+            Issuer::from_ca_cert_der(&pem.contents.as_slice().into(), key).map_err(LoadAuthorityError::Issuer)?;
+        Ok(Authority { issuer, cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned(), now })
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// The CA's own certificate and key.
