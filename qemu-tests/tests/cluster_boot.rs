@@ -14,13 +14,13 @@
 //! the condition's restart count), and a reboot that keeps the Pod object
 //! (etcd's data on /var, the disk's state partition).
 //!
-//! A worker from the same `gen cluster` joins on a loopback socket network
-//! (the node network; the control-plane node's second NIC is QEMU's user
-//! network, for the hostfwds). Neither seed has static peer routes: the
-//! routes between the nodes' pod CIDRs come from PID 1's Node watchers,
-//! each pod CIDR from the node's config written into its Node by PID 1.
-//! A Pod on the worker answers the control-plane node by pod IP, and
-//! `kubectl delete node` of the worker takes its route away.
+//! A worker added afterwards with `kelsonctl gen node` joins on a loopback
+//! socket network (the node network; the control-plane node's second NIC
+//! is QEMU's user network, for the hostfwds). The control-plane node's
+//! seed has no route to it: that route comes from PID 1's Node watcher,
+//! the worker's pod CIDR from its config written into its Node by its
+//! PID 1. A Pod on the worker answers the control-plane node by pod IP,
+//! and `kubectl delete node` of the worker takes its route away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::kelsonctl::Kelsonctl;
@@ -125,9 +125,10 @@ fn route_until(vm: &mut Vm, network: &str, present: bool) -> Option<String> {
 }
 
 /// The worker turns Ready, each node's pod CIDR is in its Node, each node
-/// routes to the other's pod CIDR (learnt from the Nodes: no seed has a
-/// static route), pods answer across nodes by pod IP, and deleting the
-/// worker's Node takes its route away on the control-plane node.
+/// routes to the other's pod CIDR (the control-plane node's route learnt
+/// from the worker's Node: its seed has none), pods answer across nodes by
+/// pod IP, and deleting the worker's Node takes its route away on the
+/// control-plane node.
 fn the_worker_joins_and_routes_follow_its_node(
     kubectl: &Kubectl,
     vm: &mut Vm,
@@ -212,8 +213,16 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert!(kubectl_binary.exists(), "{} (cargo xtask image links it)", kubectl_binary.display());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cluster");
-    let spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 1);
+    let spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0);
     kelsonctl::gen::generate_cluster(&spec, &out, false).unwrap();
+    // The worker is added afterwards, as to a running cluster: the
+    // control-plane node's seed has no route to it.
+    let added = kelsonctl::gen::generate_node(
+        &out,
+        &kelsonctl::gen::NodeSpec { name: WORKER.to_owned(), role: kelson_config::Role::Worker },
+    )
+    .unwrap();
+    assert_eq!(added.node.address.to_string(), "192.168.100.11");
     let port = free_loopback_port().unwrap();
     let api_port = free_loopback_port().unwrap();
     let node_network = free_loopback_port().unwrap();
@@ -223,12 +232,11 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         server: format!("https://127.0.0.1:{port}"),
     };
 
-    // No static peer routes anywhere: the Node watchers make them. The
-    // control-plane node's uplinks by MAC: the node network, and QEMU's
-    // user network for the hostfwds.
+    // The control-plane node's uplinks by MAC: the node network, and
+    // QEMU's user network for the hostfwds.
     let seed = qemu_tests::seed::edited(&out.join(format!("nodes/{NODE}")), "joined", |config| {
         let network = config["network"].as_object_mut().unwrap();
-        network.remove("peerRoutes");
+        assert!(network.get("peerRoutes").is_none(), "a one-node cluster's seed has no peer routes");
         let uplinks = network["uplinks"].as_array_mut().unwrap();
         let node_uplink = uplinks[0].as_object_mut().unwrap();
         node_uplink.remove("name");
@@ -236,10 +244,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
         uplinks.push(serde_json::json!({"mac": HOSTFWD_MAC, "addresses": [format!("{HOSTFWD_ADDRESS}/24")]}));
     })
     .unwrap();
-    let worker_seed = qemu_tests::seed::edited(&out.join(format!("nodes/{WORKER}")), "joined", |config| {
-        config["network"].as_object_mut().unwrap().remove("peerRoutes");
-    })
-    .unwrap();
+    let worker_seed = out.join(format!("nodes/{WORKER}/seed.img"));
     let disk = image.disk_overlay(dir.path(), "8G").unwrap();
     // restrict=on: the guest reaches nothing beyond this network; the
     // hostfwds let the host reach the API server (its certificate names
