@@ -144,6 +144,16 @@ fn the_worker_joins_and_routes_follow_its_node(
         CLUSTER_UP,
         |o| o == "True",
     );
+    // PID 1 on the control-plane node applied the grant the Node
+    // watchers need (a node may read only its own Node otherwise).
+    let bound = kubectl.until(
+        vm,
+        "the kelson:node-reader binding",
+        &["get", "clusterrolebinding", "kelson:node-reader", "-o", "jsonpath={.subjects[0].name}"],
+        CLUSTER_UP,
+        |o| !o.is_empty(),
+    );
+    assert_eq!(bound, "system:nodes");
     let cidrs = kubectl.until(
         vm,
         "both nodes' pod CIDRs",

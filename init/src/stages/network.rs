@@ -9,9 +9,8 @@
 //! lease's as it arrives). The DHCP clients outlive the stage, renewing
 //! leases: its handle releases them at shutdown.
 //!
-//! On a node with cluster credentials (the kubelet's, and kube-proxy's,
-//! which may read every Node) the stage also starts the Node watcher
-//! (`kelson_cluster::NodeWatcher`): from then on the peer routes
+//! On a node with cluster credentials the stage also starts the Node
+//! watcher (`kelson_cluster::NodeWatcher`): from then on the peer routes
 //! follow the cluster's Node objects, each other node's pod CIDR via its
 //! InternalIP; the config's static `network.peerRoutes` keep the pod CIDRs
 //! the Nodes do not cover (all of them while no API server answers).
@@ -24,7 +23,6 @@ use crate::status::{Condition, StatusPublisher};
 use kelson_cluster::{ClusterView, NodeWatcher};
 use kelson_net::plan::{BridgePlan, PeerRoutePlan, UplinkMode};
 use kelson_net::{cni, ApplyReport, Host, NetPlan, Networking, Outcome, Paths, RtNetlink};
-use kelson_supervise::node::KUBE_PROXY_CERT;
 use kelson_supervise::NETWORK_READY;
 use std::path::Path;
 use std::sync::Arc;
@@ -195,17 +193,8 @@ fn start_node_watcher(
 ) -> Option<oneshot::Sender<()>> {
     let effective = ctx.config.as_ref()?;
     let node_name = ctx.node_name();
-    let credentials = crate::stages::pods::reporter_config(&effective.config, &node_name).and_then(|node| {
-        let reader = effective.config.pki.certificates.get(KUBE_PROXY_CERT).ok_or("pki.certificates.kube-proxy")?;
-        let reader = kelson_cluster::ReporterConfig {
-            cert_pem: reader.cert.clone().into_bytes(),
-            key_pem: reader.key.expose().as_bytes().to_vec(),
-            ..node.clone()
-        };
-        Ok((reader, node))
-    });
-    let (reader, config) = match credentials {
-        Ok(both) => both,
+    let config = match crate::stages::pods::reporter_config(&effective.config, &node_name) {
+        Ok(config) => config,
         Err(missing) => {
             info!("network: routes follow the config only: the machine config has no {missing}");
             return None;
@@ -213,7 +202,7 @@ fn start_node_watcher(
     };
     let pinned = plan.bridge.as_ref().map(|bridge| bridge.pod_cidr);
     let _entered = runtime.enter();
-    let watcher = match NodeWatcher::new(&reader, &config, pinned) {
+    let watcher = match NodeWatcher::new(&config, pinned) {
         Ok(watcher) => watcher,
         Err(e) => {
             warn!("network: routes follow the config only: {}", crate::boot::chain(&e));

@@ -3,11 +3,11 @@
 //! within a watch event, a deleted one loses it, a changed address moves
 //! it.
 //!
-//! It lists and watches with kube-proxy's credential, which every node
-//! has: the Node authorizer lets a node read only its own Node, and
-//! Kubernetes' own `system:node-proxier` role (bound to
-//! `system:kube-proxy`) reads all of them, as kube-proxy itself needs to.
-//! Writes to the node's own Node use the node's credential.
+//! It uses the node's own credential. Kubernetes' Node authorizer lets a
+//! node read only its own Node; the list and watch of all of them is
+//! granted by the ClusterRole [`crate::addons`] binds to `system:nodes`,
+//! which PID 1 applies on the control-plane nodes. Until that exists the
+//! watcher is refused and retries quietly; the static routes hold.
 //!
 //! A node whose config pins its pod CIDR also writes it into its own Node's
 //! `spec.podCIDR` while that is empty (the API server allows that one
@@ -39,30 +39,19 @@ const PIN_RETRY: Duration = Duration::from_secs(5);
 
 /// Follows the Node objects; see the module's documentation.
 pub struct NodeWatcher {
-    /// Lists and watches the Nodes.
-    reader: kube::Client,
-    /// Writes the node's own Node.
-    node: kube::Client,
+    client: kube::Client,
     node_name: String,
     pinned_pod_cidr: Option<Ipv4Net>,
     request_timeout: Duration,
 }
 
 impl NodeWatcher {
-    /// Checks the credentials and makes the clients; within a tokio
-    /// runtime. `reader` reads all Nodes (kube-proxy's credential), `node`
-    /// is the node's own (its `node_name` is the Node followed as this
-    /// node's); `pinned_pod_cidr` is the node's config's `network.podCIDR`,
+    /// Checks the node's credentials and makes the client; within a tokio
+    /// runtime. `pinned_pod_cidr` is the node's config's `network.podCIDR`,
     /// if any.
-    pub fn new(
-        reader: &ReporterConfig,
-        node: &ReporterConfig,
-        pinned_pod_cidr: Option<Ipv4Net>,
-    ) -> Result<Self, ReporterError> {
-        let config = node;
+    pub fn new(config: &ReporterConfig, pinned_pod_cidr: Option<Ipv4Net>) -> Result<Self, ReporterError> {
         Ok(NodeWatcher {
-            reader: node_client(reader)?,
-            node: node_client(node)?,
+            client: node_client(config)?,
             node_name: config.node_name.clone(),
             pinned_pod_cidr,
             request_timeout: config.timing.request_timeout,
@@ -72,10 +61,8 @@ impl NodeWatcher {
     /// Publishes the view on `views` whenever it changes, until `shutdown`
     /// completes. Never fails: every error is logged and retried.
     pub async fn run(self, views: watch::Sender<Option<ClusterView>>, shutdown: impl Future<Output = ()>) {
-        let resource = ApiResource::erase::<Node>(&());
-        let nodes: Api<DynamicObject> = Api::all_with(self.reader.clone(), &resource);
-        let own: Api<DynamicObject> = Api::all_with(self.node.clone(), &resource);
-        let stream = watcher::watcher(nodes, watcher::Config::default()).default_backoff();
+        let nodes: Api<DynamicObject> = Api::all_with(self.client.clone(), &ApiResource::erase::<Node>(&()));
+        let stream = watcher::watcher(nodes.clone(), watcher::Config::default()).default_backoff();
         tokio::pin!(stream);
         tokio::pin!(shutdown);
         let mut known: BTreeMap<String, NodeAddressing> = BTreeMap::new();
@@ -140,7 +127,7 @@ impl NodeWatcher {
             }
             let view = cluster_view(&known, &self.node_name);
             if known.contains_key(&self.node_name) {
-                self.pin_own_pod_cidr(&own, view.own_pod_cidr, &mut pin).await;
+                self.pin_own_pod_cidr(&nodes, view.own_pod_cidr, &mut pin).await;
             }
             views.send_if_modified(|current| {
                 if current.as_ref() == Some(&view) {

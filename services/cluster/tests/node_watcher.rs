@@ -204,8 +204,7 @@ async fn routes_follow_nodes_joining_moving_and_leaving_and_a_pinned_cidr_is_wri
     let url = serve(cluster.clone()).await;
     let (views_tx, mut views) = watch::channel(None);
     let (stop, stopped) = oneshot::channel::<()>();
-    let watcher =
-        NodeWatcher::new(&config(&url), &config(&url), Some("10.244.1.0/24".parse().unwrap())).expect("watcher");
+    let watcher = NodeWatcher::new(&config(&url), Some("10.244.1.0/24".parse().unwrap())).expect("watcher");
     let task = tokio::spawn(watcher.run(views_tx, async {
         let _ = stopped.await;
     }));
@@ -248,8 +247,7 @@ async fn a_node_carrying_another_cidr_than_the_pinned_one_is_not_patched() {
     let url = serve(cluster.clone()).await;
     let (views_tx, mut views) = watch::channel(None);
     let (_stop, stopped) = oneshot::channel::<()>();
-    let watcher =
-        NodeWatcher::new(&config(&url), &config(&url), Some("10.244.1.0/24".parse().unwrap())).expect("watcher");
+    let watcher = NodeWatcher::new(&config(&url), Some("10.244.1.0/24".parse().unwrap())).expect("watcher");
     tokio::spawn(watcher.run(views_tx, async {
         let _ = stopped.await;
     }));
