@@ -128,6 +128,9 @@ impl NodeWatcher {
             let view = cluster_view(&known, &self.node_name);
             if known.contains_key(&self.node_name) {
                 self.pin_own_pod_cidr(&nodes, view.own_pod_cidr, &mut pin).await;
+            } else {
+                // A Node registered again starts without a pod CIDR.
+                pin.written = false;
             }
             views.send_if_modified(|current| {
                 if current.as_ref() == Some(&view) {
@@ -164,7 +167,8 @@ impl NodeWatcher {
             }
             None => {}
         }
-        if pin.retry_at.is_some_and(|at| at > Instant::now()) {
+        // Written, and the watch has not caught up with it yet.
+        if pin.written || pin.retry_at.is_some_and(|at| at > Instant::now()) {
             return;
         }
         let text = pinned.to_string();
@@ -178,6 +182,7 @@ impl NodeWatcher {
                     self.node_name
                 );
                 pin.retry_at = None;
+                pin.written = true;
             }
             Ok(Err(e)) => {
                 warn!("node watcher: writing spec.podCIDR {pinned} into Node {}: {}", self.node_name, error_chain(&e));
@@ -199,6 +204,8 @@ impl NodeWatcher {
 struct PinState {
     /// When to try writing the pinned pod CIDR again after a failure.
     retry_at: Option<Instant>,
+    /// Written into the current Node.
+    written: bool,
     mismatch_logged: bool,
 }
 
