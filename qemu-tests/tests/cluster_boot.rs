@@ -192,8 +192,9 @@ fn the_worker_joins_and_routes_follow_its_node(
     );
     let worker_pod_ip = running.split(' ').nth(1).unwrap().to_owned();
     assert!(worker_pod_ip.starts_with("10.244.1."), "pod IP {worker_pod_ip} outside the worker's pod CIDR");
-    assert_eq!(sh(vm, &format!("wget -q -T 10 -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
-    assert_eq!(sh(worker, &format!("wget -q -T 10 -O - http://{cp_pod_ip}:8080/")), "hello from web");
+    // `timeout`, not wget's -T: busybox 1.35's wget -T segfaults.
+    assert_eq!(sh(vm, &format!("timeout 20 wget -q -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
+    assert_eq!(sh(worker, &format!("timeout 20 wget -q -O - http://{cp_pod_ip}:8080/")), "hello from web");
 
     // A ClusterIP Service in front of the worker's Pod: kube-proxy on the
     // control-plane node sends its traffic to the worker's pod CIDR.
@@ -204,7 +205,7 @@ fn the_worker_joins_and_routes_follow_its_node(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         // kube-proxy writes the Service's rules within its sync period.
-        let answer = vm.agent_exec(&format!("wget -q -T 5 -O - http://{cluster_ip}/"), AGENT).unwrap();
+        let answer = vm.agent_exec(&format!("timeout 10 wget -q -O - http://{cluster_ip}/"), AGENT).unwrap();
         if answer.status == 0 {
             assert_eq!(answer.output.trim(), "hello from web-worker");
             break;
