@@ -209,7 +209,7 @@ async fn a_voter_whose_data_is_gone_is_removed_and_the_node_added_again_as_a_lea
     for name in ["cp-2", "cp-3"] {
         let urls = MemberUrls::pick(name);
         third_peer_url = urls.peer_url.clone();
-        let (added, how) = client.join_as_learner(name, &[urls.peer_url.clone()], PATIENT).await.unwrap();
+        let (added, how) = client.join_as_learner(name, std::slice::from_ref(&urls.peer_url), PATIENT).await.unwrap();
         assert_eq!(how, JoinedAs::Added);
         running.push(EtcdMember::start(&pki, urls, Join::Existing { initial_cluster: &added.initial_cluster }));
         client.promote(added.id, PATIENT).await.unwrap();
