@@ -81,6 +81,8 @@ pub enum JoinedAs {
 pub struct MemberHealth {
     pub id: MemberId,
     pub name: String,
+    /// A learner: no vote yet.
+    pub is_learner: bool,
     /// It answered a status request on one of its client URLs.
     pub reachable: bool,
     /// It answered and named itself as leader.
