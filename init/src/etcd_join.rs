@@ -419,12 +419,13 @@ pub enum Left {
 
 /// Removes this node's etcd member through the other members, asking them
 /// again while etcd says the cluster would be unhealthy (up to `retry`).
-/// The member is found by the peer URLs of the node's etcd manifest, asked
-/// of the node's own etcd and of `cluster.etcdEndpoints`.
+/// The member is found by the peer URLs of the node's etcd manifest, among
+/// the members `endpoint` lists (the node's own etcd and
+/// `cluster.etcdEndpoints`).
 pub async fn leave(
     manifest: &Path,
     manifest_text: &[u8],
-    mut endpoint: EtcdEndpoint,
+    endpoint: EtcdEndpoint,
     retry: Retry,
     timeout: Duration,
 ) -> Result<Left, LeaveError> {
@@ -434,11 +435,7 @@ pub async fn leave(
     })?;
     let flags = etcd_flags(&parsed, manifest).map_err(manifest_error)?;
     let list_error = |source| LeaveError::List { name: flags.name.clone(), source };
-    if !endpoint.endpoints.iter().any(|e| e == kelson_etcd::LOCAL_CLIENT_URL) {
-        endpoint.endpoints.insert(0, kelson_etcd::LOCAL_CLIENT_URL.to_owned());
-    }
-    let client = EtcdClient::connect_with_timeout(&endpoint, timeout).await.map_err(list_error)?;
-    let members = client.members().await.map_err(list_error)?;
+    let members = list_members(&endpoint, timeout).await.map_err(list_error)?;
     let Some(me) = members.iter().find(|m| m.peer_urls.iter().any(|u| flags.peer_urls.contains(u))) else {
         return Ok(Left::NotAMember);
     };
@@ -454,6 +451,30 @@ pub async fn leave(
         .map_err(remove_error)?;
     through.remove(me.id, retry).await.map_err(remove_error)?;
     Ok(Left::Removed { id: me.id })
+}
+
+/// The members as the first of `endpoint`'s URLs that answers lists them,
+/// asked one at a time: a member still a learner refuses to list ("rpc not
+/// supported for learner"), and one that is down would only time out; the
+/// last refusal if none answers.
+async fn list_members(endpoint: &EtcdEndpoint, timeout: Duration) -> Result<Vec<kelson_etcd::Member>, EtcdError> {
+    let mut last = None;
+    for url in &endpoint.endpoints {
+        let one = endpoint.with_endpoints(vec![url.clone()]);
+        let listed = match EtcdClient::connect_with_timeout(&one, timeout).await {
+            Ok(client) => client.members().await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(members) => return Ok(members),
+            Err(e) => last = Some(e),
+        }
+    }
+    // An empty list of URLs still gets an answer naming them.
+    match last {
+        Some(e) => Err(e),
+        None => EtcdClient::connect_with_timeout(endpoint, timeout).await?.members().await,
+    }
 }
 
 /// Checks every member's health through the node's own etcd every

@@ -298,7 +298,9 @@ impl NodeBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(NodeError::Internal(format!("reading {}: {e}", manifest.display()))),
         };
-        let endpoint = kelson_etcd::EtcdEndpoint::for_node(Path::new(ETCD_PKI_DIR), config.cluster.etcd_endpoints)
+        let mut endpoints = vec![kelson_etcd::LOCAL_CLIENT_URL.to_owned()];
+        endpoints.extend(config.cluster.etcd_endpoints);
+        let endpoint = kelson_etcd::EtcdEndpoint::for_node(Path::new(ETCD_PKI_DIR), endpoints)
             .map_err(|e| NodeError::Unavailable(format!("not reset: leaving etcd: {}", crate::boot::chain(&e))))?;
         let left = crate::etcd_join::leave(
             &manifest,
