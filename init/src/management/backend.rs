@@ -685,3 +685,38 @@ impl Node for NodeBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_carries_a_joining_members_progress_and_the_members_health() {
+        let mut status = status::NodeStatus::default();
+        assert_eq!(node_status("cp-2".into(), &status).etcd, None, "no etcd view on a node without one");
+        status.etcd = Some(status::EtcdView {
+            join: Some(status::EtcdJoin::Learner {
+                id: "b1".into(),
+                attempts: 3,
+                last_error: Some("promoting etcd learner b1: not in sync".into()),
+            }),
+            members: vec![status::EtcdMemberHealth {
+                id: "a1".into(),
+                name: "cp-1".into(),
+                learner: false,
+                reachable: true,
+                leader: true,
+                errors: vec![],
+            }],
+            members_error: None,
+        });
+
+        let etcd = node_status("cp-2".into(), &status).etcd.unwrap();
+
+        let join = etcd.join.unwrap();
+        assert_eq!((join.state.as_str(), join.member_id.as_deref(), join.attempts), ("learner", Some("b1"), 3));
+        assert_eq!(join.reason.as_deref(), Some("promoting etcd learner b1: not in sync"));
+        assert_eq!(etcd.members.len(), 1);
+        assert!(etcd.members[0].leader && etcd.members[0].reachable && !etcd.members[0].learner);
+    }
+}
