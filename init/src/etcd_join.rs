@@ -249,11 +249,12 @@ pub fn prepare(kernel: &dyn Kernel, config: &MachineConfig, paths: &JoinPaths) -
         cert_pem: read_pki(kelson_etcd::CLIENT_CERT_FILE)?,
         key_pem: read_pki(kelson_etcd::CLIENT_KEY_FILE)?,
     };
+    // Copied, then removed, not renamed: /run and /etc are not one
+    // filesystem. The copy is written whole first, so the manifest is
+    // never lost; a failed removal leaves the manifest where it was.
     let hold_error = |source| JoinError::Hold { from: path.clone(), to: paths.held.clone(), source };
-    if let Some(dir) = paths.held.parent() {
-        kernel.create_dir_all(dir).map_err(hold_error)?;
-    }
-    kernel.rename(path, &paths.held).map_err(hold_error)?;
+    kernel.install_file(&paths.held, &text, 0o644).map_err(hold_error)?;
+    kernel.remove_file(path).map_err(hold_error)?;
     Ok(Prepared::Join(Box::new(Joiner { flags, manifest, endpoint, paths: paths.clone() })))
 }
 
@@ -530,6 +531,8 @@ mod tests {
         assert_eq!((joiner.endpoint.ca_pem.as_str(), joiner.endpoint.key_pem.as_str()), ("CA", "KEY"));
         assert_eq!(kernel.file("/etc/kubernetes/manifests/etcd.yaml"), None, "the pod manager must not start it");
         assert_eq!(kernel.file(HELD_MANIFEST).as_deref(), Some(MANIFEST));
+        // /run and /etc are two filesystems on a node: a rename fails (EXDEV).
+        assert!(!kernel.calls().iter().any(|c| c.starts_with("rename")), "{:?}", kernel.calls());
     }
 
     #[test]
@@ -540,7 +543,7 @@ mod tests {
 
         assert!(matches!(prepared, Prepared::AlreadyMember { .. }), "{prepared:?}");
         assert_eq!(kernel.file("/etc/kubernetes/manifests/etcd.yaml").as_deref(), Some(MANIFEST));
-        assert!(!kernel.calls().iter().any(|c| c.starts_with("rename")));
+        assert!(!kernel.calls().iter().any(|c| c.starts_with("rm ") || c.starts_with("install")));
     }
 
     #[test]
