@@ -9,7 +9,7 @@
 use ipnet::Ipv4Net;
 use kelson_config::{MachineConfig, Role};
 use kelsonctl::api::KelsonConfig;
-use kelsonctl::gen::cluster::{KUBELET_CERT, KUBE_PROXY_CERT};
+use kelsonctl::gen::cluster::{CLUSTER_ADDONS_CERT, KUBELET_CERT, KUBE_PROXY_CERT};
 use kelsonctl::gen::{cidr, generate_cluster, GeneratedCluster};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -113,7 +113,11 @@ fn every_node_carries_its_kubelet_kube_proxy_and_management_certificates_from_th
         assert_eq!(config.pki.ca.as_deref(), Some(ca_pem.as_str()));
         let address = config.network.uplinks[0].addresses[0].split('/').next().unwrap().to_owned();
         let names: BTreeSet<&str> = config.pki.certificates.keys().map(String::as_str).collect();
-        assert_eq!(names, BTreeSet::from([KUBELET_CERT, KUBE_PROXY_CERT, "management-api"]), "{node}");
+        let mut expected = BTreeSet::from([KUBELET_CERT, KUBE_PROXY_CERT, "management-api"]);
+        if config.node.role == Role::ControlPlane {
+            expected.insert(CLUSTER_ADDONS_CERT);
+        }
+        assert_eq!(names, expected, "{node}");
         for (name, pair) in &config.pki.certificates {
             assert_issued_by_ca(&ca_pem, &pair.cert, pair.key.expose());
             // The config carries the same pair as the files in pki/.
@@ -140,6 +144,11 @@ fn every_node_carries_its_kubelet_kube_proxy_and_management_certificates_from_th
                     assert_eq!(usages(cert), (false, true));
                     assert_eq!(common_name(cert), "system:kube-proxy");
                     assert_eq!(organisation(cert), "");
+                }
+                CLUSTER_ADDONS_CERT => {
+                    assert_eq!(usages(cert), (false, true));
+                    assert_eq!(common_name(cert), "kelson:addons");
+                    assert_eq!(organisation(cert), "system:masters");
                 }
                 other => panic!("unexpected certificate {other}"),
             });
@@ -525,8 +534,8 @@ fn secrets_are_private_and_certificates_public() {
     // pki/: 3 CAs, apiserver-kubelet-client, apiserver-etcd-client,
     // front-proxy-client, etcd/healthcheck-client, kube-proxy, admin,
     // read-only (10); each node: management-api, kubelet (6); cp-1:
-    // apiserver, etcd/server, etcd/peer (3); and sa.key.
-    assert_eq!((keys, certs), (20, 19));
+    // apiserver, etcd/server, etcd/peer, cluster-addons (4); and sa.key.
+    assert_eq!((keys, certs), (21, 20));
 }
 
 #[test]

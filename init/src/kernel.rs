@@ -96,6 +96,11 @@ pub trait Kernel: Send + Sync {
     /// Sets the calling thread's nice value (on Linux a thread's own, and
     /// inherited by the threads it starts).
     fn set_this_threads_nice(&self, nice: i32) -> io::Result<()>;
+
+    /// Puts the calling thread in (`true`) or out of (`false`) the
+    /// SCHED_IDLE class: it runs only on CPU time nothing else at normal
+    /// priority wants. Threads it starts later inherit the class.
+    fn set_this_threads_idle(&self, idle: bool) -> io::Result<()>;
 }
 
 /// The real kernel.
@@ -285,6 +290,19 @@ impl Kernel for LinuxKernel {
         // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
         // and a thread id changes only that thread's nice value.
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn set_this_threads_idle(&self, idle: bool) -> io::Result<()> {
+        let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; the parameter is a valid
+        // sched_param that outlives the call. Both policies take priority 0.
+        let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
         if rc == 0 {
             Ok(())
         } else {
@@ -615,6 +633,11 @@ pub mod fake {
         }
         fn set_this_threads_nice(&self, nice: i32) -> io::Result<()> {
             self.record(format!("nice {nice}"));
+            Ok(())
+        }
+
+        fn set_this_threads_idle(&self, idle: bool) -> io::Result<()> {
+            self.record(format!("idle {idle}"));
             Ok(())
         }
     }

@@ -142,7 +142,11 @@ impl<S: Subscriber> Layer<S> for ConsoleKmsgLayer {
 pub fn init() -> LogOutputs {
     use tracing_subscriber::prelude::*;
     let outputs = LogOutputs::default();
-    let filter = tracing_subscriber::filter::LevelFilter::INFO;
+    // kube-runtime's watcher logs every failed try of a watch at WARN;
+    // the Node watcher says once what is wrong.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("kube_runtime", tracing::Level::ERROR);
     let _ = tracing_subscriber::registry().with(ConsoleKmsgLayer(outputs.clone()).with_filter(filter)).try_init();
     outputs
 }

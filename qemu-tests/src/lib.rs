@@ -59,6 +59,7 @@ mod vm;
 
 pub use agent::{agent_hook, guest_layer_with_agent, AgentOutput, AGENT_HOOK, GUEST_APPLET_DIR, GUEST_BUSYBOX};
 pub use cpio::Layer;
+pub mod bench;
 pub mod kelsonctl;
 pub mod oci;
 pub mod seed;

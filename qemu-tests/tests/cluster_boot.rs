@@ -127,8 +127,8 @@ fn route_until(vm: &mut Vm, network: &str, present: bool) -> Option<String> {
 /// The worker turns Ready, each node's pod CIDR is in its Node, each node
 /// routes to the other's pod CIDR (the control-plane node's route learnt
 /// from the worker's Node: its seed has none), pods answer across nodes by
-/// pod IP, and deleting the worker's Node takes its route away on the
-/// control-plane node.
+/// pod IP and through a ClusterIP Service (kube-proxy), and deleting the
+/// worker's Node takes its route away on the control-plane node.
 fn the_worker_joins_and_routes_follow_its_node(
     kubectl: &Kubectl,
     vm: &mut Vm,
@@ -144,6 +144,16 @@ fn the_worker_joins_and_routes_follow_its_node(
         CLUSTER_UP,
         |o| o == "True",
     );
+    // PID 1 on the control-plane node applied the grant the Node
+    // watchers need (a node may read only its own Node otherwise).
+    let bound = kubectl.until(
+        vm,
+        "the kelson:node-reader binding",
+        &["get", "clusterrolebinding", "kelson:node-reader", "-o", "jsonpath={.subjects[0].name}"],
+        CLUSTER_UP,
+        |o| !o.is_empty(),
+    );
+    assert_eq!(bound, "system:nodes");
     let cidrs = kubectl.until(
         vm,
         "both nodes' pod CIDRs",
@@ -152,10 +162,12 @@ fn the_worker_joins_and_routes_follow_its_node(
         |o| o.split_whitespace().count() == 2 && !o.contains("= "),
     );
     assert_eq!(cidrs.trim(), format!("{NODE}=10.244.0.0/24 {WORKER}=10.244.1.0/24"));
+    // The control-plane node's seed has no route to the worker: this one
+    // is the Node watcher's.
     let to_worker = route_until(vm, "10.244.1.0/24", true).unwrap();
-    assert!(to_worker.contains("via 192.168.100.11") && to_worker.contains("proto 75"), "{to_worker}");
+    assert!(to_worker.contains("via 192.168.100.11"), "{to_worker}");
     let to_cp = route_until(worker, "10.244.0.0/24", true).unwrap();
-    assert!(to_cp.contains("via 192.168.100.10") && to_cp.contains("proto 75"), "{to_cp}");
+    assert!(to_cp.contains("via 192.168.100.10"), "{to_cp}");
 
     // A Pod on the worker, reached by pod IP from the control-plane node,
     // and the control-plane node's Pod from the worker.
@@ -183,8 +195,27 @@ fn the_worker_joins_and_routes_follow_its_node(
     assert_eq!(sh(vm, &format!("wget -q -T 10 -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
     assert_eq!(sh(worker, &format!("wget -q -T 10 -O - http://{cp_pod_ip}:8080/")), "hello from web");
 
+    // A ClusterIP Service in front of the worker's Pod: kube-proxy on the
+    // control-plane node sends its traffic to the worker's pod CIDR.
+    kubectl.run(&["label", "pod", "web-worker", "app=web-worker"]).unwrap();
+    kubectl.run(&["create", "service", "clusterip", "web-worker", "--tcp=80:8080"]).unwrap();
+    let cluster_ip = kubectl.run(&["get", "service", "web-worker", "-o", "jsonpath={.spec.clusterIP}"]).unwrap();
+    assert!(cluster_ip.starts_with("10.96."), "cluster IP {cluster_ip} outside the service CIDR");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // kube-proxy writes the Service's rules within its sync period.
+        let answer = vm.agent_exec(&format!("wget -q -T 5 -O - http://{cluster_ip}/"), AGENT).unwrap();
+        if answer.status == 0 {
+            assert_eq!(answer.output.trim(), "hello from web-worker");
+            break;
+        }
+        assert!(Instant::now() < deadline, "Service {cluster_ip} not answering: {}", answer.output);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
     // The worker's Node deleted: its route goes from the control-plane
     // node; the worker still routes to the control plane's pods.
+    kubectl.run(&["delete", "service", "web-worker"]).unwrap();
     kubectl.run(&["delete", "pod", "web-worker", "--wait=false"]).unwrap();
     kubectl.run(&["delete", "node", WORKER]).unwrap();
     assert_eq!(route_until(vm, "10.244.1.0/24", false), None);

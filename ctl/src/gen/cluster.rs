@@ -33,6 +33,12 @@ pub const KUBELET_CERT: &str = "kubelet";
 /// kube-proxy's client certificate, `CN=system:kube-proxy`, the same on
 /// every node; `DIR/pki/kube-proxy.{crt,key}`.
 pub const KUBE_PROXY_CERT: &str = "kube-proxy";
+/// PID 1's credential for the cluster objects Kelson needs
+/// (`kelson_cluster::AddonApplier`), `CN=kelson:addons, O=system:masters`,
+/// on control-plane nodes only; under `DIR/pki/<node>/`.
+pub const CLUSTER_ADDONS_CERT: &str = "cluster-addons";
+/// Its subject.
+pub const CLUSTER_ADDONS_COMMON_NAME: &str = "kelson:addons";
 /// The user's kubeconfig in the output directory.
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
 /// The cluster folder's summary; `gen node` reads it back and adds to it.
@@ -487,6 +493,10 @@ pub fn render_node(
     certs.insert(MANAGEMENT_API_CERT, ca.issue(&LeafSpec::node(&node.name, node.address, Usage::Server, false))?);
     certs.insert(KUBELET_CERT, ca.issue(&kubeadm::kubelet_leaf(&node.name))?);
     certs.insert(KUBE_PROXY_CERT, material.kube_proxy.clone());
+    if control_plane.is_some() {
+        let addons = LeafSpec::client(CLUSTER_ADDONS_COMMON_NAME, kubeadm::ADMIN_ORGANISATION);
+        certs.insert(CLUSTER_ADDONS_CERT, ca.issue(&addons)?);
+    }
     for (name, issued) in &certs {
         if *name != KUBE_PROXY_CERT {
             push_pair(&mut files, &format!("pki/{}/{name}", node.name), issued);

@@ -17,12 +17,15 @@ pub mod backend;
 pub mod config_apply;
 pub mod kmsg;
 
+use crate::kernel::Kernel;
 use crate::stages::network::NodeNetwork;
+use crate::status::StatusPublisher;
 use kelson_api::TlsMaterial;
 use kelson_config::{ConfigError, Effective, Layer, MachineConfig};
 use kelson_pods::runtime::PodsStatus;
 use kelson_supervise::Supervisor;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The certificate in `pki.certificates` the API serves with.
@@ -123,6 +126,29 @@ impl Handles {
     }
 }
 
+/// Polls, on the API's own thread, until the boot has settled, then moves
+/// that thread out of SCHED_IDLE (back to nice [`API_NICE`]).
+async fn leave_idle_once_settled(kernel: Arc<dyn Kernel + Send + Sync>, status: StatusPublisher, handles: Handles) {
+    let mut boot_ended: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !matches!(status.current().phase, crate::status::Phase::Booting) {
+            boot_ended.get_or_insert_with(tokio::time::Instant::now);
+        }
+        let snapshot = handles.supervisor().map(|supervisor| supervisor.snapshot());
+        if boot_settled(snapshot.as_ref(), boot_ended.map(|at| at.elapsed())) {
+            break;
+        }
+    }
+    let restored = kernel.set_this_threads_idle(false).and_then(|()| kernel.set_this_threads_nice(API_NICE));
+    match restored {
+        Ok(()) => tracing::info!(nice = API_NICE, "the boot has settled: the management API leaves SCHED_IDLE"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the management API could not leave SCHED_IDLE; it answers only when the node is idle")
+        }
+    }
+}
+
 /// The CA and the API's certificate from `config`, if it has both.
 pub fn tls_material(config: &MachineConfig) -> Option<TlsMaterial> {
     let ca = config.pki.ca.as_ref()?;
@@ -152,16 +178,39 @@ pub fn fallback_config(image_defaults: Option<&str>, store: &kelson_config::Stor
     resolve(&layers).ok()
 }
 
-/// How much lower than the boot's the API thread's CPU priority is: nice
-/// 10 weighs about a tenth of nice 0, so under load the kernel gives the
-/// boot stages, the services and their children the CPU first, and the API
-/// what is left. Clients see slower answers while the node is busy; the
-/// node does not see slower boots.
+/// How much lower than the boot's the API thread's CPU priority is once the
+/// boot has settled: nice 10 weighs about a tenth of nice 0, so under load
+/// the kernel gives the services, the pods and their children the CPU
+/// first, and the API what is left. Clients see slower answers while the
+/// node is busy.
 pub const API_NICE: i32 = 10;
 
+/// Until the boot has settled the API thread is SCHED_IDLE: it runs on CPU
+/// time nothing else wants, so a crowd of clients at a booting node cannot
+/// slow the stages or the services' start. Settled: the boot has ended
+/// (ready or maintenance) and every service has come to rest (healthy, or
+/// a state it will not leave by itself), or this long after the boot ended
+/// (a kube-proxy with no API server to sync with never turns healthy).
+/// SCHED_IDLE for good would let a busy control plane starve the API.
+pub const BOOT_SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether the API can leave SCHED_IDLE: see [`BOOT_SETTLE_LIMIT`].
+/// `since_boot_ended` is `None` while the node is still booting.
+pub fn boot_settled(services: Option<&kelson_supervise::Snapshot>, since_boot_ended: Option<Duration>) -> bool {
+    use kelson_supervise::ServiceState as S;
+    let Some(since) = since_boot_ended else { return false };
+    let at_rest = services.is_none_or(|snapshot| {
+        snapshot.services.values().all(|service| {
+            matches!(service.state, S::Healthy | S::Completed | S::Stopped | S::Failed | S::Absent | S::Blocked)
+        })
+    });
+    at_rest || since >= BOOT_SETTLE_LIMIT
+}
+
 /// Starts the API server on `0.0.0.0:`[`kelson_api::PORT`] on a thread of
-/// its own, with its own single-threaded runtime, at [`API_NICE`]. It
-/// serves once [`Handles`] has serving material.
+/// its own, with its own single-threaded runtime: SCHED_IDLE while the boot
+/// settles, then at [`API_NICE`]. It serves once [`Handles`] has serving
+/// material.
 ///
 /// The API's work (TLS handshakes, encoding, log streams) must not take
 /// the CPU from boot-critical work, which runs on the main runtime and in
@@ -177,6 +226,13 @@ pub fn start(backend: backend::NodeBackend) {
             // boots under load, nothing else.
             tracing::warn!(nice = API_NICE, error = %e, "could not lower the management API thread's priority");
         }
+        let idle = match backend.kernel.set_this_threads_idle(true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not make the management API thread SCHED_IDLE while the node boots");
+                false
+            }
+        };
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => {
@@ -185,6 +241,10 @@ pub fn start(backend: backend::NodeBackend) {
             }
         };
         runtime.block_on(async move {
+            if idle {
+                // On this runtime, so on this thread.
+                tokio::spawn(leave_idle_once_settled(backend.kernel.clone(), backend.status.clone(), backend.handles.clone()));
+            }
             let address = std::net::SocketAddr::from(([0, 0, 0, 0], kelson_api::PORT));
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => listener,
@@ -200,5 +260,50 @@ pub fn start(backend: backend::NodeBackend) {
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the management API's thread: the API is not served");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kelson_supervise::{ServiceState, ServiceStatus, Snapshot};
+
+    fn services(states: &[(&str, ServiceState)]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (name, state) in states {
+            let mut status = ServiceStatus::new(name, std::time::SystemTime::now());
+            status.state = *state;
+            snapshot.services.insert((*name).to_owned(), status);
+        }
+        snapshot
+    }
+
+    #[test]
+    fn the_api_stays_idle_while_the_node_boots_whatever_the_services_do() {
+        let healthy = services(&[("containerd", ServiceState::Healthy)]);
+        assert!(!boot_settled(Some(&healthy), None));
+        assert!(!boot_settled(None, None));
+    }
+
+    #[test]
+    fn after_the_boot_the_api_waits_for_services_still_starting_up_to_the_limit() {
+        let starting = services(&[("containerd", ServiceState::Healthy), ("kubelet", ServiceState::Running)]);
+        assert!(!boot_settled(Some(&starting), Some(Duration::from_secs(5))));
+        assert!(boot_settled(Some(&starting), Some(BOOT_SETTLE_LIMIT)));
+        let backing_off = services(&[("kubelet", ServiceState::BackingOff)]);
+        assert!(!boot_settled(Some(&backing_off), Some(Duration::from_secs(5))));
+    }
+
+    #[test]
+    fn services_at_rest_or_none_at_all_settle_the_boot_at_once() {
+        let at_rest = services(&[
+            ("containerd", ServiceState::Healthy),
+            ("sandbox-image", ServiceState::Completed),
+            ("kube-proxy", ServiceState::Absent),
+            ("kubelet", ServiceState::Blocked),
+        ]);
+        assert!(boot_settled(Some(&at_rest), Some(Duration::ZERO)));
+        // A node in maintenance, or without services.
+        assert!(boot_settled(None, Some(Duration::ZERO)));
     }
 }

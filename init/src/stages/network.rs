@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch, Mutex};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 type NodeNetworking = Networking<RtNetlink, ReaperRunner>;
 
@@ -234,8 +234,11 @@ fn start_node_watcher(
                 .collect();
             let peers: Vec<String> =
                 view.peers.iter().map(|p| format!("{}={} via {}", p.name, p.pod_cidr, p.address)).collect();
-            if failed.is_empty() {
-                info!(changes = ?report.changes(), peers = ?peers, "network: routes follow the cluster's Nodes");
+            let changes = report.changes();
+            if failed.is_empty() && changes.is_empty() {
+                debug!(peers = ?peers, "network: the cluster's Nodes changed, the routes did not");
+            } else if failed.is_empty() {
+                info!(changes = ?changes, peers = ?peers, "network: routes follow the cluster's Nodes");
             } else {
                 warn!(failed = ?failed, peers = ?peers, "network: applying the cluster's Nodes' routes failed in part");
             }

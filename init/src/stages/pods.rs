@@ -26,7 +26,7 @@ use crate::kernel::{Kernel, LinuxKernel};
 use crate::pod_runtime::{connect_or_start_shim, NodeProber, NodeSandboxes};
 use crate::status::{EtcdJoin, StatusPublisher};
 use kelson_base::paths::IMAGE_LAYOUTS;
-use kelson_cluster::{Reporter, ReporterConfig, Timing};
+use kelson_cluster::{AddonApplier, Reporter, ReporterConfig, Timing, ADDONS_CERTIFICATE};
 use kelson_config::MachineConfig;
 use kelson_config::Role;
 use kelson_containers::store::ImageStore;
@@ -92,6 +92,16 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         }
         None => None,
     };
+    // A control-plane node applies the cluster objects Kelson needs.
+    let addons_config = ctx.config.as_ref().and_then(|c| {
+        let credential = c.config.pki.certificates.get(ADDONS_CERTIFICATE)?;
+        let node = reporter_config.as_ref()?;
+        Some(ReporterConfig {
+            cert_pem: credential.cert.clone().into_bytes(),
+            key_pem: credential.key.expose().as_bytes().to_vec(),
+            ..node.clone()
+        })
+    });
     // Before the pod manager reads the manifests: a joining etcd member's
     // is held back until the member is added.
     let joiner = ctx.config.as_ref().and_then(|c| prepare_etcd_join(ctx.kernel, &c.config, &ctx.status));
@@ -120,7 +130,8 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             Arc::new(SystemHost),
             Arc::new(SystemClock),
         );
-        let reporter_stop = reporter_config.and_then(|config| start_reporter(config, manager.subscribe()));
+        let reporter_stop = reporter_config.clone().and_then(|config| start_reporter(config, manager.subscribe()));
+        let addons_stop = addons_config.and_then(start_addons);
         handles.set_pods(manager.subscribe());
         let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
         let mut watcher =
@@ -156,10 +167,11 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             let watch = etcd_join::watch_members(endpoint, status, ETCD_MEMBERS_INTERVAL);
             background.push(tokio::spawn(watch).abort_handle());
         }
-        Ok::<_, PodsError>((tx, reporter_stop, background))
+        let cluster_tasks = [reporter_stop, addons_stop].into_iter().flatten().collect::<Vec<_>>();
+        Ok::<_, PodsError>((tx, cluster_tasks, background))
     })?;
     info!("pods: manager started, watching {MANIFEST_DIR}");
-    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, reporter_stop, background })))
+    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, cluster_tasks: reporter_stop, background })))
 }
 
 /// The etcd join to run this boot, if any; a join that cannot start is
@@ -242,13 +254,32 @@ fn start_reporter(
     }
 }
 
+/// Spawns the addon applier on this runtime; the sender stops it.
+fn start_addons(config: ReporterConfig) -> Option<oneshot::Sender<()>> {
+    match AddonApplier::new(&config) {
+        Ok(applier) => {
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(applier.run(async {
+                let _ = stopped.await;
+            }));
+            info!("pods: applying Kelson's cluster objects at {}", config.api_server);
+            Some(stop)
+        }
+        Err(e) => {
+            warn!("pods: not applying Kelson's cluster objects: {}", chain(&e));
+            None
+        }
+    }
+}
+
 /// Stops every pod, each within its grace period, last started first.
 struct PodsHandle {
     commands: mpsc::Sender<ManagerCommand>,
     /// Set once the pods are being stopped: the shim's exit is expected.
     stopping: Arc<AtomicBool>,
-    /// Stops the cluster reporter, first: the API server is one of the pods.
-    reporter_stop: Option<oneshot::Sender<()>>,
+    /// Stop the cluster reporter and the addon applier, first: the API
+    /// server is one of the pods.
+    cluster_tasks: Vec<oneshot::Sender<()>>,
     /// The etcd join and the members' health checks, stopped first.
     background: Vec<tokio::task::AbortHandle>,
 }
@@ -259,8 +290,8 @@ impl Running for PodsHandle {
             for task in &self.background {
                 task.abort();
             }
-            if let Some(stop) = self.reporter_stop {
-                // Gone already is fine: it only ends on this signal.
+            for stop in self.cluster_tasks {
+                // Gone already is fine.
                 let _ = stop.send(());
             }
             self.stopping.store(true, Ordering::SeqCst);

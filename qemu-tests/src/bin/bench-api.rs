@@ -66,6 +66,7 @@ use hyper_util::server::conn::auto;
 use kelson_api::fake::{ClientCert, ClientTls, Connection, FakeNode, TestPki};
 use kelson_api::types::{LogSource, NodeStatus};
 use kelson_api::{serve, ServerSettings};
+use qemu_tests::bench::{console_stamp, env_number, median};
 use qemu_tests::{free_loopback_port, ImagePaths, VmBuilder};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -99,23 +100,6 @@ const NODE_ADDRESS: &str = "192.168.100.10";
 const GUEST_MEMORY_MIB: u32 = 1024;
 /// How long after closing the guest's streams PID 1's RSS is read again.
 const GUEST_SETTLE: Duration = Duration::from_secs(5);
-
-fn env_number(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
 
 /// The `p`-quantile (0 < p <= 1) of sorted values: the smallest value at
 /// least a fraction `p` of them are not above.
@@ -1066,15 +1050,6 @@ const SERVICES: [&str; 2] = ["containerd", "kubelet"];
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONFIG_DONE: &str = "stage done stage=config";
 
-/// The kernel timestamp (seconds) of the first console line at or after
-/// byte `from` that contains `needle`.
-fn console_stamp(console: &str, from: usize, needle: &str) -> Option<f64> {
-    let at = from + console.get(from..)?.find(needle)?;
-    let line_start = console[..at].rfind('\n').map_or(0, |i| i + 1);
-    let inside = console[line_start..].strip_prefix('[')?.split(']').next()?.trim();
-    inside.parse().ok()
-}
-
 /// Boots the node again `rounds` times quietly and `rounds` times under API
 /// load, alternating. A loaded boot starts the load when the console shows
 /// the config stage done (before that the API has no certificate to serve
@@ -1130,12 +1105,14 @@ fn boots_under_load(
                 host_cpu,
             }
         });
-        let config_done =
-            console_stamp(&console, from, CONFIG_DONE).context("no config stage line with a timestamp")?;
+        let config_done = console_stamp(&console, from, CONFIG_DONE)
+            .map(|(_, stamp)| stamp)
+            .context("no config stage line with a timestamp")?;
         let config_to_healthy_ms = SERVICES
             .iter()
             .filter_map(|service| {
-                let healthy = console_stamp(&console, from, &format!("service={service} from=running to=healthy"))?;
+                let (_, healthy) =
+                    console_stamp(&console, from, &format!("service={service} from=running to=healthy"))?;
                 Some((*service, ((healthy - config_done).max(0.0) * 1000.0) as u64))
             })
             .collect();

@@ -14,6 +14,7 @@
 //! under TCG, for reference. Same QEMU, machine, CPU and memory for both.
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::{field, median};
 use qemu_tests::{ImagePaths, Vm, VmBuilder};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,15 +23,6 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
 const MEMORY_MIB: u32 = 1024;
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 #[derive(Default)]
 struct Runs {

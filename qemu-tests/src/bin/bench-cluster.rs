@@ -32,6 +32,7 @@
 //! (the builds and the version flags) that 3 and 4 need.
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::{env_number, field, median};
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,31 +60,10 @@ const SQUASHFS_OPTIONS: &[&str] = &["-comp", "zstd", "-noappend", "-quiet", "-no
 const NODE_PROGRAMS: &[&str] = &["kubelet", "kube-proxy", "kubectl"];
 const CONTROL_PLANE_PROGRAMS: &[&str] = &["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
 
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn env_path(name: &str) -> Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .with_context(|| format!("{name} is not set (run the benchmark with `cargo xtask bench cluster`)"))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
 fn guest(vm: &mut Vm, cmd: &str) -> Result<String> {

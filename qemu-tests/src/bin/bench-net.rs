@@ -25,6 +25,7 @@
 //! otherwise pays for.
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::median;
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Layer, VmBuilder};
 use std::time::Duration;
 
@@ -57,11 +58,6 @@ iptables -t nat -A KELSON-POSTROUTING ! -d 10.244.0.0/16 -m addrtype ! --dst-typ
 ip route add 10.244.1.0/24 via 192.168.100.11
 read t1 rest < /proc/uptime
 echo $(( (${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}) * 10000 ))";
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn main() -> Result<()> {
     let image = ImagePaths::from_env()?;
@@ -149,7 +145,7 @@ fn main() -> Result<()> {
             micros / 1000.0
         );
     }
-    let (rust, shell) = (median(&mut rust_ms), median(&mut shell_ms));
+    let (rust, shell) = (median(&rust_ms), median(&shell_ms));
     println!("network setup benchmark, medians of {RUNS} runs, measured in the guest (TCG, 1 vCPU), each figure");
     println!("from its own freshly booted guest:");
     println!("  compared like for like (from a shell after boot, page cache dropped, netfilter unused):");
@@ -157,6 +153,6 @@ fn main() -> Result<()> {
     println!("    the seed notes' shell commands                {shell:>7.0} ms");
     println!("    Kelson / shell                                {:>7.2}x", rust / shell);
     println!("  for reference, not a comparison with the above (inside PID 1, during boot):");
-    println!("    Kelson: PID 1's network stage                 {:>7.0} ms", median(&mut kelson_ms));
+    println!("    Kelson: PID 1's network stage                 {:>7.0} ms", median(&kelson_ms));
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! shell from /proc/uptime (10 ms steps).
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::median;
 use qemu_tests::{guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::time::Duration;
 
@@ -63,11 +64,6 @@ fn uptime_of(text: &str) -> Result<f64> {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|t| t.parse().ok())
         .with_context(|| format!("no uptime in {text:?}"))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn rss_kib(vm: &mut Vm, pid: &str) -> Result<u64> {
@@ -149,10 +145,10 @@ fn main() -> Result<()> {
     vm.kill()?;
 
     println!("static pod benchmark, medians of {PODS}, measured in the guest (TCG, 1 vCPU):");
-    println!("  Kelson: manifest written -> container running   {:>7.0} ms", median(&mut start_ms));
-    println!("  runc:   run --detach of the same bundle          {:>7.0} ms", median(&mut runc_start));
-    println!("  Kelson: manifest removed -> pod stopped          {:>7.0} ms", median(&mut stop_ms));
-    println!("  runc:   kill TERM -> stopped -> deleted          {:>7.0} ms", median(&mut runc_stop));
+    println!("  Kelson: manifest written -> container running   {:>7.0} ms", median(&start_ms));
+    println!("  runc:   run --detach of the same bundle          {:>7.0} ms", median(&runc_start));
+    println!("  Kelson: manifest removed -> pod stopped          {:>7.0} ms", median(&stop_ms));
+    println!("  runc:   kill TERM -> stopped -> deleted          {:>7.0} ms", median(&runc_stop));
     println!(
         "  RSS with {RSS_AT} pods running: PID 1 {:.1} MiB, shim {:.1} MiB",
         pid1_rss as f64 / 1024.0,

@@ -11,6 +11,7 @@
 //!   services running.
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::{console_stamp, median};
 use qemu_tests::{guest_layer_with_agent, ImagePaths, Layer, Vm, VmBuilder};
 use std::process::Command;
 use std::time::Duration;
@@ -35,21 +36,6 @@ fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
         bail!("{cmd}: {}", out.output);
     }
     Ok(out.output.trim().to_owned())
-}
-
-/// The CLOCK_BOOTTIME stamp (seconds) of the first console line after
-/// `from` that contains `needle`.
-fn stamp_after(console: &str, from: usize, needle: &str) -> Option<(usize, f64)> {
-    let at = from + console[from..].find(needle)?;
-    let line_start = console[..at].rfind('\n').map_or(0, |i| i + 1);
-    let line = &console[line_start..];
-    let inside = line.strip_prefix('[')?.split(']').next()?.trim();
-    Some((at, inside.parse().ok()?))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<()> {
@@ -90,12 +76,12 @@ fn main() -> Result<()> {
         sh(&mut vm, &format!("kill -9 {pid}"))?;
         vm.expect("service state service=kubelet from=starting to=running", Duration::from_secs(60))?;
         let console = vm.console_text()?;
-        let (at, died) = stamp_after(&console, before, "service=kubelet from=healthy to=backing-off")
+        let (at, died) = console_stamp(&console, before, "service=kubelet from=healthy to=backing-off")
             .context("no death transition")?;
         // `running` is published once the replacement has been spawned
         // (fork and exec done).
         let (_, started) =
-            stamp_after(&console, at, "service=kubelet from=starting to=running").context("no restart transition")?;
+            console_stamp(&console, at, "service=kubelet from=starting to=running").context("no restart transition")?;
         let wait = console[at..]
             .split("restarting in ")
             .nth(1)
@@ -128,9 +114,9 @@ fn main() -> Result<()> {
         vm.kill()?;
     }
     println!("supervision benchmark, {RUNS} boots, medians, measured in the guest (TCG, 1 vCPU):");
-    println!("  death -> replacement running, minus the back-off   {:>7.0} ms", median(&mut restart_ms));
-    println!("  back-off before the first restart (policy)          {:>7.0} ms", median(&mut backoff_ms));
-    println!("  PID 1 RSS with containerd + 2 doubles running        {:>7.0} KiB", median(&mut rss_kib));
-    println!("  PID 1 CPU time over one minute                       {:>7.0} ms", median(&mut cpu_ms));
+    println!("  death -> replacement running, minus the back-off   {:>7.0} ms", median(&restart_ms));
+    println!("  back-off before the first restart (policy)          {:>7.0} ms", median(&backoff_ms));
+    println!("  PID 1 RSS with containerd + 2 doubles running        {:>7.0} KiB", median(&rss_kib));
+    println!("  PID 1 CPU time over one minute                       {:>7.0} ms", median(&cpu_ms));
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! alternate between the images.
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::median;
 use qemu_tests::{guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,12 +123,6 @@ fn kernel_has(config: &str, option: &str) -> bool {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// QEMU arguments for a read-only virtio disk holding `file`, which the

@@ -44,6 +44,7 @@
 //! disk image.
 
 use anyhow::{bail, Context, Result};
+use qemu_tests::bench::{env_number, field, median};
 use qemu_tests::systemd_node;
 use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,27 +73,6 @@ const PROCESSES_SCRIPT: &str = r#"for d in /proc/[0-9]*; do
   awk -v pid=${d#/proc/} '/^Name:/ {n=$2} /^PPid:/ {p=$2} /^VmRSS:/ {r=$2} END {if (r != "") print "proc", pid, p, n, r}' $d/status 2>/dev/null
 done
 echo "self $$""#;
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
 
 /// The `[   12.345678]` stamp before `kelson:` on a console line of PID 1.
 fn kelson_stamp(line: &str) -> Option<f64> {
@@ -455,7 +435,9 @@ fn report(kelson: &[Boot], systemd: &[Boot], sizes: (f64, f64), settle: Duration
     let row = |label: &str, k: f64, s: f64, digits: usize| {
         println!("{label:<46} {k:>9.digits$} {s:>9.digits$} {:>15.2}", k / s);
     };
-    let m = |boots: &[Boot], f: &dyn Fn(&Boot) -> f64| median(&boots.iter().map(f).collect::<Vec<_>>());
+    let m = |boots: &[Boot], f: &dyn Fn(&Boot) -> f64| {
+        median(&boots.iter().map(f).filter(|v| !v.is_nan()).collect::<Vec<_>>())
+    };
     row("power-on -> kernel start (s, host clock)", m(kelson, &|b| b.firmware_s), m(systemd, &|b| b.firmware_s), 1);
     for milestone in Milestone::ALL {
         let get = |b: &Boot| b.milestones.get(&milestone).copied().unwrap_or(f64::NAN);

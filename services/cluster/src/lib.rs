@@ -17,13 +17,17 @@
 //!   from the Node objects (pure).
 //! - [`NodeWatcher`]: the task that watches the Nodes and publishes that
 //!   view, writing a pinned pod CIDR into the node's own Node.
+//! - [`AddonApplier`]: on control-plane nodes, the cluster objects those
+//!   need (the grant that lets nodes read every Node), server-side applied.
 
+mod addons;
 mod conditions;
 mod events;
 mod node_watcher;
 mod reporter;
 mod routes;
 
+pub use addons::{addons, AddonApplier, ADDONS_CERTIFICATE, FIELD_MANAGER, NODE_READER};
 pub use conditions::{conditions, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
 pub use events::{events, EventSpec, EventType};
 pub use node_watcher::NodeWatcher;

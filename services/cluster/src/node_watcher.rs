@@ -1,8 +1,13 @@
-//! The task that follows the cluster's Node objects with the node's own
-//! credentials (the Node authorizer lets a node list and watch Nodes) and
-//! publishes the [`ClusterView`] PID 1 routes by: a node that joins gets
-//! its route within a watch event, a deleted one loses it, a changed
-//! address moves it.
+//! The task that follows the cluster's Node objects and publishes the
+//! [`ClusterView`] PID 1 routes by: a node that joins gets its route
+//! within a watch event, a deleted one loses it, a changed address moves
+//! it.
+//!
+//! It uses the node's own credential. Kubernetes' Node authorizer lets a
+//! node read only its own Node; the list and watch of all of them is
+//! granted by the ClusterRole [`crate::addons`] binds to `system:nodes`,
+//! which PID 1 applies on the control-plane nodes. Until that exists the
+//! watcher is refused and retries quietly; the static routes hold.
 //!
 //! A node whose config pins its pod CIDR also writes it into its own Node's
 //! `spec.podCIDR` while that is empty (the API server allows that one
@@ -41,8 +46,9 @@ pub struct NodeWatcher {
 }
 
 impl NodeWatcher {
-    /// Checks the credentials and makes the client; within a tokio runtime.
-    /// `pinned_pod_cidr` is the node's config's `network.podCIDR`, if any.
+    /// Checks the node's credentials and makes the client; within a tokio
+    /// runtime. `pinned_pod_cidr` is the node's config's `network.podCIDR`,
+    /// if any.
     pub fn new(config: &ReporterConfig, pinned_pod_cidr: Option<Ipv4Net>) -> Result<Self, ReporterError> {
         Ok(NodeWatcher {
             client: node_client(config)?,
@@ -88,8 +94,12 @@ impl NodeWatcher {
                     continue;
                 }
                 Some(Ok(event)) => {
-                    if let Some(was) = problem.take() {
-                        info!("node watcher: watching Nodes again (was: {was})");
+                    // Init comes before a (re-)list that may fail again:
+                    // only a completed list or an event is news.
+                    if !matches!(event, Event::Init | Event::InitApply(_)) {
+                        if let Some(was) = problem.take() {
+                            info!("node watcher: watching Nodes again (was: {was})");
+                        }
                     }
                     match event {
                         Event::Init => listing = Some(BTreeMap::new()),
@@ -118,6 +128,9 @@ impl NodeWatcher {
             let view = cluster_view(&known, &self.node_name);
             if known.contains_key(&self.node_name) {
                 self.pin_own_pod_cidr(&nodes, view.own_pod_cidr, &mut pin).await;
+            } else {
+                // A Node registered again starts without a pod CIDR.
+                pin.written = false;
             }
             views.send_if_modified(|current| {
                 if current.as_ref() == Some(&view) {
@@ -154,7 +167,8 @@ impl NodeWatcher {
             }
             None => {}
         }
-        if pin.retry_at.is_some_and(|at| at > Instant::now()) {
+        // Written, and the watch has not caught up with it yet.
+        if pin.written || pin.retry_at.is_some_and(|at| at > Instant::now()) {
             return;
         }
         let text = pinned.to_string();
@@ -168,6 +182,7 @@ impl NodeWatcher {
                     self.node_name
                 );
                 pin.retry_at = None;
+                pin.written = true;
             }
             Ok(Err(e)) => {
                 warn!("node watcher: writing spec.podCIDR {pinned} into Node {}: {}", self.node_name, error_chain(&e));
@@ -189,6 +204,8 @@ impl NodeWatcher {
 struct PinState {
     /// When to try writing the pinned pod CIDR again after a failure.
     retry_at: Option<Instant>,
+    /// Written into the current Node.
+    written: bool,
     mismatch_logged: bool,
 }
 
