@@ -44,7 +44,8 @@ pub enum GenCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NodeRoleArg {
     Worker,
-    /// Refused for now: joining etcd is not built yet.
+    /// Runs the control plane's static pods; its etcd member joins the
+    /// running ones at its first boot (`cluster.etcdJoin`).
     ControlPlane,
 }
 

@@ -31,7 +31,7 @@ fn a_cluster_is_generated_and_summarised_without_secrets() {
 }
 
 #[test]
-fn gen_node_adds_a_worker_and_refuses_a_control_plane_node_saying_why() {
+fn gen_node_adds_a_worker_and_a_control_plane_node_and_refuses_a_name_twice_saying_why() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");
     assert!(gen_cluster(&dir, "1", &[]).status.success());
@@ -44,15 +44,21 @@ fn gen_node_adds_a_worker_and_refuses_a_control_plane_node_saying_why() {
     assert!(dir.join("nodes/demo-worker-2/seed.img").is_file());
 
     let out = kelsonctl(&["gen", "node", "--cluster", dir_arg, "--name", "demo-cp-2", "--role", "control-plane"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("demo-cp-2                control-plane  192.168.100.13   10.244.3.0/24"), "{stdout}");
+    assert!(stdout.contains("adds itself as a learner through https://192.168.100.10:2379"), "{stdout}");
+    assert!(!stdout.contains("PRIVATE KEY"));
+
+    let out = kelsonctl(&["gen", "node", "--cluster", dir_arg, "--name", "demo-cp-2", "--role", "control-plane"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
         err.starts_with(&format!(
-            "kelsonctl: error: adding node demo-cp-2 to the cluster in {dir_arg}: joining control-plane nodes: not yet"
+            "kelsonctl: error: adding node demo-cp-2 to the cluster in {dir_arg}: node demo-cp-2 is already in the cluster"
         )),
         "{err}"
     );
-    assert!(!dir.join("nodes/demo-cp-2").exists());
 }
 
 #[test]

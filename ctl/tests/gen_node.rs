@@ -368,12 +368,113 @@ fn a_folder_without_the_ca_key_or_with_another_key_is_refused() {
     add(&dir, "demo-worker-3");
 }
 
+fn control_plane(name: &str) -> NodeSpec {
+    NodeSpec { name: name.to_owned(), role: Role::ControlPlane }
+}
+
+/// The etcd command line of a node's etcd.yaml static pod.
+fn etcd_flags(config: &MachineConfig) -> Vec<String> {
+    let pod = config.static_pods.iter().find(|p| p.name == "etcd.yaml").unwrap();
+    let manifest: serde_json::Value = serde_saphyr::from_str(&pod.manifest).unwrap();
+    manifest["spec"]["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn file<'a>(config: &'a MachineConfig, path: &str) -> &'a str {
+    config.files.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("no {path}")).content.expose()
+}
+
 #[test]
-fn a_control_plane_node_is_refused_for_now() {
+fn a_control_plane_node_joins_the_running_etcd_members_with_the_clusters_certificates() {
     let (_tmp, dir) = cluster(&spec());
-    let (err, text) = refused(&dir, &NodeSpec { name: "demo-cp-2".into(), role: Role::ControlPlane });
-    assert!(matches!(err, GenNodeError::ControlPlaneNotYet));
-    assert!(text.starts_with("joining control-plane nodes: not yet"), "{text}");
+    let added = generate_node(&dir, &control_plane("demo-cp-2")).unwrap();
+    let config = read_config(&dir, "demo-cp-2");
+
+    assert_eq!(added.etcd_join_through.as_deref(), Some(&["https://192.168.100.10:2379".to_owned()][..]));
+    assert!(added.describe(&dir).contains("adds itself as a learner through https://192.168.100.10:2379"));
+    assert_eq!(config.node.role, Role::ControlPlane);
+    assert!(config.cluster.etcd_join);
+    assert_eq!(config.cluster.etcd_endpoints, ["https://192.168.100.10:2379"], "the members running before it");
+    let address = address_of(&config);
+    assert_eq!(address, "192.168.100.13");
+    let pods: BTreeSet<&str> = config.static_pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        pods,
+        BTreeSet::from(["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"])
+    );
+    let flags = etcd_flags(&config);
+    for expected in [
+        "--name=demo-cp-2",
+        "--initial-cluster-state=existing",
+        "--initial-advertise-peer-urls=https://192.168.100.13:2380",
+        "--initial-cluster=demo-cp-1=https://192.168.100.10:2380,demo-cp-2=https://192.168.100.13:2380",
+    ] {
+        assert!(flags.iter().any(|f| f == expected), "no {expected} in {flags:?}");
+    }
+    // The cluster's shared certificates as gen cluster wrote them; its own
+    // etcd and API server certificates from the same CAs, for its address.
+    for shared in [
+        "etcd/ca.crt",
+        "etcd/ca.key",
+        "apiserver-etcd-client.crt",
+        "apiserver-etcd-client.key",
+        "sa.key",
+        "front-proxy-ca.crt",
+    ] {
+        let written = fs::read_to_string(dir.join("pki").join(shared)).unwrap();
+        assert_eq!(file(&config, &format!("/etc/kubernetes/pki/{shared}")), written, "{shared}");
+    }
+    let etcd_ca = fs::read_to_string(dir.join("pki/etcd/ca.crt")).unwrap();
+    for own in ["etcd/server", "etcd/peer"] {
+        let cert = file(&config, &format!("/etc/kubernetes/pki/{own}.crt"));
+        assert_issued_by_ca(&etcd_ca, cert, file(&config, &format!("/etc/kubernetes/pki/{own}.key")));
+        with_cert(cert, |c| assert!(sans(c).contains(&address), "{own}: {:?}", sans(c)));
+    }
+    let ca = fs::read_to_string(dir.join("pki/ca.crt")).unwrap();
+    let api_server = file(&config, "/etc/kubernetes/pki/apiserver.crt");
+    assert_issued_by_ca(&ca, api_server, file(&config, "/etc/kubernetes/pki/apiserver.key"));
+    with_cert(api_server, |c| assert!(sans(c).contains(&address)));
+    assert!(file(&config, "/etc/kubernetes/controller-manager.conf").contains("server: https://192.168.100.13:6443"));
+    // The founding node's etcd says nothing of joining.
+    assert!(!etcd_flags(&read_config(&dir, "demo-cp-1")).iter().any(|f| f.starts_with("--initial-cluster-state")));
+    let listed = summary(&dir);
+    assert_eq!(
+        listed["etcdEndpoints"],
+        serde_json::json!(["https://192.168.100.10:2379", "https://192.168.100.13:2379"])
+    );
+    assert_eq!(listed["nodes"][3]["role"], "control-plane");
+}
+
+#[test]
+fn a_third_control_plane_node_joins_through_the_first_two() {
+    let (_tmp, dir) = cluster(&spec());
+    generate_node(&dir, &control_plane("demo-cp-2")).unwrap();
+    generate_node(&dir, &control_plane("demo-cp-3")).unwrap();
+
+    let config = read_config(&dir, "demo-cp-3");
+    assert_eq!(config.cluster.etcd_endpoints, ["https://192.168.100.10:2379", "https://192.168.100.13:2379"]);
+    let flags = etcd_flags(&config);
+    let initial = flags.iter().find(|f| f.starts_with("--initial-cluster=")).unwrap();
+    assert_eq!(
+        initial,
+        "--initial-cluster=demo-cp-1=https://192.168.100.10:2380,demo-cp-2=https://192.168.100.13:2380,\
+         demo-cp-3=https://192.168.100.14:2380"
+    );
+    let names: Vec<(String, String)> = kelsonconfig_nodes(&dir, "kelsonconfig");
+    assert!(names.iter().any(|(name, _)| name == "demo-cp-3"), "{names:?}");
+}
+
+#[test]
+fn a_control_plane_node_without_the_folders_etcd_ca_is_refused_and_nothing_written() {
+    let (_tmp, dir) = cluster(&spec());
+    fs::remove_file(dir.join("pki/etcd/ca.key")).unwrap();
+    let (err, text) = refused(&dir, &control_plane("demo-cp-2"));
+    assert!(matches!(err, GenNodeError::ControlPlanePki(..)), "{text}");
+    assert!(text.contains("pki/etcd/ca.key"), "{text}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod boot_entry;
 pub mod clock;
 pub mod cmdline;
 pub mod esp;
+pub mod etcd_join;
 pub mod hooks;
 pub mod identity;
 pub mod install;

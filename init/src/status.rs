@@ -64,6 +64,66 @@ pub struct NodeStatus {
     /// The version running and how it was booted; `None` until the
     /// boot-entry stage has run, and on boots without a boot loader.
     pub boot: Option<BootStatus>,
+    /// A control-plane node's etcd: its joining, and the members as last
+    /// checked. `None` on other nodes.
+    pub etcd: Option<EtcdView>,
+}
+
+/// A control-plane node's etcd as PID 1 sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdView {
+    /// Where joining a running etcd stands (`cluster.etcdJoin`); `None`
+    /// when the node does not join, or its etcd had data already.
+    pub join: Option<EtcdJoin>,
+    /// Each member asked on its own client URLs, as last checked.
+    pub members: Vec<EtcdMemberHealth>,
+    /// Why the members could not be listed at the last check.
+    pub members_error: Option<String>,
+}
+
+/// One member, asked on its own client URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMemberHealth {
+    /// In hexadecimal, as etcdctl prints it.
+    pub id: String,
+    /// Empty for a learner that has not started.
+    pub name: String,
+    pub learner: bool,
+    pub reachable: bool,
+    pub leader: bool,
+    /// Why it could not be reached, or the errors it reports.
+    pub errors: Vec<String>,
+}
+
+impl From<kelson_etcd::MemberHealth> for EtcdMemberHealth {
+    fn from(m: kelson_etcd::MemberHealth) -> Self {
+        EtcdMemberHealth {
+            id: m.id.to_string(),
+            name: m.name,
+            learner: m.is_learner,
+            reachable: m.reachable,
+            leader: m.is_leader,
+            errors: m.errors,
+        }
+    }
+}
+
+/// A joining member's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum EtcdJoin {
+    /// Adding itself as a learner through the running members; its etcd
+    /// is held back until that succeeds.
+    Adding { attempts: u32, last_error: Option<String> },
+    /// Added as this learner and its etcd started; waiting to promote it.
+    Learner { id: String, attempts: u32, last_error: Option<String> },
+    /// Promoted to a voting member.
+    Member { id: String },
+    /// The join cannot start (its manifest or certificates); nothing was
+    /// changed.
+    Failed { reason: String },
 }
 
 /// The version a node runs, whether it is still on trial, and the newer
@@ -88,6 +148,7 @@ impl Default for NodeStatus {
             conditions: BTreeMap::new(),
             addresses: Vec::new(),
             boot: None,
+            etcd: None,
         }
     }
 }
@@ -131,6 +192,11 @@ impl StatusPublisher {
         self.update(|s| {
             s.conditions.insert(name, condition);
         });
+    }
+
+    /// Changes the etcd view, making one first if there is none.
+    pub fn update_etcd(&self, change: impl FnOnce(&mut EtcdView)) {
+        self.update(|s| change(s.etcd.get_or_insert_with(EtcdView::default)));
     }
 
     /// Adds `address` to the node's addresses unless it is there already.

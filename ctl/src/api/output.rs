@@ -183,6 +183,7 @@ pub fn statuses(answers: &[(String, NodeStatus)]) -> String {
     let mut summary = Table::new(&["NODE", "PHASE", "UPTIME", "ADDRESSES", "MEMORY AVAILABLE", "PID 1 RSS", "BOOT"]);
     let mut stages = Table::new(&["NODE", "STAGE", "STATE", "STARTED", "ELAPSED", "ERROR"]);
     let mut conditions = Table::new(&["NODE", "CONDITION", "STATE", "REASON"]);
+    let mut etcd = Table::new(&["NODE", "ETCD MEMBER", "ID", "ROLE", "HEALTH", "ERRORS"]);
     for (node, s) in answers {
         let boot = match &s.boot {
             None => "direct".to_owned(),
@@ -230,6 +231,9 @@ pub fn statuses(answers: &[(String, NodeStatus)]) -> String {
                 or_dash(condition.reason.as_ref()),
             ]);
         }
+        if let Some(view) = &s.etcd {
+            etcd_rows(&mut etcd, node, view);
+        }
     }
     let mut out = summary.render();
     out += "\n";
@@ -238,7 +242,48 @@ pub fn statuses(answers: &[(String, NodeStatus)]) -> String {
         out += "\n";
         out += &conditions.render();
     }
+    if !etcd.rows.is_empty() {
+        out += "\n";
+        out += &etcd.render();
+    }
     out
+}
+
+/// A control-plane node's etcd: its join while it is under way (or why it
+/// failed), then each member as the node last saw it.
+fn etcd_rows(table: &mut Table, node: &str, view: &kelson_api::types::NodeEtcd) {
+    if let Some(join) = view.join.as_ref().filter(|j| j.state != "member") {
+        let state = match join.attempts {
+            0 => format!("joining: {}", join.state),
+            n => format!("joining: {} ({n} failed attempts)", join.state),
+        };
+        table.push(vec![
+            node.to_owned(),
+            "(this node)".into(),
+            or_dash(join.member_id.as_ref()),
+            state,
+            "-".into(),
+            or_dash(join.reason.as_ref()),
+        ]);
+    }
+    if let Some(error) = &view.members_error {
+        table.push(vec![node.to_owned(), "-".into(), "-".into(), "-".into(), "unknown".into(), error.clone()]);
+    }
+    for m in &view.members {
+        let role = match (m.learner, m.leader) {
+            (true, _) => "learner",
+            (false, true) => "leader",
+            (false, false) => "voter",
+        };
+        table.push(vec![
+            node.to_owned(),
+            if m.name.is_empty() { "(not started)".into() } else { m.name.clone() },
+            m.id.clone(),
+            role.into(),
+            if m.reachable { "reachable" } else { "unreachable" }.into(),
+            if m.errors.is_empty() { "-".into() } else { m.errors.join("; ") },
+        ]);
+    }
 }
 
 pub fn services<'a>(answers: impl IntoIterator<Item = (&'a String, &'a Service)>) -> Table {
@@ -459,6 +504,7 @@ mod tests {
                 pid1_threads: 4,
             },
             boot: None,
+            etcd: None,
         };
         let text = statuses(&[("cp1".into(), status)]);
         assert!(
@@ -468,6 +514,44 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cp1   network  failed  1.2s     1m01s    no link"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_a_joining_etcd_member_with_its_reason_and_the_members_health() {
+        use kelson_api::types::{EtcdJoinProgress, EtcdMemberHealth, NodeEtcd};
+        let member = |id: &str, name: &str, learner, reachable, leader, errors: &[&str]| EtcdMemberHealth {
+            id: id.into(),
+            name: name.into(),
+            learner,
+            reachable,
+            leader,
+            errors: errors.iter().map(|e| (*e).to_owned()).collect(),
+        };
+        let mut status = kelson_api::backend::Node::status(&kelson_api::fake::FakeNode::new());
+        status.etcd = Some(NodeEtcd {
+            join: Some(EtcdJoinProgress {
+                state: "learner".into(),
+                member_id: Some("b1".into()),
+                attempts: 2,
+                reason: Some("promoting etcd learner b1: not in sync".into()),
+            }),
+            members: vec![
+                member("a1", "cp-1", false, true, true, &[]),
+                member("b1", "", true, false, false, &["not started: no client URLs"]),
+            ],
+            members_error: None,
+        });
+
+        let text = statuses(&[("cp-2".into(), status)]);
+
+        assert!(text.contains("ETCD MEMBER"), "{text}");
+        assert!(
+            text.contains("cp-2  (this node)    b1  joining: learner (2 failed attempts)  -            promoting etcd learner b1: not in sync"),
+            "{text}"
+        );
+        assert!(text.contains("cp-2  cp-1           a1  leader"), "{text}");
+        assert!(text.contains("cp-2  (not started)  b1  learner"), "{text}");
+        assert!(text.contains("unreachable  not started: no client URLs"), "{text}");
     }
 
     #[test]

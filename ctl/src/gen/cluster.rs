@@ -6,7 +6,7 @@
 
 use super::cidr::{self, CidrError};
 use super::kubeadm::{self, ClusterPki, ControlPlaneCerts, PkiFile};
-use super::manifests;
+use super::manifests::{self, EtcdState};
 use super::output::OutputFile;
 use super::pki::{self, Authority, Issued, LeafSpec, PkiError, Usage};
 use super::seed::{self, MetaData, SeedError};
@@ -364,13 +364,20 @@ fn render_error(what: String) -> impl FnOnce(serde_saphyr::SerializeError) -> Ge
 pub struct ControlPlaneFiles {
     files: Vec<kelson_config::File>,
     static_pods: Vec<StaticPod>,
+    /// For a node joining a running etcd: the members' client URLs it adds
+    /// itself through (`cluster.etcdJoin`, `cluster.etcdEndpoints`).
+    join_through: Option<Vec<String>>,
 }
 
-fn control_plane_files(
+/// `join_through`: `None` for a node founding the cluster with the others
+/// (`gen cluster`); the running members' client URLs for one joining them
+/// later (`gen node`).
+pub fn control_plane_files(
     plan: &ClusterPlan,
     node: &NodePlan,
     cluster_pki: &ClusterPki,
     own: &ControlPlaneCerts,
+    join_through: Option<Vec<String>>,
 ) -> Result<ControlPlaneFiles, GenClusterError> {
     let mode = |secret: bool| Some(if secret { "0600" } else { "0644" }.to_owned());
     let mut files: Vec<kelson_config::File> = cluster_pki
@@ -393,12 +400,13 @@ fn control_plane_files(
             .map_err(render_error(format!("{path} for {}", node.name)))?;
         files.push(kelson_config::File { path: path.to_owned(), content: text.into(), mode: mode(true) });
     }
-    let static_pods = manifests::control_plane(plan, node)
+    let etcd_state = if join_through.is_some() { EtcdState::Existing } else { EtcdState::New };
+    let static_pods = manifests::control_plane(plan, node, etcd_state)
         .map_err(render_error(format!("{}'s static pod manifests", node.name)))?
         .into_iter()
         .map(|(name, manifest)| StaticPod { name, manifest })
         .collect();
-    Ok(ControlPlaneFiles { files, static_pods })
+    Ok(ControlPlaneFiles { files, static_pods, join_through })
 }
 
 /// Issues every certificate, renders each node's machine config and seed,
@@ -437,7 +445,7 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     for node in &plan.nodes {
         let control_plane = if node.role == Role::ControlPlane {
             let own = cluster_pki.control_plane(&plan, node)?;
-            Some((own.files(), control_plane_files(&plan, node, &cluster_pki, &own)?))
+            Some((own.files(), control_plane_files(&plan, node, &cluster_pki, &own, None)?))
         } else {
             None
         };
@@ -499,6 +507,10 @@ pub fn render_node(
         push_pki_files(&mut files, &format!("pki/{}", node.name), &own_pki);
         config.files = control_plane.files;
         config.static_pods = control_plane.static_pods;
+        if let Some(members) = control_plane.join_through {
+            config.cluster.etcd_join = true;
+            config.cluster.etcd_endpoints = members;
+        }
     }
     let yaml = config.to_yaml_with_secrets();
     let document = format!("nodes/{}/machine-config.yaml", node.name);

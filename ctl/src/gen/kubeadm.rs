@@ -6,10 +6,11 @@
 //! kubeadm would have put it, and can edit it the same way.
 
 use super::cluster::{ClusterPlan, NodePlan, API_SERVER_PORT, DNS_DOMAIN};
-use super::pki::{self, Authority, Issued, KeyPairPem, LeafSpec, PkiError, Usage};
+use super::pki::{self, Authority, Issued, KeyPairPem, LeafSpec, LoadAuthorityError, PkiError, Usage};
 use base64::Engine;
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 /// The Kubernetes release the control plane runs: the `k8s.io/kubernetes`
@@ -69,6 +70,25 @@ impl std::fmt::Debug for ClusterPki {
     }
 }
 
+/// Why [`ClusterPki::load`] could not read a cluster folder's certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadPkiError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the CA {}", cert.display())]
+    Authority {
+        cert: PathBuf,
+        #[source]
+        source: LoadAuthorityError,
+    },
+    #[error(transparent)]
+    Issue(#[from] PkiError),
+}
+
 /// One control-plane node's own certificates.
 #[derive(Debug)]
 pub struct ControlPlaneCerts {
@@ -109,6 +129,47 @@ impl ClusterPki {
             ca,
             etcd_ca,
             front_proxy_ca,
+        })
+    }
+
+    /// The cluster's certificates as `gen cluster` wrote them under
+    /// `pki_dir` (a cluster folder's `pki/`), for `gen node` to add a
+    /// control-plane node: the three CAs sign its own certificates, the
+    /// shared pairs and the service-account keys are carried as written.
+    /// The controller-manager's and scheduler's client certificates live
+    /// only inside each node's kubeconfigs, so they are issued afresh (as
+    /// kubeadm does on every control-plane node it joins), and so is the
+    /// administrator's, which `gen node` does not write.
+    pub fn load(pki_dir: &Path, kube_proxy: Issued, now: OffsetDateTime) -> Result<Self, LoadPkiError> {
+        let read = |name: &str| {
+            let path = pki_dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| LoadPkiError::Read { path, source })
+        };
+        let pair = |stem: &str| {
+            Ok::<_, LoadPkiError>(Issued {
+                cert_pem: read(&format!("{stem}.crt"))?,
+                key_pem: read(&format!("{stem}.key"))?,
+            })
+        };
+        let authority = |stem: &str| {
+            let issued = pair(stem)?;
+            Authority::from_pem(&issued.cert_pem, &issued.key_pem, now)
+                .map_err(|source| LoadPkiError::Authority { cert: pki_dir.join(format!("{stem}.crt")), source })
+        };
+        let ca = authority("ca")?;
+        Ok(ClusterPki {
+            etcd_ca: authority("etcd/ca")?,
+            front_proxy_ca: authority("front-proxy-ca")?,
+            service_account: KeyPairPem { public_pem: read("sa.pub")?, private_pem: read("sa.key")? },
+            api_server_kubelet_client: pair("apiserver-kubelet-client")?,
+            api_server_etcd_client: pair("apiserver-etcd-client")?,
+            front_proxy_client: pair("front-proxy-client")?,
+            etcd_healthcheck_client: pair("etcd/healthcheck-client")?,
+            controller_manager: ca.issue(&LeafSpec::client_without_organisation("system:kube-controller-manager"))?,
+            scheduler: ca.issue(&LeafSpec::client_without_organisation("system:kube-scheduler"))?,
+            admin: ca.issue(&LeafSpec::client(ADMIN_COMMON_NAME, ADMIN_ORGANISATION))?,
+            kube_proxy,
+            ca,
         })
     }
 

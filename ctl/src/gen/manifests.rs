@@ -29,11 +29,15 @@ pub fn kubernetes_image(component: &str) -> String {
 }
 
 /// A control-plane node's manifests: (file name, YAML), one per component.
+/// A node joining a running etcd gets `--initial-cluster-state=existing`
+/// (and PID 1 sets its `--initial-cluster` from etcd's answer when it adds
+/// the member).
 pub fn control_plane(
     plan: &ClusterPlan,
     node: &NodePlan,
+    etcd_state: EtcdState,
 ) -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
-    let pods = [etcd(plan, node), api_server(plan, node), controller_manager(plan), scheduler()];
+    let pods = [etcd(plan, node, etcd_state), api_server(plan, node), controller_manager(plan), scheduler()];
     COMPONENTS
         .iter()
         .zip(pods)
@@ -134,13 +138,23 @@ fn resources(cpu: &str) -> Value {
     json!({ "requests": { "cpu": cpu } })
 }
 
-fn etcd(plan: &ClusterPlan, node: &NodePlan) -> Value {
+/// How a control-plane node's etcd member starts its first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdState {
+    /// With every control-plane node of `gen cluster`, all founding the
+    /// cluster together (etcd's default, `new`).
+    New,
+    /// Joining members that run already (`gen node`).
+    Existing,
+}
+
+fn etcd(plan: &ClusterPlan, node: &NodePlan, state: EtcdState) -> Value {
     let address = node.address;
     let client_url = format!("https://{address}:{ETCD_CLIENT_PORT}");
     let peer_url = format!("https://{address}:{ETCD_PEER_PORT}");
     let initial_cluster: Vec<String> =
         plan.control_planes().map(|n| format!("{}=https://{}:{ETCD_PEER_PORT}", n.name, n.address)).collect();
-    let command = vec![
+    let mut command = vec![
         "etcd".to_owned(),
         format!("--advertise-client-urls={client_url}"),
         format!("--cert-file={}", pki("etcd/server.crt")),
@@ -150,6 +164,11 @@ fn etcd(plan: &ClusterPlan, node: &NodePlan) -> Value {
         "--experimental-watch-progress-notify-interval=5s".to_owned(),
         format!("--initial-advertise-peer-urls={peer_url}"),
         format!("--initial-cluster={}", initial_cluster.join(",")),
+    ];
+    if state == EtcdState::Existing {
+        command.push("--initial-cluster-state=existing".to_owned());
+    }
+    command.extend([
         format!("--key-file={}", pki("etcd/server.key")),
         format!("--listen-client-urls=https://127.0.0.1:{ETCD_CLIENT_PORT},{client_url}"),
         format!("--listen-metrics-urls=http://127.0.0.1:{ETCD_METRICS_PORT}"),
@@ -161,7 +180,7 @@ fn etcd(plan: &ClusterPlan, node: &NodePlan) -> Value {
         format!("--peer-trusted-ca-file={}", pki("etcd/ca.crt")),
         "--snapshot-count=10000".to_owned(),
         format!("--trusted-ca-file={}", pki("etcd/ca.crt")),
-    ];
+    ]);
     // kubeadm's etcd probes since etcd 3.5.11 (kubernetes/kubeadm#3039):
     // /livez for liveness, /readyz for readiness and startup, plain HTTP on
     // the metrics listener.

@@ -4,6 +4,10 @@
 //! kube-proxy's shared pair, an existing node's machine config the bootstrap
 //! token. The new node gets the lowest free address and pod CIDR, and its
 //! files are rendered by the same [`render_node`] as `gen cluster`'s nodes.
+//! A control-plane node also gets the control plane's certificates, signed
+//! by the folder's three CAs, and static pods whose etcd joins the running
+//! members (`cluster.etcdJoin` through `cluster.etcdEndpoints`, which then
+//! lists it too for the next node).
 //!
 //! Nothing is written until everything is read, checked and rendered; then
 //! the change is staged and moved into place ([`Staging`]), `cluster.yaml`
@@ -11,9 +15,10 @@
 
 use super::cidr::{self, CidrError};
 use super::cluster::{
-    kelsonconfig_entry, node_table, render_node, ClusterPlan, ClusterSpec, GenClusterError, NodeMaterial, NodePlan,
-    Summary, DNS_DOMAIN, KELSONCONFIGS, KUBE_PROXY_CERT, SUMMARY_FILE,
+    control_plane_files, kelsonconfig_entry, node_table, render_node, ClusterPlan, ClusterSpec, GenClusterError,
+    NodeMaterial, NodePlan, Summary, DNS_DOMAIN, ETCD_CLIENT_PORT, KELSONCONFIGS, KUBE_PROXY_CERT, SUMMARY_FILE,
 };
+use super::kubeadm::{ClusterPki, LoadPkiError};
 use super::output::{OutputError, OutputFile, Staging};
 use super::pki::{Authority, Issued, LoadAuthorityError};
 use crate::api::config::{ConfigFileError, KelsonConfig};
@@ -34,11 +39,10 @@ pub struct NodeSpec {
 pub enum GenNodeError {
     #[error("node name {0:?} is not a lowercase RFC 1123 hostname of at most 63 characters")]
     Hostname(String),
-    #[error(
-        "joining control-plane nodes: not yet (a new etcd member must be added to the running cluster first, \
-         which is another part of issue 16); --role worker adds a worker"
-    )]
-    ControlPlaneNotYet,
+    #[error("loading the cluster's control-plane certificates from {}", .0.display())]
+    ControlPlanePki(PathBuf, #[source] LoadPkiError),
+    #[error("{}: etcdEndpoints is empty: a control-plane node joins etcd through the running members", .0.display())]
+    NoEtcdMembers(PathBuf),
     #[error("{} is not a `kelsonctl gen cluster` folder: it has no {SUMMARY_FILE}", .0.display())]
     NotAClusterFolder(PathBuf),
     #[error("{} is missing: {why}", path.display())]
@@ -107,6 +111,8 @@ pub struct GeneratedNode {
     pub peers: usize,
     /// The folder's files it changed besides adding the node's own.
     pub updated: Vec<String>,
+    /// A control-plane node: the running etcd members it joins through.
+    pub etcd_join_through: Option<Vec<String>>,
 }
 
 impl GeneratedNode {
@@ -120,6 +126,14 @@ impl GeneratedNode {
         out += &format!("peer routes: to the {} other nodes' pod CIDRs\n", self.peers);
         let updated: Vec<String> = self.updated.iter().map(|file| format!("{dir}/{file}")).collect();
         out += &format!("updated: {}\n", updated.join(", "));
+        if let Some(members) = &self.etcd_join_through {
+            out += &format!(
+                "etcd: at its first boot, {} adds itself as a learner through {}, then starts its etcd and is \
+                 promoted once in sync; the running control-plane nodes must be up\n",
+                node.name,
+                members.join(",")
+            );
+        }
         // What routes the others to it is the Node watcher, from its Node
         // object; their seeds' static routes stay as generated.
         out += &format!(
@@ -145,9 +159,6 @@ fn read(path: &Path, why: &'static str) -> Result<String, GenNodeError> {
 pub fn generate_node(dir: &Path, spec: &NodeSpec) -> Result<GeneratedNode, GenNodeError> {
     if !kelson_config::valid_hostname(&spec.name) {
         return Err(GenNodeError::Hostname(spec.name.clone()));
-    }
-    if spec.role == Role::ControlPlane {
-        return Err(GenNodeError::ControlPlaneNotYet);
     }
     let summary_path = dir.join(SUMMARY_FILE);
     if !summary_path.is_file() {
@@ -175,6 +186,8 @@ struct ClusterFolder {
     bootstrap_token: String,
     /// The kelsonconfig files there are, by name.
     kelsonconfigs: Vec<(&'static str, KelsonConfig)>,
+    /// When the new node's certificates start.
+    now: OffsetDateTime,
 }
 
 /// The node's files and the folder's changed files, and the report.
@@ -235,7 +248,7 @@ impl ClusterFolder {
                 kelsonconfigs.push((file, KelsonConfig::from_yaml(&path, &text)?));
             }
         }
-        Ok(ClusterFolder { dir: dir.to_owned(), summary, plan, ca, kube_proxy, bootstrap_token, kelsonconfigs })
+        Ok(ClusterFolder { dir: dir.to_owned(), summary, plan, ca, kube_proxy, bootstrap_token, kelsonconfigs, now })
     }
 
     /// Refuses a name the folder already has anywhere a node's name shows.
@@ -272,14 +285,36 @@ impl ClusterFolder {
         let node = NodePlan { name: spec.name.clone(), role: spec.role, address, pod_cidr };
 
         self.plan.nodes.push(node.clone());
+        let render_error = |source| GenNodeError::Render { name: node.name.clone(), source };
+        let control_plane = if node.role == Role::ControlPlane {
+            // The new member joins through those running now, and is one of
+            // them from then on, for the next node added.
+            let members = self.plan.etcd_endpoints.clone();
+            if members.is_empty() {
+                return Err(GenNodeError::NoEtcdMembers(summary_path));
+            }
+            self.plan.etcd_endpoints.push(format!("https://{}:{ETCD_CLIENT_PORT}", node.address));
+            let pki_dir = self.dir.join("pki");
+            let pki = ClusterPki::load(&pki_dir, self.kube_proxy.clone(), self.now)
+                .map_err(|source| GenNodeError::ControlPlanePki(pki_dir, source))?;
+            let own = pki.control_plane(&self.plan, &node).map_err(|e| render_error(e.into()))?;
+            let files =
+                control_plane_files(&self.plan, &node, &pki, &own, Some(members.clone())).map_err(render_error)?;
+            Some((members, own.files(), files))
+        } else {
+            None
+        };
+        let (etcd_join_through, control_plane) = match control_plane {
+            Some((members, pki_files, files)) => (Some(members), Some((pki_files, files))),
+            None => (None, None),
+        };
         let material = NodeMaterial {
             generation: &self.summary.generation,
             bootstrap_token: &self.bootstrap_token,
             ca: &self.ca,
             kube_proxy: &self.kube_proxy,
         };
-        let render_error = |source| GenNodeError::Render { name: node.name.clone(), source };
-        let rendered = render_node(&self.plan, &node, &material, None).map_err(render_error)?;
+        let rendered = render_node(&self.plan, &node, &material, control_plane).map_err(render_error)?;
         let mut files = rendered.files;
         let mut updated = Vec::new();
         for (file, mut config) in self.kelsonconfigs {
@@ -289,6 +324,7 @@ impl ClusterFolder {
             updated.push(file.to_owned());
         }
         self.summary.nodes.push(rendered.summary);
+        self.summary.etcd_endpoints = self.plan.etcd_endpoints.clone();
         files.push(OutputFile::public(SUMMARY_FILE.to_owned(), self.summary.to_text().map_err(render_error)?));
         updated.push(SUMMARY_FILE.to_owned());
         let generated = GeneratedNode {
@@ -296,6 +332,7 @@ impl ClusterFolder {
             peers: self.plan.nodes.len() - 1,
             node,
             updated: updated.clone(),
+            etcd_join_through,
         };
         Ok(Change { files, updated, generated })
     }

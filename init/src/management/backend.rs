@@ -134,6 +134,45 @@ pub fn node_status(node: String, s: &status::NodeStatus) -> NodeStatus {
             on_trial: b.on_trial,
             failed_updates: b.failed_updates.iter().map(|f| f.version.clone()).collect(),
         }),
+        etcd: s.etcd.as_ref().map(node_etcd),
+    }
+}
+
+fn node_etcd(view: &status::EtcdView) -> NodeEtcd {
+    let join = view.join.as_ref().map(|join| {
+        let progress =
+            |state: &str, member_id: Option<&String>, attempts: u32, reason: Option<&String>| EtcdJoinProgress {
+                state: state.to_owned(),
+                member_id: member_id.cloned(),
+                attempts,
+                reason: reason.cloned(),
+            };
+        match join {
+            status::EtcdJoin::Adding { attempts, last_error } => {
+                progress("adding", None, *attempts, last_error.as_ref())
+            }
+            status::EtcdJoin::Learner { id, attempts, last_error } => {
+                progress("learner", Some(id), *attempts, last_error.as_ref())
+            }
+            status::EtcdJoin::Member { id } => progress("member", Some(id), 0, None),
+            status::EtcdJoin::Failed { reason } => progress("failed", None, 0, Some(reason)),
+        }
+    });
+    NodeEtcd {
+        join,
+        members: view
+            .members
+            .iter()
+            .map(|m| EtcdMemberHealth {
+                id: m.id.clone(),
+                name: m.name.clone(),
+                learner: m.learner,
+                reachable: m.reachable,
+                leader: m.leader,
+                errors: m.errors.clone(),
+            })
+            .collect(),
+        members_error: view.members_error.clone(),
     }
 }
 
@@ -236,6 +275,50 @@ impl NodeBackend {
         )
         .map_err(etcd_error)?;
         kelson_etcd::EtcdClient::connect(&endpoint).await.map_err(etcd_error)
+    }
+
+    /// On a control-plane node running an etcd static pod, removes its
+    /// member through the other members before a reset wipes its data: a
+    /// member that vanishes without leaving still counts towards the
+    /// cluster's quorum. Fails (and the reset with it) if it cannot.
+    async fn leave_etcd(&self) -> NodeResult<()> {
+        let Some(config) = self.handles.config().effective.map(|e| e.config) else { return Ok(()) };
+        if config.node.role != kelson_config::Role::ControlPlane {
+            return Ok(());
+        }
+        let manifest = Path::new(MANIFEST_DIR).join(kelson_config::ETCD_STATIC_POD);
+        let (kernel, path) = (self.kernel.clone(), manifest.clone());
+        let read = tokio::task::spawn_blocking(move || kernel.read_file(&path))
+            .await
+            .map_err(|e| NodeError::Internal(format!("reading {}: the task died: {e}", manifest.display())))?;
+        let text = match read {
+            Ok(text) => text,
+            // No etcd static pod (or a join still holding it back): no
+            // member of this node's to remove.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(NodeError::Internal(format!("reading {}: {e}", manifest.display()))),
+        };
+        let mut endpoints = vec![kelson_etcd::LOCAL_CLIENT_URL.to_owned()];
+        endpoints.extend(config.cluster.etcd_endpoints);
+        let endpoint = kelson_etcd::EtcdEndpoint::for_node(Path::new(ETCD_PKI_DIR), endpoints)
+            .map_err(|e| NodeError::Unavailable(format!("not reset: leaving etcd: {}", crate::boot::chain(&e))))?;
+        let left = crate::etcd_join::leave(
+            &manifest,
+            &text,
+            endpoint,
+            kelson_etcd::Retry::default(),
+            kelson_etcd::DEFAULT_REQUEST_TIMEOUT,
+        )
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("not reset: leaving etcd: {}", crate::boot::chain(&e))))?;
+        match left {
+            crate::etcd_join::Left::Removed { id } => warn!("reset: etcd member {id} removed from the cluster"),
+            crate::etcd_join::Left::NotAMember => info!("reset: this node's etcd is no member of the cluster"),
+            crate::etcd_join::Left::LastMember { id } => {
+                warn!("reset: etcd member {id} is the cluster's only member; its data goes with the reset")
+            }
+        }
+        Ok(())
     }
 
     fn supervisor(&self) -> NodeResult<Arc<kelson_supervise::Supervisor>> {
@@ -501,7 +584,8 @@ impl Node for NodeBackend {
         self.power.try_send(action).map_err(|_| NodeError::Conflict("a shutdown is already under way".into()))
     }
 
-    fn reset(&self) -> NodeResult<()> {
+    async fn reset(&self) -> NodeResult<()> {
+        self.leave_etcd().await?;
         self.kernel
             .install_file(Path::new(RESET_MARKER), b"requested through the management API\n", 0o600)
             .map_err(|e| NodeError::Internal(format!("writing the reset marker {RESET_MARKER}: {e}")))?;
@@ -599,5 +683,40 @@ impl Node for NodeBackend {
             entry: installed.entry,
             rebooting: reboot,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_carries_a_joining_members_progress_and_the_members_health() {
+        let mut status = status::NodeStatus::default();
+        assert_eq!(node_status("cp-2".into(), &status).etcd, None, "no etcd view on a node without one");
+        status.etcd = Some(status::EtcdView {
+            join: Some(status::EtcdJoin::Learner {
+                id: "b1".into(),
+                attempts: 3,
+                last_error: Some("promoting etcd learner b1: not in sync".into()),
+            }),
+            members: vec![status::EtcdMemberHealth {
+                id: "a1".into(),
+                name: "cp-1".into(),
+                learner: false,
+                reachable: true,
+                leader: true,
+                errors: vec![],
+            }],
+            members_error: None,
+        });
+
+        let etcd = node_status("cp-2".into(), &status).etcd.unwrap();
+
+        let join = etcd.join.unwrap();
+        assert_eq!((join.state.as_str(), join.member_id.as_deref(), join.attempts), ("learner", Some("b1"), 3));
+        assert_eq!(join.reason.as_deref(), Some("promoting etcd learner b1: not in sync"));
+        assert_eq!(etcd.members.len(), 1);
+        assert!(etcd.members[0].leader && etcd.members[0].reachable && !etcd.members[0].learner);
     }
 }

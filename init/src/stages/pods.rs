@@ -9,17 +9,28 @@
 //! the Node's `KelsonStaticPodsHealthy`/`KelsonEtcdHealthy` conditions and
 //! posts Events as the pods change (kelson-cluster), as the node itself.
 //!
+//! On a control-plane node joining a running etcd (`cluster.etcdJoin`),
+//! the etcd manifest is held back before the manager starts and a task adds
+//! the member and writes it back ([`crate::etcd_join`]); on every
+//! control-plane node a task checks the etcd members' health for the node
+//! status.
+//!
 //! Its handle stops the reporter (the API server is one of the pods), then
 //! the pods, after the supervised services (the kubelet and kube-proxy
 //! talk to the static apiserver; they go first, the reverse of boot) and
 //! before the network, whose veths the pods use.
 
 use crate::boot::{chain, BootContext, Done, Running, ShutdownFuture, StageError};
+use crate::etcd_join::{self, JoinPaths, Joiner, Pace, Prepared};
+use crate::kernel::{Kernel, LinuxKernel};
 use crate::pod_runtime::{connect_or_start_shim, NodeProber, NodeSandboxes};
+use crate::status::{EtcdJoin, StatusPublisher};
 use kelson_base::paths::IMAGE_LAYOUTS;
 use kelson_cluster::{AddonApplier, Reporter, ReporterConfig, Timing, ADDONS_CERTIFICATE};
 use kelson_config::MachineConfig;
+use kelson_config::Role;
 use kelson_containers::store::ImageStore;
+use kelson_etcd::EtcdEndpoint;
 use kelson_pods::manifest::LoadOptions;
 use kelson_pods::runtime::netns::NETNS_DIR;
 use kelson_pods::runtime::shim::{ShimRuntime, StartShim, StoreImages, SystemHost};
@@ -41,6 +52,8 @@ pub const BACKOFF_KNOB: &str = "kelson.test.pod_backoff_ms";
 /// the kubelet's, `CN=system:node:<node>`, so NodeRestriction lets it
 /// patch this Node's status and post events.
 pub const REPORTER_CERTIFICATE: &str = kelson_supervise::node::NODE_CERT;
+/// How often a control-plane node checks its etcd members' health.
+const ETCD_MEMBERS_INTERVAL: Duration = Duration::from_secs(15);
 /// The longest shutdown waits for the pods (each has its own grace period
 /// inside this).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
@@ -89,7 +102,12 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             ..node.clone()
         })
     });
-    let (commands, reporter_stop) = runtime.block_on(async {
+    // Before the pod manager reads the manifests: a joining etcd member's
+    // is held back until the member is added.
+    let joiner = ctx.config.as_ref().and_then(|c| prepare_etcd_join(ctx.kernel, &c.config, &ctx.status));
+    let members_endpoint = ctx.config.as_ref().and_then(|c| members_endpoint(&c.config));
+    let status = ctx.status.clone();
+    let (commands, reporter_stop, background) = runtime.block_on(async {
         let client = connect_or_start_shim(&reaper, &stopping).await.map_err(PodsError::Shim)?;
         let (restart_reaper, restart_stopping) = (reaper.clone(), stopping.clone());
         let start_shim: StartShim = Box::new(move || {
@@ -138,10 +156,60 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
                 }
             }
         });
-        Ok::<_, PodsError>((tx, [reporter_stop, addons_stop].into_iter().flatten().collect::<Vec<_>>()))
+        // Started once the watcher is, which then sees the manifest the
+        // join writes back.
+        let mut background = Vec::new();
+        if let Some(joiner) = joiner {
+            let kernel: Arc<dyn Kernel + Send + Sync> = Arc::new(LinuxKernel);
+            background.push(tokio::spawn(joiner.run(kernel, status.clone(), Pace::default())).abort_handle());
+        }
+        if let Some(endpoint) = members_endpoint {
+            let watch = etcd_join::watch_members(endpoint, status, ETCD_MEMBERS_INTERVAL);
+            background.push(tokio::spawn(watch).abort_handle());
+        }
+        let cluster_tasks = [reporter_stop, addons_stop].into_iter().flatten().collect::<Vec<_>>();
+        Ok::<_, PodsError>((tx, cluster_tasks, background))
     })?;
     info!("pods: manager started, watching {MANIFEST_DIR}");
-    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, cluster_tasks: reporter_stop })))
+    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, cluster_tasks: reporter_stop, background })))
+}
+
+/// The etcd join to run this boot, if any; a join that cannot start is
+/// logged and shown in the status, and the manifest left as it was.
+fn prepare_etcd_join(kernel: &dyn Kernel, config: &MachineConfig, status: &StatusPublisher) -> Option<Box<Joiner>> {
+    match etcd_join::prepare(kernel, config, &JoinPaths::default()) {
+        Ok(Prepared::NotJoining) => None,
+        Ok(Prepared::AlreadyMember { wal }) => {
+            info!("etcd join: {} exists: this node's etcd is a member already", wal.display());
+            None
+        }
+        Ok(Prepared::Join(joiner)) => {
+            info!("etcd join: {} has no data yet: its manifest is held back until it is added", joiner.flags.name);
+            Some(joiner)
+        }
+        Err(e) => {
+            let reason = chain(&e);
+            warn!("etcd join: not joining: {reason}");
+            status.update_etcd(|v| v.join = Some(EtcdJoin::Failed { reason }));
+            None
+        }
+    }
+}
+
+/// On a control-plane node with kubeadm's etcd certificates, its own etcd
+/// member, through which the members' health is checked.
+fn members_endpoint(config: &MachineConfig) -> Option<EtcdEndpoint> {
+    if config.node.role != Role::ControlPlane {
+        return None;
+    }
+    let local = vec![kelson_etcd::LOCAL_CLIENT_URL.to_owned()];
+    match EtcdEndpoint::for_node(Path::new(etcd_join::PKI_DIR), local) {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            info!("pods: not watching the etcd members: {}", chain(&e));
+            None
+        }
+    }
 }
 
 /// What the reporter needs from the machine config, or the first field
@@ -212,11 +280,16 @@ struct PodsHandle {
     /// Stop the cluster reporter and the addon applier, first: the API
     /// server is one of the pods.
     cluster_tasks: Vec<oneshot::Sender<()>>,
+    /// The etcd join and the members' health checks, stopped first.
+    background: Vec<tokio::task::AbortHandle>,
 }
 
 impl Running for PodsHandle {
     fn shutdown(self: Box<Self>) -> ShutdownFuture {
         Box::pin(async move {
+            for task in &self.background {
+                task.abort();
+            }
             for stop in self.cluster_tasks {
                 // Gone already is fine.
                 let _ = stop.send(());

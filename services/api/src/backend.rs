@@ -87,8 +87,9 @@ pub trait Node: Send + Sync + 'static {
     /// Begins a reboot or power-off; returns at once.
     fn power(&self, action: Power) -> NodeResult<()>;
     /// Marks the state partition to be wiped, then reboots; `confirm` has
-    /// been checked against the node's name already.
-    fn reset(&self) -> NodeResult<()>;
+    /// been checked against the node's name already. A control-plane node
+    /// first leaves etcd, and is not reset if it cannot.
+    fn reset(&self) -> impl Future<Output = NodeResult<()>> + Send;
 
     fn etcd_members(&self) -> impl Future<Output = NodeResult<Vec<EtcdMember>>> + Send;
     fn etcd_status(&self) -> impl Future<Output = NodeResult<EtcdStatus>> + Send;

@@ -138,6 +138,7 @@ impl FakeNode {
                     pid1_threads: 5,
                 },
                 boot: None,
+                etcd: None,
             },
             services: vec![
                 service("containerd", "running", Some(100)),
@@ -409,7 +410,7 @@ impl Node for FakeNode {
         Ok(())
     }
 
-    fn reset(&self) -> NodeResult<()> {
+    async fn reset(&self) -> NodeResult<()> {
         self.call("reset".to_owned())?;
         self.state().resets += 1;
         Ok(())

@@ -175,7 +175,7 @@ async fn answer<N: Node>(
                     request.confirm
                 )));
             }
-            node.reset()?;
+            node.reset().await?;
             accepted("reset")
         }
         Endpoint::EtcdMembers => ok(&node.etcd_members().await?),

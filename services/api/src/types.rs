@@ -118,6 +118,51 @@ pub struct NodeStatus {
     pub memory: Memory,
     /// `null` on boots without a boot loader (direct kernel boot).
     pub boot: Option<Boot>,
+    /// A control-plane node's etcd; `null` on other nodes (and from nodes
+    /// older than this field).
+    #[serde(default)]
+    pub etcd: Option<NodeEtcd>,
+}
+
+/// A control-plane node's etcd in its status.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEtcd {
+    /// Joining a running etcd (`cluster.etcdJoin`); `null` when the node
+    /// does not join or its etcd had data already.
+    pub join: Option<EtcdJoinProgress>,
+    /// Each member asked on its own client URLs, as last checked (every 15 s).
+    pub members: Vec<EtcdMemberHealth>,
+    /// Why the members could not be listed at the last check.
+    pub members_error: Option<String>,
+}
+
+/// Where a joining member stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdJoinProgress {
+    /// `adding` (its etcd held back until it is added as a learner),
+    /// `learner` (added and started, not yet promoted), `member`
+    /// (promoted) or `failed` (the join could not start; nothing changed).
+    pub state: String,
+    /// Hexadecimal member id, once added.
+    pub member_id: Option<String>,
+    /// Failed attempts of the current step.
+    pub attempts: u32,
+    /// Why the last attempt failed, or why the join could not start.
+    pub reason: Option<String>,
+}
+
+/// One etcd member's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMemberHealth {
+    pub id: String,
+    pub name: String,
+    pub learner: bool,
+    pub reachable: bool,
+    pub leader: bool,
+    pub errors: Vec<String>,
 }
 
 /// A supervised service's state.

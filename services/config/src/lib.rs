@@ -29,6 +29,10 @@ pub use store::{Store, StoreError, STATE_DIR};
 
 pub const API_VERSION: &str = "kelson.dev/v1alpha1";
 pub const KIND: &str = "MachineConfig";
+/// The static pod (`staticPods[].name`) that runs a control-plane node's
+/// etcd member, as `kelsonctl gen` names it; `cluster.etcdJoin` sets its
+/// `--initial-cluster`.
+pub const ETCD_STATIC_POD: &str = "etcd.yaml";
 
 /// A hostname the kernel and Kubernetes both accept: RFC 1123 labels,
 /// at most 63 characters in all (the node name limit).

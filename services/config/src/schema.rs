@@ -139,9 +139,20 @@ pub struct PeerRoute {
 pub struct Cluster {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// etcd's client URLs. On a node with `etcdJoin`, those of the members
+    /// already running, through which it adds itself.
     #[serde(default)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<String>,
+    /// A control-plane node joining an etcd cluster that runs already
+    /// (`kelsonctl gen node --role control-plane` sets it). While its etcd
+    /// has no data, PID 1 holds its `etcd.yaml` static pod back, adds it as
+    /// a learner through `etcdEndpoints` (with
+    /// `/etc/kubernetes/pki/apiserver-etcd-client.{crt,key}`), starts it
+    /// with the `--initial-cluster` etcd answered and promotes it once in
+    /// sync. Its manifest says `--initial-cluster-state=existing`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub etcd_join: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_server_endpoint: Option<String>,
     #[serde(rename = "dnsAddress")]

@@ -2,6 +2,7 @@
 //! all of them run, so every problem is reported at once.
 
 use crate::schema::*;
+use crate::ETCD_STATIC_POD;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -180,6 +181,29 @@ fn validate_cluster(c: &MachineConfig, p: &mut Problems) {
                 "cluster.bootstrapToken".into(),
                 "not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
             ));
+        }
+    }
+    if cl.etcd_join {
+        if c.node.role != Role::ControlPlane {
+            p.push(("cluster.etcdJoin".into(), "only a control-plane node runs an etcd member to join".into()));
+        }
+        if cl.etcd_endpoints.is_empty() {
+            p.push((
+                "cluster.etcdJoin".into(),
+                "needs cluster.etcdEndpoints: the running members it adds itself through".into(),
+            ));
+        }
+        if !c.static_pods.iter().any(|pod| pod.name == ETCD_STATIC_POD) {
+            p.push((
+                "cluster.etcdJoin".into(),
+                format!("needs the static pod {ETCD_STATIC_POD} (staticPods), whose --initial-cluster it sets"),
+            ));
+        }
+        for (i, endpoint) in cl.etcd_endpoints.iter().enumerate() {
+            if !endpoint.starts_with("https://") {
+                let reason = format!("{endpoint:?} is not an https:// URL (etcd is reached over mutual TLS)");
+                p.push((format!("cluster.etcdEndpoints[{i}]"), reason));
+            }
         }
     }
     if c.node.role == Role::Worker && cl.api_server_endpoint.is_none() && !cl.etcd_endpoints.is_empty() {

@@ -132,6 +132,17 @@ const BROKEN: &[(&str, &str)] = &[
          broken.yaml: files: expected a list, found a mapping",
     ),
     (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\ncluster:\n  etcdJoin: true\n  etcdEndpoints: [http://192.0.2.10:2379]\n",
+        "broken.yaml: cluster.etcdJoin: only a control-plane node runs an etcd member to join\n\
+         broken.yaml: cluster.etcdJoin: needs the static pod etcd.yaml (staticPods), whose --initial-cluster it sets\n\
+         broken.yaml: cluster.etcdEndpoints[0]: \"http://192.0.2.10:2379\" is not an https:// URL (etcd is reached over mutual TLS)\n\
+         broken.yaml: cluster.apiServerEndpoint: a worker needs the API server endpoint to join",
+    ),
+    (
+        "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnode:\n  role: control-plane\ncluster:\n  etcdJoin: true\nstaticPods:\n  - name: etcd.yaml\n    manifest: 'kind: Pod'\n",
+        "broken.yaml: cluster.etcdJoin: needs cluster.etcdEndpoints: the running members it adds itself through",
+    ),
+    (
         "apiVersion: kelson.dev/v1alpha1\nkind: MachineConfig\nnetwork: [\n",
         "broken.yaml: line 3 column 10: unclosed bracket '['",
     ),

@@ -118,35 +118,50 @@ impl EtcdClient {
             .iter()
             .map(|member| {
                 let endpoint = self.endpoint.with_endpoints(member.client_urls.clone());
-                tokio::spawn(health_of(endpoint, self.timeout, member.id, member.name.clone()))
+                tokio::spawn(health_of(endpoint, self.timeout, member.id, member.name.clone(), member.is_learner))
             })
             .collect();
         let mut report = Vec::with_capacity(members.len());
         for (member, check) in members.into_iter().zip(checks) {
             report.push(match check.await {
                 Ok(health) => health,
-                Err(err) => unreachable(member.id, member.name, format!("the health check failed: {err}")),
+                Err(err) => {
+                    unreachable(member.id, member.name, member.is_learner, format!("the health check failed: {err}"))
+                }
             });
         }
         Ok(report)
     }
 }
 
-fn unreachable(id: MemberId, name: String, reason: String) -> MemberHealth {
-    MemberHealth { id, name, reachable: false, is_leader: false, errors: vec![reason] }
+fn unreachable(id: MemberId, name: String, is_learner: bool, reason: String) -> MemberHealth {
+    MemberHealth { id, name, is_learner, reachable: false, is_leader: false, errors: vec![reason] }
 }
 
-async fn health_of(endpoint: EtcdEndpoint, timeout: Duration, id: MemberId, name: String) -> MemberHealth {
+async fn health_of(
+    endpoint: EtcdEndpoint,
+    timeout: Duration,
+    id: MemberId,
+    name: String,
+    is_learner: bool,
+) -> MemberHealth {
     if endpoint.endpoints.is_empty() {
-        return unreachable(id, name, "not started: no client URLs".to_owned());
+        return unreachable(id, name, is_learner, "not started: no client URLs".to_owned());
     }
     let status = match EtcdClient::connect_with_timeout(&endpoint, timeout).await {
         Ok(client) => client.status().await,
         Err(err) => Err(err),
     };
     match status {
-        Ok(status) => MemberHealth { id, name, reachable: true, is_leader: status.leader == id, errors: status.errors },
-        Err(err) => unreachable(id, name, error_chain(&err)),
+        Ok(status) => MemberHealth {
+            id,
+            name,
+            is_learner,
+            reachable: true,
+            is_leader: status.leader == id,
+            errors: status.errors,
+        },
+        Err(err) => unreachable(id, name, is_learner, error_chain(&err)),
     }
 }
 

@@ -60,7 +60,7 @@ impl EtcdEndpoint {
     }
 
     /// The same credentials aimed at other client URLs (another member's).
-    pub(crate) fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
+    pub fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
         Self { endpoints, ..self.clone() }
     }
 

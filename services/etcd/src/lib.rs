@@ -15,4 +15,4 @@ pub use client::{EtcdClient, DEFAULT_REQUEST_TIMEOUT};
 pub use endpoint::{EtcdEndpoint, CLIENT_CERT_FILE, CLIENT_KEY_FILE, ETCD_CA_FILE, LOCAL_CLIENT_URL};
 pub use error::{EtcdError, Operation};
 pub use membership::Retry;
-pub use types::{AddedLearner, Alarm, Member, MemberHealth, MemberId, MemberStatus};
+pub use types::{AddedLearner, Alarm, JoinedAs, Member, MemberHealth, MemberId, MemberStatus};

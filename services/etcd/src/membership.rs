@@ -3,7 +3,7 @@
 
 use crate::client::{member_from, EtcdClient};
 use crate::error::{EtcdError, Operation};
-use crate::types::{AddedLearner, Member, MemberId};
+use crate::types::{AddedLearner, JoinedAs, Member, MemberId};
 use etcd_client::MemberAddOptions;
 use std::time::Duration;
 
@@ -23,15 +23,32 @@ impl Default for Retry {
     }
 }
 
+/// Long enough for the clock to reach the next second.
+const SAME_SECOND: Duration = Duration::from_millis(1100);
+
 impl EtcdClient {
     /// Adds a learner (a member without a vote) at `peer_urls`. The new member
     /// must then be started with the returned `--initial-cluster` and
     /// `--initial-cluster-state=existing`, and promoted.
     pub async fn add_learner(&self, name: &str, peer_urls: &[String]) -> Result<AddedLearner, EtcdError> {
+        self.add_learner_retrying(name, peer_urls, Retry { attempts: 1, interval: Duration::ZERO }).await
+    }
+
+    /// [`Self::add_learner`], asking again while etcd answers that the
+    /// cluster would be unhealthy (a member joined or came back less than
+    /// 5 s ago), up to `retry`.
+    async fn add_learner_retrying(
+        &self,
+        name: &str,
+        peer_urls: &[String],
+        retry: Retry,
+    ) -> Result<AddedLearner, EtcdError> {
         let operation = Operation::AddLearner { name: name.to_owned() };
-        let mut client = self.client.clone();
         let answer = self
-            .call(operation.clone(), client.member_add(peer_urls, Some(MemberAddOptions::new().with_is_learner())))
+            .retrying(operation.clone(), retry, is_unhealthy_cluster, |mut client| {
+                let peer_urls = peer_urls.to_vec();
+                async move { client.member_add(peer_urls, Some(MemberAddOptions::new().with_is_learner())).await }
+            })
             .await?;
         let Some(added) = answer.member() else {
             return Err(EtcdError::NoMemberInAnswer { operation, endpoints: self.endpoint.label() });
@@ -39,6 +56,43 @@ impl EtcdClient {
         let id = MemberId(added.id());
         let members: Vec<Member> = answer.member_list().iter().map(member_from).collect();
         Ok(AddedLearner { id, initial_cluster: initial_cluster(&members, id, name) })
+    }
+
+    /// What a node joining with `name` at `peer_urls` must start with,
+    /// whatever an earlier boot of it left in the cluster:
+    /// - no member at those peer URLs: it is added as a learner;
+    /// - a learner there: it is reused (an earlier boot added it and went
+    ///   down before its etcd stored anything);
+    /// - a voter there: the node lost the data that member had (a wiped or
+    ///   tmpfs /var), and a voter must not come back without its log, so it
+    ///   is removed (asking again while etcd says the cluster would be
+    ///   unhealthy, up to `retry`) and the node added afresh as a learner.
+    pub async fn join_as_learner(
+        &self,
+        name: &str,
+        peer_urls: &[String],
+        retry: Retry,
+    ) -> Result<(AddedLearner, JoinedAs), EtcdError> {
+        let members = self.members().await?;
+        let ours = members.iter().find(|m| m.peer_urls.iter().any(|url| peer_urls.contains(url)));
+        match ours {
+            None => Ok((self.add_learner_retrying(name, peer_urls, retry).await?, JoinedAs::Added)),
+            Some(learner) if learner.is_learner => {
+                let added =
+                    AddedLearner { id: learner.id, initial_cluster: initial_cluster(&members, learner.id, name) };
+                Ok((added, JoinedAs::ReusedLearner))
+            }
+            Some(voter) => {
+                let stale = voter.id;
+                self.remove(stale, retry).await?;
+                // etcd derives a new member's id from its peer URLs and the
+                // second it is added: added again within the second it was
+                // removed, it would get the removed id, which etcd never
+                // lets back in ("member not found").
+                tokio::time::sleep(SAME_SECOND).await;
+                Ok((self.add_learner_retrying(name, peer_urls, retry).await?, JoinedAs::ReplacedVoter { stale }))
+            }
+        }
     }
 
     /// Promotes learner `id` to a voting member, asking again while etcd
@@ -61,23 +115,23 @@ impl EtcdClient {
         .await
     }
 
-    async fn retrying<F, Fut>(
+    async fn retrying<T, F, Fut>(
         &self,
         operation: Operation,
         retry: Retry,
         passes_with_time: fn(&etcd_client::Error) -> bool,
         request: F,
-    ) -> Result<(), EtcdError>
+    ) -> Result<T, EtcdError>
     where
         F: Fn(etcd_client::Client) -> Fut,
-        Fut: std::future::Future<Output = Result<(), etcd_client::Error>>,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let started = tokio::time::Instant::now();
         let mut attempts = 0;
         loop {
             attempts += 1;
             let err = match self.call(operation.clone(), request(self.client.clone())).await {
-                Ok(()) => return Ok(()),
+                Ok(answer) => return Ok(answer),
                 Err(err) => err,
             };
             let source = match err {

@@ -64,11 +64,25 @@ pub struct AddedLearner {
     pub initial_cluster: String,
 }
 
+/// How [`crate::EtcdClient::join_as_learner`] got the node its learner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinedAs {
+    /// Added now.
+    Added,
+    /// Found, added by an earlier boot and never started.
+    ReusedLearner,
+    /// Added now, after removing the voter that had the node's peer URLs
+    /// and whose data the node no longer has.
+    ReplacedVoter { stale: MemberId },
+}
+
 /// One member as seen by asking it directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberHealth {
     pub id: MemberId,
     pub name: String,
+    /// A learner: no vote yet.
+    pub is_learner: bool,
     /// It answered a status request on one of its client URLs.
     pub reachable: bool,
     /// It answered and named itself as leader.

@@ -6,7 +6,7 @@
 
 mod support;
 
-use kelson_etcd::{EtcdClient, EtcdError, Retry};
+use kelson_etcd::{EtcdClient, EtcdError, JoinedAs, Retry};
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
@@ -179,4 +179,51 @@ async fn a_listener_that_never_answers_times_out_naming_the_endpoint() {
     let message = kelson_base::error_chain(&err);
     assert!(started.elapsed() < Duration::from_secs(5), "{message}");
     assert!(message.contains(&url), "{message}");
+}
+
+#[tokio::test]
+async fn joining_again_reuses_a_learner_an_earlier_boot_added_and_never_started() {
+    let pki = Pki::new();
+    let first = start_one(&pki);
+    let client = client_of(&pki, &first).await;
+    let second_urls = MemberUrls::pick("cp-2");
+    let peer_urls = vec![second_urls.peer_url.clone()];
+    let earlier = client.add_learner("cp-2", &peer_urls).await.unwrap();
+
+    let (again, how) = client.join_as_learner("cp-2", &peer_urls, PATIENT).await.unwrap();
+
+    assert_eq!(how, JoinedAs::ReusedLearner);
+    assert_eq!(again, earlier, "the same member and the same --initial-cluster");
+    let _second = EtcdMember::start(&pki, second_urls, Join::Existing { initial_cluster: &again.initial_cluster });
+    client.promote(again.id, PATIENT).await.unwrap();
+    assert_eq!(client.members().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_voter_whose_data_is_gone_is_removed_and_the_node_added_again_as_a_learner() {
+    let pki = Pki::new();
+    let first = start_one(&pki);
+    let client = client_of(&pki, &first).await;
+    let mut running = Vec::new();
+    let mut third_peer_url = String::new();
+    for name in ["cp-2", "cp-3"] {
+        let urls = MemberUrls::pick(name);
+        third_peer_url = urls.peer_url.clone();
+        let (added, how) = client.join_as_learner(name, std::slice::from_ref(&urls.peer_url), PATIENT).await.unwrap();
+        assert_eq!(how, JoinedAs::Added);
+        running.push(EtcdMember::start(&pki, urls, Join::Existing { initial_cluster: &added.initial_cluster }));
+        client.promote(added.id, PATIENT).await.unwrap();
+    }
+    let stale = client.members().await.unwrap().into_iter().find(|m| m.name == "cp-3").unwrap();
+    // cp-3's machine loses its disk: its etcd is gone with its data.
+    drop(running.pop());
+
+    let (added, how) = client.join_as_learner("cp-3", &[third_peer_url], PATIENT).await.unwrap();
+
+    assert_eq!(how, JoinedAs::ReplacedVoter { stale: stale.id });
+    assert_ne!(added.id, stale.id);
+    let members = client.members().await.unwrap();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(members.iter().any(|m| m.id == added.id && m.is_learner), "{members:?}");
+    assert!(!members.iter().any(|m| m.id == stale.id), "{members:?}");
 }
