@@ -201,7 +201,9 @@ fn the_worker_joins_and_routes_follow_its_node(
     kubectl.run(&["label", "pod", "web-worker", "app=web-worker"]).unwrap();
     kubectl.run(&["create", "service", "clusterip", "web-worker", "--tcp=80:8080"]).unwrap();
     let cluster_ip = kubectl.run(&["get", "service", "web-worker", "-o", "jsonpath={.spec.clusterIP}"]).unwrap();
-    assert!(cluster_ip.starts_with("10.96."), "cluster IP {cluster_ip} outside the service CIDR");
+    let service_cidr = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0).service_cidr;
+    let address: std::net::Ipv4Addr = cluster_ip.parse().unwrap();
+    assert!(service_cidr.contains(&address), "cluster IP {cluster_ip} outside {service_cidr}");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         // kube-proxy writes the Service's rules within its sync period.
