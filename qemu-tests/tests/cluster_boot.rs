@@ -247,7 +247,11 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert!(kubectl_binary.exists(), "{} (cargo xtask image links it)", kubectl_binary.display());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cluster");
-    let spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0);
+    let mut spec = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0);
+    // A default route on the node network: a node's own connection to a
+    // ClusterIP is routed before kube-proxy's DNAT rewrites it, and without
+    // any route the kernel refuses it (no host answers at the gateway).
+    spec.gateway = Some("192.168.100.1".parse().unwrap());
     kelsonctl::gen::generate_cluster(&spec, &out, false).unwrap();
     // The worker is added afterwards, as to a running cluster: the
     // control-plane node's seed has no route to it.
