@@ -107,7 +107,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     let joiner = ctx.config.as_ref().and_then(|c| prepare_etcd_join(ctx.kernel, &c.config, &ctx.status));
     let members_endpoint = ctx.config.as_ref().and_then(|c| members_endpoint(&c.config));
     let status = ctx.status.clone();
-    let (commands, reporter_stop, background) = runtime.block_on(async {
+    let (commands, cluster_tasks, background) = runtime.block_on(async {
         let client = connect_or_start_shim(&reaper, &stopping).await.map_err(PodsError::Shim)?;
         let (restart_reaper, restart_stopping) = (reaper.clone(), stopping.clone());
         let start_shim: StartShim = Box::new(move || {
@@ -130,7 +130,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             Arc::new(SystemHost),
             Arc::new(SystemClock),
         );
-        let reporter_stop = reporter_config.clone().and_then(|config| start_reporter(config, manager.subscribe()));
+        let reporter_stop = reporter_config.and_then(|config| start_reporter(config, manager.subscribe()));
         let addons_stop = addons_config.and_then(start_addons);
         handles.set_pods(manager.subscribe());
         let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
@@ -171,7 +171,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         Ok::<_, PodsError>((tx, cluster_tasks, background))
     })?;
     info!("pods: manager started, watching {MANIFEST_DIR}");
-    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, cluster_tasks: reporter_stop, background })))
+    Ok(Done::Running(Box::new(PodsHandle { commands, stopping, cluster_tasks, background })))
 }
 
 /// The etcd join to run this boot, if any; a join that cannot start is
