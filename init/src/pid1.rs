@@ -369,9 +369,7 @@ fn start_hooks(reaper: &Arc<Reaper>, cmdline: &Cmdline) {
         hooks::Plan::Run(hooks) => hooks,
     };
     for hook in hooks {
-        let mut cmd = Command::new(&hook);
-        cmd.stdin(Stdio::null());
-        match reaper.spawn(&mut cmd) {
+        match spawn_hook(reaper, &hook) {
             Ok(spawned) => {
                 info!(hook = %hook.display(), pid = spawned.pid, "test hook started");
                 let name = hook.display().to_string();
@@ -382,6 +380,26 @@ fn start_hooks(reaper: &Arc<Reaper>, cmdline: &Cmdline) {
                 });
             }
             Err(e) => warn!(hook = %hook.display(), error = %e, "test hook did not start"),
+        }
+    }
+}
+
+/// Starts one hook. The hook may have been written by `unpack_layer_disk` a
+/// moment ago while another thread forked a service: the child holds a copy of
+/// the file's write descriptor until it execs, and exec of the hook fails with
+/// ETXTBSY meanwhile. That window is short, so the spawn is tried again.
+fn spawn_hook(reaper: &Reaper, hook: &Path) -> std::io::Result<crate::reaper::Spawned> {
+    const ATTEMPTS: u32 = 50;
+    let mut attempt = 1;
+    loop {
+        let mut cmd = Command::new(hook);
+        cmd.stdin(Stdio::null());
+        match reaper.spawn(&mut cmd) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempt < ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
         }
     }
 }
