@@ -26,6 +26,7 @@ pub use layers::{resolve, Effective, Layer, Source, CMDLINE_KEYS};
 pub use schema::*;
 pub use secret::{Secret, REDACTED};
 pub use store::{Store, StoreError, STATE_DIR};
+pub use validate::valid_ca_cert_hash;
 
 pub const API_VERSION: &str = "kelson.dev/v1alpha1";
 pub const KIND: &str = "MachineConfig";
@@ -33,6 +34,9 @@ pub const KIND: &str = "MachineConfig";
 /// etcd member, as `kelsonctl gen` names it; `cluster.etcdJoin` sets its
 /// `--initial-cluster`.
 pub const ETCD_STATIC_POD: &str = "etcd.yaml";
+/// The node's own kubelet client certificate in `pki.certificates`
+/// (`CN=system:node:<node>`), as `kelsonctl gen` names it.
+pub const KUBELET_CERTIFICATE: &str = "kubelet";
 
 /// A hostname the kernel and Kubernetes both accept: RFC 1123 labels,
 /// at most 63 characters in all (the node name limit).

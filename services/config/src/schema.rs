@@ -160,8 +160,27 @@ pub struct Cluster {
     pub dns_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
+    /// A kubeadm bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`. On a
+    /// control-plane node, the token PID 1 registers in the cluster (the
+    /// `bootstrap-token-<id>` Secret, with `bootstrapTokenExpiration`); on
+    /// a node without its own kubelet certificate, what its kubelet trades
+    /// for one (TLS bootstrap).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_token: Option<Secret>,
+    /// When the token stops authenticating (RFC 3339, UTC:
+    /// `2026-12-09T10:00:00Z`), written into its Secret; the
+    /// controller-manager's tokencleaner deletes it then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token_expiration: Option<String>,
+    /// Joining with the token alone, as `kubeadm join
+    /// --discovery-token-ca-cert-hash` does: the SHA-256 of the cluster
+    /// CA's public key (`sha256:<hex of its SubjectPublicKeyInfo>`). PID 1
+    /// reads the `cluster-info` ConfigMap from `apiServerEndpoint`
+    /// anonymously, checks the token's signature on it and the CA against
+    /// these, and only then writes the kubelet's bootstrap kubeconfig.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ca_cert_hashes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]

@@ -2,7 +2,7 @@
 //! all of them run, so every problem is reported at once.
 
 use crate::schema::*;
-use crate::ETCD_STATIC_POD;
+use crate::{ETCD_STATIC_POD, KUBELET_CERTIFICATE};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -183,6 +183,18 @@ fn validate_cluster(c: &MachineConfig, p: &mut Problems) {
             ));
         }
     }
+    if let Some(expiration) = &cl.bootstrap_token_expiration {
+        if !rfc3339_utc(expiration) {
+            p.push((
+                "cluster.bootstrapTokenExpiration".into(),
+                format!("{expiration:?} is not an RFC 3339 UTC time like \"2026-12-09T10:00:00Z\""),
+            ));
+        }
+        if cl.bootstrap_token.is_none() {
+            p.push(("cluster.bootstrapTokenExpiration".into(), "set without cluster.bootstrapToken".into()));
+        }
+    }
+    validate_token_join(c, p);
     if cl.etcd_join {
         if c.node.role != Role::ControlPlane {
             p.push(("cluster.etcdJoin".into(), "only a control-plane node runs an etcd member to join".into()));
@@ -208,5 +220,82 @@ fn validate_cluster(c: &MachineConfig, p: &mut Problems) {
     }
     if c.node.role == Role::Worker && cl.api_server_endpoint.is_none() && !cl.etcd_endpoints.is_empty() {
         p.push(("cluster.apiServerEndpoint".into(), "a worker needs the API server endpoint to join".into()));
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` with plausible fields: what a Secret's
+/// `expiration` takes (Go's time.RFC3339), in UTC.
+fn rfc3339_utc(value: &str) -> bool {
+    let b = value.as_bytes();
+    let digits = |range: std::ops::Range<usize>| b.get(range.clone()).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let number = |range: std::ops::Range<usize>| value.get(range).and_then(|d| d.parse::<u32>().ok()).unwrap_or(99);
+    b.len() == 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'Z'
+        && (1..=12).contains(&number(5..7))
+        && (1..=31).contains(&number(8..10))
+        && number(11..13) < 24
+        && number(14..16) < 60
+        && number(17..19) < 61
+}
+
+/// `sha256:` and 64 lowercase or uppercase hex digits, as kubeadm prints
+/// `--discovery-token-ca-cert-hash`.
+pub fn valid_ca_cert_hash(value: &str) -> bool {
+    value.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// `cluster.caCertHashes`: a worker joining by the token alone.
+fn validate_token_join(c: &MachineConfig, p: &mut Problems) {
+    let cl = &c.cluster;
+    if cl.ca_cert_hashes.is_empty() {
+        return;
+    }
+    for (i, hash) in cl.ca_cert_hashes.iter().enumerate() {
+        if !valid_ca_cert_hash(hash) {
+            p.push((
+                format!("cluster.caCertHashes[{i}]"),
+                format!("{hash:?} is not sha256:<64 hex digits> (kubeadm's --discovery-token-ca-cert-hash)"),
+            ));
+        }
+    }
+    if cl.bootstrap_token.is_none() {
+        p.push((
+            "cluster.caCertHashes".into(),
+            "needs cluster.bootstrapToken: the token signs the cluster-info the hashes check".into(),
+        ));
+    }
+    match cl.api_server_endpoint.as_deref() {
+        None => {
+            p.push(("cluster.caCertHashes".into(), "needs cluster.apiServerEndpoint to discover the cluster at".into()))
+        }
+        Some(endpoint) if !endpoint.starts_with("https://") => p.push((
+            "cluster.apiServerEndpoint".into(),
+            format!("{endpoint:?} is not an https:// URL (discovery reads cluster-info over TLS)"),
+        )),
+        Some(_) => {}
+    }
+    if c.node.role != Role::Worker {
+        p.push((
+            "cluster.caCertHashes".into(),
+            "only a worker joins by token (a control-plane node carries the cluster's certificates)".into(),
+        ));
+    }
+    if c.pki.certificates.contains_key(KUBELET_CERTIFICATE) {
+        p.push((
+            "cluster.caCertHashes".into(),
+            "set beside pki.certificates.kubelet: a node joins with its own kubelet certificate or by the token, not both"
+                .into(),
+        ));
     }
 }
