@@ -18,10 +18,15 @@
 //! - [`NodeWatcher`]: the task that watches the Nodes and publishes that
 //!   view, writing a pinned pod CIDR into the node's own Node.
 //! - [`AddonApplier`]: on control-plane nodes, the cluster objects those
-//!   need (the grant that lets nodes read every Node), server-side applied.
+//!   need (the grant that lets nodes read every Node, and what a worker
+//!   joining by bootstrap token needs), server-side applied.
+//!
+//! And joining by token: [`discovery`], kubeadm's token discovery of the
+//! cluster CA.
 
 mod addons;
 mod conditions;
+pub mod discovery;
 mod events;
 mod node_watcher;
 mod reporter;
