@@ -26,7 +26,8 @@ use crate::kernel::{Kernel, LinuxKernel};
 use crate::pod_runtime::{connect_or_start_shim, NodeProber, NodeSandboxes};
 use crate::status::{EtcdJoin, StatusPublisher};
 use kelson_base::paths::IMAGE_LAYOUTS;
-use kelson_cluster::{AddonApplier, Reporter, ReporterConfig, Timing, ADDONS_CERTIFICATE};
+use kelson_cluster::discovery::BootstrapToken;
+use kelson_cluster::{AddonApplier, Reporter, ReporterConfig, Timing, TokenJoin, ADDONS_CERTIFICATE};
 use kelson_config::MachineConfig;
 use kelson_config::Role;
 use kelson_containers::store::ImageStore;
@@ -96,11 +97,12 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
     let addons_config = ctx.config.as_ref().and_then(|c| {
         let credential = c.config.pki.certificates.get(ADDONS_CERTIFICATE)?;
         let node = reporter_config.as_ref()?;
-        Some(ReporterConfig {
+        let config = ReporterConfig {
             cert_pem: credential.cert.clone().into_bytes(),
             key_pem: credential.key.expose().as_bytes().to_vec(),
             ..node.clone()
-        })
+        };
+        Some((config, token_join(&c.config)))
     });
     // Before the pod manager reads the manifests: a joining etcd member's
     // is held back until the member is added.
@@ -131,7 +133,7 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
             Arc::new(SystemClock),
         );
         let reporter_stop = reporter_config.and_then(|config| start_reporter(config, manager.subscribe()));
-        let addons_stop = addons_config.and_then(start_addons);
+        let addons_stop = addons_config.and_then(|(config, join)| start_addons(config, join));
         handles.set_pods(manager.subscribe());
         let options = LoadOptions { node_name: (!node_name.is_empty()).then_some(node_name) };
         let mut watcher =
@@ -254,9 +256,30 @@ fn start_reporter(
     }
 }
 
+/// What a control-plane node publishes for workers joining by token: its
+/// config's `cluster.bootstrapToken` (with its expiration), the API server
+/// endpoint and the CA. `None` without a token (or a CA, or an endpoint).
+pub(crate) fn token_join(config: &MachineConfig) -> Option<TokenJoin> {
+    let token = config.cluster.bootstrap_token.as_ref()?;
+    let Some(token) = BootstrapToken::parse(token.expose()) else {
+        // Validation refuses such a config; this only keeps the secret out.
+        warn!("pods: cluster.bootstrapToken is not a bootstrap token; not publishing it");
+        return None;
+    };
+    Some(TokenJoin {
+        token,
+        expiration: config.cluster.bootstrap_token_expiration.clone(),
+        server: config.cluster.api_server_endpoint.clone()?,
+        ca_pem: config.pki.ca.clone()?,
+    })
+}
+
 /// Spawns the addon applier on this runtime; the sender stops it.
-fn start_addons(config: ReporterConfig) -> Option<oneshot::Sender<()>> {
-    match AddonApplier::new(&config) {
+fn start_addons(config: ReporterConfig, join: Option<TokenJoin>) -> Option<oneshot::Sender<()>> {
+    if let Some(join) = &join {
+        info!("pods: publishing bootstrap token {} and cluster-info for token joins", join.token.id());
+    }
+    match AddonApplier::new(&config, join) {
         Ok(applier) => {
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(applier.run(async {
@@ -331,6 +354,19 @@ mod tests {
         assert_eq!(reporter.key_pem, b"KEY-PEM");
         assert_eq!(reporter.node_name, "cp-1");
         assert!(!format!("{reporter:?}").contains("KEY-PEM"));
+    }
+
+    #[test]
+    fn a_control_plane_publishes_its_configs_token_with_the_endpoint_and_ca() {
+        let token =
+            "cluster:\n  apiServerEndpoint: https://10.0.0.1:6443\n  bootstrapToken: abcdef.0123456789abcdef\n  \
+                     bootstrapTokenExpiration: \"2026-12-09T10:00:00Z\"\n";
+        let join = token_join(&config(&format!("{CONFIG}{token}{CA}"))).expect("a token, an endpoint and a CA");
+        assert_eq!(join.token.id(), "abcdef");
+        assert_eq!(join.expiration.as_deref(), Some("2026-12-09T10:00:00Z"));
+        assert_eq!((join.server.as_str(), join.ca_pem.as_str()), ("https://10.0.0.1:6443", "CA-PEM"));
+        assert!(token_join(&config(&format!("{CONFIG}{CLUSTER}{CA}"))).is_none(), "no token");
+        assert!(token_join(&config(&format!("{CONFIG}{token}"))).is_none(), "no CA to publish");
     }
 
     #[test]

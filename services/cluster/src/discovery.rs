@@ -54,9 +54,8 @@ impl BootstrapToken {
     /// `[a-z0-9]{6}.[a-z0-9]{16}`, or `None`.
     pub fn parse(token: &str) -> Option<Self> {
         let (id, secret) = token.split_once('.')?;
-        let part = |s: &str, len: usize| {
-            s.len() == len && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        };
+        let part =
+            |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         (part(id, 6) && part(secret, 16)).then(|| BootstrapToken { id: id.to_owned(), secret: secret.to_owned() })
     }
 
@@ -93,7 +92,9 @@ pub struct Discovered {
 pub enum DiscoveryError {
     #[error("reading {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO} from {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error("{CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO} has no {KUBECONFIG_KEY} (is the cluster set up for token joins?)")]
+    #[error(
+        "{CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO} has no {KUBECONFIG_KEY} (is the cluster set up for token joins?)"
+    )]
     NoKubeconfig,
     #[error(
         "{CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO} carries no signature for token {token_id}: the cluster does not \
@@ -241,8 +242,7 @@ pub async fn read_cluster_info(
     let https = kube::client::ConfigExt::rustls_https_connector(&config)
         .map_err(|e| unreachable(format!("making a client: {}", error_chain(&e))))?;
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-    let service =
-        tower::ServiceBuilder::new().layer(kube::client::ConfigExt::base_uri_layer(&config)).service(http);
+    let service = tower::ServiceBuilder::new().layer(kube::client::ConfigExt::base_uri_layer(&config)).service(http);
     let client = kube::Client::new(service, CLUSTER_INFO_NAMESPACE);
     let api: Api<ConfigMap> = Api::namespaced(client, CLUSTER_INFO_NAMESPACE);
     let read = tokio::time::timeout(timeout, api.get(CLUSTER_INFO))
@@ -250,10 +250,9 @@ pub async fn read_cluster_info(
         .map_err(|_| unreachable(format!("no answer within {} s", timeout.as_secs())))?;
     match read {
         Ok(map) => Ok(map.data.unwrap_or_default()),
-        Err(kube::Error::Api(status)) => Err(unreachable(format!(
-            "the API server answered {} {}: {}",
-            status.code, status.reason, status.message
-        ))),
+        Err(kube::Error::Api(status)) => {
+            Err(unreachable(format!("the API server answered {} {}: {}", status.code, status.reason, status.message)))
+        }
         Err(other) => Err(unreachable(error_chain(&other))),
     }
 }
@@ -329,7 +328,8 @@ mod tests {
         let t = token();
         assert_eq!((t.id(), t.secret()), ("abcdef", "0123456789abcdef"));
         assert_eq!(format!("{t:?}"), "BootstrapToken(abcdef.<secret>)");
-        for bad in ["abcdef0123456789abcdef", "abcde.0123456789abcdef", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde"]
+        for bad in
+            ["abcdef0123456789abcdef", "abcde.0123456789abcdef", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde"]
         {
             assert!(BootstrapToken::parse(bad).is_none(), "{bad}");
         }
@@ -375,7 +375,10 @@ mod tests {
         // Signed with another secret under this id.
         let data = cluster_info(&kubeconfig, &[("abcdef", sign(&kubeconfig, "abcdef", "ffffffffffffffff"))]);
         let err = verify_cluster_info(&data, &token(), &pins).unwrap_err();
-        assert!(matches!(&err, DiscoveryError::BadSignature { reason, .. } if reason.contains("does not verify")), "{err}");
+        assert!(
+            matches!(&err, DiscoveryError::BadSignature { reason, .. } if reason.contains("does not verify")),
+            "{err}"
+        );
         assert!(!err.to_string().contains("0123456789abcdef"), "the secret in {err}");
 
         // A kubeconfig changed after signing (another CA slipped in).
@@ -390,9 +393,15 @@ mod tests {
             (parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned())
         };
         let attached = format!("{header}.{}.{sig}", b64url().encode(&kubeconfig));
-        assert_eq!(verify_detached_jws(&attached, kubeconfig.as_bytes(), &token()).unwrap_err(), "not detached (it carries a payload of its own)");
+        assert_eq!(
+            verify_detached_jws(&attached, kubeconfig.as_bytes(), &token()).unwrap_err(),
+            "not detached (it carries a payload of its own)"
+        );
         let none = format!("{}..{sig}", b64url().encode("{\"alg\":\"none\",\"kid\":\"abcdef\"}"));
-        assert_eq!(verify_detached_jws(&none, kubeconfig.as_bytes(), &token()).unwrap_err(), "its algorithm is Some(\"none\"), not HS256");
+        assert_eq!(
+            verify_detached_jws(&none, kubeconfig.as_bytes(), &token()).unwrap_err(),
+            "its algorithm is Some(\"none\"), not HS256"
+        );
         let other_kid = sign(&kubeconfig, "zzzzzz", "0123456789abcdef");
         assert_eq!(
             verify_detached_jws(&other_kid, kubeconfig.as_bytes(), &token()).unwrap_err(),

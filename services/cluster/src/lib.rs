@@ -32,7 +32,7 @@ mod node_watcher;
 mod reporter;
 mod routes;
 
-pub use addons::{addons, AddonApplier, ADDONS_CERTIFICATE, FIELD_MANAGER, NODE_READER};
+pub use addons::{addons, AddonApplier, TokenJoin, ADDONS_CERTIFICATE, BOOTSTRAPPERS, FIELD_MANAGER, NODE_READER};
 pub use conditions::{conditions, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
 pub use events::{events, EventSpec, EventType};
 pub use node_watcher::NodeWatcher;
