@@ -67,6 +67,10 @@ pub enum Requirement {
 
 /// The condition PID 1 sets once node networking is up.
 pub const NETWORK_READY: &str = "network-ready";
+/// Set by PID 1 on a node joining by bootstrap token once discovery has
+/// verified the cluster and written the kubelet's bootstrap kubeconfig; the
+/// kubelet waits for it.
+pub const CLUSTER_JOINED: &str = "cluster-joined";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {

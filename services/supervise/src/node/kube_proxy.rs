@@ -82,7 +82,12 @@ pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
                 };
                 ("kube-proxy", user)
             };
-            let kubeconfig = kubeconfig::single(name, server, CA_FILE, user_name, user);
+            // A node that joined by token trusts the CA discovery verified.
+            let ca_file = match super::kubelet::credential(config) {
+                super::kubelet::Credential::TokenDiscovery => DISCOVERED_CA_FILE,
+                _ => CA_FILE,
+            };
+            let kubeconfig = kubeconfig::single(name, server, ca_file, user_name, user);
             // Paths only, no secret in it.
             files.push(RenderedFile::new(KUBE_PROXY_KUBECONFIG, to_yaml(&kubeconfig), 0o644));
         }
@@ -144,6 +149,13 @@ mod tests {
         assert_eq!(user["client-certificate"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
         assert_eq!(user["client-key"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
         assert!(user.get("token").is_none());
+        // A node that joined by token: the discovered CA, the node's identity.
+        let mut joined = worker_config();
+        joined.pki = kelson_config::Pki::default();
+        joined.cluster.ca_cert_hashes = vec![format!("sha256:{}", "ab".repeat(32))];
+        let v = yaml(&render(&joined, "lab-worker-7").files[1].text());
+        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority"], "/etc/kubernetes/pki/ca.crt");
+        assert_eq!(v["users"][0]["user"]["client-certificate"], "/var/lib/kubelet/pki/kubelet-client-current.pem");
     }
 
     #[test]

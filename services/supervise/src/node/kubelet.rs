@@ -5,7 +5,7 @@
 use super::kubeconfig::{self, User};
 use super::paths::*;
 use super::{node_ip, to_yaml, Rendered, RenderedFile};
-use crate::spec::{HealthCheck, Probe, Requirement, ServiceSpec, NETWORK_READY};
+use crate::spec::{HealthCheck, Probe, Requirement, ServiceSpec, CLUSTER_JOINED, NETWORK_READY};
 use kelson_config::{MachineConfig, Role};
 use serde::Serialize;
 
@@ -22,15 +22,27 @@ pub enum Credential {
     NodeCertificate,
     /// A bootstrap token, traded for a certificate the kubelet keeps on /var.
     BootstrapToken,
+    /// A bootstrap token and the CA's hashes (`cluster.caCertHashes`), no
+    /// CA: PID 1 discovers and verifies the CA first, then writes the
+    /// bootstrap kubeconfig ([`token_bootstrap_kubeconfig`]) and sets
+    /// [`CLUSTER_JOINED`], which the kubelet waits for.
+    TokenDiscovery,
     /// No API server: the kubelet runs standalone.
     Standalone,
 }
 
 pub fn credential(config: &MachineConfig) -> Credential {
     let cluster = &config.cluster;
-    if cluster.api_server_endpoint.is_none() || config.pki.ca.is_none() {
+    let node_certificate = config.pki.certificates.contains_key(NODE_CERT);
+    if cluster.api_server_endpoint.is_some()
+        && !cluster.ca_cert_hashes.is_empty()
+        && cluster.bootstrap_token.is_some()
+        && !node_certificate
+    {
+        Credential::TokenDiscovery
+    } else if cluster.api_server_endpoint.is_none() || config.pki.ca.is_none() {
         Credential::Standalone
-    } else if config.pki.certificates.contains_key(NODE_CERT) {
+    } else if node_certificate {
         Credential::NodeCertificate
     } else if cluster.bootstrap_token.is_some() {
         Credential::BootstrapToken
@@ -89,7 +101,14 @@ pub struct Authorization {
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
-    let standalone = credential(config) == Credential::Standalone;
+    let credential = credential(config);
+    let standalone = credential == Credential::Standalone;
+    // The API server's client certificate for the kubelet is the cluster
+    // CA's: the discovered one on a node that joined by token.
+    let client_ca_file = match credential {
+        Credential::TokenDiscovery => Some(DISCOVERED_CA_FILE),
+        _ => config.pki.ca.as_ref().map(|_| CA_FILE),
+    };
     KubeletConfiguration {
         api_version: "kubelet.config.k8s.io/v1beta1",
         kind: "KubeletConfiguration",
@@ -100,7 +119,7 @@ pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
         pod_cidr: config.network.pod_cidr.clone(),
         static_pod_path: KUBELET_STATIC_POD_PATH,
         authentication: Authentication {
-            x509: config.pki.ca.as_ref().map(|_| X509 { client_ca_file: CA_FILE }),
+            x509: client_ca_file.map(|client_ca_file| X509 { client_ca_file }),
             // Webhooks ask the API server; a standalone kubelet refuses to
             // start with them ("no client provided"). It then admits only
             // clients with a certificate from the cluster CA, if any.
@@ -113,7 +132,7 @@ pub fn configuration(config: &MachineConfig) -> KubeletConfiguration {
         // A certificate given in the machine config is renewed by
         // regenerating the config; one from TLS bootstrap is the kubelet's
         // to rotate.
-        rotate_certificates: credential(config) == Credential::BootstrapToken,
+        rotate_certificates: matches!(credential, Credential::BootstrapToken | Credential::TokenDiscovery),
         resolv_conf: "/etc/resolv.conf",
     }
 }
@@ -144,15 +163,36 @@ pub fn render(config: &MachineConfig, hostname: &str) -> Rendered {
             // The token is a secret: owner-only.
             files.push(RenderedFile::new(KUBELET_BOOTSTRAP_KUBECONFIG, to_yaml(&kubeconfig), 0o600));
         }
+        Credential::TokenDiscovery => notes.push(
+            "the kubelet waits for the token discovery (cluster.caCertHashes), which writes its bootstrap kubeconfig"
+                .to_owned(),
+        ),
         Credential::Standalone => notes.push(format!(
             "the kubelet runs standalone (no API server): it needs cluster.apiServerEndpoint, pki.ca and either \
              pki.certificates.{NODE_CERT} or cluster.bootstrapToken"
         )),
     }
-    if config.pki.ca.is_none() {
+    if config.pki.ca.is_none() && credential != Credential::TokenDiscovery {
         notes.push("the kubelet authenticates no client certificates: pki.ca is not set".to_owned());
     }
     Rendered { files, spec: spec(config, hostname, credential), notes }
+}
+
+/// On a node joining by token ([`Credential::TokenDiscovery`]): the
+/// kubelet's bootstrap kubeconfig, naming the discovered CA
+/// ([`DISCOVERED_CA_FILE`]) and carrying the token (mode 0600). PID 1
+/// writes it once discovery has verified the CA; `None` on other nodes.
+pub fn token_bootstrap_kubeconfig(config: &MachineConfig) -> Option<RenderedFile> {
+    if credential(config) != Credential::TokenDiscovery {
+        return None;
+    }
+    let cluster = &config.cluster;
+    let name = cluster.name.as_deref().unwrap_or("kubernetes");
+    let server = cluster.api_server_endpoint.as_deref()?;
+    let token = cluster.bootstrap_token.as_ref().map(|t| t.expose().to_owned());
+    let user = User { token, ..User::default() };
+    let kubeconfig = kubeconfig::single(name, server, DISCOVERED_CA_FILE, "kubelet-bootstrap", user);
+    Some(RenderedFile::new(KUBELET_BOOTSTRAP_KUBECONFIG, to_yaml(&kubeconfig), 0o600))
 }
 
 /// Waits for containerd to be healthy, the pause image to be imported
@@ -163,7 +203,7 @@ pub fn spec(config: &MachineConfig, hostname: &str, credential: Credential) -> S
     let mut argv = vec![binary, format!("--config={KUBELET_CONFIG}")];
     match credential {
         Credential::NodeCertificate => argv.push(format!("--kubeconfig={KUBELET_NODE_KUBECONFIG}")),
-        Credential::BootstrapToken => {
+        Credential::BootstrapToken | Credential::TokenDiscovery => {
             argv.push(format!("--bootstrap-kubeconfig={KUBELET_BOOTSTRAP_KUBECONFIG}"));
             argv.push(format!("--kubeconfig={KUBELET_KUBECONFIG}"));
         }
@@ -190,6 +230,9 @@ pub fn spec(config: &MachineConfig, hostname: &str, credential: Credential) -> S
         Requirement::Completed(super::sandbox_image::NAME.to_owned()),
         Requirement::Condition(NETWORK_READY.to_owned()),
     ];
+    if credential == Credential::TokenDiscovery {
+        spec.requires.push(Requirement::Condition(CLUSTER_JOINED.to_owned()));
+    }
     spec.health = Some(HealthCheck::new(Probe::HttpGet { url: KUBELET_HEALTHZ_URL.to_owned() }));
     spec.resources.oom_score_adj = Some(-999);
     spec
@@ -312,6 +355,47 @@ mod tests {
         assert_eq!(yaml(&rendered.files[0].text())["rotateCertificates"], false);
         // A worker registers untainted.
         assert!(!render(&worker_config(), "w").spec.argv.iter().any(|a| a.starts_with("--register-with-taints")));
+    }
+
+    /// A worker from a token-join seed: endpoint, token and CA hashes; no
+    /// CA and no certificate of its own.
+    fn token_join_config() -> MachineConfig {
+        let mut config = worker_config();
+        config.pki = kelson_config::Pki::default();
+        config.cluster.ca_cert_hashes = vec![format!("sha256:{}", "ab".repeat(32))];
+        config
+    }
+
+    #[test]
+    fn a_token_join_waits_for_discovery_which_writes_the_bootstrap_kubeconfig() {
+        let config = token_join_config();
+        assert_eq!(credential(&config), Credential::TokenDiscovery);
+        let rendered = render(&config, "lab-worker-7");
+        // Not written by the services stage: only once discovery verified the CA.
+        assert!(!rendered.files.iter().any(|f| f.path.to_str() == Some(KUBELET_BOOTSTRAP_KUBECONFIG)));
+        assert!(rendered.notes.iter().any(|n| n.contains("token discovery")), "{:?}", rendered.notes);
+        let v = yaml(&rendered.files[0].text());
+        assert_eq!(v["authentication"]["x509"]["clientCAFile"], "/etc/kubernetes/pki/ca.crt");
+        assert_eq!(v["rotateCertificates"], true);
+        assert_eq!(v["authorization"]["mode"], "Webhook");
+        let spec = rendered.spec;
+        assert!(spec.argv.contains(&"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf".to_owned()));
+        assert!(spec.argv.contains(&"--kubeconfig=/var/lib/kubelet/kubeconfig".to_owned()));
+        assert!(spec.requires.contains(&Requirement::Condition("cluster-joined".into())), "{:?}", spec.requires);
+
+        let file = token_bootstrap_kubeconfig(&config).expect("a token join's bootstrap kubeconfig");
+        assert_eq!((file.path.to_str(), file.mode), (Some(KUBELET_BOOTSTRAP_KUBECONFIG), 0o600));
+        let v = yaml(&file.text());
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://192.168.100.10:6443");
+        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority"], "/etc/kubernetes/pki/ca.crt");
+        assert_eq!(v["users"][0]["user"]["token"], "abcdef.0123456789abcdef");
+        // Other nodes have none, and their kubelet waits for no discovery.
+        assert!(token_bootstrap_kubeconfig(&worker_config()).is_none());
+        assert!(!render(&worker_config(), "w")
+            .spec
+            .requires
+            .iter()
+            .any(|r| *r == Requirement::Condition("cluster-joined".into())));
     }
 
     #[test]

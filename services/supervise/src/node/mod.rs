@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 
 pub use containerd::{render as render_containerd, spec as containerd_spec};
 pub use kube_proxy::{render as render_kube_proxy, spec as kube_proxy_spec, KUBE_PROXY_CERT};
-pub use kubelet::{render as render_kubelet, spec as kubelet_spec, NODE_CERT};
+pub use kubelet::{
+    credential as kubelet_credential, render as render_kubelet, spec as kubelet_spec, token_bootstrap_kubeconfig,
+    Credential, NODE_CERT,
+};
 pub use sandbox_image::spec as sandbox_image_spec;
 
 /// Where things are on the node.
@@ -57,6 +60,9 @@ pub mod paths {
     pub const KUBELET_KUBECONFIG: &str = "/var/lib/kubelet/kubeconfig";
     pub const KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
     pub const KUBELET_CERT_DIR: &str = "/var/lib/kubelet/pki";
+    /// The cluster CA as token discovery verified it (kubeadm's path on a
+    /// worker), written by PID 1 before the bootstrap kubeconfig.
+    pub const DISCOVERED_CA_FILE: &str = "/etc/kubernetes/pki/ca.crt";
     /// The kubelet's rotated client certificate and key, in one file.
     pub const KUBELET_CLIENT_CERT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
     /// Deliberately not /etc/kubernetes/manifests: PID 1 runs those static
