@@ -37,6 +37,7 @@ pub mod state_disk;
 pub mod state_part;
 pub mod status;
 pub mod sysctl;
+pub mod token_join;
 pub mod uevent;
 pub mod update;
 pub mod usr;

@@ -4,16 +4,21 @@
 //!
 //! The supervisor follows the node status: `network-ready` set there (or
 //! declared unreachable) is passed on, so the kubelet waits for the network
-//! or is blocked saying why. Its handle stops the services in reverse
+//! or is blocked saying why. On a node joining by bootstrap token the
+//! stage also starts the token join ([`crate::token_join`]), whose
+//! `cluster-joined` the kubelet waits for the same way. Its handle stops the services in reverse
 //! dependency order at shutdown, before PID 1 signals everything else.
 
 use crate::boot::{BootContext, Done, Running, ShutdownFuture, StageError};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, LinuxKernel};
 use crate::reaper::Reaper;
 use crate::status::{Condition, NodeStatus};
+use crate::token_join::{Pace, TokenJoiner};
 use kelson_config::MachineConfig;
 use kelson_supervise::node::{self, NodeServices};
-use kelson_supervise::{Launched, Launcher, Settings, SuperviseError, Supervisor, SystemClock, NETWORK_READY};
+use kelson_supervise::{
+    Launched, Launcher, Settings, SuperviseError, Supervisor, SystemClock, CLUSTER_JOINED, NETWORK_READY,
+};
 use std::io;
 use std::path::PathBuf;
 use std::process::Command;
@@ -69,14 +74,19 @@ pub fn run(ctx: &mut BootContext<'_>) -> Result<Done, StageError> {
         )
         .map_err(ServicesError::Supervisor)?,
     );
-    {
+    let joiner = TokenJoiner::from_config(&effective.config);
+    let join_task = {
         let _entered = runtime.enter();
         supervisor.start();
-        tokio::spawn(follow_network(ctx.status.subscribe(), Arc::downgrade(&supervisor)));
-    }
+        tokio::spawn(follow_conditions(ctx.status.subscribe(), Arc::downgrade(&supervisor)));
+        joiner.map(|joiner| {
+            let kernel: Arc<dyn Kernel + Send + Sync> = Arc::new(LinuxKernel);
+            tokio::spawn(joiner.run(kernel, ctx.status.clone(), Pace::default())).abort_handle()
+        })
+    };
     ctx.handles.set_supervisor(&supervisor);
     info!(services = names.join(",").as_str(), "supervisor started");
-    Ok(Done::Running(Box::new(ServicesHandle(supervisor))))
+    Ok(Done::Running(Box::new(ServicesHandle { supervisor, join_task })))
 }
 
 /// The node's services and their files, the files written through the
@@ -106,28 +116,39 @@ fn render_and_install(
     Ok(rendered)
 }
 
-/// Passes `network-ready` from the node status on to the supervisor, as it
-/// is set or declared unreachable. Holds the supervisor weakly: once the
-/// services are shut down it is dropped, closing its log files on /var.
-async fn follow_network(mut status: watch::Receiver<NodeStatus>, supervisor: Weak<Supervisor>) {
-    let mut told = Condition::Pending;
+/// The node status's conditions the services wait for: `network-ready`
+/// (the network stage's) and `cluster-joined` (a token join's).
+const FOLLOWED: [&str; 2] = [NETWORK_READY, CLUSTER_JOINED];
+
+/// Passes the [`FOLLOWED`] conditions from the node status on to the
+/// supervisor, as they are set or declared unreachable. Holds the
+/// supervisor weakly: once the services are shut down it is dropped,
+/// closing its log files on /var.
+async fn follow_conditions(mut status: watch::Receiver<NodeStatus>, supervisor: Weak<Supervisor>) {
+    let mut told = [Condition::Pending, Condition::Pending];
     loop {
-        let now = status.borrow_and_update().condition(NETWORK_READY).clone();
-        if now != told {
+        let now = {
+            let current = status.borrow_and_update();
+            FOLLOWED.map(|name| current.condition(name).clone())
+        };
+        for ((name, now), told) in FOLLOWED.iter().zip(now).zip(told.iter_mut()) {
+            if now == *told {
+                continue;
+            }
             // Upgraded only while telling it, never across the wait below.
             let Some(supervisor) = supervisor.upgrade() else { return };
             match &now {
                 Condition::Pending => {}
-                Condition::True => supervisor.set_condition(NETWORK_READY),
+                Condition::True => supervisor.set_condition(name),
                 Condition::Unreachable(why) => {
-                    warn!(
-                        reason = why.as_str(),
-                        "network-ready will not be set; the services that need it are blocked"
-                    );
-                    supervisor.condition_unreachable(NETWORK_READY, why);
+                    // The token join logs its own reasons as they change.
+                    if *name == NETWORK_READY {
+                        warn!(reason = why.as_str(), "{name} will not be set; the services that need it are blocked");
+                    }
+                    supervisor.condition_unreachable(name, why);
                 }
             }
-            told = now;
+            *told = now;
         }
         if status.changed().await.is_err() {
             return;
@@ -135,14 +156,21 @@ async fn follow_network(mut status: watch::Receiver<NodeStatus>, supervisor: Wea
     }
 }
 
-/// Stops every service, each within its grace period.
-struct ServicesHandle(Arc<Supervisor>);
+/// Stops every service, each within its grace period, after the token
+/// join if it is still trying.
+struct ServicesHandle {
+    supervisor: Arc<Supervisor>,
+    join_task: Option<tokio::task::AbortHandle>,
+}
 
 impl Running for ServicesHandle {
     fn shutdown(self: Box<Self>) -> ShutdownFuture {
         Box::pin(async move {
+            if let Some(task) = &self.join_task {
+                task.abort();
+            }
             info!("stopping supervised services");
-            self.0.shutdown().await;
+            self.supervisor.shutdown().await;
             info!("supervised services stopped");
         })
     }
@@ -191,7 +219,7 @@ mod tests {
             )
             .unwrap(),
         );
-        tokio::spawn(follow_network(status.subscribe(), Arc::downgrade(&supervisor)));
+        tokio::spawn(follow_conditions(status.subscribe(), Arc::downgrade(&supervisor)));
         let mut snapshot = supervisor.watch();
         status.set_condition(NETWORK_READY, Condition::Unreachable("no uplink".into()));
         let seen = snapshot.wait_for(|s| s.unreachable.contains_key(NETWORK_READY)).await.unwrap().clone();
