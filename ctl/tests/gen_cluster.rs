@@ -522,7 +522,7 @@ fn secrets_are_private_and_certificates_public() {
             let expected = match path.extension().and_then(|e| e.to_str()) {
                 Some("key") | Some("img") | Some("kubeconfig") => 0o600,
                 Some("crt") | Some("pub") => 0o644,
-                _ if name == "machine-config.yaml" || name.starts_with("kelsonconfig") => 0o600,
+                _ if name == "machine-config.yaml" || name.starts_with("kelsonconfig") || name == "user-data" => 0o600,
                 _ if name == "cluster.yaml" => 0o644,
                 _ => panic!("unexpected file {}", path.display()),
             };
@@ -625,4 +625,54 @@ fn seed_images_pass_mtools_fsck_fat_and_blkid() {
         assert_eq!(tool("blkid", &["-o", "value", "-s", "LABEL", image]).trim(), "CIDATA");
         assert_eq!(tool("blkid", &["-o", "value", "-s", "TYPE", image]).trim(), "vfat");
     }
+}
+
+/// The CA's hash as kubeadm's documentation computes it, with openssl:
+/// the public key in DER, through SHA-256.
+fn openssl_ca_hash(ca: &Path) -> String {
+    let script = format!(
+        "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | openssl dgst -sha256 -r",
+        ca.display()
+    );
+    let out = tool("sh", &["-c", &script]);
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn the_join_seed_carries_the_endpoint_the_token_and_the_cas_hash_and_the_control_plane_registers_the_token() {
+    let (_tmp, dir, generated) = generate();
+    let path = dir.join("join/user-data");
+    assert_eq!(mode(&path), 0o600, "the join user-data holds the token");
+    let join = kelson_config::parse("join/user-data", &fs::read_to_string(&path).unwrap()).unwrap();
+    let cp = &configs(&dir)["demo-cp-1"];
+    let token = cp.cluster.bootstrap_token.as_ref().unwrap().expose();
+    assert_eq!(join.cluster.bootstrap_token.as_ref().unwrap().expose(), token);
+    assert_eq!(join.cluster.api_server_endpoint.as_deref(), Some("https://192.168.100.10:6443"));
+    let hash = openssl_ca_hash(&dir.join("pki/ca.crt"));
+    assert_eq!(join.cluster.ca_cert_hashes, [hash.clone()]);
+    assert_eq!(join.node.role, Role::Worker);
+    // Per node: its name, address and pod CIDR come from its own seed files.
+    assert!(join.node.hostname.is_none() && join.network.uplinks.is_empty() && join.network.pod_cidr.is_none());
+    assert!(join.pki.ca.is_none() && join.pki.certificates.is_empty());
+
+    // The control-plane node registers the token with its expiration.
+    let expiration = cp.cluster.bootstrap_token_expiration.clone().expect("the control plane's token expires");
+    let summary = fs::read_to_string(dir.join("cluster.yaml")).unwrap();
+    let token_id = token.split('.').next().unwrap();
+    for line in [
+        format!("tokenId: {token_id}"),
+        format!("expiration: \"{expiration}\""),
+        format!("caCertHash: {hash}"),
+        "userData: join/user-data".to_owned(),
+    ] {
+        assert!(summary.contains(&line), "{line} missing from\n{summary}");
+    }
+    assert_eq!(generated.token_join.ca_cert_hash, hash);
+    let described = generated.describe(&dir);
+    assert!(described.contains("join/user-data") && described.contains(token_id), "{described}");
+    // About a day from now, in the form a Secret's expiration takes.
+    let now = time::OffsetDateTime::now_utc();
+    let parsed = time::OffsetDateTime::parse(&expiration, &time::format_description::well_known::Rfc3339).unwrap();
+    let ttl = parsed - now;
+    assert!(ttl > time::Duration::hours(23) && ttl <= time::Duration::hours(24), "{expiration}");
 }

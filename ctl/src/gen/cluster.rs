@@ -123,6 +123,10 @@ pub enum GenClusterError {
         #[source]
         source: SeedError,
     },
+    #[error("writing the token's expiration")]
+    Expiration(#[source] time::error::Format),
+    #[error("hashing the cluster CA's public key: {reason}")]
+    CaHash { reason: String },
     #[error("rendering cluster.yaml")]
     Summary(#[source] serde_saphyr::SerializeError),
     #[error("rendering {what}")]
@@ -265,6 +269,54 @@ pub fn bootstrap_token() -> Result<String, GenClusterError> {
     Ok(format!("{}.{}", random_token_part(6)?, random_token_part(16)?))
 }
 
+/// How long a generated token authenticates (kubeadm's default TTL).
+pub const TOKEN_TTL: time::Duration = time::Duration::hours(24);
+/// The join seed's user-data in the cluster folder: one MachineConfig any
+/// number of workers join with by the bootstrap token.
+pub const JOIN_USER_DATA: &str = "join/user-data";
+
+/// `now` + [`TOKEN_TTL`] as RFC 3339 UTC, as a token Secret's `expiration`.
+fn token_expiration(now: OffsetDateTime) -> Result<String, GenClusterError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    (now.to_offset(time::UtcOffset::UTC) + TOKEN_TTL).format(&format).map_err(GenClusterError::Expiration)
+}
+
+/// kubeadm's `--discovery-token-ca-cert-hash` of a CA certificate (PEM):
+/// `sha256:` and the hex SHA-256 of its SubjectPublicKeyInfo.
+pub fn ca_cert_hash(ca_pem: &str) -> Result<String, GenClusterError> {
+    let bad = |reason: String| GenClusterError::CaHash { reason };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.tbs_certificate.subject_pki.raw);
+    Ok(format!("sha256:{}", hex(digest.as_ref())))
+}
+
+/// The join seed's user-data: the cluster's settings, the API server, the
+/// token and the CA hash; no name, address or pod CIDR, which each node's
+/// meta-data, network-config and kernel command line give.
+pub fn join_user_data(plan: &ClusterPlan, token: &str, ca_cert_hash: &str) -> Result<String, GenClusterError> {
+    let spec = &plan.spec;
+    let mut config = MachineConfig::empty();
+    config.node.role = Role::Worker;
+    config.network.cluster_cidr = Some(spec.cluster_cidr.to_string());
+    config.network.service_cidr = Some(spec.service_cidr.to_string());
+    config.network.mtu = Some(spec.mtu);
+    config.cluster.name = Some(spec.name.clone());
+    config.cluster.api_server_endpoint = Some(plan.api_server_endpoint.clone());
+    config.cluster.dns_address = Some(plan.dns_address.to_string());
+    config.cluster.dns_domain = Some(DNS_DOMAIN.to_owned());
+    config.cluster.bootstrap_token = Some(token.into());
+    config.cluster.ca_cert_hashes = vec![ca_cert_hash.to_owned()];
+    let yaml = config.to_yaml_with_secrets();
+    kelson_config::parse(JOIN_USER_DATA, &yaml)
+        .map_err(|errors| GenClusterError::InvalidConfig { node: "the join seed".into(), errors })?;
+    Ok(format!(
+        "# The user-data of a NoCloud seed for any worker joining cluster {} by bootstrap token. It holds the \n\
+         # token: keep it private. Each node's seed adds its own meta-data (local-hostname) and network-config.\n{yaml}",
+        spec.name
+    ))
+}
+
 /// What this run of `gen cluster` produced, for the caller to write and report.
 #[derive(Debug)]
 pub struct GeneratedCluster {
@@ -272,6 +324,8 @@ pub struct GeneratedCluster {
     /// Random per run; part of every node's instance-id.
     pub generation: String,
     pub files: Vec<OutputFile>,
+    /// The bootstrap token's id, expiration and CA hash, and the join seed.
+    pub token_join: SummaryTokenJoin,
 }
 
 impl GeneratedCluster {
@@ -291,6 +345,14 @@ impl GeneratedCluster {
             out += &format!("client {name}: {dir}/pki/{name}.crt, {dir}/pki/{name}.key (O={organisation})\n");
             out += &format!(
                 "kelsonctl as {name}: kelsonctl status --kelsonconfig {dir}/{file} (0600: it holds the key)\n"
+            );
+        }
+        {
+            let join = &self.token_join;
+            out += &format!(
+                "token join: {dir}/{JOIN_USER_DATA} (bootstrap token {}, expires {}, CA {}): the user-data of any \
+                 worker's seed; it holds the token\n",
+                join.token_id, join.expiration, join.ca_cert_hash
             );
         }
         out += &format!("summary: {dir}/cluster.yaml\n");
@@ -439,8 +501,14 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
     .map_err(render_error(ADMIN_KUBECONFIG.to_owned()))?;
     files.push(OutputFile::secret(ADMIN_KUBECONFIG.to_owned(), admin));
 
-    let material =
-        NodeMaterial { generation: &generation, bootstrap_token: &token, ca, kube_proxy: &cluster_pki.kube_proxy };
+    let expiration = token_expiration(now)?;
+    let material = NodeMaterial {
+        generation: &generation,
+        bootstrap_token: &token,
+        bootstrap_token_expiration: Some(&expiration),
+        ca,
+        kube_proxy: &cluster_pki.kube_proxy,
+    };
     let mut summary_nodes = Vec::new();
     for node in &plan.nodes {
         let control_plane = if node.role == Role::ControlPlane {
@@ -454,9 +522,15 @@ pub fn render(plan: ClusterPlan, now: OffsetDateTime) -> Result<GeneratedCluster
         summary_nodes.push(rendered.summary);
     }
 
-    let summary = Summary::new(&plan, &generation, summary_nodes);
+    let ca_cert_hash = ca_cert_hash(&ca.cert_pem())?;
+    let join = join_user_data(&plan, &token, &ca_cert_hash)?;
+    files.push(OutputFile::secret(JOIN_USER_DATA.to_owned(), join));
+    let mut summary = Summary::new(&plan, &generation, summary_nodes);
+    let token_id = token.split('.').next().unwrap_or_default().to_owned();
+    let token_join = SummaryTokenJoin { token_id, expiration, ca_cert_hash, user_data: JOIN_USER_DATA.to_owned() };
+    summary.token_join = Some(token_join.clone());
     files.push(OutputFile::public(SUMMARY_FILE.to_owned(), summary.to_text()?));
-    Ok(GeneratedCluster { plan, generation, files })
+    Ok(GeneratedCluster { plan, generation, files, token_join })
 }
 
 /// What every node's files are made from besides its own plan: fresh in
@@ -465,6 +539,8 @@ pub struct NodeMaterial<'a> {
     /// The cluster's generation, part of the node's instance-id.
     pub generation: &'a str,
     pub bootstrap_token: &'a str,
+    /// When the token stops working; control-plane nodes register it with it.
+    pub bootstrap_token_expiration: Option<&'a str>,
     /// The cluster CA, which signs the node's certificates.
     pub ca: &'a Authority,
     /// kube-proxy's client certificate, the same on every node.
@@ -507,6 +583,7 @@ pub fn render_node(
         push_pki_files(&mut files, &format!("pki/{}", node.name), &own_pki);
         config.files = control_plane.files;
         config.static_pods = control_plane.static_pods;
+        config.cluster.bootstrap_token_expiration = material.bootstrap_token_expiration.map(str::to_owned);
         if let Some(members) = control_plane.join_through {
             config.cluster.etcd_join = true;
             config.cluster.etcd_endpoints = members;
@@ -614,6 +691,23 @@ pub struct Summary {
     pub nodes: Vec<SummaryNode>,
     pub certificate_authorities: SummaryAuthorities,
     pub clients: Vec<SummaryClient>,
+    /// Workers joining by bootstrap token (absent from folders written
+    /// before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_join: Option<SummaryTokenJoin>,
+}
+
+/// The bootstrap token workers join with: its id (the secret is in the
+/// join user-data and the control-plane nodes' configs only), when it
+/// expires, and the CA hash joining nodes check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SummaryTokenJoin {
+    pub token_id: String,
+    pub expiration: String,
+    pub ca_cert_hash: String,
+    /// The join seed's user-data, relative to the folder.
+    pub user_data: String,
 }
 
 /// The three CAs' certificates, as kubeadm names them.
@@ -682,6 +776,7 @@ impl Summary {
                     key: format!("pki/{name}.key"),
                 })
                 .collect(),
+            token_join: None,
         }
     }
 

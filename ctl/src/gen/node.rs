@@ -184,6 +184,8 @@ struct ClusterFolder {
     ca: Authority,
     kube_proxy: Issued,
     bootstrap_token: String,
+    /// When the token expires, as the first node's config says.
+    bootstrap_token_expiration: Option<String>,
     /// The kelsonconfig files there are, by name.
     kelsonconfigs: Vec<(&'static str, KelsonConfig)>,
     /// When the new node's certificates start.
@@ -237,6 +239,7 @@ impl ClusterFolder {
             .as_ref()
             .map(|token| token.expose().to_owned())
             .ok_or(GenNodeError::NoBootstrapToken(config_path))?;
+        let bootstrap_token_expiration = config.cluster.bootstrap_token_expiration.clone();
 
         let mut kelsonconfigs = Vec::new();
         for file in KELSONCONFIGS {
@@ -248,7 +251,17 @@ impl ClusterFolder {
                 kelsonconfigs.push((file, KelsonConfig::from_yaml(&path, &text)?));
             }
         }
-        Ok(ClusterFolder { dir: dir.to_owned(), summary, plan, ca, kube_proxy, bootstrap_token, kelsonconfigs, now })
+        Ok(ClusterFolder {
+            dir: dir.to_owned(),
+            summary,
+            plan,
+            ca,
+            kube_proxy,
+            bootstrap_token,
+            bootstrap_token_expiration,
+            kelsonconfigs,
+            now,
+        })
     }
 
     /// Refuses a name the folder already has anywhere a node's name shows.
@@ -311,6 +324,7 @@ impl ClusterFolder {
         let material = NodeMaterial {
             generation: &self.summary.generation,
             bootstrap_token: &self.bootstrap_token,
+            bootstrap_token_expiration: self.bootstrap_token_expiration.as_deref(),
             ca: &self.ca,
             kube_proxy: &self.kube_proxy,
         };

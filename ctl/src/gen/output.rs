@@ -13,8 +13,8 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// What `gen` owns inside an output directory; `--force` removes exactly
 /// these, so files an operator keeps beside them survive and a smaller
 /// new cluster leaves no stale nodes behind.
-pub const GENERATED_ENTRIES: [&str; 6] =
-    ["cluster.yaml", "admin.kubeconfig", "kelsonconfig", "kelsonconfig-read-only", "pki", "nodes"];
+pub const GENERATED_ENTRIES: [&str; 7] =
+    ["cluster.yaml", "admin.kubeconfig", "kelsonconfig", "kelsonconfig-read-only", "pki", "nodes", "join"];
 
 /// One file of the output, its path relative to the output directory.
 #[derive(Clone)]
