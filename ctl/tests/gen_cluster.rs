@@ -649,7 +649,7 @@ fn the_join_seed_carries_the_endpoint_the_token_and_the_cas_hash_and_the_control
     assert_eq!(join.cluster.bootstrap_token.as_ref().unwrap().expose(), token);
     assert_eq!(join.cluster.api_server_endpoint.as_deref(), Some("https://192.168.100.10:6443"));
     let hash = openssl_ca_hash(&dir.join("pki/ca.crt"));
-    assert_eq!(join.cluster.ca_cert_hashes, [hash.clone()]);
+    assert_eq!(join.cluster.ca_cert_hashes, std::slice::from_ref(&hash));
     assert_eq!(join.node.role, Role::Worker);
     // Per node: its name, address and pod CIDR come from its own seed files.
     assert!(join.node.hostname.is_none() && join.network.uplinks.is_empty() && join.network.pod_cidr.is_none());
