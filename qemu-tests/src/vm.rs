@@ -175,6 +175,8 @@ impl VmBuilder {
     /// Appends a word to the kernel command line. The command line always
     /// starts with `console=ttyS0 panic=-1` (a panic reboots, which with
     /// `-no-reboot` ends QEMU so tests fail fast instead of timing out).
+    /// A firmware boot's UKI gets the words through the SMBIOS string
+    /// systemd-stub appends to its command line.
     pub fn append(mut self, arg: &str) -> Self {
         self.cmdline.push(arg.to_owned());
         self
@@ -357,12 +359,21 @@ impl VmBuilder {
         // layers reach it as a disk PID 1 unpacks (kelson_init::hooks), and
         // the hooks key through the SMBIOS string systemd-stub appends to
         // the command line.
-        if self.kernel.is_none() && !self.layers.is_empty() {
-            let drive = keyval_suffix("file=", &files.layer_disk, ",if=none,format=raw,readonly=on,id=layer");
-            let device = "virtio-blk-pci,drive=layer,serial=kelson-test-layer";
-            push(&["-drive".as_ref(), &drive, "-device".as_ref(), device.as_ref()]);
-            if self.hooks_key && self.layers_carry_hooks() {
-                let smbios = format!("type=11,value=io.systemd.stub.kernel-cmdline-extra={TEST_HOOKS_KEY}");
+        if self.kernel.is_none() {
+            // systemd-stub takes the first such string only: one for all.
+            let mut extra = Vec::new();
+            if !self.layers.is_empty() {
+                let drive = keyval_suffix("file=", &files.layer_disk, ",if=none,format=raw,readonly=on,id=layer");
+                let device = "virtio-blk-pci,drive=layer,serial=kelson-test-layer";
+                push(&["-drive".as_ref(), &drive, "-device".as_ref(), device.as_ref()]);
+                if self.hooks_key && self.layers_carry_hooks() {
+                    extra.push(TEST_HOOKS_KEY.to_owned());
+                }
+            }
+            // What `append` adds reaches a UKI's command line the same way.
+            extra.extend(self.cmdline.iter().cloned());
+            if !extra.is_empty() {
+                let smbios = format!("type=11,value=io.systemd.stub.kernel-cmdline-extra={}", extra.join(" "));
                 push(&["-smbios".as_ref(), smbios.as_ref()]);
             }
         }

@@ -38,6 +38,13 @@ const WORKER: &str = "k-worker-1";
 const NODE_MAC: &str = "52:54:00:6b:00:10";
 const WORKER_MAC: &str = "52:54:00:6b:00:11";
 const HOSTFWD_MAC: &str = "52:54:00:6b:01:10";
+/// Workers joining by bootstrap token: one from the join seed, one with a
+/// wrong CA hash (and a NIC on QEMU's user network for its management API).
+const TOKEN_WORKER: &str = "k-tw-1";
+const TOKEN_WORKER_MAC: &str = "52:54:00:6b:00:12";
+const WRONG_HASH_WORKER: &str = "k-worker-2";
+const WRONG_HASH_WORKER_MAC: &str = "52:54:00:6b:00:13";
+const WRONG_HASH_HOSTFWD_MAC: &str = "52:54:00:6b:01:13";
 /// The control-plane node's address on QEMU's user network (its DHCP
 /// default, configured statically), where the hostfwds land.
 const HOSTFWD_ADDRESS: &str = "10.0.2.15";
@@ -223,6 +230,213 @@ fn the_worker_joins_and_routes_follow_its_node(
     kubectl.run(&["delete", "node", WORKER]).unwrap();
     assert_eq!(route_until(vm, "10.244.1.0/24", false), None);
     assert!(route_until(worker, "10.244.0.0/24", true).is_some());
+}
+
+/// A worker from the join seed: its user-data is `gen cluster`'s
+/// `join/user-data` (endpoint, token, CA hash) as any number of workers
+/// would share it; its own are the meta-data (name), the network-config
+/// (address on the node network, chosen by MAC) and the kernel command
+/// line (`kelson.podCIDR`, through the SMBIOS string systemd-stub
+/// appends). `user_data` edits the shared user-data for this VM.
+/// One token-joining worker's own settings.
+struct TokenWorker<'a> {
+    name: &'a str,
+    mac: &'a str,
+    address: &'a str,
+    pod_cidr: &'a str,
+    /// A NIC on QEMU's user network (its MAC) with a hostfwd from this
+    /// loopback port to the management API.
+    management: Option<(&'a str, u16)>,
+}
+
+fn token_worker(
+    image: &ImagePaths,
+    dir: &std::path::Path,
+    node: &TokenWorker<'_>,
+    user_data: &str,
+    node_network: u16,
+) -> Vm {
+    let TokenWorker { name, mac, address, pod_cidr, management: extra_nic } = *node;
+    let vm_dir = dir.join(name);
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let mut ethernets = serde_json::json!({
+        "node": {"match": {"macaddress": mac}, "addresses": [format!("{address}/24")], "gateway4": "192.168.100.1"}
+    });
+    if let Some((hostfwd_mac, _)) = extra_nic {
+        ethernets["hostfwd"] =
+            serde_json::json!({"match": {"macaddress": hostfwd_mac}, "addresses": [format!("{HOSTFWD_ADDRESS}/24")]});
+    }
+    let network_config = serde_json::json!({"version": 2, "ethernets": ethernets}).to_string();
+    let meta_data = format!("instance-id: {name}\nlocal-hostname: {name}\n");
+    let seed = qemu_tests::seed::fat_seed(
+        &vm_dir,
+        &[("meta-data", &meta_data), ("user-data", user_data), ("network-config", &network_config)],
+    )
+    .unwrap();
+    let disk = image.disk_overlay(&vm_dir, "8G").unwrap();
+    let mut builder = VmBuilder::firmware()
+        .name(name)
+        .ovmf(&vm_dir)
+        .unwrap()
+        .disk_qcow2(&disk)
+        .disk(&seed)
+        .memory_mib(1536)
+        .layer(guest_layer_with_agent("/bin/busybox"))
+        .append(&format!("kelson.podCIDR={pod_cidr}"))
+        .socket_nic_connect(node_network, mac);
+    let netdev;
+    if let Some((hostfwd_mac, api_port)) = extra_nic {
+        netdev = format!("user,id=up,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-{HOSTFWD_ADDRESS}:50000");
+        builder =
+            builder.qemu_args(["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev=up,mac={hostfwd_mac}")]);
+    }
+    let mut vm = builder.boot().unwrap();
+    vm.expect("kelson: ready", BOOT).unwrap();
+    vm
+}
+
+/// Joining by bootstrap token, one worker at a time on the node network
+/// (its socket takes one VM): a worker from the shared join seed verifies
+/// the cluster CA, its kubelet's TLS bootstrap is approved, and it turns
+/// Ready; one whose seed has a wrong CA hash stays out, saying why on its
+/// console and in its status (`kelsonctl status`, through a hostfwd of its
+/// own management API, whose certificate the test adds to its user-data).
+fn workers_join_by_bootstrap_token(
+    kubectl: &Kubectl,
+    cp: &Vm,
+    image: &ImagePaths,
+    dir: &std::path::Path,
+    cluster: &std::path::Path,
+    node_network: u16,
+) {
+    let join = std::fs::read_to_string(cluster.join("join/user-data")).unwrap();
+    // PID 1 on the control-plane node published the token and cluster-info.
+    let summary: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(cluster.join("cluster.yaml")).unwrap()).unwrap();
+    let token_id = summary["tokenJoin"]["tokenId"].as_str().unwrap().to_owned();
+    let secret_type = kubectl.until(
+        cp,
+        "the bootstrap token's Secret",
+        &["-n", "kube-system", "get", "secret", &format!("bootstrap-token-{token_id}"), "-o", "jsonpath={.type}"],
+        CLUSTER_UP,
+        |o| !o.is_empty(),
+    );
+    assert_eq!(secret_type, "bootstrap.kubernetes.io/token");
+    // The controller-manager's bootstrapsigner signs cluster-info with it.
+    kubectl.until(
+        cp,
+        "cluster-info signed for the token",
+        &["-n", "kube-public", "get", "configmap", "cluster-info", "-o", "jsonpath={.data}"],
+        CLUSTER_UP,
+        |o| o.contains(&format!("jws-kubeconfig-{token_id}")),
+    );
+
+    let started = Instant::now();
+    let node = TokenWorker {
+        name: TOKEN_WORKER,
+        mac: TOKEN_WORKER_MAC,
+        address: "192.168.100.12",
+        pod_cidr: "10.244.2.0/24",
+        management: None,
+    };
+    let mut joined = token_worker(image, dir, &node, &join, node_network);
+    let ready = r#"{.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.kubeletVersion}"#;
+    let node = kubectl.until(
+        &joined,
+        "the token-joined worker Ready",
+        &["get", "node", TOKEN_WORKER, "-o", &format!("jsonpath={ready}")],
+        CLUSTER_UP,
+        |o| o.starts_with("True "),
+    );
+    assert_eq!(node, "True v1.36.3");
+    println!("{TOKEN_WORKER} Ready {} s after its power-on", started.elapsed().as_secs());
+    // Its certificate came from the kubelet's TLS bootstrap: a CSR by the
+    // token's user, approved by the controller-manager and issued.
+    let csrs = kubectl
+        .run(&[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.username} {.spec.signerName} {.status.conditions[0].type} {.status.certificate}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    let bootstrap = csrs
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("system:bootstrap:{token_id} kubernetes.io/kube-apiserver-client-kubelet Approved "))
+        })
+        .unwrap_or_else(|| panic!("no approved bootstrap CSR for token {token_id}:\n{csrs}"));
+    assert!(bootstrap.split(' ').nth(3).is_some_and(|c| !c.is_empty()), "not issued: {bootstrap}");
+    let console = joined.console_text().unwrap();
+    assert!(console.contains("token join: the cluster CA (sha256:"), "no discovery line on the console");
+    assert!(!console.contains(summary_secret(&join).as_str()), "the token's secret on the console");
+    let kubelet_cert = sh(&mut joined, "ls /var/lib/kubelet/pki/");
+    assert!(kubelet_cert.contains("kubelet-client-current.pem"), "{kubelet_cert}");
+    joined.kill().unwrap();
+
+    // The same seed with a wrong CA hash: the node boots, never joins,
+    // and says why.
+    let wrong_hash = format!("sha256:{}", "0".repeat(64));
+    let real_hash = summary["tokenJoin"]["caCertHash"].as_str().unwrap().to_owned();
+    assert!(join.contains(&real_hash));
+    let added = kelsonctl::gen::generate_node(
+        cluster,
+        &kelsonctl::gen::NodeSpec { name: WRONG_HASH_WORKER.to_owned(), role: kelson_config::Role::Worker },
+    )
+    .unwrap();
+    // Its management API's certificate and the CA its clients are signed
+    // by, from gen node (the join seed has none: a management certificate
+    // names one node); everything else is the join seed's.
+    let generated: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(cluster.join(format!("nodes/{WRONG_HASH_WORKER}/machine-config.yaml"))).unwrap(),
+    )
+    .unwrap();
+    let mut user_data: serde_json::Value = serde_saphyr::from_str(&join.replace(&real_hash, &wrong_hash)).unwrap();
+    user_data["pki"] = serde_json::json!({
+        "ca": generated["pki"]["ca"],
+        "certificates": {"management-api": generated["pki"]["certificates"]["management-api"]},
+    });
+    let api_port = free_loopback_port().unwrap();
+    let address = added.node.address.to_string();
+    let pod_cidr = added.node.pod_cidr.to_string();
+    let node = TokenWorker {
+        name: WRONG_HASH_WORKER,
+        mac: WRONG_HASH_WORKER_MAC,
+        address: &address,
+        pod_cidr: &pod_cidr,
+        management: Some((WRONG_HASH_HOSTFWD_MAC, api_port)),
+    };
+    let mut refused = token_worker(image, dir, &node, &user_data.to_string(), node_network);
+    refused.expect("none of cluster.caCertHashes", Duration::from_secs(300)).unwrap();
+    let ctl = Kelsonctl::beside_tests(&cluster.join("kelsonconfig"), WRONG_HASH_WORKER, api_port).unwrap();
+    let status = ctl
+        .until(&refused, "the cluster-joined condition's reason", &["status"], Duration::from_secs(300), |s| {
+            s["conditions"]["cluster-joined"]["state"] == "unreachable"
+        })
+        .unwrap();
+    let reason = status["conditions"]["cluster-joined"]["reason"].as_str().unwrap().to_owned();
+    println!("{WRONG_HASH_WORKER}: cluster-joined: {reason}");
+    assert!(reason.contains(&format!("is {real_hash}, none of cluster.caCertHashes ({wrong_hash})")), "{reason}");
+    let text = ctl.run(&["status"]).unwrap();
+    assert!(text.contains("cluster-joined") && text.contains("none of cluster.caCertHashes"), "{text}");
+    let services = ctl.json(&["services"]).unwrap();
+    println!("{WRONG_HASH_WORKER}'s services: {services}");
+    // Nothing half-written: no CA, no bootstrap kubeconfig, no kubelet.
+    let files = sh(
+        &mut refused,
+        "ls /etc/kubernetes/pki/ca.crt /etc/kubernetes/bootstrap-kubelet.conf /var/lib/kelson/token-join 2>&1; true",
+    );
+    assert_eq!(files.matches("No such file or directory").count(), 3, "{files}");
+    assert!(kubectl.run(&["get", "node", WRONG_HASH_WORKER]).is_err(), "{WRONG_HASH_WORKER} registered");
+    refused.kill().unwrap();
+}
+
+/// The token's secret half as the join seed holds it, to check it never
+/// reaches a console.
+fn summary_secret(join: &str) -> String {
+    let config: serde_json::Value = serde_saphyr::from_str(join).unwrap();
+    let token = config["cluster"]["bootstrapToken"].as_str().unwrap();
+    token.split('.').nth(1).unwrap().to_owned()
 }
 
 const WEB_POD: &str = r#"{
@@ -432,8 +646,10 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert_eq!(sh(&mut vm, &format!("wget -q -O - http://{pod_ip}:8080/")), "hello from web");
 
     the_worker_joins_and_routes_follow_its_node(&kubectl, &mut vm, &mut worker, pod_ip, dir.path());
-    // The rest is the control-plane node's alone: the worker's CPU is freed.
+    // The worker's CPU is freed for the next one, on the same node network.
     worker.kill().unwrap();
+
+    workers_join_by_bootstrap_token(&kubectl, &vm, &image, dir.path(), &out, node_network);
 
     // kill -9 of the API server: PID 1 restarts it and kubectl works again.
     let message = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].message}"#;
