@@ -311,8 +311,9 @@ pub fn join_user_data(plan: &ClusterPlan, token: &str, ca_cert_hash: &str) -> Re
     kelson_config::parse(JOIN_USER_DATA, &yaml)
         .map_err(|errors| GenClusterError::InvalidConfig { node: "the join seed".into(), errors })?;
     Ok(format!(
-        "# The user-data of a NoCloud seed for any worker joining cluster {} by bootstrap token. It holds the \n\
-         # token: keep it private. Each node's seed adds its own meta-data (local-hostname) and network-config.\n{yaml}",
+        "# The user-data of a NoCloud seed for any worker joining cluster {} by bootstrap token; it holds\n\
+         # the token: keep it private. Each node's seed adds its own meta-data (local-hostname) and\n\
+         # network-config (its address); its pod CIDR is kelson.podCIDR on its kernel command line.\n{yaml}",
         spec.name
     ))
 }
