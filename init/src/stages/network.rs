@@ -10,7 +10,9 @@
 //! leases: its handle releases them at shutdown.
 //!
 //! On a node with cluster credentials the stage also starts the Node
-//! watcher (`kelson_cluster::NodeWatcher`): from then on the peer routes
+//! watcher (`kelson_cluster::NodeWatcher`; on a node that joined by
+//! bootstrap token, with its kubelet's certificate once TLS bootstrap has
+//! made it): from then on the peer routes
 //! follow the cluster's Node objects, each other node's pod CIDR via its
 //! InternalIP; the config's static `network.peerRoutes` keep the pod CIDRs
 //! the Nodes do not cover (all of them while no API server answers).
@@ -20,9 +22,11 @@ use crate::clock;
 use crate::kernel::Kernel;
 use crate::runner::ReaperRunner;
 use crate::status::{Condition, StatusPublisher};
-use kelson_cluster::{ClusterView, NodeWatcher};
+use kelson_cluster::{ClusterView, NodeWatcher, ReporterConfig, Timing};
 use kelson_net::plan::{BridgePlan, PeerRoutePlan, UplinkMode};
 use kelson_net::{cni, ApplyReport, Host, NetPlan, Networking, Outcome, Paths, RtNetlink};
+use kelson_supervise::node::paths::{DISCOVERED_CA_FILE, KUBELET_CLIENT_CERT};
+use kelson_supervise::node::{kubelet_credential, Credential};
 use kelson_supervise::NETWORK_READY;
 use std::path::Path;
 use std::sync::Arc;
@@ -182,9 +186,11 @@ fn publish_addresses(plan: &NetPlan, networking: &NodeNetworking, status: &Statu
 }
 
 /// Starts the Node watcher and the task that applies what it sees, when
-/// the config carries the node's cluster credentials; the sender stops
-/// both. Without credentials (a node outside a cluster) or with ones it
-/// refuses, the static routes are all there is, and the log says why.
+/// the config carries the node's cluster credentials, or, on a node
+/// joining by bootstrap token, once its kubelet has a certificate; the
+/// sender stops both. Without credentials (a node outside a cluster) or
+/// with ones it refuses, the static routes are all there is, and the log
+/// says why.
 fn start_node_watcher(
     ctx: &BootContext<'_>,
     plan: &NetPlan,
@@ -193,15 +199,96 @@ fn start_node_watcher(
 ) -> Option<oneshot::Sender<()>> {
     let effective = ctx.config.as_ref()?;
     let node_name = ctx.node_name();
-    let config = match crate::stages::pods::reporter_config(&effective.config, &node_name) {
-        Ok(config) => config,
+    let pinned = plan.bridge.as_ref().map(|bridge| bridge.pod_cidr);
+    let _entered = runtime.enter();
+    let (stop, stopped) = oneshot::channel::<()>();
+    match crate::stages::pods::reporter_config(&effective.config, &node_name) {
+        Ok(config) => {
+            follow_nodes(config, pinned, network.clone(), stopped)?;
+        }
+        Err(_) if kubelet_credential(&effective.config) == Credential::TokenDiscovery => {
+            let api_server = effective.config.cluster.api_server_endpoint.clone()?;
+            let network = network.clone();
+            info!("network: the Node watcher starts once the kubelet's TLS bootstrap has given it a certificate");
+            tokio::spawn(async move {
+                let mut stopped = stopped;
+                let config = tokio::select! {
+                    _ = &mut stopped => return,
+                    config = kubelet_credential_once_bootstrapped(api_server, node_name) => config,
+                };
+                follow_nodes(config, pinned, network, stopped);
+            });
+        }
         Err(missing) => {
             info!("network: routes follow the config only: the machine config has no {missing}");
             return None;
         }
-    };
-    let pinned = plan.bridge.as_ref().map(|bridge| bridge.pod_cidr);
-    let _entered = runtime.enter();
+    }
+    Some(stop)
+}
+
+/// How often a token-joined node looks for its kubelet's certificate.
+const KUBELET_CREDENTIAL_POLL: Duration = Duration::from_secs(5);
+
+/// The node's own credential on a node that joined by token: the
+/// kubelet's rotated client certificate (`system:node:<node>`, cert and
+/// key in one file) and the CA token discovery verified, once both exist.
+/// The watcher keeps the certificate it started with; the kubelet renews
+/// it long before it expires (a year by default), so a renewal is picked
+/// up at the next boot.
+async fn kubelet_credential_once_bootstrapped(api_server: String, node_name: String) -> ReporterConfig {
+    loop {
+        let pem = tokio::fs::read_to_string(KUBELET_CLIENT_CERT).await;
+        let ca = tokio::fs::read(DISCOVERED_CA_FILE).await;
+        if let (Ok(pem), Ok(ca_pem)) = (pem, ca) {
+            let (cert_pem, key_pem) = split_cert_and_key(&pem);
+            if !cert_pem.is_empty() && !key_pem.is_empty() {
+                return ReporterConfig {
+                    api_server,
+                    ca_pem,
+                    cert_pem: cert_pem.into_bytes(),
+                    key_pem: key_pem.into_bytes(),
+                    node_name,
+                    timing: Timing::default(),
+                };
+            }
+        }
+        tokio::time::sleep(KUBELET_CREDENTIAL_POLL).await;
+    }
+}
+
+/// A PEM file's certificate blocks and its private key block, apart (the
+/// kubelet keeps both in one file; a client presents only the first).
+fn split_cert_and_key(pem: &str) -> (String, String) {
+    let mut certs = String::new();
+    let mut key = String::new();
+    let mut block: Option<(bool, String)> = None;
+    for line in pem.lines() {
+        if let Some(label) = line.strip_prefix("-----BEGIN ") {
+            block = Some((label.contains("PRIVATE KEY"), String::new()));
+        }
+        if let Some((is_key, text)) = &mut block {
+            text.push_str(line);
+            text.push('\n');
+            if line.starts_with("-----END ") {
+                let target = if *is_key { &mut key } else { &mut certs };
+                target.push_str(text);
+                block = None;
+            }
+        }
+    }
+    (certs, key)
+}
+
+/// Runs the Node watcher with `config` and the task that applies what it
+/// sees, until `stopped`; `None` (logged) when it refuses the credential.
+fn follow_nodes(
+    config: ReporterConfig,
+    pinned: Option<ipnet::Ipv4Net>,
+    network: Arc<Mutex<NodeNetwork>>,
+    stopped: oneshot::Receiver<()>,
+) -> Option<()> {
+    let node_name = config.node_name.clone();
     let watcher = match NodeWatcher::new(&config, pinned) {
         Ok(watcher) => watcher,
         Err(e) => {
@@ -209,7 +296,6 @@ fn start_node_watcher(
             return None;
         }
     };
-    let (stop, stopped) = oneshot::channel::<()>();
     let (views, mut seen) = watch::channel::<Option<ClusterView>>(None);
     tokio::spawn(watcher.run(views, async {
         let _ = stopped.await;
@@ -245,7 +331,22 @@ fn start_node_watcher(
         }
     });
     info!("network: following the cluster's Nodes at {} as Node {node_name}", config.api_server);
-    Some(stop)
+    Some(())
+}
+
+#[cfg(test)]
+mod kubelet_credential_tests {
+    use super::split_cert_and_key;
+
+    #[test]
+    fn the_kubelets_file_splits_into_its_certificate_and_its_key() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+                   -----BEGIN EC PRIVATE KEY-----\nBBB\n-----END EC PRIVATE KEY-----\n";
+        let (cert, key) = split_cert_and_key(pem);
+        assert_eq!(cert, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
+        assert_eq!(key, "-----BEGIN EC PRIVATE KEY-----\nBBB\n-----END EC PRIVATE KEY-----\n");
+        assert_eq!(split_cert_and_key("no pem"), (String::new(), String::new()));
+    }
 }
 
 /// The DHCP clients, released at shutdown; bounded so a dead server cannot
