@@ -303,7 +303,7 @@ fn token_worker(
 /// own management API, whose certificate the test adds to its user-data).
 fn workers_join_by_bootstrap_token(
     kubectl: &Kubectl,
-    cp: &Vm,
+    cp: &mut Vm,
     image: &ImagePaths,
     dir: &std::path::Path,
     cluster: &std::path::Path,
@@ -315,7 +315,7 @@ fn workers_join_by_bootstrap_token(
         serde_saphyr::from_str(&std::fs::read_to_string(cluster.join("cluster.yaml")).unwrap()).unwrap();
     let token_id = summary["tokenJoin"]["tokenId"].as_str().unwrap().to_owned();
     let secret_type = kubectl.until(
-        cp,
+        &*cp,
         "the bootstrap token's Secret",
         &["-n", "kube-system", "get", "secret", &format!("bootstrap-token-{token_id}"), "-o", "jsonpath={.type}"],
         CLUSTER_UP,
@@ -324,7 +324,7 @@ fn workers_join_by_bootstrap_token(
     assert_eq!(secret_type, "bootstrap.kubernetes.io/token");
     // The controller-manager's bootstrapsigner signs cluster-info with it.
     kubectl.until(
-        cp,
+        &*cp,
         "cluster-info signed for the token",
         &["-n", "kube-public", "get", "configmap", "cluster-info", "-o", "jsonpath={.data}"],
         CLUSTER_UP,
@@ -372,7 +372,30 @@ fn workers_join_by_bootstrap_token(
     assert!(!console.contains(summary_secret(&join).as_str()), "the token's secret on the console");
     let kubelet_cert = sh(&mut joined, "ls /var/lib/kubelet/pki/");
     assert!(kubelet_cert.contains("kubelet-client-current.pem"), "{kubelet_cert}");
+    // With that certificate its PID 1's Node watcher writes the pod CIDR
+    // from its command line into its Node, so the control-plane node
+    // routes to it; kube-proxy runs as the node (system:node-proxier).
+    let cidr = kubectl.until(
+        &joined,
+        "the token-joined worker's pod CIDR in its Node",
+        &["get", "node", TOKEN_WORKER, "-o", "jsonpath={.spec.podCIDR}"],
+        CLUSTER_UP,
+        |o| !o.is_empty(),
+    );
+    assert_eq!(cidr, "10.244.2.0/24");
+    let to_joined = route_until(cp, "10.244.2.0/24", true).unwrap();
+    assert!(to_joined.contains("via 192.168.100.12"), "{to_joined}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let state = sh(&mut joined, "cat /run/kelson/services/kube-proxy.json");
+        if state.contains("\"state\": \"healthy\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kube-proxy on {TOKEN_WORKER} not healthy: {state}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
     joined.kill().unwrap();
+    kubectl.run(&["delete", "node", TOKEN_WORKER]).unwrap();
 
     // The same seed with a wrong CA hash: the node boots, never joins,
     // and says why.
@@ -649,7 +672,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     // The worker's CPU is freed for the next one, on the same node network.
     worker.kill().unwrap();
 
-    workers_join_by_bootstrap_token(&kubectl, &vm, &image, dir.path(), &out, node_network);
+    workers_join_by_bootstrap_token(&kubectl, &mut vm, &image, dir.path(), &out, node_network);
 
     // kill -9 of the API server: PID 1 restarts it and kubectl works again.
     let message = r#"{.status.conditions[?(@.type=="KelsonStaticPodsHealthy")].message}"#;
