@@ -412,9 +412,9 @@ impl VmBuilder {
         match &self.kernel {
             Some(kernel) if !kernel.is_file() => bail!("kernel {} does not exist", kernel.display()),
             Some(_) => {}
-            None if self.initrd.is_some() || !self.cmdline.is_empty() => {
-                bail!("a VM booted by its firmware takes no initrd or kernel command line from the harness")
-            }
+            // Its UKI carries its own initrd; `append`'s words reach it
+            // through the SMBIOS string systemd-stub adds to its command line.
+            None if self.initrd.is_some() => bail!("a VM booted by its firmware takes no initrd from the harness"),
             None => {}
         }
         let prefix = format!("kelson-vm-{}-", sanitize(&self.name));
