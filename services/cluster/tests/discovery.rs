@@ -113,6 +113,23 @@ async fn a_server_without_the_pinned_cas_certificate_is_refused_on_the_second_re
     assert!(reason.to_lowercase().contains("certificate"), "{err}");
 }
 
+/// A node has no system CA bundle: the first, anonymous read must not
+/// need one. `SSL_CERT_FILE` pointing nowhere makes the host look the
+/// same to the TLS stack (set before any client exists in this process;
+/// the other tests here trust nothing from the system either).
+#[tokio::test]
+async fn discovery_needs_no_system_roots() {
+    std::env::set_var("SSL_CERT_FILE", "/nonexistent/kelson-test-no-system-roots.pem");
+    std::env::set_var("SSL_CERT_DIR", "/nonexistent/kelson-test-no-system-roots");
+    let cluster = pki();
+    let token = BootstrapToken::parse(TOKEN).unwrap();
+    let kubeconfig = cluster_info_kubeconfig("https://192.168.100.10:6443", &cluster.ca_pem);
+    let data = json!({"kubeconfig": kubeconfig, "jws-kubeconfig-abcdef": sign(&kubeconfig, &token)});
+    let url = serve(&cluster, data).await;
+    let discovered = discover(&url, &token, &[pin(&cluster)], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(discovered.ca_pem, cluster.ca_pem);
+}
+
 #[tokio::test]
 async fn a_missing_cluster_info_is_the_servers_answer() {
     let cluster = pki();
