@@ -13,12 +13,13 @@
 //! is down at boot, so every failure is retried with back-off and logged
 //! once per change of problem.
 
-use crate::reporter::{error_chain, node_client, ReporterConfig, ReporterError, Timing};
+use crate::problems::{ApiProblem, QuietRetries};
+use crate::reporter::{node_client, ReporterConfig, ReporterError, Timing};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{json, Value};
 use std::future::Future;
-use tracing::{info, warn};
+use tracing::info;
 
 /// The name of the credential in the machine config's `pki.certificates`.
 pub const ADDONS_CERTIFICATE: &str = "cluster-addons";
@@ -61,7 +62,7 @@ impl AddonApplier {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut retry = self.timing.retry_min;
-        let mut problem: Option<String> = None;
+        let mut problems = QuietRetries::new("cluster addons");
         loop {
             let attempt = tokio::time::timeout(self.timing.request_timeout * 4, self.apply_all());
             let outcome = tokio::select! {
@@ -76,10 +77,7 @@ impl AddonApplier {
                 Ok(Err(failure)) => failure,
                 Err(_) => "the API server did not answer in time".to_owned(),
             };
-            if problem.as_deref() != Some(failure.as_str()) {
-                warn!("cluster addons: {failure}; retrying quietly");
-                problem = Some(failure);
-            }
+            problems.failed(&failure, &failure);
             tokio::select! {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(retry) => {}
@@ -95,15 +93,9 @@ impl AddonApplier {
             let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             let what = format!("{} {name}", resource.kind);
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-            api.patch(&name, &params, &Patch::Apply(&object)).await.map_err(|e| match &e {
-                kube::Error::Api(status) => {
-                    format!(
-                        "applying {what}: the API server answered {} {}: {}",
-                        status.code, status.reason, status.message
-                    )
-                }
-                other => format!("applying {what}: API server unreachable: {}", error_chain(other)),
-            })?;
+            api.patch(&name, &params, &Patch::Apply(&object))
+                .await
+                .map_err(|e| ApiProblem::new(&format!("applying {what}"), e).detail)?;
             applied.push(what);
         }
         Ok(applied)

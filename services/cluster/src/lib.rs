@@ -24,6 +24,7 @@ mod addons;
 mod conditions;
 mod events;
 mod node_watcher;
+mod problems;
 mod reporter;
 mod routes;
 
