@@ -19,8 +19,10 @@
 //! is QEMU's user network, for the hostfwds). The control-plane node's
 //! seed has no route to it: that route comes from PID 1's Node watcher,
 //! the worker's pod CIDR from its config written into its Node by its
-//! PID 1. A Pod on the worker answers the control-plane node by pod IP,
-//! and `kubectl delete node` of the worker takes its route away.
+//! PID 1. A Pod on the worker answers the control-plane node by pod IP;
+//! a NodePort Service in front of it answers by cluster IP on both nodes
+//! and in a pod, and from the host by its node port (a third hostfwd);
+//! `kubectl delete node` of the worker takes its route away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::kelsonctl::Kelsonctl;
@@ -47,6 +49,8 @@ const BOOT: Duration = Duration::from_secs(600);
 /// Go start-up under software emulation.
 const CLUSTER_UP: Duration = Duration::from_secs(1200);
 const AGENT: Duration = Duration::from_secs(120);
+/// The worker's web Service's node port, forwarded from the host.
+const NODE_PORT: u16 = 30080;
 
 /// kubectl on the host, pointed at the node through the forwarded port.
 struct Kubectl {
@@ -109,6 +113,35 @@ fn apiserver_restarts(message: &str) -> Option<u32> {
     rest.split("(restarts ").nth(1)?.split(')').next()?.parse().ok()
 }
 
+/// Runs `wget` on `vm` until it answers (kube-proxy's rules arrive within
+/// its sync period), and checks the answer is the worker's pod.
+fn service_answers(vm: &mut Vm, from: &str, wget: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = vm.agent_exec(wget, AGENT).unwrap();
+        if answer.status == 0 {
+            assert_eq!(answer.output.trim(), "hello from web-worker", "the Service from {from}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the Service from {from} not answering: {}", answer.output);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The body of `GET /` from `address` (host:port), over plain HTTP/1.0.
+fn http_get(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("not a 200 answer: {response:?}"))),
+    }
+}
+
 /// The first line of `ip route` on `vm` for `network`, polled until
 /// `present` holds of it (Some) or not (None), within a minute.
 fn route_until(vm: &mut Vm, network: &str, present: bool) -> Option<String> {
@@ -127,14 +160,17 @@ fn route_until(vm: &mut Vm, network: &str, present: bool) -> Option<String> {
 /// The worker turns Ready, each node's pod CIDR is in its Node, each node
 /// routes to the other's pod CIDR (the control-plane node's route learnt
 /// from the worker's Node: its seed has none), pods answer across nodes by
-/// pod IP and through a ClusterIP Service (kube-proxy), and deleting the
-/// worker's Node takes its route away on the control-plane node.
+/// pod IP, a NodePort Service (kube-proxy) in front of the worker's pod
+/// answers by its cluster IP on both nodes and from a pod on the
+/// control-plane node, and by its node port from the host, and deleting
+/// the worker's Node takes its route away on the control-plane node.
 fn the_worker_joins_and_routes_follow_its_node(
     kubectl: &Kubectl,
     vm: &mut Vm,
     worker: &mut Vm,
     cp_pod_ip: &str,
     dir: &std::path::Path,
+    node_port_forward: u16,
 ) {
     let ready = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
     kubectl.until(
@@ -196,23 +232,40 @@ fn the_worker_joins_and_routes_follow_its_node(
     assert_eq!(sh(vm, &format!("timeout 20 wget -q -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
     assert_eq!(sh(worker, &format!("timeout 20 wget -q -O - http://{cp_pod_ip}:8080/")), "hello from web");
 
-    // A ClusterIP Service in front of the worker's Pod: kube-proxy on the
-    // control-plane node sends its traffic to the worker's pod CIDR.
+    // A NodePort Service in front of the worker's Pod (it has a cluster IP
+    // too): kube-proxy on each node sends its traffic to the worker's pod.
     kubectl.run(&["label", "pod", "web-worker", "app=web-worker"]).unwrap();
-    kubectl.run(&["create", "service", "clusterip", "web-worker", "--tcp=80:8080"]).unwrap();
+    let node_port = NODE_PORT.to_string();
+    kubectl.run(&["create", "service", "nodeport", "web-worker", "--tcp=80:8080", "--node-port", &node_port]).unwrap();
     let cluster_ip = kubectl.run(&["get", "service", "web-worker", "-o", "jsonpath={.spec.clusterIP}"]).unwrap();
     let service_cidr = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0).service_cidr;
     let address: std::net::Ipv4Addr = cluster_ip.parse().unwrap();
     assert!(service_cidr.contains(&address), "cluster IP {cluster_ip} outside {service_cidr}");
+    let service_url = format!("http://{cluster_ip}/");
+    // kube-proxy writes the Service's rules within its sync period.
+    // From the control-plane node itself, from a pod on it (the answer
+    // crosses to the worker), and from the worker node.
+    service_answers(vm, "the control-plane node", &format!("timeout 10 wget -q -O - {service_url}"));
+    let from_pod = kubectl.until(
+        vm,
+        "the Service from Pod web",
+        &["exec", "web", "--", "timeout", "10", "wget", "-q", "-O", "-", &service_url],
+        Duration::from_secs(120),
+        |o| !o.is_empty(),
+    );
+    assert_eq!(from_pod.trim(), "hello from web-worker");
+    service_answers(worker, "the worker node", &format!("timeout 10 wget -q -O - {service_url}"));
+    // The NodePort from the host: QEMU forwards a loopback port to the
+    // control-plane node's port 30080, kube-proxy sends it on to the worker.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        // kube-proxy writes the Service's rules within its sync period.
-        let answer = vm.agent_exec(&format!("timeout 10 wget -q -O - http://{cluster_ip}/"), AGENT).unwrap();
-        if answer.status == 0 {
-            assert_eq!(answer.output.trim(), "hello from web-worker");
-            break;
+        match http_get(&format!("127.0.0.1:{node_port_forward}")) {
+            Ok(body) => {
+                assert_eq!(body.trim(), "hello from web-worker");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "the NodePort through the hostfwd: {e}"),
         }
-        assert!(Instant::now() < deadline, "Service {cluster_ip} not answering: {}", answer.output);
         std::thread::sleep(Duration::from_secs(2));
     }
 
@@ -263,6 +316,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert_eq!(added.node.address.to_string(), "192.168.100.11");
     let port = free_loopback_port().unwrap();
     let api_port = free_loopback_port().unwrap();
+    let node_port_forward = free_loopback_port().unwrap();
     let node_network = free_loopback_port().unwrap();
     let kubectl = Kubectl {
         binary: kubectl_binary,
@@ -289,7 +343,8 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     // 127.0.0.1) and the management API.
     let netdev = format!(
         "user,id=up,restrict=on,\
-         hostfwd=tcp:127.0.0.1:{port}-{HOSTFWD_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{HOSTFWD_ADDRESS}:50000"
+         hostfwd=tcp:127.0.0.1:{port}-{HOSTFWD_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{HOSTFWD_ADDRESS}:50000,\
+         hostfwd=tcp:127.0.0.1:{node_port_forward}-{HOSTFWD_ADDRESS}:{NODE_PORT}"
     );
     let mut vm = VmBuilder::firmware()
         .name("cluster")
@@ -431,7 +486,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert!(pod_ip.starts_with("10.244.0."), "pod IP {pod_ip} outside the node's pod CIDR");
     assert_eq!(sh(&mut vm, &format!("wget -q -O - http://{pod_ip}:8080/")), "hello from web");
 
-    the_worker_joins_and_routes_follow_its_node(&kubectl, &mut vm, &mut worker, pod_ip, dir.path());
+    the_worker_joins_and_routes_follow_its_node(&kubectl, &mut vm, &mut worker, pod_ip, dir.path(), node_port_forward);
     // The rest is the control-plane node's alone: the worker's CPU is freed.
     worker.kill().unwrap();
 
