@@ -26,7 +26,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::kelsonctl::Kelsonctl;
-use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
+use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder, GUEST_APPLET_DIR};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -232,6 +232,37 @@ fn the_worker_joins_and_routes_follow_its_node(
     assert_eq!(sh(vm, &format!("timeout 20 wget -q -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
     assert_eq!(sh(worker, &format!("timeout 20 wget -q -O - http://{cp_pod_ip}:8080/")), "hello from web");
 
+    // Source addresses, as a CGI script under busybox httpd sees them: from
+    // pod to pod across nodes the pod's own; from a pod to an address
+    // outside the cluster CIDR (the worker's node address, where a
+    // host-side httpd listens) the control-plane node's, by the
+    // MASQUERADE rule.
+    let peer_seen = |url: &str| {
+        kubectl
+            .until(
+                vm,
+                &format!("Pod web fetching {url}"),
+                &["exec", "web", "--", "timeout", "10", "wget", "-q", "-O", "-", url],
+                Duration::from_secs(120),
+                |o| !o.trim().is_empty(),
+            )
+            // An IPv6 listener sees an IPv4 peer as a mapped address.
+            .trim()
+            .trim_start_matches("::ffff:")
+            .to_owned()
+    };
+    let from_pod = peer_seen(&format!("http://{worker_pod_ip}:8080/cgi-bin/peer"));
+    assert_eq!(from_pod, cp_pod_ip, "the pod's source address was not kept across nodes");
+    sh(
+        worker,
+        &format!(
+            "mkdir -p /tmp/peer/cgi-bin && printf '#!{GUEST_APPLET_DIR}/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' \
+             > /tmp/peer/cgi-bin/peer && chmod 755 /tmp/peer/cgi-bin/peer && httpd -p 8081 -h /tmp/peer"
+        ),
+    );
+    let outside = peer_seen("http://192.168.100.11:8081/cgi-bin/peer");
+    assert_eq!(outside, "192.168.100.10", "traffic leaving the cluster CIDR not masqueraded to the node's address");
+
     // A NodePort Service in front of the worker's Pod (it has a cluster IP
     // too): kube-proxy on each node sends its traffic to the worker's pod.
     kubectl.run(&["label", "pod", "web-worker", "app=web-worker"]).unwrap();
@@ -288,7 +319,7 @@ const WEB_POD: &str = r#"{
       "name": "httpd",
       "image": "docker.io/kelson/busybox:test",
       "imagePullPolicy": "Never",
-      "command": ["sh", "-c", "mkdir -p /www && echo hello from $HOSTNAME > /www/index.html && exec httpd -f -p 8080 -h /www"]
+      "command": ["sh", "-c", "mkdir -p /www/cgi-bin && echo hello from $HOSTNAME > /www/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod 755 /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
     }]
   }
 }"#;
