@@ -246,8 +246,11 @@ fn the_worker_joins_and_routes_follow_its_node(
                 Duration::from_secs(120),
                 |o| !o.trim().is_empty(),
             )
-            // An IPv6 listener sees an IPv4 peer as a mapped address.
+            // busybox httpd listens on IPv6 and writes an IPv4 peer as a
+            // mapped address in brackets: "[::ffff:10.244.0.128]".
             .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .trim_start_matches("::ffff:")
             .to_owned()
     };
