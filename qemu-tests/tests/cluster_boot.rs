@@ -19,12 +19,14 @@
 //! is QEMU's user network, for the hostfwds). The control-plane node's
 //! seed has no route to it: that route comes from PID 1's Node watcher,
 //! the worker's pod CIDR from its config written into its Node by its
-//! PID 1. A Pod on the worker answers the control-plane node by pod IP,
-//! and `kubectl delete node` of the worker takes its route away.
+//! PID 1. A Pod on the worker answers the control-plane node by pod IP;
+//! a NodePort Service in front of it answers by cluster IP on both nodes
+//! and in a pod, and from the host by its node port (a third hostfwd);
+//! `kubectl delete node` of the worker takes its route away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use qemu_tests::kelsonctl::Kelsonctl;
-use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder};
+use qemu_tests::{free_loopback_port, guest_layer_with_agent, ImagePaths, Vm, VmBuilder, GUEST_APPLET_DIR};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -54,6 +56,8 @@ const BOOT: Duration = Duration::from_secs(600);
 /// Go start-up under software emulation.
 const CLUSTER_UP: Duration = Duration::from_secs(1200);
 const AGENT: Duration = Duration::from_secs(120);
+/// The worker's web Service's node port, forwarded from the host.
+const NODE_PORT: u16 = 30080;
 
 /// kubectl on the host, pointed at the node through the forwarded port.
 struct Kubectl {
@@ -84,21 +88,33 @@ impl Kubectl {
     /// Runs kubectl until `done` accepts its output, or panics after
     /// `timeout` with the last output and the node's console tail.
     fn until(&self, vm: &Vm, what: &str, args: &[&str], timeout: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = self.run(args);
-            if let Ok(out) = &last {
-                if done(out) {
-                    return out.clone();
-                }
-            }
-            if Instant::now() > deadline {
-                let console = vm.console_text().unwrap_or_default();
-                let tail: Vec<&str> = console.lines().rev().take(60).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!("{what}: not within {timeout:?}; last: {last:?}\nconsole tail:\n{}", tail.join("\n"));
-            }
-            std::thread::sleep(Duration::from_secs(5));
+        poll_until(timeout, Duration::from_secs(5), || match self.run(args) {
+            Ok(out) if done(&out) => Ok(out),
+            Ok(out) => Err(format!("{out:?}")),
+            Err(e) => Err(e),
+        })
+        .unwrap_or_else(|last| {
+            let console = vm.console_text().unwrap_or_default();
+            let tail: Vec<&str> = console.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("{what}: not within {timeout:?}; last: {last}\nconsole tail:\n{}", tail.join("\n"));
+        })
+    }
+}
+
+/// Tries `attempt` every `every` until it gives a value, or gives its last
+/// problem once `timeout` has passed.
+fn poll_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(problem) if Instant::now() >= deadline => return Err(problem),
+            Err(_) => std::thread::sleep(every),
         }
     }
 }
@@ -116,32 +132,64 @@ fn apiserver_restarts(message: &str) -> Option<u32> {
     rest.split("(restarts ").nth(1)?.split(')').next()?.parse().ok()
 }
 
+/// Runs `wget` on `vm` until it answers (kube-proxy's rules arrive within
+/// its sync period), and checks the answer is the worker's pod.
+fn service_answers(vm: &mut Vm, from: &str, wget: &str) {
+    let body = poll_until(Duration::from_secs(120), Duration::from_secs(2), || {
+        let answer = vm.agent_exec(wget, AGENT).unwrap();
+        if answer.status == 0 {
+            Ok(answer.output)
+        } else {
+            Err(answer.output)
+        }
+    })
+    .unwrap_or_else(|last| panic!("the Service from {from} not answering: {last}"));
+    assert_eq!(body.trim(), "hello from web-worker", "the Service from {from}");
+}
+
+/// The body of `GET /` from `address` (host:port), over plain HTTP/1.0.
+fn http_get(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("not a 200 answer: {response:?}"))),
+    }
+}
+
 /// The first line of `ip route` on `vm` for `network`, polled until
 /// `present` holds of it (Some) or not (None), within a minute.
 fn route_until(vm: &mut Vm, network: &str, present: bool) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll_until(Duration::from_secs(60), Duration::from_secs(1), || {
         let routes = sh(vm, &format!("ip route show {network}"));
         let line = routes.lines().next().map(str::to_owned);
         if line.is_some() == present {
-            return line;
+            Ok(line)
+        } else {
+            Err(routes)
         }
-        assert!(Instant::now() < deadline, "route to {network} present={present} not within a minute: {routes:?}");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    })
+    .unwrap_or_else(|routes| panic!("route to {network} present={present} not within a minute: {routes:?}"))
 }
 
 /// The worker turns Ready, each node's pod CIDR is in its Node, each node
 /// routes to the other's pod CIDR (the control-plane node's route learnt
 /// from the worker's Node: its seed has none), pods answer across nodes by
-/// pod IP and through a ClusterIP Service (kube-proxy), and deleting the
-/// worker's Node takes its route away on the control-plane node.
+/// pod IP, a NodePort Service (kube-proxy) in front of the worker's pod
+/// answers by its cluster IP on both nodes and from a pod on the
+/// control-plane node, and by its node port from the host, and deleting
+/// the worker's Node takes its route away on the control-plane node.
 fn the_worker_joins_and_routes_follow_its_node(
     kubectl: &Kubectl,
     vm: &mut Vm,
     worker: &mut Vm,
     cp_pod_ip: &str,
     dir: &std::path::Path,
+    node_port_forward: u16,
 ) {
     let ready = r#"{.status.conditions[?(@.type=="Ready")].status}"#;
     kubectl.until(
@@ -203,25 +251,70 @@ fn the_worker_joins_and_routes_follow_its_node(
     assert_eq!(sh(vm, &format!("timeout 20 wget -q -O - http://{worker_pod_ip}:8080/")), "hello from web-worker");
     assert_eq!(sh(worker, &format!("timeout 20 wget -q -O - http://{cp_pod_ip}:8080/")), "hello from web");
 
-    // A ClusterIP Service in front of the worker's Pod: kube-proxy on the
-    // control-plane node sends its traffic to the worker's pod CIDR.
+    // Source addresses, as a CGI script under busybox httpd sees them: from
+    // pod to pod across nodes the pod's own; from a pod to an address
+    // outside the cluster CIDR (the worker's node address, where a
+    // host-side httpd listens) the control-plane node's, by the
+    // MASQUERADE rule.
+    let peer_seen = |url: &str| {
+        kubectl
+            .until(
+                vm,
+                &format!("Pod web fetching {url}"),
+                &["exec", "web", "--", "timeout", "10", "wget", "-q", "-O", "-", url],
+                Duration::from_secs(120),
+                |o| !o.trim().is_empty(),
+            )
+            // busybox httpd listens on IPv6 and writes an IPv4 peer as a
+            // mapped address in brackets: "[::ffff:10.244.0.128]".
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_start_matches("::ffff:")
+            .to_owned()
+    };
+    let from_pod = peer_seen(&format!("http://{worker_pod_ip}:8080/cgi-bin/peer"));
+    assert_eq!(from_pod, cp_pod_ip, "the pod's source address was not kept across nodes");
+    sh(
+        worker,
+        &format!(
+            "mkdir -p /tmp/peer/cgi-bin && printf '#!{GUEST_APPLET_DIR}/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' \
+             > /tmp/peer/cgi-bin/peer && chmod 755 /tmp/peer/cgi-bin/peer && httpd -p 8081 -h /tmp/peer"
+        ),
+    );
+    let outside = peer_seen("http://192.168.100.11:8081/cgi-bin/peer");
+    assert_eq!(outside, "192.168.100.10", "traffic leaving the cluster CIDR not masqueraded to the node's address");
+
+    // A NodePort Service in front of the worker's Pod (it has a cluster IP
+    // too): kube-proxy on each node sends its traffic to the worker's pod.
     kubectl.run(&["label", "pod", "web-worker", "app=web-worker"]).unwrap();
-    kubectl.run(&["create", "service", "clusterip", "web-worker", "--tcp=80:8080"]).unwrap();
+    let node_port = NODE_PORT.to_string();
+    kubectl.run(&["create", "service", "nodeport", "web-worker", "--tcp=80:8080", "--node-port", &node_port]).unwrap();
     let cluster_ip = kubectl.run(&["get", "service", "web-worker", "-o", "jsonpath={.spec.clusterIP}"]).unwrap();
     let service_cidr = kelsonctl::gen::ClusterSpec::with_defaults(CLUSTER, 1, 0).service_cidr;
     let address: std::net::Ipv4Addr = cluster_ip.parse().unwrap();
     assert!(service_cidr.contains(&address), "cluster IP {cluster_ip} outside {service_cidr}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // kube-proxy writes the Service's rules within its sync period.
-        let answer = vm.agent_exec(&format!("timeout 10 wget -q -O - http://{cluster_ip}/"), AGENT).unwrap();
-        if answer.status == 0 {
-            assert_eq!(answer.output.trim(), "hello from web-worker");
-            break;
-        }
-        assert!(Instant::now() < deadline, "Service {cluster_ip} not answering: {}", answer.output);
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    let service_url = format!("http://{cluster_ip}/");
+    // kube-proxy writes the Service's rules within its sync period.
+    // From the control-plane node itself, from a pod on it (the answer
+    // crosses to the worker), and from the worker node.
+    service_answers(vm, "the control-plane node", &format!("timeout 10 wget -q -O - {service_url}"));
+    let from_pod = kubectl.until(
+        vm,
+        "the Service from Pod web",
+        &["exec", "web", "--", "timeout", "10", "wget", "-q", "-O", "-", &service_url],
+        Duration::from_secs(120),
+        |o| !o.is_empty(),
+    );
+    assert_eq!(from_pod.trim(), "hello from web-worker");
+    service_answers(worker, "the worker node", &format!("timeout 10 wget -q -O - {service_url}"));
+    // The NodePort from the host: QEMU forwards a loopback port to the
+    // control-plane node's port 30080, kube-proxy sends it on to the worker.
+    let body = poll_until(Duration::from_secs(120), Duration::from_secs(2), || {
+        http_get(&format!("127.0.0.1:{node_port_forward}")).map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("the NodePort through the hostfwd: {e}"));
+    assert_eq!(body.trim(), "hello from web-worker");
 
     // The worker's Node deleted: its route goes from the control-plane
     // node; the worker still routes to the control plane's pods.
@@ -385,15 +478,15 @@ fn workers_join_by_bootstrap_token(
     assert_eq!(cidr, "10.244.2.0/24");
     let to_joined = route_until(cp, "10.244.2.0/24", true).unwrap();
     assert!(to_joined.contains("via 192.168.100.12"), "{to_joined}");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    poll_until(Duration::from_secs(300), Duration::from_secs(5), || {
         let state = sh(&mut joined, "cat /run/kelson/services/kube-proxy.json");
         if state.contains("\"state\": \"healthy\"") {
-            break;
+            Ok(())
+        } else {
+            Err(state)
         }
-        assert!(Instant::now() < deadline, "kube-proxy on {TOKEN_WORKER} not healthy: {state}");
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    })
+    .unwrap_or_else(|state| panic!("kube-proxy on {TOKEN_WORKER} not healthy: {state}"));
     joined.kill().unwrap();
     kubectl.run(&["delete", "node", TOKEN_WORKER]).unwrap();
 
@@ -472,7 +565,7 @@ const WEB_POD: &str = r#"{
       "name": "httpd",
       "image": "docker.io/kelson/busybox:test",
       "imagePullPolicy": "Never",
-      "command": ["sh", "-c", "mkdir -p /www && echo hello from $HOSTNAME > /www/index.html && exec httpd -f -p 8080 -h /www"]
+      "command": ["sh", "-c", "mkdir -p /www/cgi-bin && echo hello from $HOSTNAME > /www/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod 755 /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
     }]
   }
 }"#;
@@ -500,6 +593,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert_eq!(added.node.address.to_string(), "192.168.100.11");
     let port = free_loopback_port().unwrap();
     let api_port = free_loopback_port().unwrap();
+    let node_port_forward = free_loopback_port().unwrap();
     let node_network = free_loopback_port().unwrap();
     let kubectl = Kubectl {
         binary: kubectl_binary,
@@ -526,7 +620,8 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     // 127.0.0.1) and the management API.
     let netdev = format!(
         "user,id=up,restrict=on,\
-         hostfwd=tcp:127.0.0.1:{port}-{HOSTFWD_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{HOSTFWD_ADDRESS}:50000"
+         hostfwd=tcp:127.0.0.1:{port}-{HOSTFWD_ADDRESS}:6443,hostfwd=tcp:127.0.0.1:{api_port}-{HOSTFWD_ADDRESS}:50000,\
+         hostfwd=tcp:127.0.0.1:{node_port_forward}-{HOSTFWD_ADDRESS}:{NODE_PORT}"
     );
     let mut vm = VmBuilder::firmware()
         .name("cluster")
@@ -668,7 +763,7 @@ fn a_control_plane_node_from_its_generated_seed_runs_kubernetes_that_kubectl_rea
     assert!(pod_ip.starts_with("10.244.0."), "pod IP {pod_ip} outside the node's pod CIDR");
     assert_eq!(sh(&mut vm, &format!("wget -q -O - http://{pod_ip}:8080/")), "hello from web");
 
-    the_worker_joins_and_routes_follow_its_node(&kubectl, &mut vm, &mut worker, pod_ip, dir.path());
+    the_worker_joins_and_routes_follow_its_node(&kubectl, &mut vm, &mut worker, pod_ip, dir.path(), node_port_forward);
     // The worker's CPU is freed for the next one, on the same node network.
     worker.kill().unwrap();
 

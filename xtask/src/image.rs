@@ -108,7 +108,9 @@ pub(crate) fn mkosi(args: &[String], cwd: &Path, log: &Path, what: &str) -> Resu
         for l in tail.iter().rev() {
             eprintln!("{l}");
         }
-        bail!("mkosi failed building {what} ({status}); see {}", log.display());
+        // A full disk shows in mkosi's log only as a script's exit code.
+        let free = progress::free_bytes(log).map(|b| format!("; {} free on its disk now", progress::gib(b)));
+        bail!("mkosi failed building {what} ({status}); see {}{}", log.display(), free.unwrap_or_default());
     }
     Ok(())
 }

@@ -50,3 +50,18 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Free bytes on the filesystem holding `path`, as `df` reports them; `None`
+/// when `df` cannot say (the caller only uses it to explain a failure).
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+}
+
+/// `bytes` in GiB with one decimal, for messages.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}

@@ -63,6 +63,25 @@ fn qemu_test_targets(root: &Path) -> Result<Vec<String>> {
     Ok(targets)
 }
 
+/// What a whole run writes at its peak: target/ (test binaries, the image
+/// outputs, about 6-9 GiB) and mkosi's workspace under /var/tmp (the image
+/// tree and its raw disk, about 4 GiB). A run that fills the disk fails in
+/// whichever step writes next, often with an error that does not say why.
+const DISK_A_RUN_NEEDS: u64 = 14 << 30;
+
+/// Says up front when the disk is too full for a whole run; a warning, not a
+/// failure, because space can be freed while the run goes on.
+fn warn_if_disk_is_short(root: &Path) {
+    if let Some(free) = progress::free_bytes(root) {
+        let verdict = if free < DISK_A_RUN_NEEDS {
+            "; a whole run needs about 14 GiB, so it may fail for want of space"
+        } else {
+            ""
+        };
+        eprintln!("xtask: {} free on the disk holding {}{verdict}", progress::gib(free), root.display());
+    }
+}
+
 /// Runs the suite. `extra` goes to the QEMU tests' harness (a name filter).
 pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     if !deps::is_root() {
@@ -74,6 +93,7 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         );
     }
     let qemu_tests = qemu_test_targets(root)?;
+    warn_if_disk_is_short(root);
     let skip_dir = root.join("target/test-skips");
     let _ = std::fs::remove_dir_all(&skip_dir);
     std::fs::create_dir_all(&skip_dir).with_context(|| format!("creating {}", skip_dir.display()))?;

@@ -45,8 +45,10 @@
 //! `KELSON_BENCH_API_STREAMS` follow streams of `/v1/logs/init` open
 //! through kelsonctl's client (a connection each, each having received a
 //! line of its backlog), and 5 s after they closed; twice. Then the same
-//! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times quietly and as many
-//! times under API load (default 3 each), alternating: the load starts
+//! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times each three ways
+//! (default 3 each), in turn: quietly, under API load, and quietly again
+//! (the control: how far two sets of quiet boots differ in this run is
+//! the noise a loaded/quiet ratio has to clear). The load starts
 //! when the console shows the config stage done (the earliest the API can
 //! answer) and runs until containerd and the kubelet are healthy; the
 //! stages after config and the time to each service turning healthy are
@@ -944,7 +946,7 @@ fn qemu_half(
 /// service turning healthy (what boot-critical work comes to); and, for a
 /// loaded boot, what the load got done.
 struct BootFigures {
-    loaded: bool,
+    kind: BootKind,
     config_to_ready_ms: u64,
     stages_after_config: Vec<(String, u64)>,
     config_to_healthy_ms: Vec<(&'static str, u64)>,
@@ -952,6 +954,7 @@ struct BootFigures {
 }
 
 fn boot_figures(
+    kind: BootKind,
     status: &NodeStatus,
     config_to_healthy_ms: Vec<(&'static str, u64)>,
     load: Option<LoadDone>,
@@ -966,12 +969,33 @@ fn boot_figures(
         .map(|s| (s.name.clone(), s.elapsed_ms.unwrap_or(0)))
         .collect();
     Some(BootFigures {
-        loaded: load.is_some(),
+        kind,
         config_to_ready_ms: end.saturating_sub(config_end),
         stages_after_config,
         config_to_healthy_ms,
         load,
     })
+}
+
+/// The three ways a boot of part 5 runs, in turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BootKind {
+    Quiet,
+    Loaded,
+    /// Quiet too: the control.
+    QuietAgain,
+}
+
+impl BootKind {
+    const ALL: [BootKind; 3] = [BootKind::Quiet, BootKind::Loaded, BootKind::QuietAgain];
+
+    fn label(self) -> &'static str {
+        match self {
+            BootKind::Quiet => "quiet",
+            BootKind::Loaded => "loaded",
+            BootKind::QuietAgain => "quiet again",
+        }
+    }
 }
 
 /// What the load got done while a boot ran on, and what it cost the host.
@@ -1050,8 +1074,8 @@ const SERVICES: [&str; 2] = ["containerd", "kubelet"];
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONFIG_DONE: &str = "stage done stage=config";
 
-/// Boots the node again `rounds` times quietly and `rounds` times under API
-/// load, alternating. A loaded boot starts the load when the console shows
+/// Boots the node again `rounds` times each way, in turn: quiet, under API
+/// load, quiet again. A loaded boot starts the load when the console shows
 /// the config stage done (before that the API has no certificate to serve
 /// with) and keeps it up until every service is healthy; each boot's
 /// figures come from the console and, once the load is gone, the status.
@@ -1062,14 +1086,11 @@ fn boots_under_load(
     rounds: usize,
 ) -> Result<Vec<BootFigures>> {
     let mut boots = Vec::new();
-    for round in 0..2 * rounds {
-        let loaded = round % 2 == 1;
-        eprintln!(
-            "bench-api: boot {} of {}, {}",
-            round + 1,
-            2 * rounds,
-            if loaded { "under API load" } else { "quiet" }
-        );
+    let turns = BootKind::ALL.len() * rounds;
+    for turn in 0..turns {
+        let kind = BootKind::ALL[turn % BootKind::ALL.len()];
+        let loaded = kind == BootKind::Loaded;
+        eprintln!("bench-api: boot {} of {turns}, {}", turn + 1, kind.label());
         let from = vm.console_text()?.len();
         vm.send_ctrl_alt_delete()?;
         vm.expect("kelson-init starting as PID 1", BOOT_TIMEOUT)?;
@@ -1129,7 +1150,8 @@ fn boots_under_load(
             }
         })?;
         boots.push(
-            boot_figures(&status, config_to_healthy_ms, done).context("the status lists no finished config stage")?,
+            boot_figures(kind, &status, config_to_healthy_ms, done)
+                .context("the status lists no finished config stage")?,
         );
     }
     Ok(boots)
@@ -1144,25 +1166,36 @@ fn print_boots(boots: &[BootFigures], cpus: Option<HostCpus>) {
         None => "one host CPU: QEMU and the load share it".to_owned(),
     };
     println!(
-        "5. Boot under API load (the same VM rebooted with ctrl-alt-del, quiet and loaded boots alternating, \
-         {} of each): a loaded boot has, from the console's \"{CONFIG_DONE}\" on (the API has no certificate \
-         before), {LOAD_POLLERS} clients polling GET {STATUS} back to back and {LOAD_STREAMS} following \
-         {GUEST_FOLLOW}, backing off {} ms when refused or cut, until containerd and the kubelet are healthy; \
-         {pinning}; milliseconds, medians: stages from the node's status (CLOCK_BOOTTIME), \"healthy\" rows \
-         from the console's kernel timestamps, counted from the end of the config stage",
-        boots.iter().filter(|b| !b.loaded).count(),
+        "5. Boot under API load (the same VM rebooted with ctrl-alt-del, {} times each way, in turn: quiet, \
+         loaded, quiet again; the second quiet set is the control, its ratio the run's noise): a loaded boot \
+         has, from the console's \"{CONFIG_DONE}\" on (the API has no certificate before), {LOAD_POLLERS} \
+         clients polling GET {STATUS} back to back and {LOAD_STREAMS} following {GUEST_FOLLOW}, backing off {} ms \
+         when refused or cut, until containerd and the kubelet are healthy; {pinning}; milliseconds, medians: \
+         stages from the node's status (CLOCK_BOOTTIME), \"healthy\" rows from the console's kernel timestamps, \
+         counted from the end of the config stage",
+        boots.iter().filter(|b| b.kind == BootKind::Quiet).count(),
         LOAD_BACK_OFF.as_millis(),
     );
-    let median_of = |loaded: bool, pick: &dyn Fn(&BootFigures) -> Option<u64>| -> Option<f64> {
-        let values: Vec<f64> = boots.iter().filter(|b| b.loaded == loaded).filter_map(pick).map(|v| v as f64).collect();
+    let median_of = |kind: BootKind, pick: &dyn Fn(&BootFigures) -> Option<u64>| -> Option<f64> {
+        let values: Vec<f64> = boots.iter().filter(|b| b.kind == kind).filter_map(pick).map(|v| v as f64).collect();
         (!values.is_empty()).then(|| median(&values))
     };
-    println!("{:<30} {:>10} {:>10} {:>8}", "", "quiet", "loaded", "ratio");
+    println!("{:<30} {:>10} {:>10} {:>8} {:>12} {:>8}", "", "quiet", "loaded", "ratio", "quiet again", "ratio");
     let row = |name: &str, pick: &dyn Fn(&BootFigures) -> Option<u64>| {
-        if let (Some(quiet), Some(loaded)) = (median_of(false, pick), median_of(true, pick)) {
-            let ratio = if quiet > 0.0 { loaded / quiet } else { f64::NAN };
-            println!("{name:<30} {quiet:>10.0} {loaded:>10.0} {ratio:>8.2}");
-        }
+        let [quiet, loaded, again] = BootKind::ALL.map(|kind| median_of(kind, pick));
+        let ratio = |x: Option<f64>| match (x, quiet) {
+            (Some(x), Some(q)) if q > 0.0 => format!("{:.2}", x / q),
+            _ => "-".to_owned(),
+        };
+        let ms = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.0}"));
+        println!(
+            "{name:<30} {:>10} {:>10} {:>8} {:>12} {:>8}",
+            ms(quiet),
+            ms(loaded),
+            ratio(loaded),
+            ms(again),
+            ratio(again)
+        );
     };
     row("config -> ready", &|b| Some(b.config_to_ready_ms));
     let names: Vec<String> = boots[0].stages_after_config.iter().map(|(n, _)| n.clone()).collect();
@@ -1174,18 +1207,25 @@ fn print_boots(boots: &[BootFigures], cpus: Option<HostCpus>) {
             b.config_to_healthy_ms.iter().find(|(name, _)| *name == service).map(|(_, ms)| *ms)
         });
     }
-    println!("each boot, config -> ready in ms (what the load got done):");
+    println!(
+        "each boot, in ms from the end of the config stage: ready, then each service healthy (what the load got done):"
+    );
     for (i, boot) in boots.iter().enumerate() {
-        match &boot.load {
-            None => println!("  {:>2} quiet   {:>7}", i + 1, boot.config_to_ready_ms),
-            Some(done) => println!(
-                "  {:>2} loaded  {:>7}  ({} status answers, {} streamed lines, {} of this host process's CPU)",
-                i + 1,
-                boot.config_to_ready_ms,
+        let healthy: Vec<String> = boot.config_to_healthy_ms.iter().map(|(name, ms)| format!("{name} {ms}")).collect();
+        let load = boot.load.map_or(String::new(), |done| {
+            format!(
+                "  ({} status answers, {} streamed lines, {} of this host process's CPU)",
                 done.statuses,
                 done.stream_lines,
                 done.host_cpu.map_or("unknown ms".to_owned(), |cpu| format!("{} ms", cpu.as_millis()))
-            ),
-        }
+            )
+        });
+        println!(
+            "  {:>2} {:<12} ready {:>6}, {}{load}",
+            i + 1,
+            boot.kind.label(),
+            boot.config_to_ready_ms,
+            healthy.join(", ")
+        );
     }
 }

@@ -28,14 +28,15 @@
 //! secret: objects are named by kind and name.
 
 use crate::discovery::{cluster_info_kubeconfig, BootstrapToken, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, KUBECONFIG_KEY};
-use crate::reporter::{error_chain, node_client, ReporterConfig, ReporterError, Timing};
+use crate::problems::{ApiProblem, QuietRetries};
+use crate::reporter::{node_client, ReporterConfig, ReporterError, Timing};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{json, Value};
 use std::future::Future;
-use tracing::{info, warn};
+use tracing::info;
 
 /// The name of the credential in the machine config's `pki.certificates`.
 pub const ADDONS_CERTIFICATE: &str = "cluster-addons";
@@ -175,7 +176,7 @@ impl AddonApplier {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut retry = self.timing.retry_min;
-        let mut problem: Option<String> = None;
+        let mut problems = QuietRetries::new("cluster addons");
         loop {
             let attempt = tokio::time::timeout(self.timing.request_timeout * 4, self.apply_all());
             let outcome = tokio::select! {
@@ -190,10 +191,7 @@ impl AddonApplier {
                 Ok(Err(failure)) => failure,
                 Err(_) => "the API server did not answer in time".to_owned(),
             };
-            if problem.as_deref() != Some(failure.as_str()) {
-                warn!("cluster addons: {failure}; retrying quietly");
-                problem = Some(failure);
-            }
+            problems.failed(&failure, &failure);
             tokio::select! {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(retry) => {}
@@ -215,15 +213,9 @@ impl AddonApplier {
                 Some(namespace) => format!("{} {namespace}/{name}", resource.kind),
                 None => format!("{} {name}", resource.kind),
             };
-            api.patch(&name, &params, &Patch::Apply(&object)).await.map_err(|e| match &e {
-                kube::Error::Api(status) => {
-                    format!(
-                        "applying {what}: the API server answered {} {}: {}",
-                        status.code, status.reason, status.message
-                    )
-                }
-                other => format!("applying {what}: API server unreachable: {}", error_chain(other)),
-            })?;
+            api.patch(&name, &params, &Patch::Apply(&object))
+                .await
+                .map_err(|e| ApiProblem::new(&format!("applying {what}"), e).detail)?;
             applied.push(what);
         }
         Ok(applied)

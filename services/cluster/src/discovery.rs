@@ -24,7 +24,7 @@
 //! [`discover`] does all four. Cryptography is ring's (HMAC-SHA256,
 //! SHA-256) and x509-parser's (the certificate's SubjectPublicKeyInfo).
 
-use crate::reporter::error_chain;
+use crate::problems::error_chain;
 use base64::Engine;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;

@@ -29,6 +29,7 @@ mod conditions;
 pub mod discovery;
 mod events;
 mod node_watcher;
+mod problems;
 mod reporter;
 mod routes;
 

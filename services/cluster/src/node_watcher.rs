@@ -19,7 +19,8 @@
 //! failures are retried with back-off (kube's watcher) and logged once per
 //! change of problem.
 
-use crate::reporter::{error_chain, node_client, ReporterConfig, ReporterError};
+use crate::problems::{error_chain, QuietRetries};
+use crate::reporter::{node_client, ReporterConfig, ReporterError};
 use crate::routes::{cluster_view, ClusterView, NodeAddressing};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
@@ -68,7 +69,7 @@ impl NodeWatcher {
         let mut known: BTreeMap<String, NodeAddressing> = BTreeMap::new();
         // Filled during a (re-)list; replaces `known` when it is complete.
         let mut listing: Option<BTreeMap<String, NodeAddressing>> = None;
-        let mut problem: Option<String> = None;
+        let mut problems = QuietRetries::new("node watcher");
         let mut pin = PinState::default();
         loop {
             let retry_pin = pin.retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -86,20 +87,15 @@ impl NodeWatcher {
             match event {
                 None => {}
                 Some(Err(e)) => {
-                    let text = error_chain(&e);
-                    if problem.as_deref() != Some(text.as_str()) {
-                        warn!("node watcher: watching Nodes: {text}; retrying quietly");
-                        problem = Some(text);
-                    }
+                    let text = format!("watching Nodes: {}", error_chain(&e));
+                    problems.failed(&text, &text);
                     continue;
                 }
                 Some(Ok(event)) => {
                     // Init comes before a (re-)list that may fail again:
                     // only a completed list or an event is news.
                     if !matches!(event, Event::Init | Event::InitApply(_)) {
-                        if let Some(was) = problem.take() {
-                            info!("node watcher: watching Nodes again (was: {was})");
-                        }
+                        problems.recovered("watching Nodes again");
                     }
                     match event {
                         Event::Init => listing = Some(BTreeMap::new()),

@@ -10,6 +10,7 @@
 
 use crate::conditions::{conditions, whole_seconds, ETCD_HEALTHY, STATIC_PODS_HEALTHY};
 use crate::events::{events, EventSpec};
+use crate::problems::{ApiProblem, QuietRetries};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Event, Node, NodeCondition};
 use kelson_pods::runtime::PodsStatus;
@@ -189,8 +190,7 @@ struct State {
     dropped_events: usize,
     /// Events posted within the aggregation window, by content.
     posted: HashMap<EventSpec, Posted>,
-    /// The last problem logged, so each is logged once.
-    problem: Option<String>,
+    problems: QuietRetries,
     /// The time part of the last event name, kept rising so that events
     /// posted within one clock tick still get distinct names.
     last_event_nanos: u128,
@@ -205,6 +205,7 @@ struct Posted {
 impl State {
     fn new(reporter: Reporter) -> Self {
         let retry = reporter.timing.retry_min;
+        let problems = QuietRetries::new(format!("cluster reporter for node {}", reporter.node_name));
         State {
             reporter,
             node_seen: false,
@@ -217,7 +218,7 @@ impl State {
             queue: VecDeque::new(),
             dropped_events: 0,
             posted: HashMap::new(),
-            problem: None,
+            problems,
             last_event_nanos: 0,
         }
     }
@@ -233,7 +234,7 @@ impl State {
         self.pods = snapshot;
         self.dirty = true;
         // Report now, unless waiting out a failure's back-off.
-        if self.problem.is_none() {
+        if !self.problems.failing() {
             self.next_api_action = Instant::now();
         }
     }
@@ -244,33 +245,31 @@ impl State {
     async fn talk(&mut self) {
         match self.round().await {
             Ok(()) => {
-                if let Some(problem) = self.problem.take() {
-                    info!("cluster reporter for node {}: reporting again (was: {problem})", self.reporter.node_name);
-                }
+                self.problems.recovered("reporting again");
                 self.retry = self.reporter.timing.retry_min;
                 self.next_api_action = self.next_heartbeat;
             }
             Err(problem) => {
-                if self.problem.as_deref() != Some(problem.summary.as_str()) {
-                    warn!(
-                        "cluster reporter for node {}: {}; retrying quietly",
-                        self.reporter.node_name, problem.detail
-                    );
-                    self.problem = Some(problem.summary);
-                }
+                self.problems.failed(&problem.summary, &problem.detail);
                 self.next_api_action = Instant::now() + self.retry;
                 self.retry = (self.retry * 2).min(self.reporter.timing.retry_max);
             }
         }
     }
 
-    async fn round(&mut self) -> Result<(), Problem> {
+    async fn round(&mut self) -> Result<(), ApiProblem> {
         let node_name = self.reporter.node_name.clone();
         // Untyped objects: typed Node and Event (de)serializers added 62 KB
         // to PID 1's release build for fields never read.
         let nodes: Api<DynamicObject> = Api::all_with(self.reporter.client.clone(), &ApiResource::erase::<Node>(&()));
         if !self.node_seen {
-            let node = self.call(&format!("reading Node {node_name}"), nodes.get(&node_name)).await?;
+            let node =
+                self.call(&format!("reading Node {node_name}"), nodes.get(&node_name)).await.map_err(|mut p| {
+                    if p.not_found {
+                        p.detail.push_str(" yet (the kubelet registers it)");
+                    }
+                    p
+                })?;
             self.node_seen = true;
             self.conditions = kelson_conditions(&node);
             info!("cluster reporter: Node {node_name} is registered; reporting its static pods");
@@ -305,7 +304,7 @@ impl State {
         Ok(())
     }
 
-    async fn post(&mut self, spec: &EventSpec, at: SystemTime) -> Result<(), Problem> {
+    async fn post(&mut self, spec: &EventSpec, at: SystemTime) -> Result<(), ApiProblem> {
         let events: Api<DynamicObject> =
             Api::namespaced_with(self.reporter.client.clone(), EVENT_NAMESPACE, &ApiResource::erase::<Event>(&()));
         self.posted.retain(|_, p| at.duration_since(p.last).unwrap_or_default() < AGGREGATE_WINDOW);
@@ -323,8 +322,8 @@ impl State {
                 }
                 // Gone (expired, or etcd was reset): post it anew.
                 Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
-                Ok(Err(e)) => return Err(Problem::new(&action, e)),
-                Err(_) => return Err(Problem::timed_out(&action, self.reporter.timing.request_timeout)),
+                Ok(Err(e)) => return Err(ApiProblem::new(&action, e)),
+                Err(_) => return Err(ApiProblem::timed_out(&action, self.reporter.timing.request_timeout)),
             }
         }
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
@@ -345,11 +344,15 @@ impl State {
     }
 
     /// One request, within the request timeout.
-    async fn call<T>(&self, action: &str, request: impl Future<Output = Result<T, kube::Error>>) -> Result<T, Problem> {
+    async fn call<T>(
+        &self,
+        action: &str,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, ApiProblem> {
         let limit = self.reporter.timing.request_timeout;
         match tokio::time::timeout(limit, request).await {
-            Ok(answer) => answer.map_err(|e| Problem::new(action, e)),
-            Err(_) => Err(Problem::timed_out(action, limit)),
+            Ok(answer) => answer.map_err(|e| ApiProblem::new(action, e)),
+            Err(_) => Err(ApiProblem::timed_out(action, limit)),
         }
     }
 
@@ -418,64 +421,6 @@ fn kelson_conditions(node: &DynamicObject) -> Vec<NodeCondition> {
         Vec::new()
     });
     conditions.into_iter().filter(|c| c.type_ == STATIC_PODS_HEALTHY || c.type_ == ETCD_HEALTHY).collect()
-}
-
-/// A failed request: `summary` decides whether it is news (logged once
-/// per change), `detail` is what gets logged.
-struct Problem {
-    summary: String,
-    detail: String,
-    /// The API server answered 404.
-    not_found: bool,
-}
-
-impl Problem {
-    fn new(action: &str, error: kube::Error) -> Self {
-        match &error {
-            kube::Error::Api(status) if status.code == 404 => Problem {
-                summary: format!("{action}: not found"),
-                detail: format!("{action}: not found yet (the kubelet registers it)"),
-                not_found: true,
-            },
-            kube::Error::Api(status) => Problem {
-                summary: format!("{action}: HTTP {} {}", status.code, status.reason),
-                detail: format!(
-                    "{action}: the API server answered {} {}: {}",
-                    status.code, status.reason, status.message
-                ),
-                not_found: false,
-            },
-            // Connection refused, TLS, timeouts: the API server is not
-            // (yet) serving.
-            other => Problem {
-                summary: format!("{action}: API server unreachable"),
-                detail: format!("{action}: API server unreachable: {}", error_chain(other)),
-                not_found: false,
-            },
-        }
-    }
-
-    fn timed_out(action: &str, limit: Duration) -> Self {
-        Problem {
-            summary: format!("{action}: API server unreachable"),
-            detail: format!("{action}: API server unreachable: no answer within {} s", limit.as_secs()),
-            not_found: false,
-        }
-    }
-}
-
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Every `CERTIFICATE` block of a PEM, as DER; at least one.
