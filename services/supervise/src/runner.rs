@@ -493,7 +493,7 @@ pub(crate) fn blocking_requirements(requires: &[Requirement], snapshot: &Snapsho
                     .then(|| format!("service {dep} is {} ({})", status.state, status.reason))
             }
             Requirement::Condition(name) => {
-                snapshot.unreachable.get(name).map(|why| format!("condition {name} will not be set ({why})"))
+                snapshot.unreachable.get(name).map(|why| format!("condition {name} is not set ({why})"))
             }
             Requirement::PathExists(_) => None,
         })
@@ -605,7 +605,7 @@ mod tests {
             [
                 "service kubelet is absent (program /usr/bin/kubelet is not on this node)",
                 "service import is failed (pid 7 exited with code 1)",
-                "condition network-ready will not be set (the network stage failed)",
+                "condition network-ready is not set (the network stage failed)",
             ]
         );
     }

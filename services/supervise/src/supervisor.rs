@@ -177,9 +177,10 @@ impl Supervisor {
         });
     }
 
-    /// Declares that `name` will not be set (the network stage ended before
-    /// the network was up): services waiting for it become `blocked`, with
-    /// `why` in their reason. Setting the condition later still starts them.
+    /// Declares that `name` is not set for now, and why (the network stage
+    /// ended before the network was up; a token join is still failing):
+    /// services waiting for it become `blocked`, with `why` in their
+    /// reason. Setting the condition later still starts them.
     pub fn condition_unreachable(&self, name: &str, why: &str) {
         self.shared.snapshot.send_modify(|s| {
             s.unreachable.insert(name.to_owned(), why.to_owned());

@@ -190,7 +190,7 @@ async fn an_unreachable_condition_blocks_its_dependents_until_it_is_set_after_al
     .await;
     assert_eq!(
         s.services["kubelet"].reason,
-        "cannot start: condition network-ready will not be set (the network stage failed: no netlink socket)"
+        "cannot start: condition network-ready is not set (the network stage failed: no netlink socket)"
     );
     assert!(
         s.services["kube-proxy"]
