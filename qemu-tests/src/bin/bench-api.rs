@@ -45,10 +45,13 @@
 //! `KELSON_BENCH_API_STREAMS` follow streams of `/v1/logs/init` open
 //! through kelsonctl's client (a connection each, each having received a
 //! line of its backlog), and 5 s after they closed; twice. Then the same
-//! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times each three ways
-//! (default 3 each), in turn: quietly, under API load, and quietly again
-//! (the control: how far two sets of quiet boots differ in this run is
-//! the noise a loaded/quiet ratio has to clear). The load starts
+//! VM rebooted `KELSON_BENCH_API_BOOT_ROUNDS` times each four ways
+//! (default 3 each), in turn: quietly, under API load, under the same load
+//! aimed at a guest port nothing listens on (a second hostfwd: the guest
+//! kernel refuses each connection, so this measures what the connections
+//! cost without the API), and quietly again (the control: how far two sets
+//! of quiet boots differ in this run is the noise a ratio has to clear).
+//! The load starts
 //! when the console shows the config stage done (the earliest the API can
 //! answer) and runs until containerd and the kubelet are healthy; the
 //! stages after config and the time to each service turning healthy are
@@ -853,9 +856,10 @@ fn qemu_half(
     let seed = qemu_tests::seed::without_control_plane(&cluster.join("nodes").join(node))?;
     let disk = image.disk_overlay(dir.path(), "8G")?;
     let port = free_loopback_port()?;
+    let closed_port = free_loopback_port()?;
     let netdev = format!(
         "user,id=up,restrict=on,net=192.168.100.0/24,host=192.168.100.1,\
-         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:{}",
+         hostfwd=tcp:127.0.0.1:{port}-{NODE_ADDRESS}:{},hostfwd=tcp:127.0.0.1:{closed_port}-{NODE_ADDRESS}:{CLOSED_GUEST_PORT}",
         kelson_api::PORT
     );
     eprintln!("bench-api: booting {} under OVMF for PID 1's memory", image.disk.display());
@@ -887,6 +891,8 @@ fn qemu_half(
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let config = kelsonctl::api::KelsonConfig::from_yaml(&config_path, &text)?;
     let client = kelsonctl::api::Client::new(&config).context("setting up kelsonctl's client")?;
+    let closed_port =
+        client.node(&kelsonctl::api::NodeEntry { name: node.to_owned(), endpoint: format!("127.0.0.1:{closed_port}") });
     let node = client.node(&kelsonctl::api::NodeEntry { name: node.to_owned(), endpoint: format!("127.0.0.1:{port}") });
     let pid1_rss = async || -> Result<u64> {
         let status: NodeStatus = node.get(STATUS).await.context("reading the node's status")?;
@@ -915,7 +921,7 @@ fn qemu_half(
         anyhow::Ok((before, cycles))
     });
     let boots = match &figures {
-        Ok(_) => boots_under_load(runtime, &mut vm, &node, boot_rounds),
+        Ok(_) => boots_under_load(runtime, &mut vm, &node, &closed_port, boot_rounds),
         Err(_) => Ok(Vec::new()),
     };
     vm.kill()?;
@@ -977,22 +983,28 @@ fn boot_figures(
     })
 }
 
-/// The three ways a boot of part 5 runs, in turn.
+/// The four ways a boot of part 5 runs, in turn.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BootKind {
     Quiet,
     Loaded,
+    /// The same load aimed at a guest port nothing listens on: the guest
+    /// kernel refuses every connection and PID 1 does nothing, so what
+    /// this costs the boot is the connections' own (the guest kernel's and
+    /// QEMU's user network's), not the API's.
+    Refused,
     /// Quiet too: the control.
     QuietAgain,
 }
 
 impl BootKind {
-    const ALL: [BootKind; 3] = [BootKind::Quiet, BootKind::Loaded, BootKind::QuietAgain];
+    const ALL: [BootKind; 4] = [BootKind::Quiet, BootKind::Loaded, BootKind::Refused, BootKind::QuietAgain];
 
     fn label(self) -> &'static str {
         match self {
             BootKind::Quiet => "quiet",
             BootKind::Loaded => "loaded",
+            BootKind::Refused => "refused",
             BootKind::QuietAgain => "quiet again",
         }
     }
@@ -1054,6 +1066,8 @@ fn start_load(
     load
 }
 
+/// A guest port nothing listens on, for the refused load.
+const CLOSED_GUEST_PORT: u16 = 50999;
 const LOAD_POLLERS: usize = 8;
 const LOAD_STREAMS: usize = 20;
 const LOAD_BACK_OFF: Duration = Duration::from_millis(500);
@@ -1075,7 +1089,8 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONFIG_DONE: &str = "stage done stage=config";
 
 /// Boots the node again `rounds` times each way, in turn: quiet, under API
-/// load, quiet again. A loaded boot starts the load when the console shows
+/// load, under the same load refused by the guest (at `closed_port`), quiet
+/// again. A loaded boot starts the load when the console shows
 /// the config stage done (before that the API has no certificate to serve
 /// with) and keeps it up until every service is healthy; each boot's
 /// figures come from the console and, once the load is gone, the status.
@@ -1083,13 +1098,18 @@ fn boots_under_load(
     runtime: &tokio::runtime::Runtime,
     vm: &mut qemu_tests::Vm,
     node: &kelsonctl::api::client::NodeClient,
+    closed_port: &kelsonctl::api::client::NodeClient,
     rounds: usize,
 ) -> Result<Vec<BootFigures>> {
     let mut boots = Vec::new();
     let turns = BootKind::ALL.len() * rounds;
     for turn in 0..turns {
         let kind = BootKind::ALL[turn % BootKind::ALL.len()];
-        let loaded = kind == BootKind::Loaded;
+        let target = match kind {
+            BootKind::Loaded => Some(node),
+            BootKind::Refused => Some(closed_port),
+            BootKind::Quiet | BootKind::QuietAgain => None,
+        };
         eprintln!("bench-api: boot {} of {turns}, {}", turn + 1, kind.label());
         let from = vm.console_text()?.len();
         vm.send_ctrl_alt_delete()?;
@@ -1097,9 +1117,9 @@ fn boots_under_load(
         vm.expect(CONFIG_DONE, BOOT_TIMEOUT)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let counters = Arc::new(LoadCounters::default());
-        let load = loaded.then(|| {
+        let load = target.map(|target| {
             let _entered = runtime.enter();
-            (start_load(node, &stop, &counters), own_cpu_time())
+            (start_load(target, &stop, &counters), own_cpu_time())
         });
         vm.expect("kelson: ready", BOOT_TIMEOUT)?;
         let deadline = Instant::now() + HEALTHY_TIMEOUT;
@@ -1167,8 +1187,9 @@ fn print_boots(boots: &[BootFigures], cpus: Option<HostCpus>) {
     };
     println!(
         "5. Boot under API load (the same VM rebooted with ctrl-alt-del, {} times each way, in turn: quiet, \
-         loaded, quiet again; the second quiet set is the control, its ratio the run's noise): a loaded boot \
-         has, from the console's \"{CONFIG_DONE}\" on (the API has no certificate before), {LOAD_POLLERS} \
+         loaded, refused, quiet again; the second quiet set is the control, its ratio the run's noise; a refused \
+         boot has the same load aimed at guest port {CLOSED_GUEST_PORT}, where nothing listens, so its ratio is \
+         the connections' own cost, not the API's): a loaded boot has, from the console's \"{CONFIG_DONE}\" on (the API has no certificate before), {LOAD_POLLERS} \
          clients polling GET {STATUS} back to back and {LOAD_STREAMS} following {GUEST_FOLLOW}, backing off {} ms \
          when refused or cut, until containerd and the kubelet are healthy; {pinning}; milliseconds, medians: \
          stages from the node's status (CLOCK_BOOTTIME), \"healthy\" rows from the console's kernel timestamps, \
@@ -1180,19 +1201,24 @@ fn print_boots(boots: &[BootFigures], cpus: Option<HostCpus>) {
         let values: Vec<f64> = boots.iter().filter(|b| b.kind == kind).filter_map(pick).map(|v| v as f64).collect();
         (!values.is_empty()).then(|| median(&values))
     };
-    println!("{:<30} {:>10} {:>10} {:>8} {:>12} {:>8}", "", "quiet", "loaded", "ratio", "quiet again", "ratio");
+    println!(
+        "{:<30} {:>10} {:>10} {:>8} {:>10} {:>8} {:>12} {:>8}",
+        "", "quiet", "loaded", "ratio", "refused", "ratio", "quiet again", "ratio"
+    );
     let row = |name: &str, pick: &dyn Fn(&BootFigures) -> Option<u64>| {
-        let [quiet, loaded, again] = BootKind::ALL.map(|kind| median_of(kind, pick));
+        let [quiet, loaded, refused, again] = BootKind::ALL.map(|kind| median_of(kind, pick));
         let ratio = |x: Option<f64>| match (x, quiet) {
             (Some(x), Some(q)) if q > 0.0 => format!("{:.2}", x / q),
             _ => "-".to_owned(),
         };
         let ms = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.0}"));
         println!(
-            "{name:<30} {:>10} {:>10} {:>8} {:>12} {:>8}",
+            "{name:<30} {:>10} {:>10} {:>8} {:>10} {:>8} {:>12} {:>8}",
             ms(quiet),
             ms(loaded),
             ratio(loaded),
+            ms(refused),
+            ratio(refused),
             ms(again),
             ratio(again)
         );
