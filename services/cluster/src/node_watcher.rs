@@ -95,7 +95,7 @@ impl NodeWatcher {
                     // Init comes before a (re-)list that may fail again:
                     // only a completed list or an event is news.
                     if !matches!(event, Event::Init | Event::InitApply(_)) {
-                        problems.recovered("watching Nodes again");
+                        problems.recovered("the watch works again");
                     }
                     match event {
                         Event::Init => listing = Some(BTreeMap::new()),
