@@ -72,12 +72,18 @@ fn pin(pki: &Pki) -> String {
     ca_cert_hash(&der).unwrap()
 }
 
+/// cluster-info as the control plane publishes it: naming `cluster`'s CA
+/// and signed with `token` (whose id is abcdef).
+fn signed_cluster_info(cluster: &Pki, token: &BootstrapToken) -> serde_json::Value {
+    let kubeconfig = cluster_info_kubeconfig("https://192.168.100.10:6443", &cluster.ca_pem);
+    json!({"kubeconfig": kubeconfig, "jws-kubeconfig-abcdef": sign(&kubeconfig, token)})
+}
+
 #[tokio::test]
 async fn a_server_holding_the_pinned_ca_is_discovered() {
     let cluster = pki();
     let token = BootstrapToken::parse(TOKEN).unwrap();
-    let kubeconfig = cluster_info_kubeconfig("https://192.168.100.10:6443", &cluster.ca_pem);
-    let data = json!({"kubeconfig": kubeconfig, "jws-kubeconfig-abcdef": sign(&kubeconfig, &token)});
+    let data = signed_cluster_info(&cluster, &token);
     let url = serve(&cluster, data).await;
     let discovered = discover(&url, &token, &[pin(&cluster)], Duration::from_secs(10)).await.unwrap();
     assert_eq!(discovered.ca_pem, cluster.ca_pem);
@@ -104,8 +110,7 @@ async fn a_server_without_the_pinned_cas_certificate_is_refused_on_the_second_re
     let cluster = pki();
     let impostor = pki();
     let token = BootstrapToken::parse(TOKEN).unwrap();
-    let kubeconfig = cluster_info_kubeconfig("https://192.168.100.10:6443", &cluster.ca_pem);
-    let data = json!({"kubeconfig": kubeconfig, "jws-kubeconfig-abcdef": sign(&kubeconfig, &token)});
+    let data = signed_cluster_info(&cluster, &token);
     let url = serve(&impostor, data).await;
     let err = discover(&url, &token, &[pin(&cluster)], Duration::from_secs(10)).await.unwrap_err();
     let DiscoveryError::Unreachable { endpoint, reason } = &err else { panic!("{err:?}") };
@@ -123,8 +128,7 @@ async fn discovery_needs_no_system_roots() {
     std::env::set_var("SSL_CERT_DIR", "/nonexistent/kelson-test-no-system-roots");
     let cluster = pki();
     let token = BootstrapToken::parse(TOKEN).unwrap();
-    let kubeconfig = cluster_info_kubeconfig("https://192.168.100.10:6443", &cluster.ca_pem);
-    let data = json!({"kubeconfig": kubeconfig, "jws-kubeconfig-abcdef": sign(&kubeconfig, &token)});
+    let data = signed_cluster_info(&cluster, &token);
     let url = serve(&cluster, data).await;
     let discovered = discover(&url, &token, &[pin(&cluster)], Duration::from_secs(10)).await.unwrap();
     assert_eq!(discovered.ca_pem, cluster.ca_pem);
